@@ -1,0 +1,1 @@
+"""Connectors: the connector model, the registry and the built-in vendors."""

@@ -1,0 +1,153 @@
+"""Decoding and re-encoding action parameters: JSON bodies, Stripe-style forms, query strings.
+
+Stripe sends nested parameters as form keys (`metadata[account]=1`, `items[0][price]=p`,
+`expand[]=customer`); they are decoded into the same nested shape a JSON body has, so policies and
+DLP address both with one path syntax. Every limit here exists because a hostile agent will send
+the pathological case: a depth bomb, a 10^6-digit number, 10^5 form keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from connectors.model import BodyEncoding
+from gateway.errors import Refusal
+
+MAX_FIELDS = 1000
+MAX_DEPTH = 32
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_PART = re.compile(r"\[([^\[\]]*)\]")
+
+
+def decode(encoding: BodyEncoding, body: bytes, query: str) -> dict[str, Any]:
+    """The action's parameters as a nested dict; refuses with `malformed_body` on anything odd."""
+    if encoding is BodyEncoding.QUERY:
+        if body:
+            raise Refusal("malformed_body", "this action takes its parameters in the query string, not a body")
+        return decode_form(query)
+    if query:
+        raise Refusal("malformed_body", "this action takes its parameters in the body, not the query string")
+    if encoding is BodyEncoding.FORM:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refusal("malformed_body", "the form body is not UTF-8") from None
+        return decode_form(text)
+    return decode_json(body)
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        # JSONDecodeError and int-too-long; the message names a position, never the content.
+        reason = e.msg if isinstance(e, json.JSONDecodeError) else "a number is too long"
+        raise Refusal("malformed_body", f"the body is not valid JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise Refusal("malformed_body", "the JSON body must be an object")
+    if _depth(data) > MAX_DEPTH:
+        raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _depth(value: Any) -> int:
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            return d
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def decode_form(text: str) -> dict[str, Any]:
+    """`a[b][c]=1&l[]=x&l[]=y&i[0][p]=q` -> {"a": {"b": {"c": "1"}}, "l": ["x", "y"], "i": [{"p": "q"}]}."""
+    if not text:
+        return {}
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=MAX_FIELDS)
+    except ValueError as e:
+        too_many = "Max number of fields" in str(e)
+        reason = f"more than {MAX_FIELDS} fields" if too_many else "not valid form encoding"
+        raise Refusal("malformed_body", f"the parameters are {reason}") from None
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        m = _KEY.match(key)
+        if not m:
+            raise Refusal("malformed_body", f"bad parameter name {key[:60]!r}")
+        parts = [m.group(1), *_PART.findall(m.group(2))]
+        if len(parts) > MAX_DEPTH:
+            raise Refusal("malformed_body", f"parameter {parts[0]!r} nests deeper than {MAX_DEPTH} levels")
+        _insert(root, parts, value, key)
+    return _listify(root)
+
+
+def _insert(node: dict[str, Any], parts: list[str], value: str, key: str) -> None:
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if part == "":
+            raise Refusal("malformed_body", f"parameter {key[:60]!r}: [] may only come last")
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise Refusal("malformed_body", f"parameter {key[:60]!r} mixes a value and nested keys")
+        node = child
+        if nxt == "" and i + 1 == len(parts) - 1:
+            node.setdefault("", []).append(value)
+            return
+    last = parts[-1]
+    if last in node:
+        raise Refusal("malformed_body", f"parameter {key[:60]!r} is given twice")
+    node[last] = value
+
+
+def _listify(node: Any) -> Any:
+    """Dicts built from `[]` or `[0]..[n]` keys become lists."""
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {""}:
+        return [_listify(v) for v in node[""]]
+    if node and all(k.isdigit() for k in node):
+        indices = sorted(int(k) for k in node)
+        if indices == list(range(len(indices))):
+            return [_listify(node[str(i)]) for i in indices]
+    if "" in node:
+        raise Refusal("malformed_body", "a parameter mixes [] with named keys")
+    return {k: _listify(v) for k, v in node.items()}
+
+
+def encode(encoding: BodyEncoding, params: dict[str, Any]) -> bytes:
+    """Re-encode (after DLP replaced values) in the encoding the action uses."""
+    if encoding is BodyEncoding.JSON:
+        return json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+    return encode_form(params).encode()
+
+
+def encode_form(params: dict[str, Any]) -> str:
+    pairs: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}[{k}]", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        else:
+            pairs.append((prefix, "true" if value is True else "false" if value is False else str(value)))
+
+    for k, v in params.items():
+        walk(k, v)
+    return urlencode(pairs)

@@ -1,0 +1,137 @@
+"""What a connector is: mostly data.
+
+A connector names the hosts it claims, how the vendor credential is presented, and its actions.
+An action is a method, a path template, a pydantic model of its request, the body encoding, and the
+fields DLP must look at. Everything the pipeline does to a call is driven by these values; a
+connector carries no request-handling code of its own.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cached_property
+
+from pydantic import BaseModel
+
+from connectors import fieldpath
+
+
+class BodyEncoding(str, Enum):
+    """How an action's parameters travel."""
+
+    JSON = "json"  # application/json body
+    FORM = "form"  # Stripe-style x-www-form-urlencoded with metadata[account] keys
+    QUERY = "query"  # query string only (GET)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """How the vendor key, looked up under `secret` in the config's `secrets:`, is presented.
+
+    Either a header (`Authorization: Bearer <key>`) or a query parameter (SerpAPI's `api_key`).
+    `strip_headers` lists every header an agent might use to send a key of its own; they are removed
+    before the call leaves, whatever the agent put there.
+    """
+
+    secret: str
+    header: str | None = "Authorization"
+    scheme: str | None = "Bearer"
+    query_param: str | None = None
+    strip_headers: tuple[str, ...] = ("authorization",)
+
+    def __post_init__(self) -> None:
+        if (self.header is None) == (self.query_param is None):
+            raise ValueError(f"credential {self.secret!r}: set exactly one of header or query_param")
+
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One vendor operation an agent may call.
+
+    `request` validates the decoded body (or query for GET); `None` means the action takes no
+    parameters and any sent are a schema violation. `dlp_fields` are field paths (see
+    `connectors.fieldpath`) whose strings DLP scans before the call leaves; `detokenize_response`
+    marks actions whose responses may carry tokens back to the agent.
+    """
+
+    name: str
+    method: str
+    path: str
+    request: type[BaseModel] | None = None
+    encoding: BodyEncoding = BodyEncoding.JSON
+    dlp_fields: tuple[str, ...] = ()
+    detokenize_response: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"action {self.name!r}: path template must start with '/'")
+        object.__setattr__(self, "method", self.method.upper())
+        for p in self.dlp_fields:
+            fieldpath.parse(p)
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        """The path template as a full-match regex; `{id}` matches one non-empty path segment."""
+        out, pos = "", 0
+        for m in _PARAM.finditer(self.path):
+            out += re.escape(self.path[pos : m.start()]) + f"(?P<{m.group(1)}>[^/]+)"
+            pos = m.end()
+        return re.compile(out + re.escape(self.path[pos:]))
+
+    @property
+    def route(self) -> tuple[str, str]:
+        """(method, path template with parameter names erased): two actions with equal routes clash."""
+        return self.method, _PARAM.sub("{}", self.path)
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """The path parameters if this action serves `method path`, else None."""
+        if method.upper() != self.method:
+            return None
+        m = self.pattern.fullmatch(path)
+        return m.groupdict() if m else None
+
+
+@dataclass(frozen=True)
+class Connector:
+    """A vendor: the hosts it claims, its credential and its actions."""
+
+    name: str
+    hosts: tuple[str, ...]
+    actions: tuple[Action, ...]
+    credential: Credential | None = None
+    description: str = ""
+    _by_name: dict[str, Action] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]*", self.name):
+            raise ValueError(f"connector name {self.name!r}: use lowercase letters, digits, _ and -")
+        object.__setattr__(self, "hosts", tuple(h.lower().rstrip(".") for h in self.hosts))
+        by_name: dict[str, Action] = {}
+        routes: dict[tuple[str, str], str] = {}
+        for a in self.actions:
+            if a.name in by_name:
+                raise ValueError(f"connector {self.name!r}: action {a.name!r} defined twice")
+            if a.route in routes:
+                raise ValueError(
+                    f"connector {self.name!r}: actions {routes[a.route]!r} and {a.name!r} "
+                    f"both serve {a.method} {a.path}"
+                )
+            by_name[a.name] = a
+            routes[a.route] = a.name
+        object.__setattr__(self, "_by_name", by_name)
+
+    def action(self, name: str) -> Action | None:
+        return self._by_name.get(name)
+
+    def route(self, method: str, path: str) -> tuple[Action, dict[str, str]] | None:
+        """The action serving `method path` (path without query) and its path parameters."""
+        for a in self.actions:
+            params = a.match(method, path)
+            if params is not None:
+                return a, params
+        return None

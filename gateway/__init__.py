@@ -1,0 +1,1 @@
+"""The gateway: proxy core, pipeline steps, identity, audit, admin API and CLI."""

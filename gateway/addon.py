@@ -1,0 +1,272 @@
+"""The mitmproxy addon: reads each flow into the pipeline's steps and applies what they decide.
+
+One method per mitmproxy event, as mitmproxy's own addons are written:
+
+- `http_connect`   identify the agent, check the host is claimed and resolves to a public address;
+                   a refused CONNECT gets its JSON error and no tunnel, before any TLS.
+- `request`        inside the tunnel, every request: re-check the identity (expiry, revocation),
+                   check the target, route, authorize, validate, inject the credential, audit, go.
+- `server_connect` dial exactly the address that was checked, with the vendor's name as SNI.
+- `responseheaders`/`response`/`error`: the outcome, audited; errors become JSON refusals.
+
+Anything unexpected while deciding is refused as `internal_error`: the gateway fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from mitmproxy import connection, http
+from mitmproxy.net.http import url
+from mitmproxy.proxy import server_hooks
+
+from gateway import pipeline
+from gateway.api import ADMIN_ROLE
+from gateway.errors import Refusal
+from gateway.identity import Identity, token_from_proxy_authorization
+from gateway.mitm_compat import ErrorPages, abort_server_connection
+from gateway.pipeline import Call
+from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DECISION_HEADER = "X-Egress-Decision-Id"
+_CALL = "egress.call"
+_TIMED_OUT = "egress.timed_out"
+_TIMER = "egress.timer"
+_FORWARDED = "egress.forwarded"
+
+
+@dataclass
+class Tunnel:
+    """One agent connection: who opened it, for which target, and the address that was checked."""
+
+    identity: Identity
+    host: str
+    port: int
+    address: tuple[str, int]
+    in_flight: http.HTTPFlow | None = None
+    connect_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class Gateway:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.tunnels: dict[str, Tunnel] = {}
+        self.error_pages = ErrorPages(self._unclaimed_error)
+
+    # --- the tunnel -------------------------------------------------------------------------
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        call = Call(host=flow.request.host.lower().rstrip("."), method="CONNECT", path=None)
+        try:
+            token = token_from_proxy_authorization(flow.request.headers.get("proxy-authorization"))
+            call.identity = self.rt.verifier.verify(token)
+            if call.identity.role == ADMIN_ROLE:
+                raise Refusal("identity_invalid", "an admin token is for the API only, not a proxy credential")
+            if not (self.rt.registry.claims(call.host) or call.host in self.rt.allow_hosts):
+                raise Refusal("host_denied", f"no connector or egress.allow entry claims {call.host}")
+            address = await self.rt.resolver.resolve(call.host, flow.request.port)
+        except Refusal as r:
+            self._refuse(flow, call, r)
+            return
+        except Exception:
+            log.exception("CONNECT decision failed")
+            self._refuse(flow, call, Refusal("internal_error", "the gateway failed while deciding"))
+            return
+        self.tunnels[flow.client_conn.id] = Tunnel(call.identity, call.host, flow.request.port, address)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        tunnel = self.tunnels.pop(client.id, None)
+        if tunnel and tunnel.connect_timer:
+            tunnel.connect_timer.cancel()
+
+    # --- each request -----------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        req = flow.request
+        call = Call(host=req.host.lower().rstrip("."), method=req.method, path=req.path.split("?", 1)[0])
+        flow.metadata[_CALL] = call
+        try:
+            tunnel = self._identify(flow, call)
+            self._decide(flow, call, tunnel)
+        except Refusal as r:
+            self._refuse(flow, call, r)
+            return
+        except Exception:
+            log.exception("request decision failed")
+            self._refuse(flow, call, Refusal("internal_error", "the gateway failed while deciding"))
+            return
+        self.rt.record(call.record("allow", phase="decision"))
+        tunnel.in_flight = flow
+        flow.metadata[_FORWARDED] = time.monotonic()
+        loop = asyncio.get_running_loop()
+        flow.metadata[_TIMER] = loop.call_later(self.rt.config.timeouts.read, self._timeout, flow)
+
+    def _identify(self, flow: http.HTTPFlow, call: Call) -> Tunnel:
+        """Step 1 again, inside the tunnel: the identity is re-checked on every request."""
+        tunnel = self.tunnels.get(flow.client_conn.id)
+        if tunnel is None:
+            # Not inside a CONNECT tunnel: an absolute-form plain-http proxy request.
+            token = token_from_proxy_authorization(flow.request.headers.get("proxy-authorization"))
+            call.identity = self.rt.verifier.verify(token)
+            if self.rt.registry.claims(call.host) or call.host in self.rt.allow_hosts:
+                raise Refusal("plain_http_denied", f"plain http to {call.host} is refused; use https")
+            raise Refusal("host_denied", f"no connector or egress.allow entry claims {call.host}")
+        call.identity = tunnel.identity
+        self.rt.verifier.check(tunnel.identity)
+        return tunnel
+
+    def _decide(self, flow: http.HTTPFlow, call: Call, tunnel: Tunnel) -> None:
+        req = flow.request
+        host_header = req.host_header
+        pipeline.check_target(
+            connect=(tunnel.host, tunnel.port),
+            scheme=req.scheme,
+            target=(req.host, req.port),
+            host_header=url.parse_authority(host_header, check=False) if host_header else None,
+            sni=flow.client_conn.sni,
+        )
+        route = pipeline.route(self.rt.registry, self.rt.allow_hosts, call.host, req.method, call.path or "/")
+        assert call.identity is not None
+        if route is None:
+            call.connector, call.action = pipeline.PASSTHROUGH, call.host
+            pipeline.authorize_scopes(call.identity, "egress", call.host)
+            pipeline.strip_hop_headers(req.headers)
+            self.rt.breaker.check(call.host)
+            return
+        connector, action = route.connector, route.action
+        call.connector, call.action = connector.name, action.name
+        pipeline.authorize_scopes(call.identity, connector.name, action.name)
+        cred = connector.credential
+        if cred is not None and cred.query_param is not None:
+            req.query.pop(cred.query_param, None)
+        query = req.path.partition("?")[2]
+        pipeline.validate(action, req.raw_content or b"", query)
+        self.rt.breaker.check(call.host)
+        pipeline.inject_credentials(connector, self.rt.secrets, req.headers, req.query)
+
+    # --- the upstream -----------------------------------------------------------------------
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """Dial the checked address, not whatever a second DNS lookup would say; keep the vendor SNI."""
+        tunnel = self.tunnels.get(data.client.id)
+        if tunnel is None:
+            data.server.error = "no checked tunnel for this connection"
+            return
+        data.server.address = tunnel.address
+        data.server.sni = tunnel.host
+        flow = tunnel.in_flight
+        if flow is not None:
+            loop = asyncio.get_running_loop()
+            tunnel.connect_timer = loop.call_later(self.rt.config.timeouts.connect, self._timeout, flow)
+
+    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+        tunnel = self.tunnels.get(data.client.id)
+        if tunnel and tunnel.connect_timer:
+            tunnel.connect_timer.cancel()
+            tunnel.connect_timer = None
+
+    def _timeout(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None and flow.error is None and flow.server_conn:
+            flow.metadata[_TIMED_OUT] = True
+            abort_server_connection(flow.client_conn, flow.server_conn, "egress-gateway: upstream timeout")
+
+    # --- the outcome ------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._stop_timers(flow)
+        call: Call | None = flow.metadata.get(_CALL)
+        if call is None or flow.response is None:
+            return
+        flow.response.headers[DECISION_HEADER] = call.decision_id
+        if "text/event-stream" in flow.response.headers.get("content-type", ""):
+            flow.response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call: Call | None = flow.metadata.get(_CALL)
+        started = flow.metadata.get(_FORWARDED)
+        if call is None or started is None or flow.response is None:
+            return
+        elapsed = time.monotonic() - started
+        status = flow.response.status_code
+        if status >= 500:
+            self.rt.breaker.failure(call.host or "")
+        else:
+            self.rt.breaker.success(call.host or "")
+        self.rt.metrics.upstream(elapsed)
+        self.rt.record(
+            call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
+        )
+        self._done(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy failed the flow; decide which refusal that is and audit it."""
+        self._stop_timers(flow)
+        call: Call = flow.metadata.get(_CALL) or self._call_for(flow)
+        msg = flow.error.msg if flow.error else ""
+        refusal = self._classify(flow, msg)
+        refusal.connector, refusal.action = call.connector, call.action
+        started = flow.metadata.get(_FORWARDED)
+        if started is not None and refusal.code in ("upstream_failed", "upstream_tls", "upstream_timeout"):
+            self.rt.breaker.failure(call.host or "")
+        latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
+        self.rt.record(call.record("deny", refusal, phase="outcome" if started else "decision", latency_ms=latency))
+        self.error_pages.claim(msg, call.decision_id, refusal)
+        self._done(flow)
+
+    def _classify(self, flow: http.HTTPFlow, msg: str) -> Refusal:
+        low = msg.lower()
+        if flow.metadata.get(_TIMED_OUT):
+            return Refusal("upstream_timeout", f"{flow.request.host} did not answer in time")
+        if "body exceeds" in low and "request" in low:
+            return Refusal("body_too_large", f"the request body exceeds max_body ({self.rt.config.max_body} bytes)")
+        if "certificate" in low or "tls" in low or "ssl" in low:
+            return Refusal("upstream_tls", f"the TLS certificate of {flow.request.host} did not verify")
+        if flow.metadata.get(_FORWARDED) is None:
+            return Refusal("bad_request", "the request could not be read")
+        return Refusal("upstream_failed", f"{flow.request.host} failed: connection error or broken HTTP")
+
+    def _call_for(self, flow: http.HTTPFlow) -> Call:
+        call = Call(host=flow.request.host, method=flow.request.method, path=flow.request.path.split("?", 1)[0])
+        tunnel = self.tunnels.get(flow.client_conn.id)
+        call.identity = tunnel.identity if tunnel else None
+        return call
+
+    def _unclaimed_error(self, status: int, message: str) -> tuple[str, Refusal]:
+        """A mitmproxy error page no flow hook claimed: a request too broken to become a flow."""
+        code = {413: "body_too_large", 502: "upstream_failed", 504: "upstream_timeout"}.get(status, "bad_request")
+        call = Call()
+        refusal = Refusal(code, "the proxy request is malformed" if code == "bad_request" else "the request failed")
+        self.rt.record(call.record("deny", refusal, phase="decision"))
+        return call.decision_id, refusal
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _refuse(self, flow: http.HTTPFlow, call: Call, refusal: Refusal) -> None:
+        if refusal.connector is None:
+            refusal.connector, refusal.action = call.connector, call.action
+        headers = {"Content-Type": "application/json", DECISION_HEADER: call.decision_id, **refusal.headers}
+        if refusal.status == 407:
+            headers["Proxy-Authenticate"] = 'Basic realm="egress-gateway"'
+        flow.response = http.Response.make(refusal.status, refusal.body(call.decision_id), headers)
+        self.rt.record(call.record("deny", refusal, phase="decision"))
+
+    def _stop_timers(self, flow: http.HTTPFlow) -> None:
+        timer = flow.metadata.pop(_TIMER, None)
+        if timer is not None:
+            timer.cancel()
+        tunnel = self.tunnels.get(flow.client_conn.id)
+        if tunnel and tunnel.connect_timer:
+            tunnel.connect_timer.cancel()
+            tunnel.connect_timer = None
+
+    def _done(self, flow: http.HTTPFlow) -> None:
+        tunnel = self.tunnels.get(flow.client_conn.id)
+        if tunnel and tunnel.in_flight is flow:
+            tunnel.in_flight = None

@@ -1,0 +1,176 @@
+"""The gateway's configuration: `gateway.yaml`, every key optional, flags override the file.
+
+The keys are the contract of ../shared/DESIGN.md. Durations (`15m`, `5s`) and sizes (`1MiB`) are
+parsed here once, so the rest of the code sees seconds and bytes. Unknown keys are errors: a typo in
+a security setting must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+def parse_duration(value: Any) -> float:
+    """`15m` -> 900.0; a bare number is seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 5s, 15m, 1h")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be positive")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """`1MiB` -> 1048576; a bare number is bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"bad size {value!r}: use e.g. 64KiB, 1MiB")
+        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()]
+    if size <= 0:
+        raise ValueError(f"size {value!r} must be positive")
+    return size
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """`127.0.0.1:8080` -> ("127.0.0.1", 8080); `[::1]:8080` for IPv6."""
+    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", value.strip())
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    return m.group(1), int(m.group(2))
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect: Duration = 5.0
+    read: Duration = 60.0
+
+
+class Stores(_Strict):
+    rate_limits: str = "memory://"
+    vault: str | None = None
+    state: str | None = None
+
+
+class Egress(_Strict):
+    """Hosts let out without a connector (pass-through: identity, egress rules and audit still apply)."""
+
+    allow: tuple[str, ...] = ()
+
+
+class Breaker(_Strict):
+    """Per-upstream circuit breaker: open after `failures` consecutive failures, probe after `reset`."""
+
+    failures: int = Field(default=5, ge=1)
+    reset: Duration = 30.0
+
+
+class Config(_Strict):
+    listen: str = "127.0.0.1:8080"
+    api_listen: str = "127.0.0.1:8081"
+    state_dir: Path = Path("~/.egress-gateway")
+    policies: Path | None = None
+    max_token_ttl: Duration = 1800.0
+    token_leeway: Duration = 10.0
+    upstreams: dict[str, str] = Field(default_factory=dict)
+    upstream_ca: Path | None = None
+    secrets: dict[str, str] = Field(default_factory=dict)
+    stores: Stores = Stores()
+    max_body: Size = 2**20
+    timeouts: Timeouts = Timeouts()
+    egress: Egress = Egress()
+    breaker: Breaker = Breaker()
+    connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
+
+    @field_validator("listen", "api_listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        parse_hostport(v, "listen")
+        return v
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, v: dict[str, str]) -> dict[str, str]:
+        for host, target in v.items():
+            u = urlsplit(target)
+            if u.scheme != "https" or not u.hostname or u.path not in ("", "/"):
+                raise ValueError(f"upstreams.{host}: expected https://HOST[:PORT], got {target!r}")
+        return {h.lower().rstrip("."): t for h, t in v.items()}
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, ref in v.items():
+            if not ref.startswith(("env:", "file:")):
+                raise ValueError(f"secrets.{name}: expected env:NAME or file:PATH (never the key itself)")
+        return v
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.expanduser()
+
+    def upstream_address(self, host: str) -> tuple[str, int] | None:
+        """Where `upstreams:` routes `host` on purpose, or None for normal DNS."""
+        target = self.upstreams.get(host.lower().rstrip("."))
+        if target is None:
+            return None
+        u = urlsplit(target)
+        return u.hostname or "", u.port or 443
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `path` (None: embedded defaults only) and apply flag overrides (None values ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+        base = Path(path).resolve().parent
+        for key in ("policies", "upstream_ca"):
+            if isinstance(data.get(key), str) and not os.path.isabs(os.path.expanduser(data[key])):
+                data[key] = str(base / data[key])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"bad configuration: {problems}") from None

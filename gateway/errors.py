@@ -1,0 +1,100 @@
+"""Every refusal the gateway can give, in one closed set.
+
+Agents and operators match on `code`, so the set is closed and lives here alone (as httpx keeps its
+whole exception tree at the top of one module). A step refuses by raising `Refusal(code, message)`;
+the proxy addon and the API turn it into the contract's JSON body:
+
+    {"error": {"code": ..., "message": ..., "decision_id": ..., "connector": ..., "action": ...}}
+
+Messages name the rule and the field, never a raw value that could be PII or a secret.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# code -> (HTTP status, one-line meaning). The README's table of refusal codes is generated from this.
+CODES: dict[str, tuple[int, str]] = {
+    # 400: the request itself is malformed or does not fit the action
+    "bad_request": (400, "the proxy request is malformed (bad CONNECT target, headers, framing)"),
+    "malformed_body": (400, "the body could not be decoded as the action's encoding (JSON, form, query)"),
+    "schema_violation": (400, "the decoded body does not fit the action's request model"),
+    # 401/407: who is calling
+    "identity_missing": (407, "no agent token in Proxy-Authorization"),
+    "identity_invalid": (407, "the agent token is malformed, badly signed, or has wrong iss/aud"),
+    "identity_expired": (407, "the agent token has expired, is not yet valid, or outlives the max TTL"),
+    "identity_revoked": (407, "the agent token (its jti or its sub) has been revoked"),
+    # 403: egress and authorization
+    "host_denied": (403, "no connector or egress.allow entry claims this host"),
+    "address_denied": (403, "the host resolves to a private, loopback, link-local, multicast or metadata address"),
+    "domain_fronting": (403, "the inner Host differs from the CONNECT target"),
+    "plain_http_denied": (403, "plain http to a connector host; use https"),
+    "unknown_action": (403, "method and path match no action of the host's connector"),
+    "scope_denied": (403, "the token's scopes do not include this connector action"),
+    "policy_denied": (403, "no policy rule allows this call"),
+    "param_violation": (403, "a parameter breaks a policy rule"),
+    "approval_required": (403, "the call needs a human approval; retry with X-Egress-Approval"),
+    "admin_required": (403, "the API endpoint needs an admin token"),
+    # 413: size
+    "body_too_large": (413, "the request body exceeds max_body"),
+    # 429: quotas
+    "rate_limited": (429, "the rule's rate limit is used up; see Retry-After"),
+    "budget_exceeded": (429, "the rule's spend budget is used up; see Retry-After"),
+    # 404: API lookups
+    "not_found": (404, "the API object does not exist"),
+    # 500: a bug; the call is refused rather than let through
+    "internal_error": (500, "the gateway failed while deciding; the call was refused (fail closed)"),
+    # sandbox (sandbox/): a tool run that broke its manifest's limits or could not run
+    "sandbox_unknown_tool": (404, "no tool of that name is registered"),
+    "sandbox_forbidden": (403, "the caller's role may not run the tool, or its manifest does not allow this host call"),
+    "sandbox_hash_mismatch": (403, "the module's sha256 or the manifest's signature does not verify; refused before compiling"),
+    "sandbox_fuel_exhausted": (422, "the tool used up its fuel budget (limits.fuel); the same input fails again"),
+    "sandbox_memory_limit": (422, "the tool hit its memory cap (limits.memory_pages); the same input fails again"),
+    "sandbox_bad_output": (502, "the tool's stdout was over limits.max_output_bytes or not a JSON object"),
+    "sandbox_trap": (502, "the tool crashed (trap or non-zero exit), like a failing upstream; stderr tail attached"),
+    "sandbox_timeout": (504, "the tool ran past limits.timeout_ms of wall-clock time, like an upstream timeout"),
+    # 5xx: upstream and stores
+    "upstream_failed": (502, "the vendor could not be reached or answered with broken HTTP"),
+    "upstream_tls": (502, "the vendor's TLS certificate did not verify"),
+    "circuit_open": (503, "too many recent upstream failures; the circuit is open"),
+    "store_unavailable": (503, "a store the decision needs is unavailable"),
+    "upstream_timeout": (504, "the vendor did not answer within the configured timeout"),
+}
+
+
+@dataclass
+class Refusal(Exception):
+    """A decision to refuse the call, raised by any pipeline step.
+
+    `headers` carries extras such as `Retry-After`; `details` carries extra JSON fields of the error
+    object such as `approval_id`.
+    """
+
+    code: str
+    message: str
+    connector: str | None = None
+    action: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in CODES:
+            raise ValueError(f"unknown refusal code {self.code!r}; add it to gateway/errors.py CODES")
+        super().__init__(f"{self.code}: {self.message}")
+
+    @property
+    def status(self) -> int:
+        return CODES[self.code][0]
+
+    def body(self, decision_id: str) -> bytes:
+        """The contract's JSON error body for this refusal."""
+        error: dict[str, object] = {
+            "code": self.code,
+            "message": self.message,
+            "decision_id": decision_id,
+            "connector": self.connector,
+            "action": self.action,
+        }
+        error.update(self.details)
+        return json.dumps({"error": error}, separators=(",", ":")).encode()

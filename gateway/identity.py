@@ -1,0 +1,212 @@
+"""Agent identity: short-lived EdDSA JWTs signed by the gateway's own key.
+
+The gateway creates an Ed25519 key in its state dir on first use; `token issue` signs with it and
+the proxy verifies with it. Verification (~140 µs) is cached per token string: a tunnel sends many
+requests with one token, and what can change between them (expiry, revocation) is re-checked
+cheaply on every request by `Verifier.check`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway.errors import Refusal
+from gateway.revocation import Revocations
+from gateway.state import write_private
+
+ISSUER = "egress-gateway"
+AUDIENCE = "egress-gateway"
+_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling, from a verified token."""
+
+    sub: str
+    role: str
+    tenant: str | None
+    scopes: tuple[str, ...]
+    jti: str
+    iat: float
+    nbf: float
+    exp: float
+    tool: str | None = None  # set on tokens the sandbox mints for a tool's host calls
+
+    def allows(self, connector: str, action: str) -> bool:
+        """Whether the token's scopes reach `connector:action` (`stripe:*` and `*` are wildcards)."""
+        return any(s in ("*", f"{connector}:*", f"{connector}:{action}") for s in self.scopes)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    private: Ed25519PrivateKey
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def kid(self) -> str:
+        """RFC 7638-style thumbprint, so rotated keys can be told apart in the JWKS."""
+        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:12]).decode().rstrip("=")
+
+    def jwk(self) -> dict[str, str]:
+        raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        x = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+
+
+def load_or_create_key(path: Path) -> SigningKey:
+    """The gateway's signing key; created (owner-only) on first use."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 key")
+        return SigningKey(key)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_private(path, pem)
+    return SigningKey(key)
+
+
+def issue(
+    key: SigningKey,
+    *,
+    sub: str,
+    role: str,
+    ttl: float,
+    max_ttl: float,
+    tenant: str | None = None,
+    scopes: tuple[str, ...] = (),
+    tool: str | None = None,
+    now: float | None = None,
+) -> str:
+    """A signed agent token. A TTL above `max_ttl` is refused here and again at use."""
+    if not sub or not role:
+        raise ValueError("sub and role are required")
+    if ttl <= 0 or ttl > max_ttl:
+        raise ValueError(f"ttl {ttl:g}s is outside (0, max_token_ttl={max_ttl:g}s]")
+    now = time.time() if now is None else now
+    claims: dict[str, object] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "role": role,
+        "scopes": list(scopes),
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now + ttl),
+        "jti": uuid.uuid4().hex,
+    }
+    if tenant:
+        claims["tenant"] = tenant
+    if tool:
+        claims["tool"] = tool
+    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+
+
+class Verifier:
+    """Verifies agent tokens; one per process, shared by the proxy and the API."""
+
+    def __init__(self, key: SigningKey, revocations: Revocations, max_ttl: float, leeway: float):
+        self._key = key
+        self._revocations = revocations
+        self._max_ttl = max_ttl
+        self._leeway = leeway
+        self._cache: dict[str, Identity] = {}
+
+    def verify(self, token: str) -> Identity:
+        """Full verification (signature and claims), cached; then the cheap per-request checks."""
+        ident = self._cache.get(token)
+        if ident is None:
+            ident = self._decode(token)
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[token] = ident
+        self.check(ident)
+        return ident
+
+    def check(self, ident: Identity, now: float | None = None) -> None:
+        """What can change while a tunnel is open: time and revocation."""
+        now = time.time() if now is None else now
+        if now > ident.exp + self._leeway:
+            raise Refusal("identity_expired", "the agent token has expired")
+        if now + self._leeway < ident.nbf:
+            raise Refusal("identity_expired", "the agent token is not valid yet")
+        if self._revocations.is_revoked(ident.jti, ident.sub, ident.iat):
+            raise Refusal("identity_revoked", "the agent token has been revoked")
+
+    def _decode(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key.public,
+                algorithms=["EdDSA"],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=self._leeway,
+                options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False},
+            )
+        except jwt.InvalidIssuerError:
+            raise Refusal("identity_invalid", "the agent token has the wrong issuer") from None
+        except jwt.InvalidAudienceError:
+            raise Refusal("identity_invalid", "the agent token has the wrong audience") from None
+        except jwt.ImmatureSignatureError:
+            raise Refusal("identity_expired", "the agent token is not valid yet") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise Refusal("identity_invalid", f"the agent token lacks the {e.claim!r} claim") from None
+        except jwt.InvalidTokenError:
+            raise Refusal("identity_invalid", "the agent token is malformed or badly signed") from None
+        role, scopes, tenant = claims.get("role"), claims.get("scopes", []), claims.get("tenant")
+        if not isinstance(role, str) or not role:
+            raise Refusal("identity_invalid", "the agent token lacks a role")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise Refusal("identity_invalid", "the agent token's scopes are not a list of strings")
+        if tenant is not None and not isinstance(tenant, str):
+            raise Refusal("identity_invalid", "the agent token's tenant is not a string")
+        if claims["exp"] - claims["iat"] > self._max_ttl + self._leeway:
+            raise Refusal("identity_expired", "the agent token's lifetime exceeds max_token_ttl")
+        tool = claims.get("tool")
+        return Identity(
+            sub=str(claims["sub"]),
+            role=role,
+            tenant=tenant,
+            scopes=tuple(scopes),
+            jti=str(claims["jti"]),
+            iat=float(claims["iat"]),
+            nbf=float(claims["nbf"]),
+            exp=float(claims["exp"]),
+            tool=tool if isinstance(tool, str) else None,
+        )
+
+
+def token_from_proxy_authorization(header: str | None) -> str:
+    """The JWT from `Basic base64(user:JWT)` (what clients send for a proxy URL) or `Bearer JWT`."""
+    if not header:
+        raise Refusal("identity_missing", "send the agent token as the proxy password or a Bearer token")
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except ValueError:
+            raise Refusal("identity_invalid", "the Basic proxy credentials are not valid base64") from None
+        _user, sep, password = decoded.partition(":")
+        if sep and password:
+            return password
+    raise Refusal("identity_missing", "Proxy-Authorization must be Basic user:TOKEN or Bearer TOKEN")

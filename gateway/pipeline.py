@@ -1,0 +1,160 @@
+"""The decision steps of one call, as plain functions over plain values.
+
+The mitmproxy addon (`gateway.addon`) reads a flow into these arguments and applies the results;
+nothing here touches mitmproxy, so every step is testable and benchmarkable on its own. A step
+refuses by raising `Refusal`; the order is the order of ../shared/DESIGN.md section 1.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from connectors import codecs
+from connectors.model import Action, Connector, Credential
+from connectors.registry import Registry, Route
+from gateway.errors import Refusal
+from gateway.identity import Identity
+from gateway.secrets import Secrets
+
+PASSTHROUGH = "passthrough"
+# Hop-by-hop and upgrade headers never cross: an upgraded connection would escape inspection.
+_NEVER_FORWARD = ("proxy-authorization", "proxy-connection", "upgrade")
+
+
+def new_decision_id() -> str:
+    return "dec_" + uuid.uuid4().hex
+
+
+@dataclass
+class Call:
+    """What is known about one call so far; becomes its audit record."""
+
+    decision_id: str = field(default_factory=new_decision_id)
+    started: float = field(default_factory=time.time)
+    identity: Identity | None = None
+    host: str | None = None
+    method: str | None = None
+    path: str | None = None
+    connector: str | None = None
+    action: str | None = None
+
+    def record(self, decision: str, refusal: Refusal | None = None, **extra: Any) -> dict[str, Any]:
+        """The audit record of this call: names and codes only, never a value, token or key."""
+        ident = self.identity
+        rec: dict[str, Any] = {
+            "decision_id": self.decision_id,
+            "time": round(self.started, 6),
+            "agent": ident.sub if ident else None,
+            "tenant": ident.tenant if ident else None,
+            "role": ident.role if ident else None,
+            "jti": ident.jti if ident else None,
+            "tool": ident.tool if ident else None,
+            "connector": self.connector,
+            "action": self.action,
+            "host": self.host,
+            "method": self.method,
+            "path": self.path,
+            "decision": decision,
+            "code": refusal.code if refusal else None,
+            "message": refusal.message if refusal else None,
+        }
+        rec.update(extra)
+        return rec
+
+
+def check_target(
+    *,
+    connect: tuple[str, int],
+    scheme: str,
+    target: tuple[str, int],
+    host_header: tuple[str, int | None] | None,
+    sni: str | None,
+) -> None:
+    """Step 3, inside the tunnel: https only, and every name for the target is the CONNECT target.
+
+    The request target, the Host header and the TLS SNI each name a host; if any differs from what
+    the tunnel was opened (and checked) for, the call is domain fronting and refused.
+    """
+    connect_host, connect_port = connect
+    if scheme != "https":
+        raise Refusal("plain_http_denied", f"plain http to {connect_host} is refused; use https")
+    names: dict[str, tuple[str, int | None]] = {"request target": target}
+    if host_header is not None:
+        names["Host header"] = host_header
+    if sni:
+        names["TLS SNI"] = (sni, None)
+    for what, (name, port) in names.items():
+        if name.lower().rstrip(".") != connect_host or port not in (None, connect_port):
+            raise Refusal("domain_fronting", f"the {what} differs from the CONNECT target {connect_host}")
+
+
+def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: str, path: str) -> Route | None:
+    """Step 2: the connector action this call is, None for an `egress.allow` pass-through host."""
+    found = registry.route(host, method, path)
+    if found is not None:
+        return found
+    if host in allow_hosts and not registry.claims(host):
+        return None
+    owners = registry.connectors_for(host)
+    raise Refusal(
+        "unknown_action",
+        f"{method} {path} is no action of the connector for {host}",
+        connector=owners[0].name if owners else None,
+    )
+
+
+def authorize_scopes(identity: Identity, connector: str, action: str) -> None:
+    """The token's scopes: a ceiling on what the policy may allow (the whole decision until policies)."""
+    if not identity.allows(connector, action):
+        raise Refusal("scope_denied", f"the token's scopes do not include {connector}:{action}")
+
+
+def validate(action: Action, body: bytes, query: str) -> dict[str, Any]:
+    """Step 4: decode the parameters and check them against the action's request model."""
+    params = codecs.decode(action.encoding, body, query)
+    if action.request is None:
+        if params:
+            raise Refusal("schema_violation", f"{action.name} takes no parameters")
+        return params
+    try:
+        action.request.model_validate(params)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise Refusal("schema_violation", f"{where}: {first['msg']}{more}") from None
+    return params
+
+
+def inject_credentials(
+    connector: Connector,
+    secrets: Secrets,
+    headers: MutableMapping[str, str],
+    query: MutableMapping[str, str],
+) -> None:
+    """Step 8: remove whatever the agent sent as auth, then add the vendor's real credential."""
+    for name in _NEVER_FORWARD:
+        headers.pop(name, None)
+    cred: Credential | None = connector.credential
+    if cred is None:
+        return
+    for name in cred.strip_headers:
+        headers.pop(name, None)
+    secret = secrets.get(cred.secret)
+    if cred.header is not None:
+        headers[cred.header] = f"{cred.scheme} {secret}" if cred.scheme else secret
+    else:
+        assert cred.query_param is not None
+        query[cred.query_param] = secret
+
+
+def strip_hop_headers(headers: MutableMapping[str, str]) -> None:
+    """For pass-through hosts, which get no credential but must not see proxy auth either."""
+    for name in _NEVER_FORWARD:
+        headers.pop(name, None)

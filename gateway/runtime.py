@@ -1,0 +1,91 @@
+"""Everything a running gateway holds, built once from the config and shared by the proxy and API."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import certifi
+
+from connectors import registry as connector_registry
+from connectors.registry import Registry
+from gateway.audit import AuditLog
+from gateway.breaker import Breaker
+from gateway.config import Config
+from gateway.egress import Resolver
+from gateway.identity import SigningKey, Verifier, load_or_create_key
+from gateway.metrics import Metrics
+from gateway.revocation import Revocations
+from gateway.secrets import Secrets
+from gateway.state import StateDir
+
+log = logging.getLogger(__name__)
+RECENT_DECISIONS = 1000
+
+
+@dataclass
+class Runtime:
+    config: Config
+    state: StateDir
+    registry: Registry
+    key: SigningKey
+    revocations: Revocations
+    verifier: Verifier
+    resolver: Resolver
+    secrets: Secrets
+    audit: AuditLog
+    breaker: Breaker
+    metrics: Metrics = field(default_factory=Metrics)
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
+
+    @property
+    def allow_hosts(self) -> frozenset[str]:
+        return frozenset(h.lower().rstrip(".") for h in self.config.egress.allow)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """One audit record: to the tamper-evident log, the recent-decisions view and the metrics."""
+        self.audit.write(rec)
+        self.recent.append(rec)
+        if rec.get("phase") != "outcome":
+            self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
+
+    def close(self) -> None:
+        self.audit.close()
+
+
+def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
+    """System CAs plus `upstream_ca`: mitmproxy takes one bundle, and the system CAs must still apply."""
+    data = Path(certifi.where()).read_bytes()
+    if extra is not None:
+        try:
+            data += b"\n" + extra.expanduser().read_bytes()
+        except OSError as e:
+            raise ValueError(f"upstream_ca {extra}: {e.strerror}") from None
+    state.upstream_bundle.write_bytes(data)
+    return state.upstream_bundle
+
+
+def build(config: Config) -> Runtime:
+    state = StateDir.open(config.state_path)
+    registry = connector_registry.load(config.connectors)
+    for host in config.upstreams:
+        if not registry.claims(host) and host not in config.egress.allow:
+            log.warning("upstreams: %s is claimed by no connector or egress.allow entry", host)
+    key = load_or_create_key(state.signing_key)
+    revocations = Revocations(state.revocations)
+    routes = {h: a for h in config.upstreams if (a := config.upstream_address(h)) is not None}
+    return Runtime(
+        config=config,
+        state=state,
+        registry=registry,
+        key=key,
+        revocations=revocations,
+        verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway),
+        resolver=Resolver(routes),
+        secrets=Secrets(config.secrets),
+        audit=AuditLog(state.audit_log, key.private),
+        breaker=Breaker(config.breaker.failures, config.breaker.reset),
+    )

@@ -1,0 +1,92 @@
+"""`egress-gateway run`: the proxy (embedded mitmproxy) and the API, in one process and event loop.
+
+mitmproxy allows one `Master` per process and wants it created inside the running loop; its
+options that belong to addons (`connection_strategy`, `body_size_limit`) exist only after the
+addons are added, so they are set with `options.update()` afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from mitmproxy import options
+from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from gateway import ca
+from gateway.addon import Gateway
+from gateway.api import create_app
+from gateway.config import parse_hostport
+from gateway.runtime import Runtime, upstream_bundle
+
+log = logging.getLogger(__name__)
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn, minus its own signal handling: the gateway shuts both servers down together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def proxy_options(rt: Runtime) -> dict[str, object]:
+    host, port = parse_hostport(rt.config.listen, "listen")
+    return {
+        "listen_host": host,
+        "listen_port": port,
+        "confdir": str(rt.state.ca_dir),
+        "connection_strategy": "lazy",  # no upstream connection before a request is allowed
+        "http2": False,
+        "http3": False,
+        "websocket": False,  # an upgraded connection would escape per-request decisions
+        "rawtcp": False,  # non-HTTP bytes in a tunnel must never be relayed
+        "ssl_insecure": False,
+        "ssl_verify_upstream_trusted_ca": str(upstream_bundle(rt.state, rt.config.upstream_ca)),
+        "body_size_limit": str(rt.config.max_body),
+        "upstream_cert": False,  # our certificate for the vendor comes from SNI; no early dial
+    }
+
+
+async def serve(rt: Runtime) -> None:
+    ca.ensure(rt.state)
+    master = Master(options.Options(), event_loop=asyncio.get_running_loop())
+    addon = Gateway(rt)
+    master.addons.add(
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        disable_h2c.DisableH2C(),
+        errorcheck.ErrorCheck(),
+        addon,
+    )
+    master.options.update(**proxy_options(rt))
+    api_host, api_port = parse_hostport(rt.config.api_listen, "api_listen")
+    api = _ApiServer(uvicorn.Config(create_app(rt), host=api_host, port=api_port, log_level="warning", lifespan="off"))
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        master.shutdown()
+        api.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    addon.error_pages.install()
+    watcher = asyncio.create_task(rt.revocations.watch())
+    api_task = asyncio.create_task(api.serve())
+    try:
+        log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
+        await master.run()
+    finally:
+        api.should_exit = True
+        watcher.cancel()
+        await asyncio.gather(api_task, return_exceptions=True)
+        addon.error_pages.uninstall()
+        rt.close()

@@ -103,6 +103,9 @@ class Gateway:
             self._refuse(flow, call, Refusal("internal_error", "the gateway failed while deciding"))
             return
         self.rt.record(call.record("allow", phase="decision"))
+        # Pin the checked address as the request's destination (the Host header is unchanged), so
+        # mitmproxy dials it, and reuses the upstream connection for the tunnel's next requests.
+        req.data.host, req.data.port = tunnel.address
         tunnel.in_flight = flow
         flow.metadata[_FORWARDED] = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -129,9 +132,11 @@ class Gateway:
             connect=(tunnel.host, tunnel.port),
             scheme=req.scheme,
             target=(req.host, req.port),
+            authority=url.parse_authority(req.authority, check=False) if req.authority else None,
             host_header=url.parse_authority(host_header, check=False) if host_header else None,
             sni=flow.client_conn.sni,
         )
+        req.authority = ""  # upstream always gets origin-form
         route = pipeline.route(self.rt.registry, self.rt.allow_hosts, call.host, req.method, call.path or "/")
         assert call.identity is not None
         if route is None:
@@ -154,12 +159,11 @@ class Gateway:
     # --- the upstream -----------------------------------------------------------------------
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        """Dial the checked address, not whatever a second DNS lookup would say; keep the vendor SNI."""
+        """Dial only the address that was checked, with the vendor's name as SNI."""
         tunnel = self.tunnels.get(data.client.id)
-        if tunnel is None:
-            data.server.error = "no checked tunnel for this connection"
+        if tunnel is None or data.server.address != tunnel.address:
+            data.server.error = "egress-gateway: refusing to dial an address that was not checked"
             return
-        data.server.address = tunnel.address
         data.server.sni = tunnel.host
         flow = tunnel.in_flight
         if flow is not None:
@@ -210,7 +214,7 @@ class Gateway:
         self._stop_timers(flow)
         call: Call = flow.metadata.get(_CALL) or self._call_for(flow)
         msg = flow.error.msg if flow.error else ""
-        refusal = self._classify(flow, msg)
+        refusal = self._classify(flow, call, msg)
         refusal.connector, refusal.action = call.connector, call.action
         started = flow.metadata.get(_FORWARDED)
         if started is not None and refusal.code in ("upstream_failed", "upstream_tls", "upstream_timeout"):
@@ -220,17 +224,17 @@ class Gateway:
         self.error_pages.claim(msg, call.decision_id, refusal)
         self._done(flow)
 
-    def _classify(self, flow: http.HTTPFlow, msg: str) -> Refusal:
+    def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
         low = msg.lower()
         if flow.metadata.get(_TIMED_OUT):
-            return Refusal("upstream_timeout", f"{flow.request.host} did not answer in time")
+            return Refusal("upstream_timeout", f"{call.host} did not answer in time")
         if "body exceeds" in low and "request" in low:
             return Refusal("body_too_large", f"the request body exceeds max_body ({self.rt.config.max_body} bytes)")
         if "certificate" in low or "tls" in low or "ssl" in low:
-            return Refusal("upstream_tls", f"the TLS certificate of {flow.request.host} did not verify")
+            return Refusal("upstream_tls", f"the TLS certificate of {call.host} did not verify")
         if flow.metadata.get(_FORWARDED) is None:
             return Refusal("bad_request", "the request could not be read")
-        return Refusal("upstream_failed", f"{flow.request.host} failed: connection error or broken HTTP")
+        return Refusal("upstream_failed", f"{call.host} failed: connection error or broken HTTP")
 
     def _call_for(self, flow: http.HTTPFlow) -> Call:
         call = Call(host=flow.request.host, method=flow.request.method, path=flow.request.path.split("?", 1)[0])

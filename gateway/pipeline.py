@@ -73,18 +73,22 @@ def check_target(
     connect: tuple[str, int],
     scheme: str,
     target: tuple[str, int],
+    authority: tuple[str, int | None] | None,
     host_header: tuple[str, int | None] | None,
     sni: str | None,
 ) -> None:
     """Step 3, inside the tunnel: https only, and every name for the target is the CONNECT target.
 
-    The request target, the Host header and the TLS SNI each name a host; if any differs from what
-    the tunnel was opened (and checked) for, the call is domain fronting and refused.
+    The request target (and its absolute-form authority, if the agent sent one), the Host header and
+    the TLS SNI each name a host; if any differs from what the tunnel was opened (and checked) for,
+    the call is domain fronting and refused.
     """
     connect_host, connect_port = connect
     if scheme != "https":
         raise Refusal("plain_http_denied", f"plain http to {connect_host} is refused; use https")
     names: dict[str, tuple[str, int | None]] = {"request target": target}
+    if authority is not None:
+        names["absolute-form target"] = authority
     if host_header is not None:
         names["Host header"] = host_header
     if sni:

@@ -45,7 +45,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 @dataclass
-class TestPKI:
+class PKI:
     """A CA and leaf certificates written as PEM files into `root`."""
 
     root: Path
@@ -324,7 +324,7 @@ def running_gateway(root: Path, settings: dict[str, Any], env: dict[str, str] | 
         gw.stop()
 
 
-def vendor_settings(pki: TestPKI, vendor: FakeVendor, **extra: Any) -> dict[str, Any]:
+def vendor_settings(pki: PKI, vendor: FakeVendor, **extra: Any) -> dict[str, Any]:
     """A gateway config that routes every vendor host to `vendor` and trusts the test CA."""
     settings: dict[str, Any] = {
         "upstreams": {h: vendor.url for h in VENDOR_HOSTS},

@@ -1,0 +1,94 @@
+"""Small helpers for speaking to the gateway the way agents do, and the ways attackers do."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tests.fakes import GatewayProcess
+
+
+def client(gw: GatewayProcess, token: str, **kw: Any) -> httpx.Client:
+    return httpx.Client(proxy=gw.proxy_url(token), verify=str(gw.ca_file), timeout=15, **kw)
+
+
+def error_of(r: httpx.Response) -> dict[str, Any]:
+    """The contract's error object; fails the test if the body is not that JSON."""
+    assert r.headers.get("content-type", "").startswith("application/json"), r.text[:200]
+    body = r.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert {"code", "message", "decision_id", "connector", "action"} <= set(err), err
+    assert r.headers["x-egress-decision-id"] == err["decision_id"]
+    return err
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error(self) -> dict[str, Any]:
+        err = json.loads(self.body)["error"]
+        assert self.headers.get("x-egress-decision-id") == err["decision_id"]
+        return err
+
+
+def read_response(sock: socket.socket | ssl.SSLSocket) -> RawResponse:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return RawResponse(status, headers, body)
+
+
+def basic(token: str, user: str = "agent") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+
+
+def raw_connect(gw: GatewayProcess, host: str, auth: str | None, port: int = 443) -> tuple[socket.socket, RawResponse]:
+    """Send a CONNECT by hand; returns the socket (a tunnel if the status is 200) and the response."""
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
+    if auth is not None:
+        lines.append(f"Proxy-Authorization: {auth}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock, read_response(sock)
+
+
+def tunnel_tls(gw: GatewayProcess, token: str, connect_host: str, sni: str | None = None) -> ssl.SSLSocket:
+    sock, resp = raw_connect(gw, connect_host, basic(token))
+    assert resp.status == 200, resp
+    ctx = ssl.create_default_context(cafile=str(gw.ca_file))
+    ctx.check_hostname = sni is None or sni == connect_host
+    return ctx.wrap_socket(sock, server_hostname=sni or connect_host)
+
+
+def curl(gw: GatewayProcess, token: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--proxy", f"http://127.0.0.1:{gw.port}", "--proxy-user", f"agent:{token}",
+         "--cacert", str(gw.ca_file), "-w", "\n%{http_code}", url, *args],
+        capture_output=True, text=True, timeout=30,
+    )
+
+

@@ -1,0 +1,109 @@
+"""Step 3: default deny, no private or metadata addresses, no fronting, no plain http, no raw TCP."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import httpx
+import pytest
+
+from tests.clients import basic, client, error_of, raw_connect, read_response, tunnel_tls
+from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+
+
+def test_unknown_host_is_refused_before_tls_and_never_dialed(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    # evil.example is routed to the fake vendor, but no connector claims it: it must never be dialed.
+    settings = vendor_settings(pki, vendor)
+    settings["upstreams"]["evil.example"] = vendor.url
+    gw = make_gateway(settings)
+    before = vendor.connections
+    sock, resp = raw_connect(gw, "evil.example", basic(gw.token()))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (403, "host_denied")
+    assert vendor.connections == before and not vendor.received
+
+
+def test_unknown_action_never_reaches_the_vendor(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    with client(gateway, gateway.token()) as c:
+        r = c.delete("https://api.stripe.com/v1/customers/cus_1")
+    err = error_of(r)
+    assert (r.status_code, err["code"], err["connector"]) == (403, "unknown_action", "stripe")
+    assert not vendor.received
+
+
+@pytest.mark.parametrize("host", ["localhost", "169.254.169.254"])
+def test_private_and_metadata_addresses_are_refused(gateway: GatewayProcess, host: str) -> None:
+    # Both are in the session gateway's egress.allow, yet no address check is skipped for them.
+    sock, resp = raw_connect(gateway, host, basic(gateway.token()), port=443)
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (403, "address_denied")
+
+
+def test_inner_host_header_must_equal_connect_target(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
+    tls.sendall(b"GET /v1/embeddings HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+    resp = read_response(tls)
+    tls.close()
+    assert (resp.status, resp.error()["code"]) == (403, "domain_fronting")
+    assert not vendor.received
+
+
+def test_absolute_form_target_must_equal_connect_target(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
+    tls.sendall(b"GET https://api.openai.com/v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+    resp = read_response(tls)
+    tls.close()
+    assert resp.status in (400, 403)
+    assert resp.error()["code"] in ("domain_fronting", "bad_request")
+    assert not vendor.received
+
+
+def test_sni_must_equal_connect_target(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com", sni="api.openai.com")
+    tls.sendall(b"GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+    resp = read_response(tls)
+    tls.close()
+    assert (resp.status, resp.error()["code"]) == (403, "domain_fronting")
+    assert not vendor.received
+
+
+def test_plain_http_to_a_vendor_is_refused(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    with httpx.Client(proxy=gateway.proxy_url(gateway.token())) as c:
+        r = c.get("http://api.stripe.com/v1/balance")
+    assert (r.status_code, error_of(r)["code"]) == (403, "plain_http_denied")
+    assert not vendor.received
+
+
+def test_plain_http_inside_a_tunnel_is_refused(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(gateway.token()))
+    assert resp.status == 200
+    sock.sendall(b"GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+    resp = read_response(sock)
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (403, "plain_http_denied")
+    assert not vendor.received
+
+
+def test_raw_bytes_in_a_tunnel_are_never_relayed(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(gateway.token()))
+    assert resp.status == 200
+    sock.sendall(b"\x00\x01binary-protocol-not-http\r\n\r\n")
+    sock.settimeout(5)
+    try:
+        data = sock.recv(4096)
+    except (socket.timeout, ConnectionError):
+        data = b""
+    sock.close()
+    assert not vendor.received and vendor.connections == vendor.connections
+    assert b"binary-protocol" not in data
+
+
+def test_vendor_tls_is_terminated_with_the_gateway_ca(gateway: GatewayProcess) -> None:
+    tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
+    issuer = dict(x[0] for x in tls.getpeercert()["issuer"])
+    tls.close()
+    assert issuer["commonName"] == "egress-gateway CA"
+    with pytest.raises(ssl.SSLError):
+        sock, _ = raw_connect(gateway, "api.stripe.com", basic(gateway.token()))
+        ssl.create_default_context().wrap_socket(sock, server_hostname="api.stripe.com")

@@ -1,0 +1,138 @@
+"""Step 1: the agent token, at CONNECT and again on every request inside the tunnel."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway import identity
+from tests.clients import basic, client, error_of, raw_connect
+from tests.fakes import FakeVendor, GatewayProcess, vendor_settings
+
+
+def _signed(gw: GatewayProcess, **claims: object) -> str:
+    key = identity.load_or_create_key(gw.state_dir / "signing-key.pem")
+    now = int(time.time())
+    base: dict[str, object] = {
+        "iss": "egress-gateway", "aud": "egress-gateway", "sub": "a", "role": "finance", "scopes": ["*"],
+        "iat": now, "nbf": now, "exp": now + 300, "jti": "j-" + str(now),
+    }
+    base.update(claims)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, key.private, algorithm="EdDSA")
+
+
+@pytest.mark.parametrize(
+    ("auth", "code"),
+    [
+        (None, "identity_missing"),
+        ("Digest abc", "identity_missing"),
+        ("Basic !!!notbase64", "identity_invalid"),
+        ("Bearer not.a.jwt", "identity_invalid"),
+    ],
+)
+def test_connect_without_a_usable_token_is_407(gateway: GatewayProcess, auth: str | None, code: str) -> None:
+    sock, resp = raw_connect(gateway, "api.stripe.com", auth)
+    sock.close()
+    assert resp.status == 407
+    assert resp.headers["proxy-authenticate"].startswith("Basic")
+    assert resp.error()["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"exp": int(time.time()) - 120}, "identity_expired"),
+        ({"nbf": int(time.time()) + 600, "exp": int(time.time()) + 900}, "identity_expired"),
+        ({"aud": "someone-else"}, "identity_invalid"),
+        ({"iss": "evil"}, "identity_invalid"),
+        ({"jti": None}, "identity_invalid"),
+        ({"role": None}, "identity_invalid"),
+        ({"exp": int(time.time()) + 7200}, "identity_expired"),  # lifetime above max_token_ttl
+    ],
+)
+def test_bad_claims_are_refused_at_connect(gateway: GatewayProcess, claims: dict, code: str) -> None:
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(_signed(gateway, **claims)))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, code)
+
+
+def test_token_signed_by_another_key_is_refused(gateway: GatewayProcess) -> None:
+    now = int(time.time())
+    forged = jwt.encode(
+        {"iss": "egress-gateway", "aud": "egress-gateway", "sub": "a", "role": "finance", "scopes": ["*"],
+         "iat": now, "nbf": now, "exp": now + 60, "jti": "x"},
+        Ed25519PrivateKey.generate(), algorithm="EdDSA",
+    )
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(forged))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")
+
+
+def test_hs256_token_with_public_key_as_secret_is_refused(gateway: GatewayProcess) -> None:
+    now = int(time.time())
+    forged = jwt.encode(
+        {"iss": "egress-gateway", "aud": "egress-gateway", "sub": "a", "role": "finance", "scopes": ["*"],
+         "iat": now, "nbf": now, "exp": now + 60, "jti": "x"},
+        "secret", algorithm="HS256",
+    )
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(forged))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")
+
+
+def test_admin_token_is_not_a_proxy_credential(gateway: GatewayProcess) -> None:
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(gateway.token(role="admin")))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")
+
+
+def test_refused_connect_is_audited_without_the_token(gateway: GatewayProcess) -> None:
+    token = _signed(gateway, aud="someone-else")
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(token))
+    sock.close()
+    decision_id = resp.error()["decision_id"]
+    rec = next(r for r in gateway.audit() if r["decision_id"] == decision_id)
+    assert rec["decision"] == "deny" and rec["code"] == "identity_invalid" and rec["method"] == "CONNECT"
+    assert token not in gateway.audit_file.read_text()
+
+
+@pytest.mark.parametrize("by", ["jti", "sub"])
+def test_revocation_stops_an_open_tunnel_within_a_second(gateway: GatewayProcess, vendor: FakeVendor, by: str) -> None:
+    sub = f"revoked-{by}"
+    token = gateway.token(sub=sub, scopes=("stripe:*",))
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    other = gateway.token(sub="bystander", scopes=("stripe:*",))
+    with client(gateway, token) as c, client(gateway, other) as bystander:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+        gateway.cli("token", "revoke", f"--{by}", jti if by == "jti" else sub)
+        time.sleep(1.0)
+        before = len(vendor.received)
+        r = c.get("https://api.stripe.com/v1/balance")
+        assert r.status_code == 407, r.text
+        assert error_of(r)["code"] == "identity_revoked"
+        assert len(vendor.received) == before
+        assert bystander.get("https://api.stripe.com/v1/balance").status_code == 200
+
+
+def test_token_expiring_inside_an_open_tunnel_stops_working(make_gateway, pki, vendor: FakeVendor) -> None:
+    gw = make_gateway(vendor_settings(pki, vendor, token_leeway="1s"))
+    token = gw.token(scopes=("stripe:*",), ttl=2)
+    with client(gw, token, limits=httpx.Limits(keepalive_expiry=60)) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+        time.sleep(4.5)  # past exp plus the 1 s clock-skew leeway
+        r = c.get("https://api.stripe.com/v1/balance")
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_expired")
+
+
+def test_scopes_decide_which_actions(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    token = gateway.token(scopes=("stripe:retrieve_balance",))
+    with client(gateway, token) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+        r = c.post("https://api.stripe.com/v1/refunds", data={"payment_intent": "pi_1"})
+    err = error_of(r)
+    assert (r.status_code, err["code"], err["connector"], err["action"]) == (403, "scope_denied", "stripe", "create_refund")
+    assert [x.path for x in vendor.received] == ["/v1/balance"]

@@ -1,0 +1,92 @@
+"""Steps 8-9: the vendor side. TLS is always verified; failures and timeouts are JSON refusals."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.clients import client, error_of
+from tests.fakes import VENDOR_HOSTS, FakeVendor, PKI, free_port, vendor_settings
+
+
+@pytest.fixture
+def wrong_name_vendor(pki: PKI):
+    v = FakeVendor(pki.leaf("wrong-name", ("not-stripe.example",)))
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def expired_vendor(pki: PKI):
+    v = FakeVendor(pki.leaf("expired", VENDOR_HOSTS, expired=True))
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def untrusted_vendor(tmp_path):
+    v = FakeVendor(PKI(tmp_path / "other-ca").leaf("untrusted", VENDOR_HOSTS))
+    yield v
+    v.close()
+
+
+@pytest.mark.parametrize("bad", ["wrong_name_vendor", "expired_vendor", "untrusted_vendor"])
+def test_bad_vendor_certificate_is_502_upstream_tls(make_gateway, pki: PKI, bad: str, request) -> None:
+    bad_vendor: FakeVendor = request.getfixturevalue(bad)
+    gw = make_gateway(vendor_settings(pki, bad_vendor))
+    with client(gw, gw.token()) as c:
+        r = c.get("https://api.stripe.com/v1/balance")
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (502, "upstream_tls")
+    assert not bad_vendor.received
+    rec = next(x for x in gw.audit() if x["decision_id"] == err["decision_id"] and x["decision"] == "deny")
+    assert rec["code"] == "upstream_tls" and rec["connector"] == "stripe"
+
+
+def test_slow_vendor_is_504_upstream_timeout(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    gw = make_gateway(vendor_settings(pki, vendor, timeouts={"connect": "2s", "read": "1s"}))
+    vendor.delay = 3.0
+    started = time.monotonic()
+    with client(gw, gw.token()) as c:
+        r = c.get("https://api.stripe.com/v1/balance")
+    assert time.monotonic() - started < 2.9
+    assert (r.status_code, error_of(r)["code"]) == (504, "upstream_timeout")
+
+
+def test_refused_connection_is_502_upstream_failed(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    settings = vendor_settings(pki, vendor)
+    settings["upstreams"]["api.stripe.com"] = f"https://127.0.0.1:{free_port()}"
+    gw = make_gateway(settings)
+    with client(gw, gw.token()) as c:
+        r = c.get("https://api.stripe.com/v1/balance")
+    assert (r.status_code, error_of(r)["code"]) == (502, "upstream_failed")
+
+
+def test_missing_credential_fails_closed(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    gw = make_gateway(vendor_settings(pki, vendor), env={"TEST_STRIPE_KEY": ""})
+    with client(gw, gw.token()) as c:
+        r = c.get("https://api.stripe.com/v1/balance")
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (503, "store_unavailable")
+    assert "stripe" in err["message"]
+    assert not vendor.received
+
+
+def test_circuit_opens_after_failures_then_half_open_probe_closes_it(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    gw = make_gateway(vendor_settings(pki, vendor, breaker={"failures": 3, "reset": "1s"}))
+    vendor.status = 503
+    with client(gw, gw.token()) as c:
+        assert [c.get("https://api.stripe.com/v1/balance").status_code for _ in range(3)] == [503] * 3
+        sent = len(vendor.received)
+        r = c.get("https://api.stripe.com/v1/balance")
+        err = error_of(r)
+        assert (r.status_code, err["code"]) == (503, "circuit_open")
+        assert int(r.headers["retry-after"]) >= 1
+        assert len(vendor.received) == sent  # refused without dialing
+        # Other vendors have circuits of their own.
+        assert c.post("https://api.openai.com/v1/embeddings", json={"model": "m", "input": "x"}).status_code == 503
+        time.sleep(1.1)
+        vendor.status = 200
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200  # the probe
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200

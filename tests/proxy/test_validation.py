@@ -1,0 +1,80 @@
+"""Step 4: the body is decoded and validated against the action's model; bad input is a clear 4xx."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.clients import client, error_of
+from tests.fakes import FakeVendor, GatewayProcess
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"amount": "lots", "currency": "usd"}, "amount"),
+        ({"amount": "-5", "currency": "usd"}, "amount"),
+        ({"amount": "100", "currency": "dollars"}, "currency"),
+        ({"currency": "usd"}, "amount"),
+        ({"amount": "100", "currency": "usd", "transfer_data[destination]": "acct_x"}, "transfer_data"),
+    ],
+)
+def test_stripe_form_schema_violation_names_the_field(gateway: GatewayProcess, vendor: FakeVendor, data: dict, field: str) -> None:
+    with client(gateway, gateway.token()) as c:
+        r = c.post("https://api.stripe.com/v1/payment_intents", data=data)
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (400, "schema_violation")
+    assert err["message"].startswith(field)
+    assert (err["connector"], err["action"]) == ("stripe", "create_payment_intent")
+    assert not vendor.received
+
+
+def test_json_schema_violation_in_a_nested_field(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    with client(gateway, gateway.token()) as c:
+        r = c.post("https://api.openai.com/v1/chat/completions", json={"model": "m", "messages": [{"role": "wizard", "content": "x"}]})
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (400, "schema_violation")
+    assert err["message"].startswith("messages.0.role")
+    assert not vendor.received
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be an object"),
+        (b'{"a":' * 100 + b"1" + b"}" * 100, "nests deeper"),
+        (b'{"model": ' + b"9" * 100_00 + b"}", "not valid JSON"),
+    ],
+)
+def test_malformed_json_is_refused(gateway: GatewayProcess, vendor: FakeVendor, body: bytes, reason: str) -> None:
+    with client(gateway, gateway.token()) as c:
+        r = c.post("https://api.openai.com/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (400, "malformed_body")
+    assert reason in err["message"]
+    assert not vendor.received
+
+
+def test_form_with_too_many_keys_is_refused(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    body = "&".join(f"metadata[k{i}]=v" for i in range(2000))
+    with client(gateway, gateway.token()) as c:
+        r = c.post("https://api.stripe.com/v1/customers", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
+    assert not vendor.received
+
+
+def test_parameters_on_an_action_that_takes_none(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    with client(gateway, gateway.token()) as c:
+        r = c.get("https://api.stripe.com/v1/balance?expand[]=everything")
+    assert (r.status_code, error_of(r)["code"]) == (400, "schema_violation")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_over_max_body_is_413_json(gateway: GatewayProcess, vendor: FakeVendor, chunked: bool) -> None:
+    big = b'{"model": "m", "input": "' + b"x" * 100_000 + b'"}'
+    with client(gateway, gateway.token()) as c:
+        content = iter([big]) if chunked else big
+        r = c.post("https://api.openai.com/v1/embeddings", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert error_of(r)["code"] == "body_too_large"
+    assert not vendor.received

@@ -153,8 +153,9 @@ class Gateway:
             req.query.pop(cred.query_param, None)
         query = req.path.partition("?")[2]
         pipeline.validate(action, req.raw_content or b"", query)
-        self.rt.breaker.check(call.host)
         pipeline.inject_credentials(connector, self.rt.secrets, req.headers, req.query)
+        # Last: letting a half-open circuit's one probe through commits us to forwarding it.
+        self.rt.breaker.check(call.host)
 
     # --- the upstream -----------------------------------------------------------------------
 

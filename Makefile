@@ -1,0 +1,34 @@
+# The two commands a newcomer needs are `make run` and `make test`; both set themselves up from
+# nothing but Python and the package registries.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test bench demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Start the gateway on its embedded defaults (proxy 127.0.0.1:8080, API 127.0.0.1:8081).
+run: setup
+	$(BIN)/egress-gateway run $(ARGS)
+
+## The whole test suite, against real gateway processes and fake vendors over real TLS.
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
+
+## Throughput and latency ratios against direct and bare-mitmproxy baselines, measured in one run.
+bench: setup
+	$(BIN)/python -m bench.proxy_bench $(ARGS)
+
+## A scripted agent against local fake vendors, printing each decision.
+demo: setup
+	$(BIN)/python -m tests.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,51 @@
+"""The admin API: health, JWKS, metrics, connectors and recent decisions, with admin tokens only."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.clients import client, error_of
+from tests.fakes import VENDOR_ENV, FakeVendor, GatewayProcess
+
+
+def test_health_and_readiness_are_open(gateway: GatewayProcess) -> None:
+    assert httpx.get(f"{gateway.api_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{gateway.api_url}/readyz").json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/v1/connectors", "/v1/decisions"])
+def test_admin_endpoints_need_an_admin_token(gateway: GatewayProcess, path: str) -> None:
+    r = httpx.get(gateway.api_url + path)
+    assert (r.status_code, error_of(r)["code"]) == (401, "identity_missing")
+    r = httpx.get(gateway.api_url + path, headers={"Authorization": f"Bearer {gateway.token(role='finance')}"})
+    assert (r.status_code, error_of(r)["code"]) == (403, "admin_required")
+    r = httpx.get(gateway.api_url + path, headers={"Authorization": "Bearer forged.token.here"})
+    assert (r.status_code, error_of(r)["code"]) == (401, "identity_invalid")
+
+
+def test_decisions_and_metrics_show_calls_without_secrets(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    token = gateway.token(sub="metrics-agent", scopes=("stripe:*",))
+    with client(gateway, token) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+        assert c.post("https://api.stripe.com/v1/refunds", data={"amount": "x"}).status_code == 400
+    admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
+    decisions = httpx.get(f"{gateway.api_url}/v1/decisions?limit=50", headers=admin).json()["decisions"]
+    mine = [d for d in decisions if d["agent"] == "metrics-agent"]
+    assert {(d["action"], d["decision"], d["code"]) for d in mine} >= {
+        ("retrieve_balance", "allow", None),
+        ("create_refund", "deny", "schema_violation"),
+    }
+    text = httpx.get(f"{gateway.api_url}/metrics", headers=admin).text
+    assert 'egress_decisions_total{connector="stripe",action="create_refund",decision="deny",code="schema_violation"}' in text
+    assert "egress_upstream_seconds_count" in text
+    scraped = text + str(decisions) + gateway.audit_file.read_text() + gateway.log_file.read_text()
+    for secret in VENDOR_ENV.values():
+        assert secret not in scraped
+    assert token not in scraped
+
+
+def test_connectors_endpoint(gateway: GatewayProcess) -> None:
+    admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
+    names = {c["name"] for c in httpx.get(f"{gateway.api_url}/v1/connectors", headers=admin).json()["connectors"]}
+    assert names == {"stripe", "openai", "serpapi"}

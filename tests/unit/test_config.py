@@ -1,0 +1,45 @@
+"""Configuration parsing: durations, sizes, references, and unknown keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import config
+from gateway.config import ConfigError
+
+
+def test_embedded_defaults() -> None:
+    cfg = config.load(None)
+    assert cfg.listen == "127.0.0.1:8080" and cfg.api_listen == "127.0.0.1:8081"
+    assert cfg.max_token_ttl == 1800 and cfg.max_body == 2**20
+    assert (cfg.timeouts.connect, cfg.timeouts.read) == (5, 60)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5), ("15m", 900), ("1h", 3600), (30, 30)])
+def test_durations(text: object, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("1MiB", 2**20), ("64KiB", 65536), ("1MB", 10**6), (512, 512)])
+def test_sizes(text: object, size: int) -> None:
+    assert config.parse_size(text) == size
+
+
+def test_file_and_overrides(tmp_path) -> None:
+    f = tmp_path / "gateway.yaml"
+    f.write_text("max_token_ttl: 10m\nupstream_ca: ca.pem\nupstreams: {API.Stripe.com: 'https://127.0.0.1:9443'}\n")
+    cfg = config.load(f, {"listen": "127.0.0.1:9000", "api_listen": None})
+    assert cfg.listen == "127.0.0.1:9000" and cfg.max_token_ttl == 600
+    assert cfg.upstream_ca == tmp_path / "ca.pem"
+    assert cfg.upstream_address("api.stripe.com") == ("127.0.0.1", 9443)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["upstreams: {a.com: 'http://x'}", "secrets: {s: plainvalue}", "timeouts: {read: -1s}", "nope: 1", "- a list", "max_body: 0"],
+)
+def test_bad_config_is_a_config_error(tmp_path, text: str) -> None:
+    f = tmp_path / "gateway.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError):
+        config.load(f)

@@ -1,0 +1,259 @@
+"""Human approvals: a SQLite store of pending, approved, denied, expired and used approvals.
+
+Flow: a call whose policy says `approval_required` gets a 403 with an `approval_id` (an identical
+call while one is pending gets the same id, so retries do not flood approvers). An approver runs
+`egress-gateway approvals approve ID` (or the admin API). The agent retries the *identical* call with
+`X-Egress-Approval: ID`; `consume` marks the approval used in one conditional UPDATE, so it is
+single-use even with many concurrent retries (SQLite serialises writers; exactly one UPDATE sees
+the row still `approved`).
+
+An approval matches only the tenant, agent (sub), connector, action and parameters it was asked
+for: they are bound by `request_digest`, a SHA-256 of their canonical JSON. Pending requests expire
+`ttl` seconds (default 15 min) after they were made; an approval can be used for `ttl` seconds
+after it was given. Expiry is applied lazily on every read and by the conditions of each update.
+
+Approvers see `summary` (numbers and policy-listed values only, from the policy engine) and the
+rule's reason, never free-text parameters, which may hold PII.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import Refusal
+from gateway.policy_engine import Decision
+
+DEFAULT_TTL = 15 * 60.0
+STATES = ("pending", "approved", "denied", "expired", "used")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    tenant TEXT,
+    sub TEXT NOT NULL,
+    connector TEXT NOT NULL,
+    action TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    decided_by TEXT,
+    decided_at REAL,
+    used_at REAL
+);
+CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (digest, state);
+"""
+
+
+class ApprovalError(ValueError):
+    """An approve/deny that cannot happen (unknown id, not pending, expired)."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    id: str
+    tenant: str | None
+    sub: str
+    connector: str
+    action: str
+    digest: str
+    summary: dict[str, Any]
+    reason: str
+    state: str
+    created_at: float
+    expires_at: float
+    decided_by: str | None
+    decided_at: float | None
+    used_at: float | None
+
+    def public(self) -> dict[str, Any]:
+        """The view for `GET /v1/approvals/{id}` and `approvals list --json`."""
+        return {k: v for k, v in self.__dict__.items() if k != "digest"}
+
+
+def request_digest(tenant: str | None, sub: str, connector: str, action: str, params: Any) -> str:
+    """What an approval is bound to: who, which action, and exactly which parameters."""
+    canonical = json.dumps(
+        {"tenant": tenant, "sub": sub, "connector": connector, "action": action, "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ApprovalStore:
+    """The approvals table in one SQLite file (in the state directory)."""
+
+    def __init__(self, path: Path, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken immediately so concurrent writers queue instead of racing."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        db.execute(
+            "UPDATE approvals SET state='expired' WHERE state IN ('pending','approved') AND expires_at <= ?",
+            (now,),
+        )
+
+    def request(
+        self,
+        tenant: str | None,
+        sub: str,
+        connector: str,
+        action: str,
+        digest: str,
+        summary: dict[str, Any],
+        reason: str,
+    ) -> Approval:
+        """The pending approval for this exact request, created if there is none."""
+        now = self._clock()
+        with self._tx() as db:
+            self._expire(db, now)
+            row = db.execute(
+                "SELECT * FROM approvals WHERE digest=? AND state='pending' ORDER BY created_at LIMIT 1",
+                (digest,),
+            ).fetchone()
+            if row is not None:
+                return _approval(row)
+            new_id = "apr_" + secrets.token_urlsafe(12)
+            db.execute(
+                "INSERT INTO approvals (id, tenant, sub, connector, action, digest, summary, reason, "
+                "state, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)",
+                (new_id, tenant, sub, connector, action, digest, json.dumps(summary), reason, now, now + self.ttl),
+            )
+            row = db.execute("SELECT * FROM approvals WHERE id=?", (new_id,)).fetchone()
+        return _approval(row)
+
+    def get(self, approval_id: str) -> Approval | None:
+        with self._tx() as db:
+            self._expire(db, self._clock())
+            row = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+        return _approval(row) if row else None
+
+    def list(self, states: Sequence[str] = ("pending",)) -> list[Approval]:
+        """Approvals in the given states, oldest first."""
+        marks = ",".join("?" * len(states))
+        with self._tx() as db:
+            self._expire(db, self._clock())
+            rows = db.execute(
+                f"SELECT * FROM approvals WHERE state IN ({marks}) ORDER BY created_at", tuple(states)
+            ).fetchall()
+        return [_approval(r) for r in rows]
+
+    def approve(self, approval_id: str, by: str) -> Approval:
+        """Approve a pending request; it can then be used once, within `ttl` seconds."""
+        return self._decide(approval_id, by, "approved")
+
+    def deny(self, approval_id: str, by: str) -> Approval:
+        return self._decide(approval_id, by, "denied")
+
+    def _decide(self, approval_id: str, by: str, state: str) -> Approval:
+        now = self._clock()
+        with self._tx() as db:
+            self._expire(db, now)
+            changed = db.execute(
+                "UPDATE approvals SET state=?, decided_by=?, decided_at=?, expires_at=? "
+                "WHERE id=? AND state='pending'",
+                (state, by, now, now + self.ttl, approval_id),
+            ).rowcount
+            row = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
+        if row is None:
+            raise ApprovalError(f"no approval {approval_id}")
+        if not changed:
+            raise ApprovalError(f"approval {approval_id} is {row['state']}, not pending")
+        return _approval(row)
+
+    def consume(
+        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str
+    ) -> bool:
+        """Use an approval for this exact request; True for exactly one caller, once."""
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE approvals SET state='used', used_at=? WHERE id=? AND state='approved' "
+                "AND expires_at > ? AND tenant IS ? AND sub=? AND connector=? AND action=? AND digest=?",
+                (self._clock(), approval_id, self._clock(), tenant, sub, connector, action, digest),
+            ).rowcount
+        return changed == 1
+
+    def gate(self, decision: Decision, params: Any, approval_id: str | None) -> str | None:
+        """The approval step of the pipeline.
+
+        For an `approval_required` decision: consume the approval the agent presents
+        (`X-Egress-Approval`) and return its id, or raise `Refusal("approval_required")` carrying
+        the `approval_id` to wait for. For other decisions: None. A store failure refuses with
+        `store_unavailable` (fail closed).
+        """
+        if decision.outcome != "approval_required":
+            return None
+        s = decision.subject
+        try:
+            digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
+            if approval_id and self.consume(approval_id, s.tenant, s.sub, decision.connector, decision.action, digest):
+                return approval_id
+            reason = decision.refusal.message if decision.refusal else "approval required"
+            pending = self.request(
+                s.tenant, s.sub, decision.connector, decision.action, digest, dict(decision.approval_summary), reason
+            )
+        except sqlite3.Error:
+            raise Refusal(
+                "store_unavailable",
+                "the approval store is unavailable",
+                connector=decision.connector,
+                action=decision.action,
+            ) from None
+        stale = (
+            f"; approval {approval_id} is not valid for this call (unknown, not approved, used, expired, "
+            "or for other parameters)"
+            if approval_id
+            else ""
+        )
+        raise Refusal(
+            "approval_required",
+            f"{reason}{stale}; waiting for approval {pending.id}",
+            connector=decision.connector,
+            action=decision.action,
+            details={"approval_id": pending.id},
+        )
+
+
+def _approval(row: sqlite3.Row) -> Approval:
+    d = dict(row)
+    d["summary"] = json.loads(d["summary"])
+    return Approval(**d)

@@ -1,0 +1,181 @@
+"""Command-line glue for policies, approvals and the audit log (registered by `gateway.cli`).
+
+Each `add_*_commands` adds a command group to an argparse sub-parser collection. Leaf commands set
+`func`, which takes the parsed `args` and returns the exit code. Where state lives (policy
+directory, audit file, approvals database, keys) is the CLI's business, so it is passed in as
+resolver functions of `args` (which carry `--config`/`--state-dir`).
+
+    egress-gateway policy check [PATH ...]          exit 1 with file:line: reason
+    egress-gateway policy test --as ROLE [--sub ID] [--tenant T] [--confidence X] REQUEST.json
+    egress-gateway policy report [AUDIT_FILE]
+    egress-gateway approvals list [--all] [--json]
+    egress-gateway approvals approve|deny ID [--by NAME]
+    egress-gateway audit verify [AUDIT_FILE]        exit 1 naming the first bad record
+
+`policy test` reads `{"connector": ..., "action": ..., "params": {...}}` and prints the decision
+the policy gives, without sending anything and without charging rates or budgets (it lists them).
+It exits 0 for allow and 1 for deny or approval_required.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.approvals import ApprovalError, ApprovalStore
+from gateway.audit import verify
+from gateway.policy_engine import RequestContext, Subject
+from gateway.policy_load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
+from gateway.policy_report import format_report, report_file
+
+T = TypeVar("T")
+Resolver = Callable[[argparse.Namespace], T]
+
+
+def add_policy_commands(
+    subparsers: Any,
+    *,
+    lookup: ConnectorLookup,
+    policies_dir: Resolver[Path],
+    audit_path: Resolver[Path],
+) -> None:
+    group = subparsers.add_parser("policy", help="check, test and report on policy files")
+    cmds = group.add_subparsers(dest="policy_command", required=True)
+
+    check = cmds.add_parser("check", help="validate policy files; exit 1 with file:line: reason")
+    check.add_argument("paths", nargs="*", type=Path, help="files or directories (default: the policy dir)")
+    check.set_defaults(func=lambda a: policy_check(a.paths or [policies_dir(a)], lookup))
+
+    test = cmds.add_parser("test", help="show the decision a request would get, without sending it")
+    test.add_argument("--as", dest="role", required=True, help="the agent's role")
+    test.add_argument("--sub", default="policy-test", help="the agent's sub")
+    test.add_argument("--tenant", default=None)
+    test.add_argument("--confidence", type=float, default=None, help="as X-Agent-Confidence")
+    test.add_argument("request", type=Path, help='JSON: {"connector", "action", "params"}')
+    test.set_defaults(
+        func=lambda a: policy_test(
+            policies_dir(a), lookup, Subject(a.sub, a.role, a.tenant), a.request, a.confidence
+        )
+    )
+
+    report = cmds.add_parser("report", help="summarise shadow-mode would-deny events by agent and rule")
+    report.add_argument("file", nargs="?", type=Path, help="audit log (default: the state dir's)")
+    report.set_defaults(func=lambda a: policy_report(a.file or audit_path(a)))
+
+
+def add_approvals_commands(subparsers: Any, *, open_store: Resolver[ApprovalStore]) -> None:
+    group = subparsers.add_parser("approvals", help="list, approve and deny pending approvals")
+    cmds = group.add_subparsers(dest="approvals_command", required=True)
+
+    ls = cmds.add_parser("list", help="pending approvals (or all with --all)")
+    ls.add_argument("--all", action="store_true", help="every state, not only pending")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=lambda a: approvals_list(open_store(a), a.all, a.json))
+
+    for verb in ("approve", "deny"):
+        p = cmds.add_parser(verb, help=f"{verb} a pending approval")
+        p.add_argument("id")
+        p.add_argument("--by", default=None, help="approver name (default: the OS user)")
+        p.set_defaults(func=lambda a, verb=verb: approvals_decide(open_store(a), verb, a.id, a.by))
+
+
+def add_audit_commands(
+    subparsers: Any, *, audit_path: Resolver[Path], public_keys: Resolver[list[Ed25519PublicKey]]
+) -> None:
+    group = subparsers.add_parser("audit", help="the tamper-evident audit log")
+    cmds = group.add_subparsers(dest="audit_command", required=True)
+    v = cmds.add_parser("verify", help="verify the hash chain and signatures; exit 1 naming the first bad record")
+    v.add_argument("file", nargs="?", type=Path)
+    v.set_defaults(func=lambda a: audit_verify(a.file or audit_path(a), public_keys(a)))
+
+
+def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
+    problems = check_paths(paths, lookup)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"ok: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def policy_test(
+    directory: Path, lookup: ConnectorLookup, subject: Subject, request: Path, confidence: float | None
+) -> int:
+    try:
+        policies = load_policy_set(directory, lookup)
+    except PolicyLoadError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return 2
+    try:
+        req = json.loads(request.read_text())
+        connector, action, params = req["connector"], req["action"], req.get("params", {})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{request}: expected JSON with connector, action and params ({e})", file=sys.stderr)
+        return 2
+    ctx = RequestContext(now=datetime.now(UTC), confidence=confidence)
+    decision = policies.decide(subject, connector, action, params, ctx)
+    out = decision.audit_fields()
+    out["quota"] = [
+        {"rule": m.ref.id, "rate": m.rule.rate, "budget": m.rule.budget.model_dump() if m.rule.budget else None}
+        for m in decision.rules
+        if m.rule.rate or m.rule.budget
+    ]
+    out["approval_summary"] = dict(decision.approval_summary)
+    print(json.dumps(out, indent=2))
+    return 0 if decision.outcome == "allow" else 1
+
+
+def policy_report(path: Path) -> int:
+    try:
+        print(format_report(report_file(path)))
+    except OSError as e:
+        print(f"{path}: {e.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def approvals_list(store: ApprovalStore, all_states: bool, as_json: bool) -> int:
+    states = ("pending", "approved", "denied", "expired", "used") if all_states else ("pending",)
+    items = store.list(states)
+    for a in items:
+        if as_json:
+            print(json.dumps(a.public(), sort_keys=True))
+        else:
+            created = datetime.fromtimestamp(a.created_at, UTC).isoformat(timespec="seconds")
+            summary = " ".join(f"{k}={v}" for k, v in a.summary.items())
+            print(f"{a.id}  {a.state:8}  {created}  {a.sub}  {a.connector}.{a.action}  {summary}")
+            print(f"    {a.reason}")
+    if not items and not as_json:
+        print("no approvals" if all_states else "no pending approvals")
+    return 0
+
+
+def approvals_decide(store: ApprovalStore, verb: str, approval_id: str, by: str | None) -> int:
+    who = by or getpass.getuser()
+    try:
+        a = store.approve(approval_id, who) if verb == "approve" else store.deny(approval_id, who)
+    except ApprovalError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"{a.id} {a.state} by {who}")
+    return 0
+
+
+def audit_verify(path: Path, keys: list[Ed25519PublicKey]) -> int:
+    try:
+        result = verify(path, keys)
+    except OSError as e:
+        print(f"{path}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(result, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1

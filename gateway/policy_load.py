@@ -1,0 +1,236 @@
+"""Loading and checking policy files: YAML with line numbers, pydantic, then the connectors.
+
+`policy check` and the running gateway use the same code, so a file `check` accepts is a file the
+gateway loads. Every problem is reported as `file:line: reason`; the YAML loader remembers the line
+of every mapping and key, so a semantic error (unknown action, bad regex) points at the line of the
+offending key rather than at the top of the file. Duplicate keys are errors: PyYAML would keep the
+last one silently, and a second `params:` would drop the first's constraints.
+
+Checks beyond the model: the connector and each action exist; parameter paths, budget fields and
+approval names start with a field of the action's request model (a misspelt `amont: {max: ...}`
+would otherwise constrain nothing; at least one of the rule's actions must have the field);
+`fail_open` only on rules whose actions are all reads (GET).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from connectors.model import Action, Connector
+from gateway.expr import CONTEXT_NAMES
+from gateway.policy_engine import LoadedFile, PolicySet
+from gateway.policy_model import PolicyFile, Rule
+
+ConnectorLookup = Callable[[str], Connector | None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a policy file cannot be loaded."""
+
+    file: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line or 1}: {self.reason}"
+
+
+class PolicyLoadError(Exception):
+    """The policy directory does not load; `problems` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+class LineDict(dict[Any, Any]):
+    """A YAML mapping that remembers its own line and the line of each key (1-based)."""
+
+    line: int = 1
+    key_lines: dict[Any, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterable[LineDict]:
+    data = LineDict()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    yield data
+    loader.flatten_mapping(node)
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in data.key_lines:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        data.key_lines[key] = key_node.start_mark.line + 1
+    data.update(loader.construct_mapping(node, deep=True))
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+
+
+def policy_files(directory: Path) -> list[Path]:
+    """The policy files of a directory, in the order they are evaluated and hashed."""
+    return sorted(p for p in directory.glob("*.yaml") if p.is_file())
+
+
+def content_version(contents: Iterable[tuple[str, bytes]]) -> str:
+    """The policy version: a hash over every file's name and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, data in sorted(contents):
+        h.update(name.encode() + b"\0" + data + b"\0")
+    return h.hexdigest()[:16]
+
+
+def parse_file(name: str, text: bytes, lookup: ConnectorLookup) -> tuple[LoadedFile | None, list[Problem]]:
+    """One file's text to a checked `LoadedFile`, or the problems found in it."""
+    try:
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        return None, [Problem(name, line, f"bad YAML: {e.problem or e.context}")]
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        return None, [Problem(name, None, f"bad YAML: {e}")]
+    if not isinstance(data, LineDict):
+        return None, [Problem(name, 1, "a policy file must be a mapping (version, subjects, rules, ...)")]
+    try:
+        model = PolicyFile.model_validate(data)
+    except ValidationError as e:
+        return None, [_from_pydantic(name, data, err) for err in e.errors()]
+    problems = [
+        Problem(name, line, reason)
+        for index, rule in enumerate(model.rules)
+        for line, reason in _check_rule(rule, data["rules"][index], lookup)
+    ]
+    if problems:
+        return None, problems
+    rule_lines = tuple(getattr(r, "line", 1) for r in data.get("rules") or [])
+    return LoadedFile(name=name, policy=model, rule_lines=rule_lines), []
+
+
+def _from_pydantic(name: str, data: LineDict, err: Any) -> Problem:
+    loc = err["loc"]
+    line, node = data.line, data
+    where: list[str] = []
+    for key in loc:
+        if isinstance(node, LineDict) and key in node:
+            line = node.key_lines.get(key, line)
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+            line = getattr(node, "line", line)
+        else:
+            if isinstance(key, str) and not where:
+                where.append(key)
+            continue
+        where.append(str(key))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown field {str(loc[-1])!r}"
+    field = ".".join(where)
+    return Problem(name, line, f"{field}: {msg}" if field else msg)
+
+
+def _check_rule(rule: Rule, raw: LineDict, lookup: ConnectorLookup) -> list[tuple[int, str]]:
+    line = raw.line
+    kl = raw.key_lines
+    connector = lookup(rule.connector)
+    if connector is None:
+        return [(kl.get("connector", line), f"unknown connector {rule.connector!r}")]
+    out: list[tuple[int, str]] = []
+    actions: list[Action] = []
+    for name in rule.actions:
+        action = connector.action(name)
+        if action is None:
+            out.append((kl.get("actions", line), f"unknown action {name!r} of connector {rule.connector!r}"))
+        else:
+            actions.append(action)
+    if out:
+        return out
+    if rule.fail_open and any(a.method != "GET" for a in actions):
+        out.append((kl.get("fail_open", line), "fail_open is only allowed when every action is a read (GET)"))
+    for path in rule.params:
+        out.extend(_unknown(raw["params"].key_lines.get(path, line), path, actions, "parameter"))
+    if rule.budget is not None:
+        out.extend(_unknown(kl.get("budget", line), rule.budget.field, actions, "budget field"))
+    if rule.approval_expr is not None:
+        for name in sorted(rule.approval_expr.names):
+            head, _, rest = name.partition(".")
+            if head in CONTEXT_NAMES and not rest:
+                continue
+            path = rest if head == "params" else name
+            out.extend(_unknown(kl.get("approval", line), path, actions, "approval name"))
+    return out
+
+
+def _unknown(line: int, path: str, actions: list[Action], what: str) -> list[tuple[int, str]]:
+    """A path no action of the rule has (a typo that would constrain nothing); one action suffices,
+    since a rule may cover actions with different fields (create and confirm a payment)."""
+    head = str(path.split(".")[0].split("[")[0])
+    if any(_has_field(a, head) for a in actions):
+        return []
+    return [(line, f"{what} {path!r}: no field {head!r} in {', '.join(a.name for a in actions)}")]
+
+
+def _has_field(action: Action, name: str) -> bool:
+    model = action.request
+    if model is None:
+        return False
+    if model.model_config.get("extra") == "allow":
+        return True
+    return any(name in (key, f.alias, f.validation_alias) for key, f in model.model_fields.items())
+
+
+def check_paths(paths: Iterable[Path], lookup: ConnectorLookup) -> list[Problem]:
+    """`policy check`: every problem in the given files or directories (empty list = all good)."""
+    problems: list[Problem] = []
+    for path in paths:
+        if path.is_dir():
+            files = policy_files(path)
+        elif path.is_file():
+            files = [path]
+        else:
+            problems.append(Problem(str(path), None, "no such file or directory"))
+            continue
+        for f in files:
+            problems.extend(parse_file(str(f), f.read_bytes(), lookup)[1])
+    return problems
+
+
+def read_directory(directory: Path) -> dict[str, bytes]:
+    """Every policy file's bytes by file name; one read so the version matches what loads."""
+    if not directory.is_dir():
+        raise PolicyLoadError([Problem(str(directory), None, "policy directory does not exist")])
+    return {p.name: p.read_bytes() for p in policy_files(directory)}
+
+
+def build_policy_set(contents: dict[str, bytes], lookup: ConnectorLookup) -> PolicySet:
+    """A whole `PolicySet` from file contents, or `PolicyLoadError` listing every problem."""
+    files: list[LoadedFile] = []
+    problems: list[Problem] = []
+    for name in sorted(contents):
+        loaded, found = parse_file(name, contents[name], lookup)
+        problems.extend(found)
+        if loaded is not None:
+            files.append(loaded)
+    if problems:
+        raise PolicyLoadError(problems)
+    return PolicySet(files=tuple(files), version=content_version(contents.items()))
+
+
+def load_policy_set(directory: Path, lookup: ConnectorLookup) -> PolicySet:
+    """Load a policy directory (all `*.yaml`, sorted by name)."""
+    return build_policy_set(read_directory(directory), lookup)

@@ -1,0 +1,209 @@
+"""The policy file format (`policies/*.yaml`), as pydantic models.
+
+Every model forbids unknown fields: a misspelt key (`param:` for `params:`, `maxx:`) would
+otherwise silently drop a constraint, which fails open. Regexes, approval expressions, rate strings
+and time zones are compiled while the file loads, so a bad one is a load error, never a request-time
+surprise.
+
+Extensions to the format of DESIGN.md (all optional):
+- rule `name`: a stable name used in messages, audit records and quota keys (default `file#index`);
+- rule `fail_open: true`: if the quota store is unavailable, let this rule's calls through instead of
+  refusing with `store_unavailable`. Only allowed when every action of the rule is a read (HTTP
+  GET); the loader checks this against the connector. Payments never fail open;
+- file `timezone` (IANA name, default `UTC`): the zone of `hour`, `minute` and `weekday` in
+  approval conditions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from limits import RateLimitItem, parse_many
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from connectors import fieldpath
+from gateway.expr import Expression, ExpressionError, compile_expression
+
+Mode = Literal["enforce", "shadow"]
+Scalar = str | int | float | bool
+
+_ENTITY = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamRule(_Strict):
+    """Constraints on the value(s) at one field path; with a wildcard path, every value must pass.
+
+    `max`/`min` take numbers (Stripe amounts are integers in the minor unit); `one_of` a list of
+    allowed values; `regex` must match the whole string; `max_length` bounds a string or list;
+    `required` means the path must be present (not null); `forbidden` means it must be absent.
+    """
+
+    max: int | float | None = None
+    min: int | float | None = None
+    one_of: list[Scalar] | None = Field(default=None, min_length=1)
+    regex: str | None = None
+    max_length: int | None = Field(default=None, ge=0)
+    required: bool = False
+    forbidden: bool = False
+    _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"bad regex: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamRule:
+        constraints = [self.max, self.min, self.one_of, self.regex, self.max_length]
+        if self.forbidden and (self.required or any(c is not None for c in constraints)):
+            raise ValueError("forbidden cannot be combined with other constraints")
+        if not self.forbidden and not self.required and all(c is None for c in constraints):
+            raise ValueError("no constraint given")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError("min is greater than max")
+        if self.regex is not None:
+            self._pattern = re.compile(self.regex)
+        return self
+
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        return self._pattern
+
+
+class Budget(_Strict):
+    """A cap on the sum of a numeric request field (e.g. `amount`) per window, per agent and rule."""
+
+    field: str
+    limit: int = Field(gt=0)
+    per: Literal["minute", "hour", "day", "month"]
+
+    @field_validator("field")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        fieldpath.parse(v)
+        return v
+
+
+class Rule(_Strict):
+    """Allows `actions` of `connector` for the file's subjects, under the rule's constraints."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    connector: str
+    actions: list[str] = Field(min_length=1)
+    params: dict[str, ParamRule] = Field(default_factory=dict)
+    approval: str | None = None
+    rate: str | None = None
+    budget: Budget | None = None
+    mode: Mode | None = None
+    fail_open: bool = False
+    _approval: Expression | None = PrivateAttr(default=None)
+    _rates: tuple[RateLimitItem, ...] = PrivateAttr(default=())
+
+    @field_validator("params")
+    @classmethod
+    def _paths(cls, v: dict[str, ParamRule]) -> dict[str, ParamRule]:
+        for path in v:
+            fieldpath.parse(path)
+        return v
+
+    @field_validator("approval")
+    @classmethod
+    def _expression(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                compile_expression(v)
+            except ExpressionError as e:
+                raise ValueError(f"bad approval expression: {e}") from None
+        return v
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_many(v)
+            except ValueError:
+                raise ValueError(f"bad rate {v!r}; use the limits notation, e.g. 20/minute") from None
+        return v
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.approval is not None:
+            self._approval = compile_expression(self.approval)
+        if self.rate is not None:
+            self._rates = tuple(parse_many(self.rate))
+
+    @property
+    def approval_expr(self) -> Expression | None:
+        return self._approval
+
+    @property
+    def rate_items(self) -> tuple[RateLimitItem, ...]:
+        return self._rates
+
+
+class Subjects(_Strict):
+    """Who the file applies to: any listed role, or any listed sub (at least one list non-empty)."""
+
+    roles: list[str] = Field(default_factory=list)
+    sub: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Subjects:
+        if not self.roles and not self.sub:
+            raise ValueError("subjects needs roles and/or sub")
+        return self
+
+
+class Dlp(_Strict):
+    """Presidio entity types to tokenize in outbound fields, and those this subject may see restored."""
+
+    tokenize: list[str] = Field(default_factory=list)
+    reveal: list[str] = Field(default_factory=list)
+
+    @field_validator("tokenize", "reveal")
+    @classmethod
+    def _entities(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if not _ENTITY.fullmatch(e):
+                raise ValueError(f"{e!r} is not a Presidio entity type (e.g. EMAIL_ADDRESS)")
+        return v
+
+
+class PolicyFile(_Strict):
+    """One `policies/*.yaml` file."""
+
+    version: Literal[1]
+    tenant: str | None = None
+    subjects: Subjects
+    mode: Mode = "enforce"
+    timezone: str = "UTC"
+    rules: list[Rule] = Field(default_factory=list)
+    dlp: Dlp | None = None
+    _zone: ZoneInfo = PrivateAttr()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r}") from None
+        return v
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._zone = ZoneInfo(self.timezone)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self._zone

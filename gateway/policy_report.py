@@ -1,0 +1,82 @@
+"""`policy report`: what shadow-mode policies would have denied, by agent and rule.
+
+Reads the audit log (records written with `Decision.audit_fields()`, whose `would_deny` lists the
+findings of shadow rules) so an operator can see what switching a policy to `enforce` would break
+before doing it. A torn last line or a line that is not JSON is skipped and counted; run
+`audit verify` to trust the file itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DENY = "(no rule: default deny)"
+
+
+@dataclass
+class ReportRow:
+    sub: str
+    rule: str
+    code: str
+    count: int
+    first_ts: str | None
+    last_ts: str | None
+
+
+@dataclass(frozen=True)
+class Report:
+    rows: list[ReportRow]
+    records: int
+    skipped: int
+
+
+def summarise(lines: Iterable[bytes]) -> Report:
+    """Count would-deny findings per (agent sub, rule, code), busiest first."""
+    rows: dict[tuple[str, str, str], ReportRow] = {}
+    records = skipped = 0
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            skipped += 1
+            continue
+        if not isinstance(rec, dict):
+            skipped += 1
+            continue
+        records += 1
+        for finding in rec.get("would_deny") or []:
+            if not isinstance(finding, dict):
+                continue
+            key = (str(rec.get("sub", "?")), str(finding.get("rule") or DEFAULT_DENY), str(finding.get("code", "?")))
+            ts = rec.get("ts")
+            row = rows.get(key)
+            if row is None:
+                rows[key] = ReportRow(*key, count=1, first_ts=ts, last_ts=ts)
+            else:
+                row.count += 1
+                row.last_ts = ts or row.last_ts
+    ordered = sorted(rows.values(), key=lambda r: (-r.count, r.sub, r.rule, r.code))
+    return Report(ordered, records, skipped)
+
+
+def report_file(path: Path) -> Report:
+    with path.open("rb") as f:
+        return summarise(f)
+
+
+def format_report(report: Report) -> str:
+    """A plain table for the terminal."""
+    if not report.rows:
+        return f"no would-deny events in {report.records} records"
+    head = ("AGENT", "RULE", "CODE", "COUNT", "FIRST", "LAST")
+    body = [(r.sub, r.rule, r.code, str(r.count), r.first_ts or "-", r.last_ts or "-") for r in report.rows]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    if report.skipped:
+        lines.append(f"({report.skipped} unreadable lines skipped)")
+    return "\n".join(lines)

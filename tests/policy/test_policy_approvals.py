@@ -1,0 +1,140 @@
+"""The approval store on a real SQLite file: round trip, reuse, expiry, changed params, races."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.approvals import ApprovalError, ApprovalStore, request_digest
+from gateway.errors import Refusal
+from gateway.policy_engine import PolicySet, Subject
+
+FIN = Subject("fin-01", "finance", "acme")
+POLICY = """
+    version: 1
+    subjects: {roles: [finance]}
+    rules:
+      - {connector: pay, actions: [create, refund], params: {currency: {one_of: [usd]}}, approval: "amount > 100"}
+"""
+PARAMS = {"amount": 500, "currency": "usd", "description": "for jane@example.com"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> ApprovalStore:
+    return ApprovalStore(tmp_path / "state" / "approvals.db", ttl=900, clock=clock)
+
+
+def ask(store: ApprovalStore, ps: PolicySet, params: dict, approval_id: str | None = None,
+        subject: Subject = FIN, action: str = "create") -> Refusal | str | None:
+    d = ps.decide(subject, "pay", action, params)
+    try:
+        return store.gate(d, params, approval_id)
+    except Refusal as r:
+        return r
+
+
+def pending_id(result: Refusal | str | None) -> str:
+    assert isinstance(result, Refusal) and result.code == "approval_required", result
+    return str(result.details["approval_id"])
+
+
+def test_round_trip_and_single_use(store: ApprovalStore, load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    first = ask(store, ps, PARAMS)
+    aid = pending_id(first)
+    assert pending_id(ask(store, ps, PARAMS)) == aid  # a retry while pending: same id
+    assert pending_id(ask(store, ps, PARAMS, aid)) == aid  # presenting it before approval fails
+    [pending] = store.list()
+    assert pending.summary == {"amount": 500, "currency": "usd"}  # no free text for approvers
+    assert "jane" not in pending.reason
+    store.approve(aid, "alice")
+    assert ask(store, ps, PARAMS, aid) == aid
+    assert store.get(aid).state == "used"  # type: ignore[union-attr]
+    again = ask(store, ps, PARAMS, aid)
+    assert pending_id(again) != aid and "not valid for this call" in again.message  # type: ignore[union-attr]
+
+
+def test_approval_only_matches_the_exact_call(store: ApprovalStore, load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    aid = pending_id(ask(store, ps, PARAMS))
+    store.approve(aid, "alice")
+    assert pending_id(ask(store, ps, {**PARAMS, "amount": 501}, aid)) != aid
+    assert pending_id(ask(store, ps, PARAMS, aid, action="refund")) != aid
+    assert pending_id(ask(store, ps, PARAMS, aid, subject=Subject("fin-02", "finance", "acme"))) != aid
+    assert ask(store, ps, PARAMS, aid) == aid  # still unused by the others
+
+
+def test_expiry(store: ApprovalStore, clock: Clock, load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    stale = pending_id(ask(store, ps, PARAMS))
+    clock.now += 901
+    with pytest.raises(ApprovalError, match="expired"):
+        store.approve(stale, "alice")
+    aid = pending_id(ask(store, ps, PARAMS))
+    assert aid != stale
+    store.approve(aid, "alice")
+    clock.now += 901
+    assert pending_id(ask(store, ps, PARAMS, aid)) != aid
+    assert store.get(aid).state == "expired"  # type: ignore[union-attr]
+
+
+def test_denied_cannot_be_used_or_approved(store: ApprovalStore, load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    aid = pending_id(ask(store, ps, PARAMS))
+    store.deny(aid, "bob")
+    assert pending_id(ask(store, ps, PARAMS, aid)) != aid
+    with pytest.raises(ApprovalError, match="denied"):
+        store.approve(aid, "alice")
+    with pytest.raises(ApprovalError, match="no approval"):
+        store.approve("apr_nope", "alice")
+
+
+def test_allowed_calls_need_no_approval(store: ApprovalStore, load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    assert ask(store, ps, {"amount": 5, "currency": "usd"}) is None
+
+
+def test_fifty_concurrent_consumers_exactly_one_wins(tmp_path: Path) -> None:
+    path = tmp_path / "approvals.db"
+    setup = ApprovalStore(path)
+    digest = request_digest("acme", "fin-01", "pay", "create", PARAMS)
+    aid = setup.request("acme", "fin-01", "pay", "create", digest, {}, "r").id
+    setup.approve(aid, "alice")
+    stores = [ApprovalStore(path) for _ in range(50)]  # one connection each, like separate processes
+    barrier = threading.Barrier(50)
+    wins: list[bool] = []
+
+    def consume(s: ApprovalStore) -> None:
+        barrier.wait()
+        wins.append(s.consume(aid, "acme", "fin-01", "pay", "create", digest))
+
+    threads = [threading.Thread(target=consume, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 49 + [True]
+
+
+def test_store_failure_is_store_unavailable(tmp_path: Path, load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    store = ApprovalStore(tmp_path / "a.db")
+    store._db.execute("DROP TABLE approvals")
+    r = ask(store, ps, PARAMS)
+    assert isinstance(r, Refusal) and r.code == "store_unavailable"

@@ -1,0 +1,92 @@
+"""`policy check`: every kind of broken file is reported as file:line: reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from policy_helpers import lookup, write
+
+from connectors.builtin import openai, serpapi, stripe
+from gateway.policy_load import PolicyLoadError, check_paths, load_policy_set
+
+GOOD = """
+version: 1
+subjects: {roles: [finance]}
+rules:
+  - connector: pay
+    actions: [create]
+    params:
+      amount: {max: 500}
+"""
+
+
+def problems(directory: Path, text: str) -> list[str]:
+    write(directory, "p.yaml", text)
+    return [str(p) for p in check_paths([directory / "p.yaml"], lookup)]
+
+
+def test_good_file_has_no_problems(policy_dir: Path) -> None:
+    assert problems(policy_dir, GOOD) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("version: 1\nsubjects: {roles: [a]\n", ":3: bad YAML"),
+        ("version: 1\nsubjects: {roles: [a]}\nsubjects: {roles: [b]}\n", ":3: bad YAML: duplicate key 'subjects'"),
+        (GOOD.replace("connector: pay", "connector: nope"), ":4: unknown connector 'nope'"),
+        (GOOD.replace("[create]", "[create, fly]"), ":5: unknown action 'fly' of connector 'pay'"),
+        (GOOD.replace("{max: 500}", '{regex: "[a-"}'), ":7: rules.0.params.amount.regex: bad regex"),
+        (GOOD.replace("{max: 500}", "{maximum: 500}"), ":7: rules.0.params.amount.maximum: unknown field 'maximum'"),
+        (GOOD.replace("    params:", "    parms:"), ":6: rules.0.parms: unknown field 'parms'"),
+        (GOOD.replace("amount:", "amont:"), ":7: parameter 'amont': no field 'amont' in create"),
+        (GOOD + "    approval: \"amount > __import__('os')\"\n", ":8: rules.0.approval: bad approval expression"),
+        (GOOD + '    approval: "amonut > 5"\n', ":8: approval name 'amonut'"),
+        (GOOD + "    rate: 20/fortnight\n", ":8: rules.0.rate: bad rate '20/fortnight'"),
+        (GOOD + "    budget: {field: amount, limit: 10, per: week}\n", ":8: rules.0.budget.per: Input should be"),
+        (GOOD + "    fail_open: true\n", ":8: fail_open is only allowed when every action is a read"),
+        (GOOD.replace("{max: 500}", "{}"), ":7: rules.0.params.amount: no constraint given"),
+        (GOOD.replace("{max: 500}", "{forbidden: true, max: 3}"), ":7: rules.0.params.amount: forbidden cannot be"),
+        (GOOD.replace("{roles: [finance]}", "{}"), ":2: subjects: subjects needs roles and/or sub"),
+        (GOOD.replace("version: 1", "version: 2"), ":1: version: Input should be 1"),
+        (GOOD + "timezone: Mars/Olympus\n", ":8: timezone: unknown timezone"),
+        ("- just a list\n", ":1: a policy file must be a mapping"),
+    ],
+)
+def test_reports_file_line_and_reason(policy_dir: Path, text: str, expected: str) -> None:
+    found = problems(policy_dir, text)
+    assert found, text
+    assert any(f"p.yaml{expected}" in p for p in found), found
+
+
+def test_fail_open_allowed_on_read_actions(policy_dir: Path) -> None:
+    text = "version: 1\nsubjects: {sub: [s]}\nrules:\n  - {connector: pay, actions: [get], fail_open: true}\n"
+    assert problems(policy_dir, text) == []
+
+
+def test_load_error_lists_every_problem_and_directory_sorted(policy_dir: Path) -> None:
+    write(policy_dir, "b.yaml", GOOD.replace("pay", "nope"))
+    write(policy_dir, "a.yaml", GOOD.replace("[create]", "[fly]"))
+    with pytest.raises(PolicyLoadError) as e:
+        load_policy_set(policy_dir, lookup)
+    assert [p.file for p in e.value.problems] == ["a.yaml", "b.yaml"]
+
+
+def test_missing_path_is_a_problem(tmp_path: Path) -> None:
+    assert "no such file" in str(check_paths([tmp_path / "nope.yaml"], lookup)[0])
+
+
+def test_version_is_a_content_hash(policy_dir: Path) -> None:
+    write(policy_dir, "a.yaml", GOOD)
+    v1 = load_policy_set(policy_dir, lookup).version
+    assert load_policy_set(policy_dir, lookup).version == v1
+    write(policy_dir, "a.yaml", GOOD.replace("500", "501"))
+    assert load_policy_set(policy_dir, lookup).version != v1
+
+
+def test_shipped_policies_check_against_builtin_connectors() -> None:
+    builtins = {c.name: c for c in (stripe.CONNECTOR, openai.CONNECTOR, serpapi.CONNECTOR)}
+    shipped = Path(__file__).parents[2] / "policies"
+    assert check_paths([shipped], builtins.get) == []
+    assert load_policy_set(shipped, builtins.get).rule_count >= 8

@@ -1,0 +1,215 @@
+"""Tokenize a request on its way out: PII in the action's DLP fields becomes vault tokens.
+
+The cost model follows how agents call LLMs: a chat request resends the whole history each turn.
+So analysis is memoized per (scope, entity types, field value) in a bounded LRU, and a resent
+message costs a dictionary lookup; only new text reaches Presidio. The memo is keyed by a keyed
+BLAKE2 digest and holds offsets, so it keeps no PII in memory beyond the request itself. Tokens
+already issued are cached the same way (until their expiry), so a resent value skips the vault.
+
+Presidio is CPU-bound Python: analysis runs in a small thread pool so the event loop keeps
+serving other connections while a large body is scanned (the GIL is handed over every 5 ms; for
+more CPU, run more replicas). Tokens for a body's values are fetched concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from connectors import fieldpath
+from dlp.engine import Finding, PiiEngine
+from dlp.tokens import TOKEN_RE
+from dlp.vault import Vault
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def scope_key(tenant: str | None, agent: str) -> str:
+    """The vault scope of an agent: tokens are shared within it and never across it."""
+    t, a = tenant or "", agent
+    return f"{len(t)}:{t}/{a}"
+
+
+class Lru(Generic[K, V]):
+    """A thread-safe bounded LRU map (the memo is filled from worker threads)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass
+class TokenizeSummary:
+    """What the audit records about a tokenization: counts per entity type, never values."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    fields_scanned: int = 0
+    memo_hits: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class _Leaf:
+    keys: tuple[fieldpath.Key, ...]
+    text: str
+    findings: tuple[Finding, ...] = ()
+
+
+def _string_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple[tuple[fieldpath.Key, ...], str]]:
+    """Every string under `node`: a field may hold a string, a list of strings or content parts."""
+    if isinstance(node, str):
+        yield keys, node
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _string_leaves(item, keys + (i,))
+    elif isinstance(node, dict):
+        for k, item in node.items():
+            yield from _string_leaves(item, keys + (k,))
+
+
+class Tokenizer:
+    """Replaces PII by tokens; built once and shared by every request."""
+
+    def __init__(self, engine: PiiEngine, vault: Vault, *, memo_size: int = 4096, workers: int = 2) -> None:
+        self._engine = engine
+        self._vault = vault
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlp-analyze")
+        self._memo: Lru[bytes, tuple[Finding, ...]] = Lru(memo_size)
+        self._issued: Lru[bytes, tuple[str, float]] = Lru(memo_size)
+        self._memo_key = secrets.token_bytes(32)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(memo={len(self._memo)})"
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def tokenize_body(
+        self, body: Any, fields: tuple[str, ...], entities: frozenset[str], scope: str
+    ) -> TokenizeSummary:
+        """Replace PII in the strings under `fields` of `body`, in place; return what was replaced.
+
+        Raises `StoreUnavailable` if the vault cannot issue a token: the caller refuses the call
+        (`store_unavailable`) rather than let a value out.
+        """
+        seen: set[tuple[fieldpath.Key, ...]] = set()
+        leaves: list[_Leaf] = []
+        for path in fields:
+            for match in fieldpath.select(body, path):
+                for keys, text in _string_leaves(match.value, match.keys):
+                    if keys not in seen:
+                        seen.add(keys)
+                        leaves.append(_Leaf(keys, text))
+        summary = TokenizeSummary(fields_scanned=len(leaves))
+        if not leaves or not entities:
+            return summary
+        replaced = await self._tokenize_texts([leaf.text for leaf in leaves], entities, scope, summary)
+        for leaf, new_text in zip(leaves, replaced, strict=True):
+            if new_text != leaf.text:
+                fieldpath.assign(body, leaf.keys, new_text)
+        return summary
+
+    async def tokenize_text(self, text: str, entities: frozenset[str], scope: str) -> tuple[str, TokenizeSummary]:
+        """`text` with its PII replaced by tokens."""
+        summary = TokenizeSummary(fields_scanned=1)
+        (out,) = await self._tokenize_texts([text], entities, scope, summary)
+        return out, summary
+
+    async def _tokenize_texts(
+        self, texts: list[str], entities: frozenset[str], scope: str, summary: TokenizeSummary
+    ) -> list[str]:
+        findings = await self._analyze_all(texts, entities, scope, summary)
+        wanted = {(f.entity_type, text[f.start : f.end]) for text, fs in zip(texts, findings, strict=True) for f in fs}
+        ordered = sorted(wanted)
+        tokens = await asyncio.gather(*(self._token_for(scope, t, v) for t, v in ordered))
+        by_value = dict(zip(ordered, tokens, strict=True))
+        counts: Counter[str] = Counter()
+        out: list[str] = []
+        for text, fs in zip(texts, findings, strict=True):
+            parts, pos = [], 0
+            for f in fs:
+                parts += [text[pos : f.start], by_value[(f.entity_type, text[f.start : f.end])]]
+                pos = f.end
+                counts[f.entity_type] += 1
+            parts.append(text[pos:])
+            out.append("".join(parts))
+        summary.counts = dict(sorted(counts.items()))
+        return out
+
+    async def _analyze_all(
+        self, texts: list[str], entities: frozenset[str], scope: str, summary: TokenizeSummary
+    ) -> list[tuple[Finding, ...]]:
+        ents = ",".join(sorted(entities))
+        keys = [self._digest(scope, ents, t) for t in texts]
+        results: list[tuple[Finding, ...] | None] = [self._memo.get(k) for k in keys]
+        missing = [i for i, r in enumerate(results) if r is None]
+        summary.memo_hits = len(texts) - len(missing)
+        if missing:
+            loop = asyncio.get_running_loop()
+            fresh = await loop.run_in_executor(
+                self._executor, self._analyze_batch, [texts[i] for i in missing], entities
+            )
+            for i, found in zip(missing, fresh, strict=True):
+                self._memo.put(keys[i], found)
+                results[i] = found
+        return [r for r in results if r is not None]
+
+    def _analyze_batch(self, texts: list[str], entities: frozenset[str]) -> list[tuple[Finding, ...]]:
+        return [_outside_tokens(t, self._engine.analyze(t, entities)) for t in texts]
+
+    async def _token_for(self, scope: str, entity_type: str, value: str) -> str:
+        key = self._digest(scope, entity_type, value)
+        cached = self._issued.get(key)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        token, expires_at = await self._vault.token_for(scope, entity_type, value)
+        # Stop reusing a cached token a minute before the vault forgets it.
+        self._issued.put(key, (token, expires_at - 60))
+        return token
+
+    def _digest(self, *parts: str) -> bytes:
+        h = hashlib.blake2b(key=self._memo_key, digest_size=16)
+        for p in parts:
+            h.update(p.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+        return h.digest()
+
+
+def _outside_tokens(text: str, findings: tuple[Finding, ...]) -> tuple[Finding, ...]:
+    """Drop findings that touch a token already in the text (an agent resending a placeholder)."""
+    spans = [m.span() for m in TOKEN_RE.finditer(text)]
+    if not spans:
+        return findings
+    return tuple(f for f in findings if all(f.end <= s or f.start >= e for s, e in spans))

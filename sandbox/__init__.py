@@ -1,0 +1,34 @@
+"""The WASM sandbox: untrusted tool code with fuel, memory and time limits, and one way out.
+
+Small private modules, re-exported here (as httpx does):
+- `manifest`: the tool manifest model and its Ed25519 attestation;
+- `registry`: the tools loaded from a directory (`sandbox/tools/` ships the samples);
+- `cache`: compiled modules by sha256, serialized to the state dir;
+- `hostcall`: the `egress.http_request` import and the manifest's ceiling on it;
+- `runner`: engine, stores, limits, and how a run's end maps to a refusal code;
+- `service`: `run_tool`, the async entry point;
+- `egress`: the production sender (through the gateway's proxy) and the URL → action resolver;
+- `cli`: `egress-gateway sandbox run`.
+"""
+
+from sandbox.egress import connector_resolver, make_proxy_sender, refuse_all
+from sandbox.manifest import Limits, ToolManifest, sign, verify_signature
+from sandbox.registry import Tool, ToolRegistry, builtin_tools_dir
+from sandbox.runner import RunResult, SandboxRunner
+from sandbox.service import run_tool
+
+__all__ = [
+    "Limits",
+    "RunResult",
+    "SandboxRunner",
+    "Tool",
+    "ToolManifest",
+    "ToolRegistry",
+    "builtin_tools_dir",
+    "connector_resolver",
+    "make_proxy_sender",
+    "refuse_all",
+    "run_tool",
+    "sign",
+    "verify_signature",
+]

@@ -1,0 +1,303 @@
+"""Run one tool module under its manifest's limits, and say precisely why a run stopped.
+
+One `Engine` per runner, built with fuel metering and epoch interruption; a fresh `Store` per run
+with the manifest's fuel, a memory cap (`Store.set_limits`) and an epoch deadline. A single ticker
+thread advances the engine's epoch every `tick_ms`, so the deadline is wall-clock time with that
+granularity, and it interrupts guest code, not host calls (those check the deadline before starting).
+
+The guest gets WASI preview 1 with stdin = the input JSON (from memory, through the C API's
+`wasi_config_set_stdin_bytes`, which wasmtime-py does not wrap), stdout and stderr captured in memory
+(stdout capped at `max_output_bytes`: writes past it fail inside the guest and the run is refused),
+argv = [tool name], no environment and no preopened directory. `poll_oneoff` is shadowed to fail
+with ENOTSUP: a guest sleeping in the host would hold a worker thread past any epoch deadline.
+Its one other import is `egress.http_request` (sandbox/hostcall.py).
+
+How a run ends maps to one code:
+- stdout over the cap, or not a JSON object after a clean exit       -> sandbox_bad_output
+- trap OUT_OF_FUEL                                                     -> sandbox_fuel_exhausted
+- trap INTERRUPT (epoch deadline)                                      -> sandbox_timeout
+- a module whose declared memory is over the cap, or a run that failed
+  with its memory within one growth step of the cap                    -> sandbox_memory_limit
+- any other trap, or a non-zero exit                                   -> sandbox_trap (+ stderr tail)
+A refused `memory.grow` is not a trap (wasmtime's C API does not expose the limiter's grow-failed
+hook), so the memory rule looks at where the memory ended: within max(1 page, cap/8) of the cap.
+
+Stores must be dropped on the run's own thread: wasmtime runs WASI's stdout callbacks on its own
+worker threads, and a store left to the garbage collector can be finalized during interpreter
+shutdown, where that callback aborts the process. Hence `traceback.clear_frames` on every caught
+wasm error, whose traceback would otherwise keep the store alive in a reference cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import json
+import math
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as wasmtime_ffi
+
+from gateway.errors import Refusal
+from sandbox.cache import ModuleCache
+from sandbox.hostcall import EgressSession, HttpRequest, ResolveAction, bound, define_import
+from sandbox.manifest import PAGE_BYTES
+from sandbox.registry import Tool
+
+STDERR_TAIL_BYTES = 2048
+MAX_CONCURRENT_RUNS = 20
+_ENOTSUP = 58  # WASI errno
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output: dict[str, Any]
+    fuel_used: int
+    duration_ms: float
+    host_calls: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    pre: wasmtime.InstancePre
+    min_memory_bytes: int  # the largest initial size any of the module's memories declares
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How the wasm call ended, as plain values (no wasmtime object may outlive the run)."""
+
+    kind: str  # "exit" (clean return or proc_exit), "trap", "error"
+    exit_code: int = 0
+    trap: str = ""  # TrapCode name, or the instantiation error's first line
+    memory_bytes: int = 0
+    fuel_left: int = 0
+
+
+def make_engine() -> wasmtime.Engine:
+    """The engine every run shares; its flags are part of the serialized-module cache key."""
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    return wasmtime.Engine(config)
+
+
+class _Capture:
+    """A WASI output stream held in memory. Called on wasmtime's threads; never raises."""
+
+    def __init__(self, cap: int, keep_tail: bool):
+        self.data = bytearray()
+        self.cap = cap
+        self.keep_tail = keep_tail
+        self.overflow = False
+
+    def write(self, chunk: bytes) -> int:
+        if self.keep_tail:
+            self.data += chunk
+            del self.data[: max(0, len(self.data) - self.cap)]
+            return len(chunk)
+        if len(self.data) + len(chunk) > self.cap:
+            self.overflow = True
+            return -errno.EFBIG
+        self.data += chunk
+        return len(chunk)
+
+
+class EpochTicker(threading.Thread):
+    def __init__(self, engine: wasmtime.Engine, interval: float):
+        super().__init__(name="sandbox-epoch", daemon=True)
+        self._engine = engine
+        self._interval = interval
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._engine.increment_epoch()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class SandboxRunner:
+    """Compiles, caches and runs tool modules; `run` is blocking, `run_async` uses the worker pool."""
+
+    def __init__(self, cache_dir: Path | None = None, max_workers: int = MAX_CONCURRENT_RUNS, tick_ms: int = 10):
+        self.engine = make_engine()
+        self.cache = ModuleCache(self.engine, cache_dir)
+        self._tick_ms = tick_ms
+        self._linker = wasmtime.Linker(self.engine)
+        self._linker.define_wasi()
+        self._linker.allow_shadowing = True
+        i32 = wasmtime.ValType.i32()
+        self._linker.define_func(
+            "wasi_snapshot_preview1", "poll_oneoff", wasmtime.FuncType([i32] * 4, [i32]), lambda *_: _ENOTSUP
+        )
+        define_import(self._linker)
+        self._prepared: dict[str, _Prepared] = {}
+        self._prepare_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sandbox-run")
+        self._ticker = EpochTicker(self.engine, tick_ms / 1000)
+        self._ticker.start()
+
+    def close(self) -> None:
+        self._ticker.stop()
+        self._executor.shutdown(wait=True)
+
+    async def run_async(
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction
+    ) -> RunResult:
+        """`run` on the runner's bounded worker pool: the event loop keeps serving while the tool runs."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run, tool, input_json, http_request, resolve_action)
+
+    def run(self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction) -> RunResult:
+        """Run `tool` on `input_json` in this thread. Raises `Refusal` with a sandbox code."""
+        limits = tool.manifest.limits
+        prepared = self._prepare(tool)
+        if prepared.min_memory_bytes > limits.memory_bytes:
+            raise Refusal(
+                "sandbox_memory_limit",
+                f"tool {tool.name!r} declares {prepared.min_memory_bytes} bytes of memory, over limits.memory_pages",
+            )
+        started = time.monotonic()
+        session = EgressSession(
+            manifest=tool.manifest,
+            http_request=http_request,
+            resolve_action=resolve_action,
+            deadline=started + limits.timeout_ms / 1000,
+            clock=time.monotonic,
+        )
+        stdout = _Capture(limits.max_output_bytes, keep_tail=False)
+        stderr = _Capture(STDERR_TAIL_BYTES, keep_tail=True)
+        with bound(session):
+            outcome = self._execute(prepared, tool, input_json, stdout, stderr)
+        duration_ms = (time.monotonic() - started) * 1000
+        output = _judge(tool, outcome, stdout, stderr)
+        return RunResult(
+            output=output,
+            fuel_used=limits.fuel - outcome.fuel_left,
+            duration_ms=round(duration_ms, 3),
+            host_calls=session.calls,
+        )
+
+    def _prepare(self, tool: Tool) -> _Prepared:
+        sha = tool.manifest.sha256
+        prepared = self._prepared.get(sha)
+        if prepared is not None:
+            return prepared
+        module = self.cache.get(sha, tool.module_path)
+        with self._prepare_lock:
+            prepared = self._prepared.get(sha)
+            if prepared is None:
+                try:
+                    pre = self._linker.instantiate_pre(module)
+                except wasmtime.WasmtimeError as e:
+                    reason = _last_line(str(e))
+                    traceback.clear_frames(e.__traceback__)
+                    raise Refusal("sandbox_forbidden", f"tool {tool.name!r} cannot be linked: {reason}") from None
+                prepared = _Prepared(pre=pre, min_memory_bytes=_min_memory(module))
+                self._prepared[sha] = prepared
+        return prepared
+
+    def _execute(
+        self, prepared: _Prepared, tool: Tool, input_json: bytes, stdout: _Capture, stderr: _Capture
+    ) -> _Outcome:
+        limits = tool.manifest.limits
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=limits.memory_bytes, table_elements=100_000, instances=1, tables=4, memories=1)
+        store.set_fuel(limits.fuel)
+        store.set_epoch_deadline(math.ceil(limits.timeout_ms / self._tick_ms) + 1)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [tool.name]
+        _set_stdin(wasi, input_json)
+        wasi.stdout_custom = stdout.write
+        wasi.stderr_custom = stderr.write
+        store.set_wasi(wasi)
+        instance: wasmtime.Instance | None = None
+        try:
+            kind, exit_code, trap = "exit", 0, ""
+            try:
+                instance = prepared.pre.instantiate(store)
+                start = instance.exports(store).get("_start")
+                if not isinstance(start, wasmtime.Func):
+                    kind, trap = "error", "the module exports no _start function"
+                else:
+                    start(store)
+            except wasmtime.ExitTrap as e:
+                exit_code = e.code
+                traceback.clear_frames(e.__traceback__)
+            except wasmtime.Trap as e:
+                code = e.trap_code
+                kind, trap = "trap", code.name if code is not None else _last_line(e.message)
+                traceback.clear_frames(e.__traceback__)
+            except wasmtime.WasmtimeError as e:
+                kind, trap = "error", _last_line(str(e))
+                traceback.clear_frames(e.__traceback__)
+            memory = instance.exports(store).get("memory") if instance is not None else None
+            memory_bytes = memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
+            return _Outcome(kind, exit_code, trap, memory_bytes, store.get_fuel())
+        finally:
+            del instance, wasi, store
+
+
+def _judge(tool: Tool, outcome: _Outcome, stdout: _Capture, stderr: _Capture) -> dict[str, Any]:
+    """The run's output, or the Refusal that says why there is none."""
+    name = tool.name
+    limits = tool.manifest.limits
+    if stdout.overflow:
+        raise Refusal("sandbox_bad_output", f"tool {name!r} wrote more than limits.max_output_bytes ({limits.max_output_bytes})")
+    if outcome.kind == "trap" and outcome.trap == "OUT_OF_FUEL":
+        raise Refusal("sandbox_fuel_exhausted", f"tool {name!r} used up limits.fuel ({limits.fuel})")
+    if outcome.kind == "trap" and outcome.trap == "INTERRUPT":
+        raise Refusal("sandbox_timeout", f"tool {name!r} ran past limits.timeout_ms ({limits.timeout_ms})")
+    failed = outcome.kind != "exit" or outcome.exit_code != 0
+    slack = max(PAGE_BYTES, limits.memory_bytes // 8)
+    if failed and outcome.memory_bytes + slack > limits.memory_bytes:
+        raise Refusal(
+            "sandbox_memory_limit", f"tool {name!r} reached limits.memory_pages ({limits.memory_pages}) and failed"
+        )
+    if failed:
+        what = f"exited with status {outcome.exit_code}" if outcome.kind == "exit" else f"trapped: {outcome.trap}"
+        raise Refusal(
+            "sandbox_trap",
+            f"tool {name!r} {what}",
+            details={"stderr_tail": stderr.data.decode("utf-8", errors="replace")},
+        )
+    try:
+        output = json.loads(stdout.data)
+    except ValueError:
+        output = None
+    if not isinstance(output, dict):
+        raise Refusal("sandbox_bad_output", f"tool {name!r} did not print one JSON object on stdout")
+    return output
+
+
+def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    """stdin from memory: the C API's `wasi_config_set_stdin_bytes` takes ownership of a fresh vec."""
+    vec = wasmtime_ffi.wasm_byte_vec_t()
+    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    wasmtime_ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buf)
+    wasmtime_ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+
+
+def _min_memory(module: wasmtime.Module) -> int:
+    sizes = [
+        t.type.limits.min * PAGE_BYTES
+        for t in [*module.imports, *module.exports]
+        if isinstance(t.type, wasmtime.MemoryType)
+    ]
+    return max(sizes, default=0)
+
+
+def _last_line(text: str) -> str:
+    """wasmtime puts the cause last ("unknown import: ...", "wasm trap: ...")."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "unknown error"

@@ -1,0 +1,76 @@
+"""Ad-hoc Python (CPython as a WASI p2 component): limits, the shadowed wasi:http, and dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.errors import Refusal
+from sandbox.manifest import Limits
+
+pytest.importorskip("python_guest", reason="optional: pip install hyperlight-sandbox-python-guest")
+
+from sandbox.python_guest import PythonGuest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PythonGuest]:
+    """Compiled once per session (~15 s); kept in pytest's cache dir when it is enabled, so reruns
+    load it in milliseconds (`make test` runs with `-p no:cacheprovider`: then a temp dir)."""
+    cache = getattr(request.config, "cache", None)
+    cache_dir = cache.mkdir("sandbox-cwasm") if cache is not None else tmp_path_factory.mktemp("cwasm")
+    g = PythonGuest(cache_dir=cache_dir)
+    yield g
+    g.close()
+
+
+def _run(guest: PythonGuest, code: str, sender, resolve, allowed=(), **limits) -> object:  # type: ignore[no-untyped-def]
+    ceiling = guest.ceiling(allowed, Limits(**{**guest.ceiling().limits.model_dump(), **limits}))
+    return asyncio.run(guest.run_async(code, {"n": 21}, ceiling, sender, resolve))
+
+
+def test_python_runs_with_its_input(guest, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+    result = _run(guest, "print(INPUT['n'] * 2)", sender, resolve)
+    assert result.output == {"stdout": "42\n", "stderr": "", "exit_code": 0}
+    assert result.fuel_used > 0
+
+
+def test_no_files_no_env_and_errors_come_back_as_stderr(guest, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+    result = _run(guest, "import os\nprint(dict(os.environ))\nopen('/etc/passwd')", sender, resolve)
+    assert result.output["stdout"] == "{}\n"
+    assert result.output["exit_code"] == 1
+    assert "FileNotFoundError" in result.output["stderr"]
+
+
+def test_direct_wasi_http_is_refused_and_never_reaches_the_server(guest, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+    result = _run(guest, f"print(http_get('http://127.0.0.1:{vendor.port}/v1/balance'))", sender, resolve)
+    assert "HttpRequestDenied" in result.output["stderr"]
+    assert vendor.seen == []
+
+
+def test_call_tool_goes_through_the_ceiling_and_the_sender(guest, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        "import json\n"
+        "ok = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\n"
+        "no = call_tool('http_request', method='POST', url='https://api.openai.com/v1/embeddings')\n"
+        "print(json.dumps([ok['status'], json.loads(ok['body'])['object'], no['status'], json.loads(no['body'])['error']['code']]))\n"
+    )
+    result = _run(guest, code, sender, resolve, allowed=("stripe:retrieve_balance",), max_host_calls=2)
+    assert json.loads(result.output["stdout"]) == [200, "balance", 403, "sandbox_forbidden"]
+    assert result.host_calls == 2
+    assert [r["path"] for r in vendor.seen] == ["/v1/balance"]
+
+
+def test_python_limits_trip_with_their_codes(guest, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(Refusal) as e:
+        _run(guest, "while True: pass", sender, resolve, fuel=200_000_000, timeout_ms=10_000)
+    assert e.value.code == "sandbox_fuel_exhausted"
+    with pytest.raises(Refusal) as e:
+        _run(guest, "while True: pass", sender, resolve, fuel=100_000_000_000, timeout_ms=200)
+    assert e.value.code == "sandbox_timeout"
+    with pytest.raises(Refusal) as e:
+        _run(guest, "print('x' * 100000)", sender, resolve, max_output_bytes=1000)
+    assert e.value.code == "sandbox_bad_output"

@@ -94,7 +94,7 @@ class Gateway:
         flow.metadata[_CALL] = call
         try:
             tunnel = self._identify(flow, call)
-            self._decide(flow, call, tunnel)
+            await self._decide(flow, call, tunnel)
         except Refusal as r:
             self._refuse(flow, call, r)
             return
@@ -125,7 +125,7 @@ class Gateway:
         self.rt.verifier.check(tunnel.identity)
         return tunnel
 
-    def _decide(self, flow: http.HTTPFlow, call: Call, tunnel: Tunnel) -> None:
+    async def _decide(self, flow: http.HTTPFlow, call: Call, tunnel: Tunnel) -> None:
         req = flow.request
         host_header = req.host_header
         pipeline.check_target(
@@ -142,6 +142,9 @@ class Gateway:
         if route is None:
             call.connector, call.action = pipeline.PASSTHROUGH, call.host
             pipeline.authorize_scopes(call.identity, "egress", call.host)
+            if self.rt.policies is not None:
+                # Policy rules name connectors; a pass-through host has none, so no rule can allow it.
+                raise Refusal("policy_denied", f"{call.host} is a pass-through host; policies govern connectors only")
             pipeline.strip_hop_headers(req.headers)
             self.rt.breaker.check(call.host)
             return
@@ -151,8 +154,19 @@ class Gateway:
         cred = connector.credential
         if cred is not None and cred.query_param is not None:
             req.query.pop(cred.query_param, None)
-        query = req.path.partition("?")[2]
-        pipeline.validate(action, req.raw_content or b"", query)
+        params = pipeline.validate(action, req.raw_content or b"", req.path.partition("?")[2])
+        policies = self.rt.policies.current if self.rt.policies else None
+        confidence = req.headers.get(pipeline.CONFIDENCE_HEADER)
+        decision = pipeline.authorize(policies, call.identity, connector.name, action.name, params, confidence)
+        if decision is not None:
+            call.extra.update(pipeline.policy_fields(decision))
+            if decision.outcome == "deny" and decision.refusal is not None:
+                raise decision.refusal
+            approval_id = self.rt.approvals.gate(decision, params, req.headers.get(pipeline.APPROVAL_HEADER))
+            if approval_id:
+                call.extra["approval_id"] = approval_id
+            findings = await self.rt.quotas.charge(decision, params)
+            call.extra["would_deny"] += [f.as_dict() for f in findings]
         pipeline.inject_credentials(connector, self.rt.secrets, req.headers, req.query)
         # Last: letting a half-open circuit's one probe through commits us to forwarding it.
         self.rt.breaker.check(call.host)

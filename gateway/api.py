@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.approvals import ApprovalError
 from gateway.errors import Refusal
 from gateway.identity import Identity
 from gateway.pipeline import Call
@@ -95,6 +96,30 @@ def create_app(rt: Runtime) -> Starlette:
             raise Refusal("bad_request", "limit must be an integer") from None
         return {"decisions": list(rt.recent)[-limit:]}
 
+    @endpoint(rt, admin=False)
+    async def approval(request: Request, ident: Identity) -> dict[str, Any]:
+        found = rt.approvals.get(request.path_params["id"])
+        mine = found is not None and found.sub == ident.sub and found.tenant == ident.tenant
+        if found is None or not (mine or ident.role == ADMIN_ROLE):
+            raise Refusal("not_found", "no such approval for this agent")
+        return found.public()
+
+    def decide_approval(verb: str) -> Handler:
+        @endpoint(rt, admin=True)
+        async def handler(request: Request, ident: Identity) -> dict[str, Any]:
+            approval_id = request.path_params["id"]
+            if rt.approvals.get(approval_id) is None:
+                raise Refusal("not_found", "no such approval")
+            try:
+                decided = (rt.approvals.approve if verb == "approve" else rt.approvals.deny)(approval_id, ident.sub)
+            except ApprovalError as e:
+                raise Refusal("conflict", str(e)) from None
+            audit = Call(identity=ident, host="api", method=request.method, path=request.url.path)
+            rt.record(audit.record(verb, phase="approval", approval_id=approval_id))
+            return decided.public()
+
+        return handler
+
     return Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -103,6 +128,9 @@ def create_app(rt: Runtime) -> Starlette:
             Route("/metrics", metrics),
             Route("/v1/connectors", connectors, methods=["GET"]),
             Route("/v1/decisions", decisions, methods=["GET"]),
+            Route("/v1/approvals/{id}", approval, methods=["GET"]),
+            Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
+            Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),
         ]
     )
 

@@ -10,32 +10,62 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import ca, config, identity
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+import sandbox.cli
+from gateway import ca, config, identity, policy_cli
+from gateway.approvals import ApprovalStore
 from gateway.config import Config, ConfigError, parse_duration
 from gateway.revocation import Revocations
 from gateway.state import StateDir
-
-Command = Callable[[argparse.Namespace, Config], int]
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-def _load(args: argparse.Namespace) -> Config:
-    overrides = {
-        "state_dir": getattr(args, "state_dir", None),
-        "listen": getattr(args, "listen", None),
-        "api_listen": getattr(args, "api_listen", None),
-        "policies": getattr(args, "policies", None),
-    }
-    return config.load(args.config, overrides)
+def _config(args: argparse.Namespace) -> Config:
+    """The config for this invocation: the file, then the flags; loaded once per run."""
+    cached = getattr(args, "_config", None)
+    if cached is None:
+        overrides = {
+            "state_dir": getattr(args, "state_dir", None),
+            "listen": getattr(args, "listen", None),
+            "api_listen": getattr(args, "api_listen", None),
+            "policies": getattr(args, "policies", None),
+        }
+        cached = args._config = config.load(getattr(args, "config", None), overrides)
+    return cached
 
 
-def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+def _state(args: argparse.Namespace) -> StateDir:
+    return StateDir.open(_config(args).state_path)
+
+
+def _policies_dir(args: argparse.Namespace) -> Path:
+    return _config(args).policies or Path("policies")
+
+
+def _public_keys(args: argparse.Namespace) -> list[Ed25519PublicKey]:
+    return [identity.load_or_create_key(_state(args).signing_key).public]
+
+
+def _approvals(args: argparse.Namespace) -> ApprovalStore:
+    """The running gateway's approval store, with its configured expiry (approvals made here use it)."""
+    return ApprovalStore(_state(args).approvals, ttl=_config(args).approval_ttl)
+
+
+def _lookup(name: str) -> object:
+    from connectors import registry
+
+    return registry.load().get(name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
     from gateway import runtime, server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -48,14 +78,14 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def cmd_ca_path(args: argparse.Namespace, cfg: Config) -> int:
-    print(ca.ensure(StateDir.open(cfg.state_path)))
+def cmd_ca_path(args: argparse.Namespace) -> int:
+    print(ca.ensure(_state(args)))
     return 0
 
 
-def cmd_token_issue(args: argparse.Namespace, cfg: Config) -> int:
-    state = StateDir.open(cfg.state_path)
-    key = identity.load_or_create_key(state.signing_key)
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    key = identity.load_or_create_key(_state(args).signing_key)
     try:
         ttl = parse_duration(args.ttl)
         token = identity.issue(
@@ -73,18 +103,17 @@ def cmd_token_issue(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-def cmd_token_revoke(args: argparse.Namespace, cfg: Config) -> int:
-    state = StateDir.open(cfg.state_path)
-    Revocations(state.revocations).revoke(jti=args.jti, sub=args.sub)
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    Revocations(_state(args).revocations).revoke(jti=args.jti, sub=args.sub)
     print(f"revoked {'jti ' + args.jti if args.jti else 'sub ' + args.sub}")
     return 0
 
 
-def cmd_connectors(args: argparse.Namespace, cfg: Config) -> int:
+def cmd_connectors(args: argparse.Namespace) -> int:
     from connectors import registry
 
     try:
-        reg = registry.load(cfg.connectors)
+        reg = registry.load(_config(args).connectors)
     except registry.RegistryError as e:
         raise CliError(str(e)) from None
     for c in reg:
@@ -128,14 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("connectors", parents=[common], help="list connectors and actions").set_defaults(
         func=cmd_connectors
     )
+    policy_cli.add_policy_commands(
+        sub, lookup=_lookup, policies_dir=_policies_dir, audit_path=lambda a: _state(a).audit_log, parents=[common]
+    )
+    policy_cli.add_approvals_commands(sub, open_store=_approvals, parents=[common])
+    policy_cli.add_audit_commands(
+        sub, audit_path=lambda a: _state(a).audit_log, public_keys=_public_keys, parents=[common]
+    )
+    sandbox.cli.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = _load(args)
-        return int(args.func(args, cfg))
+        _config(args)
+        return int(args.func(args))
     except (CliError, ConfigError) as e:
         print(f"egress-gateway: {e}", file=sys.stderr)
         return 2

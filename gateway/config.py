@@ -100,6 +100,7 @@ class Config(_Strict):
     state_dir: Path = Path("~/.egress-gateway")
     policies: Path | None = None
     max_token_ttl: Duration = 1800.0
+    approval_ttl: Duration = 900.0
     token_leeway: Duration = 10.0
     upstreams: dict[str, str] = Field(default_factory=dict)
     upstream_ca: Path | None = None

@@ -41,8 +41,9 @@ CODES: dict[str, tuple[int, str]] = {
     # 429: quotas
     "rate_limited": (429, "the rule's rate limit is used up; see Retry-After"),
     "budget_exceeded": (429, "the rule's spend budget is used up; see Retry-After"),
-    # 404: API lookups
-    "not_found": (404, "the API object does not exist"),
+    # 404/409: API lookups and state changes
+    "not_found": (404, "the API object does not exist (or is not the caller's)"),
+    "conflict": (409, "the API object is not in a state that allows this (e.g. approval not pending)"),
     # 500: a bug; the call is refused rather than let through
     "internal_error": (500, "the gateway failed while deciding; the call was refused (fail closed)"),
     # sandbox (sandbox/): a tool run that broke its manifest's limits or could not run

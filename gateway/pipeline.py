@@ -20,11 +20,15 @@ from connectors.model import Action, Connector, Credential
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal
 from gateway.identity import Identity
+from gateway.policy_engine import Decision, PolicySet, RequestContext, Subject
 from gateway.secrets import Secrets
 
 PASSTHROUGH = "passthrough"
-# Hop-by-hop and upgrade headers never cross: an upgraded connection would escape inspection.
-_NEVER_FORWARD = ("proxy-authorization", "proxy-connection", "upgrade")
+APPROVAL_HEADER = "x-egress-approval"
+CONFIDENCE_HEADER = "x-agent-confidence"
+# Never forwarded: proxy auth, upgrades (an upgraded connection would escape inspection), and the
+# headers that speak to the gateway itself.
+_NEVER_FORWARD = ("proxy-authorization", "proxy-connection", "upgrade", APPROVAL_HEADER, CONFIDENCE_HEADER)
 
 
 def new_decision_id() -> str:
@@ -43,6 +47,7 @@ class Call:
     path: str | None = None
     connector: str | None = None
     action: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def record(self, decision: str, refusal: Refusal | None = None, **extra: Any) -> dict[str, Any]:
         """The audit record of this call: names and codes only, never a value, token or key."""
@@ -50,7 +55,7 @@ class Call:
         rec: dict[str, Any] = {
             "decision_id": self.decision_id,
             "time": round(self.started, 6),
-            "agent": ident.sub if ident else None,
+            "sub": ident.sub if ident else None,
             "tenant": ident.tenant if ident else None,
             "role": ident.role if ident else None,
             "jti": ident.jti if ident else None,
@@ -64,6 +69,7 @@ class Call:
             "code": refusal.code if refusal else None,
             "message": refusal.message if refusal else None,
         }
+        rec.update(self.extra)
         rec.update(extra)
         return rec
 
@@ -120,20 +126,54 @@ def authorize_scopes(identity: Identity, connector: str, action: str) -> None:
 
 
 def validate(action: Action, body: bytes, query: str) -> dict[str, Any]:
-    """Step 4: decode the parameters and check them against the action's request model."""
+    """Step 4: decode the parameters and check them against the action's request model.
+
+    Returns the parameters as the model reads them (a form's "5000" is the number 5000), with only
+    the fields the agent sent: what policies judge, and what DLP rewrites.
+    """
     params = codecs.decode(action.encoding, body, query)
     if action.request is None:
         if params:
             raise Refusal("schema_violation", f"{action.name} takes no parameters")
         return params
     try:
-        action.request.model_validate(params)
+        return action.request.model_validate(params).model_dump(mode="json", exclude_unset=True)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise Refusal("schema_violation", f"{where}: {first['msg']}{more}") from None
-    return params
+
+
+def authorize(
+    policies: PolicySet | None, identity: Identity, connector: str, action: str, params: dict[str, Any], confidence: str | None
+) -> Decision | None:
+    """Step 5: the agent's policy decides within the token's scopes; None when no policies are loaded.
+
+    A `deny` is returned, not raised, so the caller can audit the policy version and rules first.
+    """
+    if policies is None:
+        return None
+    subject = Subject(identity.sub, identity.role, identity.tenant)
+    return policies.decide(subject, connector, action, params, RequestContext(confidence=parse_confidence(confidence)))
+
+
+def parse_confidence(header: str | None) -> float | None:
+    """`X-Agent-Confidence` as a number in [0, 1]; anything else is unknown (conditions fail closed)."""
+    try:
+        value = float(header) if header is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
+
+
+def policy_fields(decision: Decision) -> dict[str, Any]:
+    """The policy's part of the audit record: which version and rules decided, and shadow findings."""
+    return {
+        "policy_version": decision.policy_version,
+        "rules": [m.ref.id for m in decision.rules],
+        "would_deny": [f.as_dict() for f in decision.would_deny],
+    }
 
 
 def inject_credentials(

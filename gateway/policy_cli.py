@@ -23,7 +23,7 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,15 +46,16 @@ def add_policy_commands(
     lookup: ConnectorLookup,
     policies_dir: Resolver[Path],
     audit_path: Resolver[Path],
+    parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("policy", help="check, test and report on policy files")
     cmds = group.add_subparsers(dest="policy_command", required=True)
 
-    check = cmds.add_parser("check", help="validate policy files; exit 1 with file:line: reason")
+    check = cmds.add_parser("check", help="validate policy files; exit 1 with file:line: reason", parents=list(parents))
     check.add_argument("paths", nargs="*", type=Path, help="files or directories (default: the policy dir)")
     check.set_defaults(func=lambda a: policy_check(a.paths or [policies_dir(a)], lookup))
 
-    test = cmds.add_parser("test", help="show the decision a request would get, without sending it")
+    test = cmds.add_parser("test", help="show the decision a request would get, without sending it", parents=list(parents))
     test.add_argument("--as", dest="role", required=True, help="the agent's role")
     test.add_argument("--sub", default="policy-test", help="the agent's sub")
     test.add_argument("--tenant", default=None)
@@ -66,33 +67,39 @@ def add_policy_commands(
         )
     )
 
-    report = cmds.add_parser("report", help="summarise shadow-mode would-deny events by agent and rule")
+    report = cmds.add_parser("report", help="summarise shadow-mode would-deny events by agent and rule", parents=list(parents))
     report.add_argument("file", nargs="?", type=Path, help="audit log (default: the state dir's)")
     report.set_defaults(func=lambda a: policy_report(a.file or audit_path(a)))
 
 
-def add_approvals_commands(subparsers: Any, *, open_store: Resolver[ApprovalStore]) -> None:
+def add_approvals_commands(
+    subparsers: Any, *, open_store: Resolver[ApprovalStore], parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
     group = subparsers.add_parser("approvals", help="list, approve and deny pending approvals")
     cmds = group.add_subparsers(dest="approvals_command", required=True)
 
-    ls = cmds.add_parser("list", help="pending approvals (or all with --all)")
+    ls = cmds.add_parser("list", help="pending approvals (or all with --all)", parents=list(parents))
     ls.add_argument("--all", action="store_true", help="every state, not only pending")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=lambda a: approvals_list(open_store(a), a.all, a.json))
 
     for verb in ("approve", "deny"):
-        p = cmds.add_parser(verb, help=f"{verb} a pending approval")
+        p = cmds.add_parser(verb, help=f"{verb} a pending approval", parents=list(parents))
         p.add_argument("id")
         p.add_argument("--by", default=None, help="approver name (default: the OS user)")
         p.set_defaults(func=lambda a, verb=verb: approvals_decide(open_store(a), verb, a.id, a.by))
 
 
 def add_audit_commands(
-    subparsers: Any, *, audit_path: Resolver[Path], public_keys: Resolver[list[Ed25519PublicKey]]
+    subparsers: Any,
+    *,
+    audit_path: Resolver[Path],
+    public_keys: Resolver[list[Ed25519PublicKey]],
+    parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("audit", help="the tamper-evident audit log")
     cmds = group.add_subparsers(dest="audit_command", required=True)
-    v = cmds.add_parser("verify", help="verify the hash chain and signatures; exit 1 naming the first bad record")
+    v = cmds.add_parser("verify", help="verify the hash chain and signatures; exit 1 naming the first bad record", parents=list(parents))
     v.add_argument("file", nargs="?", type=Path)
     v.set_defaults(func=lambda a: audit_verify(a.file or audit_path(a), public_keys(a)))
 

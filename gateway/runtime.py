@@ -12,12 +12,16 @@ import certifi
 
 from connectors import registry as connector_registry
 from connectors.registry import Registry
+from gateway.approvals import ApprovalStore
 from gateway.audit import AuditLog
 from gateway.breaker import Breaker
 from gateway.config import Config
 from gateway.egress import Resolver
 from gateway.identity import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
+from gateway.policy_load import PolicyLoadError
+from gateway.policy_store import PolicyStore
+from gateway.quota import Quotas
 from gateway.revocation import Revocations
 from gateway.secrets import Secrets
 from gateway.state import StateDir
@@ -38,6 +42,9 @@ class Runtime:
     secrets: Secrets
     audit: AuditLog
     breaker: Breaker
+    policies: PolicyStore | None
+    quotas: Quotas
+    approvals: ApprovalStore
     metrics: Metrics = field(default_factory=Metrics)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
@@ -49,10 +56,11 @@ class Runtime:
         """One audit record: to the tamper-evident log, the recent-decisions view and the metrics."""
         self.audit.write(rec)
         self.recent.append(rec)
-        if rec.get("phase") != "outcome":
+        if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 
     def close(self) -> None:
+        self.approvals.close()
         self.audit.close()
 
 
@@ -77,6 +85,14 @@ def build(config: Config) -> Runtime:
     key = load_or_create_key(state.signing_key)
     revocations = Revocations(state.revocations)
     routes = {h: a for h in config.upstreams if (a := config.upstream_address(h)) is not None}
+    policies = None
+    if config.policies is None:
+        log.warning("no policies configured: token scopes alone decide (no parameter rules, approvals or quotas)")
+    else:
+        try:
+            policies = PolicyStore(config.policies, registry.get)
+        except PolicyLoadError as e:
+            raise ValueError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
     return Runtime(
         config=config,
         state=state,
@@ -88,4 +104,7 @@ def build(config: Config) -> Runtime:
         secrets=Secrets(config.secrets),
         audit=AuditLog(state.audit_log, key.private),
         breaker=Breaker(config.breaker.failures, config.breaker.reset),
+        policies=policies,
+        quotas=Quotas.from_uri(config.stores.rate_limits),
+        approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl),
     )

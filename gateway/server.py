@@ -80,6 +80,8 @@ async def serve(rt: Runtime) -> None:
         loop.add_signal_handler(sig, stop)
     addon.error_pages.install()
     watcher = asyncio.create_task(rt.revocations.watch())
+    if rt.policies is not None:
+        rt.policies.start()
     api_task = asyncio.create_task(api.serve())
     try:
         log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
@@ -87,6 +89,8 @@ async def serve(rt: Runtime) -> None:
     finally:
         api.should_exit = True
         watcher.cancel()
+        if rt.policies is not None:
+            await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)
         addon.error_pages.uninstall()
         rt.close()

@@ -41,6 +41,10 @@ class StateDir:
         return self.root / "revocations.sqlite"
 
     @property
+    def approvals(self) -> Path:
+        return self.root / "approvals.sqlite"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 

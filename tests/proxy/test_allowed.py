@@ -33,7 +33,7 @@ def test_httpx_stripe_form_call_gets_injected_key(gateway: GatewayProcess, vendo
     outcome = records[-1]
     assert outcome["decision"] == "allow" and outcome["upstream_status"] == 200
     assert outcome["connector"] == "stripe" and outcome["action"] == "create_payment_intent"
-    assert outcome["latency_ms"] > 0 and outcome["agent"] == "agent-1"
+    assert outcome["latency_ms"] > 0 and outcome["sub"] == "agent-1"
 
 
 def test_requests_openai_json_call(gateway: GatewayProcess, vendor: FakeVendor) -> None:

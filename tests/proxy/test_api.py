@@ -31,7 +31,7 @@ def test_decisions_and_metrics_show_calls_without_secrets(gateway: GatewayProces
         assert c.post("https://api.stripe.com/v1/refunds", data={"amount": "x"}).status_code == 400
     admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
     decisions = httpx.get(f"{gateway.api_url}/v1/decisions?limit=50", headers=admin).json()["decisions"]
-    mine = [d for d in decisions if d["agent"] == "metrics-agent"]
+    mine = [d for d in decisions if d["sub"] == "metrics-agent"]
     assert {(d["action"], d["decision"], d["code"]) for d in mine} >= {
         ("retrieve_balance", "allow", None),
         ("create_refund", "deny", "schema_violation"),

@@ -107,3 +107,28 @@ def test_vendor_tls_is_terminated_with_the_gateway_ca(gateway: GatewayProcess) -
     with pytest.raises(ssl.SSLError):
         sock, _ = raw_connect(gateway, "api.stripe.com", basic(gateway.token()))
         ssl.create_default_context().wrap_socket(sock, server_hostname="api.stripe.com")
+
+
+def test_egress_allow_pass_through_needs_its_scope_and_no_policy_engine(make_gateway, pki: PKI, tmp_path) -> None:
+    files = FakeVendor(pki.leaf("files", ("files.example",)))
+    try:
+        settings = vendor_settings(pki, files, egress={"allow": ["files.example"]})
+        settings["upstreams"]["files.example"] = files.url
+        gw = make_gateway(settings)
+        with client(gw, gw.token(scopes=("egress:files.example",))) as c:
+            r = c.get("https://files.example/any/path?x=1", headers={"Authorization": "Bearer agent"})
+        assert r.status_code == 200
+        assert files.received[-1].path == "/any/path?x=1"
+        with client(gw, gw.token(scopes=("stripe:*",))) as c:
+            r = c.get("https://files.example/any/path")
+        assert (r.status_code, error_of(r)["code"]) == (403, "scope_denied")
+        (tmp_path / "policies").mkdir()
+        (tmp_path / "policies" / "p.yaml").write_text(
+            "version: 1\nsubjects: {roles: [finance]}\nrules:\n  - connector: stripe\n    actions: [retrieve_balance]\n")
+        governed = make_gateway({**settings, "policies": str(tmp_path / "policies")}, name="governed")
+        with client(governed, governed.token(scopes=("egress:files.example",))) as c:
+            r = c.get("https://files.example/any/path")
+        assert (r.status_code, error_of(r)["code"]) == (403, "policy_denied")
+        assert len(files.received) == 1
+    finally:
+        files.close()

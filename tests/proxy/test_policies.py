@@ -1,0 +1,303 @@
+"""Steps 5-6 through the real proxy: policy rules, approvals, shadow mode, quotas, hot reload."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clients import client, error_of
+from tests.fakes import REPO, FakeVendor, GatewayProcess, PKI, vendor_settings
+
+PAY = "https://api.stripe.com/v1/payment_intents"
+GOOD = {"amount": "1500", "currency": "usd", "metadata[account]": "1234567890"}
+
+# Test-only policies beside the shipped ones: a budget and a tight rate for concurrency tests, and
+# a `min` rule, which no shipped policy uses.
+EXTRA_POLICIES = {
+    "budgeter.yaml": """
+version: 1
+subjects: {roles: [budgeter]}
+rules:
+  - name: small-budget
+    connector: stripe
+    actions: [create_payment_intent]
+    params:
+      amount: {min: 100}
+    budget: {field: amount, limit: 100000, per: day}
+  - name: tight-rate
+    connector: stripe
+    actions: [retrieve_balance]
+    rate: 10/minute
+""",
+}
+
+
+def _policy_dir(root: Path) -> Path:
+    d = root / "policies"
+    shutil.copytree(REPO / "policies", d)
+    for name, text in EXTRA_POLICIES.items():
+        (d / name).write_text(text)
+    return d
+
+
+@pytest.fixture(scope="module")
+def policy_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
+    from tests.conftest import EXTRA_ENV
+    from tests.fakes import VENDOR_ENV
+
+    root = tmp_path_factory.mktemp("policy-gw")
+    gw = GatewayProcess(root, vendor_settings(pki, vendor_server, policies=str(_policy_dir(root))), {**VENDOR_ENV, **EXTRA_ENV}).start()
+    yield gw
+    gw.stop()
+
+
+def finance(gw: GatewayProcess, sub: str = "finance-1", **kw) -> str:
+    return gw.token(sub=sub, role="finance", tenant="acme", scopes=("stripe:*",), **kw)
+
+
+def test_allowed_payment_records_the_policy_version_and_rule(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    with client(policy_gw, finance(policy_gw)) as c:
+        r = c.post(PAY, data=GOOD)
+    assert r.status_code == 200, r.text
+    rec = next(x for x in policy_gw.audit() if x.get("decision_id") == r.headers["x-egress-decision-id"])
+    assert len(rec["policy_version"]) >= 12
+    assert rec["rules"] == ["finance.yaml#finance-payments"] or rec["rules"][0].endswith("finance-payments")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "rule"),
+    [
+        ({"amount": "600000"}, "amount", "max"),
+        ({"currency": "gbp"}, "currency", "one_of"),
+        ({"metadata[account]": "12ab"}, "metadata.account", "regex"),
+        ({"metadata[account]": None}, "metadata.account", "required"),
+        ({"receipt_email": "someone@example.com"}, "receipt_email", "forbidden"),
+    ],
+)
+def test_each_constraint_refuses_with_param_violation(policy_gw: GatewayProcess, vendor: FakeVendor, change: dict, field: str, rule: str) -> None:
+    data = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    with client(policy_gw, finance(policy_gw)) as c:
+        r = c.post(PAY, data=data)
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (403, "param_violation"), err
+    assert field in err["message"] and "finance-payments" in err["message"]
+    assert "someone@example.com" not in err["message"] and "12ab" not in err["message"]
+    assert not vendor.received
+
+
+def test_max_length_min_and_list_paths(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    research = policy_gw.token(sub="research-1", role="research", scopes=("serpapi:*", "openai:*"))
+    with client(policy_gw, research) as c:
+        r = c.get("https://serpapi.com/search.json", params={"q": "x" * 300})
+        assert (r.status_code, error_of(r)["code"]) == (403, "param_violation")
+        assert "q" in error_of(r)["message"]
+        r = c.post("https://api.openai.com/v1/chat/completions",
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]})
+        assert (r.status_code, error_of(r)["code"]) == (403, "param_violation")
+        assert "messages" in error_of(r)["message"]
+        ok = c.post("https://api.openai.com/v1/chat/completions",
+                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert ok.status_code == 200
+    budgeter = policy_gw.token(sub="min-1", role="budgeter", scopes=("stripe:*",))
+    with client(policy_gw, budgeter) as c:
+        r = c.post(PAY, data={"amount": "50", "currency": "usd"})
+    assert (r.status_code, error_of(r)["code"]) == (403, "param_violation")
+
+
+@pytest.mark.parametrize(
+    ("role", "tenant", "url", "data"),
+    [
+        ("finance", "acme", "https://api.stripe.com/v1/refunds", {"payment_intent": "pi_1"}),  # no refund rule
+        ("finance", "globex", PAY, GOOD),  # the finance policy is tenant acme's
+        ("intern", "acme", "https://api.stripe.com/v1/balance", None),  # no policy for the role
+    ],
+)
+def test_default_deny_is_policy_denied(policy_gw: GatewayProcess, vendor: FakeVendor, role: str, tenant: str, url: str, data: dict | None) -> None:
+    token = policy_gw.token(sub="x", role=role, tenant=tenant, scopes=("*",))
+    with client(policy_gw, token) as c:
+        r = c.request("POST" if data else "GET", url, data=data)
+    assert (r.status_code, error_of(r)["code"]) == (403, "policy_denied")
+    assert not vendor.received
+
+
+def test_scopes_stay_a_ceiling_over_the_policy(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    token = policy_gw.token(sub="f", role="finance", tenant="acme", scopes=("stripe:retrieve_balance",))
+    with client(policy_gw, token) as c:
+        r = c.post(PAY, data=GOOD)
+    assert (r.status_code, error_of(r)["code"]) == (403, "scope_denied")
+
+
+def test_approval_round_trip_reuse_and_changed_parameters(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    big = {**GOOD, "amount": "150000"}
+    with client(policy_gw, finance(policy_gw, sub="finance-approvals")) as c:
+        r = c.post(PAY, data=big)
+        err = error_of(r)
+        assert (r.status_code, err["code"]) == (403, "approval_required")
+        approval_id = err["approval_id"]
+        assert not vendor.received
+        # The agent can see its own approval's state; another agent cannot.
+        own = httpx.get(f"{policy_gw.api_url}/v1/approvals/{approval_id}",
+                        headers={"Authorization": f"Bearer {finance(policy_gw, sub='finance-approvals')}"})
+        assert own.json()["state"] == "pending" and own.json()["summary"]["amount"] == 150000
+        other = httpx.get(f"{policy_gw.api_url}/v1/approvals/{approval_id}",
+                          headers={"Authorization": f"Bearer {finance(policy_gw, sub='someone-else')}"})
+        assert (other.status_code, error_of(other)["code"]) == (404, "not_found")
+        # Retrying before approval is still refused.
+        r = c.post(PAY, data=big, headers={"X-Egress-Approval": approval_id})
+        assert error_of(r)["code"] == "approval_required"
+        out = policy_gw.cli("approvals", "approve", approval_id, "--by", "alice")
+        assert approval_id in out.stdout
+        # A changed parameter does not match the approval.
+        r = c.post(PAY, data={**big, "amount": "150001"}, headers={"X-Egress-Approval": approval_id})
+        assert error_of(r)["code"] == "approval_required"
+        assert not vendor.received
+        r = c.post(PAY, data=big, headers={"X-Egress-Approval": approval_id, "X-Agent-Confidence": "0.9"})
+        assert r.status_code == 200, r.text
+        assert len(vendor.received) == 1
+        assert "x-egress-approval" not in vendor.received[0].headers
+        assert "x-agent-confidence" not in vendor.received[0].headers
+        # Single use.
+        r = c.post(PAY, data=big, headers={"X-Egress-Approval": approval_id})
+        assert error_of(r)["code"] == "approval_required" and error_of(r)["approval_id"] != approval_id
+    assert len(vendor.received) == 1
+    rec = next(x for x in policy_gw.audit() if x.get("approval_id") == approval_id and x.get("phase") == "decision")
+    assert rec["decision"] == "allow"
+
+
+def test_admin_api_approves_and_denies(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    admin = {"Authorization": f"Bearer {policy_gw.token(sub='ops', role='admin')}"}
+    ids = []
+    with client(policy_gw, finance(policy_gw, sub="finance-api")) as c:
+        for amount in ("200000", "300000"):
+            ids.append(error_of(c.post(PAY, data={**GOOD, "amount": amount}))["approval_id"])
+        denied = httpx.post(f"{policy_gw.api_url}/v1/approvals/{ids[0]}/deny", headers=admin)
+        assert denied.json()["state"] == "denied" and denied.json()["decided_by"] == "ops"
+        again = httpx.post(f"{policy_gw.api_url}/v1/approvals/{ids[0]}/approve", headers=admin)
+        assert (again.status_code, error_of(again)["code"]) == (409, "conflict")
+        agent_try = httpx.post(f"{policy_gw.api_url}/v1/approvals/{ids[1]}/approve",
+                               headers={"Authorization": f"Bearer {finance(policy_gw, sub='finance-api')}"})
+        assert (agent_try.status_code, error_of(agent_try)["code"]) == (403, "admin_required")
+        assert httpx.post(f"{policy_gw.api_url}/v1/approvals/{ids[1]}/approve", headers=admin).status_code == 200
+        r = c.post(PAY, data={**GOOD, "amount": "200000"}, headers={"X-Egress-Approval": ids[0]})
+        assert error_of(r)["code"] == "approval_required"
+        assert c.post(PAY, data={**GOOD, "amount": "300000"}, headers={"X-Egress-Approval": ids[1]}).status_code == 200
+    missing = httpx.post(f"{policy_gw.api_url}/v1/approvals/apr_nope/approve", headers=admin)
+    assert (missing.status_code, error_of(missing)["code"]) == (404, "not_found")
+
+
+def test_approval_expires(make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
+    gw = make_gateway(vendor_settings(pki, vendor, policies=str(_policy_dir(tmp_path)), approval_ttl="1s"))
+    big = {**GOOD, "amount": "150000"}
+    with client(gw, finance(gw)) as c:
+        approval_id = error_of(c.post(PAY, data=big))["approval_id"]
+        gw.cli("approvals", "approve", approval_id)
+        time.sleep(1.5)
+        r = c.post(PAY, data=big, headers={"X-Egress-Approval": approval_id})
+    assert error_of(r)["code"] == "approval_required"
+    assert not vendor.received
+
+
+def test_shadow_rule_lets_the_call_out_and_records_would_deny(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    support = policy_gw.token(sub="support-1", role="support", tenant="acme", scopes=("stripe:*",))
+    with client(policy_gw, support) as c:
+        r = c.post("https://api.stripe.com/v1/customers", data={"description": "d" * 600})
+    assert r.status_code == 200, r.text
+    assert len(vendor.received) == 1
+    rec = next(x for x in policy_gw.audit() if x.get("decision_id") == r.headers["x-egress-decision-id"])
+    assert rec["decision"] == "allow"
+    assert rec["would_deny"][0]["code"] == "param_violation" and "description" in rec["would_deny"][0]["message"]
+    report = policy_gw.cli("policy", "report").stdout
+    assert "support-1" in report and "support-customers" in report
+
+
+def _concurrently(gw: GatewayProcess, token: str, n: int, send) -> list[int]:
+    def one(_: int) -> int:
+        with client(gw, token) as c:
+            return send(c).status_code
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_budget_holds_under_50_concurrent_payments(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    token = policy_gw.token(sub="budget-1", role="budgeter", scopes=("stripe:*",))
+    statuses = _concurrently(policy_gw, token, 50, lambda c: c.post(PAY, data={"amount": "3000", "currency": "usd"}))
+    allowed = statuses.count(200)
+    assert allowed * 3000 <= 100000 and allowed == 33, statuses
+    assert statuses.count(429) == 50 - allowed
+    assert len(vendor.received) == allowed
+    with client(policy_gw, token) as c:
+        r = c.post(PAY, data={"amount": "3000", "currency": "usd"})
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (429, "budget_exceeded") and int(r.headers["retry-after"]) > 0
+
+
+def test_rate_limit_holds_under_50_concurrent_calls(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    token = policy_gw.token(sub="rate-1", role="budgeter", scopes=("stripe:*",))
+    statuses = _concurrently(policy_gw, token, 50, lambda c: c.get("https://api.stripe.com/v1/balance"))
+    assert statuses.count(200) == 10 and statuses.count(429) == 40
+    with client(policy_gw, token) as c:
+        r = c.get("https://api.stripe.com/v1/balance")
+    assert error_of(r)["code"] == "rate_limited" and int(r.headers["retry-after"]) > 0
+    other = policy_gw.token(sub="rate-2", role="budgeter", scopes=("stripe:*",))
+    with client(policy_gw, other) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200  # per agent
+
+
+def test_hot_reload_valid_then_invalid(make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
+    policies = _policy_dir(tmp_path)
+    gw = make_gateway(vendor_settings(pki, vendor, policies=str(policies)))
+    finance_file = policies / "finance.yaml"
+    with client(gw, finance(gw)) as c:
+        first = c.post(PAY, data=GOOD)
+        assert first.status_code == 200
+        finance_file.write_text(finance_file.read_text().replace("amount: {max: 500000}", "amount: {max: 1000}"))
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            r = c.post(PAY, data=GOOD)
+            if r.status_code == 403:
+                break
+            time.sleep(0.1)
+        assert error_of(r)["code"] == "param_violation" and "1000" in error_of(r)["message"]
+        versions = {x.get("policy_version") for x in gw.audit() if x.get("policy_version")}
+        assert len(versions) == 2
+        finance_file.write_text("version: 1\nrules: [this is: not a policy\n")
+        time.sleep(1.5)
+        r = c.post(PAY, data=GOOD)  # the last good policy (max 1000) keeps serving
+        assert error_of(r)["code"] == "param_violation"
+        assert c.post(PAY, data={**GOOD, "amount": "900"}).status_code == 200
+    assert "rejected" in gw.log_file.read_text() and "finance.yaml" in gw.log_file.read_text()
+
+
+def test_audit_verify_passes_on_a_live_log_and_names_a_tampered_record(policy_gw: GatewayProcess, vendor: FakeVendor, tmp_path: Path) -> None:
+    with client(policy_gw, finance(policy_gw, sub="audited")) as c:
+        for _ in range(3):
+            assert c.post(PAY, data=GOOD).status_code == 200
+    ok = policy_gw.cli("audit", "verify", check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = policy_gw.audit_file.read_text().splitlines(keepends=True)
+    assert '"path":"' in lines[3]
+    lines[3] = lines[3].replace('"path":"', '"path":"/edited', 1)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("".join(lines))
+    bad = policy_gw.cli("audit", "verify", str(tampered), check=False)
+    assert bad.returncode == 1
+    assert "line 4" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+
+
+def test_policy_check_and_policy_test_through_the_cli(policy_gw: GatewayProcess, tmp_path: Path) -> None:
+    assert policy_gw.cli("policy", "check", str(REPO / "policies")).returncode == 0
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nsubjects: {roles: [x]}\nrules:\n  - connector: stripe\n    actions: [teleport]\n")
+    out = policy_gw.cli("policy", "check", str(broken), check=False)
+    assert out.returncode == 1 and f"{broken}:5" in out.stderr and "teleport" in out.stderr
+    request = tmp_path / "req.json"
+    request.write_text('{"connector": "stripe", "action": "create_payment_intent", '
+                       '"params": {"amount": 150000, "currency": "usd", "metadata": {"account": "1234567890"}}}')
+    out = policy_gw.cli("policy", "test", "--as", "finance", "--tenant", "acme", str(request), check=False)
+    assert out.returncode == 1 and "approval_required" in out.stdout

@@ -75,6 +75,10 @@ class DlpConfig(BaseModel):
     # positives on business text with them, 0% without.
     phone_regions: tuple[str, ...] = ("US", "GB")
     custom_recognizers: tuple[CustomRecognizer, ...] = ()
+    # For agents no policy file gives a `dlp:` section: what leaves only as tokens, and what comes
+    # back restored. Tokenizing by default keeps PII in the vault when a policy forgets DLP.
+    tokenize: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN")
+    reveal: tuple[str, ...] = ()
     # Vault location: sqlite:///path, or redis://host:port/db. None: sqlite in the state dir.
     vault: str | None = None
     # Vault master key (base64 of 32 bytes) or env:NAME / file:PATH; None: <state_dir>/dlp.key.

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlp.tokens import TOKEN_RE, pending_start, token_type
-from dlp.vault import Vault
+from dlp.vault import VaultReader
 
 
 @dataclass
@@ -53,7 +53,7 @@ class RevealSummary:
 class Detokenizer:
     """Looks tokens up in the vault for one scope and set of revealable types."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: VaultReader) -> None:
         self._vault = vault
 
     async def values(self, tokens: set[str], scope: str, reveal: frozenset[str]) -> dict[str, tuple[str, str]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import secrets
 import threading
 import time
@@ -27,7 +28,7 @@ from typing import Any, Generic, TypeVar
 from connectors import fieldpath
 from dlp.engine import Finding, PiiEngine
 from dlp.tokens import TOKEN_RE
-from dlp.vault import Vault
+from dlp.vault import Entry, Vault
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -117,10 +118,17 @@ class Tokenizer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def tokenize_body(
-        self, body: Any, fields: tuple[str, ...], entities: frozenset[str], scope: str
+        self,
+        body: Any,
+        fields: tuple[str, ...],
+        entities: frozenset[str],
+        scope: str,
+        issued: dict[str, Entry] | None = None,
     ) -> TokenizeSummary:
         """Replace PII in the strings under `fields` of `body`, in place; return what was replaced.
 
+        `issued`, if given, receives token -> entry for every value replaced: the response to this
+        call can be detokenized from it without waiting on the vault (see `dlp.sync`).
         Raises `StoreUnavailable` if the vault cannot issue a token: the caller refuses the call
         (`store_unavailable`) rather than let a value out.
         """
@@ -135,7 +143,7 @@ class Tokenizer:
         summary = TokenizeSummary(fields_scanned=len(leaves))
         if not leaves or not entities:
             return summary
-        replaced = await self._tokenize_texts([leaf.text for leaf in leaves], entities, scope, summary)
+        replaced = await self._tokenize_texts([leaf.text for leaf in leaves], entities, scope, summary, issued)
         for leaf, new_text in zip(leaves, replaced, strict=True):
             if new_text != leaf.text:
                 fieldpath.assign(body, leaf.keys, new_text)
@@ -148,13 +156,20 @@ class Tokenizer:
         return out, summary
 
     async def _tokenize_texts(
-        self, texts: list[str], entities: frozenset[str], scope: str, summary: TokenizeSummary
+        self,
+        texts: list[str],
+        entities: frozenset[str],
+        scope: str,
+        summary: TokenizeSummary,
+        issued: dict[str, Entry] | None = None,
     ) -> list[str]:
         findings = await self._analyze_all(texts, entities, scope, summary)
         wanted = {(f.entity_type, text[f.start : f.end]) for text, fs in zip(texts, findings, strict=True) for f in fs}
         ordered = sorted(wanted)
         tokens = await asyncio.gather(*(self._token_for(scope, t, v) for t, v in ordered))
         by_value = dict(zip(ordered, tokens, strict=True))
+        if issued is not None:
+            issued.update({token: Entry(kind, value, math.inf) for (kind, value), token in by_value.items()})
         counts: Counter[str] = Counter()
         out: list[str] = []
         for text, fs in zip(texts, findings, strict=True):

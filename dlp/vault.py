@@ -49,13 +49,15 @@ class Entry:
         return f"Entry(entity_type={self.entity_type!r}, value=<hidden>, expires_at={self.expires_at})"
 
 
-class Vault(Protocol):
-    async def token_for(self, scope: str, entity_type: str, value: str) -> tuple[str, float]:
-        """The token for `value` in `scope` (created if new or expired) and its expiry time."""
-        ...
-
+class VaultReader(Protocol):
     async def resolve(self, scope: str, tokens: Collection[str]) -> dict[str, Entry]:
         """The live entries of `scope` among `tokens`; others (foreign, expired, unknown) are absent."""
+        ...
+
+
+class Vault(VaultReader, Protocol):
+    async def token_for(self, scope: str, entity_type: str, value: str) -> tuple[str, float]:
+        """The token for `value` in `scope` (created if new or expired) and its expiry time."""
         ...
 
     async def purge_expired(self) -> int:
@@ -105,6 +107,10 @@ class SqliteVault:
         if not tokens:
             return {}
         return await asyncio.to_thread(self._resolve, scope, tuple(set(tokens)))
+
+    def resolve_now(self, scope: str, tokens: Collection[str]) -> dict[str, Entry]:
+        """`resolve` without leaving the calling thread: a local file read for the stream path."""
+        return self._resolve(scope, tuple(set(tokens))) if tokens else {}
 
     async def purge_expired(self) -> int:
         return await asyncio.to_thread(self._purge)

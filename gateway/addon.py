@@ -18,17 +18,22 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mitmproxy import connection, http
 from mitmproxy.net.http import url
 from mitmproxy.proxy import server_hooks
 
+from connectors import codecs
+from connectors.model import Action, BodyEncoding
 from gateway import pipeline
+from gateway.dlp_step import CallDlp, scope_of
 from gateway.api import ADMIN_ROLE
 from gateway.errors import Refusal
 from gateway.identity import Identity, token_from_proxy_authorization
 from gateway.mitm_compat import ErrorPages, abort_server_connection
 from gateway.pipeline import Call
+from gateway.policy_engine import PolicySet
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ _CALL = "egress.call"
 _TIMED_OUT = "egress.timed_out"
 _TIMER = "egress.timer"
 _FORWARDED = "egress.forwarded"
+_DLP = "egress.dlp"
 
 
 @dataclass
@@ -154,6 +160,8 @@ class Gateway:
         cred = connector.credential
         if cred is not None and cred.query_param is not None:
             req.query.pop(cred.query_param, None)
+        if req.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
+            raise Refusal("malformed_body", "compressed request bodies are not accepted; send them plain")
         params = pipeline.validate(action, req.raw_content or b"", req.path.partition("?")[2])
         policies = self.rt.policies.current if self.rt.policies else None
         confidence = req.headers.get(pipeline.CONFIDENCE_HEADER)
@@ -167,9 +175,29 @@ class Gateway:
                 call.extra["approval_id"] = approval_id
             findings = await self.rt.quotas.charge(decision, params)
             call.extra["would_deny"] += [f.as_dict() for f in findings]
+        await self._tokenize(flow, call, action, params, policies)
         pipeline.inject_credentials(connector, self.rt.secrets, req.headers, req.query)
         # Last: letting a half-open circuit's one probe through commits us to forwarding it.
         self.rt.breaker.check(call.host)
+
+    async def _tokenize(
+        self, flow: http.HTTPFlow, call: Call, action: Action, params: dict[str, Any], policies: PolicySet | None
+    ) -> None:
+        """Step 7: PII in the action's DLP fields leaves only as tokens; the body is re-encoded."""
+        assert call.identity is not None
+        dlp_policy = self.rt.dlp.policy_for(policies, call.identity)
+        reveal = dlp_policy.reveal if action.detokenize_response else frozenset()
+        call_dlp = flow.metadata[_DLP] = CallDlp(scope_of(call.identity), reveal)
+        counts = await self.rt.dlp.tokenize(action, params, dlp_policy, call_dlp)
+        req = flow.request
+        if counts:
+            call.extra["tokenized"] = counts
+            if action.encoding is BodyEncoding.QUERY:
+                req.path = f"{call.path}?{codecs.encode_form(params)}"
+            else:
+                req.content = codecs.encode(action.encoding, params)
+        if reveal:
+            req.headers["accept-encoding"] = "identity"  # restoring needs the plain response body
 
     # --- the upstream -----------------------------------------------------------------------
 
@@ -205,14 +233,18 @@ class Gateway:
             return
         flow.response.headers[DECISION_HEADER] = call.decision_id
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
-            flow.response.stream = True
+            call_dlp: CallDlp | None = flow.metadata.get(_DLP)
+            # Streams pass through chunk by chunk; with tokens to restore, only a possible token
+            # prefix is held back.
+            flow.response.stream = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else True
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(_CALL)
         started = flow.metadata.get(_FORWARDED)
         if call is None or started is None or flow.response is None:
             return
         elapsed = time.monotonic() - started
+        await self._restore(flow, call)
         status = flow.response.status_code
         if status >= 500:
             self.rt.breaker.failure(call.host or "")
@@ -238,6 +270,23 @@ class Gateway:
         self.rt.record(call.record("deny", refusal, phase="outcome" if started else "decision", latency_ms=latency))
         self.error_pages.claim(msg, call.decision_id, refusal)
         self._done(flow)
+
+    async def _restore(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Step 10: tokens in the response restored for an agent whose policy reveals their types."""
+        call_dlp: CallDlp | None = flow.metadata.get(_DLP)
+        resp = flow.response
+        if call_dlp is None or not call_dlp.reveal or resp is None:
+            return
+        if call_dlp.stream_summary is not None:
+            summary = call_dlp.stream_summary()
+        elif "json" in resp.headers.get("content-type", "") and resp.raw_content:
+            restored, summary = await self.rt.dlp.restore_json(resp.content or b"", call_dlp)
+            if summary.total:
+                resp.content = restored
+        else:
+            return
+        if summary.total or summary.withheld:
+            call.extra["revealed"], call.extra["withheld"] = summary.restored, summary.withheld
 
     def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
         low = msg.lower()

@@ -7,6 +7,7 @@ cannot hold a token, and none of them reveals anything secret.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from dlp.api import detokenize_request
+from dlp.vault import StoreUnavailable
 from gateway.approvals import ApprovalError
+from gateway.dlp_step import scope_of
 from gateway.errors import Refusal
 from gateway.identity import Identity
 from gateway.pipeline import Call
@@ -97,6 +101,24 @@ def create_app(rt: Runtime) -> Starlette:
         return {"decisions": list(rt.recent)[-limit:]}
 
     @endpoint(rt, admin=False)
+    async def detokenize(request: Request, ident: Identity) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > rt.config.max_body:
+            raise Refusal("body_too_large", f"the body exceeds max_body ({rt.config.max_body} bytes)")
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise Refusal("malformed_body", "the body is not JSON") from None
+        reveal = rt.dlp.policy_for(rt.policies.current if rt.policies else None, ident).reveal
+        try:
+            restored, summary = await detokenize_request(payload, rt.dlp.detokenizer, scope_of(ident), reveal)
+        except StoreUnavailable:
+            raise Refusal("store_unavailable", "the DLP vault is unavailable") from None
+        audit = Call(identity=ident, host="api", method=request.method, path=request.url.path)
+        rt.record(audit.record("allow", phase="reveal", revealed=summary.restored, withheld=summary.withheld))
+        return restored
+
+    @endpoint(rt, admin=False)
     async def approval(request: Request, ident: Identity) -> dict[str, Any]:
         found = rt.approvals.get(request.path_params["id"])
         mine = found is not None and found.sub == ident.sub and found.tenant == ident.tenant
@@ -128,6 +150,7 @@ def create_app(rt: Runtime) -> Starlette:
             Route("/metrics", metrics),
             Route("/v1/connectors", connectors, methods=["GET"]),
             Route("/v1/decisions", decisions, methods=["GET"]),
+            Route("/v1/detokenize", detokenize, methods=["POST"]),
             Route("/v1/approvals/{id}", approval, methods=["GET"]),
             Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
             Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),

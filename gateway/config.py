@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
+from dlp.config import DlpConfig
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -111,6 +112,7 @@ class Config(_Strict):
     egress: Egress = Egress()
     breaker: Breaker = Breaker()
     connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
+    dlp: DlpConfig = DlpConfig()
 
     @field_validator("listen", "api_listen")
     @classmethod

@@ -252,8 +252,11 @@ class PolicySet:
         summary = _summary(params, matched)
         return make("approval_required", rules=matched, refusal=refusal, would_deny=would, approval_summary=summary)
 
-    def dlp_for(self, subject: Subject) -> DlpPolicy:
-        """DLP settings of the files applying to `subject`: tokenize the union, reveal the intersection."""
+    def dlp_for(self, subject: Subject, default: DlpPolicy) -> DlpPolicy:
+        """DLP settings of the files applying to `subject`: tokenize the union, reveal the intersection.
+
+        `default` (the config's `dlp:` section) applies when no such file has a `dlp:` section.
+        """
         tokenize: set[str] = set()
         reveal: set[str] | None = None
         for f in self.files:
@@ -262,7 +265,9 @@ class PolicySet:
             tokenize.update(f.policy.dlp.tokenize)
             mine = set(f.policy.dlp.reveal)
             reveal = mine if reveal is None else reveal & mine
-        return DlpPolicy(frozenset(tokenize), frozenset(reveal or ()))
+        if reveal is None:
+            return default
+        return DlpPolicy(frozenset(tokenize), frozenset(reveal))
 
     def _nearest(self, subject: Subject, connector: str, action: str, applicable: list[LoadedFile]) -> str:
         for f in applicable:

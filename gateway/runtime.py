@@ -16,6 +16,7 @@ from gateway.approvals import ApprovalStore
 from gateway.audit import AuditLog
 from gateway.breaker import Breaker
 from gateway.config import Config
+from gateway.dlp_step import Dlp
 from gateway.egress import Resolver
 from gateway.identity import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
@@ -45,6 +46,7 @@ class Runtime:
     policies: PolicyStore | None
     quotas: Quotas
     approvals: ApprovalStore
+    dlp: Dlp
     metrics: Metrics = field(default_factory=Metrics)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
@@ -107,4 +109,24 @@ def build(config: Config) -> Runtime:
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
         approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl),
+        dlp=build_dlp(config, state, policies),
     )
+
+
+def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:
+    """The DLP engine and vault; warns about entity types a policy asks for that nothing can find."""
+    try:
+        dlp = Dlp.build(config.dlp, state)
+    except ValueError as e:  # a bad key, vault URI or recognizer: refuse to start
+        raise ValueError(f"dlp: {e}") from None
+    wanted = set(config.dlp.tokenize)
+    for f in policies.current.files if policies else ():
+        if f.policy.dlp is not None:
+            wanted |= set(f.policy.dlp.tokenize)
+    missing = dlp.unsupported(frozenset(wanted))
+    if missing:
+        log.warning(
+            "DLP cannot find %s without an NLP model (dlp.nlp_model); those values leave untokenized",
+            ", ".join(sorted(missing)),
+        )
+    return dlp

@@ -93,4 +93,5 @@ async def serve(rt: Runtime) -> None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)
         addon.error_pages.uninstall()
+        await rt.dlp.close()
         rt.close()

@@ -124,7 +124,9 @@ class FakeVendor:
     """An HTTPS server standing in for every vendor host; records what it receives.
 
     Behaviour is set by attributes between calls: `status` (default 200), `delay` seconds before
-    the response headers. Chat completions with `"stream": true` answer with OpenAI-style SSE.
+    the response headers. Chat completions with `"stream": true` answer with OpenAI-style SSE that
+    says back the last message in 7-character pieces (so a token in it is split across events);
+    if `stream_gate` is set, the stream waits for it after the first event.
     """
 
     cert: tuple[Path, Path]
@@ -132,6 +134,7 @@ class FakeVendor:
     status: int = 200
     delay: float = 0.0
     connections: int = 0
+    stream_gate: threading.Event | None = None
 
     def __post_init__(self) -> None:
         vendor = self
@@ -174,9 +177,14 @@ class FakeVendor:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                for piece in ("Hello", ", ", "world"):
-                    event = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                said = f"You said: {rec.json()['messages'][-1]['content']}"
+                for i in range(0, len(said), 7):
+                    event = {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {"content": said[i : i + 7]}, "finish_reason": None}]}
                     self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+                    if i == 0 and vendor.stream_gate is not None:
+                        vendor.stream_gate.wait(10)
+                done = {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                self._chunk(f"data: {json.dumps(done)}\n\n".encode())
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
 
@@ -205,7 +213,7 @@ class FakeVendor:
     def reset(self) -> None:
         with self._lock:
             self.received.clear()
-        self.status, self.delay = 200, 0.0
+        self.status, self.delay, self.stream_gate = 200, 0.0, None
 
     def close(self) -> None:
         self.server.shutdown()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.policy_engine import PolicySet, RequestContext, Subject
+from gateway.policy_engine import DlpPolicy, PolicySet, RequestContext, Subject
 
 FIN = Subject("fin-01", "finance", "acme")
 NOON = RequestContext(now=datetime(2025, 3, 5, 12, 0, tzinfo=UTC), confidence=0.9)
@@ -226,10 +226,11 @@ def test_dlp_merges_tokenize_union_and_reveal_intersection(load: Callable[..., P
             dlp: {tokenize: [PHONE_NUMBER], reveal: [EMAIL_ADDRESS]}
         """,
     )
-    dlp = ps.dlp_for(FIN)
+    default = DlpPolicy(frozenset({"US_SSN"}), frozenset())
+    dlp = ps.dlp_for(FIN, default)
     assert dlp.tokenize == {"EMAIL_ADDRESS", "PERSON", "PHONE_NUMBER"}
     assert dlp.reveal == {"EMAIL_ADDRESS"}
-    assert ps.dlp_for(Subject("x", "other")).reveal == frozenset()
+    assert ps.dlp_for(Subject("x", "other"), default) == default
 
 
 def test_decide_is_fast_with_fifty_rules(load: Callable[..., PolicySet]) -> None:

@@ -87,8 +87,8 @@ def test_streamed_chat_completion_passes_through(gateway: GatewayProcess, vendor
         assert r.headers["content-type"] == "text/event-stream"
         assert r.headers["x-egress-decision-id"].startswith("dec_")
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
-    text = "".join(json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1])
-    assert text == "Hello, world" and events[-1] == "data: [DONE]"
+    text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1])
+    assert text == "You said: hi" and events[-1] == "data: [DONE]"
 
 
 def test_many_requests_share_one_tunnel(gateway: GatewayProcess, vendor: FakeVendor) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+import logging
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -21,10 +23,12 @@ from dlp.vault import StoreUnavailable
 from gateway.approvals import ApprovalError
 from gateway.dlp_step import scope_of
 from gateway.errors import Refusal
+from gateway.tools import RunRequest
 from gateway.identity import Identity
 from gateway.pipeline import Call
 from gateway.runtime import Runtime
 
+log = logging.getLogger(__name__)
 ADMIN_ROLE = "admin"
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -48,26 +52,43 @@ def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
     return ident
 
 
-def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Identity], Awaitable[Any]]], Handler]:
-    """Wrap a handler: authenticate, turn refusals and bugs into the contract's JSON errors."""
+def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call], Awaitable[Any]]], Handler]:
+    """Wrap a handler: authenticate, audit refusals, turn refusals and bugs into JSON errors.
 
-    def wrap(fn: Callable[[Request, Identity], Awaitable[Any]]) -> Handler:
+    The handler gets the request's `Call` (its identity set), so what it audits carries the same
+    decision id as the response's `X-Egress-Decision-Id`.
+    """
+
+    def wrap(fn: Callable[[Request, Call], Awaitable[Any]]) -> Handler:
         async def handler(request: Request) -> Response:
             call = Call(host="api", method=request.method, path=request.url.path)
             try:
                 call.identity = authenticate(rt, request, admin=admin)
-                result = await fn(request, call.identity)
+                result = await fn(request, call)
             except Refusal as r:
-                if r.status in (401, 403, 407):
-                    rt.record(call.record("deny", r, phase="api"))
+                rt.record(call.record("deny", r, phase="api"))
                 return refusal_response(r, call.decision_id)
+            except Exception:
+                log.exception("API handler failed")
+                return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
             if isinstance(result, Response):
+                result.headers["X-Egress-Decision-Id"] = call.decision_id
                 return result
             return JSONResponse(result, headers={"X-Egress-Decision-Id": call.decision_id})
 
         return handler
 
     return wrap
+
+
+async def read_body(rt: Runtime, request: Request) -> bytes:
+    """The request body, refused past `max_body` (checked while reading, not after)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > rt.config.max_body:
+            raise Refusal("body_too_large", f"the body exceeds max_body ({rt.config.max_body} bytes)")
+    return bytes(body)
 
 
 def create_app(rt: Runtime) -> Starlette:
@@ -85,15 +106,15 @@ def create_app(rt: Runtime) -> Starlette:
         return JSONResponse({"keys": [rt.key.jwk()]})
 
     @endpoint(rt, admin=True)
-    async def metrics(_: Request, __: Identity) -> Response:
+    async def metrics(_: Request, __: Call) -> Response:
         return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @endpoint(rt, admin=True)
-    async def connectors(_: Request, __: Identity) -> dict[str, Any]:
+    async def connectors(_: Request, __: Call) -> dict[str, Any]:
         return {"connectors": [describe_connector(c) for c in rt.registry]}
 
     @endpoint(rt, admin=True)
-    async def decisions(request: Request, __: Identity) -> dict[str, Any]:
+    async def decisions(request: Request, __: Call) -> dict[str, Any]:
         try:
             limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
         except ValueError:
@@ -101,25 +122,43 @@ def create_app(rt: Runtime) -> Starlette:
         return {"decisions": list(rt.recent)[-limit:]}
 
     @endpoint(rt, admin=False)
-    async def detokenize(request: Request, ident: Identity) -> dict[str, Any]:
-        body = await request.body()
-        if len(body) > rt.config.max_body:
-            raise Refusal("body_too_large", f"the body exceeds max_body ({rt.config.max_body} bytes)")
+    async def detokenize(request: Request, call: Call) -> dict[str, Any]:
         try:
-            payload = json.loads(body)
+            payload = json.loads(await read_body(rt, request))
         except ValueError:
             raise Refusal("malformed_body", "the body is not JSON") from None
+        ident = call.identity
+        assert ident is not None
         reveal = rt.dlp.policy_for(rt.policies.current if rt.policies else None, ident).reveal
         try:
             restored, summary = await detokenize_request(payload, rt.dlp.detokenizer, scope_of(ident), reveal)
         except StoreUnavailable:
             raise Refusal("store_unavailable", "the DLP vault is unavailable") from None
-        audit = Call(identity=ident, host="api", method=request.method, path=request.url.path)
-        rt.record(audit.record("allow", phase="reveal", revealed=summary.restored, withheld=summary.withheld))
+        rt.record(call.record("allow", phase="reveal", revealed=summary.restored, withheld=summary.withheld))
         return restored
 
     @endpoint(rt, admin=False)
-    async def approval(request: Request, ident: Identity) -> dict[str, Any]:
+    async def sandbox_run(request: Request, call: Call) -> dict[str, Any]:
+        try:
+            run = RunRequest.model_validate_json(await read_body(rt, request))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise Refusal("malformed_body", f"{where}: {first['msg']}") from None
+        call.connector, call.action = "sandbox", run.tool or "python"
+        assert call.identity is not None
+        result = await rt.tools.run(call.identity, run)
+        rt.record(
+            call.record("allow", phase="sandbox", fuel_used=result.fuel_used, host_calls=result.host_calls,
+                        duration_ms=result.duration_ms)
+        )
+        return {"output": result.output, "fuel_used": result.fuel_used, "duration_ms": result.duration_ms,
+                "host_calls": result.host_calls}
+
+    @endpoint(rt, admin=False)
+    async def approval(request: Request, call: Call) -> dict[str, Any]:
+        ident = call.identity
+        assert ident is not None
         found = rt.approvals.get(request.path_params["id"])
         mine = found is not None and found.sub == ident.sub and found.tenant == ident.tenant
         if found is None or not (mine or ident.role == ADMIN_ROLE):
@@ -128,16 +167,16 @@ def create_app(rt: Runtime) -> Starlette:
 
     def decide_approval(verb: str) -> Handler:
         @endpoint(rt, admin=True)
-        async def handler(request: Request, ident: Identity) -> dict[str, Any]:
+        async def handler(request: Request, call: Call) -> dict[str, Any]:
+            assert call.identity is not None
             approval_id = request.path_params["id"]
             if rt.approvals.get(approval_id) is None:
                 raise Refusal("not_found", "no such approval")
             try:
-                decided = (rt.approvals.approve if verb == "approve" else rt.approvals.deny)(approval_id, ident.sub)
+                decided = (rt.approvals.approve if verb == "approve" else rt.approvals.deny)(approval_id, call.identity.sub)
             except ApprovalError as e:
                 raise Refusal("conflict", str(e)) from None
-            audit = Call(identity=ident, host="api", method=request.method, path=request.url.path)
-            rt.record(audit.record(verb, phase="approval", approval_id=approval_id))
+            rt.record(call.record(verb, phase="approval", approval_id=approval_id))
             return decided.public()
 
         return handler
@@ -151,6 +190,7 @@ def create_app(rt: Runtime) -> Starlette:
             Route("/v1/connectors", connectors, methods=["GET"]),
             Route("/v1/decisions", decisions, methods=["GET"]),
             Route("/v1/detokenize", detokenize, methods=["POST"]),
+            Route("/v1/sandbox/run", sandbox_run, methods=["POST"]),
             Route("/v1/approvals/{id}", approval, methods=["GET"]),
             Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
             Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from dlp.config import DlpConfig
+from sandbox.manifest import Limits
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -95,6 +96,22 @@ class Breaker(_Strict):
     reset: Duration = 30.0
 
 
+class PythonSettings(_Strict):
+    """Ad-hoc Python snippets: the connector actions they may call, and their limits."""
+
+    allowed: tuple[str, ...] = ()
+    limits: Limits = Limits(fuel=2_000_000_000, memory_pages=1024, timeout_ms=5000, max_output_bytes=65536, max_host_calls=10)
+
+
+class SandboxSettings(_Strict):
+    """`sandbox:` in gateway.yaml."""
+
+    tools: Path | None = None  # directory of tool manifests; default: the shipped samples
+    trusted_publishers: dict[str, str] = Field(default_factory=dict)  # name -> base64 Ed25519 public key
+    require_signature: bool = False
+    python: PythonSettings = PythonSettings()
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -113,6 +130,7 @@ class Config(_Strict):
     breaker: Breaker = Breaker()
     connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
     dlp: DlpConfig = DlpConfig()
+    sandbox: SandboxSettings = SandboxSettings()
 
     @field_validator("listen", "api_listen")
     @classmethod
@@ -166,9 +184,10 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded or {}
         base = Path(path).resolve().parent
-        for key in ("policies", "upstream_ca"):
-            if isinstance(data.get(key), str) and not os.path.isabs(os.path.expanduser(data[key])):
-                data[key] = str(base / data[key])
+        for section, key in ((data, "policies"), (data, "upstream_ca"), (data.get("sandbox"), "tools")):
+            if isinstance(section, dict) and isinstance(section.get(key), str):
+                if not os.path.isabs(os.path.expanduser(section[key])):
+                    section[key] = str(base / section[key])
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

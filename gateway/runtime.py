@@ -26,6 +26,7 @@ from gateway.quota import Quotas
 from gateway.revocation import Revocations
 from gateway.secrets import Secrets
 from gateway.state import StateDir
+from gateway.tools import Tools
 
 log = logging.getLogger(__name__)
 RECENT_DECISIONS = 1000
@@ -47,6 +48,7 @@ class Runtime:
     quotas: Quotas
     approvals: ApprovalStore
     dlp: Dlp
+    tools: Tools
     metrics: Metrics = field(default_factory=Metrics)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
@@ -62,6 +64,7 @@ class Runtime:
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 
     def close(self) -> None:
+        self.tools.close()
         self.approvals.close()
         self.audit.close()
 
@@ -110,6 +113,7 @@ def build(config: Config) -> Runtime:
         quotas=Quotas.from_uri(config.stores.rate_limits),
         approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl),
         dlp=build_dlp(config, state, policies),
+        tools=Tools.build(config, state, key, registry),
     )
 
 

@@ -30,6 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 VENDOR_HOSTS = ("api.stripe.com", "api.openai.com", "serpapi.com")
+# What the fake answers besides its echo, by path: enough of Stripe's balance for the sandbox tool.
+CANNED = {
+    "/v1/balance": {
+        "available": [{"amount": 10000, "currency": "usd"}, {"amount": 2500, "currency": "eur"}],
+        "pending": [{"amount": 400, "currency": "usd"}, {"amount": 700, "currency": "jpy"}],
+    }
+}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -163,9 +170,8 @@ class FakeVendor:
                 if rec.path.startswith("/v1/chat/completions") and b'"stream":true' in body.replace(b" ", b""):
                     self._stream(rec)
                     return
-                payload = json.dumps(
-                    {"object": "fake", "host": rec.host, "path": rec.path, "method": rec.method, "echo": body.decode("utf-8", "replace")}
-                ).encode()
+                echo = {"object": "fake", "host": rec.host, "path": rec.path, "method": rec.method, "echo": body.decode("utf-8", "replace")}
+                payload = json.dumps({**echo, **CANNED.get(rec.path, {})}).encode()
                 self.send_response(vendor.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

@@ -1,0 +1,138 @@
+"""`POST /v1/sandbox/run`: untrusted tool code, whose only way out is back through this gateway.
+
+A tool's host calls (`egress.http_request`) are sent to the gateway's own proxy port with a token
+the gateway mints for the run: the caller's subject, role and tenant, scopes narrowed to what both
+the caller's token and the tool's manifest allow, a `tool` claim (so every host call's audit
+record names the tool), and a lifetime no longer than the run or the caller's own token. Every
+pipeline step (policy, quotas, DLP, credentials, audit) applies to it like any other call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.registry import Registry
+from gateway import identity
+from gateway.config import Config
+from gateway.errors import Refusal
+from gateway.identity import Identity, SigningKey
+from gateway.state import StateDir
+from sandbox import RunResult, SandboxRunner, ToolRegistry, builtin_tools_dir, connector_resolver, make_proxy_sender, run_tool
+from sandbox.manifest import ToolManifest
+
+HOST_CALL_SLACK = 5.0  # seconds a host-call token outlives the run's own deadline
+
+
+class RunRequest(BaseModel):
+    """The API body: a registered tool by name, or an ad-hoc Python snippet."""
+
+    model_config = ConfigDict(extra="forbid")
+    tool: str | None = Field(default=None, min_length=1, max_length=64)
+    python: str | None = Field(default=None, min_length=1, max_length=256 * 1024)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Tools:
+    """The runner, the registered tools, and (loaded on first use) the Python guest."""
+
+    config: Config
+    state: StateDir
+    key: SigningKey
+    connectors: Registry
+    runner: SandboxRunner
+    registry: ToolRegistry
+    _python: Any = field(default=None, repr=False)
+    _python_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @classmethod
+    def build(cls, config: Config, state: StateDir, key: SigningKey, connectors: Registry) -> Tools:
+        sandbox = config.sandbox
+        publishers = {name: _public_key(name, b64) for name, b64 in sandbox.trusted_publishers.items()}
+        registry = ToolRegistry.load(sandbox.tools or builtin_tools_dir(), publishers, sandbox.require_signature)
+        runner = SandboxRunner(cache_dir=state.root / "sandbox-cache")
+        return cls(config, state, key, connectors, runner, registry)
+
+    async def run(self, caller: Identity, request: RunRequest) -> RunResult:
+        if (request.tool is None) == (request.python is None):
+            raise Refusal("malformed_body", 'send exactly one of "tool" or "python"')
+        if request.tool is not None:
+            tool = self.registry.get(request.tool)
+            allowed, timeout_ms = (tool.manifest.allowed, tool.manifest.limits.timeout_ms) if tool else ((), 0)
+            with self._sender(caller, request.tool, allowed, timeout_ms) as send:
+                return await run_tool(
+                    self.runner, self.registry, request.tool, request.input, caller.role, send,
+                    connector_resolver(self.connectors),
+                )
+        guest = await self._python_guest()
+        ceiling: ToolManifest = guest.ceiling(self.config.sandbox.python.allowed, self.config.sandbox.python.limits)
+        with self._sender(caller, "python", ceiling.allowed, ceiling.limits.timeout_ms) as send:
+            assert request.python is not None
+            return await guest.run_async(request.python, request.input, ceiling, send, connector_resolver(self.connectors))
+
+    def _sender(self, caller: Identity, tool: str, allowed: tuple[str, ...], timeout_ms: int) -> _Sender:
+        scopes = tuple(
+            f"{c.name}:{a.name}"
+            for c in self.connectors
+            for a in c.actions
+            if caller.allows(c.name, a.name) and _manifest_allows(allowed, c.name, a.name)
+        )
+        ttl = min(timeout_ms / 1000 + HOST_CALL_SLACK, caller.exp - time.time())
+        if ttl <= 0:
+            raise Refusal("identity_expired", "the caller's token expires before the run could finish")
+        token = identity.issue(
+            self.key, sub=caller.sub, role=caller.role, tenant=caller.tenant, scopes=scopes, tool=tool,
+            ttl=ttl, max_ttl=self.config.max_token_ttl,
+        )
+        return _Sender(f"http://{self.config.listen}", str(self.state.ca_cert), token, max(timeout_ms / 1000, 1.0))
+
+    async def _python_guest(self) -> Any:
+        """The CPython component, compiled once (seconds) and then loaded from the state dir (ms)."""
+        async with self._python_lock:
+            if self._python is None:
+                try:
+                    from sandbox.python_guest import PythonGuest
+                except ImportError:
+                    raise Refusal("sandbox_unknown_tool", "the Python guest is not installed (extra: python-guest)") from None
+                try:
+                    self._python = await asyncio.to_thread(PythonGuest, self.state.root / "sandbox-cache")
+                except ImportError:
+                    raise Refusal("sandbox_unknown_tool", "the Python guest is not installed (extra: python-guest)") from None
+            return self._python
+
+    def close(self) -> None:
+        self.runner.close()
+        if self._python is not None:
+            self._python.close()
+
+
+class _Sender:
+    """The run's host-call sender, closed when the run ends."""
+
+    def __init__(self, proxy_url: str, ca_file: str, token: str, timeout: float):
+        self._send = make_proxy_sender(proxy_url, ca_file, token, timeout)
+
+    def __enter__(self) -> Any:
+        return self._send
+
+    def __exit__(self, *_: object) -> None:
+        self._send.close()  # type: ignore[attr-defined]
+
+
+def _manifest_allows(allowed: tuple[str, ...], connector: str, action: str) -> bool:
+    return any(a in (f"{connector}:*", f"{connector}:{action}") for a in allowed)
+
+
+def _public_key(name: str, b64: str) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(b64, validate=True))
+    except ValueError:
+        raise ValueError(f"sandbox.trusted_publishers.{name}: not a base64 Ed25519 public key") from None

@@ -1,0 +1,151 @@
+"""`POST /v1/sandbox/run` through the real gateway: tools' only way out is the gateway's pipeline."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from sandbox import builtin_tools_dir
+from tests.clients import client, error_of
+from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+
+
+@pytest.fixture(scope="module")
+def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
+    from tests.conftest import EXTRA_ENV
+    from tests.fakes import VENDOR_ENV
+
+    root = tmp_path_factory.mktemp("tools-gw")
+    tools = root / "tools"
+    shutil.copytree(builtin_tools_dir(), tools, ignore=shutil.ignore_patterns("*.c", "*.h", "build.sh", "include"))
+    # A copy of `stats` whose manifest names another module hash: it must never compile.
+    shutil.copytree(tools / "stats", tools / "tampered")
+    manifest = yaml.safe_load((tools / "tampered" / "manifest.yaml").read_text())
+    manifest.update(name="tampered", sha256="0" * 64)
+    (tools / "tampered" / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    settings = vendor_settings(pki, vendor_server, sandbox={"tools": str(tools), "python": {"allowed": ["stripe:retrieve_balance"]}})
+    gw = GatewayProcess(root, settings, {**VENDOR_ENV, **EXTRA_ENV}).start()
+    yield gw
+    gw.stop()
+
+
+def run(gw: GatewayProcess, token: str, body: dict, timeout: float = 30) -> httpx.Response:
+    return httpx.post(f"{gw.api_url}/v1/sandbox/run", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
+def finance(gw: GatewayProcess, scopes: tuple[str, ...] = ("stripe:*",)) -> str:
+    return gw.token(sub="tool-user", role="finance", scopes=scopes)
+
+
+def test_tool_host_call_goes_through_the_gateway_and_is_audited_with_the_tool(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    r = run(tools_gw, finance(tools_gw), {"tool": "currency_convert", "input": {"to": "eur", "rates": {"usd": 0.5}}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["output"] == {"currency": "eur", "available": 7500, "pending": 200, "unconverted": 1, "status": 200}
+    assert body["host_calls"] == 1 and body["fuel_used"] > 0 and body["duration_ms"] > 0
+    got = vendor.received[-1]
+    assert (got.method, got.path) == ("GET", "/v1/balance")
+    assert got.headers["authorization"].startswith("Bearer sk_test_")  # the gateway's key, injected
+    host_call = [x for x in tools_gw.audit() if x.get("tool") == "currency_convert" and x.get("phase") == "outcome"]
+    assert host_call and host_call[-1]["sub"] == "tool-user" and host_call[-1]["action"] == "retrieve_balance"
+    run_rec = next(x for x in tools_gw.audit() if x.get("decision_id") == r.headers["x-egress-decision-id"])
+    assert run_rec["phase"] == "sandbox" and run_rec["action"] == "currency_convert"
+
+
+def test_callers_scopes_still_bound_the_tool(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    r = run(tools_gw, finance(tools_gw, scopes=("stripe:create_payment_intent",)), {"tool": "currency_convert", "input": {"to": "eur"}})
+    assert r.status_code == 200
+    assert r.json()["output"] == {"status": 403, "error": "scope_denied"}
+    assert not vendor.received
+
+
+def test_manifest_ceiling_refuses_what_the_agent_itself_may_call(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    # The agent may call anything on Stripe; the tool's manifest allows only retrieve_balance.
+    r = run(tools_gw, finance(tools_gw, scopes=("*",)), {"tool": "fetch_any", "input": {"method": "POST", "url": "https://api.stripe.com/v1/refunds"}})
+    assert r.status_code == 200
+    assert r.json()["output"]["status"] == 403 and r.json()["output"]["error"] == "sandbox_forbidden"
+    assert not vendor.received
+
+
+def test_role_that_may_not_run_the_tool(tools_gw: GatewayProcess) -> None:
+    r = run(tools_gw, tools_gw.token(role="research", scopes=("*",)), {"tool": "currency_convert", "input": {}})
+    assert (r.status_code, error_of(r)["code"]) == (403, "sandbox_forbidden")
+
+
+@pytest.mark.parametrize(
+    ("tool", "status", "code"),
+    [
+        ("spin", None, ("sandbox_fuel_exhausted", "sandbox_timeout")),
+        ("memory_bomb", 422, ("sandbox_memory_limit",)),
+        ("output_flood", 502, ("sandbox_bad_output",)),
+        ("tampered", 403, ("sandbox_hash_mismatch",)),
+        ("no_such_tool", 404, ("sandbox_unknown_tool",)),
+    ],
+)
+def test_limits_and_attestation_refuse_with_their_codes(tools_gw: GatewayProcess, tool: str, status: int | None, code: tuple[str, ...]) -> None:
+    r = run(tools_gw, finance(tools_gw), {"tool": tool, "input": {}})
+    err = error_of(r)
+    assert err["code"] in code, err
+    if status is not None:
+        assert r.status_code == status
+
+
+def test_a_spinning_tool_does_not_stall_proxied_calls(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    done = threading.Event()
+    result: dict[str, httpx.Response] = {}
+
+    def spin() -> None:
+        result["spin"] = run(tools_gw, finance(tools_gw), {"tool": "spin", "input": {}})
+        done.set()
+
+    threading.Thread(target=spin).start()
+    with client(tools_gw, tools_gw.token(role="finance", scopes=("stripe:*",))) as c:
+        served = 0
+        while not done.is_set() and served < 200:
+            assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+            served += 1
+    done.wait(30)
+    assert served >= 1 and error_of(result["spin"])["code"] in ("sandbox_fuel_exhausted", "sandbox_timeout")
+
+
+def test_twenty_concurrent_runs(tools_gw: GatewayProcess) -> None:
+    token = finance(tools_gw)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(lambda i: run(tools_gw, token, {"tool": "stats", "input": {"values": [i, i + 1, i + 2]}}), range(20)))
+    assert [r.status_code for r in responses] == [200] * 20
+    assert len({str(r.json()["output"]) for r in responses}) == 20
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"input": {}}, "malformed_body"),
+        ({"tool": "stats", "python": "print(1)"}, "malformed_body"),
+        ({"tool": "stats", "input": [1]}, "malformed_body"),
+        ({"tool": "stats", "extra": 1}, "malformed_body"),
+    ],
+)
+def test_bad_run_requests(tools_gw: GatewayProcess, body: dict, code: str) -> None:
+    r = run(tools_gw, finance(tools_gw), body)
+    assert (r.status_code, error_of(r)["code"]) == (400, code)
+
+
+def test_python_snippet_runs_and_its_http_goes_through_the_gateway(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
+    code = (
+        "print(INPUT['x'] * 2)\n"
+        "r = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\n"
+        "print(r['status'])\n"
+    )
+    r = run(tools_gw, finance(tools_gw), {"python": code, "input": {"x": 21}}, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()["output"]
+    assert out["exit_code"] == 0 and out["stdout"].split() == ["42", "200"], out
+    assert vendor.received[-1].path == "/v1/balance"
+    assert any(x.get("tool") == "python" and x.get("phase") == "outcome" for x in tools_gw.audit())

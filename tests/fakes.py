@@ -200,8 +200,11 @@ class FakeVendor:
 
             do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # http.server's 5 drops connections when 32 clients arrive at once
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(*self.cert)
         self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)

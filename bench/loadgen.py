@@ -1,0 +1,148 @@
+"""The benchmark's load generator: keep-alive HTTPS clients, direct or through a CONNECT proxy.
+
+A deliberately small HTTP/1.1 client on asyncio streams. A general-purpose client (httpx,
+requests) spends more CPU per request than the difference being measured, and on a 2-core machine
+the client shares the CPUs with the proxy and the vendor. It runs in a process of its own
+(`run_in_worker`), so its event loop never waits on the fake vendor's threads for the GIL.
+
+Every response must be a 200 with a Content-Length body: a refusal measured as a fast success
+would make the gateway look better than it is, so anything else fails the run loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, sent unchanged many times; `host` is the vendor name (SNI, Host, CONNECT)."""
+
+    host: str
+    method: str
+    path: str
+    content_type: str
+    body: bytes
+
+    def wire(self) -> bytes:
+        head = (
+            f"{self.method} {self.path} HTTP/1.1\r\n"
+            f"Host: {self.host}\r\n"
+            f"Content-Type: {self.content_type}\r\n"
+            f"Content-Length: {len(self.body)}\r\n"
+            "Authorization: Bearer agent-has-no-vendor-key\r\n"
+            "\r\n"
+        )
+        return head.encode() + self.body
+
+
+@dataclass(frozen=True)
+class Load:
+    """Where to connect and how hard: `clients` connections, each sending `requests` after `warmup`.
+
+    With `proxy_auth` None and `via_proxy` False the client dials the vendor itself (127.0.0.1:port,
+    SNI and Host naming the vendor); otherwise it sends CONNECT vendor:443 to the proxy at `port`
+    and speaks TLS inside the tunnel, trusting `ca_file` (the proxy's CA, or the test CA direct).
+    """
+
+    port: int
+    via_proxy: bool
+    proxy_auth: str | None
+    ca_file: str
+    request: Request
+    clients: int
+    requests: int
+    warmup: int
+    proxy_pid: int | None = None  # whose CPU time to take over the measured requests (Linux /proc)
+    timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class Result:
+    latencies: list[float]  # seconds, one per measured request
+    wall: float  # seconds from the first measured request to the last response
+    proxy_cpu: float | None  # CPU seconds the proxy process spent meanwhile (None: no proxy or no /proc)
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process `pid` so far, from /proc (None where there is none)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _connect(load: Load) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    tls = ssl.create_default_context(cafile=load.ca_file)
+    host = load.request.host
+    if not load.via_proxy:
+        return await asyncio.open_connection("127.0.0.1", load.port, ssl=tls, server_hostname=host)
+    reader, writer = await asyncio.open_connection("127.0.0.1", load.port)
+    auth = f"Proxy-Authorization: {load.proxy_auth}\r\n" if load.proxy_auth else ""
+    writer.write(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n{auth}\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"CONNECT refused: {head.splitlines()[0]!r}")
+    await writer.start_tls(tls, server_hostname=host)
+    return reader, writer
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wire: bytes) -> None:
+    writer.write(wire)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, _, fields = head.partition(b"\r\n")
+    length = None
+    for line in fields.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    if status_line.split(b" ", 2)[1] != b"200" or length is None:
+        raise RuntimeError(f"expected a 200 with Content-Length, got {status_line!r}: {body[:300]!r}")
+
+
+async def _client(
+    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], wire: bytes, n: int
+) -> list[float]:
+    reader, writer = stream
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await _exchange(reader, writer, wire)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def _run(load: Load) -> Result:
+    wire = load.request.wire()
+    streams = await asyncio.gather(*(_connect(load) for _ in range(load.clients)))
+    try:
+        # Warm every connection (TLS, tunnel, upstream connection, caches) before the clock starts.
+        await asyncio.gather(*(_client(s, wire, load.warmup) for s in streams))
+        cpu_start, start = cpu_seconds(load.proxy_pid), time.perf_counter()
+        per_client = await asyncio.gather(*(_client(s, wire, load.requests) for s in streams))
+        wall, cpu_end = time.perf_counter() - start, cpu_seconds(load.proxy_pid)
+    finally:
+        for _, writer in streams:
+            writer.close()
+    cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    return Result([x for xs in per_client for x in xs], wall, cpu)
+
+
+def run(load: Load) -> Result:
+    """Run one load to completion (or fail after `load.timeout` seconds)."""
+    return asyncio.run(asyncio.wait_for(_run(load), load.timeout))
+
+
+def run_in_worker(pool: ProcessPoolExecutor, load: Load) -> Result:
+    """`run` in the pool's worker process, so the client never competes with the vendor for the GIL."""
+    return pool.submit(run, load).result(timeout=load.timeout + 30)

@@ -233,16 +233,13 @@ def test_dlp_merges_tokenize_union_and_reveal_intersection(load: Callable[..., P
     assert ps.dlp_for(Subject("x", "other"), default) == default
 
 
-def test_decide_is_fast_with_fifty_rules(load: Callable[..., PolicySet]) -> None:
-    import time
-
+def test_fifty_covering_rules_are_all_checked(load: Callable[..., PolicySet]) -> None:
+    """Deny-overrides over many rules: the tightest covering rule decides (speed is in make bench)."""
     rules = "\n".join(
         f"  - {{connector: pay, actions: [{'create' if i % 2 else 'refund'}], params: {{amount: {{max: {1000 + i}}}}}}}"
         for i in range(50)
     )
     ps = load(p=f"version: 1\nsubjects: {{roles: [finance]}}\nrules:\n{rules}\n")
-    start = time.perf_counter()
-    for _ in range(1000):
-        ps.decide(FIN, "pay", "create", {"amount": 5, "currency": "usd"}, NOON)
-    per_call = (time.perf_counter() - start) / 1000
-    assert per_call < 0.002, per_call
+    assert len(ps.decide(FIN, "pay", "create", {"amount": 5, "currency": "usd"}, NOON).rules) == 25
+    over = ps.decide(FIN, "pay", "create", {"amount": 1002, "currency": "usd"}, NOON)
+    assert over.outcome == "deny" and over.refusal is not None and "1001" in over.refusal.message

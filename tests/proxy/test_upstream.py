@@ -46,11 +46,9 @@ def test_bad_vendor_certificate_is_502_upstream_tls(make_gateway, pki: PKI, bad:
 
 def test_slow_vendor_is_504_upstream_timeout(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
     gw = make_gateway(vendor_settings(pki, vendor, timeouts={"connect": "2s", "read": "1s"}))
-    vendor.delay = 3.0
-    started = time.monotonic()
+    vendor.delay = 5.0  # a 200 after 5 s if the gateway waited; the timeout answers first
     with client(gw, gw.token()) as c:
         r = c.get("https://api.stripe.com/v1/balance")
-    assert time.monotonic() - started < 2.9
     assert (r.status_code, error_of(r)["code"]) == (504, "upstream_timeout")
 
 

@@ -1,11 +1,12 @@
 """The decision path timed in-process, step by step, without mitmproxy or sockets.
 
 `StripePayment` builds what `gateway.runtime.build` builds (registry, verifier with revocations,
-resolver with an `upstreams:` route, breaker, secrets, audit log) and decides one Stripe
-create_payment_intent form call the way `Gateway._identify` and `Gateway._decide` do for the
-proxy core (issue 2), one named step at a time. The addon's later steps (policy authorize, quota,
-DLP tokenize) are not here yet: each is one more entry in `steps()`. The audit write is timed
-too but kept out of the sum: it is bookkeeping after the decision.
+resolver with an `upstreams:` route, breaker, secrets, a policy set of 50 rules, quotas, audit log)
+and decides one Stripe create_payment_intent form call the way `Gateway._identify` and
+`Gateway._decide` do, one named step at a time. Two sums are reported: the proxy core's steps 1-4
+(identify, route, egress, validate; issue 2's target) and steps 1-6 with the policy's authorize
+and quota (issue 3's). The audit write is timed too but kept out of the sums: it is bookkeeping
+after the decision.
 
 In-process figures are lower bounds: inside the running gateway the same calls measure 2-3x
 slower (caches shared with mitmproxy's work, its larger heap for the GC), and headers here are a
@@ -31,6 +32,9 @@ from gateway.breaker import Breaker
 from gateway.config import Config
 from gateway.egress import Resolver
 from gateway.pipeline import Call
+from gateway.policy_engine import Decision
+from gateway.policy_store import PolicyStore
+from gateway.quota import Quotas
 from gateway.revocation import Revocations
 from gateway.secrets import Secrets
 from tests.fakes import VENDOR_ENV
@@ -55,6 +59,53 @@ _AGENT_HEADERS = {
 }
 
 Step = tuple[str, Callable[[], Awaitable[None]]]
+CORE_STEPS = 4  # identify, route, egress, validate: the proxy core's decision (issue 2)
+POLICY_STEPS = 6  # ... then authorize and quota (issue 3)
+
+# The bench agents' own rules first; the other 48 cover other roles and actions, so every
+# decision looks through a realistically full policy set.
+_OWN_RULES = """version: 1
+subjects: {roles: [finance]}
+rules:
+  - name: payments
+    connector: stripe
+    actions: [create_payment_intent]
+    params:
+      amount: {max: 500000}
+      currency: {one_of: [usd, eur]}
+      metadata.account: {required: true, regex: "^[0-9]{10,12}$"}
+      receipt_email: {forbidden: true}
+    approval: "amount > 100000"
+    rate: 1000000/minute
+    budget: {field: amount, limit: 100000000000, per: day}
+---
+version: 1
+subjects: {roles: [research]}
+rules:
+  - name: embeddings
+    connector: openai
+    actions: [embeddings]
+    params:
+      model: {one_of: [text-embedding-3-small]}
+    rate: 1000000/minute
+"""
+
+
+def write_policies(directory: Path, rules: int = 50) -> Path:
+    """A policy directory of `rules` rules in which the bench's two agents are each covered once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    own, research = _OWN_RULES.split("---\n")
+    (directory / "bench-finance.yaml").write_text(own)
+    (directory / "bench-research.yaml").write_text(research)
+    filler = "\n".join(
+        f"  - {{name: other-{i}, connector: stripe, actions: [{'create_refund' if i % 2 else 'create_customer'}], "
+        f"params: {{amount: {{max: {1000 + i}}}}}, rate: {10 + i}/minute}}" if i % 2 else
+        f"  - {{name: other-{i}, connector: stripe, actions: [create_customer], "
+        f"params: {{description: {{max_length: {100 + i}}}}}, rate: {10 + i}/minute}}"
+        for i in range(rules - 2)
+    )
+    (directory / "bench-others.yaml").write_text(f"version: 1\nsubjects: {{roles: [support]}}\nrules:\n{filler}\n")
+    return directory
 
 
 class StripePayment:
@@ -71,6 +122,10 @@ class StripePayment:
         os.environ.update(VENDOR_ENV)
         self.secrets = Secrets({"stripe": "env:TEST_STRIPE_KEY"})
         self.audit = AuditLog(root / "audit.jsonl", key.private)
+        self.policies = PolicyStore(write_policies(root / "policies"), self.registry.get)
+        self.quotas = Quotas.from_uri("memory://")
+        self.params: dict[str, object] = {}
+        self.decision: Decision | None = None
         self.token = identity.issue(
             key, sub="bench-agent", role="finance", scopes=("stripe:*",), ttl=600, max_ttl=config.max_token_ttl
         )
@@ -84,6 +139,8 @@ class StripePayment:
             ("route + token scopes", self.route),
             ("egress (target, resolve)", self.egress),
             ("validate (form -> pydantic)", self.validate),
+            (f"authorize (policy, {self.policies.current.rule_count} rules)", self.authorize),
+            ("quota (rate + budget, memory://)", self.quota),
             ("breaker + credentials", self.credentials),
         ]
 
@@ -104,7 +161,19 @@ class StripePayment:
 
     async def validate(self) -> None:
         assert self.found is not None
-        pipeline.validate(self.found.action, PAYMENT_FORM, "")
+        self.params = pipeline.validate(self.found.action, PAYMENT_FORM, "")
+
+    async def authorize(self) -> None:
+        assert self.found is not None and self.call.identity is not None
+        self.decision = pipeline.authorize(
+            self.policies.current, self.call.identity, self.found.connector.name, self.found.action.name,
+            self.params, None,
+        )
+        assert self.decision is not None and self.decision.outcome == "allow", self.decision
+
+    async def quota(self) -> None:
+        assert self.decision is not None
+        await self.quotas.charge(self.decision, self.params)
 
     async def credentials(self) -> None:
         assert self.found is not None
@@ -148,8 +217,8 @@ async def _measure(steps: list[Step], iterations: int) -> list[list[float]]:
     return out
 
 
-def measure(root: Path, iterations: int) -> tuple[list[Timing], Timing, Timing]:
-    """(per step, total of the steps, audit write) for `iterations` decisions."""
+def measure(root: Path, iterations: int) -> tuple[list[Timing], list[Timing], Timing]:
+    """(per step, sums of the first 4 and 6 steps, audit write) for `iterations` decisions."""
     path = StripePayment(root)
     try:
         steps = path.steps()
@@ -157,14 +226,16 @@ def measure(root: Path, iterations: int) -> tuple[list[Timing], Timing, Timing]:
     finally:
         path.close()
     per_step, audit = samples[: len(steps)], samples[-1]
-    totals = [sum(column) for column in zip(*per_step)]
 
     def timing(name: str, ns: list[float]) -> Timing:
         p50, p99 = percentiles(ns)
         return Timing(name, p50 / 1000, p99 / 1000)
 
+    def total(name: str, first: int) -> Timing:
+        return timing(name, [sum(column) for column in zip(*per_step[:first])])
+
     return (
         [timing(name, ns) for (name, _), ns in zip(steps, per_step)],
-        timing("decision path (sum of the steps)", totals),
-        timing("audit write, one of two a request (not in sum)", audit),
+        [total("steps 1-4: identify .. validate", CORE_STEPS), total("steps 1-6: .. authorize, quota", POLICY_STEPS)],
+        timing("audit write, one of two a request (not in sums)", audit),
     )

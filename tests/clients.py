@@ -15,8 +15,13 @@ import httpx
 from tests.fakes import GatewayProcess
 
 
+def trusting(gw: GatewayProcess) -> ssl.SSLContext:
+    """What an agent's client trusts: the gateway's CA (as SSL_CERT_FILE would make it)."""
+    return ssl.create_default_context(cafile=str(gw.ca_file))
+
+
 def client(gw: GatewayProcess, token: str, **kw: Any) -> httpx.Client:
-    return httpx.Client(proxy=gw.proxy_url(token), verify=str(gw.ca_file), timeout=15, **kw)
+    return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=15, **kw)
 
 
 def error_of(r: httpx.Response) -> dict[str, Any]:

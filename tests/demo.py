@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.clients import basic, raw_connect
+from tests.clients import basic, raw_connect, trusting
 from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, PKI, FakeVendor, GatewayProcess, vendor_settings
 
 GREEN, RED, YELLOW, DIM, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
@@ -59,7 +59,7 @@ def _walk(gw: GatewayProcess, vendor: FakeVendor) -> int:
     research = gw.token(sub="research-agent-01", role="research", scopes=("openai:*", "serpapi:*"))
 
     def agent(token: str) -> httpx.Client:
-        return httpx.Client(proxy=gw.proxy_url(token), verify=str(gw.ca_file), timeout=10)
+        return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=10)
 
     def call(token: str, method: str, url: str, **kw: object) -> Callable[[], httpx.Response | str]:
         def run() -> httpx.Response | str:

@@ -72,6 +72,7 @@ def test_token_signed_by_another_key_is_refused(gateway: GatewayProcess) -> None
     assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 def test_hs256_token_with_public_key_as_secret_is_refused(gateway: GatewayProcess) -> None:
     now = int(time.time())
     forged = jwt.encode(

@@ -69,7 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway import runtime, server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    for noisy in ("mitmproxy", "presidio-analyzer"):  # one line per loaded recognizer otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         rt = runtime.build(cfg)
     except ValueError as e:

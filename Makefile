@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test bench demo clean
+.PHONY: setup run test chaos bench demo clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: setup
 ## A scripted agent against local fake vendors, printing each decision.
 demo: setup
 	$(BIN)/python -m tests.demo
+
+## Rebuild the sample tools: the C ones in place (Debian: clang lld wasi-libc libclang-rt-dev-wasm32),
+## the Python ones (componentize-py) into the state dir's tools/ (STATE_DIR=..., default the config's).
+tools: setup
+	sandbox/tools/build.sh
+	$(BIN)/python -m sandbox.build --out $(or $(STATE_DIR),$(HOME)/.egress-gateway)/tools sandbox/tools/py_*
 
 clean:
 	rm -rf $(VENV) .pytest_cache

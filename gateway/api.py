@@ -23,7 +23,7 @@ from dlp.vault import StoreUnavailable
 from gateway.approvals import ApprovalError
 from gateway.dlp_step import scope_of
 from gateway.errors import Refusal
-from gateway.tools import RunRequest
+from gateway.tools import RegisterRequest, RunRequest
 from gateway.identity import Identity
 from gateway.pipeline import Call
 from gateway.runtime import Runtime
@@ -81,13 +81,14 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
     return wrap
 
 
-async def read_body(rt: Runtime, request: Request) -> bytes:
-    """The request body, refused past `max_body` (checked while reading, not after)."""
+async def read_body(rt: Runtime, request: Request, limit: int | None = None, setting: str = "max_body") -> bytes:
+    """The request body, refused past `limit` (default `max_body`; checked while reading, not after)."""
+    cap = rt.config.max_body if limit is None else limit
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > rt.config.max_body:
-            raise Refusal("body_too_large", f"the body exceeds max_body ({rt.config.max_body} bytes)")
+        if len(body) > cap:
+            raise Refusal("body_too_large", f"the body exceeds {setting} ({cap} bytes)")
     return bytes(body)
 
 
@@ -155,6 +156,26 @@ def create_app(rt: Runtime) -> Starlette:
         return {"output": result.output, "fuel_used": result.fuel_used, "duration_ms": result.duration_ms,
                 "host_calls": result.host_calls}
 
+    @endpoint(rt, admin=True)
+    async def register_tool(request: Request, call: Call) -> dict[str, Any]:
+        body = await read_body(rt, request, rt.config.sandbox.max_tool_body, "sandbox.max_tool_body")
+        try:
+            reg = RegisterRequest.model_validate_json(body)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise Refusal("malformed_body", f"{where}: {first['msg']}") from None
+        call.connector, call.action = "sandbox", "register_tool"
+        tool = await rt.tools.register(reg)
+        rt.record(call.record("allow", phase="tool_register", tool_name=tool.name, sha256=tool.manifest.sha256,
+                              kind=tool.manifest.kind))
+        return {"name": tool.name, "kind": tool.manifest.kind, "sha256": tool.manifest.sha256}
+
+    @endpoint(rt, admin=False)
+    async def list_tools(_: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
+        return {"tools": rt.tools.visible_to(call.identity.role)}
+
     @endpoint(rt, admin=False)
     async def approval(request: Request, call: Call) -> dict[str, Any]:
         ident = call.identity
@@ -191,6 +212,8 @@ def create_app(rt: Runtime) -> Starlette:
             Route("/v1/decisions", decisions, methods=["GET"]),
             Route("/v1/detokenize", detokenize, methods=["POST"]),
             Route("/v1/sandbox/run", sandbox_run, methods=["POST"]),
+            Route("/v1/tools", register_tool, methods=["POST"]),
+            Route("/v1/tools", list_tools, methods=["GET"]),
             Route("/v1/approvals/{id}", approval, methods=["GET"]),
             Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
             Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),

@@ -110,6 +110,9 @@ class SandboxSettings(_Strict):
     trusted_publishers: dict[str, str] = Field(default_factory=dict)  # name -> base64 Ed25519 public key
     require_signature: bool = False
     python: PythonSettings = PythonSettings()
+    # The largest `POST /v1/tools` body, apart from max_body: a Python component is ~18 MB (~25 MB as
+    # base64), while proxied call bodies stay bounded by max_body.
+    max_tool_body: Size = 32 * 2**20
 
 
 class Config(_Strict):

@@ -5,12 +5,17 @@ the gateway mints for the run: the caller's subject, role and tenant, scopes nar
 the caller's token and the tool's manifest allow, a `tool` claim (so every host call's audit
 record names the tool), and a lifetime no longer than the run or the caller's own token. Every
 pipeline step (policy, quotas, DLP, credentials, audit) applies to it like any other call.
+
+Tools come from the shipped (or configured) directory and from `<state>/tools/`, where `POST
+/v1/tools` keeps the tools registered through the API (sandbox/registration.py), so they survive a
+restart. A registered name may not shadow a loaded one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +30,11 @@ from gateway.config import Config
 from gateway.errors import Refusal
 from gateway.identity import Identity, SigningKey
 from gateway.state import StateDir
-from sandbox import RunResult, SandboxRunner, ToolRegistry, builtin_tools_dir, connector_resolver, make_proxy_sender, run_tool
+from sandbox import RunResult, SandboxRunner, Tool, ToolRegistry, builtin_tools_dir, connector_resolver, make_proxy_sender, run_tool
 from sandbox.manifest import ToolManifest
+from sandbox.registration import register
 
+log = logging.getLogger(__name__)
 HOST_CALL_SLACK = 5.0  # seconds a host-call token outlives the run's own deadline
 
 
@@ -40,6 +47,14 @@ class RunRequest(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+class RegisterRequest(BaseModel):
+    """`POST /v1/tools`: a manifest (checked by sandbox/registration.py) and the module's bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+    manifest: dict[str, Any]
+    module_base64: str = Field(min_length=1)
+
+
 @dataclass
 class Tools:
     """The runner, the registered tools, and (loaded on first use) the Python guest."""
@@ -50,16 +65,46 @@ class Tools:
     connectors: Registry
     runner: SandboxRunner
     registry: ToolRegistry
+    publishers: dict[str, Ed25519PublicKey]
     _python: Any = field(default=None, repr=False)
     _python_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _register_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
     def build(cls, config: Config, state: StateDir, key: SigningKey, connectors: Registry) -> Tools:
         sandbox = config.sandbox
         publishers = {name: _public_key(name, b64) for name, b64 in sandbox.trusted_publishers.items()}
         registry = ToolRegistry.load(sandbox.tools or builtin_tools_dir(), publishers, sandbox.require_signature)
+        registry.load_dir(cls.registered_dir(state), publishers, sandbox.require_signature)
+        for path, reason in registry.errors.items():
+            log.warning("tool not loaded: %s (%s)", path, reason)
         runner = SandboxRunner(cache_dir=state.root / "sandbox-cache")
-        return cls(config, state, key, connectors, runner, registry)
+        return cls(config, state, key, connectors, runner, registry, publishers)
+
+    @staticmethod
+    def registered_dir(state: StateDir) -> Path:
+        return state.root / "tools"
+
+    def visible_to(self, role: str) -> list[dict[str, Any]]:
+        """What `GET /v1/tools` shows a role: only the tools it may run."""
+        tools = [t for name in self.registry.visible_to(role) if (t := self.registry.get(name)) is not None]
+        return [
+            {"name": t.name, "description": t.manifest.description, "kind": t.manifest.kind,
+             "allowed": list(t.manifest.allowed), "limits": t.manifest.limits.model_dump()}
+            for t in tools
+        ]
+
+    async def register(self, request: RegisterRequest) -> Tool:
+        """Check, compile (off the event loop), store under the state dir and add one tool."""
+        try:
+            module = base64.b64decode(request.module_base64, validate=True)
+        except ValueError:
+            raise Refusal("malformed_body", "module_base64 is not base64") from None
+        async with self._register_lock:
+            return await asyncio.to_thread(
+                register, self.registry, self.runner, self.registered_dir(self.state), request.manifest, module,
+                self.publishers, self.config.sandbox.require_signature,
+            )
 
     async def run(self, caller: Identity, request: RunRequest) -> RunResult:
         if (request.tool is None) == (request.python is None):

@@ -2,10 +2,13 @@
 
 Small private modules, re-exported here (as httpx does):
 - `manifest`: the tool manifest model and its Ed25519 attestation;
-- `registry`: the tools loaded from a directory (`sandbox/tools/` ships the samples);
+- `registry`: the tools loaded from directories (`sandbox/tools/` ships the samples);
 - `cache`: compiled modules by sha256, serialized to the state dir;
 - `hostcall`: the `egress.http_request` import and the manifest's ceiling on it;
 - `runner`: engine, stores, limits, and how a run's end maps to a refusal code;
+- `component`: the same for `kind: component` tools (registered Python tools, sandbox/wit/tool.wit);
+- `registration`: checking and storing a tool registered at run time (`POST /v1/tools`);
+- `build`: componentize-py builds of Python tools (a build step, never imported by the gateway);
 - `service`: `run_tool`, the async entry point;
 - `egress`: the production sender (through the gateway's proxy) and the URL → action resolver;
 - `cli`: `egress-gateway sandbox run`.

@@ -13,6 +13,9 @@ The module's bytes are hashed before anything else on every miss in memory, incl
 serialized copy exists on disk: `sandbox_hash_mismatch` means the file beside the manifest differs,
 and that is refused before compiling or loading anything. `compiles` and `disk_loads` count what the
 cache did, so tests can show a refused module was never compiled.
+
+`ComponentCache` is the same for `kind: component` tools (sandbox/component.py): a component engine's
+flags differ, so its files are named by their own fingerprint.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ import platform
 import threading
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import wasmtime
+from wasmtime import component
 
 from gateway.errors import Refusal
 
 # Must match the engine flags in sandbox/runner.py (`make_engine`); part of every cache file's name.
 ENGINE_FLAGS = "consume_fuel=1,epoch_interruption=1"
+# The same for component engines (sandbox/component.py, sandbox/python_guest.py).
+COMPONENT_FLAGS = f"{ENGINE_FLAGS},component_model=1"
 
 
 def engine_fingerprint(flags: str = ENGINE_FLAGS) -> str:
@@ -39,11 +46,13 @@ def engine_fingerprint(flags: str = ENGINE_FLAGS) -> str:
 
 
 class ModuleCache:
+    flags = ENGINE_FLAGS
+
     def __init__(self, engine: wasmtime.Engine, cache_dir: Path | None):
         self._engine = engine
         self._dir = cache_dir
-        self._fingerprint = engine_fingerprint()
-        self._modules: dict[str, wasmtime.Module] = {}
+        self._fingerprint = engine_fingerprint(self.flags)
+        self._modules: dict[str, Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.compiles = 0
@@ -51,7 +60,7 @@ class ModuleCache:
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def get(self, sha256: str, path: Path) -> wasmtime.Module:
+    def get(self, sha256: str, path: Path) -> Any:
         """The compiled module attested by `sha256`, whose bytes are at `path`.
 
         Raises `Refusal("sandbox_hash_mismatch")` if the file's bytes hash differently (or cannot be
@@ -70,7 +79,7 @@ class ModuleCache:
                 self._modules[sha256] = module
         return module
 
-    def _load_verified(self, sha256: str, path: Path) -> wasmtime.Module:
+    def _load_verified(self, sha256: str, path: Path) -> Any:
         try:
             data = path.read_bytes()
         except OSError:
@@ -80,13 +89,12 @@ class ModuleCache:
         cached = self._disk_path(sha256)
         if cached is not None and cached.exists():
             try:
-                module = wasmtime.Module.deserialize_file(self._engine, str(cached))
+                module = self._deserialize(cached)
                 self.disk_loads += 1
                 return module
             except wasmtime.WasmtimeError:
                 cached.unlink(missing_ok=True)
-        source: str | bytes = data.decode("utf-8") if path.suffix == ".wat" else data
-        module = wasmtime.Module(self._engine, source)
+        module = self._compile(data, path)
         self.compiles += 1
         if cached is not None:
             write_private(cached, bytes(module.serialize()))
@@ -94,6 +102,36 @@ class ModuleCache:
 
     def _disk_path(self, sha256: str) -> Path | None:
         return None if self._dir is None else self._dir / f"{sha256}-{self._fingerprint}.cwasm"
+
+    def _compile(self, data: bytes, path: Path) -> wasmtime.Module:
+        """Raises `Refusal("sandbox_trap")` for bytes that are not a module (nothing to run)."""
+        source: str | bytes = data.decode("utf-8") if path.suffix == ".wat" else data
+        try:
+            return wasmtime.Module(self._engine, source)
+        except (wasmtime.WasmtimeError, UnicodeDecodeError) as e:
+            raise Refusal("sandbox_trap", f"module file {path.name} does not compile: {_first_line(str(e))}") from None
+
+    def _deserialize(self, cached: Path) -> wasmtime.Module:
+        return wasmtime.Module.deserialize_file(self._engine, str(cached))
+
+
+class ComponentCache(ModuleCache):
+    """Compiled components (`kind: component`), keyed and attested like modules."""
+
+    flags = COMPONENT_FLAGS
+
+    def _compile(self, data: bytes, path: Path) -> component.Component:
+        try:
+            return component.Component(self._engine, data)
+        except wasmtime.WasmtimeError as e:
+            raise Refusal("sandbox_trap", f"module file {path.name} is not a component: {_first_line(str(e))}") from None
+
+    def _deserialize(self, cached: Path) -> component.Component:
+        return component.Component.deserialize_file(self._engine, str(cached))
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or ["unknown error"])[0][:200]
 
 
 def write_private(path: Path, data: bytes) -> None:

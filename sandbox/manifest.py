@@ -5,6 +5,10 @@ Modelled on Extism's manifests (LESSONS.md): a module hash that must match befor
 Our allow-list names connector actions (`stripe:retrieve_balance`, `openai:*`) rather than hosts,
 because a host call enters the gateway's pipeline, which already maps every URL to one action.
 
+`kind` says what the module is: `module` (the default), a WASI preview 1 command (sandbox/ABI.md), or
+`component`, a component of the world in sandbox/wit/tool.wit (registered Python tools, built with
+componentize-py). A missing `kind` is `module`, so manifests written before it existed stay valid.
+
 The optional signature is Ed25519 over `canonical_bytes()`: the manifest as sorted, compact JSON
 without the signature itself. It covers the sha256, so a signed manifest pins the module's bytes too.
 """
@@ -15,11 +19,12 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PAGE_BYTES = 65536
 _ACTION = re.compile(r"[a-z][a-z0-9_-]*:(\*|[A-Za-z_][A-Za-z0-9_]*)")
@@ -52,7 +57,8 @@ class Signature(_Strict):
 class ToolManifest(_Strict):
     name: str
     description: str = ""
-    module: str  # file name next to the manifest: a .wasm, or a .wat for corner cases
+    kind: Literal["module", "component"] = "module"
+    module: str  # file name next to the manifest: a .wasm, or a .wat for corner cases (modules only)
     sha256: str
     limits: Limits = Limits()
     allowed: tuple[str, ...] = ()  # connector:action or connector:*; empty = no host calls at all
@@ -88,6 +94,12 @@ class ToolManifest(_Strict):
                 raise ValueError(f"{item!r}: expected connector:action or connector:*")
         return v
 
+    @model_validator(mode="after")
+    def _component_is_binary(self) -> ToolManifest:
+        if self.kind == "component" and not self.module.endswith(".wasm"):
+            raise ValueError("a component's module is a .wasm file")
+        return self
+
     def allows(self, connector: str, action: str) -> bool:
         """Whether the manifest's ceiling lets a host call to `connector:action` through."""
         return f"{connector}:{action}" in self.allowed or f"{connector}:*" in self.allowed
@@ -98,6 +110,8 @@ class ToolManifest(_Strict):
     def canonical_bytes(self) -> bytes:
         """What a publisher signs: every field but the signature, as sorted compact JSON."""
         content = self.model_dump(mode="json", exclude={"signature"})
+        if self.kind == "module":
+            del content["kind"]  # signatures made before `kind` existed still verify
         return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 

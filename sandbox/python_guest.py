@@ -33,12 +33,12 @@ import wasmtime
 from wasmtime import component
 
 from gateway.errors import Refusal
-from sandbox.cache import ENGINE_FLAGS, engine_fingerprint, write_private
+from sandbox.cache import COMPONENT_FLAGS, engine_fingerprint, write_private
 from sandbox.hostcall import AbiError, EgressSession, HttpRequest, ResolveAction, bound, current
 from sandbox.manifest import Limits, ToolManifest
 from sandbox.runner import MAX_CONCURRENT_RUNS, RunResult, EpochTicker
 
-GUEST_FLAGS = f"{ENGINE_FLAGS},component_model=1"
+GUEST_FLAGS = COMPONENT_FLAGS
 DEFAULT_LIMITS = Limits(fuel=2_000_000_000, memory_pages=1024, timeout_ms=5000, max_output_bytes=65536)
 
 

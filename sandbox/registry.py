@@ -1,5 +1,8 @@
 """The registered tools: one directory per tool holding `manifest.yaml` and its module.
 
+The gateway loads two directories: the shipped (or configured) tools and the state dir's `tools/`,
+which `POST /v1/tools` fills (sandbox/registration.py); a name may be registered once.
+
 A manifest that does not parse is left out and its reason kept in `errors` (one broken tool must not
 take the others down). A manifest whose signature does not verify is kept but marked, so a run of it
 is refused as `sandbox_hash_mismatch` with the reason rather than looking like an unknown tool.
@@ -60,6 +63,16 @@ class ToolRegistry:
     ) -> ToolRegistry:
         """Every `*/manifest.yaml` under `directory`, with signatures checked against `trusted_publishers`."""
         registry = cls()
+        registry.load_dir(directory, trusted_publishers, require_signature)
+        return registry
+
+    def load_dir(
+        self,
+        directory: Path,
+        trusted_publishers: Mapping[str, Ed25519PublicKey] | None = None,
+        require_signature: bool = False,
+    ) -> None:
+        """Add the tools of another directory; one whose name is already taken goes to `errors`."""
         trusted = dict(trusted_publishers or {})
         for path in sorted(Path(directory).glob(f"*/{MANIFEST_FILE}")):
             try:
@@ -69,10 +82,9 @@ class ToolRegistry:
                     module_path=path.parent / manifest.module,
                     attestation_error=verify_signature(manifest, trusted, require_signature),
                 )
-                registry.add(tool)
+                self.add(tool)
             except ManifestError as e:
-                registry.errors[str(path)] = str(e)
-        return registry
+                self.errors[str(path)] = str(e)
 
 
 def builtin_tools_dir() -> Path:

@@ -10,7 +10,8 @@ The guest gets WASI preview 1 with stdin = the input JSON (from memory, through 
 (stdout capped at `max_output_bytes`: writes past it fail inside the guest and the run is refused),
 argv = [tool name], no environment and no preopened directory. `poll_oneoff` is shadowed to fail
 with ENOTSUP: a guest sleeping in the host would hold a worker thread past any epoch deadline.
-Its one other import is `egress.http_request` (sandbox/hostcall.py).
+Its one other import is `egress.http_request` (sandbox/hostcall.py). A `kind: component` tool runs
+on the component engine of sandbox/component.py instead, under the same limits and worker pool.
 
 How a run ends maps to one code:
 - stdout over the cap, or not a JSON object after a clean exit       -> sandbox_bad_output
@@ -48,6 +49,7 @@ from wasmtime import _ffi as wasmtime_ffi
 
 from gateway.errors import Refusal
 from sandbox.cache import ModuleCache
+from sandbox.component import ComponentRunner, make_component_engine
 from sandbox.hostcall import EgressSession, HttpRequest, ResolveAction, bound, define_import
 from sandbox.manifest import PAGE_BYTES
 from sandbox.registry import Tool
@@ -146,10 +148,21 @@ class SandboxRunner:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sandbox-run")
         self._ticker = EpochTicker(self.engine, tick_ms / 1000)
         self._ticker.start()
+        self.components = ComponentRunner(make_component_engine(), cache_dir, tick_ms)
+        self._component_ticker = EpochTicker(self.components.engine, tick_ms / 1000)
+        self._component_ticker.start()
 
     def close(self) -> None:
         self._ticker.stop()
+        self._component_ticker.stop()
         self._executor.shutdown(wait=True)
+
+    def prepare(self, tool: Tool) -> None:
+        """Compile (or load) and link-check `tool` without running it: a registration's first check."""
+        if tool.manifest.kind == "component":
+            self.components.prepare(tool)
+        else:
+            self._prepare(tool)
 
     async def run_async(
         self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction
@@ -160,6 +173,12 @@ class SandboxRunner:
 
     def run(self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction) -> RunResult:
         """Run `tool` on `input_json` in this thread. Raises `Refusal` with a sandbox code."""
+        if tool.manifest.kind == "component":
+            self.components.prepare(tool)  # a first run's compile is not the run's duration
+            started = time.monotonic()
+            output, fuel_used, calls = self.components.run(tool, input_json, http_request, resolve_action)
+            duration_ms = round((time.monotonic() - started) * 1000, 3)
+            return RunResult(output=output, fuel_used=fuel_used, duration_ms=duration_ms, host_calls=calls)
         limits = tool.manifest.limits
         prepared = self._prepare(tool)
         if prepared.min_memory_bytes > limits.memory_bytes:

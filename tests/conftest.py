@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.python_tools import BuildError, PythonTools, build_python_tools, componentize_py
 
 EXTRA_ENV = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
 
@@ -64,3 +65,14 @@ def make_gateway(tmp_path: Path) -> Iterator[object]:
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="session")
+def python_tools(tmp_path_factory: pytest.TempPathFactory) -> PythonTools:
+    """The sample Python tools built with componentize-py and compiled, once per session (~20 s).
+    Skipped only where componentize-py is not installed (the `test` extra installs it)."""
+    try:
+        componentize_py()
+    except BuildError as e:
+        pytest.skip(str(e))
+    return build_python_tools(tmp_path_factory.mktemp("python-tools"))

@@ -12,6 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests judge results, never speed: hypothesis's default 200 ms per-example deadline fails
+# examples on a loaded 2-core machine for reasons that are not bugs.
+settings.register_profile("egress-gateway", deadline=None)
+settings.load_profile("egress-gateway")
 
 from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, FakeVendor, GatewayProcess, PKI, vendor_settings
 from tests.python_tools import BuildError, PythonTools, build_python_tools, componentize_py

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class Tools:
     _python: Any = field(default=None, repr=False)
     _python_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _register_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _ca_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, config: Config, state: StateDir, key: SigningKey, connectors: Registry) -> Tools:
@@ -137,7 +139,13 @@ class Tools:
             self.key, sub=caller.sub, role=caller.role, tenant=caller.tenant, scopes=scopes, tool=tool,
             ttl=ttl, max_ttl=self.config.max_token_ttl,
         )
-        return _Sender(f"http://{self.config.listen}", str(self.state.ca_cert), token, max(timeout_ms / 1000, 1.0))
+        return _Sender(f"http://{self.config.listen}", self._trust(), token, max(timeout_ms / 1000, 1.0))
+
+    def _trust(self) -> ssl.SSLContext:
+        """One TLS context trusting the gateway's CA, shared by every run's host calls."""
+        if self._ca_context is None:
+            self._ca_context = ssl.create_default_context(cafile=str(self.state.ca_cert))
+        return self._ca_context
 
     async def _python_guest(self) -> Any:
         """The CPython component, compiled once (seconds) and then loaded from the state dir (ms)."""
@@ -162,8 +170,8 @@ class Tools:
 class _Sender:
     """The run's host-call sender, closed when the run ends."""
 
-    def __init__(self, proxy_url: str, ca_file: str, token: str, timeout: float):
-        self._send = make_proxy_sender(proxy_url, ca_file, token, timeout)
+    def __init__(self, proxy_url: str, ca: ssl.SSLContext, token: str, timeout: float):
+        self._send = make_proxy_sender(proxy_url, ca, token, timeout)
 
     def __enter__(self) -> Any:
         return self._send

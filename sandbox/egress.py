@@ -13,6 +13,7 @@ runs with no gateway: every host call is refused.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,13 +26,23 @@ from sandbox.hostcall import ResolveAction
 
 
 class ProxySender:
-    """A callable `http_request(request) -> response` bound to one proxy, CA and token."""
+    """A callable `http_request(request) -> response` bound to one proxy, CA and token.
 
-    def __init__(self, proxy_url: str, ca_file: str, token: str, timeout: float):
-        proxy = httpx.Proxy(proxy_url, headers={"Proxy-Authorization": f"Bearer {token}"})
-        self._client = httpx.Client(proxy=proxy, verify=ca_file, timeout=timeout, follow_redirects=False, trust_env=False)
+    The HTTP client is made on the first host call: most runs make none, and a client (its TLS
+    context above all) costs milliseconds to build. `ca` may be a ready `SSLContext` to share.
+    """
+
+    def __init__(self, proxy_url: str, ca: str | ssl.SSLContext, token: str, timeout: float):
+        self._proxy = httpx.Proxy(proxy_url, headers={"Proxy-Authorization": f"Bearer {token}"})
+        self._ca, self._timeout = ca, timeout
+        self._client: httpx.Client | None = None
 
     def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self._client is None:
+            verify = self._ca if isinstance(self._ca, ssl.SSLContext) else ssl.create_default_context(cafile=self._ca)
+            self._client = httpx.Client(
+                proxy=self._proxy, verify=verify, timeout=self._timeout, follow_redirects=False, trust_env=False
+            )
         try:
             response = self._client.request(
                 request["method"],
@@ -50,11 +61,14 @@ class ProxySender:
         }
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
 
-def make_proxy_sender(proxy_url: str, ca_file: str, token: str, timeout: float) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    return ProxySender(proxy_url, ca_file, token, timeout)
+def make_proxy_sender(
+    proxy_url: str, ca: str | ssl.SSLContext, token: str, timeout: float
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return ProxySender(proxy_url, ca, token, timeout)
 
 
 def refuse_all(request: dict[str, Any]) -> dict[str, Any]:

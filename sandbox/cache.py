@@ -32,6 +32,7 @@ import wasmtime
 from wasmtime import component
 
 from gateway.errors import Refusal
+from sandbox.precompile import CompileError, compile_in_child
 
 # Must match the engine flags in sandbox/runner.py (`make_engine`); part of every cache file's name.
 ENGINE_FLAGS = "consume_fuel=1,epoch_interruption=1"
@@ -94,8 +95,12 @@ class ModuleCache:
                 return module
             except wasmtime.WasmtimeError:
                 cached.unlink(missing_ok=True)
-        module = self._compile(data, path)
+        module = self._compile_and_store(data, path, cached)
         self.compiles += 1
+        return module
+
+    def _compile_and_store(self, data: bytes, path: Path, cached: Path | None) -> Any:
+        module = self._compile(data, path)
         if cached is not None:
             write_private(cached, bytes(module.serialize()))
         return module
@@ -125,6 +130,16 @@ class ComponentCache(ModuleCache):
             return component.Component(self._engine, data)
         except wasmtime.WasmtimeError as e:
             raise Refusal("sandbox_trap", f"module file {path.name} is not a component: {_first_line(str(e))}") from None
+
+    def _compile_and_store(self, data: bytes, path: Path, cached: Path | None) -> component.Component:
+        """With a cache dir, the compile (hundreds of MiB for a Python tool) happens in a child."""
+        if cached is None:
+            return self._compile(data, path)
+        try:
+            compile_in_child(data, cached)
+        except CompileError as e:
+            raise Refusal("sandbox_trap", f"module file {path.name} is not a component: {e}") from None
+        return self._deserialize(cached)
 
     def _deserialize(self, cached: Path) -> component.Component:
         return component.Component.deserialize_file(self._engine, str(cached))

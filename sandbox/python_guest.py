@@ -33,9 +33,11 @@ import wasmtime
 from wasmtime import component
 
 from gateway.errors import Refusal
-from sandbox.cache import COMPONENT_FLAGS, engine_fingerprint, write_private
+from sandbox.cache import COMPONENT_FLAGS, engine_fingerprint
+from sandbox.component import make_component_engine
 from sandbox.hostcall import AbiError, EgressSession, HttpRequest, ResolveAction, bound, current
 from sandbox.manifest import Limits, ToolManifest
+from sandbox.precompile import compile_in_child
 from sandbox.runner import MAX_CONCURRENT_RUNS, RunResult, EpochTicker
 
 GUEST_FLAGS = COMPONENT_FLAGS
@@ -51,11 +53,7 @@ class PythonGuest:
     """One compiled CPython component; each `run` gets a fresh store and instance."""
 
     def __init__(self, cache_dir: Path | None, max_workers: int = MAX_CONCURRENT_RUNS, tick_ms: int = 10):
-        config = wasmtime.Config()
-        config.consume_fuel = True
-        config.epoch_interruption = True
-        config.wasm_component_model = True
-        self.engine = wasmtime.Engine(config)
+        self.engine = make_component_engine()
         self.compiled = False  # True when this instance compiled rather than loaded the component
         data = guest_wasm()
         self.sha256 = hashlib.sha256(data).hexdigest()
@@ -141,12 +139,12 @@ class PythonGuest:
                 return component.Component.deserialize_file(self.engine, str(cached))
             except wasmtime.WasmtimeError:
                 cached.unlink(missing_ok=True)
-        compiled = component.Component(self.engine, data)
         self.compiled = True
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(cached, bytes(compiled.serialize()))
-        return compiled
+        if cached is None:
+            return component.Component(self.engine, data)
+        cached.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        compile_in_child(data, cached)  # its ~500 MiB peak stays out of the gateway (sandbox/precompile.py)
+        return component.Component.deserialize_file(self.engine, str(cached))
 
     def _make_linker(self) -> component.Linker:
         linker = component.Linker(self.engine)

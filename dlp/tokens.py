@@ -62,6 +62,11 @@ def pending_start(text: str) -> int:
     turn into a token when the next chunk arrives (e.g. ``tok_EMA`` + ``IL_ADDRESS_…``).
     """
     window = max(0, len(text) - MAX_TOKEN_LENGTH)
+    # A complete token is final (its id has a fixed length), so no unfinished token starts inside
+    # it: without this, a token whose id ends in "t" (or "to", "tok") was cut before that letter,
+    # and the stream emitted it in two parts that neither restored.
+    for m in TOKEN_RE.finditer(text, max(0, window - MAX_TOKEN_LENGTH)):
+        window = max(window, m.end())
     pos = text.find("t", window)
     while pos != -1:
         if _PREFIX_RE.fullmatch(text, pos):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -43,7 +44,7 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unambiguous_object)
     except RecursionError:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
@@ -55,6 +56,23 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if _depth(data) > MAX_DEPTH:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels")
     return data
+
+
+def _unambiguous_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different, also after NFKC and case folding.
+
+    Duplicate keys are a parser differential: Python keeps the last, other parsers the first, so
+    the policy would judge one `amount` and the vendor act on another. Keys equal after NFKC
+    (`ｍodel` and `model`) or case folding are refused for the same reason: one normalising
+    hop between here and the vendor turns them into duplicates.
+    """
+    seen: set[str] = set()
+    for key, _ in pairs:
+        norm = unicodedata.normalize("NFKC", key).casefold()
+        if norm in seen:
+            raise Refusal("malformed_body", "a JSON object has the same key twice (or a look-alike of it)")
+        seen.add(norm)
+    return dict(pairs)
 
 
 def _depth(value: Any) -> int:

@@ -9,7 +9,13 @@ One method per mitmproxy event, as mitmproxy's own addons are written:
 - `server_connect` dial exactly the address that was checked, with the vendor's name as SNI.
 - `responseheaders`/`response`/`error`: the outcome, audited; errors become JSON refusals.
 
-Anything unexpected while deciding is refused as `internal_error`: the gateway fails closed.
+Anything unexpected while deciding is refused as `internal_error`: the gateway fails closed, and
+an allowed call whose audit record cannot be written is refused as `store_unavailable`.
+
+The gateway never retries a call, idempotent or not. A reset or timeout can come after the vendor
+acted, so only the agent, which knows whether it sent an `Idempotency-Key`, may safely send again;
+the vendors' SDKs already retry (Stripe's with idempotency keys), and a second retry layer here
+would multiply the load on a failing vendor that the circuit breaker is trying to shed.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ _TIMED_OUT = "egress.timed_out"
 _TIMER = "egress.timer"
 _FORWARDED = "egress.forwarded"
 _DLP = "egress.dlp"
+_CLIENT_GONE = "Client disconnected"  # mitmproxy's message when the agent hangs up mid-call
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Gateway:
         try:
             tunnel = self._identify(flow, call)
             await self._decide(flow, call, tunnel)
+            # Written before anything leaves; if it cannot be written, nothing leaves.
+            self.rt.record(call.record("allow", phase="decision"))
         except Refusal as r:
             self._refuse(flow, call, r)
             return
@@ -108,7 +117,9 @@ class Gateway:
             log.exception("request decision failed")
             self._refuse(flow, call, Refusal("internal_error", "the gateway failed while deciding"))
             return
-        self.rt.record(call.record("allow", phase="decision"))
+        # The vendor gets the decision id too (set, never appended: an agent's own value is
+        # replaced), so a vendor-side request log can be joined with the audit log.
+        req.headers[DECISION_HEADER] = call.decision_id
         # Pin the checked address as the request's destination (the Host header is unchanged), so
         # mitmproxy dials it, and reuses the upstream connection for the tunnel's next requests.
         req.data.host, req.data.port = tunnel.address
@@ -133,6 +144,7 @@ class Gateway:
 
     async def _decide(self, flow: http.HTTPFlow, call: Call, tunnel: Tunnel) -> None:
         req = flow.request
+        pipeline.check_headers(req.headers.fields)
         host_header = req.host_header
         pipeline.check_target(
             connect=(tunnel.host, tunnel.port),
@@ -143,6 +155,7 @@ class Gateway:
             sni=flow.client_conn.sni,
         )
         req.authority = ""  # upstream always gets origin-form
+        pipeline.check_path(call.path or "/")
         route = pipeline.route(self.rt.registry, self.rt.allow_hosts, call.host, req.method, call.path or "/")
         assert call.identity is not None
         if route is None:
@@ -174,7 +187,9 @@ class Gateway:
             if approval_id:
                 call.extra["approval_id"] = approval_id
             findings = await self.rt.quotas.charge(decision, params)
-            call.extra["would_deny"] += [f.as_dict() for f in findings]
+            call.extra["would_deny"] += [f.as_dict() for f in findings if not f.fail_open]
+            if opened := [f.as_dict() for f in findings if f.fail_open]:
+                call.extra["fail_open"] = opened
         await self._tokenize(flow, call, action, params, policies)
         pipeline.inject_credentials(connector, self.rt.secrets, req.headers, req.query)
         # Last: letting a half-open circuit's one probe through commits us to forwarding it.
@@ -220,25 +235,30 @@ class Gateway:
             tunnel.connect_timer = None
 
     def _timeout(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None and flow.error is None and flow.server_conn:
+        if flow.error is None and flow.server_conn and not self._response_started(flow):
             flow.metadata[_TIMED_OUT] = True
             abort_server_connection(flow.client_conn, flow.server_conn, "egress-gateway: upstream timeout")
 
     # --- the outcome ------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        self._stop_timers(flow)
         call: Call | None = flow.metadata.get(_CALL)
         if call is None or flow.response is None:
+            self._stop_timers(flow)
             return
         flow.response.headers[DECISION_HEADER] = call.decision_id
         if "text/event-stream" in flow.response.headers.get("content-type", ""):
+            # A stream may rightly last longer than the read timeout; its headers are its answer.
+            self._stop_timers(flow)
             call_dlp: CallDlp | None = flow.metadata.get(_DLP)
             # Streams pass through chunk by chunk; with tokens to restore, only a possible token
             # prefix is held back.
             flow.response.stream = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else True
+        # Otherwise the read timeout keeps running until the whole body is in: a vendor trickling
+        # a body a byte at a time gets 504 at the deadline, not a connection held forever.
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self._stop_timers(flow)
         call: Call | None = flow.metadata.get(_CALL)
         started = flow.metadata.get(_FORWARDED)
         if call is None or started is None or flow.response is None:
@@ -251,7 +271,7 @@ class Gateway:
         else:
             self.rt.breaker.success(call.host or "")
         self.rt.metrics.upstream(elapsed)
-        self.rt.record(
+        self.rt.record_after(
             call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
         )
         self._done(flow)
@@ -267,8 +287,12 @@ class Gateway:
         if started is not None and refusal.code in ("upstream_failed", "upstream_tls", "upstream_timeout"):
             self.rt.breaker.failure(call.host or "")
         latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
-        self.rt.record(call.record("deny", refusal, phase="outcome" if started else "decision", latency_ms=latency))
-        self.error_pages.claim(msg, call.decision_id, refusal)
+        phase = "outcome" if started else "decision"
+        self.rt.record_after(call.record("deny", refusal, phase=phase, latency_ms=latency))
+        # Claim the error page only when mitmproxy will write one: an unused claim would be handed
+        # to the next flow failing with the same message, with this flow's decision id.
+        if not self._response_started(flow) and not msg.startswith(_CLIENT_GONE):
+            self.error_pages.claim(msg, call.decision_id, refusal)
         self._done(flow)
 
     async def _restore(self, flow: http.HTTPFlow, call: Call) -> None:
@@ -311,7 +335,7 @@ class Gateway:
         code = {413: "body_too_large", 502: "upstream_failed", 504: "upstream_timeout"}.get(status, "bad_request")
         call = Call()
         refusal = Refusal(code, "the proxy request is malformed" if code == "bad_request" else "the request failed")
-        self.rt.record(call.record("deny", refusal, phase="decision"))
+        self.rt.record_after(call.record("deny", refusal, phase="decision"))
         return call.decision_id, refusal
 
     # --- helpers ----------------------------------------------------------------------------
@@ -323,7 +347,7 @@ class Gateway:
         if refusal.status == 407:
             headers["Proxy-Authenticate"] = 'Basic realm="egress-gateway"'
         flow.response = http.Response.make(refusal.status, refusal.body(call.decision_id), headers)
-        self.rt.record(call.record("deny", refusal, phase="decision"))
+        self.rt.record_after(call.record("deny", refusal, phase="decision"))
 
     def _stop_timers(self, flow: http.HTTPFlow) -> None:
         timer = flow.metadata.pop(_TIMER, None)
@@ -333,6 +357,11 @@ class Gateway:
         if tunnel and tunnel.connect_timer:
             tunnel.connect_timer.cancel()
             tunnel.connect_timer = None
+
+    @staticmethod
+    def _response_started(flow: http.HTTPFlow) -> bool:
+        """Whether the agent already has the response headers (a stream), so no error page follows."""
+        return flow.response is not None and bool(flow.response.stream)
 
     def _done(self, flow: http.HTTPFlow) -> None:
         tunnel = self.tunnels.get(flow.client_conn.id)

@@ -66,7 +66,7 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
                 call.identity = authenticate(rt, request, admin=admin)
                 result = await fn(request, call)
             except Refusal as r:
-                rt.record(call.record("deny", r, phase="api"))
+                rt.record_after(call.record("deny", r, phase="api"))
                 return refusal_response(r, call.decision_id)
             except Exception:
                 log.exception("API handler failed")

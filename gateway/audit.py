@@ -15,7 +15,9 @@ is why the log is signed at shutdown and often; `VerifyResult.unsigned_tail` say
 
 Crashes: each record is one `write(2)` of a whole line on an `O_APPEND` descriptor, so after
 SIGKILL the file holds whole records and at most one torn last line. `open` cuts a torn line off
-(logging it) and continues the chain; `verify` ignores a torn last line and reports it.
+(logging it) and continues the chain; `verify` ignores a torn last line and reports it. A write
+that fails (disk full, file size limit) is cut back to the last whole record and raised, so the
+caller refuses the call and the chain continues cleanly once space returns.
 
 fsync policy: by default the file is fsynced at every signature and at `close()`, not per record.
 Measured here: ~45 µs per record (JSON, SHA-256, the amortised signature and fsync every 100),
@@ -30,6 +32,7 @@ keeps `seq`/`prev` consistent. Callers must never put raw PII or secrets in a re
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -126,7 +129,11 @@ class AuditLog:
                 os.fsync(self._fd)
             self._unsigned += 1
             if self._unsigned >= self.sign_every:
-                self._sign()
+                try:
+                    self._sign()
+                except OSError as e:
+                    # The record is written; the signature is tried again with the next record.
+                    log.warning("audit log %s: cannot sign the head (%s); retrying later", self.path, type(e).__name__)
 
     def close(self) -> None:
         """Sign the head (if anything is unsigned), fsync and close."""
@@ -157,9 +164,17 @@ class AuditLog:
         body["prev"] = self._prev
         body["hash"] = record_hash(body)
         data = canonical(body) + b"\n"
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError:
+            # A full disk can take part of the line: cut it off, so the file stays whole records
+            # and the chain continues from the last one when space returns.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise
         self._seq, self._prev = body["seq"], body["hash"]
 
 

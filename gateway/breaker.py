@@ -3,6 +3,8 @@
 After `failures` consecutive failures (connection errors, TLS errors, timeouts, 5xx) the circuit
 opens and calls are refused at once with `circuit_open`, without dialing. After `reset` seconds one
 probe call is let through (half-open); its success closes the circuit, its failure re-opens it.
+A probe that never reports (refused after `check`, e.g. because its audit record could not be
+written) must not hold the circuit open forever: after another `reset` seconds a new probe may go.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gateway.errors import Refusal
 class _State:
     failures: int = 0
     opened_at: float | None = None
-    probing: bool = False
+    probe_at: float | None = None  # when the half-open probe was let through
 
 
 class Breaker:
@@ -31,15 +33,17 @@ class Breaker:
         st = self._states.get(key)
         if st is None or st.opened_at is None:
             return
-        waited = time.monotonic() - st.opened_at
-        if waited < self._reset or st.probing:
+        now = time.monotonic()
+        waited = now - st.opened_at
+        probing = st.probe_at is not None and now - st.probe_at < self._reset
+        if waited < self._reset or probing:
             retry = max(1, int(self._reset - waited + 0.999))
             raise Refusal(
                 "circuit_open",
                 f"{key} failed {st.failures} times in a row; the circuit is open",
                 headers={"Retry-After": str(retry)},
             )
-        st.probing = True
+        st.probe_at = now
 
     def success(self, key: str) -> None:
         self._states.pop(key, None)
@@ -47,12 +51,12 @@ class Breaker:
     def failure(self, key: str) -> None:
         st = self._states.setdefault(key, _State())
         st.failures += 1
-        if st.probing or st.failures >= self._threshold:
+        if st.probe_at is not None or st.failures >= self._threshold:
             st.opened_at = time.monotonic()
-            st.probing = False
+            st.probe_at = None
 
     def state(self, key: str) -> str:
         st = self._states.get(key)
         if st is None or st.opened_at is None:
             return "closed"
-        return "half-open" if st.probing else "open"
+        return "half-open" if st.probe_at is not None else "open"

@@ -75,6 +75,7 @@ class _Strict(BaseModel):
 class Timeouts(_Strict):
     connect: Duration = 5.0
     read: Duration = 60.0
+    client: Duration = 30.0  # an agent must send each whole request within this (slowloris)
 
 
 class Stores(_Strict):

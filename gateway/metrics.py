@@ -14,6 +14,7 @@ class Metrics:
         self.decisions: Counter[tuple[str, str, str, str]] = Counter()
         self.upstream_seconds_sum = 0.0
         self.upstream_count = 0
+        self.audit_failures = 0
 
     def decision(self, connector: str | None, action: str | None, decision: str, code: str | None) -> None:
         self.decisions[(connector or "", action or "", decision, code or "")] += 1
@@ -21,6 +22,9 @@ class Metrics:
     def upstream(self, seconds: float) -> None:
         self.upstream_seconds_sum += seconds
         self.upstream_count += 1
+
+    def audit_failure(self) -> None:
+        self.audit_failures += 1
 
     def render(self) -> str:
         lines = [
@@ -37,5 +41,8 @@ class Metrics:
             "# TYPE egress_upstream_seconds summary",
             f"egress_upstream_seconds_sum {self.upstream_seconds_sum:.6f}",
             f"egress_upstream_seconds_count {self.upstream_count}",
+            "# HELP egress_audit_write_failures_total Audit records that could not be written (alert on any).",
+            "# TYPE egress_audit_write_failures_total counter",
+            f"egress_audit_write_failures_total {self.audit_failures}",
         ]
         return "\n".join(lines) + "\n"

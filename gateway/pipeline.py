@@ -7,11 +7,13 @@ refuses by raising `Refusal`; the order is the order of ../shared/DESIGN.md sect
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -102,6 +104,41 @@ def check_target(
     for what, (name, port) in names.items():
         if name.lower().rstrip(".") != connect_host or port not in (None, connect_port):
             raise Refusal("domain_fronting", f"the {what} differs from the CONNECT target {connect_host}")
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_headers(fields: Iterable[tuple[bytes, bytes]]) -> None:
+    """Step 3's guard on headers: no control characters (bare CR, LF from a folded line, NUL).
+
+    mitmproxy splits lines on LF only, so `X-A: b\\rStripe-Account: acct_x` arrives as one header
+    holding a CR, and would be forwarded as is; a vendor (or a server before it) that breaks lines
+    on a bare CR would see a second header that credential stripping never saw.
+    """
+    for name, value in fields:
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            raise Refusal("bad_request", "a header holds a control character (CR, LF, NUL)")
+
+
+_PCT = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def check_path(path: str) -> None:
+    """Step 2's guard: a path must mean the same to the gateway and to the vendor.
+
+    Routing matches the path as sent, but a vendor (or a server in front of it) may decode and
+    normalise it: `/v1/payment_intents/%2e%2e/refunds` matches the action for one payment intent
+    here and is a different resource there. So dot segments (plain or encoded), encoded slashes
+    and backslashes, control characters and double encoding (`%252e`) are refused outright.
+    """
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if _PCT.search(decoded):
+            raise Refusal("bad_request", "the path is percent-encoded twice")
+        control = any(ord(c) < 0x20 or c == "\x7f" for c in decoded)
+        if decoded in (".", "..") or "/" in decoded or "\\" in decoded or control:
+            raise Refusal("bad_request", "the path has a dot segment, an encoded slash or a control character")
 
 
 def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: str, path: str) -> Route | None:

@@ -110,6 +110,7 @@ class Finding:
     message: str
     rule: str | None
     shadow: bool
+    fail_open: bool = False  # a store failure that a `fail_open` rule let through
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "rule": self.rule}

@@ -23,7 +23,7 @@ the policy, which errs on the safe side.
 
 Fail closed: a storage error or a storage call slower than `timeout` refuses with
 `store_unavailable` (503), unless the rule says `fail_open: true` (read actions only, checked at
-load); then the call goes on and a warning is logged.
+load); then the call goes on, a warning is logged and the call's audit record says `fail_open`.
 """
 
 from __future__ import annotations
@@ -94,40 +94,53 @@ class Quotas:
 
         Raises `Refusal` (`rate_limited` / `budget_exceeded` with `Retry-After`, or
         `store_unavailable`) for an enforced rule; returns the would-deny findings of shadow rules,
-        whose calls go out anyway.
+        whose calls go out anyway, and a `fail_open` finding for each rule whose unavailable store
+        was let through, so the audit record says the limit was not checked.
         """
         findings: list[Finding] = []
         for m in decision.rules:
             for item in m.rule.rate_items:
-                refusal = await self._guard(m, decision, self._hit_rate(m, decision, item))
-                if refusal is not None:
-                    findings.append(self._refuse_or_record(m, refusal))
+                outcome = await self._guard(m, decision, self._hit_rate(m, decision, item))
+                if outcome is not None:
+                    findings.append(self._refuse_or_record(m, outcome))
         for m in decision.rules:
             if m.rule.budget is None:
                 continue
             cost = budget_cost(m, params, decision)
             if cost > 0:
-                refusal = await self._guard(m, decision, self._hit_budget(m, decision, cost))
-                if refusal is not None:
-                    findings.append(self._refuse_or_record(m, refusal))
+                outcome = await self._guard(m, decision, self._hit_budget(m, decision, cost))
+                if outcome is not None:
+                    findings.append(self._refuse_or_record(m, outcome))
         return findings
 
     @staticmethod
-    def _refuse_or_record(m: MatchedRule, refusal: Refusal) -> Finding:
+    def _refuse_or_record(m: MatchedRule, outcome: Refusal | Finding) -> Finding:
+        if isinstance(outcome, Finding):
+            return outcome
         if not m.shadow:
-            raise refusal
-        return Finding(refusal.code, refusal.message, m.ref.id, True)
+            raise outcome
+        return Finding(outcome.code, outcome.message, m.ref.id, True)
 
     async def _guard(
         self, m: MatchedRule, d: Decision, hit: Awaitable[Refusal | None]
-    ) -> Refusal | None:
-        """Run a storage call with the timeout; map failures to fail closed (or open, if allowed)."""
+    ) -> Refusal | Finding | None:
+        """Run a storage call with the timeout; map failures to fail closed (or open, if allowed).
+
+        A `fail_open` rule's failure comes back as a `Finding` marked `fail_open`: the call goes on
+        and its audit record carries it.
+        """
         try:
             return await asyncio.wait_for(hit, self.timeout)
         except (StorageError, TimeoutError, OSError) as e:
             if m.rule.fail_open:
                 log.warning("quota store unavailable (%s); rule %s fails open", type(e).__name__, m.ref.id)
-                return None
+                return Finding(
+                    "store_unavailable",
+                    f"the quota store is unavailable; rule {m.ref.id} is fail_open, its limit was not checked",
+                    m.ref.id,
+                    m.shadow,
+                    fail_open=True,
+                )
             return Refusal(
                 "store_unavailable",
                 f"the quota store is unavailable (rule {m.ref.id})",

@@ -18,6 +18,7 @@ from gateway.breaker import Breaker
 from gateway.config import Config
 from gateway.dlp_step import Dlp
 from gateway.egress import Resolver
+from gateway.errors import Refusal
 from gateway.identity import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
 from gateway.policy_load import PolicyLoadError
@@ -57,8 +58,34 @@ class Runtime:
         return frozenset(h.lower().rstrip(".") for h in self.config.egress.allow)
 
     def record(self, rec: dict[str, Any]) -> None:
-        """One audit record: to the tamper-evident log, the recent-decisions view and the metrics."""
-        self.audit.write(rec)
+        """One audit record: to the tamper-evident log, the recent-decisions view and the metrics.
+
+        Raises `Refusal("store_unavailable")` when the log cannot be written (disk full, read-only,
+        closed): a call that cannot be audited is not made (fail closed). Use `record_after` for
+        records that can no longer change what happens.
+        """
+        try:
+            self.audit.write(rec)
+        except (OSError, ValueError) as e:
+            log.error("audit log write failed (%s); decision %s refused", type(e).__name__, rec.get("decision_id"))
+            raise Refusal("store_unavailable", "the audit log cannot be written; nothing was sent") from None
+        self._note(rec)
+
+    def record_after(self, rec: dict[str, Any]) -> None:
+        """A record of a refusal already given or an outcome already happened: a failed write is
+        logged (with the decision id, never the record's content), never raised, because raising
+        here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer."""
+        try:
+            self.audit.write(rec)
+        except (OSError, ValueError) as e:
+            log.error(
+                "audit log write failed (%s); %s record of decision %s lost",
+                type(e).__name__, rec.get("phase"), rec.get("decision_id"),
+            )
+            self.metrics.audit_failure()
+        self._note(rec)
+
+    def _note(self, rec: dict[str, Any]) -> None:
         self.recent.append(rec)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))

@@ -21,7 +21,9 @@ from mitmproxy.master import Master
 from gateway import ca
 from gateway.addon import Gateway
 from gateway.api import create_app
+from gateway.client_deadline import ClientDeadline
 from gateway.config import parse_hostport
+from gateway.mitm_compat import HeadLimit
 from gateway.runtime import Runtime, upstream_bundle
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ async def serve(rt: Runtime) -> None:
         tlsconfig.TlsConfig(),
         disable_h2c.DisableH2C(),
         errorcheck.ErrorCheck(),
+        ClientDeadline(rt.config.timeouts.client),
         addon,
     )
     master.options.update(**proxy_options(rt))
@@ -79,6 +82,8 @@ async def serve(rt: Runtime) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     addon.error_pages.install()
+    head_limit = HeadLimit()
+    head_limit.install()
     watcher = asyncio.create_task(rt.revocations.watch())
     if rt.policies is not None:
         rt.policies.start()
@@ -92,6 +97,7 @@ async def serve(rt: Runtime) -> None:
         if rt.policies is not None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)
+        head_limit.uninstall()
         addon.error_pages.uninstall()
         await rt.dlp.close()
         rt.close()

@@ -1,0 +1,82 @@
+"""Chaos fixtures: one fault vendor and one redis-server per session, gateways that stay on record.
+
+Every gateway a chaos test starts is kept on the report (its state dir, log and a final metrics
+scrape) so that `test_zz_invariants.py`, run last, can check across the whole suite that nothing
+leaked and that every call a vendor saw was audited. The table is printed at the end of the run
+(`pytest_terminal_summary`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos import harness
+from tests.chaos.faults import FaultVendor, RedisServer
+from tests.chaos.harness import REPORT
+from tests.chaos.report import ChaosReport
+from tests.fakes import PKI, GatewayProcess
+
+
+@pytest.fixture(scope="session")
+def report() -> ChaosReport:
+    return REPORT
+
+
+@pytest.fixture(scope="session")
+def fault_vendor_server(pki: PKI) -> Iterator[FaultVendor]:
+    v = FaultVendor(pki)
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def fault_vendor(fault_vendor_server: FaultVendor) -> Iterator[FaultVendor]:
+    """The session's fault vendor, reset to `ok` before and after the test."""
+    fault_vendor_server.reset()
+    yield fault_vendor_server
+    fault_vendor_server.reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's redis-server, running (started again if an earlier test killed it)."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    yield redis_server
+    if redis_server.proc is not None and redis_server.proc.poll() is None:
+        REPORT.redis_dumps.extend(redis_server.dump())
+
+
+@pytest.fixture
+def chaos_gateway(tmp_path: Path, pki: PKI) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start gateways routed to the fault vendor; stopped (after a metrics scrape) at the end of the test."""
+    started: list[GatewayProcess] = []
+
+    def make(vendor: FaultVendor, name: str = "gw", env: dict[str, str] | None = None, **extra: Any) -> GatewayProcess:
+        gw = harness.launch(tmp_path / name, pki, vendor, env, **extra)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        harness.retire(gw)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REPORT.cases:
+        terminalreporter.section("chaos table")
+        terminalreporter.write_line(REPORT.table())

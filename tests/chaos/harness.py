@@ -1,0 +1,201 @@
+"""How chaos tests drive gateways: settings, policies, the PII and secrets they use, and a few probes.
+
+Every value the suite sends that must never leak (raw PII, vendor keys, agent tokens) is named
+here, so the end-of-session leak check greps for exactly what was used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.chaos.faults import FaultVendor
+from tests.chaos.report import ChaosReport
+from tests.clients import trusting
+from tests.fakes import VENDOR_HOSTS, GatewayProcess, PKI, VENDOR_ENV
+
+EMAIL = "chaos.victim@example.org"
+PHONE = "+44 20 7946 0321"
+CARD = "4000 0566 5566 5556"
+RACE_EMAIL = "first.use.race@example.net"
+PII = (EMAIL, PHONE, CARD, RACE_EMAIL)
+SECRETS = tuple(VENDOR_ENV.values())
+
+PAY = "https://api.stripe.com/v1/payment_intents"
+BALANCE = "https://api.stripe.com/v1/balance"
+SEARCH = "https://serpapi.com/search.json"
+CHAT = "https://api.openai.com/v1/chat/completions"
+
+# Roles for the chaos suite; tenant-less, so any tenant matches.
+POLICIES = {
+    "payer.yaml": """
+version: 1
+subjects: {roles: [payer]}
+rules:
+  - name: payer-pay
+    connector: stripe
+    actions: [create_payment_intent]
+    params: {amount: {max: 500000}}
+    rate: 1000/minute
+    budget: {field: amount, limit: 10000, per: day}
+  - name: payer-balance
+    connector: stripe
+    actions: [retrieve_balance]
+    rate: 1000/minute
+""",
+    "reader.yaml": """
+version: 1
+subjects: {roles: [reader]}
+rules:
+  - name: reader-search
+    connector: serpapi
+    actions: [search]
+    rate: 1000/minute
+    fail_open: true
+  - name: reader-balance
+    connector: stripe
+    actions: [retrieve_balance]
+    rate: 1000/minute
+  - name: reader-pay
+    connector: stripe
+    actions: [create_payment_intent]
+    rate: 1000/minute
+dlp:
+  tokenize: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD]
+  reveal: []
+""",
+    "approver.yaml": """
+version: 1
+subjects: {roles: [approvee]}
+rules:
+  - name: approvee-pay
+    connector: stripe
+    actions: [create_payment_intent]
+    approval: "amount > 100"
+""",
+    "limited.yaml": """
+version: 1
+subjects: {roles: [limited]}
+rules:
+  - name: limited-balance
+    connector: stripe
+    actions: [retrieve_balance]
+    rate: 10/minute
+""",
+    "chatter.yaml": """
+version: 1
+subjects: {roles: [chatter]}
+rules:
+  - connector: openai
+    actions: [chat_completions, embeddings]
+  - connector: stripe
+    actions: [create_customer, retrieve_balance, create_payment_intent]
+  - connector: serpapi
+    actions: [search]
+dlp:
+  tokenize: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD]
+  reveal: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD]
+""",
+}
+
+
+def write_policies(root: Path) -> Path:
+    d = root / "policies"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in POLICIES.items():
+        (d / name).write_text(text)
+    return d
+
+
+def settings(pki: PKI, vendor: FaultVendor, root: Path, **extra: Any) -> dict[str, Any]:
+    """A gateway routed to the fault vendor, with the chaos policies, fast timeouts and breaker."""
+    s: dict[str, Any] = {
+        "upstreams": {h: vendor.url for h in VENDOR_HOSTS},
+        "upstream_ca": str(pki.ca_file),
+        "secrets": {"stripe": "env:TEST_STRIPE_KEY", "openai": "env:TEST_OPENAI_KEY", "serpapi": "env:TEST_SERPAPI_KEY"},
+        "policies": str(write_policies(root)),
+        "timeouts": {"connect": "2s", "read": "2s"},
+        "breaker": {"failures": 1000, "reset": "30s"},
+    }
+    s.update(extra)
+    return s
+
+
+REPORT = ChaosReport()
+
+
+class ChaosGateway(GatewayProcess):
+    """A gateway process whose repr leaves out its environment (the vendor keys), so a failing
+    test's traceback never prints a secret."""
+
+    def __repr__(self) -> str:
+        return f"ChaosGateway({self.root.name}, port={getattr(self, 'port', None)})"
+
+
+def launch(root: Path, pki: PKI, vendor: FaultVendor, env: dict[str, str] | None = None, **extra: Any) -> GatewayProcess:
+    """Start a gateway for the chaos suite and keep it on the report for the final checks."""
+    from tests.conftest import EXTRA_ENV
+
+    gw = ChaosGateway(root, settings(pki, vendor, root, **extra), {**VENDOR_ENV, **EXTRA_ENV, **(env or {})})
+    REPORT.gateways.append(gw)
+    return gw.start()
+
+
+def retire(gw: GatewayProcess) -> None:
+    """Scrape its metrics (they are part of what the leak check greps), then stop it."""
+    if gw.proc is not None and gw.proc.poll() is None:
+        try:
+            REPORT.scrapes.append(metrics(gw))
+        except httpx.HTTPError:
+            pass
+    gw.stop()
+
+
+def agent(gw: GatewayProcess, role: str, sub: str | None = None, **kw: Any) -> str:
+    return gw.token(sub=sub or f"{role}-1", role=role, tenant="chaos", scopes=("*",), **kw)
+
+
+def client(gw: GatewayProcess, token: str, timeout: float = 20, **kw: Any) -> httpx.Client:
+    return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=timeout, **kw)
+
+
+def send(report: ChaosReport, c: httpx.Client, method: str, url: str, **kw: Any) -> httpx.Response:
+    """One request, counted in the report (a transport failure is counted, then re-raised)."""
+    try:
+        r = c.request(method, url, **kw)
+    except httpx.HTTPError as e:
+        report.track(e)
+        raise
+    report.track(r)
+    return r
+
+
+def code_of(r: httpx.Response) -> str:
+    """`status code` of a gateway refusal (validating the contract's JSON), else just the status
+    (a success, or a vendor's own error passed through)."""
+    from tests.clients import error_of
+
+    try:
+        refusal = "code" in r.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        refusal = False
+    return f"{r.status_code} {error_of(r)['code']}" if refusal else str(r.status_code)
+
+
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def metrics(gw: GatewayProcess) -> str:
+    admin = gw.token(sub="chaos-ops", role="admin")
+    return httpx.get(f"{gw.api_url}/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=10).text
+

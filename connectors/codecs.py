@@ -103,31 +103,31 @@ def decode_form(text: str) -> dict[str, Any]:
     for key, value in pairs:
         m = _KEY.match(key)
         if not m:
-            raise Refusal("malformed_body", f"bad parameter name {key[:60]!r}")
+            raise Refusal("malformed_body", "a parameter name is malformed")
         parts = [m.group(1), *_PART.findall(m.group(2))]
         if len(parts) > MAX_DEPTH:
-            raise Refusal("malformed_body", f"parameter {parts[0]!r} nests deeper than {MAX_DEPTH} levels")
-        _insert(root, parts, value, key)
+            raise Refusal("malformed_body", f"a parameter nests deeper than {MAX_DEPTH} levels")
+        _insert(root, parts, value)
     return _listify(root)
 
 
-def _insert(node: dict[str, Any], parts: list[str], value: str, key: str) -> None:
+def _insert(node: dict[str, Any], parts: list[str], value: str) -> None:
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
         if part == "":
-            raise Refusal("malformed_body", f"parameter {key[:60]!r}: [] may only come last")
+            raise Refusal("malformed_body", "a parameter has [] before its last part")
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise Refusal("malformed_body", f"parameter {key[:60]!r} mixes a value and nested keys")
+            raise Refusal("malformed_body", "a parameter is given both as a value and with nested keys")
         node = child
         if nxt == "" and i + 1 == len(parts) - 1:
             node.setdefault("", []).append(value)
             return
     last = parts[-1]
     if last in node:
-        raise Refusal("malformed_body", f"parameter {key[:60]!r} is given twice")
+        raise Refusal("malformed_body", "a parameter is given twice")
     node[last] = value
 
 

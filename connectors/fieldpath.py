@@ -94,12 +94,20 @@ def assign(data: Any, keys: tuple[Key, ...], value: Any) -> None:
     node[keys[-1]] = value
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
 def format_keys(keys: tuple[Key, ...]) -> str:
-    """Concrete keys back to a readable path, e.g. ('messages', 0, 'content') -> messages[0].content."""
+    """Concrete keys back to a readable path, e.g. ('messages', 0, 'content') -> messages[0].content.
+
+    The path ends up in refusal messages and audit records, and a key under `metadata.*` is the
+    agent's own text (it can be an e-mail address): keys that do not look like names show as `?`.
+    """
     out = ""
     for k in keys:
         if isinstance(k, int):
             out += f"[{k}]"
         else:
-            out += f".{k}" if out else str(k)
+            name = k if _NAME.fullmatch(k) else "?"
+            out += f".{name}" if out else name
     return out

@@ -50,7 +50,9 @@ _TIMED_OUT = "egress.timed_out"
 _TIMER = "egress.timer"
 _FORWARDED = "egress.forwarded"
 _DLP = "egress.dlp"
-_CLIENT_GONE = "Client disconnected"  # mitmproxy's message when the agent hangs up mid-call
+_CLIENT_GONE = "Client disconnected"
+_RESPONSE_TOO_LARGE = "response body exceeds"  # mitmproxy's message past body_size_limit
+HTTPS_PORT = 443  # mitmproxy's message when the agent hangs up mid-call
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Gateway:
                 raise Refusal("identity_invalid", "an admin token is for the API only, not a proxy credential")
             if not (self.rt.registry.claims(call.host) or call.host in self.rt.allow_hosts):
                 raise Refusal("host_denied", f"no connector or egress.allow entry claims {call.host}")
+            if flow.request.port != HTTPS_PORT:
+                raise Refusal("host_denied", f"vendors are reached on port {HTTPS_PORT} only")
             address = await self.rt.resolver.resolve(call.host, flow.request.port)
         except Refusal as r:
             self._refuse(flow, call, r)
@@ -103,11 +107,12 @@ class Gateway:
         if flow.response is not None:
             return
         req = flow.request
-        call = Call(host=req.host.lower().rstrip("."), method=req.method, path=req.path.split("?", 1)[0])
+        path = req.path.split("?", 1)[0]
+        call = Call(host=req.host.lower().rstrip("."), method=req.method, path=pipeline.redact_path(path))
         flow.metadata[_CALL] = call
         try:
             tunnel = self._identify(flow, call)
-            await self._decide(flow, call, tunnel)
+            await self._decide(flow, call, tunnel, path)
             # Written before anything leaves; if it cannot be written, nothing leaves.
             self.rt.record(call.record("allow", phase="decision"))
         except Refusal as r:
@@ -142,8 +147,13 @@ class Gateway:
         self.rt.verifier.check(tunnel.identity)
         return tunnel
 
-    async def _decide(self, flow: http.HTTPFlow, call: Call, tunnel: Tunnel) -> None:
+    async def _decide(self, flow: http.HTTPFlow, call: Call, tunnel: Tunnel, path: str) -> None:
         req = flow.request
+        if not req.data.method.isupper():
+            # mitmproxy shows `method` upper-cased but forwards the raw bytes: route what is sent.
+            raise Refusal("bad_request", "the method must be upper case")
+        if len(req.raw_content or b"") > self.rt.config.max_body:
+            raise Refusal("body_too_large", f"the request body exceeds max_body ({self.rt.config.max_body} bytes)")
         pipeline.check_headers(req.headers.fields)
         host_header = req.host_header
         pipeline.check_target(
@@ -155,8 +165,8 @@ class Gateway:
             sni=flow.client_conn.sni,
         )
         req.authority = ""  # upstream always gets origin-form
-        pipeline.check_path(call.path or "/")
-        route = pipeline.route(self.rt.registry, self.rt.allow_hosts, call.host, req.method, call.path or "/")
+        pipeline.check_path(path or "/")
+        route = pipeline.route(self.rt.registry, self.rt.allow_hosts, call.host, req.method, path or "/")
         assert call.identity is not None
         if route is None:
             call.connector, call.action = pipeline.PASSTHROUGH, call.host
@@ -176,27 +186,36 @@ class Gateway:
         if req.headers.get("content-encoding", "identity").strip().lower() not in ("identity", ""):
             raise Refusal("malformed_body", "compressed request bodies are not accepted; send them plain")
         params = pipeline.validate(action, req.raw_content or b"", req.path.partition("?")[2])
+        # What the policy judges and an approval is bound to: the parameters and the path's own
+        # (confirming pi_A is not confirming pi_B). `_path` can name no model field.
+        judged = {**params, pipeline.PATH_PARAMS: route.path_params} if route.path_params else params
         policies = self.rt.policies.current if self.rt.policies else None
         confidence = req.headers.get(pipeline.CONFIDENCE_HEADER)
-        decision = pipeline.authorize(policies, call.identity, connector.name, action.name, params, confidence)
+        decision = pipeline.authorize(policies, call.identity, connector.name, action.name, judged, confidence)
         if decision is not None:
             call.extra.update(pipeline.policy_fields(decision))
             if decision.outcome == "deny" and decision.refusal is not None:
                 raise decision.refusal
-            approval_id = self.rt.approvals.gate(decision, params, req.headers.get(pipeline.APPROVAL_HEADER))
+            approval_id = self.rt.approvals.gate(decision, judged, req.headers.get(pipeline.APPROVAL_HEADER))
             if approval_id:
                 call.extra["approval_id"] = approval_id
-            findings = await self.rt.quotas.charge(decision, params)
+            findings = await self.rt.quotas.charge(decision, judged)
             call.extra["would_deny"] += [f.as_dict() for f in findings if not f.fail_open]
             if opened := [f.as_dict() for f in findings if f.fail_open]:
                 call.extra["fail_open"] = opened
-        await self._tokenize(flow, call, action, params, policies)
+        await self._tokenize(flow, call, action, params, policies, path)
         pipeline.inject_credentials(connector, self.rt.secrets, req.headers, req.query)
         # Last: letting a half-open circuit's one probe through commits us to forwarding it.
         self.rt.breaker.check(call.host)
 
     async def _tokenize(
-        self, flow: http.HTTPFlow, call: Call, action: Action, params: dict[str, Any], policies: PolicySet | None
+        self,
+        flow: http.HTTPFlow,
+        call: Call,
+        action: Action,
+        params: dict[str, Any],
+        policies: PolicySet | None,
+        path: str,
     ) -> None:
         """Step 7: PII in the action's DLP fields leaves only as tokens; the body is re-encoded."""
         assert call.identity is not None
@@ -208,7 +227,7 @@ class Gateway:
         if counts:
             call.extra["tokenized"] = counts
             if action.encoding is BodyEncoding.QUERY:
-                req.path = f"{call.path}?{codecs.encode_form(params)}"
+                req.path = f"{path}?{codecs.encode_form(params)}"
             else:
                 req.content = codecs.encode(action.encoding, params)
         if reveal:
@@ -284,8 +303,11 @@ class Gateway:
         refusal = self._classify(flow, call, msg)
         refusal.connector, refusal.action = call.connector, call.action
         started = flow.metadata.get(_FORWARDED)
-        if started is not None and refusal.code in ("upstream_failed", "upstream_tls", "upstream_timeout"):
+        vendor_fault = refusal.code in ("upstream_failed", "upstream_tls", "upstream_timeout")
+        if started is not None and vendor_fault and _RESPONSE_TOO_LARGE not in msg.lower():
             self.rt.breaker.failure(call.host or "")
+        elif started is not None and refusal.code == "client_closed":
+            self.rt.breaker.release(call.host or "")
         latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
         phase = "outcome" if started else "decision"
         self.rt.record_after(call.record("deny", refusal, phase=phase, latency_ms=latency))
@@ -314,6 +336,13 @@ class Gateway:
 
     def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
         low = msg.lower()
+        if msg.startswith(_CLIENT_GONE):
+            # The agent hung up: not the vendor's failure, so the circuit must not count it (any
+            # agent could otherwise open it for everyone by hanging up on slow calls).
+            return Refusal("client_closed", "the agent closed the connection before the answer")
+        if _RESPONSE_TOO_LARGE in low:
+            limit = self.rt.config.max_response_body
+            return Refusal("upstream_failed", f"the vendor's response exceeds max_response_body ({limit} bytes)")
         if flow.metadata.get(_TIMED_OUT):
             return Refusal("upstream_timeout", f"{call.host} did not answer in time")
         if "body exceeds" in low and "request" in low:
@@ -325,7 +354,8 @@ class Gateway:
         return Refusal("upstream_failed", f"{call.host} failed: connection error or broken HTTP")
 
     def _call_for(self, flow: http.HTTPFlow) -> Call:
-        call = Call(host=flow.request.host, method=flow.request.method, path=flow.request.path.split("?", 1)[0])
+        path = pipeline.redact_path(flow.request.path.split("?", 1)[0])
+        call = Call(host=flow.request.host, method=flow.request.method, path=path)
         tunnel = self.tunnels.get(flow.client_conn.id)
         call.identity = tunnel.identity if tunnel else None
         return call

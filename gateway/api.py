@@ -22,7 +22,7 @@ from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
 from gateway.approvals import ApprovalError
 from gateway.dlp_step import scope_of
-from gateway.errors import Refusal
+from gateway.errors import Refusal, describe
 from gateway.tools import RegisterRequest, RunRequest
 from gateway.identity import Identity
 from gateway.pipeline import Call
@@ -143,9 +143,7 @@ def create_app(rt: Runtime) -> Starlette:
         try:
             run = RunRequest.model_validate_json(await read_body(rt, request))
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise Refusal("malformed_body", f"{where}: {first['msg']}") from None
+            raise Refusal("malformed_body", describe(e)) from None
         call.connector, call.action = "sandbox", run.tool or "python"
         assert call.identity is not None
         result = await rt.tools.run(call.identity, run)
@@ -162,9 +160,7 @@ def create_app(rt: Runtime) -> Starlette:
         try:
             reg = RegisterRequest.model_validate_json(body)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise Refusal("malformed_body", f"{where}: {first['msg']}") from None
+            raise Refusal("malformed_body", describe(e)) from None
         call.connector, call.action = "sandbox", "register_tool"
         tool = await rt.tools.register(reg)
         rt.record(call.record("allow", phase="tool_register", tool_name=tool.name, sha256=tool.manifest.sha256,
@@ -202,7 +198,17 @@ def create_app(rt: Runtime) -> Starlette:
 
         return handler
 
+    async def no_route(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404 and 405 pages are plain text; every refusal here is the contract's JSON."""
+        call = Call(host="api", method=request.method, path=request.url.path)
+        if getattr(exc, "status_code", 404) == 405:
+            refusal = Refusal("bad_request", f"this endpoint does not take {request.method}")
+        else:
+            refusal = Refusal("not_found", "no such API endpoint")
+        return refusal_response(refusal, call.decision_id)
+
     return Starlette(
+        exception_handlers={404: no_route, 405: no_route},
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),

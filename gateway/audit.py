@@ -61,9 +61,9 @@ class AuditError(Exception):
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(
-        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    """Sorted keys, no spaces, ASCII only: a lone surrogate (from a path that was not UTF-8) is
+    escaped like any other character, so no record can fail to encode and go unwritten."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def record_hash(record: dict[str, Any]) -> str:

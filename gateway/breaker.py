@@ -48,6 +48,13 @@ class Breaker:
     def success(self, key: str) -> None:
         self._states.pop(key, None)
 
+    def release(self, key: str) -> None:
+        """A call whose outcome says nothing about the vendor (the agent hung up): if it was the
+        half-open probe, the next call may probe at once; counts are left as they were."""
+        st = self._states.get(key)
+        if st is not None:
+            st.probe_at = None
+
     def failure(self, key: str) -> None:
         st = self._states.setdefault(key, _State())
         st.failures += 1

@@ -128,7 +128,8 @@ class Config(_Strict):
     upstream_ca: Path | None = None
     secrets: dict[str, str] = Field(default_factory=dict)
     stores: Stores = Stores()
-    max_body: Size = 2**20
+    max_body: Size = 2**20  # requests; the gateway refuses larger ones with 413 body_too_large
+    max_response_body: Size = 64 * 2**20  # vendor responses (embeddings batches exceed 1 MiB)
     timeouts: Timeouts = Timeouts()
     egress: Egress = Egress()
     breaker: Breaker = Breaker()

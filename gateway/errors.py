@@ -12,7 +12,10 @@ Messages name the rule and the field, never a raw value that could be PII or a s
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+
+from pydantic import ValidationError
 
 # code -> (HTTP status, one-line meaning). The README's table of refusal codes is generated from this.
 CODES: dict[str, tuple[int, str]] = {
@@ -41,6 +44,8 @@ CODES: dict[str, tuple[int, str]] = {
     # 429: quotas
     "rate_limited": (429, "the rule's rate limit is used up; see Retry-After"),
     "budget_exceeded": (429, "the rule's spend budget is used up; see Retry-After"),
+    # 499: the agent left; nothing can be sent back, the code is for the audit record
+    "client_closed": (499, "the agent closed the connection before the gateway answered"),
     # 404/409: API lookups and state changes
     "not_found": (404, "the API object does not exist (or is not the caller's)"),
     "conflict": (409, "the API object is not in a state that allows this (e.g. approval not pending)"),
@@ -99,3 +104,25 @@ class Refusal(Exception):
         }
         error.update(self.details)
         return json.dumps({"error": error}, separators=(",", ":")).encode()
+
+
+def describe(error: ValidationError, root: str = "body") -> str:
+    """`field.path: what is wrong` for the first problem, and how many more there are.
+
+    Pydantic's own messages name the constraint, never the input value, so they are safe to return.
+    """
+    first = error.errors()[0]
+    where = ".".join(_safe_name(p) for p in first["loc"]) or root
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+
+
+def _safe_name(part: object) -> str:
+    """A field name as it may appear in a message: names an agent invented (an unknown key, a
+    metadata key) can be anything, an e-mail address included, so those show as `?`."""
+    if isinstance(part, int) or (isinstance(part, str) and _NAME.fullmatch(part)):
+        return str(part)
+    return "?"

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from connectors import codecs
 from connectors.model import Action, Connector, Credential
 from connectors.registry import Registry, Route
-from gateway.errors import Refusal
+from gateway.errors import Refusal, describe
 from gateway.identity import Identity
 from gateway.policy_engine import Decision, PolicySet, RequestContext, Subject
 from gateway.secrets import Secrets
@@ -30,7 +30,14 @@ APPROVAL_HEADER = "x-egress-approval"
 CONFIDENCE_HEADER = "x-agent-confidence"
 # Never forwarded: proxy auth, upgrades (an upgraded connection would escape inspection), and the
 # headers that speak to the gateway itself.
-_NEVER_FORWARD = ("proxy-authorization", "proxy-connection", "upgrade", APPROVAL_HEADER, CONFIDENCE_HEADER)
+# Also never forwarded: what names the agent's own network or session (cookies, forwarding chains),
+# which no vendor API call needs and which would tell the vendor about the agent's side.
+_NEVER_FORWARD = (
+    "proxy-authorization", "proxy-connection", "upgrade", APPROVAL_HEADER, CONFIDENCE_HEADER,
+    "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
+)
+PATH_PARAMS = "_path"  # key of the path parameters among the parameters policies and approvals judge
+_ID_LIKE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def new_decision_id() -> str:
@@ -132,6 +139,8 @@ def check_path(path: str) -> None:
     here and is a different resource there. So dot segments (plain or encoded), encoded slashes
     and backslashes, control characters and double encoding (`%252e`) are refused outright.
     """
+    if any("\udc80" <= c <= "\udcff" for c in path):
+        raise Refusal("bad_request", "the path is not UTF-8")
     for segment in path.split("/"):
         decoded = unquote(segment)
         if _PCT.search(decoded):
@@ -139,6 +148,12 @@ def check_path(path: str) -> None:
         control = any(ord(c) < 0x20 or c == "\x7f" for c in decoded)
         if decoded in (".", "..") or "/" in decoded or "\\" in decoded or control:
             raise Refusal("bad_request", "the path has a dot segment, an encoded slash or a control character")
+
+
+def redact_path(path: str) -> str:
+    """The path as the audit records it: id-like segments (`pi_123`, `v1`) kept, anything else
+    (an agent can put an e-mail address in a path) shown as `…`."""
+    return "/".join(seg if not seg or _ID_LIKE.fullmatch(seg) else "…" for seg in path.split("/"))
 
 
 def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: str, path: str) -> Route | None:
@@ -151,7 +166,7 @@ def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: st
     owners = registry.connectors_for(host)
     raise Refusal(
         "unknown_action",
-        f"{method} {path} is no action of the connector for {host}",
+        f"{method} {redact_path(path)} is no action of the connector for {host}",
         connector=owners[0].name if owners else None,
     )
 
@@ -176,10 +191,7 @@ def validate(action: Action, body: bytes, query: str) -> dict[str, Any]:
     try:
         return action.request.model_validate(params).model_dump(mode="json", exclude_unset=True)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise Refusal("schema_violation", f"{where}: {first['msg']}{more}") from None
+        raise Refusal("schema_violation", describe(e)) from None
 
 
 def authorize(

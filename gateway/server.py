@@ -37,21 +37,41 @@ class _ApiServer(uvicorn.Server):
         yield
 
 
+# mitmproxy's options that make it a gateway rather than a debugging proxy (the bench's
+# "mitmproxy core" baseline runs with these too).
+FIXED_OPTIONS: dict[str, object] = {
+    "connection_strategy": "lazy",  # no upstream connection before a request is allowed
+    "http2": False,
+    "http3": False,
+    "websocket": False,  # an upgraded connection would escape per-request decisions
+    "rawtcp": False,  # non-HTTP bytes in a tunnel must never be relayed
+    "ssl_insecure": False,
+    "upstream_cert": False,  # our certificate for the vendor comes from SNI; no early dial
+}
+
+
+def mitmproxy_addons() -> list[object]:
+    """The few of mitmproxy's addons the gateway runs: its ~40 defaults would each see every hook."""
+    return [
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        disable_h2c.DisableH2C(),
+        errorcheck.ErrorCheck(),
+    ]
+
+
 def proxy_options(rt: Runtime) -> dict[str, object]:
     host, port = parse_hostport(rt.config.listen, "listen")
     return {
+        **FIXED_OPTIONS,
         "listen_host": host,
         "listen_port": port,
         "confdir": str(rt.state.ca_dir),
-        "connection_strategy": "lazy",  # no upstream connection before a request is allowed
-        "http2": False,
-        "http3": False,
-        "websocket": False,  # an upgraded connection would escape per-request decisions
-        "rawtcp": False,  # non-HTTP bytes in a tunnel must never be relayed
-        "ssl_insecure": False,
         "ssl_verify_upstream_trusted_ca": str(upstream_bundle(rt.state, rt.config.upstream_ca)),
-        "body_size_limit": str(rt.config.max_body),
-        "upstream_cert": False,  # our certificate for the vendor comes from SNI; no early dial
+        # mitmproxy has one limit for both directions; requests are held to max_body by the addon.
+        "body_size_limit": str(max(rt.config.max_body, rt.config.max_response_body)),
     }
 
 
@@ -59,16 +79,7 @@ async def serve(rt: Runtime) -> None:
     ca.ensure(rt.state)
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
     addon = Gateway(rt)
-    master.addons.add(
-        core.Core(),
-        proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
-        disable_h2c.DisableH2C(),
-        errorcheck.ErrorCheck(),
-        ClientDeadline(rt.config.timeouts.client),
-        addon,
-    )
+    master.addons.add(*mitmproxy_addons(), ClientDeadline(rt.config.timeouts.client), addon)
     master.options.update(**proxy_options(rt))
     api_host, api_port = parse_hostport(rt.config.api_listen, "api_listen")
     api = _ApiServer(uvicorn.Config(create_app(rt), host=api_host, port=api_port, log_level="warning", lifespan="off"))

@@ -312,9 +312,11 @@ class GatewayProcess:
         return self.state_dir / "audit.jsonl"
 
     def audit(self) -> list[dict[str, Any]]:
+        """The audit log's records, less the chain's own signature records."""
         if not self.audit_file.exists():
             return []
-        return [json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip()]
+        records = (json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip())
+        return [rec for rec in records if rec.get("type") != "signature"]
 
     def token(self, sub: str = "agent-1", role: str = "finance", scopes: tuple[str, ...] = ("*",), **kw: Any) -> str:
         from gateway import identity

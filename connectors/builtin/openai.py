@@ -91,9 +91,10 @@ CONNECTOR = Connector(
     ),
     actions=(
         Action("chat_completions", "POST", "/v1/chat/completions", ChatCompletions,
-               dlp_fields=("messages[*].content",), detokenize_response=True),
-        Action("embeddings", "POST", "/v1/embeddings", Embeddings, dlp_fields=("input",)),
+               dlp_fields=("messages[*].content", "messages[*].tool_calls[*].function.arguments", "user"),
+               detokenize_response=True),
+        Action("embeddings", "POST", "/v1/embeddings", Embeddings, dlp_fields=("input", "user")),
         Action("responses", "POST", "/v1/responses", Responses,
-               dlp_fields=("input", "instructions"), detokenize_response=True),
+               dlp_fields=("input", "instructions", "user"), detokenize_response=True),
     ),
 )

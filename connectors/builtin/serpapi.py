@@ -29,5 +29,5 @@ CONNECTOR = Connector(
     description="SerpAPI search",
     hosts=("serpapi.com",),
     credential=Credential(secret="serpapi", header=None, scheme=None, query_param="api_key"),
-    actions=(Action("search", "GET", "/search.json", Search, BodyEncoding.QUERY, dlp_fields=("q",)),),
+    actions=(Action("search", "GET", "/search.json", Search, BodyEncoding.QUERY, dlp_fields=("q", "location")),),
 )

@@ -67,7 +67,7 @@ CONNECTOR = Connector(
     name="stripe",
     description="Stripe payments API",
     hosts=("api.stripe.com",),
-    credential=Credential(secret="stripe", strip_headers=("authorization", "stripe-account")),
+    credential=Credential(secret="stripe", strip_headers=("authorization", "stripe-account", "stripe-context")),
     actions=(
         Action("create_payment_intent", "POST", "/v1/payment_intents", CreatePaymentIntent, _FORM,
                dlp_fields=("description", "receipt_email", "metadata.*")),

@@ -1,0 +1,139 @@
+"""Regressions from the security review: each test is an attack or accident that once got through."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clients import basic, client, error_of, raw_connect, read_response, tunnel_tls
+from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+
+EMAIL = "jane.doe@example.com"
+
+
+def test_agents_hanging_up_never_open_the_circuit(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    gw = make_gateway(vendor_settings(pki, vendor, breaker={"failures": 3, "reset": "30s"}))
+    vendor.delay = 1.0
+    for _ in range(5):
+        tls = tunnel_tls(gw, gw.token(scopes=("stripe:retrieve_balance",)), "api.stripe.com")
+        tls.sendall(b"GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+        time.sleep(0.2)  # the call is forwarded; then the agent hangs up before the answer
+        tls.close()
+    time.sleep(1.5)
+    vendor.delay = 0.0
+    with client(gw, gw.token(sub="bystander", scopes=("stripe:*",))) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+    closed = [r for r in gw.audit() if r.get("code") == "client_closed"]
+    assert len(closed) == 5
+
+
+def test_a_path_that_is_not_utf8_is_refused_and_audited(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
+    tls.sendall(b"GET /v1/payment_intents/pi_\xff HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+    resp = read_response(tls)
+    tls.close()
+    err = resp.error()
+    assert (resp.status, err["code"]) == (400, "bad_request")
+    assert any(r["decision_id"] == err["decision_id"] and r["code"] == "bad_request" for r in gateway.audit())
+    assert not vendor.received
+    assert gateway.cli("audit", "verify", check=False).returncode == 0
+
+
+def test_pii_in_a_path_stays_out_of_the_audit_and_messages(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    with client(gateway, gateway.token(scopes=("stripe:*",))) as c:
+        allowed = c.get(f"https://api.stripe.com/v1/payment_intents/{EMAIL}")
+        refused = c.get(f"https://api.stripe.com/v1/customers/search/{EMAIL}")
+        extra = c.post("https://api.stripe.com/v1/customers", data={f"{EMAIL}": "x"})
+    assert allowed.status_code == 200
+    assert error_of(refused)["code"] == "unknown_action" and EMAIL not in refused.text
+    assert error_of(extra)["code"] == "schema_violation" and EMAIL not in extra.text
+    ids = {r.headers["x-egress-decision-id"] for r in (allowed, refused, extra)}
+    records = [r for r in gateway.audit() if r["decision_id"] in ids]
+    assert records and EMAIL not in str(records)
+    assert {r["path"] for r in records} >= {"/v1/payment_intents/…", "/v1/customers/search/…"}
+
+
+def test_agent_side_headers_do_not_reach_the_vendor(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    headers = {"Stripe-Context": "acct_other", "Cookie": "session=abc", "X-Forwarded-For": "10.0.0.7",
+               "Forwarded": "for=10.0.0.7", "X-Real-IP": "10.0.0.7"}
+    with client(gateway, gateway.token(scopes=("stripe:*",))) as c:
+        assert c.get("https://api.stripe.com/v1/balance", headers=headers).status_code == 200
+    got = vendor.received[-1].headers
+    for name in headers:
+        assert name.lower() not in got
+
+
+def test_lower_case_methods_and_other_ports_are_refused(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
+    tls.sendall(b"get /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+    resp = read_response(tls)
+    tls.close()
+    assert (resp.status, resp.error()["code"]) == (400, "bad_request")
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(gateway.token()), port=8443)
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (403, "host_denied")
+    assert not vendor.received
+
+
+def test_api_unknown_routes_and_methods_answer_json(gateway: GatewayProcess) -> None:
+    missing = httpx.get(f"{gateway.api_url}/v1/nothing-here")
+    assert (missing.status_code, error_of(missing)["code"]) == (404, "not_found")
+    wrong = httpx.delete(f"{gateway.api_url}/v1/detokenize")
+    assert (wrong.status_code, error_of(wrong)["code"]) == (400, "bad_request")
+
+
+def test_a_response_larger_than_max_body_still_arrives(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    # 60 KB of "é" asks for an echo of ~360 KB (JSON escapes each as \\u00e9): over the session
+    # gateway's 64 KiB max_body, which limits requests, not responses.
+    body = {"model": "m", "input": "é" * 30_000}
+    with client(gateway, gateway.token(scopes=("openai:*",))) as c:
+        r = c.post("https://api.openai.com/v1/embeddings", json=body)
+    assert r.status_code == 200, r.text[:200]
+    assert len(r.content) > 64 * 1024
+
+
+def test_an_approval_is_bound_to_the_path(make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "confirm.yaml").write_text(
+        "version: 1\nsubjects: {roles: [finance]}\nrules:\n"
+        "  - {connector: stripe, actions: [confirm_payment_intent], approval: 'confidence < 0.7'}\n"
+    )
+    gw = make_gateway(vendor_settings(pki, vendor, policies=str(policies)))
+    confirm = "https://api.stripe.com/v1/payment_intents/{}/confirm"
+    with client(gw, gw.token(scopes=("stripe:*",))) as c:
+        small = error_of(c.post(confirm.format("pi_SMALL"), data={}))["approval_id"]
+        huge = error_of(c.post(confirm.format("pi_HUGE"), data={}))["approval_id"]
+        assert small != huge
+        gw.cli("approvals", "approve", small)
+        r = c.post(confirm.format("pi_HUGE"), data={}, headers={"X-Egress-Approval": small})
+        assert error_of(r)["code"] == "approval_required"
+        assert not vendor.received
+        assert c.post(confirm.format("pi_SMALL"), data={}, headers={"X-Egress-Approval": small}).status_code == 200
+    assert [x.path for x in vendor.received] == ["/v1/payment_intents/pi_SMALL/confirm"]
+
+
+@pytest.mark.parametrize(
+    ("url", "payload", "field"),
+    [
+        ("https://api.openai.com/v1/chat/completions",
+         {"model": "m", "user": EMAIL, "messages": [{"role": "user", "content": "hi"}]}, "user"),
+        ("https://api.openai.com/v1/chat/completions",
+         {"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": f'{{"email": "{EMAIL}"}}'}}]}]},
+         "tool call arguments"),
+    ],
+)
+def test_more_openai_fields_leave_tokenized(gateway: GatewayProcess, vendor: FakeVendor, url: str, payload: dict, field: str) -> None:
+    with client(gateway, gateway.token(scopes=("openai:*",))) as c:
+        assert c.post(url, json=payload).status_code == 200, field
+    assert EMAIL not in vendor.received[-1].body.decode() and "tok_EMAIL_ADDRESS_" in vendor.received[-1].body.decode()
+
+
+def test_serpapi_location_leaves_tokenized(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    with client(gateway, gateway.token(scopes=("serpapi:*",))) as c:
+        assert c.get("https://serpapi.com/search.json", params={"q": "weather", "location": f"near {EMAIL}"}).status_code == 200
+    assert "jane.doe" not in vendor.received[-1].path

@@ -3,8 +3,8 @@
 `mitmdump` loads some forty default addons (dumper, save, block, ...), and every hook of every
 request is dispatched to each of them; the gateway embeds mitmproxy with six. Measured here, that
 difference costs about as much as the gateway's addon does, so against mitmdump alone the addon's
-cost would be hidden. This process runs the addon list of `gateway.server.serve` (keep the two in
-step) and the options of `OPTIONS`, which the mitmdump baseline gets too.
+cost would be hidden. This process runs the gateway's own mitmproxy addons and fixed options
+(`gateway.server.mitmproxy_addons`, `FIXED_OPTIONS`), which the mitmdump baseline gets too.
 
     python -m bench.mitm_core --port P --upstream HOST:PORT --confdir DIR --upstream-ca FILE
 """
@@ -15,35 +15,17 @@ import argparse
 import asyncio
 
 from mitmproxy import options
-from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from bench.mitm_route import Route
+from gateway.server import FIXED_OPTIONS, mitmproxy_addons
 
-# The proxy options `gateway.server.proxy_options` sets, less those that name files or ports.
-OPTIONS: dict[str, object] = {
-    "connection_strategy": "lazy",
-    "http2": False,
-    "http3": False,
-    "websocket": False,
-    "rawtcp": False,
-    "ssl_insecure": False,
-    "upstream_cert": False,
-    "body_size_limit": str(2**20),
-}
+OPTIONS: dict[str, object] = {**FIXED_OPTIONS, "body_size_limit": str(2**20)}
 
 
 async def serve(port: int, upstream: str, confdir: str, upstream_ca: str) -> None:
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
-    master.addons.add(
-        core.Core(),
-        proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
-        disable_h2c.DisableH2C(),
-        errorcheck.ErrorCheck(),
-        Route(),
-    )
+    master.addons.add(*mitmproxy_addons(), Route())
     master.options.update(
         listen_host="127.0.0.1",
         listen_port=port,

@@ -30,7 +30,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from gateway.errors import Refusal
+from gateway.errors import Refusal, describe
 from sandbox.cache import write_private
 from sandbox.manifest import ToolManifest, verify_signature
 from sandbox.registry import MANIFEST_FILE, Tool, ToolRegistry
@@ -52,9 +52,7 @@ def register(
     try:
         manifest = ToolManifest.model_validate(manifest_data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        raise Refusal("schema_violation", f"manifest.{where}: {first['msg']}") from None
+        raise Refusal("schema_violation", f"the manifest's {describe(e, root='document')}") from None
     if hashlib.sha256(module).hexdigest() != manifest.sha256:
         raise Refusal("sandbox_hash_mismatch", f"the module does not match the manifest's sha256 (tool {manifest.name!r})")
     reason = verify_signature(manifest, dict(trusted_publishers), require_signature)

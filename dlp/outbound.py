@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from connectors import fieldpath
+from gateway.errors import Refusal
 from dlp.engine import Finding, PiiEngine
 from dlp.tokens import TOKEN_RE
 from dlp.vault import Entry, Vault
@@ -89,9 +90,15 @@ class _Leaf:
 
 
 def _string_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple[tuple[fieldpath.Key, ...], str]]:
-    """Every string under `node`: a field may hold a string, a list of strings or content parts."""
+    """Every string under `node`: a field may hold a string, a list of strings or content parts.
+
+    Numbers are read as their text too: a card number sent as a JSON number is still a card
+    number (if it is PII, its token, a string, takes its place).
+    """
     if isinstance(node, str):
         yield keys, node
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield keys, str(node)
     elif isinstance(node, list):
         for i, item in enumerate(node):
             yield from _string_leaves(item, keys + (i,))
@@ -143,6 +150,10 @@ class Tokenizer:
         summary = TokenizeSummary(fields_scanned=len(leaves))
         if not leaves or not entities:
             return summary
+        names = sorted({k for path in fields for m in fieldpath.select(body, path) for k in _names(m, path)})
+        if names and any(await self._analyze_all(names, entities, scope, TokenizeSummary())):
+            # A token cannot stand in for a name without changing the body's shape; refuse instead.
+            raise Refusal("malformed_body", "a parameter name in a DLP field holds personal data; send it as a value")
         replaced = await self._tokenize_texts([leaf.text for leaf in leaves], entities, scope, summary, issued)
         for leaf, new_text in zip(leaves, replaced, strict=True):
             if new_text != leaf.text:
@@ -220,6 +231,20 @@ class Tokenizer:
             h.update(p.encode("utf-8", "surrogatepass"))
             h.update(b"\x00")
         return h.digest()
+
+
+def _names(match: fieldpath.Match, path: str) -> Iterator[str]:
+    """The names an agent chose within a DLP field: keys a `*` matched, and keys inside the value."""
+    if fieldpath.parse(path)[-1] == fieldpath.WILDCARD and match.keys and isinstance(match.keys[-1], str):
+        yield match.keys[-1]
+    stack = [match.value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield from (k for k in node if isinstance(k, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _outside_tokens(text: str, findings: tuple[Finding, ...]) -> tuple[Finding, ...]:

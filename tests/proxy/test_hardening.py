@@ -137,3 +137,17 @@ def test_serpapi_location_leaves_tokenized(gateway: GatewayProcess, vendor: Fake
     with client(gateway, gateway.token(scopes=("serpapi:*",))) as c:
         assert c.get("https://serpapi.com/search.json", params={"q": "weather", "location": f"near {EMAIL}"}).status_code == 200
     assert "jane.doe" not in vendor.received[-1].path
+
+
+def test_pii_as_a_number_or_a_name_never_leaves_raw(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    card = 4111111111111111
+    content = [{"type": "text", "text": "pay with"}, {"type": "text", "text": card}]
+    with client(gateway, gateway.token(scopes=("openai:*", "stripe:*"))) as c:
+        r = c.post("https://api.openai.com/v1/chat/completions",
+                   json={"model": "m", "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 200
+        assert str(card) not in vendor.received[-1].body.decode() and "tok_CREDIT_CARD_" in vendor.received[-1].body.decode()
+        sent = len(vendor.received)
+        r = c.post("https://api.stripe.com/v1/customers", data={f"metadata[{EMAIL}]": "x"})
+    assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
+    assert EMAIL not in r.text and len(vendor.received) == sent

@@ -6,6 +6,7 @@ here, so the end-of-session leak check greps for exactly what was used.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,13 @@ def retire(gw: GatewayProcess) -> None:
 
 
 def agent(gw: GatewayProcess, role: str, sub: str | None = None, **kw: Any) -> str:
-    return gw.token(sub=sub or f"{role}-1", role=role, tenant="chaos", scopes=("*",), **kw)
+    """A token for `role`. Quotas are per agent and a Redis store can outlive a test, so every
+    token gets an agent id of its own run (`sub` names it; the suffix keeps it unique)."""
+    name = f"{sub or role}-{_RUN}"
+    return gw.token(sub=name, role=role, tenant="chaos", scopes=("*",), **kw)
+
+
+_RUN = uuid.uuid4().hex[:8]
 
 
 def client(gw: GatewayProcess, token: str, timeout: float = 20, **kw: Any) -> httpx.Client:

@@ -141,8 +141,10 @@ class Tokenizer:
         """
         seen: set[tuple[fieldpath.Key, ...]] = set()
         leaves: list[_Leaf] = []
+        names: set[str] = set()
         for path in fields:
             for match in fieldpath.select(body, path):
+                names.update(_names(match, path))
                 for keys, text in _string_leaves(match.value, match.keys):
                     if keys not in seen:
                         seen.add(keys)
@@ -150,8 +152,7 @@ class Tokenizer:
         summary = TokenizeSummary(fields_scanned=len(leaves))
         if not leaves or not entities:
             return summary
-        names = sorted({k for path in fields for m in fieldpath.select(body, path) for k in _names(m, path)})
-        if names and any(await self._analyze_all(names, entities, scope, TokenizeSummary())):
+        if names and any(await self._analyze_all(sorted(names), entities, scope, TokenizeSummary())):
             # A token cannot stand in for a name without changing the body's shape; refuse instead.
             raise Refusal("malformed_body", "a parameter name in a DLP field holds personal data; send it as a value")
         replaced = await self._tokenize_texts([leaf.text for leaf in leaves], entities, scope, summary, issued)

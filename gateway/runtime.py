@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
-    @property
+    @cached_property
     def allow_hosts(self) -> frozenset[str]:
         return frozenset(h.lower().rstrip(".") for h in self.config.egress.allow)
 

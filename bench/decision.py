@@ -26,16 +26,17 @@ from urllib.parse import urlencode
 
 from connectors import registry as connector_registry
 from connectors.registry import Route
-from gateway import identity, pipeline
-from gateway.audit import AuditLog
-from gateway.breaker import Breaker
+from gateway.identity import tokens as identity
+from gateway.pipeline import steps as pipeline
+from gateway.audit.log import AuditLog
+from gateway.pipeline.breaker import Breaker
 from gateway.config import Config
-from gateway.egress import Resolver
-from gateway.pipeline import Call
-from gateway.policy_engine import Decision
-from gateway.policy_store import PolicyStore
-from gateway.quota import Quotas
-from gateway.revocation import Revocations
+from gateway.pipeline.egress import Resolver
+from gateway.pipeline.steps import Call
+from gateway.policy.engine import Decision
+from gateway.policy.store import PolicyStore
+from gateway.pipeline.quota import Quotas
+from gateway.identity.revocation import Revocations
 from gateway.secrets import Secrets
 from tests.fakes import VENDOR_ENV
 

@@ -4,7 +4,7 @@
 request is dispatched to each of them; the gateway embeds mitmproxy with six. Measured here, that
 difference costs about as much as the gateway's addon does, so against mitmdump alone the addon's
 cost would be hidden. This process runs the gateway's own mitmproxy addons and fixed options
-(`gateway.server.mitmproxy_addons`, `FIXED_OPTIONS`), which the mitmdump baseline gets too.
+(`gateway.proxy.server.mitmproxy_addons`, `FIXED_OPTIONS`), which the mitmdump baseline gets too.
 
     python -m bench.mitm_core --port P --upstream HOST:PORT --confdir DIR --upstream-ca FILE
 """
@@ -18,7 +18,7 @@ from mitmproxy import options
 from mitmproxy.master import Master
 
 from bench.mitm_route import Route
-from gateway.server import FIXED_OPTIONS, mitmproxy_addons
+from gateway.proxy.server import FIXED_OPTIONS, mitmproxy_addons
 
 OPTIONS: dict[str, object] = {**FIXED_OPTIONS, "body_size_limit": str(2**20)}
 

@@ -13,22 +13,22 @@ import certifi
 
 from connectors import registry as connector_registry
 from connectors.registry import Registry
-from gateway.approvals import ApprovalStore
-from gateway.audit import AuditLog
-from gateway.breaker import Breaker
+from gateway.policy.approvals import ApprovalStore
+from gateway.audit.log import AuditLog
+from gateway.pipeline.breaker import Breaker
 from gateway.config import Config
-from gateway.dlp_step import Dlp
-from gateway.egress import Resolver
+from gateway.pipeline.dlp import Dlp
+from gateway.pipeline.egress import Resolver
 from gateway.errors import Refusal
-from gateway.identity import SigningKey, Verifier, load_or_create_key
+from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
-from gateway.policy_load import PolicyLoadError
-from gateway.policy_store import PolicyStore
-from gateway.quota import Quotas
-from gateway.revocation import Revocations
+from gateway.policy.load import PolicyLoadError
+from gateway.policy.store import PolicyStore
+from gateway.pipeline.quota import Quotas
+from gateway.identity.revocation import Revocations
 from gateway.secrets import Secrets
 from gateway.state import StateDir
-from gateway.tools import Tools
+from gateway.sandbox_service import Tools
 
 log = logging.getLogger(__name__)
 RECENT_DECISIONS = 1000

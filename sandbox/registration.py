@@ -1,6 +1,6 @@
 """Register a tool at run time: check a manifest and its module's bytes, then keep both on disk.
 
-`POST /v1/tools` (gateway/tools.py) calls `register`, which checks, in this order, and refuses at the
+`POST /v1/tools` (gateway/sandbox_service.py) calls `register`, which checks, in this order, and refuses at the
 first failure without writing anything:
 1. the manifest is valid (`schema_violation`);
 2. the module's sha256 is the manifest's (`sandbox_hash_mismatch`, before anything is compiled);

@@ -319,7 +319,7 @@ class GatewayProcess:
         return [rec for rec in records if rec.get("type") != "signature"]
 
     def token(self, sub: str = "agent-1", role: str = "finance", scopes: tuple[str, ...] = ("*",), **kw: Any) -> str:
-        from gateway import identity
+        from gateway.identity import tokens as identity
 
         key = identity.load_or_create_key(self.state_dir / "signing-key.pem")
         kw.setdefault("ttl", 600)

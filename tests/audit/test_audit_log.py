@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit import AuditLog, record_hash, verify
-from gateway.policy_report import format_report, report_file
+from gateway.audit.log import AuditLog, record_hash, verify
+from gateway.policy.report import format_report, report_file
 
 KEY = Ed25519PrivateKey.generate()
 PUB = KEY.public_key()
@@ -136,7 +136,7 @@ import sys, time
 from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from gateway.audit import AuditLog
+from gateway.audit.log import AuditLog
 key = load_pem_private_key(Path(sys.argv[2]).read_bytes(), None)
 log = AuditLog(Path(sys.argv[1]), key, sign_every=50)
 print("ready", flush=True)

@@ -1,7 +1,7 @@
 """Section 1: each upstream fault on its own ends in its documented refusal, or the vendor's answer.
 
 A fault-injecting vendor (tests/chaos/faults.py) stands behind a real gateway process. The gateway
-never retries (see gateway/addon.py): a call reaches the vendor at most once, whatever its method
+never retries (see gateway/proxy/addon.py): a call reaches the vendor at most once, whatever its method
 and whether or not it carries an Idempotency-Key, so the vendor's request count is checked too.
 """
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from policy_helpers import lookup, write
 
-from gateway.policy_engine import PolicySet
-from gateway.policy_load import load_policy_set
+from gateway.policy.engine import PolicySet
+from gateway.policy.load import load_policy_set
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.approvals import ApprovalError, ApprovalStore, request_digest
+from gateway.policy.approvals import ApprovalError, ApprovalStore, request_digest
 from gateway.errors import Refusal
-from gateway.policy_engine import PolicySet, Subject
+from gateway.policy.engine import PolicySet, Subject
 
 FIN = Subject("fin-01", "finance", "acme")
 POLICY = """

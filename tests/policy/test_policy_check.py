@@ -8,7 +8,7 @@ import pytest
 from policy_helpers import lookup, write
 
 from connectors.builtin import openai, serpapi, stripe
-from gateway.policy_load import PolicyLoadError, check_paths, load_policy_set
+from gateway.policy.load import PolicyLoadError, check_paths, load_policy_set
 
 GOOD = """
 version: 1

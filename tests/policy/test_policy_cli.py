@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from policy_helpers import lookup, write
 
-from gateway.approvals import ApprovalStore
-from gateway.audit import AuditLog
-from gateway.policy_cli import add_approvals_commands, add_audit_commands, add_policy_commands
+from gateway.policy.approvals import ApprovalStore
+from gateway.audit.log import AuditLog
+from gateway.cli.policy import add_approvals_commands, add_audit_commands, add_policy_commands
 
 KEY = Ed25519PrivateKey.generate()
 POLICY = """

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.policy_engine import DlpPolicy, PolicySet, RequestContext, Subject
+from gateway.policy.engine import DlpPolicy, PolicySet, RequestContext, Subject
 
 FIN = Subject("fin-01", "finance", "acme")
 NOON = RequestContext(now=datetime(2025, 3, 5, 12, 0, tzinfo=UTC), confidence=0.9)

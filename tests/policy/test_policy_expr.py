@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.expr import Env, ExpressionError, Unknown, compile_expression
+from gateway.policy.expr import Env, ExpressionError, Unknown, compile_expression
 
 
 def ev(src: str, params: object = None, **context: object) -> bool:

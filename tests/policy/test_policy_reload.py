@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from policy_helpers import lookup, write
 
-from gateway.policy_engine import Subject
-from gateway.policy_load import PolicyLoadError
-from gateway.policy_store import PolicyStore
+from gateway.policy.engine import Subject
+from gateway.policy.load import PolicyLoadError
+from gateway.policy.store import PolicyStore
 
 FIN = Subject("fin-01", "finance")
 V1 = """
@@ -40,7 +40,7 @@ def test_invalid_edit_keeps_the_last_good_set(policy_dir: Path, caplog: pytest.L
     store = PolicyStore(policy_dir, lookup)
     good = store.current
     write(policy_dir, "f.yaml", V1.replace("max: 100", "maxx: 100"))
-    with caplog.at_level(logging.ERROR, logger="gateway.policy_store"):
+    with caplog.at_level(logging.ERROR, logger="gateway.policy.store"):
         store.poll()
         store.poll()
         store.poll()

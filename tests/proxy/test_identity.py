@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import identity
+from gateway.identity import tokens as identity
 from tests.clients import basic, client, error_of, raw_connect
 from tests.fakes import FakeVendor, GatewayProcess, vendor_settings
 

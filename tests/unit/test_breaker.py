@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.breaker import Breaker
+from gateway.pipeline.breaker import Breaker
 from gateway.errors import Refusal
 
 

@@ -7,7 +7,8 @@ import ipaddress
 
 import pytest
 
-from gateway import egress, pipeline
+from gateway.pipeline import egress
+from gateway.pipeline import steps as pipeline
 from gateway.errors import Refusal
 
 

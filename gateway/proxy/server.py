@@ -18,12 +18,12 @@ from mitmproxy import options
 from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from gateway import ca
-from gateway.addon import Gateway
-from gateway.api import create_app
-from gateway.client_deadline import ClientDeadline
+from gateway.proxy import ca
+from gateway.proxy.addon import Gateway
+from gateway.api.app import create_app
+from gateway.proxy.client_deadline import ClientDeadline
 from gateway.config import parse_hostport
-from gateway.mitm_compat import HeadLimit
+from gateway.proxy.mitm_compat import HeadLimit
 from gateway.runtime import Runtime, upstream_bundle
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ import contextlib
 import logging
 from pathlib import Path
 
-from gateway.policy_engine import PolicySet
-from gateway.policy_load import (
+from gateway.policy.engine import PolicySet
+from gateway.policy.load import (
     ConnectorLookup,
     PolicyLoadError,
     build_policy_set,

@@ -20,12 +20,12 @@ from starlette.routing import Route
 
 from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
-from gateway.approvals import ApprovalError
-from gateway.dlp_step import scope_of
+from gateway.policy.approvals import ApprovalError
+from gateway.pipeline.dlp import scope_of
 from gateway.errors import Refusal, describe
-from gateway.tools import RegisterRequest, RunRequest
-from gateway.identity import Identity
-from gateway.pipeline import Call
+from gateway.sandbox_service import RegisterRequest, RunRequest
+from gateway.identity.tokens import Identity
+from gateway.pipeline.steps import Call
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)

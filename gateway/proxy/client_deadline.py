@@ -20,7 +20,7 @@ import logging
 
 from mitmproxy import connection, http
 
-from gateway.mitm_compat import abort_client_connection
+from gateway.proxy.mitm_compat import abort_client_connection
 
 log = logging.getLogger(__name__)
 

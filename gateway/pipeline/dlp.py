@@ -21,8 +21,8 @@ from dlp.outbound import Tokenizer, scope_key
 from dlp.sync import ImmediateVault, stream_function
 from dlp.vault import Entry, SqliteVault, StoreUnavailable, Vault, open_vault
 from gateway.errors import Refusal
-from gateway.identity import Identity
-from gateway.policy_engine import DlpPolicy, PolicySet, Subject
+from gateway.identity.tokens import Identity
+from gateway.policy.engine import DlpPolicy, PolicySet, Subject
 from gateway.state import StateDir
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from limits.storage import storage_from_string
 
 from connectors import fieldpath
 from gateway.errors import Refusal
-from gateway.policy_engine import Decision, Finding, MatchedRule
+from gateway.policy.engine import Decision, Finding, MatchedRule
 
 log = logging.getLogger(__name__)
 

@@ -32,14 +32,14 @@ from mitmproxy.proxy import server_hooks
 
 from connectors import codecs
 from connectors.model import Action, BodyEncoding
-from gateway import pipeline
-from gateway.dlp_step import CallDlp, scope_of
-from gateway.api import ADMIN_ROLE
+from gateway.pipeline import steps as pipeline
+from gateway.pipeline.dlp import CallDlp, scope_of
+from gateway.api.app import ADMIN_ROLE
 from gateway.errors import Refusal
-from gateway.identity import Identity, token_from_proxy_authorization
-from gateway.mitm_compat import ErrorPages, abort_server_connection
-from gateway.pipeline import Call
-from gateway.policy_engine import PolicySet
+from gateway.identity.tokens import Identity, token_from_proxy_authorization
+from gateway.proxy.mitm_compat import ErrorPages, abort_server_connection
+from gateway.pipeline.steps import Call
+from gateway.policy.engine import PolicySet
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)

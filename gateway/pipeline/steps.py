@@ -1,6 +1,6 @@
 """The decision steps of one call, as plain functions over plain values.
 
-The mitmproxy addon (`gateway.addon`) reads a flow into these arguments and applies the results;
+The mitmproxy addon (`gateway.proxy.addon`) reads a flow into these arguments and applies the results;
 nothing here touches mitmproxy, so every step is testable and benchmarkable on its own. A step
 refuses by raising `Refusal`; the order is the order of ../shared/DESIGN.md section 1.
 """
@@ -21,8 +21,8 @@ from connectors import codecs
 from connectors.model import Action, Connector, Credential
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
-from gateway.identity import Identity
-from gateway.policy_engine import Decision, PolicySet, RequestContext, Subject
+from gateway.identity.tokens import Identity
+from gateway.policy.engine import Decision, PolicySet, RequestContext, Subject
 from gateway.secrets import Secrets
 
 PASSTHROUGH = "passthrough"

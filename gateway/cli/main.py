@@ -16,10 +16,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import sandbox.cli
-from gateway import ca, config, identity, policy_cli
-from gateway.approvals import ApprovalStore
+from gateway.proxy import ca
+from gateway import config
+from gateway.identity import tokens as identity
+from gateway.cli import policy as policy_cli
+from gateway.policy.approvals import ApprovalStore
 from gateway.config import Config, ConfigError, parse_duration
-from gateway.revocation import Revocations
+from gateway.identity.revocation import Revocations
 from gateway.state import StateDir
 
 
@@ -66,7 +69,8 @@ def _lookup(name: str) -> object:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from gateway import runtime, server
+    from gateway import runtime
+    from gateway.proxy import server
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("mitmproxy", "presidio-analyzer"):  # one line per loaded recognizer otherwise

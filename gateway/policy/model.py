@@ -24,7 +24,7 @@ from limits import RateLimitItem, parse_many
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from connectors import fieldpath
-from gateway.expr import Expression, ExpressionError, compile_expression
+from gateway.policy.expr import Expression, ExpressionError, compile_expression
 
 Mode = Literal["enforce", "shadow"]
 Scalar = str | int | float | bool

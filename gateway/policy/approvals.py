@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import Refusal
-from gateway.policy_engine import Decision
+from gateway.policy.engine import Decision
 
 DEFAULT_TTL = 15 * 60.0
 STATES = ("pending", "approved", "denied", "expired", "used")

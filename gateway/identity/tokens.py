@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.errors import Refusal
-from gateway.revocation import Revocations
+from gateway.identity.revocation import Revocations
 from gateway.state import write_private
 
 ISSUER = "egress-gateway"

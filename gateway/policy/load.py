@@ -24,9 +24,9 @@ import yaml
 from pydantic import ValidationError
 
 from connectors.model import Action, Connector
-from gateway.expr import CONTEXT_NAMES
-from gateway.policy_engine import LoadedFile, PolicySet
-from gateway.policy_model import PolicyFile, Rule
+from gateway.policy.expr import CONTEXT_NAMES
+from gateway.policy.engine import LoadedFile, PolicySet
+from gateway.policy.model import PolicyFile, Rule
 
 ConnectorLookup = Callable[[str], Connector | None]
 

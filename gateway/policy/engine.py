@@ -17,7 +17,7 @@ How files and rules combine (deny-overrides, order-independent):
   only when every file applying to the agent is in shadow mode. Enforced findings always win.
 
 Approval conditions that cannot be evaluated (a missing field, a missing `X-Agent-Confidence`)
-count as true: the call needs approval (fail closed; see `gateway.expr`).
+count as true: the call needs approval (fail closed; see `gateway.policy.expr`).
 
 Messages name the rule, the field and the constraint; numbers (amounts) are shown, string values
 never are, since they may be PII.
@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from connectors import fieldpath
 from gateway.errors import Refusal
-from gateway.expr import Env, Unknown, same_value
-from gateway.policy_model import Mode, ParamRule, PolicyFile, Rule
+from gateway.policy.expr import Env, Unknown, same_value
+from gateway.policy.model import Mode, ParamRule, PolicyFile, Rule
 
 Outcome = Literal["allow", "deny", "approval_required"]
 

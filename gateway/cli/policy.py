@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.approvals import ApprovalError, ApprovalStore
-from gateway.audit import verify
-from gateway.policy_engine import RequestContext, Subject
-from gateway.policy_load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
-from gateway.policy_report import format_report, report_file
+from gateway.policy.approvals import ApprovalError, ApprovalStore
+from gateway.audit.log import verify
+from gateway.policy.engine import RequestContext, Subject
+from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
+from gateway.policy.report import format_report, report_file
 
 T = TypeVar("T")
 Resolver = Callable[[argparse.Namespace], T]

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from gateway.errors import ConfigError
 
 Key = str | int
 WILDCARD = "*"
@@ -22,7 +23,7 @@ WILDCARD = "*"
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\*|\d+)\]|(\.)")
 
 
-class PathSyntaxError(ValueError):
+class PathSyntaxError(ConfigError):
     """A path that does not follow the syntax above."""
 
 

@@ -18,6 +18,15 @@ from pydantic import BaseModel
 from connectors import fieldpath
 
 
+def canonical_host(name: str) -> str:
+    """A host name as the gateway compares it: lower case, without the root's trailing dot.
+
+    Every comparison of host names (claims, routes, the CONNECT target against Host and SNI, the
+    egress allowlist, `upstreams:`) goes through this one function, so `API.Stripe.com.` can never
+    pass one check as a different name than another check saw."""
+    return name.lower().rstrip(".")
+
+
 class BodyEncoding(str, Enum):
     """How an action's parameters travel."""
 
@@ -110,7 +119,7 @@ class Connector:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_-]*", self.name):
             raise ValueError(f"connector name {self.name!r}: use lowercase letters, digits, _ and -")
-        object.__setattr__(self, "hosts", tuple(h.lower().rstrip(".") for h in self.hosts))
+        object.__setattr__(self, "hosts", tuple(canonical_host(h) for h in self.hosts))
         by_name: dict[str, Action] = {}
         routes: dict[tuple[str, str], str] = {}
         for a in self.actions:

@@ -12,12 +12,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from connectors.model import Action, Connector
+from connectors.model import Action, Connector, canonical_host
+from gateway.errors import ConfigError
 
 GROUP = "egress_gateway.connectors"
 
 
-class RegistryError(ValueError):
+class RegistryError(ConfigError):
     """A connector that cannot be registered (clash, bad reference, wrong type)."""
 
 
@@ -58,13 +59,13 @@ class Registry:
         return self._by_name.get(name)
 
     def claims(self, host: str) -> bool:
-        return host.lower().rstrip(".") in self._by_host
+        return canonical_host(host) in self._by_host
 
     def connectors_for(self, host: str) -> list[Connector]:
-        return list(self._by_host.get(host.lower().rstrip("."), []))
+        return list(self._by_host.get(canonical_host(host), []))
 
     def route(self, host: str, method: str, path: str) -> Route | None:
-        for connector in self._by_host.get(host.lower().rstrip("."), []):
+        for connector in self._by_host.get(canonical_host(host), []):
             found = connector.route(method, path)
             if found is not None:
                 return Route(connector, *found)

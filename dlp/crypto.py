@@ -25,16 +25,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from gateway.errors import ConfigError, IntegrityError
 
 KEY_FILE = "dlp.key"
 NONCE_BYTES = 12
 
 
-class VaultKeyError(ValueError):
+class VaultKeyError(ConfigError):
     """The configured vault key is missing, unreadable or not 32 bytes of base64."""
 
 
-class SealError(Exception):
+class SealError(IntegrityError):
     """A ciphertext did not authenticate: wrong key, or a row moved to another token or scope."""
 
 

@@ -44,9 +44,10 @@ from presidio_analyzer.predefined_recognizers import (
 from spacy.tokens import Doc
 
 from dlp.config import NER_ENTITIES, DlpConfig
+from gateway.errors import ConfigError
 
 
-class EngineConfigError(ValueError):
+class EngineConfigError(ConfigError):
     """The `dlp:` configuration cannot be turned into an engine (e.g. a model that is not installed)."""
 
 

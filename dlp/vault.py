@@ -29,12 +29,11 @@ from typing import Protocol
 
 from dlp.crypto import Sealer, SealError
 from dlp.tokens import new_token, token_type
+from gateway.errors import ConfigError, StoreUnavailable
 
 SQLITE_FILE = "vault.sqlite3"
 
 
-class StoreUnavailable(Exception):
-    """The vault could not be read or written; map to the refusal `store_unavailable`."""
 
 
 @dataclass(frozen=True)
@@ -198,4 +197,4 @@ def open_vault(uri: str | None, state_dir: Path, sealer: Sealer, ttl: float) -> 
         from dlp.vault_redis import RedisVault
 
         return RedisVault.from_url(uri, sealer, ttl)
-    raise ValueError("dlp.vault must be sqlite:///PATH or redis://HOST:PORT/DB")
+    raise ConfigError("dlp.vault must be sqlite:///PATH or redis://HOST:PORT/DB")

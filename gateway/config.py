@@ -14,9 +14,11 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
+from connectors.model import canonical_host
 from dlp.config import DlpConfig
 from sandbox.manifest import Limits
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from gateway.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -24,8 +26,6 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and why."""
 
 
 def parse_duration(value: Any) -> float:
@@ -150,7 +150,7 @@ class Config(_Strict):
             u = urlsplit(target)
             if u.scheme != "https" or not u.hostname or u.path not in ("", "/"):
                 raise ValueError(f"upstreams.{host}: expected https://HOST[:PORT], got {target!r}")
-        return {h.lower().rstrip("."): t for h, t in v.items()}
+        return {canonical_host(h): t for h, t in v.items()}
 
     @field_validator("secrets")
     @classmethod
@@ -166,7 +166,7 @@ class Config(_Strict):
 
     def upstream_address(self, host: str) -> tuple[str, int] | None:
         """Where `upstreams:` routes `host` on purpose, or None for normal DNS."""
-        target = self.upstreams.get(host.lower().rstrip("."))
+        target = self.upstreams.get(canonical_host(host))
         if target is None:
             return None
         u = urlsplit(target)

@@ -1,12 +1,36 @@
-"""Every refusal the gateway can give, in one closed set.
+"""Every refusal the gateway can give, in one closed set, and every error it raises, in one tree.
 
 Agents and operators match on `code`, so the set is closed and lives here alone (as httpx keeps its
 whole exception tree at the top of one module). A step refuses by raising `Refusal(code, message)`;
-the proxy addon and the API turn it into the contract's JSON body:
+every surface (proxy, API, sandbox host calls) turns it into the contract's JSON with `to_http`:
 
     {"error": {"code": ..., "message": ..., "decision_id": ..., "connector": ..., "action": ...}}
 
 Messages name the rule and the field, never a raw value that could be PII or a secret.
+
+The exception tree. Everything the gateway raises on purpose derives from `GatewayError`, so a
+caller that must not crash (start-up, reload, a request) catches exactly that, never `ValueError`:
+
+    GatewayError
+    ├── Refusal              a call refused: a code of CODES, answered as the JSON error
+    ├── ConfigError          config, connectors, policies, manifests, keys: refuse to start / reload
+    │   ├── RegistryError        connectors/registry.py
+    │   ├── PathSyntaxError      connectors/fieldpath.py
+    │   ├── ExpressionError      gateway/policy/expr.py
+    │   ├── PolicyLoadError      gateway/policy/load.py
+    │   ├── ManifestError        sandbox/manifest.py
+    │   ├── VaultKeyError        dlp/crypto.py
+    │   └── EngineConfigError    dlp/engine.py
+    ├── StoreUnavailable     a store a decision needs is down or too slow: `store_unavailable`
+    │   ├── StoreFailure         gateway/pipeline/quota.py (rates and budgets)
+    │   └── AuditError           gateway/audit/log.py (the log cannot be written or continued)
+    ├── IntegrityError       sealed or signed data does not verify (dlp/crypto.py SealError)
+    ├── ApprovalError        gateway/policy/approvals.py (unknown, used, expired, mismatched)
+    ├── SandboxError         sandbox/: AbiError, CompileError, BuildError
+    └── CliError             gateway/cli: a user-facing failure, one line, exit 2
+
+Pydantic validators raise `ValueError`, as pydantic requires, and `ConfigError` is one; the
+loaders turn them into `ConfigError`s with file and line.
 """
 
 from __future__ import annotations
@@ -69,8 +93,52 @@ CODES: dict[str, tuple[int, str]] = {
 }
 
 
+class GatewayError(Exception):
+    """The root of everything the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError, ValueError):
+    """A configuration (or connector, policy, manifest, key) that cannot be used; the message says
+    which key and why. At start the gateway refuses to run; on reload the last good one serves.
+
+    Also a `ValueError`, so the pydantic validators that parse field paths and expressions report
+    it as an input error with its location."""
+
+
+class StoreUnavailable(GatewayError):
+    """A store a decision needs (vault, quota store, audit log) failed: the call is refused."""
+
+
+class IntegrityError(GatewayError):
+    """Sealed or signed data did not verify: treated as absent, never as valid."""
+
+
+class ApprovalError(GatewayError):
+    """An approval cannot be used or changed (unknown, used, expired, or for other parameters)."""
+
+
+class SandboxError(GatewayError):
+    """A tool could not be built, compiled or run for a reason that is not the caller's request."""
+
+
+class CliError(GatewayError):
+    """A user-facing command-line failure: printed as one line, exit status 2."""
+
+
+DECISION_HEADER = "X-Egress-Decision-Id"
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """A refusal as any HTTP surface writes it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
 @dataclass
-class Refusal(Exception):
+class Refusal(GatewayError):
     """A decision to refuse the call, raised by any pipeline step.
 
     `headers` carries extras such as `Retry-After`; `details` carries extra JSON fields of the error
@@ -86,7 +154,7 @@ class Refusal(Exception):
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
-            raise ValueError(f"unknown refusal code {self.code!r}; add it to gateway/errors.py CODES")
+            raise TypeError(f"unknown refusal code {self.code!r}; add it to gateway/errors.py CODES")
         super().__init__(f"{self.code}: {self.message}")
 
     @property
@@ -104,6 +172,21 @@ class Refusal(Exception):
         }
         error.update(self.details)
         return json.dumps({"error": error}, separators=(",", ":")).encode()
+
+    def to_http(self, decision_id: str, *, proxy: bool = True) -> HttpAnswer:
+        """The one rendering of a refusal for every surface.
+
+        The proxy answers identity failures 407 with `Proxy-Authenticate`; an API (`proxy=False`),
+        which is not a proxy, answers them 401 with `WWW-Authenticate`.
+        """
+        status = self.status
+        headers = {"Content-Type": "application/json", DECISION_HEADER: decision_id, **self.headers}
+        if status == 407 and proxy:
+            headers["Proxy-Authenticate"] = 'Basic realm="egress-gateway"'
+        elif status == 407:
+            status = 401
+            headers["WWW-Authenticate"] = 'Bearer realm="egress-gateway"'
+        return HttpAnswer(status, headers, self.body(decision_id))
 
 
 def describe(error: ValidationError, root: str = "body") -> str:

@@ -12,14 +12,15 @@ from typing import Any
 import certifi
 
 from connectors import registry as connector_registry
+from connectors.model import canonical_host
 from connectors.registry import Registry
 from gateway.policy.approvals import ApprovalStore
-from gateway.audit.log import AuditLog
+from gateway.audit.log import AuditError, AuditLog
 from gateway.pipeline.breaker import Breaker
 from gateway.config import Config
 from gateway.pipeline.dlp import Dlp
 from gateway.pipeline.egress import Resolver
-from gateway.errors import Refusal
+from gateway.errors import ConfigError, Refusal
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
 from gateway.policy.load import PolicyLoadError
@@ -56,7 +57,7 @@ class Runtime:
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
-        return frozenset(h.lower().rstrip(".") for h in self.config.egress.allow)
+        return frozenset(canonical_host(h) for h in self.config.egress.allow)
 
     def record(self, rec: dict[str, Any]) -> None:
         """One audit record: to the tamper-evident log, the recent-decisions view and the metrics.
@@ -67,7 +68,7 @@ class Runtime:
         """
         try:
             self.audit.write(rec)
-        except (OSError, ValueError) as e:
+        except (OSError, AuditError) as e:
             log.error("audit log write failed (%s); decision %s refused", type(e).__name__, rec.get("decision_id"))
             raise Refusal("store_unavailable", "the audit log cannot be written; nothing was sent") from None
         self._note(rec)
@@ -78,7 +79,7 @@ class Runtime:
         here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer."""
         try:
             self.audit.write(rec)
-        except (OSError, ValueError) as e:
+        except (OSError, AuditError) as e:
             log.error(
                 "audit log write failed (%s); %s record of decision %s lost",
                 type(e).__name__, rec.get("phase"), rec.get("decision_id"),
@@ -104,7 +105,7 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
         try:
             data += b"\n" + extra.expanduser().read_bytes()
         except OSError as e:
-            raise ValueError(f"upstream_ca {extra}: {e.strerror}") from None
+            raise ConfigError(f"upstream_ca {extra}: {e.strerror}") from None
     state.upstream_bundle.write_bytes(data)
     return state.upstream_bundle
 
@@ -125,7 +126,7 @@ def build(config: Config) -> Runtime:
         try:
             policies = PolicyStore(config.policies, registry.get)
         except PolicyLoadError as e:
-            raise ValueError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
+            raise ConfigError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
     return Runtime(
         config=config,
         state=state,
@@ -149,8 +150,8 @@ def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> 
     """The DLP engine and vault; warns about entity types a policy asks for that nothing can find."""
     try:
         dlp = Dlp.build(config.dlp, state)
-    except ValueError as e:  # a bad key, vault URI or recognizer: refuse to start
-        raise ValueError(f"dlp: {e}") from None
+    except (ConfigError, ValueError) as e:  # a bad key, vault URI or recognizer: refuse to start
+        raise ConfigError(f"dlp: {e}") from None
     wanted = set(config.dlp.tokenize)
     for f in policies.current.files if policies else ():
         if f.policy.dlp is not None:

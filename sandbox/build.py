@@ -29,6 +29,7 @@ import yaml
 from sandbox.cache import write_private
 from sandbox.manifest import ToolManifest
 from sandbox.registry import MANIFEST_FILE
+from gateway.errors import SandboxError
 
 WIT_DIR = Path(__file__).parent / "wit"
 WORLD = "egress-tool"
@@ -38,7 +39,7 @@ MODULE = "tool.wasm"
 BUILD_TIMEOUT_S = 300
 
 
-class BuildError(RuntimeError):
+class BuildError(SandboxError):
     """A tool that could not be built; the message says which and why."""
 
 

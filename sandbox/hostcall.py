@@ -29,7 +29,7 @@ from typing import Any
 import wasmtime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import Refusal
+from gateway.errors import Refusal, SandboxError
 from sandbox.manifest import ToolManifest
 
 HttpRequest = Callable[[dict[str, Any]], dict[str, Any]]
@@ -68,7 +68,7 @@ class GuestResponse(BaseModel):
     body: str = ""
 
 
-class AbiError(Exception):
+class AbiError(SandboxError):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code

@@ -25,6 +25,7 @@ import yaml
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from gateway.errors import ConfigError
 
 PAGE_BYTES = 65536
 _ACTION = re.compile(r"[a-z][a-z0-9_-]*:(\*|[A-Za-z_][A-Za-z0-9_]*)")
@@ -115,7 +116,7 @@ class ToolManifest(_Strict):
         return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-class ManifestError(ValueError):
+class ManifestError(ConfigError):
     """A manifest file that cannot be used: unreadable, invalid, or badly signed."""
 
 

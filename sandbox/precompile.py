@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from gateway.errors import SandboxError
 
 
-class CompileError(Exception):
+class CompileError(SandboxError):
     """The child could not compile the bytes; the message is the first line of its error."""
 
 

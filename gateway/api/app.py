@@ -22,24 +22,21 @@ from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
 from gateway.policy.approvals import ApprovalError
 from gateway.pipeline.dlp import scope_of
-from gateway.errors import Refusal, describe
+from gateway.errors import DECISION_HEADER, Refusal, describe
 from gateway.sandbox_service import RegisterRequest, RunRequest
-from gateway.identity.tokens import Identity
-from gateway.pipeline.steps import Call
+from gateway.identity.tokens import ADMIN_ROLE, Identity
+from gateway.pipeline.call import Call
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
-ADMIN_ROLE = "admin"
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def refusal_response(refusal: Refusal, decision_id: str) -> JSONResponse:
+def refusal_response(refusal: Refusal, decision_id: str) -> Response:
     """The contract's error body; identity failures are 401 here (this is not a proxy)."""
-    status = 401 if refusal.status == 407 else refusal.status
-    headers = {"X-Egress-Decision-Id": decision_id, **refusal.headers}
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="egress-gateway"'
-    return Response(refusal.body(decision_id), status, headers, media_type="application/json")  # type: ignore[return-value]
+    answer = refusal.to_http(decision_id, proxy=False)
+    return Response(answer.body, answer.status, answer.headers)
 
 
 def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
@@ -72,9 +69,9 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
                 log.exception("API handler failed")
                 return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
             if isinstance(result, Response):
-                result.headers["X-Egress-Decision-Id"] = call.decision_id
+                result.headers[DECISION_HEADER] = call.decision_id
                 return result
-            return JSONResponse(result, headers={"X-Egress-Decision-Id": call.decision_id})
+            return JSONResponse(result, headers={DECISION_HEADER: call.decision_id})
 
         return handler
 

@@ -47,6 +47,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from gateway.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ SIGNATURE = "signature"
 _TAIL_CHUNK = 64 * 1024
 
 
-class AuditError(Exception):
+class AuditError(StoreUnavailable):
     """The existing log cannot be continued (its last whole line is not a record)."""
 
 
@@ -122,7 +123,7 @@ class AuditLog:
             raise ValueError(f"audit record uses reserved fields: {sorted(bad) or ['type']}")
         with self._lock:
             if self._fd < 0:
-                raise ValueError("audit log is closed")
+                raise AuditError("audit log is closed")
             body = {"ts": _now(), **record}
             self._append(body)
             if self.fsync_each_record:

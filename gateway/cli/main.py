@@ -24,10 +24,9 @@ from gateway.policy.approvals import ApprovalStore
 from gateway.config import Config, ConfigError, parse_duration
 from gateway.identity.revocation import Revocations
 from gateway.state import StateDir
+from gateway.errors import CliError, GatewayError
 
 
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -77,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         rt = runtime.build(cfg)
-    except ValueError as e:
+    except GatewayError as e:
         raise CliError(str(e)) from None
     asyncio.run(server.serve(rt))
     return 0

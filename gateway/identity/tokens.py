@@ -25,6 +25,7 @@ from gateway.state import write_private
 
 ISSUER = "egress-gateway"
 AUDIENCE = "egress-gateway"
+ADMIN_ROLE = "admin"  # the API's administrators; never a proxy credential
 _CACHE_MAX = 4096
 
 

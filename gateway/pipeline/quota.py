@@ -43,7 +43,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from connectors import fieldpath
-from gateway.errors import Refusal
+from gateway.errors import ConfigError, Refusal, StoreUnavailable
 from gateway.policy.engine import Decision, Finding, MatchedRule
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,15 @@ def async_storage_uri(uri: str) -> str:
     """The `limits` async storage URI for a config URI (`memory://` -> `async+memory://`)."""
     scheme, sep, rest = uri.partition("://")
     if not sep:
-        raise ValueError(f"rate limit store {uri!r}: expected a URI such as memory:// or redis://host")
+        raise ConfigError(f"rate limit store {uri!r}: expected a URI such as memory:// or redis://host")
     if scheme.startswith("async+"):
         return uri
     if scheme not in _SCHEMES:
-        raise ValueError(f"rate limit store {uri!r}: unsupported scheme {scheme!r}")
+        raise ConfigError(f"rate limit store {uri!r}: unsupported scheme {scheme!r}")
     return f"{_SCHEMES[scheme]}://{rest}"
 
 
-class StoreFailure(Exception):
+class StoreFailure(StoreUnavailable):
     """The quota store failed or was too slow."""
 
 

@@ -1,24 +1,21 @@
-"""The decision steps of one call, as plain functions over plain values.
+"""The checks of one call, as plain functions over plain values.
 
-The mitmproxy addon (`gateway.proxy.addon`) reads a flow into these arguments and applies the results;
-nothing here touches mitmproxy, so every step is testable and benchmarkable on its own. A step
-refuses by raising `Refusal`; the order is the order of ../shared/DESIGN.md section 1.
+`gateway.pipeline.decide` runs them in its named order; nothing here touches mitmproxy, a socket
+or a store, so every check is testable and benchmarkable on its own. A check refuses by raising
+`Refusal`.
 """
 
 from __future__ import annotations
 
 import re
-import time
-import uuid
-from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from pydantic import ValidationError
 
 from connectors import codecs
-from connectors.model import Action, Connector, Credential
+from connectors.model import Action, Connector, Credential, canonical_host
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
 from gateway.identity.tokens import Identity
@@ -32,55 +29,12 @@ CONFIDENCE_HEADER = "x-agent-confidence"
 # headers that speak to the gateway itself.
 # Also never forwarded: what names the agent's own network or session (cookies, forwarding chains),
 # which no vendor API call needs and which would tell the vendor about the agent's side.
-_NEVER_FORWARD = (
+NEVER_FORWARD = (
     "proxy-authorization", "proxy-connection", "upgrade", APPROVAL_HEADER, CONFIDENCE_HEADER,
     "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
 )
 PATH_PARAMS = "_path"  # key of the path parameters among the parameters policies and approvals judge
 _ID_LIKE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def new_decision_id() -> str:
-    return "dec_" + uuid.uuid4().hex
-
-
-@dataclass
-class Call:
-    """What is known about one call so far; becomes its audit record."""
-
-    decision_id: str = field(default_factory=new_decision_id)
-    started: float = field(default_factory=time.time)
-    identity: Identity | None = None
-    host: str | None = None
-    method: str | None = None
-    path: str | None = None
-    connector: str | None = None
-    action: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def record(self, decision: str, refusal: Refusal | None = None, **extra: Any) -> dict[str, Any]:
-        """The audit record of this call: names and codes only, never a value, token or key."""
-        ident = self.identity
-        rec: dict[str, Any] = {
-            "decision_id": self.decision_id,
-            "time": round(self.started, 6),
-            "sub": ident.sub if ident else None,
-            "tenant": ident.tenant if ident else None,
-            "role": ident.role if ident else None,
-            "jti": ident.jti if ident else None,
-            "tool": ident.tool if ident else None,
-            "connector": self.connector,
-            "action": self.action,
-            "host": self.host,
-            "method": self.method,
-            "path": self.path,
-            "decision": decision,
-            "code": refusal.code if refusal else None,
-            "message": refusal.message if refusal else None,
-        }
-        rec.update(self.extra)
-        rec.update(extra)
-        return rec
 
 
 def check_target(
@@ -109,7 +63,7 @@ def check_target(
     if sni:
         names["TLS SNI"] = (sni, None)
     for what, (name, port) in names.items():
-        if name.lower().rstrip(".") != connect_host or port not in (None, connect_port):
+        if canonical_host(name) != connect_host or port not in (None, connect_port):
             raise Refusal("domain_fronting", f"the {what} differs from the CONNECT target {connect_host}")
 
 
@@ -216,38 +170,25 @@ def parse_confidence(header: str | None) -> float | None:
     return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
-def policy_fields(decision: Decision) -> dict[str, Any]:
-    """The policy's part of the audit record: which version and rules decided, and shadow findings."""
-    return {
-        "policy_version": decision.policy_version,
-        "rules": [m.ref.id for m in decision.rules],
-        "would_deny": [f.as_dict() for f in decision.would_deny],
-    }
+def credential_edits(connector: Connector, secrets: Secrets) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Step 8: (headers to drop, headers to set, query parameters to set) for the vendor's credential.
 
-
-def inject_credentials(
-    connector: Connector,
-    secrets: Secrets,
-    headers: MutableMapping[str, str],
-    query: MutableMapping[str, str],
-) -> None:
-    """Step 8: remove whatever the agent sent as auth, then add the vendor's real credential."""
-    for name in _NEVER_FORWARD:
-        headers.pop(name, None)
+    Whatever the agent sent as auth is dropped first, then the vendor's real credential is set.
+    """
+    drop = list(NEVER_FORWARD)
     cred: Credential | None = connector.credential
     if cred is None:
-        return
-    for name in cred.strip_headers:
-        headers.pop(name, None)
+        return drop, {}, {}
+    drop += cred.strip_headers
     secret = secrets.get(cred.secret)
     if cred.header is not None:
-        headers[cred.header] = f"{cred.scheme} {secret}" if cred.scheme else secret
-    else:
-        assert cred.query_param is not None
-        query[cred.query_param] = secret
+        return drop, {cred.header: f"{cred.scheme} {secret}" if cred.scheme else secret}, {}
+    assert cred.query_param is not None
+    return drop, {}, {cred.query_param: secret}
 
 
-def strip_hop_headers(headers: MutableMapping[str, str]) -> None:
-    """For pass-through hosts, which get no credential but must not see proxy auth either."""
-    for name in _NEVER_FORWARD:
-        headers.pop(name, None)
+def strip_query_param(query: str, name: str) -> str:
+    """The raw query string without every `name=...` pair (an agent's own credential parameter)."""
+    pairs = query.split("&")
+    kept = [pair for pair in pairs if unquote_plus(pair.partition("=")[0]) != name]
+    return query if len(kept) == len(pairs) else "&".join(kept)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors import fieldpath
+from gateway.errors import ConfigError
 
 MAX_LENGTH = 1000  # characters; conditions are one-liners written by people
 MAX_DEPTH = 32  # nesting of the syntax tree
@@ -53,7 +54,7 @@ CONTEXT_NAMES: dict[str, str] = {
 }
 
 
-class ExpressionError(ValueError):
+class ExpressionError(ConfigError):
     """The text is not a valid, safe expression; raised at load time."""
 
 

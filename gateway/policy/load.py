@@ -27,6 +27,7 @@ from connectors.model import Action, Connector
 from gateway.policy.expr import CONTEXT_NAMES
 from gateway.policy.engine import LoadedFile, PolicySet
 from gateway.policy.model import PolicyFile, Rule
+from gateway.errors import ConfigError
 
 ConnectorLookup = Callable[[str], Connector | None]
 
@@ -43,7 +44,7 @@ class Problem:
         return f"{self.file}:{self.line or 1}: {self.reason}"
 
 
-class PolicyLoadError(Exception):
+class PolicyLoadError(ConfigError):
     """The policy directory does not load; `problems` says where and why."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -3,9 +3,10 @@
 1. Error pages. When mitmproxy itself fails a request (upstream refused, TLS did not verify, body
    over the limit, a framing error), its HTTP/1 layer writes an HTML page from
    `proxy.layers.http._http1.make_error_response`, and no addon hook can replace that response.
-   Every refusal must be the contract's JSON, so that one function is replaced. The addon's
-   `error` hook runs just before mitmproxy writes the page and leaves the refusal it decided on
-   under the error message; the replacement picks it up there (`ErrorPages`).
+   Every refusal must be the contract's JSON, so that function is replaced by one that marks its
+   page, and the HTTP/1 server's event handler swaps each marked page for the refusal that the
+   `error` hook claimed for that client connection (`ErrorPages`). Decision ids are tied to the
+   connection, never to the message text: two flows failing alike at once keep their own ids.
 2. Upstream timeouts. mitmproxy has no connect or read timeout for upstream servers; the addon
    cancels the server connection's task (as mitmproxy's own idle watchdog does), which surfaces
    as an ordinary flow error that the `error` hook then reports as `upstream_timeout`. The client
@@ -13,17 +14,20 @@
    `abort_client_connection` does the same for the agent's connection.
 3. Request head size. mitmproxy buffers a request head without limit (its own "FIXME: protect
    against header size DoS" in `_http1.Http1Server.read_headers`), so a client sending an endless
-   header grows memory until it stops. `HeadLimit` refuses a head with no end within `MAX_HEAD`
-   bytes (400 `bad_request`) and closes the connection; it also closes a connection that piles up
-   more than that while its request is in flight.
+   header grows memory until it stops. A head with no end within `MAX_HEAD` bytes is refused (400
+   `bad_request`) and the connection closed; so is a connection that piles up more than that while
+   its request is in flight.
+4. The messages of mitmproxy's flow errors that must still be read (`CLIENT_GONE`,
+   `BODY_OVER_LIMIT`): mitmproxy reports them as text only. tests/proxy/test_mitm_messages.py pins
+   each against mitmproxy's source, so an upgrade that rewords one fails loudly.
 
-Both are exercised through the real proxy by the tests, so a mitmproxy upgrade that moves them
-fails loudly in CI instead of silently serving HTML or hanging.
+The `MitmCompat` addon installs 1 and 3 when mitmproxy is running and removes them when it is done.
+Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
+moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from mitmproxy import connection, ctx
@@ -39,45 +43,96 @@ Unclaimed = Callable[[int, str], tuple[str, Refusal]]
 
 MAX_HEAD = 64 * 1024  # request line and headers; Node allows 16 KiB, nginx 32 KiB by default
 HEAD_TOO_LARGE = f"request head larger than {MAX_HEAD} bytes"
+CLIENT_GONE = "Client disconnected"  # the flow error when the agent hangs up mid-call
+BODY_OVER_LIMIT = "body exceeds mitmproxy's body_size_limit"  # after "Request " or "Response "
+
+
+class _Page(bytes):
+    """mitmproxy's error page, marked with what it was for, until it is swapped for our JSON."""
+
+    status: int
+    message: str
+
+
+def _marked_page(status_code: int, message: str = "") -> bytes:
+    page = _Page(b"")
+    page.status, page.message = status_code, message
+    return page
 
 
 class ErrorPages:
-    """Turns mitmproxy's HTML error pages into the contract's JSON."""
+    """The refusals claimed for the error pages mitmproxy is about to write, by client connection."""
 
     def __init__(self, unclaimed: Unclaimed):
-        self._pending: dict[str, deque[tuple[str, Refusal]]] = {}
+        self._claimed: dict[str, tuple[str, Refusal]] = {}
         self._unclaimed = unclaimed
-        self._original = _http1.make_error_response
 
-    def claim(self, message: str, decision_id: str, refusal: Refusal) -> None:
-        """Called from the `error` hook: the page about to be written for `message` is this refusal."""
-        self._pending.setdefault(message, deque()).append((decision_id, refusal))
+    def claim(self, client_id: str, decision_id: str, refusal: Refusal) -> None:
+        """Called from the `error` hook: the page about to be written on this connection."""
+        self._claimed[client_id] = (decision_id, refusal)
 
-    def install(self) -> None:
-        _http1.make_error_response = self._render
+    def forget(self, client_id: str) -> None:
+        self._claimed.pop(client_id, None)
 
-    def uninstall(self) -> None:
-        _http1.make_error_response = self._original
-
-    def _render(self, status_code: int, message: str = "") -> bytes:
-        queue = self._pending.get(message)
-        if queue:
-            decision_id, refusal = queue.popleft()
-            if not queue:
-                del self._pending[message]
-        else:
-            decision_id, refusal = self._unclaimed(status_code, message)
-        resp = mhttp.Response.make(
-            refusal.status,
-            refusal.body(decision_id),
-            {
-                "Content-Type": "application/json",
-                "Connection": "close",
-                "X-Egress-Decision-Id": decision_id,
-                **refusal.headers,
-            },
-        )
+    def render(self, client_id: str, page: _Page) -> bytes:
+        claimed = self._claimed.pop(client_id, None)
+        decision_id, refusal = claimed or self._unclaimed(page.status, page.message)
+        answer = refusal.to_http(decision_id)
+        resp = mhttp.Response.make(answer.status, answer.body, {**answer.headers, "Connection": "close"})
         return http1.assemble_response(resp)
+
+
+def _over_head_limit(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+    """Point 3: close a connection buffering more than MAX_HEAD outside a request body."""
+    if not isinstance(event, events.DataReceived) or len(conn.buf) <= MAX_HEAD:
+        return
+    if conn.state == conn.read_headers:
+        yield commands.SendData(conn.conn, _marked_page(400, HEAD_TOO_LARGE))
+    elif conn.state != conn.wait:
+        return
+    yield commands.CloseConnection(conn.conn)
+    conn.state = conn.done
+
+
+class MitmCompat:
+    """The addon that installs points 1 and 3 while mitmproxy runs."""
+
+    def __init__(self, pages: ErrorPages) -> None:
+        self.pages = pages
+        self._make_error_response = _http1.make_error_response
+        self._handle_event = _http1.Http1Server._handle_event
+
+    def running(self) -> None:
+        original, pages = self._handle_event, self.pages
+
+        def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+            yield from _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
+
+        _http1.make_error_response = _marked_page
+        _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign]
+
+    def done(self) -> None:
+        _http1.make_error_response = self._make_error_response
+        _http1.Http1Server._handle_event = self._handle_event  # type: ignore[method-assign]
+
+
+def _swap_pages(gen: layer.CommandGenerator[None], pages: ErrorPages, client_id: str) -> layer.CommandGenerator[None]:
+    """Delegate to `gen` (replies passed back in), swapping each marked error page for JSON."""
+    reply = None
+    while True:
+        try:
+            command = gen.send(reply)
+        except StopIteration:
+            return
+        if isinstance(command, commands.SendData) and isinstance(command.data, _Page):
+            command.data = pages.render(client_id, command.data)
+        reply = yield command
+
+
+def _chain(*gens: layer.CommandGenerator[None]) -> layer.CommandGenerator[None]:
+    """Run command generators one after another, passing each command's reply back in."""
+    for gen in gens:
+        yield from gen
 
 
 def abort_server_connection(client: connection.Client, server: connection.Server, reason: str) -> bool:
@@ -101,29 +156,3 @@ def abort_client_connection(client: connection.Client, reason: str) -> bool:
         return False
     io.handler.cancel(reason)
     return True
-
-
-class HeadLimit:
-    """Bounds what mitmproxy buffers from a client outside a request body (see point 3 above)."""
-
-    def __init__(self) -> None:
-        self._original = _http1.Http1Server._handle_event
-
-    def install(self) -> None:
-        original = self._original
-
-        def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
-            yield from original(conn, event)
-            if not isinstance(event, events.DataReceived) or len(conn.buf) <= MAX_HEAD:
-                return
-            if conn.state == conn.read_headers:
-                yield commands.SendData(conn.conn, _http1.make_error_response(400, HEAD_TOO_LARGE))
-            elif conn.state != conn.wait:
-                return
-            yield commands.CloseConnection(conn.conn)
-            conn.state = conn.done
-
-        _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign]
-
-    def uninstall(self) -> None:
-        _http1.Http1Server._handle_event = self._original  # type: ignore[method-assign]

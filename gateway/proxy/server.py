@@ -18,12 +18,16 @@ from mitmproxy import options
 from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from gateway.proxy import ca
-from gateway.proxy.addon import Gateway
 from gateway.api.app import create_app
-from gateway.proxy.client_deadline import ClientDeadline
 from gateway.config import parse_hostport
-from gateway.proxy.mitm_compat import HeadLimit
+from gateway.proxy import ca
+from gateway.proxy.decision import Decide
+from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
+from gateway.proxy.flows import Tunnels
+from gateway.proxy.mitm_compat import ErrorPages, MitmCompat
+from gateway.proxy.outcome import Outcome, unclaimed_pages
+from gateway.proxy.pinning import Pinning
+from gateway.proxy.tunnels import Authenticate
 from gateway.runtime import Runtime, upstream_bundle
 
 log = logging.getLogger(__name__)
@@ -75,11 +79,27 @@ def proxy_options(rt: Runtime) -> dict[str, object]:
     }
 
 
+def gateway_addons(rt: Runtime) -> list[object]:
+    """The gateway's addons, one concern each, in the order mitmproxy must call them: a request is
+    decided before its read deadline starts; deadlines stop before the outcome awaits DLP."""
+    tunnels = Tunnels()
+    pages = ErrorPages(unclaimed_pages(rt))
+    timeouts = rt.config.timeouts
+    return [
+        MitmCompat(pages),
+        ClientDeadline(timeouts.client),
+        Authenticate(rt, tunnels, pages),
+        Decide(rt, tunnels),
+        Pinning(tunnels),
+        UpstreamDeadline(timeouts.connect, timeouts.read, tunnels),
+        Outcome(rt, tunnels, pages),
+    ]
+
+
 async def serve(rt: Runtime) -> None:
     ca.ensure(rt.state)
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
-    addon = Gateway(rt)
-    master.addons.add(*mitmproxy_addons(), ClientDeadline(rt.config.timeouts.client), addon)
+    master.addons.add(*mitmproxy_addons(), *gateway_addons(rt))
     master.options.update(**proxy_options(rt))
     api_host, api_port = parse_hostport(rt.config.api_listen, "api_listen")
     api = _ApiServer(uvicorn.Config(create_app(rt), host=api_host, port=api_port, log_level="warning", lifespan="off"))
@@ -92,9 +112,6 @@ async def serve(rt: Runtime) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    addon.error_pages.install()
-    head_limit = HeadLimit()
-    head_limit.install()
     watcher = asyncio.create_task(rt.revocations.watch())
     if rt.policies is not None:
         rt.policies.start()
@@ -108,7 +125,5 @@ async def serve(rt: Runtime) -> None:
         if rt.policies is not None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)
-        head_limit.uninstall()
-        addon.error_pages.uninstall()
         await rt.dlp.close()
         rt.close()

@@ -1,0 +1,277 @@
+"""May this call go out, and how? The one answer, as named steps in their order.
+
+`decide_connect` decides whether a tunnel opens; `REQUEST_STEPS` decide each request inside it. The
+README's "What happens to a call", the bench (`bench/decision.py`) and the tests all read these
+tuples, and every front door (the proxy addon, sandbox host calls through it, MCP) calls `decide`
+or `decide_connect`; nothing else decides. A step reads the request view and what earlier steps
+found (`Ctx`), refuses by raising `Refusal`, or adds edits to `Ctx.forward`.
+
+Anything unexpected while deciding is refused as `internal_error` (fail closed), and the last step
+writes the decision's audit record before anything leaves: if it cannot be written, nothing
+leaves (`store_unavailable`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from connectors import codecs
+from connectors.model import BodyEncoding, canonical_host
+from connectors.registry import Route
+from gateway.errors import DECISION_HEADER, Refusal
+from gateway.identity.tokens import ADMIN_ROLE, Identity, token_from_proxy_authorization
+from gateway.pipeline import steps
+from gateway.pipeline.call import Call
+from gateway.pipeline.dlp import CallDlp, scope_of
+from gateway.pipeline.request import ConnectVerdict, ConnectView, Forward, RequestView, Tunnel, Verdict
+from gateway.policy.engine import Decision, PolicySet
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+HTTPS_PORT = 443
+
+
+@dataclass
+class Ctx:
+    """One decision in progress: the request, the runtime's services, and what steps found so far."""
+
+    rt: Runtime
+    view: RequestView
+    call: Call
+    forward: Forward
+    identity: Identity | None = None
+    route: Route | None = None  # None after the route step: an `egress.allow` pass-through host
+    query: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    judged: dict[str, Any] = field(default_factory=dict)
+    policies: PolicySet | None = None
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[[Ctx], Awaitable[None]]
+    doc: str
+
+
+# --- the steps of a request -----------------------------------------------------------------
+
+
+async def identify(c: Ctx) -> None:
+    """The identity again, inside the tunnel: expiry and revocation are re-checked on every request."""
+    tunnel = c.view.tunnel
+    if tunnel is None:
+        # Not inside a CONNECT tunnel: an absolute-form plain-http proxy request.
+        c.call.identity = c.rt.verifier.verify(token_from_proxy_authorization(c.view.header("proxy-authorization")))
+        if c.rt.registry.claims(c.call.host or "") or c.call.host in c.rt.allow_hosts:
+            raise Refusal("plain_http_denied", f"plain http to {c.call.host} is refused; use https")
+        raise Refusal("host_denied", f"no connector or egress.allow entry claims {c.call.host}")
+    c.identity = c.call.identity = tunnel.identity
+    c.rt.verifier.check(tunnel.identity)
+
+
+async def framing(c: Ctx) -> None:
+    """The request as bytes: an upper-case method, a body within max_body, no control characters."""
+    if not c.view.raw_method.isupper():
+        # The proxy shows the method upper-cased but forwards the raw bytes: route what is sent.
+        raise Refusal("bad_request", "the method must be upper case")
+    if len(c.view.body) > c.rt.config.max_body:
+        raise Refusal("body_too_large", f"the request body exceeds max_body ({c.rt.config.max_body} bytes)")
+    steps.check_headers(c.view.headers)
+
+
+async def egress(c: Ctx) -> None:
+    """https only, and every name for the target (request, Host, SNI) is the checked CONNECT target."""
+    v, tunnel = c.view, c.view.tunnel
+    assert tunnel is not None
+    steps.check_target(
+        connect=(tunnel.host, tunnel.port),
+        scheme=v.scheme,
+        target=(v.host, v.port),
+        authority=v.authority,
+        host_header=v.host_header,
+        sni=v.sni,
+    )
+
+
+async def route(c: Ctx) -> None:
+    """host + method + path -> the connector action; a path must mean the same here and at the vendor."""
+    path = c.view.path or "/"
+    steps.check_path(path)
+    host = c.call.host or ""
+    c.route = steps.route(c.rt.registry, c.rt.allow_hosts, host, c.view.method, path)
+    if c.route is None:
+        c.call.connector, c.call.action = steps.PASSTHROUGH, host
+    else:
+        c.call.connector, c.call.action = c.route.connector.name, c.route.action.name
+
+
+async def scopes(c: Ctx) -> None:
+    """The token's scopes: the ceiling within which the policy decides."""
+    assert c.identity is not None
+    if c.route is None:
+        steps.authorize_scopes(c.identity, "egress", c.call.host or "")
+        if c.rt.policies is not None:
+            # Policy rules name connectors; a pass-through host has none, so no rule can allow it.
+            raise Refusal("policy_denied", f"{c.call.host} is a pass-through host; policies govern connectors only")
+        return
+    steps.authorize_scopes(c.identity, c.route.connector.name, c.route.action.name)
+
+
+async def validate(c: Ctx) -> None:
+    """Decode the body (JSON, form, query) and check it against the action's request model."""
+    if c.route is None:
+        return
+    cred, c.query = c.route.connector.credential, c.view.query
+    if cred is not None and cred.query_param is not None:
+        c.query = steps.strip_query_param(c.query, cred.query_param)
+        c.forward.drop_query.append(cred.query_param)
+    encoding = (c.view.header("content-encoding") or "identity").strip().lower()
+    if encoding not in ("identity", ""):
+        raise Refusal("malformed_body", "compressed request bodies are not accepted; send them plain")
+    c.params = steps.validate(c.route.action, c.view.body, c.query)
+    # What the policy judges and an approval is bound to: the parameters and the path's own
+    # (confirming pi_A is not confirming pi_B). `_path` can name no model field.
+    path_params = c.route.path_params
+    c.judged = {**c.params, steps.PATH_PARAMS: path_params} if path_params else c.params
+
+
+async def authorize(c: Ctx) -> None:
+    """The agent's policy: allow, deny, approval_required (bound to these parameters), or shadow."""
+    if c.route is None:
+        return
+    assert c.identity is not None
+    c.policies = c.rt.policies.current if c.rt.policies else None
+    confidence = c.view.header(steps.CONFIDENCE_HEADER)
+    name, action = c.route.connector.name, c.route.action.name
+    c.decision = steps.authorize(c.policies, c.identity, name, action, c.judged, confidence)
+    if c.decision is None:
+        return
+    c.call.decided_by(c.decision)
+    if c.decision.outcome == "deny" and c.decision.refusal is not None:
+        raise c.decision.refusal
+    approval_id = c.rt.approvals.gate(c.decision, c.judged, c.view.header(steps.APPROVAL_HEADER))
+    if approval_id:
+        c.call.extra["approval_id"] = approval_id
+
+
+async def quota(c: Ctx) -> None:
+    """Rates and budgets of every rule that allowed the call, charged atomically."""
+    if c.decision is None:
+        return
+    findings = await c.rt.quotas.charge(c.decision, c.judged)
+    c.call.extra["would_deny"] += [f.as_dict() for f in findings if not f.fail_open]
+    if opened := [f.as_dict() for f in findings if f.fail_open]:
+        c.call.extra["fail_open"] = opened
+
+
+async def dlp(c: Ctx) -> None:
+    """PII in the action's DLP fields leaves only as tokens; the body is re-encoded if any changed."""
+    if c.route is None:
+        return
+    assert c.identity is not None
+    action = c.route.action
+    dlp_policy = c.rt.dlp.policy_for(c.policies, c.identity)
+    reveal = dlp_policy.reveal if action.detokenize_response else frozenset()
+    call_dlp = c.forward.dlp = CallDlp(scope_of(c.identity), reveal)
+    counts = await c.rt.dlp.tokenize(action, c.params, dlp_policy, call_dlp)
+    if counts:
+        c.call.extra["tokenized"] = counts
+        if action.encoding is BodyEncoding.QUERY:
+            c.forward.path = f"{c.view.path}?{codecs.encode_form(c.params)}"
+        else:
+            c.forward.body = codecs.encode(action.encoding, c.params)
+    if reveal:
+        c.forward.set_headers["accept-encoding"] = "identity"  # restoring needs the plain response body
+
+
+async def credentials(c: Ctx) -> None:
+    """Whatever the agent sent as auth is dropped; the vendor's credential is injected."""
+    if c.route is None:
+        c.forward.drop_headers += steps.NEVER_FORWARD
+        return
+    drop, headers, query = steps.credential_edits(c.route.connector, c.rt.secrets)
+    c.forward.drop_headers += drop
+    c.forward.set_headers.update(headers)
+    c.forward.set_query.update(query)
+
+
+async def circuit(c: Ctx) -> None:
+    """The host's circuit breaker. Last: letting a half-open circuit's one probe through commits
+    us to forwarding it."""
+    c.rt.breaker.check(c.call.host or "")
+
+
+async def audit(c: Ctx) -> None:
+    """The decision's record, written before anything leaves; the vendor gets the decision id too
+    (set, never appended: an agent's own value is replaced) to join its logs with ours."""
+    c.rt.record(c.call.record("allow", phase="decision"))
+    c.forward.set_headers[DECISION_HEADER] = c.call.decision_id
+
+
+def _step(fn: Callable[[Ctx], Awaitable[None]]) -> Step:
+    return Step(fn.__name__, fn, (fn.__doc__ or "").split("\n")[0])
+
+
+REQUEST_STEPS: tuple[Step, ...] = tuple(
+    _step(fn) for fn in (identify, framing, egress, route, scopes, validate, authorize, quota, dlp, credentials, circuit, audit)
+)
+
+
+async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Verdict:
+    """Run `REQUEST_STEPS` over one request; a refusal is audited here, an allow by the last step."""
+    call = call or request_call(view)
+    address = view.tunnel.address if view.tunnel else ("", 0)
+    ctx = Ctx(rt, view, call, Forward(address))
+    try:
+        for step in REQUEST_STEPS:
+            await step.run(ctx)
+    except Refusal as r:
+        return Verdict(call, refused(rt, call, r))
+    except Exception:
+        log.exception("request decision failed")
+        return Verdict(call, refused(rt, call, Refusal("internal_error", "the gateway failed while deciding")))
+    return Verdict(call, forward=ctx.forward)
+
+
+def request_call(view: RequestView) -> Call:
+    """The call a request starts as: its host canonical, its path redacted for the audit."""
+    return Call(host=canonical_host(view.host), method=view.method, path=steps.redact_path(view.path))
+
+
+def refused(rt: Runtime, call: Call, refusal: Refusal) -> Refusal:
+    """Audit a refusal (it can no longer change what happens, so a failed write is only logged)."""
+    if refusal.connector is None:
+        refusal.connector, refusal.action = call.connector, call.action
+    rt.record_after(call.record("deny", refusal, phase="decision"))
+    return refusal
+
+
+# --- CONNECT --------------------------------------------------------------------------------
+
+
+async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
+    """Whether a tunnel opens: a valid agent (not an admin), a claimed host on 443, a public address."""
+    call = Call(host=canonical_host(view.host), method="CONNECT", path=None)
+    host = call.host or ""
+    try:
+        call.identity = rt.verifier.verify(token_from_proxy_authorization(view.proxy_authorization))
+        if call.identity.role == ADMIN_ROLE:
+            raise Refusal("identity_invalid", "an admin token is for the API only, not a proxy credential")
+        if not (rt.registry.claims(host) or host in rt.allow_hosts):
+            raise Refusal("host_denied", f"no connector or egress.allow entry claims {host}")
+        if view.port != HTTPS_PORT:
+            raise Refusal("host_denied", f"vendors are reached on port {HTTPS_PORT} only")
+        address = await rt.resolver.resolve(host, view.port)
+    except Refusal as r:
+        return ConnectVerdict(call, refused(rt, call, r))
+    except Exception:
+        log.exception("CONNECT decision failed")
+        return ConnectVerdict(call, refused(rt, call, Refusal("internal_error", "the gateway failed while deciding")))
+    return ConnectVerdict(call, tunnel=Tunnel(call.identity, host, view.port, address))

@@ -1,0 +1,95 @@
+"""What the pipeline is asked about, and what it answers: plain values, no mitmproxy.
+
+A front door (the proxy addon, and the coming MCP path) reads its protocol into a `ConnectView` or
+a `RequestView`, asks `gateway.pipeline.decide`, and applies the `Verdict`: a refusal to answer
+with, or the edits to make before forwarding. Nothing here knows where the bytes came from, so the
+same decision is made, tested and benchmarked whatever the front door.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.errors import Refusal
+from gateway.identity.tokens import Identity
+from gateway.pipeline.call import Call
+from gateway.pipeline.dlp import CallDlp
+
+HostPort = tuple[str, int | None]
+
+
+@dataclass(frozen=True)
+class ConnectView:
+    """A CONNECT request: the target the agent names and its proxy credentials."""
+
+    host: str
+    port: int
+    proxy_authorization: str | None
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """What a granted CONNECT established: who opened it, for which target, at which checked address."""
+
+    identity: Identity
+    host: str
+    port: int
+    address: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """One HTTP request as the agent sent it (inside a tunnel, or not: `tunnel` is None then)."""
+
+    tunnel: Tunnel | None
+    method: str  # as the proxy shows it (upper case)
+    raw_method: bytes  # as sent: routing must judge what the vendor will see
+    scheme: str
+    host: str  # the request target's host
+    port: int
+    authority: HostPort | None  # an absolute-form target, if the agent sent one
+    host_header: HostPort | None
+    sni: str | None
+    path: str  # without the query
+    query: str  # the raw query string
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, by case-insensitive name."""
+        key = name.lower().encode()
+        for k, v in self.headers:
+            if k.lower() == key:
+                return v.decode("latin-1")
+        return None
+
+
+@dataclass
+class Forward:
+    """What to change before the request leaves, applied in this order: `path` (with its query)
+    replaced, query parameters dropped then set, headers dropped then set, `body` replaced."""
+
+    address: tuple[str, int]
+    path: str | None = None
+    drop_query: list[str] = field(default_factory=list)
+    set_query: dict[str, str] = field(default_factory=dict)
+    drop_headers: list[str] = field(default_factory=list)
+    set_headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    dlp: CallDlp | None = None  # what restoring the response needs
+
+
+@dataclass
+class ConnectVerdict:
+    call: Call
+    refusal: Refusal | None = None
+    tunnel: Tunnel | None = None
+
+
+@dataclass
+class Verdict:
+    """The pipeline's answer: exactly one of `refusal` and `forward` is set."""
+
+    call: Call
+    refusal: Refusal | None = None
+    forward: Forward | None = None

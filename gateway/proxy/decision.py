@@ -1,0 +1,34 @@
+"""Every request inside a tunnel: read into a `RequestView`, decided by the one pipeline
+(`gateway.pipeline.decide`), and either answered with its refusal or changed as decided and sent
+to exactly the address that was checked."""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+from gateway.pipeline import decide, request_call
+from gateway.proxy.flows import CALL, DLP, FORWARDED, Tunnels, apply, request_view, respond
+from gateway.runtime import Runtime
+
+
+class Decide:
+    def __init__(self, rt: Runtime, tunnels: Tunnels) -> None:
+        self.rt, self.tunnels = rt, tunnels
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        open_tunnel = self.tunnels.of(flow)
+        view = request_view(flow, open_tunnel.tunnel if open_tunnel else None)
+        call = flow.metadata[CALL] = request_call(view)
+        verdict = await decide(self.rt, view, call)
+        if verdict.refusal is not None:
+            respond(flow, call.decision_id, verdict.refusal)
+            return
+        assert verdict.forward is not None and open_tunnel is not None  # no tunnel is always refused
+        apply(flow.request, verdict.forward)
+        flow.metadata[DLP] = verdict.forward.dlp
+        open_tunnel.in_flight = flow
+        flow.metadata[FORWARDED] = time.monotonic()

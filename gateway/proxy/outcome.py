@@ -1,0 +1,131 @@
+"""The outcome of a forwarded call: the vendor's answer restored (step 10), the circuit told, and
+the outcome audited (step 11); a failed flow classified into its refusal and answered as JSON.
+
+The gateway never retries a call, idempotent or not. A reset or timeout can come after the vendor
+acted, so only the agent, which knows whether it sent an `Idempotency-Key`, may safely send again;
+the vendors' SDKs already retry (Stripe's with idempotency keys), and a second retry layer here
+would multiply the load on a failing vendor that the circuit breaker is trying to shed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http, tls
+
+from gateway.errors import DECISION_HEADER, Refusal
+from gateway.pipeline.call import Call
+from gateway.pipeline.dlp import CallDlp
+from gateway.proxy.flows import CALL, DLP, FORWARDED, TIMED_OUT, Tunnels, flow_call, is_event_stream, response_started
+from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
+from gateway.runtime import Runtime
+
+_VENDOR_FAULTS = ("upstream_failed", "upstream_tls", "upstream_timeout")
+
+
+class Outcome:
+    def __init__(self, rt: Runtime, tunnels: Tunnels, pages: ErrorPages) -> None:
+        self.rt, self.tunnels, self.pages = rt, tunnels, pages
+        self._tls_failed: set[str] = set()  # client connection ids whose upstream TLS failed
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call: Call | None = flow.metadata.get(CALL)
+        if call is None or flow.response is None:
+            return
+        flow.response.headers[DECISION_HEADER] = call.decision_id
+        if is_event_stream(flow):
+            call_dlp: CallDlp | None = flow.metadata.get(DLP)
+            # Streams pass through chunk by chunk; with tokens to restore, only a possible token
+            # prefix is held back.
+            flow.response.stream = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else True
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        call: Call | None = flow.metadata.get(CALL)
+        started = flow.metadata.get(FORWARDED)
+        if call is None or started is None or flow.response is None:
+            return
+        elapsed = time.monotonic() - started
+        await self._restore(flow, call)
+        status = flow.response.status_code
+        if status >= 500:
+            self.rt.breaker.failure(call.host or "")
+        else:
+            self.rt.breaker.success(call.host or "")
+        self.rt.metrics.upstream(elapsed)
+        self.rt.record_after(
+            call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
+        )
+        self.tunnels.done(flow)
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        self._tls_failed.add(data.context.client.id)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy failed the flow: decide which refusal that is, audit it, claim its error page."""
+        call: Call = flow.metadata.get(CALL) or flow_call(flow, self.tunnels)
+        msg = flow.error.msg if flow.error else ""
+        refusal = self._classify(flow, call, msg)
+        refusal.connector, refusal.action = call.connector, call.action
+        started = flow.metadata.get(FORWARDED)
+        if started is not None and refusal.code in _VENDOR_FAULTS and not msg.startswith("Response " + BODY_OVER_LIMIT):
+            self.rt.breaker.failure(call.host or "")
+        elif started is not None and refusal.code == "client_closed":
+            self.rt.breaker.release(call.host or "")
+        latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
+        phase = "outcome" if started else "decision"
+        self.rt.record_after(call.record("deny", refusal, phase=phase, latency_ms=latency))
+        # Claim the error page only when mitmproxy will write one: an unused claim would answer
+        # the connection's next failure.
+        if not response_started(flow) and not msg.startswith(CLIENT_GONE):
+            self.pages.claim(flow.client_conn.id, call.decision_id, refusal)
+        self.tunnels.done(flow)
+
+    def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
+        if msg.startswith(CLIENT_GONE):
+            # The agent hung up: not the vendor's failure, so the circuit must not count it (any
+            # agent could otherwise open it for everyone by hanging up on slow calls).
+            return Refusal("client_closed", "the agent closed the connection before the answer")
+        if msg.startswith("Response " + BODY_OVER_LIMIT):
+            limit = self.rt.config.max_response_body
+            return Refusal("upstream_failed", f"the vendor's response exceeds max_response_body ({limit} bytes)")
+        if flow.metadata.get(TIMED_OUT):
+            return Refusal("upstream_timeout", f"{call.host} did not answer in time")
+        if msg.startswith("Request " + BODY_OVER_LIMIT):
+            return Refusal("body_too_large", f"the request body exceeds max_body ({self.rt.config.max_body} bytes)")
+        if flow.client_conn.id in self._tls_failed:
+            self._tls_failed.discard(flow.client_conn.id)
+            return Refusal("upstream_tls", f"the TLS certificate of {call.host} did not verify")
+        if flow.metadata.get(FORWARDED) is None:
+            return Refusal("bad_request", "the request could not be read")
+        return Refusal("upstream_failed", f"{call.host} failed: connection error or broken HTTP")
+
+    async def _restore(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Step 10: tokens in the response restored for an agent whose policy reveals their types."""
+        call_dlp: CallDlp | None = flow.metadata.get(DLP)
+        resp = flow.response
+        if call_dlp is None or not call_dlp.reveal or resp is None:
+            return
+        if call_dlp.stream_summary is not None:
+            summary = call_dlp.stream_summary()
+        elif "json" in resp.headers.get("content-type", "") and resp.raw_content:
+            restored, summary = await self.rt.dlp.restore_json(resp.content or b"", call_dlp)
+            if summary.total:
+                resp.content = restored
+        else:
+            return
+        if summary.total or summary.withheld:
+            call.extra["revealed"], call.extra["withheld"] = summary.restored, summary.withheld
+
+
+def unclaimed_pages(rt: Runtime) -> Unclaimed:
+    """The refusal for a mitmproxy error page no flow hook claimed: a request too broken to become
+    a flow (a bad request line, a head over the limit). It is audited like any refusal."""
+
+    def refusal_for(status: int, message: str) -> tuple[str, Refusal]:
+        code = {413: "body_too_large", 502: "upstream_failed", 504: "upstream_timeout"}.get(status, "bad_request")
+        call = Call()
+        refusal = Refusal(code, "the proxy request is malformed" if code == "bad_request" else "the request failed")
+        rt.record_after(call.record("deny", refusal, phase="decision"))
+        return call.decision_id, refusal
+
+    return refusal_for

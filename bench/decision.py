@@ -1,16 +1,14 @@
-"""The decision path timed in-process, step by step, without mitmproxy or sockets.
+"""The decision pipeline timed in-process, step by step, without mitmproxy or sockets.
 
-`StripePayment` builds what `gateway.runtime.build` builds (registry, verifier with revocations,
-resolver with an `upstreams:` route, breaker, secrets, a policy set of 50 rules, quotas, audit log)
-and decides one Stripe create_payment_intent form call the way `Gateway._identify` and
-`Gateway._decide` do, one named step at a time. Two sums are reported: the proxy core's steps 1-4
-(identify, route, egress, validate; issue 2's target) and steps 1-6 with the policy's authorize
-and quota (issue 3's). The audit write is timed too but kept out of the sums: it is bookkeeping
-after the decision.
+`StripePayment` builds the runtime exactly as `egress-gateway run` builds it (`gateway.runtime.build`
+from a config: registry, verifier with revocations, resolver with an `upstreams:` route, breaker,
+secrets, a policy set of 50 rules, quotas, DLP, audit log) and times the very steps the proxy runs,
+`gateway.pipeline.REQUEST_STEPS`, over one Stripe create_payment_intent form call. Two sums are
+reported: the proxy core's steps up to `validate` (issue 2's target) and up to `quota` (issue 3's).
+The `audit` step is timed too but kept out of the sums: it is bookkeeping after the decision.
 
 In-process figures are lower bounds: inside the running gateway the same calls measure 2-3x
-slower (caches shared with mitmproxy's work, its larger heap for the GC), and headers here are a
-dict, not mitmproxy's `Headers`, whose pops make `inject_credentials` ~30 µs there.
+slower (caches shared with mitmproxy's work, its larger heap for the GC).
 """
 
 from __future__ import annotations
@@ -19,25 +17,14 @@ import asyncio
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-from connectors import registry as connector_registry
-from connectors.registry import Route
-from gateway.identity import tokens as identity
-from gateway.pipeline import steps as pipeline
-from gateway.audit.log import AuditLog
-from gateway.pipeline.breaker import Breaker
+from gateway import runtime
 from gateway.config import Config
-from gateway.pipeline.egress import Resolver
-from gateway.pipeline.steps import Call
-from gateway.policy.engine import Decision
-from gateway.policy.store import PolicyStore
-from gateway.pipeline.quota import Quotas
-from gateway.identity.revocation import Revocations
-from gateway.secrets import Secrets
+from gateway.identity import tokens as identity
+from gateway.pipeline import REQUEST_STEPS, Ctx, Forward, RequestView, Step, Tunnel, request_call
 from tests.fakes import VENDOR_ENV
 
 HOST, METHOD, PATH = "api.stripe.com", "POST", "/v1/payment_intents"
@@ -52,16 +39,14 @@ PAYMENT_FORM = urlencode(
         ("payment_method_types[]", "card"),
     ]
 ).encode()
-_AGENT_HEADERS = {
-    "host": HOST,
-    "content-type": "application/x-www-form-urlencoded",
-    "authorization": "Bearer agent-has-no-vendor-key",
-    "proxy-authorization": "Basic not-checked-here",
-}
-
-Step = tuple[str, Callable[[], Awaitable[None]]]
-CORE_STEPS = 4  # identify, route, egress, validate: the proxy core's decision (issue 2)
-POLICY_STEPS = 6  # ... then authorize and quota (issue 3)
+_AGENT_HEADERS = (
+    (b"host", HOST.encode()),
+    (b"content-type", b"application/x-www-form-urlencoded"),
+    (b"authorization", b"Bearer agent-has-no-vendor-key"),
+)
+CORE_UNTIL = "validate"  # identify .. validate: the proxy core's decision (issue 2)
+POLICY_UNTIL = "quota"  # ... then authorize and quota (issue 3)
+NOT_SUMMED = "audit"  # bookkeeping after the decision
 
 # The bench agents' own rules first; the other 48 cover other roles and actions, so every
 # decision looks through a realistically full policy set.
@@ -110,82 +95,36 @@ def write_policies(directory: Path, rules: int = 50) -> Path:
 
 
 class StripePayment:
-    """Runtime-equivalent objects in `root`, and the per-request steps of one Stripe payment call."""
+    """The runtime `run` builds, in `root`, and the request view of one Stripe payment call."""
 
     def __init__(self, root: Path):
-        config = Config()
-        key = identity.load_or_create_key(root / "signing-key.pem")
-        self.registry = connector_registry.load()
-        revocations = Revocations(root / "revocations.db")
-        self.verifier = identity.Verifier(key, revocations, config.max_token_ttl, config.token_leeway)
-        self.resolver = Resolver({HOST: ("127.0.0.1", 9443)})
-        self.breaker = Breaker(config.breaker.failures, config.breaker.reset)
         os.environ.update(VENDOR_ENV)
-        self.secrets = Secrets({"stripe": "env:TEST_STRIPE_KEY"})
-        self.audit = AuditLog(root / "audit.jsonl", key.private)
-        self.policies = PolicyStore(write_policies(root / "policies"), self.registry.get)
-        self.quotas = Quotas.from_uri("memory://")
-        self.params: dict[str, object] = {}
-        self.decision: Decision | None = None
-        self.token = identity.issue(
-            key, sub="bench-agent", role="finance", scopes=("stripe:*",), ttl=600, max_ttl=config.max_token_ttl
+        config = Config.model_validate({
+            "state_dir": str(root / "state"),
+            "policies": str(write_policies(root / "policies")),
+            "upstreams": {HOST: "https://127.0.0.1:9443"},
+            "secrets": {"stripe": "env:TEST_STRIPE_KEY"},
+            "stores": {"rate_limits": "memory://"},
+        })
+        self.rt = runtime.build(config)
+        token = identity.issue(
+            self.rt.key, sub="bench-agent", role="finance", scopes=("stripe:*",), ttl=600, max_ttl=config.max_token_ttl
         )
-        self.verifier.verify(self.token)  # the full verify happened at CONNECT; requests hit the cache
-        self.call = Call()
-        self.found: Route | None = None
-
-    def steps(self) -> list[Step]:
-        return [
-            ("identify (cached verify)", self.identify),
-            ("route + token scopes", self.route),
-            ("egress (target, resolve)", self.egress),
-            ("validate (form -> pydantic)", self.validate),
-            (f"authorize (policy, {self.policies.current.rule_count} rules)", self.authorize),
-            ("quota (rate + budget, memory://)", self.quota),
-            ("breaker + credentials", self.credentials),
-        ]
-
-    async def identify(self) -> None:
-        self.call = Call(host=HOST, method=METHOD, path=PATH)
-        self.call.identity = self.verifier.verify(self.token)
-
-    async def route(self) -> None:
-        self.found = pipeline.route(self.registry, frozenset(), HOST, METHOD, PATH)
-        assert self.found is not None and self.call.identity is not None
-        pipeline.authorize_scopes(self.call.identity, self.found.connector.name, self.found.action.name)
-
-    async def egress(self) -> None:
-        pipeline.check_target(
-            connect=(HOST, 443), scheme="https", target=(HOST, 443), authority=None, host_header=(HOST, None), sni=HOST
+        agent = self.rt.verifier.verify(token)  # the full verify happened at CONNECT; requests hit the cache
+        tunnel = Tunnel(agent, HOST, 443, ("127.0.0.1", 9443))
+        self.view = RequestView(
+            tunnel=tunnel, method=METHOD, raw_method=METHOD.encode(), scheme="https", host=HOST, port=443,
+            authority=None, host_header=(HOST, None), sni=HOST, path=PATH, query="", headers=_AGENT_HEADERS,
+            body=PAYMENT_FORM,
         )
-        await self.resolver.resolve(HOST, 443)
+        self.rules = self.rt.policies.current.rule_count if self.rt.policies else 0
 
-    async def validate(self) -> None:
-        assert self.found is not None
-        self.params = pipeline.validate(self.found.action, PAYMENT_FORM, "")
-
-    async def authorize(self) -> None:
-        assert self.found is not None and self.call.identity is not None
-        self.decision = pipeline.authorize(
-            self.policies.current, self.call.identity, self.found.connector.name, self.found.action.name,
-            self.params, None,
-        )
-        assert self.decision is not None and self.decision.outcome == "allow", self.decision
-
-    async def quota(self) -> None:
-        assert self.decision is not None
-        await self.quotas.charge(self.decision, self.params)
-
-    async def credentials(self) -> None:
-        assert self.found is not None
-        self.breaker.check(HOST)
-        pipeline.inject_credentials(self.found.connector, self.secrets, dict(_AGENT_HEADERS), {})
-
-    async def audit_write(self) -> None:
-        self.audit.write(self.call.record("allow", phase="decision"))
+    def context(self) -> Ctx:
+        assert self.view.tunnel is not None
+        return Ctx(self.rt, self.view, request_call(self.view), Forward(self.view.tunnel.address))
 
     def close(self) -> None:
-        self.audit.close()
+        self.rt.close()
 
 
 @dataclass(frozen=True)
@@ -204,39 +143,43 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return cuts[49], cuts[98]
 
 
-async def _measure(steps: list[Step], iterations: int) -> list[list[float]]:
-    """ns per step per iteration; the first tenth of the iterations (at least 100) only warm up."""
+async def _measure(path: StripePayment, steps: tuple[Step, ...], iterations: int) -> list[list[float]]:
+    """ns per step per decision; the first tenth of the decisions (at least 100) only warm up."""
     warmup = max(100, iterations // 10)
     out: list[list[float]] = [[] for _ in steps]
     clock = time.perf_counter_ns
     for i in range(warmup + iterations):
-        for j, (_, step) in enumerate(steps):
+        ctx = path.context()
+        for j, step in enumerate(steps):
             t = clock()
-            await step()
+            await step.run(ctx)
             if i >= warmup:
                 out[j].append(float(clock() - t))
+        assert ctx.decision is not None and ctx.decision.outcome == "allow", ctx.decision
     return out
 
 
 def measure(root: Path, iterations: int) -> tuple[list[Timing], list[Timing], Timing]:
-    """(per step, sums of the first 4 and 6 steps, audit write) for `iterations` decisions."""
+    """(per step, sums up to `validate` and up to `quota`, the audit step) for `iterations` decisions."""
     path = StripePayment(root)
     try:
-        steps = path.steps()
-        samples = asyncio.run(_measure([*steps, ("audit write", path.audit_write)], iterations))
+        samples = asyncio.run(_measure(path, REQUEST_STEPS, iterations))
     finally:
         path.close()
-    per_step, audit = samples[: len(steps)], samples[-1]
+    names = [step.name for step in REQUEST_STEPS]
 
     def timing(name: str, ns: list[float]) -> Timing:
         p50, p99 = percentiles(ns)
         return Timing(name, p50 / 1000, p99 / 1000)
 
-    def total(name: str, first: int) -> Timing:
-        return timing(name, [sum(column) for column in zip(*per_step[:first])])
+    def total(until: str) -> Timing:
+        first = names.index(until) + 1
+        title = f"{names[0]} .. {until}" + (f" ({path.rules} rules)" if until == POLICY_UNTIL else "")
+        return timing(title, [sum(column) for column in zip(*samples[:first])])
 
+    audit = names.index(NOT_SUMMED)
     return (
-        [timing(name, ns) for (name, _), ns in zip(steps, per_step)],
-        [total("steps 1-4: identify .. validate", CORE_STEPS), total("steps 1-6: .. authorize, quota", POLICY_STEPS)],
-        timing("audit write, one of two a request (not in sums)", audit),
+        [timing(name, ns) for name, ns in zip(names, samples) if name != NOT_SUMMED],
+        [total(CORE_UNTIL), total(POLICY_UNTIL)],
+        timing("audit (record written before forwarding; not in sums)", samples[audit]),
     )

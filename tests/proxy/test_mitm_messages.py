@@ -1,0 +1,41 @@
+"""Pins for what the gateway must still read from mitmproxy as text or reach into as internals.
+
+mitmproxy reports a flow's failure only as a message; the gateway reads two of them
+(`gateway.proxy.mitm_compat.CLIENT_GONE`, `BODY_OVER_LIMIT`) and knows everything else from its own
+state or hooks. Each pin below fails on a mitmproxy upgrade that rewords or moves what is read, so
+the change is seen in CI instead of as a misclassified refusal in production.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from mitmproxy.proxy import layer
+from mitmproxy.proxy.layers import http as http_layers
+from mitmproxy.proxy.layers import tls
+from mitmproxy.proxy.layers.http import _http1
+
+from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE
+
+
+def test_client_gone_is_the_message_of_an_agent_hanging_up() -> None:
+    assert f'"{CLIENT_GONE}.' in inspect.getsource(_http1)
+
+
+def test_body_over_limit_is_the_message_for_both_directions_with_its_prefix() -> None:
+    source = inspect.getsource(http_layers)
+    assert "{'Request' if request else 'Response'} " + BODY_OVER_LIMIT in source
+
+
+def test_error_pages_are_made_by_make_error_response_inside_the_http1_servers_event_handler() -> None:
+    assert list(inspect.signature(_http1.make_error_response).parameters) == ["status_code", "message"]
+    server_source = inspect.getsource(_http1.Http1Server)
+    assert "make_error_response(event.code, event.message)" in server_source
+    assert "make_error_response(400, str(e))" in server_source
+    handler = inspect.getsource(_http1.Http1Connection._handle_event)
+    assert "self.send(event)" in handler and "self.state(event)" in handler
+    assert issubclass(_http1.Http1Server, layer.Layer)
+
+
+def test_upstream_tls_failures_have_their_own_hook() -> None:
+    assert tls.TlsFailedServerHook.name == "tls_failed_server"

@@ -91,10 +91,13 @@ class Egress(_Strict):
 
 
 class Breaker(_Strict):
-    """Per-upstream circuit breaker: open after `failures` consecutive failures, probe after `reset`."""
+    """Per-upstream circuit breakers: open after `failures` consecutive failures, probe after
+    `reset`. The shared circuit needs failures from `agents` distinct agents; an agent's own
+    failures open a circuit for that agent alone."""
 
     failures: int = Field(default=5, ge=1)
     reset: Duration = 30.0
+    agents: int = Field(default=2, ge=1)
 
 
 class PythonSettings(_Strict):

@@ -137,7 +137,7 @@ def build(config: Config) -> Runtime:
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
         audit=AuditLog(state.audit_log, key.private),
-        breaker=Breaker(config.breaker.failures, config.breaker.reset),
+        breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
         approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl),

@@ -1,16 +1,21 @@
-"""A circuit breaker per upstream host.
+"""Circuit breakers per upstream host: one shared by every agent, and one per agent.
 
-After `failures` consecutive failures (connection errors, TLS errors, timeouts, 5xx) the circuit
+After `failures` consecutive failures (connection errors, TLS errors, timeouts, 5xx) a circuit
 opens and calls are refused at once with `circuit_open`, without dialing. After `reset` seconds one
 probe call is let through (half-open); its success closes the circuit, its failure re-opens it.
 A probe that never reports (refused after `check`, e.g. because its audit record could not be
 written) must not hold the circuit open forever: after another `reset` seconds a new probe may go.
+
+One agent must not open the circuit for everyone: an agent can provoke failures by what it sends
+(calls that run past the read timeout, inputs the vendor chokes on). So the shared circuit opens
+only when the failing streak spans at least `agents` distinct agents; an agent's own streak opens
+its own circuit, which throttles that agent alone.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import Refusal
 
@@ -20,17 +25,54 @@ class _State:
     failures: int = 0
     opened_at: float | None = None
     probe_at: float | None = None  # when the half-open probe was let through
+    agents: set[str | None] = field(default_factory=set)  # who failed in this streak
 
 
 class Breaker:
-    def __init__(self, failures: int, reset: float):
+    def __init__(self, failures: int, reset: float, agents: int = 2):
         self._threshold = failures
         self._reset = reset
-        self._states: dict[str, _State] = {}
+        self._agents = agents
+        self._shared: dict[str, _State] = {}
+        self._own: dict[tuple[str, str | None], _State] = {}
 
-    def check(self, key: str) -> None:
-        """Refuse if the circuit for `key` is open; let exactly one probe through when it may close."""
-        st = self._states.get(key)
+    def check(self, key: str, agent: str | None = None) -> None:
+        """Refuse if the shared circuit for `key`, or the agent's own, is open; when one may close,
+        let exactly one probe through."""
+        self._check(key, self._shared.get(key), "")
+        self._check(key, self._own.get((key, agent)), " for this agent")
+
+    def success(self, key: str, agent: str | None = None) -> None:
+        self._shared.pop(key, None)
+        self._own.pop((key, agent), None)
+
+    def release(self, key: str, agent: str | None = None) -> None:
+        """A call whose outcome says nothing about the vendor (the agent hung up): if it was a
+        half-open probe, the next call may probe at once; counts are left as they were."""
+        for st in (self._shared.get(key), self._own.get((key, agent))):
+            if st is not None:
+                st.probe_at = None
+
+    def failure(self, key: str, agent: str | None = None) -> None:
+        shared = self._shared.setdefault(key, _State())
+        shared.agents.add(agent)
+        self._fail(shared, len(shared.agents) >= self._agents)
+        self._fail(self._own.setdefault((key, agent), _State()), True)
+
+    def state(self, key: str, agent: str | None = None) -> str:
+        """The circuit that refuses this agent: the shared one if it is not closed, else its own."""
+        for st in (self._shared.get(key), self._own.get((key, agent))):
+            if st is not None and st.opened_at is not None:
+                return "half-open" if st.probe_at is not None else "open"
+        return "closed"
+
+    def _fail(self, st: _State, may_open: bool) -> None:
+        st.failures += 1
+        if st.probe_at is not None or (may_open and st.failures >= self._threshold):
+            st.opened_at = time.monotonic()
+            st.probe_at = None
+
+    def _check(self, key: str, st: _State | None, whose: str) -> None:
         if st is None or st.opened_at is None:
             return
         now = time.monotonic()
@@ -40,30 +82,7 @@ class Breaker:
             retry = max(1, int(self._reset - waited + 0.999))
             raise Refusal(
                 "circuit_open",
-                f"{key} failed {st.failures} times in a row; the circuit is open",
+                f"{key} failed {st.failures} times in a row; the circuit is open{whose}",
                 headers={"Retry-After": str(retry)},
             )
         st.probe_at = now
-
-    def success(self, key: str) -> None:
-        self._states.pop(key, None)
-
-    def release(self, key: str) -> None:
-        """A call whose outcome says nothing about the vendor (the agent hung up): if it was the
-        half-open probe, the next call may probe at once; counts are left as they were."""
-        st = self._states.get(key)
-        if st is not None:
-            st.probe_at = None
-
-    def failure(self, key: str) -> None:
-        st = self._states.setdefault(key, _State())
-        st.failures += 1
-        if st.probe_at is not None or st.failures >= self._threshold:
-            st.opened_at = time.monotonic()
-            st.probe_at = None
-
-    def state(self, key: str) -> str:
-        st = self._states.get(key)
-        if st is None or st.opened_at is None:
-            return "closed"
-        return "half-open" if st.probe_at is not None else "open"

@@ -35,6 +35,11 @@ class Call:
     action: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def agent(self) -> str | None:
+        """Who is calling, as one key (tenant and subject): what per-agent state is kept under."""
+        return f"{self.identity.tenant or ''}/{self.identity.sub}" if self.identity else None
+
     def decided_by(self, decision: Decision) -> None:
         """The policy's part of the record: which version and rules decided, and shadow findings."""
         self.extra.update(

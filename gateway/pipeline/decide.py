@@ -205,7 +205,7 @@ async def credentials(c: Ctx) -> None:
 async def circuit(c: Ctx) -> None:
     """The host's circuit breaker. Last: letting a half-open circuit's one probe through commits
     us to forwarding it."""
-    c.rt.breaker.check(c.call.host or "")
+    c.rt.breaker.check(c.call.host or "", c.call.agent)
 
 
 async def audit(c: Ctx) -> None:

@@ -48,9 +48,9 @@ class Outcome:
         await self._restore(flow, call)
         status = flow.response.status_code
         if status >= 500:
-            self.rt.breaker.failure(call.host or "")
+            self.rt.breaker.failure(call.host or "", call.agent)
         else:
-            self.rt.breaker.success(call.host or "")
+            self.rt.breaker.success(call.host or "", call.agent)
         self.rt.metrics.upstream(elapsed)
         self.rt.record_after(
             call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
@@ -68,9 +68,9 @@ class Outcome:
         refusal.connector, refusal.action = call.connector, call.action
         started = flow.metadata.get(FORWARDED)
         if started is not None and refusal.code in _VENDOR_FAULTS and not msg.startswith("Response " + BODY_OVER_LIMIT):
-            self.rt.breaker.failure(call.host or "")
+            self.rt.breaker.failure(call.host or "", call.agent)
         elif started is not None and refusal.code == "client_closed":
-            self.rt.breaker.release(call.host or "")
+            self.rt.breaker.release(call.host or "", call.agent)
         latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
         phase = "outcome" if started else "decision"
         self.rt.record_after(call.record("deny", refusal, phase=phase, latency_ms=latency))

@@ -324,6 +324,8 @@ class GatewayProcess:
         key = identity.load_or_create_key(self.state_dir / "signing-key.pem")
         kw.setdefault("ttl", 600)
         kw.setdefault("max_ttl", 1800)
+        if role == identity.ADMIN_ROLE:
+            kw.setdefault("tenant", identity.ALL_TENANTS)  # the suites' operator is a global admin
         return identity.issue(key, sub=sub, role=role, scopes=scopes, **kw)
 
     def proxy_url(self, token: str, user: str = "agent") -> str:

@@ -24,7 +24,7 @@ from gateway.policy.approvals import ApprovalError
 from gateway.pipeline.dlp import scope_of
 from gateway.errors import DECISION_HEADER, Refusal, describe
 from gateway.sandbox_service import RegisterRequest, RunRequest
-from gateway.identity.tokens import ADMIN_ROLE, Identity
+from gateway.identity.tokens import ADMIN_ROLE, ALL_TENANTS, Identity
 from gateway.pipeline.call import Call
 from gateway.runtime import Runtime
 
@@ -46,7 +46,15 @@ def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
     ident = rt.verifier.verify(token.strip())
     if admin and ident.role != ADMIN_ROLE:
         raise Refusal("admin_required", "this endpoint needs a token with role admin")
+    if admin and ident.tenant is None:
+        raise Refusal("admin_required", f"an admin token must name its tenant, or {ALL_TENANTS!r} for every tenant")
     return ident
+
+
+def global_admin(call: Call) -> None:
+    """Settings that reach every tenant (tools, process metrics) are for a global admin only."""
+    if call.identity is None or call.identity.tenant != ALL_TENANTS:
+        raise Refusal("admin_required", f"this endpoint needs a global admin token (tenant {ALL_TENANTS!r})")
 
 
 def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call], Awaitable[Any]]], Handler]:
@@ -104,7 +112,8 @@ def create_app(rt: Runtime) -> Starlette:
         return JSONResponse({"keys": [rt.key.jwk()]})
 
     @endpoint(rt, admin=True)
-    async def metrics(_: Request, __: Call) -> Response:
+    async def metrics(_: Request, call: Call) -> Response:
+        global_admin(call)
         return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @endpoint(rt, admin=True)
@@ -112,12 +121,15 @@ def create_app(rt: Runtime) -> Starlette:
         return {"connectors": [describe_connector(c) for c in rt.registry]}
 
     @endpoint(rt, admin=True)
-    async def decisions(request: Request, __: Call) -> dict[str, Any]:
+    async def decisions(request: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
         try:
             limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
         except ValueError:
             raise Refusal("bad_request", "limit must be an integer") from None
-        return {"decisions": list(rt.recent)[-limit:]}
+        admin = call.identity
+        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant"))]
+        return {"decisions": visible[-limit:]}
 
     @endpoint(rt, admin=False)
     async def detokenize(request: Request, call: Call) -> dict[str, Any]:
@@ -153,6 +165,7 @@ def create_app(rt: Runtime) -> Starlette:
 
     @endpoint(rt, admin=True)
     async def register_tool(request: Request, call: Call) -> dict[str, Any]:
+        global_admin(call)
         body = await read_body(rt, request, rt.config.sandbox.max_tool_body, "sandbox.max_tool_body")
         try:
             reg = RegisterRequest.model_validate_json(body)
@@ -175,7 +188,7 @@ def create_app(rt: Runtime) -> Starlette:
         assert ident is not None
         found = rt.approvals.get(request.path_params["id"])
         mine = found is not None and found.sub == ident.sub and found.tenant == ident.tenant
-        if found is None or not (mine or ident.role == ADMIN_ROLE):
+        if found is None or not (mine or ident.administers(found.tenant)):
             raise Refusal("not_found", "no such approval for this agent")
         return found.public()
 
@@ -184,8 +197,9 @@ def create_app(rt: Runtime) -> Starlette:
         async def handler(request: Request, call: Call) -> dict[str, Any]:
             assert call.identity is not None
             approval_id = request.path_params["id"]
-            if rt.approvals.get(approval_id) is None:
-                raise Refusal("not_found", "no such approval")
+            found = rt.approvals.get(approval_id)
+            if found is None or not call.identity.administers(found.tenant):
+                raise Refusal("not_found", "no such approval in this admin's tenant")
             try:
                 decided = (rt.approvals.approve if verb == "approve" else rt.approvals.deny)(approval_id, call.identity.sub)
             except ApprovalError as e:

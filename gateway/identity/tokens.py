@@ -26,6 +26,7 @@ from gateway.state import write_private
 ISSUER = "egress-gateway"
 AUDIENCE = "egress-gateway"
 ADMIN_ROLE = "admin"  # the API's administrators; never a proxy credential
+ALL_TENANTS = "*"  # the tenant of a global admin, which must say so explicitly
 _CACHE_MAX = 4096
 
 
@@ -42,6 +43,11 @@ class Identity:
     nbf: float
     exp: float
     tool: str | None = None  # set on tokens the sandbox mints for a tool's host calls
+
+    def administers(self, tenant: str | None) -> bool:
+        """Whether this admin may see and act on `tenant`'s objects: its own tenant only, unless
+        it is a global admin (`tenant: "*"`). A token of another role administers nothing."""
+        return self.role == ADMIN_ROLE and self.tenant is not None and self.tenant in (ALL_TENANTS, tenant)
 
     def allows(self, connector: str, action: str) -> bool:
         """Whether the token's scopes reach `connector:action` (`stripe:*` and `*` are wildcards)."""
@@ -100,6 +106,10 @@ def issue(
         raise ValueError("sub and role are required")
     if ttl <= 0 or ttl > max_ttl:
         raise ValueError(f"ttl {ttl:g}s is outside (0, max_token_ttl={max_ttl:g}s]")
+    if role == ADMIN_ROLE and not tenant:
+        raise ValueError(f"an admin token names its tenant, or {ALL_TENANTS!r} for every tenant (--tenant)")
+    if tenant == ALL_TENANTS and role != ADMIN_ROLE:
+        raise ValueError(f"only an admin token may have tenant {ALL_TENANTS!r}")
     now = time.time() if now is None else now
     claims: dict[str, object] = {
         "iss": ISSUER,

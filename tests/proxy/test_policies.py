@@ -301,3 +301,28 @@ def test_policy_check_and_policy_test_through_the_cli(policy_gw: GatewayProcess,
                        '"params": {"amount": 150000, "currency": "usd", "metadata": {"account": "1234567890"}}}')
     out = policy_gw.cli("policy", "test", "--as", "finance", "--tenant", "acme", str(request), check=False)
     assert out.returncode == 1 and "approval_required" in out.stdout
+
+
+def test_an_admin_acts_only_inside_its_tenant(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """Hardening issue, item 10: a tenant's admin cannot see or decide another tenant's calls."""
+    def bearer(tenant: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {policy_gw.token(sub=f'ops-{tenant}', role='admin', tenant=tenant)}"}
+
+    with client(policy_gw, finance(policy_gw, sub="finance-tenancy")) as c:
+        approval_id = error_of(c.post(PAY, data={**GOOD, "amount": "250000"}))["approval_id"]
+    api = policy_gw.api_url
+    foreign = httpx.post(f"{api}/v1/approvals/{approval_id}/approve", headers=bearer("globex"))
+    assert (foreign.status_code, error_of(foreign)["code"]) == (404, "not_found")
+    assert httpx.get(f"{api}/v1/approvals/{approval_id}", headers=bearer("globex")).status_code == 404
+    seen = httpx.get(f"{api}/v1/decisions?limit=1000", headers=bearer("globex")).json()["decisions"]
+    assert seen == []
+    acme = httpx.get(f"{api}/v1/decisions?limit=1000", headers=bearer("acme")).json()["decisions"]
+    assert acme and {rec["tenant"] for rec in acme} == {"acme"}
+    everyone = httpx.get(f"{api}/v1/decisions?limit=1000", headers=bearer("*")).json()["decisions"]
+    assert len(everyone) > len(acme)
+    for path in ("/metrics",):
+        r = httpx.get(f"{api}{path}", headers=bearer("acme"))
+        assert (r.status_code, error_of(r)["code"]) == (403, "admin_required")
+    assert httpx.post(f"{api}/v1/approvals/{approval_id}/approve", headers=bearer("acme")).status_code == 200
+    untenanted = policy_gw.cli("token", "issue", "--sub", "ops", "--role", "admin", check=False)
+    assert untenanted.returncode == 2 and "tenant" in untenanted.stderr

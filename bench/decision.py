@@ -121,7 +121,7 @@ class StripePayment:
 
     def context(self) -> Ctx:
         assert self.view.tunnel is not None
-        return Ctx(self.rt, self.view, request_call(self.view), Forward(self.view.tunnel.address))
+        return Ctx(self.rt, self.view, request_call(self.rt, self.view), Forward(self.view.tunnel.address))
 
     def close(self) -> None:
         self.rt.close()

@@ -26,6 +26,7 @@ from gateway.errors import DECISION_HEADER, Refusal, describe
 from gateway.sandbox_service import RegisterRequest, RunRequest
 from gateway.identity.tokens import ADMIN_ROLE, ALL_TENANTS, Identity
 from gateway.pipeline.call import Call
+from gateway.pipeline.steps import audit_method, redact_path
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
 
     def wrap(fn: Callable[[Request, Call], Awaitable[Any]]) -> Handler:
         async def handler(request: Request) -> Response:
-            call = Call(host="api", method=request.method, path=request.url.path)
+            call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
             try:
                 call.identity = authenticate(rt, request, admin=admin)
                 result = await fn(request, call)
@@ -211,7 +212,7 @@ def create_app(rt: Runtime) -> Starlette:
 
     async def no_route(request: Request, exc: Exception) -> Response:
         """Starlette's own 404 and 405 pages are plain text; every refusal here is the contract's JSON."""
-        call = Call(host="api", method=request.method, path=request.url.path)
+        call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
         if getattr(exc, "status_code", 404) == 405:
             refusal = Refusal("bad_request", f"this endpoint does not take {request.method}")
         else:

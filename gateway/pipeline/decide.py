@@ -52,6 +52,12 @@ class Ctx:
     policies: PolicySet | None = None
     decision: Decision | None = None
 
+    @property
+    def host(self) -> str:
+        """The request target's host as routing and egress judge it (the audit's `call.host` shows
+        only a claimed host)."""
+        return canonical_host(self.view.host)
+
 
 @dataclass(frozen=True)
 class Step:
@@ -69,9 +75,9 @@ async def identify(c: Ctx) -> None:
     if tunnel is None:
         # Not inside a CONNECT tunnel: an absolute-form plain-http proxy request.
         c.call.identity = c.rt.verifier.verify(token_from_proxy_authorization(c.view.header("proxy-authorization")))
-        if c.rt.registry.claims(c.call.host or "") or c.call.host in c.rt.allow_hosts:
-            raise Refusal("plain_http_denied", f"plain http to {c.call.host} is refused; use https")
-        raise Refusal("host_denied", f"no connector or egress.allow entry claims {c.call.host}")
+        if c.rt.registry.claims(c.host) or c.host in c.rt.allow_hosts:
+            raise Refusal("plain_http_denied", f"plain http to {c.host} is refused; use https")
+        raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
     c.identity = c.call.identity = tunnel.identity
     c.rt.verifier.check(tunnel.identity)
 
@@ -104,7 +110,7 @@ async def route(c: Ctx) -> None:
     """host + method + path -> the connector action; a path must mean the same here and at the vendor."""
     path = c.view.path or "/"
     steps.check_path(path)
-    host = c.call.host or ""
+    host = c.host
     c.route = steps.route(c.rt.registry, c.rt.allow_hosts, host, c.view.method, path)
     if c.route is None:
         c.call.connector, c.call.action = steps.PASSTHROUGH, host
@@ -116,10 +122,10 @@ async def scopes(c: Ctx) -> None:
     """The token's scopes: the ceiling within which the policy decides."""
     assert c.identity is not None
     if c.route is None:
-        steps.authorize_scopes(c.identity, "egress", c.call.host or "")
+        steps.authorize_scopes(c.identity, "egress", c.host)
         if c.rt.policies is not None:
             # Policy rules name connectors; a pass-through host has none, so no rule can allow it.
-            raise Refusal("policy_denied", f"{c.call.host} is a pass-through host; policies govern connectors only")
+            raise Refusal("policy_denied", f"{c.host} is a pass-through host; policies govern connectors only")
         return
     steps.authorize_scopes(c.identity, c.route.connector.name, c.route.action.name)
 
@@ -205,7 +211,7 @@ async def credentials(c: Ctx) -> None:
 async def circuit(c: Ctx) -> None:
     """The host's circuit breaker. Last: letting a half-open circuit's one probe through commits
     us to forwarding it."""
-    c.rt.breaker.check(c.call.host or "", c.call.agent)
+    c.rt.breaker.check(c.host, c.call.agent)
 
 
 async def audit(c: Ctx) -> None:
@@ -226,7 +232,7 @@ REQUEST_STEPS: tuple[Step, ...] = tuple(
 
 async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Verdict:
     """Run `REQUEST_STEPS` over one request; a refusal is audited here, an allow by the last step."""
-    call = call or request_call(view)
+    call = call or request_call(rt, view)
     address = view.tunnel.address if view.tunnel else ("", 0)
     ctx = Ctx(rt, view, call, Forward(address))
     try:
@@ -240,9 +246,14 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
     return Verdict(call, forward=ctx.forward)
 
 
-def request_call(view: RequestView) -> Call:
-    """The call a request starts as: its host canonical, its path redacted for the audit."""
-    return Call(host=canonical_host(view.host), method=view.method, path=steps.redact_path(view.path))
+def request_call(rt: Runtime, view: RequestView) -> Call:
+    """The call a request starts as, with only what may be written: a claimed host, an HTTP token
+    as method, a redacted path. The host that routing judges is `ctx.host`, never this one."""
+    return Call(
+        host=steps.audit_host(rt.registry, rt.allow_hosts, view.host),
+        method=steps.audit_method(view.method),
+        path=steps.redact_path(view.path),
+    )
 
 
 def refused(rt: Runtime, call: Call, refusal: Refusal) -> Refusal:
@@ -258,14 +269,14 @@ def refused(rt: Runtime, call: Call, refusal: Refusal) -> Refusal:
 
 async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
     """Whether a tunnel opens: a valid agent (not an admin), a claimed host on 443, a public address."""
-    call = Call(host=canonical_host(view.host), method="CONNECT", path=None)
-    host = call.host or ""
+    host = canonical_host(view.host)
+    call = Call(host=steps.audit_host(rt.registry, rt.allow_hosts, host), method="CONNECT", path=None)
     try:
         call.identity = rt.verifier.verify(token_from_proxy_authorization(view.proxy_authorization))
         if call.identity.role == ADMIN_ROLE:
             raise Refusal("identity_invalid", "an admin token is for the API only, not a proxy credential")
         if not (rt.registry.claims(host) or host in rt.allow_hosts):
-            raise Refusal("host_denied", f"no connector or egress.allow entry claims {host}")
+            raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
         if view.port != HTTPS_PORT:
             raise Refusal("host_denied", f"vendors are reached on port {HTTPS_PORT} only")
         address = await rt.resolver.resolve(host, view.port)

@@ -104,6 +104,22 @@ def check_path(path: str) -> None:
             raise Refusal("bad_request", "the path has a dot segment, an encoded slash or a control character")
 
 
+_METHOD = re.compile(r"[A-Z]{1,16}")
+
+
+def audit_method(method: str) -> str:
+    """The method as the audit and messages show it: an HTTP token, or `…` (an agent can send any
+    bytes as a method, an e-mail address included)."""
+    return method if _METHOD.fullmatch(method) else "…"
+
+
+def audit_host(registry: Registry, allow_hosts: frozenset[str], host: str) -> str:
+    """A host as the audit and messages show it: only a host the gateway claims is written; any
+    other name comes from the agent alone and may carry anything (`jane.doe.1985.evil.example`)."""
+    name = canonical_host(host)
+    return name if registry.claims(name) or name in allow_hosts else "…"
+
+
 def redact_path(path: str) -> str:
     """The path as the audit records it: id-like segments (`pi_123`, `v1`) kept, anything else
     (an agent can put an e-mail address in a path) shown as `…`."""
@@ -120,7 +136,7 @@ def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: st
     owners = registry.connectors_for(host)
     raise Refusal(
         "unknown_action",
-        f"{method} {redact_path(path)} is no action of the connector for {host}",
+        f"{audit_method(method)} {redact_path(path)} is no action of the connector for {host}",
         connector=owners[0].name if owners else None,
     )
 

@@ -22,7 +22,7 @@ class Decide:
             return
         open_tunnel = self.tunnels.of(flow)
         view = request_view(flow, open_tunnel.tunnel if open_tunnel else None)
-        call = flow.metadata[CALL] = request_call(view)
+        call = flow.metadata[CALL] = request_call(self.rt, view)
         verdict = await decide(self.rt, view, call)
         if verdict.refusal is not None:
             respond(flow, call.decision_id, verdict.refusal)

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from connectors.model import canonical_host
 from gateway.errors import Refusal
 from gateway.pipeline.call import Call
 from gateway.pipeline.request import Forward, RequestView, Tunnel
-from gateway.pipeline.steps import redact_path
+from gateway.pipeline.steps import audit_method, redact_path
 
 # flow.metadata keys
 CALL = "egress.call"  # the Call: decision id and audit fields
@@ -64,12 +63,13 @@ def request_view(flow: http.HTTPFlow, tunnel: Tunnel | None) -> RequestView:
 
 
 def flow_call(flow: http.HTTPFlow, tunnels: Tunnels) -> Call:
-    """The call of a flow that failed before the pipeline saw it (mitmproxy refused its body)."""
+    """The call of a flow that failed before the pipeline saw it (mitmproxy refused its body): the
+    tunnel's checked host, never the request's own (that came from the agent alone)."""
     req = flow.request
     open_tunnel = tunnels.of(flow)
     return Call(
-        host=canonical_host(req.host),
-        method=req.method,
+        host=open_tunnel.tunnel.host if open_tunnel else None,
+        method=audit_method(req.method),
         path=redact_path(req.path.split("?", 1)[0]),
         identity=open_tunnel.tunnel.identity if open_tunnel else None,
     )

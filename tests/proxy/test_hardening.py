@@ -151,3 +151,29 @@ def test_pii_as_a_number_or_a_name_never_leaves_raw(gateway: GatewayProcess, ven
         r = c.post("https://api.stripe.com/v1/customers", data={f"metadata[{EMAIL}]": "x"})
     assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
     assert EMAIL not in r.text and len(vendor.received) == sent
+
+
+@pytest.mark.parametrize("with_token", [False, True])
+def test_agent_named_hosts_methods_and_api_paths_stay_out_of_the_audit_log_and_messages(
+    gateway: GatewayProcess, vendor: FakeVendor, with_token: bool
+) -> None:
+    """Hardening issue, item 3: every agent-controlled string is redacted or validated before it is
+    written: a CONNECT host (with or without a token), an HTTP method, an API path."""
+    secret_host = "jane-doe-123-45-6789.example.net"
+    before = len(gateway.audit())
+    token = gateway.token(scopes=("stripe:*",))
+    sock, resp = raw_connect(gateway, secret_host, basic(token) if with_token else None)
+    sock.close()
+    tls = tunnel_tls(gateway, token, "api.stripe.com")
+    tls.sendall(b"JANE.DOE.EXAMPLE.COM /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+    odd_method = read_response(tls)
+    tls.close()
+    api = httpx.get(f"{gateway.api_url}/v1/approvals/{EMAIL}", headers={"Authorization": f"Bearer {token}"})
+    answers = [resp.error(), odd_method.error(), error_of(api)]
+    assert [a["code"] for a in answers] == [
+        "host_denied" if with_token else "identity_missing", "unknown_action", "not_found"
+    ]
+    written = str(gateway.audit()[before:]) + gateway.log_file.read_text(errors="replace")
+    for raw in (secret_host, "jane.doe.example.com", "JANE.DOE", EMAIL):
+        assert raw.lower() not in written.lower()
+        assert raw.lower() not in str(answers).lower()

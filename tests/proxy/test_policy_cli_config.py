@@ -87,7 +87,7 @@ def test_a_typo_in_a_parameter_path_is_refused_at_check_and_at_reload(make_gatew
     out = gw.cli("policy", "check", check=False)
     assert out.returncode == 1 and f"research.yaml:{at + 1}: parameter 'messages[*].rol': no field 'rol' in messages[*]" in out.stderr, out.stderr
     token = gw.token(sub="research-1", role="research", scopes=("openai:*",))
-    tool_role = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]}
+    tool_role = {"model": "gpt-4o-mini", "max_completion_tokens": 10, "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]}
     time.sleep(2.0)  # two polls: the rejected edit would have been swapped in by now
     with client(gw, token) as c:
         r = c.post("https://api.openai.com/v1/chat/completions", json=tool_role)

@@ -15,6 +15,7 @@ from connectors import registry as connector_registry
 from connectors.registry import Registry
 from gateway.policy.approvals import ApprovalStore
 from gateway.audit.log import AuditLog
+from gateway.audit.noise import UnauthenticatedNoise
 from gateway.pipeline.breaker import Breaker
 from gateway.config import Config
 from gateway.pipeline.dlp import Dlp
@@ -52,6 +53,7 @@ class Runtime:
     dlp: Dlp
     tools: Tools
     metrics: Metrics = field(default_factory=Metrics)
+    noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
     @cached_property
@@ -75,9 +77,11 @@ class Runtime:
     def record_after(self, rec: dict[str, Any]) -> None:
         """A record of a refusal already given or an outcome already happened: a failed write is
         logged (with the decision id, never the record's content), never raised, because raising
-        here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer."""
+        here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer.
+        Refusals of callers without an identity are aggregated per source (`gateway.audit.noise`)."""
         try:
-            self.audit.write(rec)
+            for admitted in self.noise.admit(rec):
+                self.audit.write(admitted)
         except (OSError, ValueError) as e:
             log.error(
                 "audit log write failed (%s); %s record of decision %s lost",
@@ -94,7 +98,11 @@ class Runtime:
     def close(self) -> None:
         self.tools.close()
         self.approvals.close()
-        self.audit.close()
+        try:
+            for summary in self.noise.flush():
+                self.audit.write(summary)
+        finally:
+            self.audit.close()
 
 
 def upstream_bundle(state: StateDir, extra: Path | None) -> Path:

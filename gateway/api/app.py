@@ -66,7 +66,8 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
                 call.identity = authenticate(rt, request, admin=admin)
                 result = await fn(request, call)
             except Refusal as r:
-                rt.record_after(call.record("deny", r, phase="api"))
+                source = request.client.host if request.client else None  # aggregates unauthenticated ones
+                rt.record_after(call.record("deny", r, phase="api", client=source))
                 return refusal_response(r, call.decision_id)
             except Exception:
                 log.exception("API handler failed")

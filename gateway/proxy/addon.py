@@ -377,7 +377,8 @@ class Gateway:
         if refusal.status == 407:
             headers["Proxy-Authenticate"] = 'Basic realm="egress-gateway"'
         flow.response = http.Response.make(refusal.status, refusal.body(call.decision_id), headers)
-        self.rt.record_after(call.record("deny", refusal, phase="decision"))
+        peer = flow.client_conn.peername  # the source unauthenticated refusals are aggregated by
+        self.rt.record_after(call.record("deny", refusal, phase="decision", client=peer[0] if peer else None))
 
     def _stop_timers(self, flow: http.HTTPFlow) -> None:
         timer = flow.metadata.pop(_TIMER, None)

@@ -27,7 +27,7 @@ from gateway.policy.load import PolicyLoadError
 from gateway.policy.store import PolicyStore
 from gateway.pipeline.quota import Quotas
 from gateway.identity.revocation import Revocations
-from gateway.secrets import Secrets
+from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
 from gateway.sandbox_service import Tools
 
@@ -95,6 +95,10 @@ class Runtime:
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 
+    def credentials_not_ready(self) -> dict[str, str]:
+        """Connectors in use whose credential cannot be read (`gateway.secrets.not_ready`)."""
+        return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
+
     def close(self) -> None:
         self.tools.close()
         self.approvals.close()
@@ -120,6 +124,7 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 def build(config: Config) -> Runtime:
     state = StateDir.open(config.state_path)
     registry = connector_registry.load(config.connectors)
+    config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
             log.warning("upstreams: %s is claimed by no connector or egress.allow entry", host)
@@ -134,7 +139,7 @@ def build(config: Config) -> Runtime:
             policies = PolicyStore(config.policies, registry.get)
         except PolicyLoadError as e:
             raise ValueError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
-    return Runtime(
+    rt = Runtime(
         config=config,
         state=state,
         registry=registry,
@@ -151,6 +156,9 @@ def build(config: Config) -> Runtime:
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
     )
+    for name, why in rt.credentials_not_ready().items():
+        log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
+    return rt
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

@@ -102,6 +102,8 @@ def create_app(rt: Runtime) -> Starlette:
             rt.revocations.refresh()
         except Exception:
             return JSONResponse({"status": "unavailable", "store": "revocations"}, status_code=503)
+        if missing := rt.credentials_not_ready():  # reasons name the reference, never a value
+            return JSONResponse({"status": "unavailable", "connectors": missing}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def jwks(_: Request) -> Response:

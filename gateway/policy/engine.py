@@ -190,6 +190,11 @@ class PolicySet:
     def rule_count(self) -> int:
         return sum(len(f.policy.rules) for f in self.files)
 
+    @property
+    def connectors(self) -> frozenset[str]:
+        """Every connector some rule names: those whose credentials must be readable."""
+        return frozenset(connector for connector, _ in self._index)
+
     def decide(
         self,
         subject: Subject,

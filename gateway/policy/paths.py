@@ -48,8 +48,7 @@ def _walk(tp: Any, keys: tuple[fieldpath.Key, ...], where: str) -> str | None:
         return None
     members = _members(tp)
     if len(members) != 1:
-        reasons = [_walk(m, keys, where) for m in members]
-        return None if not reasons or any(r is None for r in reasons) else reasons[0]
+        return _first_fit([_walk(m, keys, where) for m in members], f"{where} is always null")
     tp, head, rest = members[0], keys[0], keys[1:]
     if tp is Any:
         return None
@@ -66,7 +65,7 @@ def _walk(tp: Any, keys: tuple[fieldpath.Key, ...], where: str) -> str | None:
             return f"{where} is a mapping: use {where}.KEY, not an index"
         args = get_args(tp)
         return _walk(args[1] if len(args) == 2 else Any, rest, f"{where}.{head}")
-    return f"{where} is a {_type_name(tp)} and has no fields below it"
+    return f"{where} is {_type_name(tp)} and has no fields below it"
 
 
 def _model_key(model: type[BaseModel], head: fieldpath.Key, rest: tuple[fieldpath.Key, ...], where: str) -> str | None:
@@ -76,13 +75,20 @@ def _model_key(model: type[BaseModel], head: fieldpath.Key, rest: tuple[fieldpat
     prefix = f"{where}." if where else ""
     if head == fieldpath.WILDCARD:
         reasons = [_walk(f.annotation, rest, prefix + name) for name, f in model.model_fields.items()]
-        return None if not reasons or any(r is None for r in reasons) else reasons[0]
+        return _first_fit(reasons, f"{where or 'the request'} has no fields")
     for name, f in model.model_fields.items():
         if head in (name, f.alias, f.validation_alias):
             return _walk(f.annotation, rest, prefix + name)
     if model.model_config.get("extra") == "allow":
         return None
     return f"no field {head!r}" + (f" in {where}" if where else "")
+
+
+def _first_fit(reasons: list[str | None], none_at_all: str) -> str | None:
+    """None if any alternative (a union member, a field under `*`) takes the path, else why not."""
+    if any(r is None for r in reasons):
+        return None
+    return reasons[0] if reasons else none_at_all
 
 
 def _members(tp: Any) -> list[Any]:
@@ -96,7 +102,10 @@ def _members(tp: Any) -> list[Any]:
     return [tp]
 
 
+_KINDS = {int: "a number", float: "a number", str: "a string", bool: "a boolean"}
+
+
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
-        return "fixed value"
-    return getattr(tp, "__name__", str(tp))
+        return "a fixed value"
+    return _KINDS.get(tp, f"a {getattr(tp, '__name__', tp)}")

@@ -91,22 +91,19 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def tighten(root: Path) -> list[Path]:
-    """Make `root` and everything below it owner-only (directories 0700, files keep only their owner
-    bits); symbolic links are not followed. Returns the paths that were changed."""
+    """Take group and other bits off `root` and everything below it (0755 -> 0700, 0644 -> 0600);
+    owner bits are kept, never added, and symbolic links are not followed. Returns what changed."""
     changed: list[Path] = []
-    for path, is_dir in _walk(root):
+    for path in _walk(root):
         mode = stat.S_IMODE(path.lstat().st_mode)
-        wanted = 0o700 if is_dir else mode & 0o700
-        if mode != wanted and (is_dir or mode & 0o077):
-            path.chmod(wanted)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
             changed.append(path)
     return changed
 
 
-def _walk(root: Path) -> list[tuple[Path, bool]]:
-    found: list[tuple[Path, bool]] = [(root, True)]
+def _walk(root: Path) -> list[Path]:
+    found = [root]
     for top, dirs, files in os.walk(root, followlinks=False):
-        base = Path(top)
-        found += [(base / d, True) for d in dirs if not (base / d).is_symlink()]
-        found += [(base / f, False) for f in files if not (base / f).is_symlink()]
+        found += [p for name in (*dirs, *files) if not (p := Path(top) / name).is_symlink()]
     return found

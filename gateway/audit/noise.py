@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,11 +117,16 @@ class UnauthenticatedNoise:
         return out
 
     def _summary(self, source: str, window: _Window) -> dict[str, Any]:
+        """A record shaped like the others (a decision id of its own, the same keys), so every reader
+        that looks records up by id or code keeps working."""
         return {
+            "decision_id": "dec_" + uuid.uuid4().hex,
+            "time": round(self.wall(), 6),
             "phase": "suppressed",
             "decision": "deny",
-            "time": round(self.wall(), 6),
+            "code": None,
+            "message": f"{window.count} refusals without a valid token from this client, aggregated",
             "client": source,
-            "sub": None,
+            **dict.fromkeys(("sub", "tenant", "role", "jti", "connector", "action", "host", "method", "path")),
             "suppressed": window.summary(),
         }

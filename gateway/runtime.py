@@ -78,7 +78,7 @@ class Runtime:
         """A record of a refusal already given or an outcome already happened: a failed write is
         logged (with the decision id, never the record's content), never raised, because raising
         here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer.
-        Refusals of callers without an identity are aggregated per source (`gateway.audit.noise`)."""
+        Refusals because no token verified are aggregated per source (`gateway.audit.noise`)."""
         try:
             for admitted in self.noise.admit(rec):
                 self.audit.write(admitted)

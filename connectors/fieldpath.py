@@ -19,6 +19,9 @@ from gateway.errors import ConfigError
 
 Key = str | int
 WILDCARD = "*"
+# Where path parameters (`{id}` of `/v1/payment_intents/{id}`) sit next to the body's fields when a
+# policy judges a call: `_path.id`. No model field can start with `_`, so the two never clash.
+PATH_PARAMS = "_path"
 
 _SEGMENT = re.compile(r"([^.\[\]]+)|\[(\*|\d+)\]|(\.)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -162,6 +163,15 @@ class Config(_Strict):
             if not ref.startswith(("env:", "file:")):
                 raise ValueError(f"secrets.{name}: expected env:NAME or file:PATH (never the key itself)")
         return v
+
+    def check_secrets(self, credentials: Iterable[str]) -> None:
+        """A `secrets:` entry no connector's credential uses is a typo (`strpe:`) that leaves the
+        real connector without its key, or a leftover: either way, refuse to start."""
+        known = set(credentials)
+        unknown = sorted(set(self.secrets) - known)
+        if unknown:
+            names = ", ".join(f"secrets.{n}" for n in unknown)
+            raise ConfigError(f"{names}: no connector uses this credential (connectors' credentials: {', '.join(sorted(known)) or 'none'})")
 
     @property
     def state_path(self) -> Path:

@@ -16,6 +16,7 @@ from connectors.model import canonical_host
 from connectors.registry import Registry
 from gateway.policy.approvals import ApprovalStore
 from gateway.audit.log import AuditError, AuditLog
+from gateway.audit.noise import UnauthenticatedNoise
 from gateway.pipeline.breaker import Breaker
 from gateway.config import Config
 from gateway.pipeline.dlp import Dlp
@@ -27,7 +28,7 @@ from gateway.policy.load import PolicyLoadError
 from gateway.policy.store import PolicyStore
 from gateway.pipeline.quota import Quotas
 from gateway.identity.revocation import Revocations
-from gateway.secrets import Secrets
+from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
 from gateway.sandbox_service import Tools
 
@@ -53,6 +54,7 @@ class Runtime:
     dlp: Dlp
     tools: Tools
     metrics: Metrics = field(default_factory=Metrics)
+    noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
 
     @cached_property
@@ -76,9 +78,11 @@ class Runtime:
     def record_after(self, rec: dict[str, Any]) -> None:
         """A record of a refusal already given or an outcome already happened: a failed write is
         logged (with the decision id, never the record's content), never raised, because raising
-        here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer."""
+        here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer.
+        Refusals because no token verified are aggregated per source (`gateway.audit.noise`)."""
         try:
-            self.audit.write(rec)
+            for admitted in self.noise.admit(rec):
+                self.audit.write(admitted)
         except (OSError, AuditError) as e:
             log.error(
                 "audit log write failed (%s); %s record of decision %s lost",
@@ -92,10 +96,18 @@ class Runtime:
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 
+    def credentials_not_ready(self) -> dict[str, str]:
+        """Connectors in use whose credential cannot be read (`gateway.secrets.not_ready`)."""
+        return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
+
     def close(self) -> None:
         self.tools.close()
         self.approvals.close()
-        self.audit.close()
+        try:
+            for summary in self.noise.flush():
+                self.audit.write(summary)
+        finally:
+            self.audit.close()
 
 
 def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
@@ -113,6 +125,7 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 def build(config: Config) -> Runtime:
     state = StateDir.open(config.state_path)
     registry = connector_registry.load(config.connectors)
+    config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
             log.warning("upstreams: %s is claimed by no connector or egress.allow entry", host)
@@ -127,7 +140,7 @@ def build(config: Config) -> Runtime:
             policies = PolicyStore(config.policies, registry.get)
         except PolicyLoadError as e:
             raise ConfigError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
-    return Runtime(
+    rt = Runtime(
         config=config,
         state=state,
         registry=registry,
@@ -144,6 +157,9 @@ def build(config: Config) -> Runtime:
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
     )
+    for name, why in rt.credentials_not_ready().items():
+        log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
+    return rt
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

@@ -2,13 +2,20 @@
 
 A file is re-read when it changes, so a rotated key takes effect without a restart. Values are
 only ever handed to the credential step; nothing here logs or formats them.
+
+Readiness: a connector whose credential cannot be read would refuse every call with
+`store_unavailable`, so `not_ready` names such connectors (and why, never the value) for the start-up
+log and `/readyz`. A connector counts when the config gives its credential (`secrets:`), or a loaded
+policy has a rule for it; a built-in nobody configured or allowed is not in use and does not count.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from connectors.model import Connector
 from gateway.errors import Refusal
 
 
@@ -23,10 +30,24 @@ class Secrets:
         if ref is None:
             raise Refusal("store_unavailable", f"no credential is configured for {name!r} (secrets.{name})")
         kind, _, where = ref.partition(":")
-        value = os.environ.get(where) if kind == "env" else self._read_file(Path(where).expanduser())
+        value = self._value(kind, where)
         if not value:
             raise Refusal("store_unavailable", f"the credential for {name!r} is empty or missing ({kind})")
         return value
+
+    def configured(self, name: str) -> bool:
+        return name in self._refs
+
+    def problem(self, name: str) -> str | None:
+        """Why the credential `name` cannot be used now (the reference, never a value), or None."""
+        ref = self._refs.get(name)
+        if ref is None:
+            return f"no credential configured (secrets.{name})"
+        kind, _, where = ref.partition(":")
+        return None if self._value(kind, where) else f"secrets.{name} ({ref}) is empty or missing"
+
+    def _value(self, kind: str, where: str) -> str | None:
+        return os.environ.get(where) if kind == "env" else self._read_file(Path(where).expanduser())
 
     def _read_file(self, path: Path) -> str | None:
         try:
@@ -38,3 +59,16 @@ class Secrets:
             return cached[1]
         except OSError:
             return None
+
+
+def not_ready(connectors: Iterable[Connector], secrets: Secrets, in_policies: frozenset[str]) -> dict[str, str]:
+    """Connector name -> why its credential cannot be used, for connectors in use (see above)."""
+    out: dict[str, str] = {}
+    for c in connectors:
+        cred = c.credential
+        if cred is None or not (secrets.configured(cred.secret) or c.name in in_policies):
+            continue
+        problem = secrets.problem(cred.secret)
+        if problem is not None:
+            out[c.name] = problem
+    return out

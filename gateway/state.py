@@ -3,13 +3,30 @@
 Every command (`run`, `token issue`, `ca path`, ...) finds the same files through this one layout, so
 a token issued by the CLI verifies in the running gateway and a revocation written by the CLI is
 seen by it.
+
+Everything in it is owner-only: the directory (and every directory below) 0700, every file 0600.
+The keys, the vault and the audit log are secrets or hold decisions about other agents, and the
+approvals and revocations databases would tell a local user which agents to impersonate. Opening
+the state directory
+- tightens an existing directory and anything in it that others could read (state written by an
+  older version, or copied in with `cp`), and logs what it changed;
+- sets the process umask to 077, so every file created afterwards is owner-only whoever creates it:
+  SQLite creates its databases 0644 less the umask, and creates a database's `-wal` and `-shm`
+  files with the database file's own mode, so those follow without any code in the stores.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PRIVATE_UMASK = 0o077
+_SHOWN = 5  # paths named in the log line; the count says how many more
 
 
 @dataclass(frozen=True)
@@ -18,9 +35,18 @@ class StateDir:
 
     @classmethod
     def open(cls, root: Path) -> StateDir:
-        """Create the directory (owner-only) if needed."""
+        """Create the directory owner-only, or tighten an existing one; see the module docstring."""
         root = root.expanduser()
+        os.umask(PRIVATE_UMASK)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if root.stat().st_mode & stat.S_ISVTX:
+            # /tmp and its kin: tightening a shared directory would break every other user of it.
+            raise ValueError(f"state dir {root} is a shared (sticky) directory; use a directory of its own")
+        tightened = tighten(root)
+        if tightened:
+            shown = ", ".join(str(p.relative_to(root)) or "." for p in tightened[:_SHOWN])
+            more = f" and {len(tightened) - _SHOWN} more" if len(tightened) > _SHOWN else ""
+            log.warning("state dir %s was readable by others: made %s%s owner-only", root, shown, more)
         return cls(root)
 
     @property
@@ -62,3 +88,22 @@ def write_private(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def tighten(root: Path) -> list[Path]:
+    """Take group and other bits off `root` and everything below it (0755 -> 0700, 0644 -> 0600);
+    owner bits are kept, never added, and symbolic links are not followed. Returns what changed."""
+    changed: list[Path] = []
+    for path in _walk(root):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            changed.append(path)
+    return changed
+
+
+def _walk(root: Path) -> list[Path]:
+    found = [root]
+    for top, dirs, files in os.walk(root, followlinks=False):
+        found += [p for name in (*dirs, *files) if not (p := Path(top) / name).is_symlink()]
+    return found

@@ -72,7 +72,8 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
                 call.identity = authenticate(rt, request, admin=admin)
                 result = await fn(request, call)
             except Refusal as r:
-                rt.record_after(call.record("deny", r, phase="api"))
+                source = request.client.host if request.client else None  # aggregates unauthenticated ones
+                rt.record_after(call.record("deny", r, phase="api", client=source))
                 return refusal_response(r, call.decision_id)
             except Exception:
                 log.exception("API handler failed")
@@ -107,6 +108,8 @@ def create_app(rt: Runtime) -> Starlette:
             rt.revocations.refresh()
         except Exception:
             return JSONResponse({"status": "unavailable", "store": "revocations"}, status_code=503)
+        if missing := rt.credentials_not_ready():  # reasons name the reference, never a value
+            return JSONResponse({"status": "unavailable", "connectors": missing}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def jwks(_: Request) -> Response:

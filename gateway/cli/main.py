@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -21,10 +22,14 @@ from gateway import config
 from gateway.identity import tokens as identity
 from gateway.cli import policy as policy_cli
 from gateway.policy.approvals import ApprovalStore
+from gateway.policy.load import ConnectorLookup
 from gateway.config import Config, ConfigError, parse_duration
 from gateway.identity.revocation import Revocations
 from gateway.state import StateDir
 from gateway.errors import CliError, GatewayError
+
+if TYPE_CHECKING:
+    from connectors.registry import Registry
 
 
 
@@ -60,10 +65,18 @@ def _approvals(args: argparse.Namespace) -> ApprovalStore:
     return ApprovalStore(_state(args).approvals, ttl=_config(args).approval_ttl)
 
 
-def _lookup(name: str) -> object:
+def _registry(args: argparse.Namespace) -> Registry:
+    """What `run` registers: the entry points and the config's `connectors:`."""
     from connectors import registry
 
-    return registry.load().get(name)
+    try:
+        return registry.load(_config(args).connectors)
+    except registry.RegistryError as e:
+        raise CliError(str(e)) from None
+
+
+def _lookup(args: argparse.Namespace) -> ConnectorLookup:
+    return _registry(args).get
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -114,13 +127,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
-    from connectors import registry
-
-    try:
-        reg = registry.load(_config(args).connectors)
-    except registry.RegistryError as e:
-        raise CliError(str(e)) from None
-    for c in reg:
+    for c in _registry(args):
         print(f"{c.name}  ({', '.join(c.hosts)})")
         for a in c.actions:
             print(f"  {a.name:<26} {a.method:<6} {a.path}  [{a.encoding.value}]")

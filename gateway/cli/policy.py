@@ -5,12 +5,16 @@ Each `add_*_commands` adds a command group to an argparse sub-parser collection.
 directory, audit file, approvals database, keys) is the CLI's business, so it is passed in as
 resolver functions of `args` (which carry `--config`/`--state-dir`).
 
-    egress-gateway policy check [PATH ...]          exit 1 with file:line: reason
-    egress-gateway policy test --as ROLE [--sub ID] [--tenant T] [--confidence X] REQUEST.json
+    egress-gateway policy check [--policies DIR] [PATH ...]   exit 1 with file:line: reason
+    egress-gateway policy test [--policies DIR] --as ROLE [--sub ID] [--tenant T] [--confidence X] REQUEST.json
     egress-gateway policy report [AUDIT_FILE]
     egress-gateway approvals list [--all] [--json]
     egress-gateway approvals approve|deny ID [--by NAME]
     egress-gateway audit verify [AUDIT_FILE]        exit 1 naming the first bad record
+
+`policy check` and `policy test` judge against the connectors `run` would load from the same
+`--config` (its `connectors:` included), and the policy directory `run` would use (`--policies`,
+else the config's `policies:`), so they never disagree with the running gateway about what exists.
 
 `policy test` reads `{"connector": ..., "action": ..., "params": {...}}` and prints the decision
 the policy gives, without sending anything and without charging rates or budgets (it lists them).
@@ -43,7 +47,7 @@ Resolver = Callable[[argparse.Namespace], T]
 def add_policy_commands(
     subparsers: Any,
     *,
-    lookup: ConnectorLookup,
+    lookup: Resolver[ConnectorLookup],
     policies_dir: Resolver[Path],
     audit_path: Resolver[Path],
     parents: Sequence[argparse.ArgumentParser] = (),
@@ -53,17 +57,19 @@ def add_policy_commands(
 
     check = cmds.add_parser("check", help="validate policy files; exit 1 with file:line: reason", parents=list(parents))
     check.add_argument("paths", nargs="*", type=Path, help="files or directories (default: the policy dir)")
-    check.set_defaults(func=lambda a: policy_check(a.paths or [policies_dir(a)], lookup))
+    check.add_argument("--policies", type=Path, help="the policy directory (default: the config's)")
+    check.set_defaults(func=lambda a: policy_check(a.paths or [policies_dir(a)], lookup(a)))
 
     test = cmds.add_parser("test", help="show the decision a request would get, without sending it", parents=list(parents))
     test.add_argument("--as", dest="role", required=True, help="the agent's role")
     test.add_argument("--sub", default="policy-test", help="the agent's sub")
     test.add_argument("--tenant", default=None)
     test.add_argument("--confidence", type=float, default=None, help="as X-Agent-Confidence")
+    test.add_argument("--policies", type=Path, help="the policy directory (default: the config's)")
     test.add_argument("request", type=Path, help='JSON: {"connector", "action", "params"}')
     test.set_defaults(
         func=lambda a: policy_test(
-            policies_dir(a), lookup, Subject(a.sub, a.role, a.tenant), a.request, a.confidence
+            policies_dir(a), lookup(a), Subject(a.sub, a.role, a.tenant), a.request, a.confidence
         )
     )
 

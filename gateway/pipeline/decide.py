@@ -239,10 +239,11 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
         for step in REQUEST_STEPS:
             await step.run(ctx)
     except Refusal as r:
-        return Verdict(call, refused(rt, call, r))
+        return Verdict(call, refused(rt, call, r, view.client))
     except Exception:
         log.exception("request decision failed")
-        return Verdict(call, refused(rt, call, Refusal("internal_error", "the gateway failed while deciding")))
+        failed = Refusal("internal_error", "the gateway failed while deciding")
+        return Verdict(call, refused(rt, call, failed, view.client))
     return Verdict(call, forward=ctx.forward)
 
 
@@ -256,11 +257,12 @@ def request_call(rt: Runtime, view: RequestView) -> Call:
     )
 
 
-def refused(rt: Runtime, call: Call, refusal: Refusal) -> Refusal:
-    """Audit a refusal (it can no longer change what happens, so a failed write is only logged)."""
+def refused(rt: Runtime, call: Call, refusal: Refusal, client: str | None = None) -> Refusal:
+    """Audit a refusal (it can no longer change what happens, so a failed write is only logged),
+    with the client address that refusals without a valid token are aggregated by."""
     if refusal.connector is None:
         refusal.connector, refusal.action = call.connector, call.action
-    rt.record_after(call.record("deny", refusal, phase="decision"))
+    rt.record_after(call.record("deny", refusal, phase="decision", client=client))
     return refusal
 
 
@@ -281,8 +283,9 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
             raise Refusal("host_denied", f"vendors are reached on port {HTTPS_PORT} only")
         address = await rt.resolver.resolve(host, view.port)
     except Refusal as r:
-        return ConnectVerdict(call, refused(rt, call, r))
+        return ConnectVerdict(call, refused(rt, call, r, view.client))
     except Exception:
         log.exception("CONNECT decision failed")
-        return ConnectVerdict(call, refused(rt, call, Refusal("internal_error", "the gateway failed while deciding")))
+        failed = Refusal("internal_error", "the gateway failed while deciding")
+        return ConnectVerdict(call, refused(rt, call, failed, view.client))
     return ConnectVerdict(call, tunnel=Tunnel(call.identity, host, view.port, address))

@@ -25,6 +25,7 @@ class ConnectView:
     host: str
     port: int
     proxy_authorization: str | None
+    client: str | None = None  # the agent's address: unauthenticated refusals are aggregated by it
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class RequestView:
     query: str  # the raw query string
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    client: str | None = None  # the agent's address: unauthenticated refusals are aggregated by it
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""

@@ -68,10 +68,14 @@ class LoadedFile:
     rule_lines: tuple[int, ...]
 
     def applies_to(self, subject: Subject) -> bool:
-        p = self.policy
-        if p.tenant is not None and p.tenant != subject.tenant:
-            return False
-        return subject.role in p.subjects.roles or subject.sub in p.subjects.sub
+        return self.in_tenant(subject) and self.names(subject)
+
+    def in_tenant(self, subject: Subject) -> bool:
+        return self.policy.tenant is None or self.policy.tenant == subject.tenant
+
+    def names(self, subject: Subject) -> bool:
+        """The file's subjects name this agent (by role or sub), whatever its tenant."""
+        return subject.role in self.policy.subjects.roles or subject.sub in self.policy.subjects.sub
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,11 @@ class PolicySet:
     def rule_count(self) -> int:
         return sum(len(f.policy.rules) for f in self.files)
 
+    @property
+    def connectors(self) -> frozenset[str]:
+        """Every connector some rule names: those whose credentials must be readable."""
+        return frozenset(connector for connector, _ in self._index)
+
     def decide(
         self,
         subject: Subject,
@@ -271,12 +280,22 @@ class PolicySet:
         return DlpPolicy(frozenset(tokenize), frozenset(reveal))
 
     def _nearest(self, subject: Subject, connector: str, action: str, applicable: list[LoadedFile]) -> str:
+        """The likeliest reason no rule covers the call; a rule for this agent in another tenant
+        comes first, since "allowed for finance" told a finance agent without a tenant nothing."""
+        covering = self._index.get((connector, action), [])
+        for f, i in covering:
+            if f.names(subject) and not f.in_tenant(subject):
+                yours = repr(subject.tenant) if subject.tenant else "none"
+                return (
+                    f"; rule {_ref(f, i).id} allows it in tenant {f.policy.tenant!r} only, "
+                    f"and this agent's tenant is {yours}"
+                )
         for f in applicable:
             for i, rule in enumerate(f.policy.rules):
                 if rule.connector == connector:
                     ref = _ref(f, i)
                     return f"; nearest rule {ref.id} allows {connector}: {', '.join(rule.actions)}"
-        for f, i in self._index.get((connector, action), []):
+        for f, i in covering:
             who = f.policy.subjects.roles or f.policy.subjects.sub
             return f"; nearest rule {_ref(f, i).id} allows it for {', '.join(who)}"
         if applicable:

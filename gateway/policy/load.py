@@ -7,8 +7,9 @@ offending key rather than at the top of the file. Duplicate keys are errors: PyY
 last one silently, and a second `params:` would drop the first's constraints.
 
 Checks beyond the model: the connector and each action exist; parameter paths, budget fields and
-approval names start with a field of the action's request model (a misspelt `amont: {max: ...}`
-would otherwise constrain nothing; at least one of the rule's actions must have the field);
+approval names are whole field paths of the action's request model (`gateway.policy.paths`: a
+misspelt `amont: {max: ...}` or `messages[*].rol` would otherwise constrain nothing; at least one of
+the rule's actions must have the path);
 `fail_open` only on rules whose actions are all reads (GET).
 """
 
@@ -28,6 +29,7 @@ from gateway.policy.expr import CONTEXT_NAMES
 from gateway.policy.engine import LoadedFile, PolicySet
 from gateway.policy.model import PolicyFile, Rule
 from gateway.errors import ConfigError
+from gateway.policy.paths import unknown_path
 
 ConnectorLookup = Callable[[str], Connector | None]
 
@@ -180,19 +182,10 @@ def _check_rule(rule: Rule, raw: LineDict, lookup: ConnectorLookup) -> list[tupl
 def _unknown(line: int, path: str, actions: list[Action], what: str) -> list[tuple[int, str]]:
     """A path no action of the rule has (a typo that would constrain nothing); one action suffices,
     since a rule may cover actions with different fields (create and confirm a payment)."""
-    head = str(path.split(".")[0].split("[")[0])
-    if any(_has_field(a, head) for a in actions):
+    reasons = [unknown_path(a, path) for a in actions]
+    if any(r is None for r in reasons):
         return []
-    return [(line, f"{what} {path!r}: no field {head!r} in {', '.join(a.name for a in actions)}")]
-
-
-def _has_field(action: Action, name: str) -> bool:
-    model = action.request
-    if model is None:
-        return False
-    if model.model_config.get("extra") == "allow":
-        return True
-    return any(name in (key, f.alias, f.validation_alias) for key, f in model.model_fields.items())
+    return [(line, f"{what} {path!r}: {reasons[0]} ({', '.join(a.name for a in actions)})")]
 
 
 def check_paths(paths: Iterable[Path], lookup: ConnectorLookup) -> list[Problem]:

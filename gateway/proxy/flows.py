@@ -59,7 +59,13 @@ def request_view(flow: http.HTTPFlow, tunnel: Tunnel | None) -> RequestView:
         query=req.path.partition("?")[2],
         headers=tuple(req.headers.fields),
         body=req.raw_content or b"",
+        client=peer(flow),
     )
+
+
+def peer(flow: http.HTTPFlow) -> str | None:
+    address = flow.client_conn.peername
+    return str(address[0]) if address else None
 
 
 def flow_call(flow: http.HTTPFlow, tunnels: Tunnels) -> Call:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from mitmproxy import connection, http
 
 from gateway.pipeline import ConnectView, decide_connect
-from gateway.proxy.flows import OpenTunnel, Tunnels, respond
+from gateway.proxy.flows import OpenTunnel, Tunnels, peer, respond
 from gateway.proxy.mitm_compat import ErrorPages
 from gateway.runtime import Runtime
 
@@ -18,7 +18,7 @@ class Authenticate:
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        view = ConnectView(req.host, req.port, req.headers.get("proxy-authorization"))
+        view = ConnectView(req.host, req.port, req.headers.get("proxy-authorization"), peer(flow))
         verdict = await decide_connect(self.rt, view)
         if verdict.refusal is not None:
             respond(flow, verdict.call.decision_id, verdict.refusal)

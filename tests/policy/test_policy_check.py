@@ -40,7 +40,7 @@ def test_good_file_has_no_problems(policy_dir: Path) -> None:
         (GOOD.replace("{max: 500}", '{regex: "[a-"}'), ":7: rules.0.params.amount.regex: bad regex"),
         (GOOD.replace("{max: 500}", "{maximum: 500}"), ":7: rules.0.params.amount.maximum: unknown field 'maximum'"),
         (GOOD.replace("    params:", "    parms:"), ":6: rules.0.parms: unknown field 'parms'"),
-        (GOOD.replace("amount:", "amont:"), ":7: parameter 'amont': no field 'amont' in create"),
+        (GOOD.replace("amount:", "amont:"), ":7: parameter 'amont': no field 'amont' (create)"),
         (GOOD + "    approval: \"amount > __import__('os')\"\n", ":8: rules.0.approval: bad approval expression"),
         (GOOD + '    approval: "amonut > 5"\n', ":8: approval name 'amonut'"),
         (GOOD + "    rate: 20/fortnight\n", ":8: rules.0.rate: bad rate '20/fortnight'"),

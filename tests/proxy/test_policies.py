@@ -97,11 +97,12 @@ def test_max_length_min_and_list_paths(policy_gw: GatewayProcess, vendor: FakeVe
         assert (r.status_code, error_of(r)["code"]) == (403, "param_violation")
         assert "q" in error_of(r)["message"]
         r = c.post("https://api.openai.com/v1/chat/completions",
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]})
+                   json={"model": "gpt-4o-mini", "max_completion_tokens": 100,
+                         "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]})
         assert (r.status_code, error_of(r)["code"]) == (403, "param_violation")
         assert "messages" in error_of(r)["message"]
         ok = c.post("https://api.openai.com/v1/chat/completions",
-                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+                    json={"model": "gpt-4o-mini", "max_completion_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
         assert ok.status_code == 200
     budgeter = policy_gw.token(sub="min-1", role="budgeter", scopes=("stripe:*",))
     with client(policy_gw, budgeter) as c:

@@ -141,13 +141,12 @@ class AuditLog:
                     log.warning("audit log %s: cannot sign the head (%s); retrying later", self.path, type(e).__name__)
 
     def close(self) -> None:
-        """Write the closing signature (even right after a periodic one: only it says the log is
-        complete), fsync and close."""
+        """Write the closing signature (even right after a periodic one, or with no records at all:
+        only it says the log is complete), fsync and close."""
         with self._lock:
             if self._fd < 0:
                 return
-            if self._seq:
-                self._sign(closing=True)
+            self._sign(closing=True)
             os.close(self._fd)
             self._fd = -1
 

@@ -38,6 +38,15 @@ def test_strict_fails_every_cut_of_a_closed_log(tmp_path: Path, sign_every: int)
         assert r.incomplete(), (keep, r)
 
 
+def test_a_gateway_that_decided_nothing_still_leaves_a_closed_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path, KEY).close()
+    r = verify(path, KEY.public_key())
+    assert r.ok and r.closed and r.records == 0 and r.incomplete() is None, r
+    path.write_bytes(b"")
+    assert verify(path, KEY.public_key()).incomplete() == "the log is empty"
+
+
 def test_the_closing_mark_cannot_be_forged_onto_a_periodic_signature(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     lines = closed_log(path, 25, 10)

@@ -146,9 +146,15 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 return
-            self._sign(closing=True)
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self._sign(closing=True)
+            except OSError as e:
+                # A full disk must not stop the shutdown; the log stays unsealed, which is what it is.
+                log.warning("audit log %s: cannot write the closing signature (%s); `audit verify --strict` "
+                            "will report the log unsealed", self.path, type(e).__name__)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
     def _sign(self, closing: bool = False) -> None:
         sig = self._key.sign(_signed_message(self._seq, self._prev, closing))

@@ -88,3 +88,16 @@ def test_verify_while_running_then_strict_after_shutdown(make_gateway, pki: PKI,
     assert gw.cli("audit", "verify").returncode == 0
     cut = gw.cli("audit", "verify", "--strict", check=False)
     assert cut.returncode == 1 and cut.stderr.startswith("FAILED (--strict):"), cut.stderr
+
+
+def test_a_full_disk_at_shutdown_leaves_the_log_unsealed_without_failing_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    full = Path("/dev/full")  # every write fails with ENOSPC: a real full disk, on demand
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    log = AuditLog(full, KEY)
+    log.close()
+    assert "cannot write the closing signature (OSError)" in caplog.text
+    with pytest.raises(ValueError, match="closed"):
+        log.write({"type": "decision"})

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -31,6 +32,15 @@ from gateway.state import StateDir
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error of a command whose output is `eval`ed (`env`) must fail the `eval` as well."""
+
+    def error(self, message: str) -> NoReturn:
+        if failed := self.get_default("eval_on_failure"):
+            print(failed)
+        super().error(message)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -127,7 +137,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     _ensure_ca(args)
     bundle = ca.agent_bundle(_state(args))
     print(agent_env.exports(agent_env.proxy_url(_config(args).listen, args.sub, token, args.proxy_host), bundle))
-    print(f"egress-gateway: token for {args.sub} (role {args.role}), valid {args.ttl}", file=sys.stderr)
+    print(f"egress-gateway: token for {args.sub!r} (role {args.role!r}), valid {args.ttl}", file=sys.stderr)
     return 0
 
 
@@ -181,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="egress-gateway", description="The egress gateway for AI agents.")
     parser.add_argument("--version", action="version", version=_version())
     _add_location(parser, None)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", parents=[common], help="start the proxy and the API")
     run.add_argument("--listen", help="proxy HOST:PORT (default 127.0.0.1:8080)")

@@ -146,7 +146,7 @@ def eval_then(gw: GatewayProcess, env_args: list[str], kind: str, extra: dict[st
 
 def exports_of(gw: GatewayProcess, env_args: list[str]) -> dict[str, str]:
     """The variables `egress-gateway env` sets, read back from a real shell after `eval`."""
-    names = ("HTTPS_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+    names = ("HTTPS_PROXY", "https_proxy", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
     script = (
         f'eval "$("$PY" -m gateway.cli env {shlex.join(env_args)} --config "$CFG" --state-dir "$STATE")" || exit 9\n'
         + "".join(f'printf "%s\\0" "${name}"\n' for name in names)

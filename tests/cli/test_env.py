@@ -16,7 +16,7 @@ import jwt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cli.agent_env import CA_VARIABLES, exports, proxy_url
+from gateway.cli.agent_env import CA_VARIABLES, PROXY_VARIABLES, exports, proxy_url
 from tests.cli.env_clients import clean_env
 from tests.fakes import REPO
 
@@ -34,11 +34,11 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def test_exports_survive_eval_whatever_the_sub_and_path(sub: str, bundle: str, token: str) -> None:
     """A hostile sub (`$(...)`, quotes, newlines) or state path is data to the shell, never code."""
     text = exports(proxy_url("127.0.0.1:8080", sub, token), Path(bundle))
-    script = 'eval "$EXPORTS" || exit 9\nprintf "%s\\0" "$HTTPS_PROXY" "$SSL_CERT_FILE" "$REQUESTS_CA_BUNDLE" "$CURL_CA_BUNDLE" "$NODE_EXTRA_CA_CERTS"'
+    script = 'eval "$EXPORTS" || exit 9\nprintf "%s\\0" "$HTTPS_PROXY" "$https_proxy" "$SSL_CERT_FILE" "$REQUESTS_CA_BUNDLE" "$CURL_CA_BUNDLE" "$NODE_EXTRA_CA_CERTS"'
     out = subprocess.run(["bash", "-c", script], capture_output=True, env={"EXPORTS": text, "PATH": os.environ["PATH"]},
                          timeout=10, check=True)
-    proxy, *cas = os.fsdecode(out.stdout).split("\0")[:-1]
-    assert cas == [str(Path(bundle))] * len(CA_VARIABLES) and out.stderr == b""
+    proxy, lower, *cas = os.fsdecode(out.stdout).split("\0")[:-1]
+    assert lower == proxy and cas == [str(Path(bundle))] * len(CA_VARIABLES) and out.stderr == b""
     u = urlsplit(proxy)
     assert (unquote(u.username or ""), u.password, u.hostname, u.port) == (sub, token, "127.0.0.1", 8080)
 
@@ -59,7 +59,7 @@ def test_env_prints_every_export_and_one_bundle_of_system_cas_plus_the_gateway_c
     out = cli("--state-dir", str(state), "env", "--sub", "fin-01", "--role", "finance", "--tenant", "acme",
               "--scope", "stripe:*", "--ttl", "5m")
     names = [line.split("=", 1)[0].removeprefix("export ") for line in out.stdout.splitlines()]
-    assert names == ["HTTPS_PROXY", *CA_VARIABLES]
+    assert names == [*PROXY_VARIABLES, *CA_VARIABLES]
     assert "fin-01" in out.stderr and "eyJ" not in out.stderr  # the token goes only to stdout
     bundle = state / "agent-ca-bundle.pem"
     assert out.stdout.count(str(bundle)) == 0 and out.stdout.count("agent-ca-bundle.pem") == len(CA_VARIABLES)

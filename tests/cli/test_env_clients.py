@@ -40,9 +40,10 @@ def _agent(kind: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", WORKING)
 def test_eval_env_then_the_client_reaches_the_vendor(gateway: GatewayProcess, vendor: FakeVendor, kind: str) -> None:
+    """Over a stale lowercase https_proxy, which every client prefers to HTTPS_PROXY."""
     _needs(kind)
     agent = _agent(kind)
-    run = eval_then(gateway, agent, kind)
+    run = eval_then(gateway, agent, kind, {"https_proxy": "http://127.0.0.1:9"})
     assert run.reached, run
     got = vendor.received[-1]
     assert got.headers["authorization"] == f"Bearer {KEYS.get(kind, VENDOR_ENV['TEST_STRIPE_KEY'])}"

@@ -78,11 +78,22 @@ class StateDir:
     def upstream_bundle(self) -> Path:
         return self.root / "upstream-ca-bundle.pem"
 
+    @property
+    def agent_bundle(self) -> Path:
+        """System CAs plus the gateway CA: what `egress-gateway env` points every client at."""
+        return self.root / "agent-ca-bundle.pem"
+
 
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret file readable by the owner only, atomically (never a half-written key)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    write_atomic(path, data, 0o600)
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` whole or not at all: a reader (an agent loading a CA bundle, the gateway
+    loading a key) never sees half a file, even while another command rewrites it."""
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()

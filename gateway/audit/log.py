@@ -6,12 +6,17 @@ canonical JSON of the record without `hash`). Every `sign_every` records, when t
 on an existing chain, and at `close()`, a record of `type: "signature"` is appended: it is chained
 like any other and carries `sig`, an Ed25519 signature of `"<seq of head>:<hash of head>"` by the
 gateway's key, and `key_id` (the first 16 hex digits of SHA-256 of the raw public key). The
-signature over the head commits to every record before it.
+signature over the head commits to every record before it. The signature written by `close()`
+also carries `closing: true` and signs `"<seq>:<hash>:closing"`, so the flag cannot be added to a
+periodic signature without the key: a log that ends in a closing signature was complete when the
+gateway stopped.
 
 `verify` names the first bad record: a changed record breaks its own hash; a deleted, inserted or
 moved one breaks `seq` or `prev`; a rewritten suffix (hashes recomputed) breaks the next signature.
-Records after the last signature are only hash-chained: truncating them cannot be detected, which
-is why the log is signed at shutdown and often; `VerifyResult.unsigned_tail` says how many there are.
+Records after the last signature are only hash-chained: truncating them cannot be detected from
+the records alone, which is why the log is signed often; `VerifyResult.unsigned_tail` says how many
+there are (expected while the gateway runs). For a stopped gateway's log, `strict` also demands the
+closing signature: a tail cut after any earlier signature, or a crash, fails it.
 
 Crashes: each record is one `write(2)` of a whole line on an `O_APPEND` descriptor, so after
 SIGKILL the file holds whole records and at most one torn last line. `open` cuts a torn line off
@@ -77,8 +82,8 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _signed_message(head_seq: int, head_hash: str) -> bytes:
-    return f"{head_seq}:{head_hash}".encode()
+def _signed_message(head_seq: int, head_hash: str, closing: bool = False) -> bytes:
+    return f"{head_seq}:{head_hash}{':closing' if closing else ''}".encode()
 
 
 class AuditLog:
@@ -137,26 +142,33 @@ class AuditLog:
                     log.warning("audit log %s: cannot sign the head (%s); retrying later", self.path, type(e).__name__)
 
     def close(self) -> None:
-        """Sign the head (if anything is unsigned), fsync and close."""
+        """Write the closing signature (even right after a periodic one, or with no records at all:
+        only it says the log is complete), fsync and close."""
         with self._lock:
             if self._fd < 0:
                 return
-            if self._unsigned:
-                self._sign()
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self._sign(closing=True)
+            except OSError as e:
+                # A full disk must not stop the shutdown; the log stays unsealed, which is what it is.
+                log.warning("audit log %s: cannot write the closing signature (%s); `audit verify --strict` "
+                            "will report the log unsealed", self.path, type(e).__name__)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
-    def _sign(self) -> None:
-        sig = self._key.sign(_signed_message(self._seq, self._prev))
-        self._append(
-            {
-                "type": SIGNATURE,
-                "ts": _now(),
-                "head_seq": self._seq,
-                "key_id": self._key_id,
-                "sig": base64.b64encode(sig).decode(),
-            }
-        )
+    def _sign(self, closing: bool = False) -> None:
+        sig = self._key.sign(_signed_message(self._seq, self._prev, closing))
+        record: dict[str, Any] = {
+            "type": SIGNATURE,
+            "ts": _now(),
+            "head_seq": self._seq,
+            "key_id": self._key_id,
+            "sig": base64.b64encode(sig).decode(),
+        }
+        if closing:
+            record["closing"] = True
+        self._append(record)
         os.fsync(self._fd)
         self._unsigned = 0
 
@@ -219,21 +231,40 @@ class VerifyResult:
     records: int
     last_seq: int
     signed_seq: int  # seq of the last head covered by a valid signature (0: none)
-    unsigned_tail: int  # records after that head (not signed: a crash, or truncation)
+    unsigned_tail: int  # records after that head (a running gateway, a crash, or truncation)
     torn_tail: bool  # the file ended in a partial line, ignored
     error: str | None = None
     bad_seq: int | None = None
     bad_line: int | None = None
+    closed: bool = False  # the last record is the closing signature written at shutdown
 
     def __str__(self) -> str:
         if not self.ok:
             return f"FAILED at line {self.bad_line}: {self.error}"
         out = f"ok: {self.records} records, signed up to seq {self.signed_seq}"
         if self.unsigned_tail:
-            out += f"; WARNING: {self.unsigned_tail} records after the last signature (crash or truncation?)"
+            out += (f"; {self.unsigned_tail} records after the last signed head, expected while running "
+                    "(use --strict on a stopped gateway's log)")
         if self.torn_tail:
             out += "; a torn last line (crash mid-write) was ignored"
+        if self.closed:
+            out += "; closed at shutdown"
         return out
+
+    def incomplete(self) -> str | None:
+        """Why a stopped gateway's log is not provably whole (`--strict`), or None if it is."""
+        if not self.ok:
+            return None
+        if self.torn_tail or self.unsigned_tail:
+            return (f"{self.unsigned_tail} records after the last signed head (seq {self.signed_seq})"
+                    f"{' and a torn last line' if self.torn_tail else ''}: the gateway is running, crashed, or "
+                    "the tail was cut")
+        if self.closed:
+            return None
+        if self.last_seq == 0:
+            return "the log is empty"
+        return (f"the log ends at a periodic signature (seq {self.last_seq}), not the one written at shutdown: "
+                "the gateway is running, crashed, or the records after it were cut")
 
 
 def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> VerifyResult:
@@ -249,6 +280,7 @@ def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey
     def fail(lineno: int, bad_seq: int | None, error: str) -> VerifyResult:
         return VerifyResult(False, records, seq, signed, unsigned, torn, error, bad_seq, lineno)
 
+    closed = False
     for lineno, raw in enumerate(lines, 1):
         try:
             rec = json.loads(raw)
@@ -271,12 +303,13 @@ def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey
             problem = _check_signature(rec, seq, prev, by_id)
             if problem:
                 return fail(lineno, rseq, f"{where}: {problem}; records after seq {signed} may have been altered")
-            signed, unsigned = seq, 0
+            signed, unsigned, closed = seq, 0, rec.get("closing") is True
         else:
+            closed = False
             records += 1
             unsigned += 1
         prev, seq = rec["hash"], rseq
-    return VerifyResult(True, records, seq, signed, unsigned, torn)
+    return VerifyResult(True, records, seq, signed, unsigned, torn, closed=closed)
 
 
 def _check_signature(rec: dict[str, Any], seq: int, prev: str, keys: dict[str, Ed25519PublicKey]) -> str | None:
@@ -286,7 +319,8 @@ def _check_signature(rec: dict[str, Any], seq: int, prev: str, keys: dict[str, E
     if key is None:
         return f"signed by unknown key {rec.get('key_id')!r}"
     try:
-        key.verify(base64.b64decode(str(rec.get("sig")), validate=True), _signed_message(seq, prev))
+        message = _signed_message(seq, prev, rec.get("closing") is True)
+        key.verify(base64.b64decode(str(rec.get("sig")), validate=True), message)
     except (InvalidSignature, ValueError):
         return "bad signature"
     return None

@@ -1,7 +1,7 @@
-"""The `egress-gateway` command line (contract: ../shared/DESIGN.md, "Command line").
+"""The `egress-gateway` command line (the README's "Command line" section).
 
-Every command takes `--config` and `--state-dir`, so they all find the same state as `run`.
-Errors are one line on stderr and a non-zero exit, never a traceback.
+Every command takes `--config` and `--state-dir` (before or after the command name), so they all
+find the same state as `run`. Errors are one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -20,7 +21,9 @@ import sandbox.cli
 from gateway.proxy import ca
 from gateway import config
 from gateway.identity import tokens as identity
+from gateway.cli import agent_env
 from gateway.cli import policy as policy_cli
+from gateway.cli.progress import progress
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import ConnectorLookup
 from gateway.config import Config, ConfigError, parse_duration
@@ -32,6 +35,13 @@ if TYPE_CHECKING:
     from connectors.registry import Registry
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error of a command whose output is `eval`ed (`env`) must fail the `eval` as well."""
+
+    def error(self, message: str) -> NoReturn:
+        if failed := self.get_default("eval_on_failure"):
+            print(failed)
+        super().error(message)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -88,24 +98,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     for noisy in ("mitmproxy", "presidio-analyzer"):  # one line per loaded recognizer otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        rt = runtime.build(cfg)
+        with progress("loading connectors, policies and the DLP models"):
+            rt = runtime.build(cfg)
     except GatewayError as e:
         raise CliError(str(e)) from None
     asyncio.run(server.serve(rt))
     return 0
 
 
+def _ensure_ca(args: argparse.Namespace) -> Path:
+    with progress("creating the gateway CA"):
+        return ca.ensure(_state(args))
+
+
 def cmd_ca_path(args: argparse.Namespace) -> int:
-    print(ca.ensure(_state(args)))
+    print(_ensure_ca(args))
     return 0
 
 
-def cmd_token_issue(args: argparse.Namespace) -> int:
+def _issue(args: argparse.Namespace) -> str:
+    """A token from `--sub/--role/--tenant/--scope/--ttl`, the same for `token issue` and `env`."""
     cfg = _config(args)
     key = identity.load_or_create_key(_state(args).signing_key)
     try:
         ttl = parse_duration(args.ttl)
-        token = identity.issue(
+        return identity.issue(
             key,
             sub=args.sub,
             role=args.role,
@@ -116,7 +133,20 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise CliError(str(e)) from None
-    print(token)
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    print(_issue(args))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Only the exports go to stdout (for `eval`); what was issued is said on stderr."""
+    token = _issue(args)
+    _ensure_ca(args)
+    bundle = ca.agent_bundle(_state(args))
+    print(agent_env.exports(agent_env.proxy_url(_config(args).listen, args.sub, token, args.proxy_host), bundle))
+    print(f"egress-gateway: token for {args.sub!r} (role {args.role!r}), valid {args.ttl}", file=sys.stderr)
     return 0
 
 
@@ -134,13 +164,37 @@ def cmd_connectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_location(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--config", type=Path, default=default, help="gateway.yaml (default: embedded defaults)")
+    parser.add_argument("--state-dir", type=Path, default=default,
+                        help="CA, keys, audit log, vault (default ~/.egress-gateway)")
+
+
+def _add_token_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sub", required=True, help="the agent's id")
+    parser.add_argument("--role", required=True, help="the agent's role (policies select on it)")
+    parser.add_argument("--tenant")
+    parser.add_argument("--scope", action="append", help="connector:action or connector:* (repeatable)")
+    parser.add_argument("--ttl", default="15m", help="lifetime, at most max_token_ttl (default 15m)")
+
+
+def _version() -> str:
+    try:
+        return f"egress-gateway {metadata.version('egress-gateway')}"
+    except metadata.PackageNotFoundError:
+        return "egress-gateway (not installed: run `pip install -e .`; version unknown)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Given after the command they override the same options given before it; absent, they leave
+    # the top-level value alone (SUPPRESS), so `egress-gateway --config X ca path` works too.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="gateway.yaml (default: embedded defaults)")
-    common.add_argument("--state-dir", type=Path, help="CA, keys, audit log, vault (default ~/.egress-gateway)")
+    _add_location(common, argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(prog="egress-gateway", description="The egress gateway for AI agents.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=_version())
+    _add_location(parser, None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", parents=[common], help="start the proxy and the API")
     run.add_argument("--listen", help="proxy HOST:PORT (default 127.0.0.1:8080)")
@@ -153,17 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="agent tokens").add_subparsers(dest="token_command", required=True)
     issue = token.add_parser("issue", parents=[common], help="print a signed agent JWT")
-    issue.add_argument("--sub", required=True, help="the agent's id")
-    issue.add_argument("--role", required=True, help="the agent's role (policies select on it)")
-    issue.add_argument("--tenant")
-    issue.add_argument("--scope", action="append", help="connector:action or connector:* (repeatable)")
-    issue.add_argument("--ttl", default="15m", help="lifetime, at most max_token_ttl (default 15m)")
+    _add_token_args(issue)
     issue.set_defaults(func=cmd_token_issue)
     revoke = token.add_parser("revoke", parents=[common], help="revoke a token by jti, or all of a subject's")
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--jti")
     which.add_argument("--sub")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    env = sub.add_parser("env", parents=[common], help='issue a token and print the exports: eval "$(egress-gateway env ...)"')
+    _add_token_args(env)
+    env.add_argument("--proxy-host", help="the host agents reach the proxy at (default: its listen address)")
+    # On failure stdout gets `false`: `eval` of nothing succeeds, so `eval "$(egress-gateway env ...)"
+    # && start-agent` would start the agent without the exports.
+    env.set_defaults(func=cmd_env, eval_on_failure="false")
 
     sub.add_parser("connectors", parents=[common], help="list connectors and actions").set_defaults(
         func=cmd_connectors
@@ -186,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (CliError, ConfigError) as e:
         print(f"egress-gateway: {e}", file=sys.stderr)
+        if failed := getattr(args, "eval_on_failure", None):
+            print(failed)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,7 +10,7 @@ resolver functions of `args` (which carry `--config`/`--state-dir`).
     egress-gateway policy report [AUDIT_FILE]
     egress-gateway approvals list [--all] [--json]
     egress-gateway approvals approve|deny ID [--by NAME]
-    egress-gateway audit verify [AUDIT_FILE]        exit 1 naming the first bad record
+    egress-gateway audit verify [AUDIT_FILE] [--strict]   exit 1 naming the first bad record
 
 `policy check` and `policy test` judge against the connectors `run` would load from the same
 `--config` (its `connectors:` included), and the policy directory `run` would use (`--policies`,
@@ -107,7 +107,9 @@ def add_audit_commands(
     cmds = group.add_subparsers(dest="audit_command", required=True)
     v = cmds.add_parser("verify", help="verify the hash chain and signatures; exit 1 naming the first bad record", parents=list(parents))
     v.add_argument("file", nargs="?", type=Path)
-    v.set_defaults(func=lambda a: audit_verify(a.file or audit_path(a), public_keys(a)))
+    v.add_argument("--strict", action="store_true",
+                   help="for a stopped gateway's log: also fail unless it ends with the signature written at shutdown")
+    v.set_defaults(func=lambda a: audit_verify(a.file or audit_path(a), public_keys(a), a.strict))
 
 
 def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
@@ -184,11 +186,17 @@ def approvals_decide(store: ApprovalStore, verb: str, approval_id: str, by: str 
     return 0
 
 
-def audit_verify(path: Path, keys: list[Ed25519PublicKey]) -> int:
+def audit_verify(path: Path, keys: list[Ed25519PublicKey], strict: bool = False) -> int:
+    """Without `strict` a live log's unsigned tail is normal; with it (a stopped gateway's log, a
+    rotated file) anything not sealed by the closing signature fails, as a cut tail looks the same."""
     try:
         result = verify(path, keys)
     except OSError as e:
         print(f"{path}: {e.strerror}", file=sys.stderr)
         return 2
+    problem = result.incomplete() if strict else None
+    if problem:
+        print(f"FAILED (--strict): {problem}", file=sys.stderr)
+        return 1
     print(result, file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1

@@ -2,7 +2,9 @@
 
 Reads the audit log (records written with `Decision.audit_fields()`, whose `would_deny` lists the
 findings of shadow rules) so an operator can see what switching a policy to `enforce` would break
-before doing it. A torn last line or a line that is not JSON is skipped and counted; run
+before doing it. One call writes several records (a decision record before forwarding, an outcome
+record after) and each carries the call's `would_deny`, so a finding is counted once per
+`decision_id`; a record without one counts on its own. A torn last line or a line that is not JSON is skipped and counted; run
 `audit verify` to trust the file itself.
 """
 
@@ -34,8 +36,10 @@ class Report:
 
 
 def summarise(lines: Iterable[bytes]) -> Report:
-    """Count would-deny findings per (agent sub, rule, code), busiest first."""
+    """Count would-deny findings per (agent sub, rule, code), busiest first, each call once."""
     rows: dict[tuple[str, str, str], ReportRow] = {}
+    # Only calls with findings are remembered, so memory grows with what is reported, not the log.
+    counted: dict[str, set[tuple[str, str, str]]] = {}
     records = skipped = 0
     for raw in lines:
         if not raw.strip():
@@ -49,19 +53,27 @@ def summarise(lines: Iterable[bytes]) -> Report:
             skipped += 1
             continue
         records += 1
+        decision_id = rec.get("decision_id")
+        seen = counted.setdefault(str(decision_id), set()) if decision_id else set()
         for finding in rec.get("would_deny") or []:
             if not isinstance(finding, dict):
                 continue
             key = (str(rec.get("sub", "?")), str(finding.get("rule") or DEFAULT_DENY), str(finding.get("code", "?")))
-            ts = rec.get("ts")
-            row = rows.get(key)
-            if row is None:
-                rows[key] = ReportRow(*key, count=1, first_ts=ts, last_ts=ts)
-            else:
-                row.count += 1
-                row.last_ts = ts or row.last_ts
+            if key in seen:
+                continue
+            seen.add(key)
+            _count(rows, key, rec.get("ts"))
     ordered = sorted(rows.values(), key=lambda r: (-r.count, r.sub, r.rule, r.code))
     return Report(ordered, records, skipped)
+
+
+def _count(rows: dict[tuple[str, str, str], ReportRow], key: tuple[str, str, str], ts: str | None) -> None:
+    row = rows.get(key)
+    if row is None:
+        rows[key] = ReportRow(*key, count=1, first_ts=ts, last_ts=ts)
+    else:
+        row.count += 1
+        row.last_ts = ts or row.last_ts
 
 
 def report_file(path: Path) -> Report:

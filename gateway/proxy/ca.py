@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import certifi
 from mitmproxy.certs import CertStore
 
-from gateway.state import StateDir
+from gateway.state import StateDir, write_atomic
 
 KEY_SIZE = 2048
 
@@ -23,3 +24,20 @@ def ensure(state: StateDir) -> Path:
                 state.ca_dir, "mitmproxy", KEY_SIZE, organization="egress-gateway", cn="egress-gateway CA"
             )
     return state.ca_cert
+
+
+def agent_bundle(state: StateDir) -> Path:
+    """The gateway CA appended to the system CAs (certifi's Mozilla set), as one PEM file.
+
+    `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and `CURL_CA_BUNDLE` replace a client's trust store rather
+    than add to it: pointed at the gateway CA alone they break every other HTTPS connection the agent
+    makes (a package index, a model download). One combined file is right for every variable.
+    Rewritten only when its content would change, atomically, so running agents never read half.
+    """
+    gateway_ca = ensure(state).read_bytes()
+    system = Path(certifi.where()).read_bytes()
+    data = system.rstrip(b"\n") + b"\n\n# egress-gateway CA\n" + gateway_ca
+    path = state.agent_bundle
+    if not path.exists() or path.read_bytes() != data:
+        write_atomic(path, data, 0o644)
+    return path

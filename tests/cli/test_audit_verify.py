@@ -1,0 +1,103 @@
+"""`audit verify`: a live log's unsigned tail is normal; `--strict` fails a stopped log cut anywhere."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit.log import AuditLog, record_hash, verify
+from tests.clients import client
+from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+
+KEY = Ed25519PrivateKey.generate()
+
+
+def closed_log(path: Path, n: int, sign_every: int) -> list[bytes]:
+    log = AuditLog(path, KEY, sign_every=sign_every)
+    for i in range(n):
+        log.write({"type": "decision", "i": i})
+    log.close()
+    return path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("sign_every", [1, 3, 10])
+def test_strict_fails_every_cut_of_a_closed_log(tmp_path: Path, sign_every: int) -> None:
+    """Every whole-line cut, including those landing right after a periodic signature."""
+    path = tmp_path / "audit.jsonl"
+    lines = closed_log(path, random.randint(12, 30), sign_every)
+    whole = verify(path, KEY.public_key())
+    assert whole.ok and whole.closed and whole.incomplete() is None, whole
+    for keep in range(0, len(lines)):
+        path.write_bytes(b"".join(lines[:keep]))
+        r = verify(path, KEY.public_key())
+        assert r.ok and not r.closed, (keep, r)  # the chain alone cannot tell
+        assert r.incomplete(), (keep, r)
+
+
+def test_a_gateway_that_decided_nothing_still_leaves_a_closed_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path, KEY).close()
+    r = verify(path, KEY.public_key())
+    assert r.ok and r.closed and r.records == 0 and r.incomplete() is None, r
+    path.write_bytes(b"")
+    assert verify(path, KEY.public_key()).incomplete() == "the log is empty"
+
+
+def test_the_closing_mark_cannot_be_forged_onto_a_periodic_signature(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    lines = closed_log(path, 25, 10)
+    records = [json.loads(x) for x in lines]
+    cut = max(i for i, rec in enumerate(records[:-1]) if rec.get("type") == "signature")
+    forged = {**records[cut], "closing": True}
+    forged["hash"] = record_hash(forged)  # the chain hash is unkeyed: an attacker can redo it
+    path.write_bytes(b"".join(lines[:cut]) + json.dumps(forged).encode() + b"\n")
+    r = verify(path, KEY.public_key())
+    assert not r.ok and "bad signature" in (r.error or ""), r
+
+
+def _unsigned_after_last_signature(path: Path) -> int:
+    records = [json.loads(x) for x in path.read_bytes().splitlines()]
+    last_sig = max((i for i, rec in enumerate(records) if rec.get("type") == "signature"), default=-1)
+    return len(records) - 1 - last_sig
+
+
+def test_verify_while_running_then_strict_after_shutdown(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    gw: GatewayProcess = make_gateway(vendor_settings(pki, vendor))
+    token = gw.token(scopes=("stripe:retrieve_balance",))
+    with client(gw, token) as c:
+        for _ in range(random.randint(2, 6)):
+            assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+    tail = _unsigned_after_last_signature(gw.audit_file)
+    assert tail > 0
+    live = gw.cli("audit", "verify")
+    assert f"{tail} records after the last signed head, expected while running" in live.stdout
+    assert "WARNING" not in live.stdout + live.stderr and live.stderr == ""
+    running = gw.cli("audit", "verify", "--strict", check=False)
+    assert running.returncode == 1 and f"{tail} records after the last signed head" in running.stderr
+
+    assert gw.stop() == 0
+    stopped = gw.cli("audit", "verify", "--strict")
+    assert "closed at shutdown" in stopped.stdout and "after the last signed head" not in stopped.stdout
+
+    lines = gw.audit_file.read_bytes().splitlines(keepends=True)
+    gw.audit_file.write_bytes(b"".join(lines[: random.randint(1, len(lines) - 1)]))
+    assert gw.cli("audit", "verify").returncode == 0
+    cut = gw.cli("audit", "verify", "--strict", check=False)
+    assert cut.returncode == 1 and cut.stderr.startswith("FAILED (--strict):"), cut.stderr
+
+
+def test_a_full_disk_at_shutdown_leaves_the_log_unsealed_without_failing_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    full = Path("/dev/full")  # every write fails with ENOSPC: a real full disk, on demand
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    log = AuditLog(full, KEY)
+    log.close()
+    assert "cannot write the closing signature (OSError)" in caplog.text
+    with pytest.raises(ValueError, match="closed"):
+        log.write({"type": "decision"})

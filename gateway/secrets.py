@@ -17,12 +17,15 @@ from pathlib import Path
 
 from connectors.model import Connector
 from gateway.errors import Refusal
+from gateway.pipeline.scrub import Scrubber
 
 
 class Secrets:
     def __init__(self, refs: dict[str, str]):
         self._refs = dict(refs)
         self._files: dict[Path, tuple[float, str]] = {}
+        self._scrubber: Scrubber | None = None
+        self._scrubbed: tuple[str, ...] = ()
 
     def get(self, name: str) -> str:
         """The credential named `name`; refuses (fail closed) when it is not configured or missing."""
@@ -34,6 +37,14 @@ class Secrets:
         if not value:
             raise Refusal("store_unavailable", f"the credential for {name!r} is empty or missing ({kind})")
         return value
+
+    def scrubber(self) -> Scrubber:
+        """What removes every credential's current value from responses; rebuilt only when a
+        value changed (a rotated key file)."""
+        values = tuple(sorted(v for ref in self._refs.values() if (v := self._value(*_split(ref)))))
+        if self._scrubber is None or self._scrubbed != values:
+            self._scrubber, self._scrubbed = Scrubber.of(values), values
+        return self._scrubber
 
     def configured(self, name: str) -> bool:
         return name in self._refs
@@ -59,6 +70,11 @@ class Secrets:
             return cached[1]
         except OSError:
             return None
+
+
+def _split(ref: str) -> tuple[str, str]:
+    kind, _, where = ref.partition(":")
+    return kind, where
 
 
 def not_ready(connectors: Iterable[Connector], secrets: Secrets, in_policies: frozenset[str]) -> dict[str, str]:

@@ -133,7 +133,9 @@ class FakeVendor:
     Behaviour is set by attributes between calls: `status` (default 200), `delay` seconds before
     the response headers. Chat completions with `"stream": true` answer with OpenAI-style SSE that
     says back the last message in 7-character pieces (so a token in it is split across events);
-    if `stream_gate` is set, the stream waits for it after the first event.
+    if `stream_gate` is set, the stream waits for it after the first event. With `echo_headers`
+    it misbehaves as some vendors' error pages do: every request header (the injected credential
+    too) is said back in the body, in the stream, and in response headers.
     """
 
     cert: tuple[Path, Path]
@@ -142,6 +144,7 @@ class FakeVendor:
     delay: float = 0.0
     connections: int = 0
     stream_gate: threading.Event | None = None
+    echo_headers: bool = False
 
     def __post_init__(self) -> None:
         vendor = self
@@ -171,8 +174,11 @@ class FakeVendor:
                     self._stream(rec)
                     return
                 echo = {"object": "fake", "host": rec.host, "path": rec.path, "method": rec.method, "echo": body.decode("utf-8", "replace")}
+                if vendor.echo_headers:
+                    echo["headers"] = rec.headers
                 payload = json.dumps({**echo, **CANNED.get(rec.path, {})}).encode()
                 self.send_response(vendor.status)
+                self._echo_headers(rec)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
@@ -180,10 +186,16 @@ class FakeVendor:
 
             def _stream(self, rec: Received) -> None:
                 self.send_response(200)
+                self._echo_headers(rec)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 said = f"You said: {rec.json()['messages'][-1]['content']}"
+                if vendor.echo_headers:  # an error event echoing the request, its bytes cut mid-header
+                    echoed = f"data: {json.dumps({'error': {'echo': rec.headers}})}\n\n".encode()
+                    cut = echoed.index(b"Bearer ") + 12
+                    self._chunk(echoed[:cut])
+                    self._chunk(echoed[cut:])
                 for i in range(0, len(said), 7):
                     event = {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {"content": said[i : i + 7]}, "finish_reason": None}]}
                     self._chunk(f"data: {json.dumps(event)}\n\n".encode())
@@ -193,6 +205,11 @@ class FakeVendor:
                 self._chunk(f"data: {json.dumps(done)}\n\n".encode())
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
+
+            def _echo_headers(self, rec: Received) -> None:
+                if vendor.echo_headers:
+                    for name, value in rec.headers.items():
+                        self.send_header(f"X-Echo-{name}", value)
 
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -222,7 +239,7 @@ class FakeVendor:
     def reset(self) -> None:
         with self._lock:
             self.received.clear()
-        self.status, self.delay, self.stream_gate = 200, 0.0, None
+        self.status, self.delay, self.stream_gate, self.echo_headers = 200, 0.0, None, False
 
     def close(self) -> None:
         self.server.shutdown()

@@ -193,18 +193,19 @@ async def dlp(c: Ctx) -> None:
             c.forward.path = f"{c.view.path}?{codecs.encode_form(c.params)}"
         else:
             c.forward.body = codecs.encode(action.encoding, c.params)
-    if reveal:
-        c.forward.set_headers["accept-encoding"] = "identity"  # restoring needs the plain response body
 
 
 async def credentials(c: Ctx) -> None:
-    """Whatever the agent sent as auth is dropped; the vendor's credential is injected."""
+    """Whatever the agent sent as auth is dropped; the vendor's credential is injected, and its
+    answer asked for uncompressed."""
     if c.route is None:
         c.forward.drop_headers += steps.NEVER_FORWARD
         return
     drop, headers, query = steps.credential_edits(c.route.connector, c.rt.secrets)
     c.forward.drop_headers += drop
     c.forward.set_headers.update(headers)
+    # The answer is read plain: credentials it echoes are removed, and tokens restored, in it.
+    c.forward.set_headers["accept-encoding"] = "identity"
     c.forward.set_query.update(query)
 
 

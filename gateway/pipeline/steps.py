@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, unquote_plus
 
 from pydantic import ValidationError
@@ -20,7 +20,9 @@ from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
 from gateway.identity.tokens import Identity
 from gateway.policy.engine import Decision, PolicySet, RequestContext, Subject
-from gateway.secrets import Secrets
+
+if TYPE_CHECKING:
+    from gateway.secrets import Secrets
 
 PASSTHROUGH = "passthrough"
 APPROVAL_HEADER = "x-egress-approval"

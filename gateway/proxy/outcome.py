@@ -9,6 +9,7 @@ would multiply the load on a failing vendor that the circuit breaker is trying t
 
 from __future__ import annotations
 
+import logging
 import time
 
 from mitmproxy import http, tls
@@ -20,6 +21,8 @@ from gateway.proxy.flows import CALL, DLP, FORWARDED, TIMED_OUT, Tunnels, flow_c
 from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
 from gateway.runtime import Runtime
 
+log = logging.getLogger(__name__)
+SCRUBBED = "egress.scrubbed"  # a stream's count of removed secrets
 _VENDOR_FAULTS = ("upstream_failed", "upstream_tls", "upstream_timeout")
 
 
@@ -33,11 +36,17 @@ class Outcome:
         if call is None or flow.response is None:
             return
         flow.response.headers[DECISION_HEADER] = call.decision_id
+        scrubber = self.rt.secrets.scrubber()
+        cleaned = [(name, *scrubber.scrub(value)) for name, value in flow.response.headers.fields]
+        if removed := sum(n for _, _, n in cleaned):
+            flow.response.headers.fields = tuple((name, value) for name, value, _ in cleaned)
+            _scrubbed(call, removed)
         if is_event_stream(flow):
             call_dlp: CallDlp | None = flow.metadata.get(DLP)
-            # Streams pass through chunk by chunk; with tokens to restore, only a possible token
-            # prefix is held back.
-            flow.response.stream = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else True
+            # Streams pass through chunk by chunk; with tokens to restore or a secret that may
+            # begin at a chunk's end, only that possible prefix is held back.
+            detok = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None
+            flow.response.stream, flow.metadata[SCRUBBED] = scrubber.stream(detok)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)
@@ -45,6 +54,7 @@ class Outcome:
         if call is None or started is None or flow.response is None:
             return
         elapsed = time.monotonic() - started
+        self._scrub_body(flow, call)
         await self._restore(flow, call)
         status = flow.response.status_code
         if status >= 500:
@@ -99,6 +109,20 @@ class Outcome:
             return Refusal("bad_request", "the request could not be read")
         return Refusal("upstream_failed", f"{call.host} failed: connection error or broken HTTP")
 
+    def _scrub_body(self, flow: http.HTTPFlow, call: Call) -> None:
+        """No vendor credential goes back to the agent, however the vendor echoed it."""
+        resp = flow.response
+        assert resp is not None
+        if resp.stream:
+            counted = flow.metadata.get(SCRUBBED)
+            _scrubbed(call, counted() if counted else 0)
+            return
+        body = resp.get_content(strict=False) or b""
+        clean, n = self.rt.secrets.scrubber().scrub(body)
+        if n:
+            resp.content = clean
+            _scrubbed(call, n)
+
     async def _restore(self, flow: http.HTTPFlow, call: Call) -> None:
         """Step 10: tokens in the response restored for an agent whose policy reveals their types."""
         call_dlp: CallDlp | None = flow.metadata.get(DLP)
@@ -115,6 +139,12 @@ class Outcome:
             return
         if summary.total or summary.withheld:
             call.extra["revealed"], call.extra["withheld"] = summary.restored, summary.withheld
+
+
+def _scrubbed(call: Call, n: int) -> None:
+    if n:
+        call.extra["secrets_scrubbed"] = call.extra.get("secrets_scrubbed", 0) + n
+        log.warning("the vendor's answer to %s held a credential; %d removed before the agent saw it", call.decision_id, n)
 
 
 def unclaimed_pages(rt: Runtime) -> Unclaimed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -177,3 +178,58 @@ def test_agent_named_hosts_methods_and_api_paths_stay_out_of_the_audit_log_and_m
     for raw in (secret_host, "jane.doe.example.com", "JANE.DOE", EMAIL):
         assert raw.lower() not in written.lower()
         assert raw.lower() not in str(answers).lower()
+
+
+def _forms(secret: str) -> list[str]:
+    """What an echoed credential may look like: as is, URL-encoded, base64 of it and of `key:`."""
+    import base64
+    from urllib.parse import quote
+
+    raw = secret.encode()
+    return [secret, quote(secret, safe=""), base64.b64encode(raw).decode().rstrip("="),
+            base64.b64encode(raw + b":").decode().rstrip("=")]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "kwargs", "key", "echoes"),
+    [  # echoes: where the fake says the credential back (a header and the body; the query: the body)
+        ("POST", "https://api.stripe.com/v1/customers", {"data": {"description": "d"}}, "TEST_STRIPE_KEY", 2),
+        ("POST", "https://api.openai.com/v1/embeddings", {"json": {"model": "text-embedding-3-small", "input": "x"}},
+         "TEST_OPENAI_KEY", 2),
+        ("GET", "https://serpapi.com/search.json?q=coffee&engine=google", {}, "TEST_SERPAPI_KEY", 1),
+    ],
+)
+def test_a_vendor_echoing_its_credential_never_hands_it_to_the_agent(
+    gateway: GatewayProcess, vendor: FakeVendor, method: str, url: str, kwargs: dict, key: str, echoes: int
+) -> None:
+    """Hardening issue, item 4: every configured secret, and its common encodings, is scrubbed from
+    response headers and bodies before the agent sees them; the outcome record says so."""
+    from tests.fakes import VENDOR_ENV
+
+    vendor.echo_headers = True
+    with client(gateway, gateway.token(scopes=("*",))) as c:
+        r = c.request(method, url, **kwargs)
+    assert r.status_code == 200
+    assert vendor.received and VENDOR_ENV[key] in str(vendor.received[-1].headers) + vendor.received[-1].path
+    seen = r.text + str(r.headers)
+    for form in _forms(VENDOR_ENV[key]):
+        assert form not in seen
+    assert "secret removed by egress-gateway" in seen
+    outcome = [x for x in gateway.audit() if x["decision_id"] == r.headers["x-egress-decision-id"] and x["phase"] == "outcome"]
+    assert outcome[0]["secrets_scrubbed"] == echoes
+
+
+def test_a_streamed_echo_of_the_credential_is_scrubbed_even_split_across_chunks(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    from tests.fakes import VENDOR_ENV
+
+    vendor.echo_headers = True
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with client(gateway, gateway.token(scopes=("*",))) as c:
+        with c.stream("POST", "https://api.openai.com/v1/chat/completions", json=body) as r:
+            text = "".join(r.iter_text())
+            headers = str(r.headers)
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    said = "".join(e["choices"][0]["delta"].get("content", "") for e in events if "choices" in e)
+    echoed = [e["error"]["echo"] for e in events if "error" in e]
+    assert said == "You said: hi" and echoed[0]["authorization"].startswith("Bearer ")  # the stream went on
+    assert VENDOR_ENV["TEST_OPENAI_KEY"] not in text + headers

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Entity types Presidio's pattern recognizers find with no NLP model (see dlp/engine.py).
 PATTERN_ENTITIES: tuple[str, ...] = (
@@ -24,8 +24,12 @@ PATTERN_ENTITIES: tuple[str, ...] = (
     "CRYPTO",
     "URL",
 )
-# Entity types only a spaCy NER model finds (config `nlp_model`).
+# Entity types only a spaCy NER model finds (config `nlp_model`); PERSON is also found without one
+# (config `names`, see dlp/names.py).
 NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION")
+
+# Every type a built-in recognizer can report: what a policy file may name.
+BUILTIN_ENTITIES: tuple[str, ...] = PATTERN_ENTITIES + NER_ENTITIES
 
 ENTITY_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
 
@@ -65,6 +69,8 @@ class DlpConfig(BaseModel):
     language: str = "en"
     # An installed spaCy package (e.g. en_core_web_sm) adds PERSON and LOCATION; never downloaded.
     nlp_model: str | None = None
+    # PERSON from the attested US Census name lists (dlp/names.py): no model, ~1 ms per 2 KB.
+    names: bool = True
     # Findings scoring below this are ignored. 0.4 keeps validated matches (Luhn, IBAN checksum,
     # email domain: 1.0), phones (0.4) and context-backed weak patterns; it drops bare 9-digit
     # numbers that Presidio reports as SSNs at 0.05.
@@ -77,14 +83,20 @@ class DlpConfig(BaseModel):
     custom_recognizers: tuple[CustomRecognizer, ...] = ()
     # For agents no policy file gives a `dlp:` section: what leaves only as tokens, and what comes
     # back restored. Tokenizing by default keeps PII in the vault when a policy forgets DLP.
-    tokenize: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN")
+    tokenize: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON")
+    # Types whose values refuse the call (`pii_blocked`), and those that leave masked (`****1111`).
+    block: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
     reveal: tuple[str, ...] = ()
     # Vault location: sqlite:///path, or redis://host:port/db. None: sqlite in the state dir.
     vault: str | None = None
     # Vault master key (base64 of 32 bytes) or env:NAME / file:PATH; None: <state_dir>/dlp.key.
     key: str | None = None
-    # How long a value keeps its token (and the token stays restorable), in seconds.
+    # How long a value keeps its token (and the token stays restorable), in seconds: the vault's
+    # retention. Expired entries are deleted every `purge_every` seconds (SQLite; Redis expires
+    # them itself), so sealed PII does not outlive its token on disk.
     token_ttl: int = Field(default=86_400, gt=0)
+    purge_every: int = Field(default=600, gt=0)
     # Memoized analyses (per scope and field value) kept in memory.
     memo_size: int = Field(default=4096, ge=0)
     # Threads that run Presidio off the event loop.
@@ -100,11 +112,22 @@ class DlpConfig(BaseModel):
             raise ValueError(f"unknown phone regions {unknown}")
         return v
 
+    @model_validator(mode="after")
+    def _known_types(self) -> DlpConfig:
+        known = set(self.entities) | set(BUILTIN_ENTITIES)
+        for key in ("tokenize", "block", "mask", "reveal"):
+            unknown = [e for e in getattr(self, key) if e not in known]
+            if unknown:
+                raise ValueError(f"dlp.{key}: unknown entity types {unknown}")
+        return self
+
     @property
     def entities(self) -> tuple[str, ...]:
         """Every entity type this configuration can find."""
         found = list(PATTERN_ENTITIES)
+        if self.names:
+            found.append("PERSON")
         if self.nlp_model:
-            found += NER_ENTITIES
+            found += [e for e in NER_ENTITIES if e not in found]
         found += [c.entity for c in self.custom_recognizers if c.entity not in found]
         return tuple(found)

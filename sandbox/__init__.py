@@ -12,14 +12,15 @@ Small private modules, re-exported here (as httpx does):
 - `registration`: checking and storing a tool registered at run time (`POST /v1/tools`);
 - `build`: componentize-py builds of Python tools (a build step, never imported by the gateway);
 - `service`: `run_tool`, the async entry point;
-- `egress`: the production sender (through the gateway's proxy) and the URL → action resolver;
-- `cli`: `egress-gateway sandbox run`.
+- `egress`: the production sender (through the gateway's proxy) and the URL → action resolver.
+
+`egress-gateway sandbox run` is gateway/cli/sandbox.py: it needs the config and the state dir.
 """
 
 from sandbox.egress import connector_resolver, make_proxy_sender, refuse_all
 from sandbox.manifest import Limits, ToolManifest, sign, verify_signature
-from sandbox.registry import Tool, ToolRegistry, builtin_tools_dir
 from sandbox.outcome import RunResult
+from sandbox.registry import Tool, ToolRegistry, builtin_tools_dir
 from sandbox.runner import SandboxRunner
 from sandbox.service import run_tool
 

@@ -80,7 +80,7 @@ class ComponentRunner:
         return compiled
 
     def run(
-        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str
     ) -> RunResult:
         """Run `tool` in this thread (a first run's compile is not its duration). Raises `Refusal`."""
         limits = tool.manifest.limits
@@ -88,7 +88,7 @@ class ComponentRunner:
         started = time.monotonic()
         session = EgressSession(
             manifest=tool.manifest, http_request=http_request, resolve_action=resolve_action,
-            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic,
+            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic, decision_id=decision_id,
         )
         with bound(session):
             ending = self._execute(compiled, tool, input_json.decode())

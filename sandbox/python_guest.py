@@ -76,16 +76,16 @@ class PythonGuest:
 
     async def run_async(
         self, code: str, tool_input: dict[str, Any], ceiling: ToolManifest,
-        http_request: HttpRequest, resolve_action: ResolveAction,
+        http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str,
     ) -> RunResult:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self.run, code, tool_input, ceiling, http_request, resolve_action
+            self._executor, self.run, code, tool_input, ceiling, http_request, resolve_action, decision_id
         )
 
     def run(
         self, code: str, tool_input: dict[str, Any], ceiling: ToolManifest,
-        http_request: HttpRequest, resolve_action: ResolveAction,
+        http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str,
     ) -> RunResult:
         """Run `code` with `INPUT` bound; output is {stdout, stderr, exit_code}. Raises `Refusal`."""
         limits = ceiling.limits
@@ -93,7 +93,7 @@ class PythonGuest:
         started = time.monotonic()
         session = EgressSession(
             manifest=ceiling, http_request=http_request, resolve_action=resolve_action,
-            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic,
+            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic, decision_id=decision_id,
         )
         with bound(session):
             result, ending = self._execute(source, limits)

@@ -137,16 +137,23 @@ class SandboxRunner:
             self._prepare(tool)
 
     async def run_async(
-        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str
     ) -> RunResult:
         """`run` on the runner's bounded worker pool: the event loop keeps serving while the tool runs."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run, tool, input_json, http_request, resolve_action)
+        return await loop.run_in_executor(
+            self._executor, self.run, tool, input_json, http_request, resolve_action, decision_id
+        )
 
-    def run(self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction) -> RunResult:
-        """Run `tool` on `input_json` in this thread. Raises `Refusal` with a sandbox code."""
+    def run(
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str
+    ) -> RunResult:
+        """Run `tool` on `input_json` in this thread. Raises `Refusal` with a sandbox code.
+
+        `decision_id` is the run's, carried by every refusal its host calls get.
+        """
         if tool.manifest.kind == "component":
-            return self.components.run(tool, input_json, http_request, resolve_action)
+            return self.components.run(tool, input_json, http_request, resolve_action, decision_id)
         limits = tool.manifest.limits
         prepared = self._prepare(tool)
         if prepared.min_memory_bytes > limits.memory_bytes:
@@ -161,6 +168,7 @@ class SandboxRunner:
             resolve_action=resolve_action,
             deadline=started + limits.timeout_ms / 1000,
             clock=time.monotonic,
+            decision_id=decision_id,
         )
         stdout = _Capture(limits.max_output_bytes, keep_tail=False)
         stderr = _Capture(STDERR_TAIL_BYTES, keep_tail=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-import sandbox.cli
 from gateway.proxy import ca
 from gateway import config
 from gateway.identity import tokens as identity
 from gateway.cli import policy as policy_cli
+from gateway.cli import sandbox as sandbox_cli
 from gateway.policy.approvals import ApprovalStore
 from gateway.config import Config, ConfigError, parse_duration
 from gateway.identity.revocation import Revocations
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cli.add_audit_commands(
         sub, audit_path=lambda a: _state(a).audit_log, public_keys=_public_keys, parents=[common]
     )
-    sandbox.cli.add_commands(sub)
+    sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
     return parser
 
 

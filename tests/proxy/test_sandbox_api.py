@@ -149,3 +149,53 @@ def test_python_snippet_runs_and_its_http_goes_through_the_gateway(tools_gw: Gat
     assert out["exit_code"] == 0 and out["stdout"].split() == ["42", "200"], out
     assert vendor.received[-1].path == "/v1/balance"
     assert any(x.get("tool") == "python" and x.get("phase") == "outcome" for x in tools_gw.audit())
+
+
+RUN_CASES = [
+    ("stats", {"values": [1, 2, 3]}, "finance", None),
+    ("stats", {"values": "CANARY-not-a-list"}, "finance", "sandbox_trap"),
+    ("spin", {}, "finance", ("sandbox_fuel_exhausted", "sandbox_timeout")),
+    ("memory_bomb", {}, "finance", "sandbox_memory_limit"),
+    ("output_flood", {}, "finance", "sandbox_bad_output"),
+    ("tampered", {}, "finance", "sandbox_hash_mismatch"),
+    ("no_such_tool", {}, "finance", "sandbox_unknown_tool"),
+    ("currency_convert", {"to": "CANARY-eur"}, "research", "sandbox_forbidden"),
+]
+
+
+@pytest.mark.parametrize(("tool", "tool_input", "role", "code"), RUN_CASES)
+def test_every_run_is_one_audited_decision_without_its_values(
+    tools_gw: GatewayProcess, tool: str, tool_input: dict, role: str, code: str | tuple[str, ...] | None
+) -> None:
+    token = tools_gw.token(sub="audited-runner", role=role, tenant="acme", scopes=("stripe:*",))
+    r = run(tools_gw, token, {"tool": tool, "input": {**tool_input, "note": "CANARY-input"}})
+    decision_id = r.headers["x-egress-decision-id"]
+    assert decision_id.startswith("dec_") and len(decision_id) > 20
+    records = [x for x in tools_gw.audit() if x.get("decision_id") == decision_id]
+    assert len(records) == 1, records
+    rec = records[0]
+    assert (rec["tool"], rec["sub"], rec["tenant"], rec["action"]) == (tool, "audited-runner", "acme", tool)
+    assert isinstance(rec["fuel_used"], int) and rec["fuel_used"] >= 0
+    assert "CANARY" not in str(rec)
+    if code is None:
+        assert r.status_code == 200 and rec["code"] is None and rec["decision"] == "allow"
+        assert rec["fuel_used"] == r.json()["fuel_used"] > 0
+        return
+    err = error_of(r)
+    assert err["code"] in ((code,) if isinstance(code, str) else code)
+    assert (err["decision_id"], rec["code"], rec["decision"]) == (decision_id, err["code"], "deny")
+    ran = err["code"] in ("sandbox_trap", "sandbox_fuel_exhausted", "sandbox_timeout", "sandbox_memory_limit", "sandbox_bad_output")
+    assert (rec["fuel_used"] > 0) == ran and rec["fuel_used"] == err.get("fuel_used", 0)
+
+
+def test_a_host_call_refused_inside_a_run_carries_the_runs_decision_id(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    code = (
+        "r = call_tool('http_request', method='POST', url='https://api.stripe.com/v1/refunds')\n"
+        "print(__import__('json').loads(r['body'])['error']['decision_id'])\n"
+    )
+    pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
+    r = run(tools_gw, finance(tools_gw, scopes=("*",)), {"python": code}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["output"]["stdout"].strip() == r.headers["x-egress-decision-id"]
+    assert not vendor.received
+

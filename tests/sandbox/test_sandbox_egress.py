@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import Refusal
+from gateway.pipeline.steps import new_decision_id
 from sandbox.hostcall import EINVAL, AbiError, EgressSession
 from sandbox.manifest import ToolManifest
 from sandbox.registry import ToolRegistry
@@ -147,4 +148,5 @@ def _session(sender, resolve, allowed: tuple[str, ...], max_host_calls: int, dea
     return EgressSession(
         manifest=manifest, http_request=sender, resolve_action=resolve,
         deadline=time.monotonic() + 60 if deadline is None else deadline, clock=time.monotonic,
+        decision_id=new_decision_id(),
     )

@@ -3,7 +3,8 @@
 A tool's host calls (`egress.http_request`) are sent to the gateway's own proxy port with a token
 the gateway mints for the run: the caller's subject, role and tenant, scopes narrowed to what both
 the caller's token and the tool's manifest allow, a `tool` claim (so every host call's audit
-record names the tool), and a lifetime no longer than the run or the caller's own token. Every
+record names the tool), a `caller_jti` claim (so revoking the caller's token, by jti or by sub,
+stops its running tools' host calls at their next request), and a lifetime no longer than the run or the caller's own token. Every
 pipeline step (policy, quotas, DLP, credentials, audit) applies to it like any other call.
 
 Every run is one decision: its `dec_` id (the API call's) is on the response, in its refusals and in
@@ -156,7 +157,7 @@ class Tools:
             raise Refusal("identity_expired", "the caller's token expires before the run could finish")
         token = identity.issue(
             self.key, sub=caller.sub, role=caller.role, tenant=caller.tenant, scopes=scopes, tool=tool,
-            ttl=ttl, max_ttl=self.config.max_token_ttl,
+            caller_jti=caller.jti, ttl=ttl, max_ttl=self.config.max_token_ttl,
         )
         return _Sender(f"http://{self.config.listen}", self._trust(), token, max(timeout_ms / 1000, 1.0))
 

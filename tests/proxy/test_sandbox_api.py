@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import yaml
 
+from gateway.identity.revocation import Revocations
+from gateway.state import StateDir
 from sandbox import builtin_tools_dir
 from tests.clients import client, error_of
 from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
@@ -199,3 +204,34 @@ def test_a_host_call_refused_inside_a_run_carries_the_runs_decision_id(tools_gw:
     assert r.json()["output"]["stdout"].strip() == r.headers["x-egress-decision-id"]
     assert not vendor.received
 
+
+@pytest.mark.parametrize("by", ["jti", "sub"])
+def test_revoking_the_caller_stops_its_running_tools_host_calls(tools_gw: GatewayProcess, vendor: FakeVendor, by: str) -> None:
+    """The tool's host-call token is minted by the gateway with its own jti; revoking the caller's
+    token (or its subject) while the tool runs must refuse the tool's next host call."""
+    pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
+    sub = f"revoked-by-{by}"
+    token = finance(tools_gw) if by == "jti" else tools_gw.token(sub=sub, role="finance", scopes=("stripe:*",))
+    code = (
+        "import json\n"
+        "seen = []\n"
+        "for _ in range(2):\n"
+        "    r = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\n"
+        "    seen.append([r['status'], json.loads(r['body']).get('error', {}).get('code')])\n"
+        "print(json.dumps(seen))\n"
+    )
+    vendor.delay = 1.0  # the first host call is at the vendor while the caller is revoked
+    outcome: dict[str, httpx.Response] = {}
+    runner = threading.Thread(target=lambda: outcome.update(r=run(tools_gw, token, {"python": code}, timeout=120)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not vendor.received and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert vendor.received, "the tool's first host call never reached the vendor"
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    Revocations(StateDir.open(tools_gw.state_dir).revocations).revoke(**({"jti": jti} if by == "jti" else {"sub": sub}))
+    runner.join(60)
+    r = outcome["r"]
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["output"]["stdout"]) == [[200, None], [407, "identity_revoked"]]
+    assert len(vendor.received) == 1

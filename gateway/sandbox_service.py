@@ -86,10 +86,6 @@ class Tools:
         runner = SandboxRunner(cache_dir=cache_dir(state))
         return cls(config, state, key, connectors, runner, registry, publishers)
 
-    @staticmethod
-    def registered_dir(state: StateDir) -> Path:
-        return registered_dir(state)
-
     def visible_to(self, role: str) -> list[dict[str, Any]]:
         """What `GET /v1/tools` shows a role: only the tools it may run."""
         tools = [t for name in self.registry.visible_to(role) if (t := self.registry.get(name)) is not None]
@@ -107,7 +103,7 @@ class Tools:
             raise Refusal("malformed_body", "module_base64 is not base64") from None
         async with self._register_lock:
             return await asyncio.to_thread(
-                register, self.registry, self.runner, self.registered_dir(self.state), request.manifest, module,
+                register, self.registry, self.runner, registered_dir(self.state), request.manifest, module,
                 self.publishers, self.config.sandbox.require_signature,
             )
 
@@ -116,7 +112,10 @@ class Tools:
         if (request.tool is None) == (request.python is None):
             raise Refusal("malformed_body", 'send exactly one of "tool" or "python"')
         assert call.identity is not None
-        name = request.tool or "python"
+        # A tool name the agent made up is its own string, which could be anything (PII included),
+        # so only a registered name reaches the audit record.
+        known = request.tool is None or self.registry.get(request.tool) is not None
+        name = (request.tool or "python") if known else "?"
         call.connector, call.action = "sandbox", name
         call.extra.update(tool=name, fuel_used=0)
         try:

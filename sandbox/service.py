@@ -33,7 +33,8 @@ async def run_tool(
     """
     tool = registry.get(name)
     if tool is None:
-        raise Refusal("sandbox_unknown_tool", f"no tool named {name!r}")
+        # The name is the agent's own string: echoed nowhere (a message lands in the audit log too).
+        raise Refusal("sandbox_unknown_tool", "no tool of that name is registered")
     if not tool.manifest.runnable_by(role):
         raise Refusal("sandbox_forbidden", f"role {role!r} may not run tool {name!r}")
     if tool.attestation_error is not None:

@@ -163,7 +163,7 @@ RUN_CASES = [
     ("memory_bomb", {}, "finance", "sandbox_memory_limit"),
     ("output_flood", {}, "finance", "sandbox_bad_output"),
     ("tampered", {}, "finance", "sandbox_hash_mismatch"),
-    ("no_such_tool", {}, "finance", "sandbox_unknown_tool"),
+    ("CANARY-no-such-tool@example.com", {}, "finance", "sandbox_unknown_tool"),
     ("currency_convert", {"to": "CANARY-eur"}, "research", "sandbox_forbidden"),
 ]
 
@@ -179,7 +179,8 @@ def test_every_run_is_one_audited_decision_without_its_values(
     records = [x for x in tools_gw.audit() if x.get("decision_id") == decision_id]
     assert len(records) == 1, records
     rec = records[0]
-    assert (rec["tool"], rec["sub"], rec["tenant"], rec["action"]) == (tool, "audited-runner", "acme", tool)
+    named = "?" if code == "sandbox_unknown_tool" else tool  # an unregistered name is the agent's own string
+    assert (rec["tool"], rec["sub"], rec["tenant"], rec["action"]) == (named, "audited-runner", "acme", named)
     assert isinstance(rec["fuel_used"], int) and rec["fuel_used"] >= 0
     assert "CANARY" not in str(rec)
     if code is None:

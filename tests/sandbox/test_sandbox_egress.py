@@ -54,8 +54,9 @@ def test_the_refusal_body_names_the_connector_action(vendor, sender, resolve) ->
     raw = json.dumps({"method": "POST", "url": "https://api.openai.com/v1/chat/completions", "body": "{}"})
     response = json.loads(session.request(raw.encode()))
     assert response["status"] == 403
-    assert response["headers"]["x-egress-decision-id"]
     error = json.loads(response["body"])["error"]
+    assert response["headers"]["x-egress-decision-id"] == error["decision_id"] == session.decision_id
+    assert session.decision_id.startswith("dec_")
     assert (error["code"], error["connector"], error["action"]) == ("sandbox_forbidden", "openai", "chat_completions")
 
 

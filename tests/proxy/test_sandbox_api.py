@@ -221,7 +221,7 @@ def test_revoking_the_caller_stops_its_running_tools_host_calls(tools_gw: Gatewa
         "    seen.append([r['status'], json.loads(r['body']).get('error', {}).get('code')])\n"
         "print(json.dumps(seen))\n"
     )
-    vendor.delay = 1.0  # the first host call is at the vendor while the caller is revoked
+    vendor.delay = 2.0  # the first host call is at the vendor while the caller is revoked (polled every 0.25 s)
     outcome: dict[str, httpx.Response] = {}
     runner = threading.Thread(target=lambda: outcome.update(r=run(tools_gw, token, {"python": code}, timeout=120)))
     runner.start()

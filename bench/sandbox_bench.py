@@ -24,6 +24,8 @@ from sandbox.registry import ToolRegistry, builtin_tools_dir
 from sandbox.runner import SandboxRunner
 from sandbox.service import run_tool
 
+BENCH_DECISION = "dec_bench"  # the runs make no host calls, so no refusal carries it
+
 INPUT = {"values": list(range(100))}
 
 
@@ -54,7 +56,7 @@ def main() -> None:
         runner.cache.get(tool.manifest.sha256, tool.module_path)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        runner.run(tool, payload, _no_calls, _no_action)
+        runner.run(tool, payload, _no_calls, _no_action, BENCH_DECISION)
         first_s = time.perf_counter() - t0
         runner.close()
 
@@ -68,7 +70,7 @@ def main() -> None:
             times = []
             for _ in range(args.runs):
                 t = time.perf_counter()
-                await run_tool(restarted, registry, "stats", INPUT, "bench", _no_calls, _no_action)
+                await run_tool(restarted, registry, "stats", INPUT, "bench", _no_calls, _no_action, BENCH_DECISION)
                 times.append(time.perf_counter() - t)
             return times
 
@@ -109,14 +111,14 @@ def _bench_python(runs: int) -> None:
         fresh_rss = _fresh_process_rss(Path(cache_dir))
     ceiling = guest.ceiling()
     t0 = time.perf_counter()
-    guest.run("print(sum(INPUT['values']))", INPUT, ceiling, _no_calls, _no_action)
+    guest.run("print(sum(INPUT['values']))", INPUT, ceiling, _no_calls, _no_action, BENCH_DECISION)
     first_s = time.perf_counter() - t0
 
     async def warm() -> list[float]:
         times = []
         for _ in range(runs):
             t = time.perf_counter()
-            await guest.run_async("print(sum(INPUT['values']))", INPUT, ceiling, _no_calls, _no_action)
+            await guest.run_async("print(sum(INPUT['values']))", INPUT, ceiling, _no_calls, _no_action, BENCH_DECISION)
             times.append(time.perf_counter() - t)
         return times
 
@@ -137,7 +139,7 @@ def _fresh_process_rss(cache_dir: Path) -> str:
         "import sys; from pathlib import Path; from sandbox.python_guest import PythonGuest\n"
         "from bench.sandbox_bench import _rss_mib\n"
         "g = PythonGuest(cache_dir=Path(sys.argv[1])); assert not g.compiled\n"
-        "g.run('print(1)', {}, g.ceiling(), None, None); print(f'{_rss_mib():.1f} MiB'); g.close()\n"
+        "g.run('print(1)', {}, g.ceiling(), None, None, 'dec_bench'); print(f'{_rss_mib():.1f} MiB'); g.close()\n"
     )
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code, str(cache_dir)], cwd=root, capture_output=True, text=True)

@@ -54,7 +54,7 @@ class EngineConfigError(ConfigError):
 
 
 @dataclass(frozen=True, order=True)
-class Finding:
+class PiiFinding:
     """One PII span in a text: offsets and type only, so it can be cached and logged safely."""
 
     start: int
@@ -180,7 +180,7 @@ class PiiEngine:
     score_threshold: float
     entities: frozenset[str]
 
-    def analyze(self, text: str, entities: frozenset[str]) -> tuple[Finding, ...]:
+    def analyze(self, text: str, entities: frozenset[str]) -> tuple[PiiFinding, ...]:
         """Non-overlapping findings of the requested types, in text order.
 
         Only recognizers serving a requested type run (Presidio filters its registry by the
@@ -198,18 +198,18 @@ class PiiEngine:
             score_threshold=self.score_threshold,
         )
         return resolve_overlaps(
-            Finding(*copy.original_span(r.start, r.end), r.entity_type, r.score) for r in results if r.end > r.start
+            PiiFinding(*copy.original_span(r.start, r.end), r.entity_type, r.score) for r in results if r.end > r.start
         )
 
 
-def resolve_overlaps(findings: Iterable[Finding]) -> tuple[Finding, ...]:
+def resolve_overlaps(findings: Iterable[PiiFinding]) -> tuple[PiiFinding, ...]:
     """Keep one finding per region: the higher score, then the longer span, then the earlier one.
 
     Recognizers overlap (a URL inside an email, a phone inside a card number); replacing both would
     corrupt the text, which is how LiteLLM restored values at wrong offsets.
     """
     ranked = sorted(findings, key=lambda f: (-f.score, -(f.end - f.start), f.start, f.entity_type))
-    kept: list[Finding] = []
+    kept: list[PiiFinding] = []
     for f in ranked:
         if all(f.end <= k.start or f.start >= k.end for k in kept):
             kept.append(f)

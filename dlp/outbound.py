@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 from connectors import fieldpath
 from gateway.errors import Refusal
-from dlp.engine import Finding, PiiEngine
+from dlp.engine import PiiFinding, PiiEngine
 from dlp.tokens import TOKEN_RE
 from dlp.vault import Entry, Vault
 
@@ -112,7 +112,7 @@ def mask_value(entity_type: str, value: str) -> str:
 class _Leaf:
     keys: tuple[fieldpath.Key, ...]
     text: str
-    findings: tuple[Finding, ...] = ()
+    findings: tuple[PiiFinding, ...] = ()
 
 
 def _string_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple[tuple[fieldpath.Key, ...], str]]:
@@ -140,7 +140,7 @@ class Tokenizer:
         self._engine = engine
         self._vault = vault
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlp-analyze")
-        self._memo: Lru[bytes, tuple[Finding, ...]] = Lru(memo_size)
+        self._memo: Lru[bytes, tuple[PiiFinding, ...]] = Lru(memo_size)
         self._issued: Lru[bytes, tuple[str, float]] = Lru(memo_size)
         self._known: Lru[tuple[str, str], float] = Lru(memo_size)  # (scope, token) -> usable until
         self._memo_key = secrets.token_bytes(32)
@@ -251,10 +251,10 @@ class Tokenizer:
 
     async def _analyze_all(
         self, texts: list[str], entities: frozenset[str], scope: str, summary: TokenizeSummary
-    ) -> list[tuple[Finding, ...]]:
+    ) -> list[tuple[PiiFinding, ...]]:
         ents = ",".join(sorted(entities))
         keys = [self._digest(scope, ents, t) for t in texts]
-        results: list[tuple[Finding, ...] | None] = [self._memo.get(k) for k in keys]
+        results: list[tuple[PiiFinding, ...] | None] = [self._memo.get(k) for k in keys]
         missing = [i for i, r in enumerate(results) if r is None]
         summary.memo_hits = len(texts) - len(missing)
         if missing:
@@ -267,7 +267,7 @@ class Tokenizer:
                 results[i] = found
         return [r for r in results if r is not None]
 
-    def _analyze_batch(self, texts: list[str], entities: frozenset[str]) -> list[tuple[Finding, ...]]:
+    def _analyze_batch(self, texts: list[str], entities: frozenset[str]) -> list[tuple[PiiFinding, ...]]:
         return [self._engine.analyze(t, entities) for t in texts]
 
     async def _real_tokens(self, texts: list[str], scope: str) -> frozenset[str]:

@@ -3,8 +3,13 @@
 A tool's host calls (`egress.http_request`) are sent to the gateway's own proxy port with a token
 the gateway mints for the run: the caller's subject, role and tenant, scopes narrowed to what both
 the caller's token and the tool's manifest allow, a `tool` claim (so every host call's audit
-record names the tool), and a lifetime no longer than the run or the caller's own token. Every
+record names the tool), a `caller_jti` claim (so revoking the caller's token, by jti or by sub,
+stops its running tools' host calls at their next request), and a lifetime no longer than the run or the caller's own token. Every
 pipeline step (policy, quotas, DLP, credentials, audit) applies to it like any other call.
+
+Every run is one decision: its `dec_` id (the API call's) is on the response, in its refusals and in
+every refusal its host calls get inside the run, and it has one audit record naming the tool, the
+caller, the outcome code and the fuel used, never the input or the output.
 
 Tools come from the shipped (or configured) directory and from `<state>/tools/`, where `POST
 /v1/tools` keeps the tools registered through the API (sandbox/registration.py), so they survive a
@@ -30,6 +35,7 @@ from gateway.identity import tokens as identity
 from gateway.config import Config
 from gateway.errors import Refusal
 from gateway.identity.tokens import Identity, SigningKey
+from gateway.pipeline.call import Call
 from gateway.state import StateDir
 from sandbox import RunResult, SandboxRunner, Tool, ToolRegistry, builtin_tools_dir, connector_resolver, make_proxy_sender, run_tool
 from sandbox.manifest import ToolManifest
@@ -74,18 +80,11 @@ class Tools:
 
     @classmethod
     def build(cls, config: Config, state: StateDir, key: SigningKey, connectors: Registry) -> Tools:
-        sandbox = config.sandbox
-        publishers = {name: _public_key(name, b64) for name, b64 in sandbox.trusted_publishers.items()}
-        registry = ToolRegistry.load(sandbox.tools or builtin_tools_dir(), publishers, sandbox.require_signature)
-        registry.load_dir(cls.registered_dir(state), publishers, sandbox.require_signature)
+        registry, publishers = load_tools(config, state)
         for path, reason in registry.errors.items():
             log.warning("tool not loaded: %s (%s)", path, reason)
-        runner = SandboxRunner(cache_dir=state.root / "sandbox-cache")
+        runner = SandboxRunner(cache_dir=cache_dir(state))
         return cls(config, state, key, connectors, runner, registry, publishers)
-
-    @staticmethod
-    def registered_dir(state: StateDir) -> Path:
-        return state.root / "tools"
 
     def visible_to(self, role: str) -> list[dict[str, Any]]:
         """What `GET /v1/tools` shows a role: only the tools it may run."""
@@ -104,26 +103,46 @@ class Tools:
             raise Refusal("malformed_body", "module_base64 is not base64") from None
         async with self._register_lock:
             return await asyncio.to_thread(
-                register, self.registry, self.runner, self.registered_dir(self.state), request.manifest, module,
+                register, self.registry, self.runner, registered_dir(self.state), request.manifest, module,
                 self.publishers, self.config.sandbox.require_signature,
             )
 
-    async def run(self, caller: Identity, request: RunRequest) -> RunResult:
+    async def run(self, call: Call, request: RunRequest) -> RunResult:
+        """Run the request for `call`'s caller, its audit fields left in `call` whatever the outcome."""
         if (request.tool is None) == (request.python is None):
             raise Refusal("malformed_body", 'send exactly one of "tool" or "python"')
+        assert call.identity is not None
+        # A tool name the agent made up is its own string, which could be anything (PII included),
+        # so only a registered name reaches the audit record.
+        known = request.tool is None or self.registry.get(request.tool) is not None
+        name = (request.tool or "python") if known else "?"
+        call.connector, call.action = "sandbox", name
+        call.extra.update(tool=name, fuel_used=0)
+        try:
+            result = await self._run(call.identity, request, call.decision_id)
+        except Refusal as r:
+            fuel_used = r.details.get("fuel_used")
+            call.extra["fuel_used"] = fuel_used if isinstance(fuel_used, int) else 0
+            raise
+        call.extra.update(fuel_used=result.fuel_used, host_calls=result.host_calls, duration_ms=result.duration_ms)
+        return result
+
+    async def _run(self, caller: Identity, request: RunRequest, decision_id: str) -> RunResult:
         if request.tool is not None:
             tool = self.registry.get(request.tool)
             allowed, timeout_ms = (tool.manifest.allowed, tool.manifest.limits.timeout_ms) if tool else ((), 0)
             with self._sender(caller, request.tool, allowed, timeout_ms) as send:
                 return await run_tool(
                     self.runner, self.registry, request.tool, request.input, caller.role, send,
-                    connector_resolver(self.connectors),
+                    connector_resolver(self.connectors), decision_id,
                 )
         guest = await self._python_guest()
         ceiling: ToolManifest = guest.ceiling(self.config.sandbox.python.allowed, self.config.sandbox.python.limits)
         with self._sender(caller, "python", ceiling.allowed, ceiling.limits.timeout_ms) as send:
             assert request.python is not None
-            return await guest.run_async(request.python, request.input, ceiling, send, connector_resolver(self.connectors))
+            return await guest.run_async(
+                request.python, request.input, ceiling, send, connector_resolver(self.connectors), decision_id
+            )
 
     def _sender(self, caller: Identity, tool: str, allowed: tuple[str, ...], timeout_ms: int) -> _Sender:
         scopes = tuple(
@@ -137,7 +156,7 @@ class Tools:
             raise Refusal("identity_expired", "the caller's token expires before the run could finish")
         token = identity.issue(
             self.key, sub=caller.sub, role=caller.role, tenant=caller.tenant, scopes=scopes, tool=tool,
-            ttl=ttl, max_ttl=self.config.max_token_ttl,
+            caller_jti=caller.jti, ttl=ttl, max_ttl=self.config.max_token_ttl,
         )
         return _Sender(f"http://{self.config.listen}", self._trust(), token, max(timeout_ms / 1000, 1.0))
 
@@ -178,6 +197,29 @@ class _Sender:
 
     def __exit__(self, *_: object) -> None:
         self._send.close()  # type: ignore[attr-defined]
+
+
+def registered_dir(state: StateDir) -> Path:
+    """Where `POST /v1/tools` keeps registered tools."""
+    return state.root / "tools"
+
+
+def cache_dir(state: StateDir) -> Path:
+    """Compiled tools, so a restart (or `egress-gateway sandbox run`) loads rather than compiles."""
+    return state.root / "sandbox-cache"
+
+
+def load_tools(
+    config: Config, state: StateDir, tools_dir: Path | None = None
+) -> tuple[ToolRegistry, dict[str, Ed25519PublicKey]]:
+    """The configured (or shipped, or `tools_dir`) tools and the registered ones, and the trusted
+    publishers' keys: the gateway and the CLI run the same tools, checked the same way."""
+    sandbox = config.sandbox
+    publishers = {name: _public_key(name, b64) for name, b64 in sandbox.trusted_publishers.items()}
+    directory = tools_dir or sandbox.tools or builtin_tools_dir()
+    registry = ToolRegistry.load(directory, publishers, sandbox.require_signature)
+    registry.load_dir(registered_dir(state), publishers, sandbox.require_signature)
+    return registry, publishers
 
 
 def _manifest_allows(allowed: tuple[str, ...], connector: str, action: str) -> bool:

@@ -32,6 +32,7 @@ import wasmtime
 from wasmtime import component
 
 from gateway.errors import Refusal
+from sandbox.outcome import error_line
 from sandbox.precompile import CompileError, compile_in_child
 
 # Must match the engine flags in sandbox/runner.py (`make_engine`); part of every cache file's name.
@@ -114,7 +115,7 @@ class ModuleCache:
         try:
             return wasmtime.Module(self._engine, source)
         except (wasmtime.WasmtimeError, UnicodeDecodeError) as e:
-            raise Refusal("sandbox_trap", f"module file {path.name} does not compile: {_first_line(str(e))}") from None
+            raise Refusal("sandbox_trap", f"module file {path.name} does not compile: {error_line(str(e), first=True)}") from None
 
     def _deserialize(self, cached: Path) -> wasmtime.Module:
         return wasmtime.Module.deserialize_file(self._engine, str(cached))
@@ -129,7 +130,7 @@ class ComponentCache(ModuleCache):
         try:
             return component.Component(self._engine, data)
         except wasmtime.WasmtimeError as e:
-            raise Refusal("sandbox_trap", f"module file {path.name} is not a component: {_first_line(str(e))}") from None
+            raise Refusal("sandbox_trap", f"module file {path.name} is not a component: {error_line(str(e), first=True)}") from None
 
     def _compile_and_store(self, data: bytes, path: Path, cached: Path | None) -> component.Component:
         """With a cache dir, the compile (hundreds of MiB for a Python tool) happens in a child."""
@@ -143,10 +144,6 @@ class ComponentCache(ModuleCache):
 
     def _deserialize(self, cached: Path) -> component.Component:
         return component.Component.deserialize_file(self._engine, str(cached))
-
-
-def _first_line(text: str) -> str:
-    return (text.strip().splitlines() or ["unknown error"])[0][:200]
 
 
 def write_private(path: Path, data: bytes) -> None:

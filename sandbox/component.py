@@ -11,29 +11,24 @@ The import sends through the same `EgressSession` as a C tool's `egress.http_req
 (sandbox/hostcall.py: call budget, deadline, the manifest's ceiling, then the sender), so a refusal
 comes back to the guest as an ordinary response carrying the gateway's JSON error.
 
-How a run ends maps to the same codes as a WASI tool:
-- `ok` that is not one JSON object, or over limits.max_output_bytes  -> sandbox_bad_output
-- trap "all fuel consumed"                                           -> sandbox_fuel_exhausted
-- trap "interrupt" (epoch deadline)                                  -> sandbox_timeout
-- a component whose initial memory is over limits.memory_pages       -> sandbox_memory_limit
-- `err(message)` from the tool, or any other trap                    -> sandbox_trap
+How a run ends maps to the same codes as a WASI tool (sandbox/outcome.py): `ok(json)` is the output,
+`err(message)` a failure with status 1 whose message is the stderr tail; a component whose initial
+memory is over limits.memory_pages fails to instantiate with a memory-limit trap.
 A refused memory growth is a Python `MemoryError` inside the guest: caught, it is the tool's own
 `err`; uncaught it traps like any uncaught exception (componentize-py prints the traceback through
 the stubbed WASI stderr, which traps), and wasmtime's component API does not expose the memory's
 size afterwards, so that case is `sandbox_trap`, not `sandbox_memory_limit`.
 
 wasmtime-py raises component traps as a plain `WasmtimeError` whose text ends with the cause, hence
-the matching on that text (as python_guest does). The host function never raises into wasmtime-py.
+the matching on that text in sandbox/outcome.py. The host function never raises into wasmtime-py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +38,10 @@ from wasmtime import component
 from gateway.errors import Refusal
 from sandbox.cache import ComponentCache
 from sandbox.hostcall import AbiError, EgressSession, HttpRequest, ResolveAction, bound, current
+from sandbox.outcome import Ending, RunResult, error_line, judge
 from sandbox.registry import Tool
 
 HTTP_INTERFACE = "egress:tool/http@0.1.0"
-MESSAGE_TAIL_CHARS = 2048
-
-
-@dataclass(frozen=True)
-class ComponentOutcome:
-    """How the call ended, as plain values (no wasmtime object may outlive the run)."""
-
-    result: component.Variant | None  # the export's result<string, string>, or None if it trapped
-    error: str  # the trap or instantiation error's text when `result` is None
-    fuel_left: int
 
 
 def make_component_engine() -> wasmtime.Engine:
@@ -88,79 +74,58 @@ class ComponentRunner:
             with self._check_lock:
                 extra = sorted(set(compiled.type.imports(self.engine)) - {HTTP_INTERFACE})
                 if extra:
-                    raise Refusal("sandbox_forbidden", f"tool {tool.name!r} cannot be linked: it imports {', '.join(extra)[:200]}")
+                    reason = error_line(", ".join(extra))
+                    raise Refusal("sandbox_forbidden", f"tool {tool.name!r} cannot be linked: it imports {reason}")
                 self._checked.add(tool.manifest.sha256)
         return compiled
 
     def run(
-        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction
-    ) -> tuple[dict[str, Any], int, int]:
-        """(output, fuel used, host calls made). Raises `Refusal` with a sandbox code."""
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str
+    ) -> RunResult:
+        """Run `tool` in this thread (a first run's compile is not its duration). Raises `Refusal`."""
         limits = tool.manifest.limits
         compiled = self.prepare(tool)
+        started = time.monotonic()
         session = EgressSession(
             manifest=tool.manifest, http_request=http_request, resolve_action=resolve_action,
-            deadline=time.monotonic() + limits.timeout_ms / 1000, clock=time.monotonic,
+            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic, decision_id=decision_id,
         )
         with bound(session):
-            outcome = self._execute(compiled, tool, input_json.decode())
-        return _judge(tool, outcome), limits.fuel - outcome.fuel_left, session.calls
+            ending = self._execute(compiled, tool, input_json.decode())
+        duration_ms = round((time.monotonic() - started) * 1000, 3)
+        output = judge(f"tool {tool.name!r}", limits, ending)
+        return RunResult(output, limits.fuel - ending.fuel_left, duration_ms, session.calls)
 
-    def _execute(self, compiled: component.Component, tool: Tool, input_json: str) -> ComponentOutcome:
+    def _execute(self, compiled: component.Component, tool: Tool, input_json: str) -> Ending:
         limits = tool.manifest.limits
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
         store.set_epoch_deadline(math.ceil(limits.timeout_ms / self._tick_ms) + 1)
         try:
-            result: component.Variant | None = None
-            error = ""
+            result: object = None
             try:
                 instance = self._linker.instantiate(store, compiled)
                 run = instance.get_func(store, "run")
                 if run is None:
-                    error = "the component exports no run function"
-                else:
-                    result = run(store, input_json)
-                    run.post_return(store)
+                    return Ending(fuel_left=store.get_fuel(), trap="the component exports no run function")
+                result = run(store, input_json)
+                run.post_return(store)
             except wasmtime.WasmtimeError as e:
-                result, error = None, str(e)
                 traceback.clear_frames(e.__traceback__)
-            return ComponentOutcome(result, error, store.get_fuel())
+                return Ending(fuel_left=store.get_fuel(), trap=str(e))
+            return _ending(result, store.get_fuel())
         finally:
             del store
 
 
-def _judge(tool: Tool, outcome: ComponentOutcome) -> dict[str, Any]:
-    """The run's output object, or the Refusal that says why there is none."""
-    name, limits = tool.name, tool.manifest.limits
-    result = outcome.result
-    if result is None:
-        raise _trap_refusal(name, outcome.error, limits.fuel, limits.timeout_ms, limits.memory_pages)
+def _ending(result: object, fuel_left: int) -> Ending:
+    """The export's `result<string, string>` as an Ending; anything else is no output at all."""
     if not isinstance(result, component.Variant) or not isinstance(result.payload, str):
-        raise Refusal("sandbox_bad_output", f"tool {name!r} did not return result<string, string>")
+        return Ending(fuel_left=fuel_left, output=None)
     if result.tag == "err":
-        raise Refusal("sandbox_trap", f"tool {name!r} returned an error", details={"stderr_tail": result.payload[-MESSAGE_TAIL_CHARS:]})
-    if len(result.payload.encode()) > limits.max_output_bytes:
-        raise Refusal("sandbox_bad_output", f"tool {name!r} returned more than limits.max_output_bytes ({limits.max_output_bytes})")
-    try:
-        output = json.loads(result.payload)
-    except ValueError:
-        output = None
-    if not isinstance(output, dict):
-        raise Refusal("sandbox_bad_output", f"tool {name!r} did not return one JSON object")
-    return output
-
-
-def _trap_refusal(name: str, error: str, fuel: int, timeout_ms: int, memory_pages: int) -> Refusal:
-    if "all fuel consumed" in error:
-        return Refusal("sandbox_fuel_exhausted", f"tool {name!r} used up limits.fuel ({fuel})")
-    if "wasm trap: interrupt" in error:
-        return Refusal("sandbox_timeout", f"tool {name!r} ran past limits.timeout_ms ({timeout_ms})")
-    if "exceeds memory limits" in error:
-        return Refusal("sandbox_memory_limit", f"tool {name!r} needs more memory than limits.memory_pages ({memory_pages})")
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    return Refusal("sandbox_trap", f"tool {name!r} trapped: {lines[-1][:200] if lines else 'unknown error'}")
+        return Ending(fuel_left=fuel_left, status=1, stderr=result.payload)
+    return Ending(fuel_left=fuel_left, output=result.payload.encode())
 
 
 def _request(store: Any, request_json: str) -> component.Variant:

@@ -11,6 +11,9 @@ never as a trap, so a tool can report it:
 4. then the caller's `http_request` sends it (in production through the gateway's own proxy, where
    the whole pipeline applies under the agent's identity narrowed to the manifest).
 
+A refusal here carries the run's own decision id (`EgressSession.decision_id`, the gateway's `dec_`
+id of the `POST /v1/sandbox/run` call), so what the tool saw joins the run's audit record.
+
 The import's callback runs on the thread that runs the wasm, so a run's state is found through a
 thread-local set for the duration of the run. The callback never raises: wasmtime-py keeps a raised
 exception in a process-global slot that another thread's trap could pick up.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,6 +85,7 @@ class EgressSession:
     resolve_action: ResolveAction
     deadline: float  # time.monotonic() after which no call starts
     clock: Callable[[], float]
+    decision_id: str  # the run's decision id, in every refusal the guest receives
     calls: int = 0
     held: bytes | None = None
 
@@ -98,25 +101,30 @@ class EgressSession:
         return json.dumps(self._decide(req), separators=(",", ":")).encode()
 
     def _decide(self, req: GuestRequest) -> dict[str, Any]:
+        try:
+            return self._send(req)
+        except Refusal as r:
+            return _refused(r, self.decision_id)
+
+    def _send(self, req: GuestRequest) -> dict[str, Any]:
+        """The sender's answer, or a `Refusal` from the first check that fails (module docstring)."""
         limit = self.manifest.limits.max_host_calls
         if self.calls >= limit:
-            return _refused(Refusal("sandbox_forbidden", f"limits.max_host_calls ({limit}) is used up"))
+            raise Refusal("sandbox_forbidden", f"limits.max_host_calls ({limit}) is used up")
         self.calls += 1
         if self.clock() >= self.deadline:
-            return _refused(Refusal("sandbox_timeout", "limits.timeout_ms has passed; no host call starts"))
+            raise Refusal("sandbox_timeout", "limits.timeout_ms has passed; no host call starts")
         method = req.method.upper()
         resolved = self.resolve_action(method, req.url)
         if resolved is None:
-            return _refused(Refusal("sandbox_forbidden", f"{method} to this URL matches no connector action"))
+            raise Refusal("sandbox_forbidden", f"{method} to this URL matches no connector action")
         connector, action = resolved
         if not self.manifest.allows(connector, action):
-            return _refused(
-                Refusal(
-                    "sandbox_forbidden",
-                    f"tool {self.manifest.name!r} manifest does not allow {connector}:{action}",
-                    connector=connector,
-                    action=action,
-                )
+            raise Refusal(
+                "sandbox_forbidden",
+                f"tool {self.manifest.name!r} manifest does not allow {connector}:{action}",
+                connector=connector,
+                action=action,
             )
         outbound = {
             "method": method,
@@ -126,23 +134,24 @@ class EgressSession:
         }
         try:
             answer = GuestResponse.model_validate(self.http_request(outbound))
-        except Refusal as r:
-            return _refused(r)
+        except Refusal:
+            raise
         except ValidationError:
-            return _refused(Refusal("internal_error", "the host's http_request returned a malformed response"))
+            raise Refusal("internal_error", "the host's http_request returned a malformed response") from None
         except Exception as e:  # noqa: BLE001 - fail closed; the type only, a message may hold a URL or token
-            return _refused(Refusal("upstream_failed", f"host call failed ({type(e).__name__})"))
+            raise Refusal("upstream_failed", f"host call failed ({type(e).__name__})") from None
         if len(answer.body) > MAX_RESPONSE_BYTES:
-            return _refused(Refusal("body_too_large", f"the response is over {MAX_RESPONSE_BYTES} bytes"))
+            raise Refusal("body_too_large", f"the response is over {MAX_RESPONSE_BYTES} bytes")
         return answer.model_dump()
 
 
-def _refused(refusal: Refusal) -> dict[str, Any]:
-    decision_id = uuid.uuid4().hex
+def _refused(refusal: Refusal, decision_id: str) -> dict[str, Any]:
+    """A refusal as the tool sees a host call's answer: the same rendering the proxy sends."""
+    answer = refusal.to_http(decision_id)
     return {
-        "status": refusal.status,
-        "headers": {"content-type": "application/json", "x-egress-decision-id": decision_id, **refusal.headers},
-        "body": refusal.body(decision_id).decode(),
+        "status": answer.status,
+        "headers": {name.lower(): value for name, value in answer.headers.items()},
+        "body": answer.body.decode(),
     }
 
 

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from gateway.errors import SandboxError
 
+from sandbox.outcome import error_line
+
 
 class CompileError(SandboxError):
     """The child could not compile the bytes; the message is the first line of its error."""
@@ -38,8 +40,7 @@ def compile_in_child(data: bytes, out: Path, timeout: float = 900.0) -> None:
     finally:
         os.unlink(source)
     if done.returncode != 0 or not out.exists():
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise CompileError(lines[-1][:200] if lines else f"the compiler exited with {done.returncode}")
+        raise CompileError(error_line(done.stderr, default=f"the compiler exited with {done.returncode}"))
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
     try:
         compiled = component.Component.from_file(make_component_engine(), source)
     except WasmtimeError as e:
-        print((str(e).strip().splitlines() or ["not a component"])[0], file=sys.stderr)
+        print(error_line(str(e), first=True, default="not a component"), file=sys.stderr)
         return 1
     write_private(Path(out), bytes(compiled.serialize()))
     return 0

@@ -32,13 +32,13 @@ from typing import Any
 import wasmtime
 from wasmtime import component
 
-from gateway.errors import Refusal
 from sandbox.cache import COMPONENT_FLAGS, engine_fingerprint
 from sandbox.component import make_component_engine
 from sandbox.hostcall import AbiError, EgressSession, HttpRequest, ResolveAction, bound, current
 from sandbox.manifest import Limits, ToolManifest
+from sandbox.outcome import STDERR_TAIL_BYTES, Ending, RunResult, fail
 from sandbox.precompile import compile_in_child
-from sandbox.runner import MAX_CONCURRENT_RUNS, RunResult, EpochTicker
+from sandbox.runner import MAX_CONCURRENT_RUNS, EpochTicker
 
 GUEST_FLAGS = COMPONENT_FLAGS
 DEFAULT_LIMITS = Limits(fuel=2_000_000_000, memory_pages=1024, timeout_ms=5000, max_output_bytes=65536)
@@ -76,16 +76,16 @@ class PythonGuest:
 
     async def run_async(
         self, code: str, tool_input: dict[str, Any], ceiling: ToolManifest,
-        http_request: HttpRequest, resolve_action: ResolveAction,
+        http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str,
     ) -> RunResult:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self.run, code, tool_input, ceiling, http_request, resolve_action
+            self._executor, self.run, code, tool_input, ceiling, http_request, resolve_action, decision_id
         )
 
     def run(
         self, code: str, tool_input: dict[str, Any], ceiling: ToolManifest,
-        http_request: HttpRequest, resolve_action: ResolveAction,
+        http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str,
     ) -> RunResult:
         """Run `code` with `INPUT` bound; output is {stdout, stderr, exit_code}. Raises `Refusal`."""
         limits = ceiling.limits
@@ -93,20 +93,17 @@ class PythonGuest:
         started = time.monotonic()
         session = EgressSession(
             manifest=ceiling, http_request=http_request, resolve_action=resolve_action,
-            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic,
+            deadline=started + limits.timeout_ms / 1000, clock=time.monotonic, decision_id=decision_id,
         )
         with bound(session):
-            result, error, fuel_left = self._execute(source, limits)
+            result, ending = self._execute(source, limits)
         duration_ms = round((time.monotonic() - started) * 1000, 3)
-        if error is not None:
-            raise _refusal(error, limits)
-        stdout, stderr = str(result["stdout"]), str(result["stderr"])
-        if len(stdout.encode()) > limits.max_output_bytes:
-            raise Refusal("sandbox_bad_output", f"python wrote more than limits.max_output_bytes ({limits.max_output_bytes})")
-        output = {"stdout": stdout, "stderr": stderr[-2048:], "exit_code": int(result["exit-code"])}
-        return RunResult(output=output, fuel_used=limits.fuel - fuel_left, duration_ms=duration_ms, host_calls=session.calls)
+        fail("python", limits, ending)
+        output = {"stdout": str(result["stdout"]), "stderr": ending.stderr, "exit_code": int(result["exit-code"])}
+        return RunResult(output=output, fuel_used=limits.fuel - ending.fuel_left, duration_ms=duration_ms, host_calls=session.calls)
 
-    def _execute(self, source: str, limits: Limits) -> tuple[dict[str, Any], str | None, int]:
+    def _execute(self, source: str, limits: Limits) -> tuple[dict[str, Any], Ending]:
+        """The executor's {stdout, stderr, exit-code} (its exit code is output, not a failure) and how it ended."""
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=limits.memory_bytes)
         store.set_fuel(limits.fuel)
@@ -114,21 +111,19 @@ class PythonGuest:
         store.set_wasi(wasmtime.WasiConfig())
         store.set_wasi_http()
         try:
-            result: dict[str, Any] = {}
-            error: str | None = None
             try:
                 instance = self._linker.instantiate(store, self._component)
                 executor = instance.get_export_index(store, "hyperlight:sandbox/executor")
                 run = instance.get_func(store, instance.get_export_index(store, "run", executor))
                 if run is None:
-                    error = "the guest exports no executor.run"
-                else:
-                    result = dict(run(store, source).__dict__)
-                    run.post_return(store)
+                    return {}, Ending(fuel_left=store.get_fuel(), trap="the guest exports no executor.run")
+                result = dict(run(store, source).__dict__)
+                run.post_return(store)
             except wasmtime.WasmtimeError as e:
-                error = str(e)
                 traceback.clear_frames(e.__traceback__)
-            return result, error, store.get_fuel()
+                return {}, Ending(fuel_left=store.get_fuel(), trap=str(e))
+            stdout, stderr = str(result["stdout"]), str(result["stderr"])
+            return result, Ending(fuel_left=store.get_fuel(), output=stdout.encode(), stderr=stderr[-STDERR_TAIL_BYTES:])
         finally:
             del store
 
@@ -175,14 +170,3 @@ def _dispatch(store: Any, name: str, args_json: str) -> component.Variant:
 def _refuse_direct_http(store: Any, *args: Any) -> component.Variant:
     """Shadows `wasi:http/outgoing-handler.handle`: the guest never opens a connection of its own."""
     return component.Variant("HTTP-request-denied")
-
-
-def _refusal(error: str, limits: Limits) -> Refusal:
-    if "all fuel consumed" in error:
-        return Refusal("sandbox_fuel_exhausted", f"python used up limits.fuel ({limits.fuel})")
-    if "wasm trap: interrupt" in error:
-        return Refusal("sandbox_timeout", f"python ran past limits.timeout_ms ({limits.timeout_ms})")
-    if "memory" in error and "limit" in error:
-        return Refusal("sandbox_memory_limit", f"python reached limits.memory_pages ({limits.memory_pages})")
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    return Refusal("sandbox_trap", f"python trapped: {lines[-1][:200] if lines else 'unknown error'}")

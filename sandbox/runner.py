@@ -13,15 +13,8 @@ with ENOTSUP: a guest sleeping in the host would hold a worker thread past any e
 Its one other import is `egress.http_request` (sandbox/hostcall.py). A `kind: component` tool runs
 on the component engine of sandbox/component.py instead, under the same limits and worker pool.
 
-How a run ends maps to one code:
-- stdout over the cap, or not a JSON object after a clean exit       -> sandbox_bad_output
-- trap OUT_OF_FUEL                                                     -> sandbox_fuel_exhausted
-- trap INTERRUPT (epoch deadline)                                      -> sandbox_timeout
-- a module whose declared memory is over the cap, or a run that failed
-  with its memory within one growth step of the cap                    -> sandbox_memory_limit
-- any other trap, or a non-zero exit                                   -> sandbox_trap (+ stderr tail)
-A refused `memory.grow` is not a trap (wasmtime's C API does not expose the limiter's grow-failed
-hook), so the memory rule looks at where the memory ended: within max(1 page, cap/8) of the cap.
+How a run's end maps to a refusal code is sandbox/outcome.py's, shared with the other engines; this
+engine adds what only it can see: stdout past the cap, and where the memory ended.
 
 Stores must be dropped on the run's own thread: wasmtime runs WASI's stdout callbacks on its own
 worker threads, and a store left to the garbage collector can be finalized during interpreter
@@ -34,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
-import json
 import math
 import threading
 import time
@@ -42,7 +34,6 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as wasmtime_ffi
@@ -52,36 +43,17 @@ from sandbox.cache import ModuleCache
 from sandbox.component import ComponentRunner, make_component_engine
 from sandbox.hostcall import EgressSession, HttpRequest, ResolveAction, bound, define_import
 from sandbox.manifest import PAGE_BYTES
+from sandbox.outcome import STDERR_TAIL_BYTES, Ending, RunResult, error_line, judge
 from sandbox.registry import Tool
 
-STDERR_TAIL_BYTES = 2048
 MAX_CONCURRENT_RUNS = 20
 _ENOTSUP = 58  # WASI errno
-
-
-@dataclass(frozen=True)
-class RunResult:
-    output: dict[str, Any]
-    fuel_used: int
-    duration_ms: float
-    host_calls: int
 
 
 @dataclass(frozen=True)
 class _Prepared:
     pre: wasmtime.InstancePre
     min_memory_bytes: int  # the largest initial size any of the module's memories declares
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    """How the wasm call ended, as plain values (no wasmtime object may outlive the run)."""
-
-    kind: str  # "exit" (clean return or proc_exit), "trap", "error"
-    exit_code: int = 0
-    trap: str = ""  # TrapCode name, or the instantiation error's first line
-    memory_bytes: int = 0
-    fuel_left: int = 0
 
 
 def make_engine() -> wasmtime.Engine:
@@ -165,20 +137,23 @@ class SandboxRunner:
             self._prepare(tool)
 
     async def run_async(
-        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str
     ) -> RunResult:
         """`run` on the runner's bounded worker pool: the event loop keeps serving while the tool runs."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run, tool, input_json, http_request, resolve_action)
+        return await loop.run_in_executor(
+            self._executor, self.run, tool, input_json, http_request, resolve_action, decision_id
+        )
 
-    def run(self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction) -> RunResult:
-        """Run `tool` on `input_json` in this thread. Raises `Refusal` with a sandbox code."""
+    def run(
+        self, tool: Tool, input_json: bytes, http_request: HttpRequest, resolve_action: ResolveAction, decision_id: str
+    ) -> RunResult:
+        """Run `tool` on `input_json` in this thread. Raises `Refusal` with a sandbox code.
+
+        `decision_id` is the run's, carried by every refusal its host calls get.
+        """
         if tool.manifest.kind == "component":
-            self.components.prepare(tool)  # a first run's compile is not the run's duration
-            started = time.monotonic()
-            output, fuel_used, calls = self.components.run(tool, input_json, http_request, resolve_action)
-            duration_ms = round((time.monotonic() - started) * 1000, 3)
-            return RunResult(output=output, fuel_used=fuel_used, duration_ms=duration_ms, host_calls=calls)
+            return self.components.run(tool, input_json, http_request, resolve_action, decision_id)
         limits = tool.manifest.limits
         prepared = self._prepare(tool)
         if prepared.min_memory_bytes > limits.memory_bytes:
@@ -193,16 +168,17 @@ class SandboxRunner:
             resolve_action=resolve_action,
             deadline=started + limits.timeout_ms / 1000,
             clock=time.monotonic,
+            decision_id=decision_id,
         )
         stdout = _Capture(limits.max_output_bytes, keep_tail=False)
         stderr = _Capture(STDERR_TAIL_BYTES, keep_tail=True)
         with bound(session):
-            outcome = self._execute(prepared, tool, input_json, stdout, stderr)
+            ending = self._execute(prepared, tool, input_json, stdout, stderr)
         duration_ms = (time.monotonic() - started) * 1000
-        output = _judge(tool, outcome, stdout, stderr)
+        output = judge(f"tool {tool.name!r}", limits, ending)
         return RunResult(
             output=output,
-            fuel_used=limits.fuel - outcome.fuel_left,
+            fuel_used=limits.fuel - ending.fuel_left,
             duration_ms=round(duration_ms, 3),
             host_calls=session.calls,
         )
@@ -219,7 +195,7 @@ class SandboxRunner:
                 try:
                     pre = self._linker.instantiate_pre(module)
                 except wasmtime.WasmtimeError as e:
-                    reason = _last_line(str(e))
+                    reason = error_line(str(e))
                     traceback.clear_frames(e.__traceback__)
                     raise Refusal("sandbox_forbidden", f"tool {tool.name!r} cannot be linked: {reason}") from None
                 prepared = _Prepared(pre=pre, min_memory_bytes=_min_memory(module))
@@ -228,7 +204,7 @@ class SandboxRunner:
 
     def _execute(
         self, prepared: _Prepared, tool: Tool, input_json: bytes, stdout: _Capture, stderr: _Capture
-    ) -> _Outcome:
+    ) -> Ending:
         limits = tool.manifest.limits
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=limits.memory_bytes, table_elements=100_000, instances=1, tables=4, memories=1)
@@ -242,61 +218,32 @@ class SandboxRunner:
         store.set_wasi(wasi)
         instance: wasmtime.Instance | None = None
         try:
-            kind, exit_code, trap = "exit", 0, ""
+            status, trap = 0, None
             try:
                 instance = prepared.pre.instantiate(store)
                 start = instance.exports(store).get("_start")
                 if not isinstance(start, wasmtime.Func):
-                    kind, trap = "error", "the module exports no _start function"
+                    trap = "the module exports no _start function"
                 else:
                     start(store)
             except wasmtime.ExitTrap as e:
-                exit_code = e.code
+                status = e.code
                 traceback.clear_frames(e.__traceback__)
             except wasmtime.Trap as e:
                 code = e.trap_code
-                kind, trap = "trap", code.name if code is not None else _last_line(e.message)
+                trap = code.name if code is not None else e.message
                 traceback.clear_frames(e.__traceback__)
             except wasmtime.WasmtimeError as e:
-                kind, trap = "error", _last_line(str(e))
+                trap = str(e)
                 traceback.clear_frames(e.__traceback__)
             memory = instance.exports(store).get("memory") if instance is not None else None
-            memory_bytes = memory.data_len(store) if isinstance(memory, wasmtime.Memory) else 0
-            return _Outcome(kind, exit_code, trap, memory_bytes, store.get_fuel())
+            return Ending(
+                fuel_left=store.get_fuel(), trap=trap, status=status, output=bytes(stdout.data),
+                overflow=stdout.overflow, stderr=stderr.data.decode("utf-8", errors="replace"),
+                memory_bytes=memory.data_len(store) if isinstance(memory, wasmtime.Memory) else None,
+            )
         finally:
             del instance, wasi, store
-
-
-def _judge(tool: Tool, outcome: _Outcome, stdout: _Capture, stderr: _Capture) -> dict[str, Any]:
-    """The run's output, or the Refusal that says why there is none."""
-    name = tool.name
-    limits = tool.manifest.limits
-    if stdout.overflow:
-        raise Refusal("sandbox_bad_output", f"tool {name!r} wrote more than limits.max_output_bytes ({limits.max_output_bytes})")
-    if outcome.kind == "trap" and outcome.trap == "OUT_OF_FUEL":
-        raise Refusal("sandbox_fuel_exhausted", f"tool {name!r} used up limits.fuel ({limits.fuel})")
-    if outcome.kind == "trap" and outcome.trap == "INTERRUPT":
-        raise Refusal("sandbox_timeout", f"tool {name!r} ran past limits.timeout_ms ({limits.timeout_ms})")
-    failed = outcome.kind != "exit" or outcome.exit_code != 0
-    slack = max(PAGE_BYTES, limits.memory_bytes // 8)
-    if failed and outcome.memory_bytes + slack > limits.memory_bytes:
-        raise Refusal(
-            "sandbox_memory_limit", f"tool {name!r} reached limits.memory_pages ({limits.memory_pages}) and failed"
-        )
-    if failed:
-        what = f"exited with status {outcome.exit_code}" if outcome.kind == "exit" else f"trapped: {outcome.trap}"
-        raise Refusal(
-            "sandbox_trap",
-            f"tool {name!r} {what}",
-            details={"stderr_tail": stderr.data.decode("utf-8", errors="replace")},
-        )
-    try:
-        output = json.loads(stdout.data)
-    except ValueError:
-        output = None
-    if not isinstance(output, dict):
-        raise Refusal("sandbox_bad_output", f"tool {name!r} did not print one JSON object on stdout")
-    return output
 
 
 def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
@@ -314,9 +261,3 @@ def _min_memory(module: wasmtime.Module) -> int:
         if isinstance(t.type, wasmtime.MemoryType)
     ]
     return max(sizes, default=0)
-
-
-def _last_line(text: str) -> str:
-    """wasmtime puts the cause last ("unknown import: ...", "wasm trap: ...")."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "unknown error"

@@ -157,13 +157,8 @@ def create_app(rt: Runtime) -> Starlette:
             run = RunRequest.model_validate_json(await read_body(rt, request))
         except ValidationError as e:
             raise Refusal("malformed_body", describe(e)) from None
-        call.connector, call.action = "sandbox", run.tool or "python"
-        assert call.identity is not None
-        result = await rt.tools.run(call.identity, run)
-        rt.record(
-            call.record("allow", phase="sandbox", fuel_used=result.fuel_used, host_calls=result.host_calls,
-                        duration_ms=result.duration_ms)
-        )
+        result = await rt.tools.run(call, run)
+        rt.record(call.record("allow", phase="sandbox"))
         return {"output": result.output, "fuel_used": result.fuel_used, "duration_ms": result.duration_ms,
                 "host_calls": result.host_calls}
 

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-import sandbox.cli
 from dlp.vault import StoreUnavailable, sqlite_path, sqlite_stats
 from gateway.proxy import ca
 from gateway import config
@@ -27,6 +26,7 @@ from gateway.identity import tokens as identity
 from gateway.cli import agent_env
 from gateway.cli import policy as policy_cli
 from gateway.cli.progress import progress
+from gateway.cli import sandbox as sandbox_cli
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import ConnectorLookup
 from gateway.config import Config, ConfigError, parse_duration
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cli.add_audit_commands(
         sub, audit_path=lambda a: _state(a).audit_log, public_keys=_public_keys, parents=[common]
     )
-    sandbox.cli.add_commands(sub)
+    sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
     return parser
 
 

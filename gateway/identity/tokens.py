@@ -43,6 +43,7 @@ class Identity:
     nbf: float
     exp: float
     tool: str | None = None  # set on tokens the sandbox mints for a tool's host calls
+    caller_jti: str | None = None  # on those tokens too: revoking the caller's token stops its tools
 
     def administers(self, tenant: str | None) -> bool:
         """Whether this admin may see and act on `tenant`'s objects: its own tenant only, unless
@@ -99,6 +100,7 @@ def issue(
     tenant: str | None = None,
     scopes: tuple[str, ...] = (),
     tool: str | None = None,
+    caller_jti: str | None = None,
     now: float | None = None,
 ) -> str:
     """A signed agent token. A TTL above `max_ttl` is refused here and again at use."""
@@ -126,6 +128,8 @@ def issue(
         claims["tenant"] = tenant
     if tool:
         claims["tool"] = tool
+    if caller_jti:
+        claims["caller_jti"] = caller_jti
     return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
 
@@ -157,7 +161,9 @@ class Verifier:
             raise Refusal("identity_expired", "the agent token has expired")
         if now + self._leeway < ident.nbf:
             raise Refusal("identity_expired", "the agent token is not valid yet")
-        if self._revocations.is_revoked(ident.jti, ident.sub, ident.iat):
+        if self._revocations.is_revoked(ident.jti, ident.sub, ident.iat) or (
+            ident.caller_jti is not None and self._revocations.is_revoked(ident.caller_jti, ident.sub, ident.iat)
+        ):
             raise Refusal("identity_revoked", "the agent token has been revoked")
 
     def _decode(self, token: str) -> Identity:
@@ -190,7 +196,7 @@ class Verifier:
             raise Refusal("identity_invalid", "the agent token's tenant is not a string")
         if claims["exp"] - claims["iat"] > self._max_ttl + self._leeway:
             raise Refusal("identity_expired", "the agent token's lifetime exceeds max_token_ttl")
-        tool = claims.get("tool")
+        tool, caller_jti = claims.get("tool"), claims.get("caller_jti")
         return Identity(
             sub=str(claims["sub"]),
             role=role,
@@ -201,6 +207,7 @@ class Verifier:
             nbf=float(claims["nbf"]),
             exp=float(claims["exp"]),
             tool=tool if isinstance(tool, str) else None,
+            caller_jti=caller_jti if isinstance(caller_jti, str) else None,
         )
 
 

@@ -9,7 +9,7 @@ import pytest
 from dlp_corpus import clean_samples, luhn_valid, pii_samples
 
 from dlp.config import PATTERN_ENTITIES, CustomPattern, CustomRecognizer, DlpConfig
-from dlp.engine import EngineConfigError, Finding, PiiEngine, build_engine, resolve_overlaps
+from dlp.engine import EngineConfigError, PiiFinding, PiiEngine, build_engine, resolve_overlaps
 
 ALL = frozenset(PATTERN_ENTITIES)
 
@@ -55,8 +55,8 @@ def test_ssn_needs_context_when_bare(engine: PiiEngine) -> None:
 
 
 def test_overlaps_keep_best() -> None:
-    email = Finding(0, 16, "EMAIL_ADDRESS", 1.0)
-    url = Finding(5, 16, "URL", 0.5)
+    email = PiiFinding(0, 16, "EMAIL_ADDRESS", 1.0)
+    url = PiiFinding(5, 16, "URL", 0.5)
     assert resolve_overlaps([url, email]) == (email,)
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 import yaml
 
+from gateway.identity.revocation import Revocations
+from gateway.state import StateDir
 from sandbox import builtin_tools_dir
 from tests.clients import client, error_of
 from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
@@ -149,3 +154,85 @@ def test_python_snippet_runs_and_its_http_goes_through_the_gateway(tools_gw: Gat
     assert out["exit_code"] == 0 and out["stdout"].split() == ["42", "200"], out
     assert vendor.received[-1].path == "/v1/balance"
     assert any(x.get("tool") == "python" and x.get("phase") == "outcome" for x in tools_gw.audit())
+
+
+RUN_CASES = [
+    ("stats", {"values": [1, 2, 3]}, "finance", None),
+    ("stats", {"values": "CANARY-not-a-list"}, "finance", "sandbox_trap"),
+    ("spin", {}, "finance", ("sandbox_fuel_exhausted", "sandbox_timeout")),
+    ("memory_bomb", {}, "finance", "sandbox_memory_limit"),
+    ("output_flood", {}, "finance", "sandbox_bad_output"),
+    ("tampered", {}, "finance", "sandbox_hash_mismatch"),
+    ("CANARY-no-such-tool@example.com", {}, "finance", "sandbox_unknown_tool"),
+    ("currency_convert", {"to": "CANARY-eur"}, "research", "sandbox_forbidden"),
+]
+
+
+@pytest.mark.parametrize(("tool", "tool_input", "role", "code"), RUN_CASES)
+def test_every_run_is_one_audited_decision_without_its_values(
+    tools_gw: GatewayProcess, tool: str, tool_input: dict, role: str, code: str | tuple[str, ...] | None
+) -> None:
+    token = tools_gw.token(sub="audited-runner", role=role, tenant="acme", scopes=("stripe:*",))
+    r = run(tools_gw, token, {"tool": tool, "input": {**tool_input, "note": "CANARY-input"}})
+    decision_id = r.headers["x-egress-decision-id"]
+    assert decision_id.startswith("dec_") and len(decision_id) > 20
+    records = [x for x in tools_gw.audit() if x.get("decision_id") == decision_id]
+    assert len(records) == 1, records
+    rec = records[0]
+    named = "?" if code == "sandbox_unknown_tool" else tool  # an unregistered name is the agent's own string
+    assert (rec["tool"], rec["sub"], rec["tenant"], rec["action"]) == (named, "audited-runner", "acme", named)
+    assert isinstance(rec["fuel_used"], int) and rec["fuel_used"] >= 0
+    assert "CANARY" not in str(rec)
+    if code is None:
+        assert r.status_code == 200 and rec["code"] is None and rec["decision"] == "allow"
+        assert rec["fuel_used"] == r.json()["fuel_used"] > 0
+        return
+    err = error_of(r)
+    assert err["code"] in ((code,) if isinstance(code, str) else code)
+    assert (err["decision_id"], rec["code"], rec["decision"]) == (decision_id, err["code"], "deny")
+    ran = err["code"] in ("sandbox_trap", "sandbox_fuel_exhausted", "sandbox_timeout", "sandbox_memory_limit", "sandbox_bad_output")
+    assert (rec["fuel_used"] > 0) == ran and rec["fuel_used"] == err.get("fuel_used", 0)
+
+
+def test_a_host_call_refused_inside_a_run_carries_the_runs_decision_id(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    code = (
+        "r = call_tool('http_request', method='POST', url='https://api.stripe.com/v1/refunds')\n"
+        "print(__import__('json').loads(r['body'])['error']['decision_id'])\n"
+    )
+    pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
+    r = run(tools_gw, finance(tools_gw, scopes=("*",)), {"python": code}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["output"]["stdout"].strip() == r.headers["x-egress-decision-id"]
+    assert not vendor.received
+
+
+@pytest.mark.parametrize("by", ["jti", "sub"])
+def test_revoking_the_caller_stops_its_running_tools_host_calls(tools_gw: GatewayProcess, vendor: FakeVendor, by: str) -> None:
+    """The tool's host-call token is minted by the gateway with its own jti; revoking the caller's
+    token (or its subject) while the tool runs must refuse the tool's next host call."""
+    pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
+    sub = f"revoked-by-{by}"
+    token = finance(tools_gw) if by == "jti" else tools_gw.token(sub=sub, role="finance", scopes=("stripe:*",))
+    code = (
+        "import json\n"
+        "seen = []\n"
+        "for _ in range(2):\n"
+        "    r = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\n"
+        "    seen.append([r['status'], json.loads(r['body']).get('error', {}).get('code')])\n"
+        "print(json.dumps(seen))\n"
+    )
+    vendor.delay = 2.0  # the first host call is at the vendor while the caller is revoked (polled every 0.25 s)
+    outcome: dict[str, httpx.Response] = {}
+    runner = threading.Thread(target=lambda: outcome.update(r=run(tools_gw, token, {"python": code}, timeout=120)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not vendor.received and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert vendor.received, "the tool's first host call never reached the vendor"
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    Revocations(StateDir.open(tools_gw.state_dir).revocations).revoke(**({"jti": jti} if by == "jti" else {"sub": sub}))
+    runner.join(60)
+    r = outcome["r"]
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["output"]["stdout"]) == [[200, None], [407, "identity_revoked"]]
+    assert len(vendor.received) == 1

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from connectors import registry as connectors_registry
+from gateway.pipeline.call import new_decision_id
 from sandbox.egress import connector_resolver
 from sandbox.hostcall import HttpRequest, ResolveAction
 from sandbox.registry import ToolRegistry, builtin_tools_dir
@@ -181,6 +182,6 @@ def run(runner: SandboxRunner, registry: ToolRegistry, resolve: ResolveAction): 
         sender: HttpRequest = _no_host_calls,
         tools: ToolRegistry | None = None,
     ) -> Any:
-        return asyncio.run(run_tool(runner, tools or registry, name, tool_input or {}, role, sender, resolve))
+        return asyncio.run(run_tool(runner, tools or registry, name, tool_input or {}, role, sender, resolve, new_decision_id()))
 
     return call

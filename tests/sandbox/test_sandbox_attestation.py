@@ -12,6 +12,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.errors import Refusal
+from gateway.pipeline.call import new_decision_id
 from sandbox.manifest import ManifestError, ToolManifest, load_manifest, sign, verify_signature
 from sandbox.registry import ToolRegistry, builtin_tools_dir
 from sandbox.runner import SandboxRunner
@@ -30,7 +31,7 @@ def test_hash_mismatch_never_compiles(tmp_path: Path, make_variant, tools_dir, r
         import asyncio
 
         with pytest.raises(Refusal) as e:
-            asyncio.run(run_tool(runner, ToolRegistry.load(tools_dir), "tampered", {"values": [1]}, "x", _never, resolve))
+            asyncio.run(run_tool(runner, ToolRegistry.load(tools_dir), "tampered", {"values": [1]}, "x", _never, resolve, new_decision_id()))
         assert e.value.code == "sandbox_hash_mismatch"
         assert (runner.cache.compiles, runner.cache.disk_loads) == (0, 0)
         assert not any((tmp_path / "cache").iterdir())

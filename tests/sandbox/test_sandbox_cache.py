@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from gateway.pipeline.call import new_decision_id
 from sandbox.cache import engine_fingerprint
 from sandbox.registry import ToolRegistry
 from sandbox.runner import SandboxRunner
@@ -12,7 +13,7 @@ from sandbox.service import run_tool
 
 
 def _run_stats(runner: SandboxRunner, registry: ToolRegistry, resolve) -> dict:  # type: ignore[no-untyped-def]
-    return asyncio.run(run_tool(runner, registry, "stats", {"values": [1, 2]}, "any", _never, resolve)).output
+    return asyncio.run(run_tool(runner, registry, "stats", {"values": [1, 2]}, "any", _never, resolve, new_decision_id())).output
 
 
 def test_a_second_runner_loads_from_disk_without_compiling(tmp_path: Path, registry, resolve) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import Refusal
+from gateway.pipeline.call import new_decision_id
 from sandbox.hostcall import HttpRequest, ResolveAction
 from sandbox.manifest import ToolManifest
 from sandbox.registry import ToolRegistry
@@ -51,7 +52,7 @@ def variants(tmp_path: Path, python_tools: PythonTools):  # type: ignore[no-unty
 
 def _run(runner: SandboxRunner, registry: ToolRegistry, name: str, sender: HttpRequest, resolve: ResolveAction,
          tool_input: dict[str, Any] | None = None, role: str = "finance") -> Any:
-    return asyncio.run(run_tool(runner, registry, name, CONVERT_INPUT if tool_input is None else tool_input, role, sender, resolve))
+    return asyncio.run(run_tool(runner, registry, name, CONVERT_INPUT if tool_input is None else tool_input, role, sender, resolve, new_decision_id()))
 
 
 def test_python_tool_converts_the_balance_through_the_host_import(py_runner, python_tools, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
@@ -159,7 +160,7 @@ def test_twenty_concurrent_runs(py_runner, python_tools, sender, resolve) -> Non
 
     async def many() -> list[Any]:
         return await asyncio.gather(*(
-            run_tool(py_runner, registry, "py_convert", {"to": "eur", "rates": {"usd": i}}, "finance", sender, resolve)
+            run_tool(py_runner, registry, "py_convert", {"to": "eur", "rates": {"usd": i}}, "finance", sender, resolve, new_decision_id())
             for i in range(20)
         ))
 

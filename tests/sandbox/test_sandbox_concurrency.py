@@ -8,13 +8,14 @@ import time
 import pytest
 
 from gateway.errors import Refusal
+from gateway.pipeline.call import new_decision_id
 from sandbox.service import run_tool
 
 
 def test_twenty_concurrent_runs(runner, registry, resolve) -> None:  # type: ignore[no-untyped-def]
     async def main() -> list:
         return await asyncio.gather(
-            *(run_tool(runner, registry, "stats", {"values": list(range(i + 1))}, "any", _never, resolve) for i in range(20))
+            *(run_tool(runner, registry, "stats", {"values": list(range(i + 1))}, "any", _never, resolve, new_decision_id()) for i in range(20))
         )
 
     results = asyncio.run(main())
@@ -25,10 +26,10 @@ def test_twenty_concurrent_runs(runner, registry, resolve) -> None:  # type: ign
 def test_the_event_loop_keeps_serving_while_a_tool_spins(runner, registry, resolve, sender, vendor) -> None:  # type: ignore[no-untyped-def]
     async def main() -> tuple[int, float, float]:
         ticks = 0
-        spinning = asyncio.ensure_future(run_tool(runner, registry, "spin", {}, "any", _never, resolve))
+        spinning = asyncio.ensure_future(run_tool(runner, registry, "spin", {}, "any", _never, resolve, new_decision_id()))
         await asyncio.sleep(0)
         started = time.monotonic()
-        converted = await run_tool(runner, registry, "currency_convert", {"to": "usd"}, "finance", sender, resolve)
+        converted = await run_tool(runner, registry, "currency_convert", {"to": "usd"}, "finance", sender, resolve, new_decision_id())
         other_done = time.monotonic() - started
         assert converted.output["status"] == 200
         while not spinning.done():

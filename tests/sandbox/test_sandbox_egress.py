@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import Refusal
+from gateway.pipeline.call import new_decision_id
 from sandbox.hostcall import EINVAL, AbiError, EgressSession
 from sandbox.manifest import ToolManifest
 from sandbox.registry import ToolRegistry
@@ -53,8 +54,9 @@ def test_the_refusal_body_names_the_connector_action(vendor, sender, resolve) ->
     raw = json.dumps({"method": "POST", "url": "https://api.openai.com/v1/chat/completions", "body": "{}"})
     response = json.loads(session.request(raw.encode()))
     assert response["status"] == 403
-    assert response["headers"]["x-egress-decision-id"]
     error = json.loads(response["body"])["error"]
+    assert response["headers"]["x-egress-decision-id"] == error["decision_id"] == session.decision_id
+    assert session.decision_id.startswith("dec_")
     assert (error["code"], error["connector"], error["action"]) == ("sandbox_forbidden", "openai", "chat_completions")
 
 
@@ -147,4 +149,5 @@ def _session(sender, resolve, allowed: tuple[str, ...], max_host_calls: int, dea
     return EgressSession(
         manifest=manifest, http_request=sender, resolve_action=resolve,
         deadline=time.monotonic() + 60 if deadline is None else deadline, clock=time.monotonic,
+        decision_id=new_decision_id(),
     )

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.errors import Refusal
+from gateway.pipeline.call import new_decision_id
 from sandbox.manifest import Limits
 
 pytest.importorskip("python_guest", reason="optional: pip install hyperlight-sandbox-python-guest")
@@ -29,7 +30,7 @@ def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def _run(guest: PythonGuest, code: str, sender, resolve, allowed=(), **limits) -> object:  # type: ignore[no-untyped-def]
     ceiling = guest.ceiling(allowed, Limits(**{**guest.ceiling().limits.model_dump(), **limits}))
-    return asyncio.run(guest.run_async(code, {"n": 21}, ceiling, sender, resolve))
+    return asyncio.run(guest.run_async(code, {"n": 21}, ceiling, sender, resolve, new_decision_id()))
 
 
 def test_python_runs_with_its_input(guest, sender, resolve) -> None:  # type: ignore[no-untyped-def]

@@ -1,10 +1,16 @@
 """`egress-gateway sandbox run TOOL --input JSON`: run a tool locally, without the gateway running.
 
+It takes the same `--config`/`--state-dir` as every other command, so it runs the same tools as the
+gateway (the configured or shipped ones and those registered through `POST /v1/tools` into the state
+dir, with the same signature rules and the config's connectors) and loads their compiled code from
+the state dir's cache instead of compiling it again.
+
 With no `--proxy`, every host call the tool makes is refused (`sandbox_forbidden`) and nothing leaves
 the machine; with `--proxy URL --token JWT --ca FILE` host calls go through that gateway like the
 API's runs do. The manifest's ceiling applies either way. The role is the one a caller would hold
 (`--role`, default `local`); a tool whose manifest does not list it is refused as it would be there.
-Prints the result as JSON; a refusal prints the gateway's JSON error and exits 1.
+Prints the result as JSON; a refusal prints the gateway's JSON error (with a `dec_` decision id, the
+one its host calls' refusals carry too) and exits 1.
 """
 
 from __future__ import annotations
@@ -13,35 +19,43 @@ import argparse
 import asyncio
 import json
 import sys
-import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from connectors import registry as connectors_registry
+from gateway.config import Config
 from gateway.errors import Refusal
-from sandbox.egress import connector_resolver, make_proxy_sender, refuse_all
+from gateway.pipeline.call import new_decision_id
+from gateway.sandbox_service import cache_dir, load_tools
+from gateway.state import StateDir
+from sandbox import SandboxRunner, connector_resolver, make_proxy_sender, refuse_all, run_tool
 from sandbox.hostcall import HttpRequest
-from sandbox.registry import ToolRegistry, builtin_tools_dir
-from sandbox.runner import SandboxRunner
-from sandbox.service import run_tool
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(
+    subparsers: Any,
+    *,
+    config: Callable[[argparse.Namespace], Config],
+    state: Callable[[argparse.Namespace], StateDir],
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> None:
     sandbox = subparsers.add_parser("sandbox", help="run WASM tools")
     commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
-    run = commands.add_parser("run", help="run one tool on one input and print the result")
+    run = commands.add_parser("run", help="run one tool on one input and print the result", parents=list(parents))
     run.add_argument("tool")
     run.add_argument("--input", default="{}", help="the input JSON object")
-    run.add_argument("--tools", type=Path, default=builtin_tools_dir(), help="directory of tool manifests")
+    run.add_argument("--tools", type=Path, default=None, help="directory of tool manifests (default: the config's)")
     run.add_argument("--role", default="local")
-    run.add_argument("--cache-dir", type=Path, default=None, help="where compiled modules are kept")
+    run.add_argument("--cache-dir", type=Path, default=None, help="compiled modules (default: the state dir's)")
     run.add_argument("--proxy", default=None, help="the gateway's proxy URL for host calls")
     run.add_argument("--token", default=None, help="agent token for host calls through --proxy")
     run.add_argument("--ca", default=None, help="the gateway's CA certificate (egress-gateway ca path)")
     run.add_argument("--timeout", type=float, default=30.0, help="seconds per host call")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=lambda args: cmd_run(args, config(args), state(args)))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, cfg: Config, state_dir: StateDir) -> int:
     try:
         tool_input = json.loads(args.input)
     except ValueError:
@@ -54,17 +68,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("--proxy needs --token and --ca", file=sys.stderr)
         return 2
     sender: HttpRequest = make_proxy_sender(args.proxy, args.ca, args.token, args.timeout) if args.proxy else refuse_all
-    registry = ToolRegistry.load(args.tools)
-    runner = SandboxRunner(cache_dir=args.cache_dir, max_workers=1)
+    registry, _ = load_tools(cfg, state_dir, args.tools)
+    resolve = connector_resolver(connectors_registry.load(cfg.connectors))
+    runner = SandboxRunner(cache_dir=args.cache_dir or cache_dir(state_dir), max_workers=1)
+    decision_id = new_decision_id()
     try:
-        result = asyncio.run(
-            run_tool(
-                runner, registry, args.tool, tool_input, args.role, sender,
-                connector_resolver(connectors_registry.load()),
-            )
-        )
+        result = asyncio.run(run_tool(runner, registry, args.tool, tool_input, args.role, sender, resolve, decision_id))
     except Refusal as r:
-        print(r.body(uuid.uuid4().hex).decode())
+        print(r.body(decision_id).decode())
         return 1
     finally:
         runner.close()
@@ -73,5 +84,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         "fuel_used": result.fuel_used,
         "duration_ms": result.duration_ms,
         "host_calls": result.host_calls,
+        "decision_id": decision_id,
     }))
     return 0

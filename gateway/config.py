@@ -91,7 +91,7 @@ class Egress(_Strict):
     allow: tuple[str, ...] = ()
 
 
-class Breaker(_Strict):
+class BreakerSettings(_Strict):
     """Per-upstream circuit breakers: open after `failures` consecutive failures, probe after
     `reset`. The shared circuit needs failures from `agents` distinct agents; an agent's own
     failures open a circuit for that agent alone."""
@@ -136,7 +136,7 @@ class Config(_Strict):
     max_response_body: Size = 64 * 2**20  # vendor responses (embeddings batches exceed 1 MiB)
     timeouts: Timeouts = Timeouts()
     egress: Egress = Egress()
-    breaker: Breaker = Breaker()
+    breaker: BreakerSettings = BreakerSettings()
     connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
     dlp: DlpConfig = DlpConfig()
     sandbox: SandboxSettings = SandboxSettings()

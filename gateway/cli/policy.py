@@ -41,15 +41,15 @@ from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, l
 from gateway.policy.report import format_report, report_file
 
 T = TypeVar("T")
-Resolver = Callable[[argparse.Namespace], T]
+FromArgs = Callable[[argparse.Namespace], T]
 
 
 def add_policy_commands(
     subparsers: Any,
     *,
-    lookup: Resolver[ConnectorLookup],
-    policies_dir: Resolver[Path],
-    audit_path: Resolver[Path],
+    lookup: FromArgs[ConnectorLookup],
+    policies_dir: FromArgs[Path],
+    audit_path: FromArgs[Path],
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("policy", help="check, test and report on policy files")
@@ -79,7 +79,7 @@ def add_policy_commands(
 
 
 def add_approvals_commands(
-    subparsers: Any, *, open_store: Resolver[ApprovalStore], parents: Sequence[argparse.ArgumentParser] = ()
+    subparsers: Any, *, open_store: FromArgs[ApprovalStore], parents: Sequence[argparse.ArgumentParser] = ()
 ) -> None:
     group = subparsers.add_parser("approvals", help="list, approve and deny pending approvals")
     cmds = group.add_subparsers(dest="approvals_command", required=True)
@@ -99,8 +99,8 @@ def add_approvals_commands(
 def add_audit_commands(
     subparsers: Any,
     *,
-    audit_path: Resolver[Path],
-    public_keys: Resolver[list[Ed25519PublicKey]],
+    audit_path: FromArgs[Path],
+    public_keys: FromArgs[list[Ed25519PublicKey]],
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("audit", help="the tamper-evident audit log")

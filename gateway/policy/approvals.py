@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError, Refusal
+from gateway.errors import ApprovalError, Refusal
 from gateway.policy.engine import Decision
 
 DEFAULT_TTL = 15 * 60.0
@@ -55,10 +55,6 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (digest, state);
 """
-
-
-class ApprovalError(GatewayError):
-    """An approve/deny that cannot happen (unknown id, not pending, expired)."""
 
 
 @dataclass(frozen=True)

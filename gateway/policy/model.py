@@ -165,7 +165,7 @@ class Subjects(_Strict):
         return self
 
 
-class Dlp(_Strict):
+class DlpRules(_Strict):
     """What happens to each entity type found in outbound fields, and which this subject may see
     restored.
 
@@ -196,7 +196,7 @@ class Dlp(_Strict):
         return self.tokenize + self.block + self.mask
 
     @model_validator(mode="after")
-    def _one_action_per_type(self) -> Dlp:
+    def _one_action_per_type(self) -> DlpRules:
         seen: dict[str, str] = {}
         for action in ("tokenize", "block", "mask", "allow"):
             for e in getattr(self, action):
@@ -214,7 +214,7 @@ class PolicyFile(_Strict):
     mode: Mode = "enforce"
     timezone: str = "UTC"
     rules: list[Rule] = Field(default_factory=list)
-    dlp: Dlp | None = None
+    dlp: DlpRules | None = None
     _zone: ZoneInfo = PrivateAttr()
 
     @field_validator("timezone")

@@ -24,6 +24,7 @@ It exits 0 for allow and 1 for deny or approval_required.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import json
 import sys
@@ -34,9 +35,17 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from connectors import codecs
+from connectors.model import BodyEncoding
+from connectors.registry import Route
+from gateway.identity.tokens import Identity
+from gateway.pipeline.call import Call
+from gateway.pipeline.decide import judge
+from gateway.pipeline.request import RequestView
+from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
 from gateway.audit.log import verify
-from gateway.policy.engine import RequestContext, Subject
+from gateway.policy.engine import Subject
 from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
 from gateway.policy.report import format_report, report_file
 
@@ -125,6 +134,9 @@ def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
 def policy_test(
     directory: Path, lookup: ConnectorLookup, subject: Subject, request: Path, confidence: float | None
 ) -> int:
+    """The decision a request would get, from the very steps a live call is judged by (the
+    action's schema and coercion, then the policy: `gateway.pipeline.decide.judge`), as the audit
+    record would hold it, plus the quotas it would be charged against."""
     try:
         policies = load_policy_set(directory, lookup)
     except PolicyLoadError as e:
@@ -133,21 +145,48 @@ def policy_test(
         return 2
     try:
         req = json.loads(request.read_text())
-        connector, action, params = req["connector"], req["action"], req.get("params", {})
+        params = dict(req.get("params", {}))
+        # The path's parameters, as policies name them (`_path.id`), are not body parameters.
+        route = _route(lookup, req["connector"], req["action"], params.pop(PATH_PARAMS, {}))
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{request}: expected JSON with connector, action and params ({e})", file=sys.stderr)
         return 2
-    ctx = RequestContext(now=datetime.now(UTC), confidence=confidence)
-    decision = policies.decide(subject, connector, action, params, ctx)
-    out = decision.audit_fields()
-    out["quota"] = [
-        {"rule": m.ref.id, "rate": m.rule.rate, "budget": m.rule.budget.model_dump() if m.rule.budget else None}
-        for m in decision.rules
-        if m.rule.rate or m.rule.budget
-    ]
-    out["approval_summary"] = dict(decision.approval_summary)
+    view = _view(route, params, confidence)
+    agent = Identity(subject.sub, subject.role, subject.tenant, ("*",), "policy-test", 0, 0, 0)
+    call = Call(host=view.host, method=view.method, path=view.path)
+    ctx, refusal = asyncio.run(judge(view, call, route, agent, policies))
+    decision = ctx.decision
+    out = call.record(decision.outcome if decision else "deny", refusal or (decision.refusal if decision else None))
+    if decision is not None:
+        out["quota"] = [
+            {"rule": m.ref.id, "rate": m.rule.rate, "budget": m.rule.budget.model_dump() if m.rule.budget else None}
+            for m in decision.rules
+            if m.rule.rate or m.rule.budget
+        ]
+        out["approval_summary"] = dict(decision.approval_summary)
     print(json.dumps(out, indent=2))
-    return 0 if decision.outcome == "allow" else 1
+    return 0 if decision is not None and decision.outcome == "allow" and refusal is None else 1
+
+
+def _route(lookup: ConnectorLookup, connector: str, action: str, path: dict[str, str]) -> Route:
+    found = lookup(connector)
+    act = found.action(action) if found else None
+    if found is None or act is None:
+        raise ValueError(f"no action {connector}:{action}")
+    return Route(found, act, {str(k): str(v) for k, v in path.items()})
+
+
+def _view(route: Route, params: dict[str, Any], confidence: float | None) -> RequestView:
+    """The request an agent would send for `params`, encoded as the action's vendor takes them."""
+    action = route.action
+    query = codecs.encode_form(params) if action.encoding is BodyEncoding.QUERY else ""
+    body = b"" if action.encoding is BodyEncoding.QUERY else codecs.encode(action.encoding, params)
+    headers = ((CONFIDENCE_HEADER.encode(), str(confidence).encode()),) if confidence is not None else ()
+    host = route.connector.hosts[0] if route.connector.hosts else "?"
+    return RequestView(
+        tunnel=None, method=action.method, raw_method=action.method.encode(), scheme="https", host=host, port=443,
+        authority=None, host_header=None, sni=None, path=action.path, query=query, headers=headers, body=body,
+    )
 
 
 def policy_report(path: Path) -> int:

@@ -40,7 +40,7 @@ HTTPS_PORT = 443
 class Ctx:
     """One decision in progress: the request, the runtime's services, and what steps found so far."""
 
-    rt: Runtime
+    rt: Runtime | None  # None in a dry run (`judge`), which runs only the steps that need no service
     view: RequestView
     call: Call
     forward: Forward
@@ -51,6 +51,11 @@ class Ctx:
     judged: dict[str, Any] = field(default_factory=dict)
     policies: PolicySet | None = None
     decision: Decision | None = None
+
+    @property
+    def services(self) -> Runtime:
+        assert self.rt is not None, "a step that needs the gateway's services ran in a dry run"
+        return self.rt
 
     @property
     def host(self) -> str:
@@ -74,12 +79,12 @@ async def identify(c: Ctx) -> None:
     tunnel = c.view.tunnel
     if tunnel is None:
         # Not inside a CONNECT tunnel: an absolute-form plain-http proxy request.
-        c.call.identity = c.rt.verifier.verify(token_from_proxy_authorization(c.view.header("proxy-authorization")))
-        if c.rt.registry.claims(c.host) or c.host in c.rt.allow_hosts:
+        c.call.identity = c.services.verifier.verify(token_from_proxy_authorization(c.view.header("proxy-authorization")))
+        if c.services.registry.claims(c.host) or c.host in c.services.allow_hosts:
             raise Refusal("plain_http_denied", f"plain http to {c.host} is refused; use https")
         raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
     c.identity = c.call.identity = tunnel.identity
-    c.rt.verifier.check(tunnel.identity)
+    c.services.verifier.check(tunnel.identity)
 
 
 async def framing(c: Ctx) -> None:
@@ -87,8 +92,8 @@ async def framing(c: Ctx) -> None:
     if not c.view.raw_method.isupper():
         # The proxy shows the method upper-cased but forwards the raw bytes: route what is sent.
         raise Refusal("bad_request", "the method must be upper case")
-    if len(c.view.body) > c.rt.config.max_body:
-        raise Refusal("body_too_large", f"the request body exceeds max_body ({c.rt.config.max_body} bytes)")
+    if len(c.view.body) > c.services.config.max_body:
+        raise Refusal("body_too_large", f"the request body exceeds max_body ({c.services.config.max_body} bytes)")
     steps.check_headers(c.view.headers)
 
 
@@ -111,7 +116,7 @@ async def route(c: Ctx) -> None:
     path = c.view.path or "/"
     steps.check_path(path)
     host = c.host
-    c.route = steps.route(c.rt.registry, c.rt.allow_hosts, host, c.view.method, path)
+    c.route = steps.route(c.services.registry, c.services.allow_hosts, host, c.view.method, path)
     if c.route is None:
         c.call.connector, c.call.action = steps.PASSTHROUGH, host
     else:
@@ -123,7 +128,7 @@ async def scopes(c: Ctx) -> None:
     assert c.identity is not None
     if c.route is None:
         steps.authorize_scopes(c.identity, "egress", c.host)
-        if c.rt.policies is not None:
+        if c.policies is not None:
             # Policy rules name connectors; a pass-through host has none, so no rule can allow it.
             raise Refusal("policy_denied", f"{c.host} is a pass-through host; policies govern connectors only")
         return
@@ -149,11 +154,10 @@ async def validate(c: Ctx) -> None:
 
 
 async def authorize(c: Ctx) -> None:
-    """The agent's policy: allow, deny, approval_required (bound to these parameters), or shadow."""
+    """The agent's policy: allow, deny, approval_required, or shadow (record, let out)."""
     if c.route is None:
         return
     assert c.identity is not None
-    c.policies = c.rt.policies.current if c.rt.policies else None
     confidence = c.view.header(steps.CONFIDENCE_HEADER)
     name, action = c.route.connector.name, c.route.action.name
     c.decision = steps.authorize(c.policies, c.identity, name, action, c.judged, confidence)
@@ -162,7 +166,13 @@ async def authorize(c: Ctx) -> None:
     c.call.decided_by(c.decision)
     if c.decision.outcome == "deny" and c.decision.refusal is not None:
         raise c.decision.refusal
-    approval_id = c.rt.approvals.gate(c.decision, c.judged, c.view.header(steps.APPROVAL_HEADER))
+
+
+async def approval(c: Ctx) -> None:
+    """A call that needs approval is held, bound to these parameters; an approved retry passes."""
+    if c.decision is None:
+        return
+    approval_id = c.services.approvals.gate(c.decision, c.judged, c.view.header(steps.APPROVAL_HEADER))
     if approval_id:
         c.call.extra["approval_id"] = approval_id
 
@@ -171,7 +181,7 @@ async def quota(c: Ctx) -> None:
     """Rates and budgets of every rule that allowed the call, charged atomically."""
     if c.decision is None:
         return
-    findings = await c.rt.quotas.charge(c.decision, c.judged)
+    findings = await c.services.quotas.charge(c.decision, c.judged)
     c.call.extra["would_deny"] += [f.as_dict() for f in findings if not f.fail_open]
     if opened := [f.as_dict() for f in findings if f.fail_open]:
         c.call.extra["fail_open"] = opened
@@ -183,10 +193,10 @@ async def dlp(c: Ctx) -> None:
         return
     assert c.identity is not None
     action = c.route.action
-    dlp_policy = c.rt.dlp.policy_for(c.policies, c.identity)
+    dlp_policy = c.services.dlp.policy_for(c.policies, c.identity)
     reveal = dlp_policy.reveal if action.detokenize_response else frozenset()
     call_dlp = c.forward.dlp = CallDlp(scope_of(c.identity), reveal)
-    counts = await c.rt.dlp.tokenize(action, c.params, dlp_policy, call_dlp)
+    counts = await c.services.dlp.tokenize(action, c.params, dlp_policy, call_dlp)
     if counts:
         c.call.extra["tokenized"] = counts
         if action.encoding is BodyEncoding.QUERY:
@@ -201,7 +211,7 @@ async def credentials(c: Ctx) -> None:
     if c.route is None:
         c.forward.drop_headers += steps.NEVER_FORWARD
         return
-    drop, headers, query = steps.credential_edits(c.route.connector, c.rt.secrets)
+    drop, headers, query = steps.credential_edits(c.route.connector, c.services.secrets)
     c.forward.drop_headers += drop
     c.forward.set_headers.update(headers)
     # The answer is read plain: credentials it echoes are removed, and tokens restored, in it.
@@ -212,13 +222,13 @@ async def credentials(c: Ctx) -> None:
 async def circuit(c: Ctx) -> None:
     """The host's circuit breaker. Last: letting a half-open circuit's one probe through commits
     us to forwarding it."""
-    c.rt.breaker.check(c.host, c.call.agent)
+    c.services.breaker.check(c.host, c.call.agent)
 
 
 async def audit(c: Ctx) -> None:
     """The decision's record, written before anything leaves; the vendor gets the decision id too
     (set, never appended: an agent's own value is replaced) to join its logs with ours."""
-    c.rt.record(c.call.record("allow", phase="decision"))
+    c.services.record(c.call.record("allow", phase="decision"))
     c.forward.set_headers[DECISION_HEADER] = c.call.decision_id
 
 
@@ -227,15 +237,19 @@ def _step(fn: Callable[[Ctx], Awaitable[None]]) -> Step:
 
 
 REQUEST_STEPS: tuple[Step, ...] = tuple(
-    _step(fn) for fn in (identify, framing, egress, route, scopes, validate, authorize, quota, dlp, credentials, circuit, audit)
+    _step(fn)
+    for fn in (identify, framing, egress, route, scopes, validate, authorize, approval, quota, dlp, credentials, circuit, audit)
 )
+# What `policy test` runs: the same judging as a live call, for a given action, without services.
+JUDGE_STEPS: tuple[Step, ...] = tuple(s for s in REQUEST_STEPS if s.run in (validate, authorize))
 
 
 async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Verdict:
     """Run `REQUEST_STEPS` over one request; a refusal is audited here, an allow by the last step."""
     call = call or request_call(rt, view)
     address = view.tunnel.address if view.tunnel else ("", 0)
-    ctx = Ctx(rt, view, call, Forward(address))
+    # One policy version judges the whole call, however a reload lands meanwhile.
+    ctx = Ctx(rt, view, call, Forward(address), policies=rt.policies.current if rt.policies else None)
     try:
         for step in REQUEST_STEPS:
             await step.run(ctx)
@@ -246,6 +260,21 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
         failed = Refusal("internal_error", "the gateway failed while deciding")
         return Verdict(call, refused(rt, call, failed, view.client))
     return Verdict(call, forward=ctx.forward)
+
+
+async def judge(
+    view: RequestView, call: Call, route: Route, identity: Identity, policies: PolicySet | None
+) -> tuple[Ctx, Refusal | None]:
+    """A dry run of `JUDGE_STEPS` (validate, authorize) on a known action: what `policy test` shows
+    is decided by the very functions a live call goes through."""
+    ctx = Ctx(None, view, call, Forward(("", 0)), identity=identity, route=route, policies=policies)
+    call.identity, call.connector, call.action = identity, route.connector.name, route.action.name
+    try:
+        for step in JUDGE_STEPS:
+            await step.run(ctx)
+    except Refusal as r:
+        return ctx, r
+    return ctx, None
 
 
 def request_call(rt: Runtime, view: RequestView) -> Call:

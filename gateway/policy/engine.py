@@ -156,25 +156,6 @@ class Decision:
     would_deny: tuple[Finding, ...] = ()
     approval_summary: Mapping[str, Any] = field(default_factory=dict)
 
-    def audit_fields(self) -> dict[str, Any]:
-        """The decision's part of an audit record (`policy report` reads `would_deny` and `sub`)."""
-        out: dict[str, Any] = {
-            "sub": self.subject.sub,
-            "role": self.subject.role,
-            "tenant": self.subject.tenant,
-            "connector": self.connector,
-            "action": self.action,
-            "decision": self.outcome,
-            "policy_version": self.policy_version,
-            "rules": [m.ref.id for m in self.rules],
-        }
-        if self.refusal is not None:
-            out["code"] = self.refusal.code
-            out["reason"] = self.refusal.message
-        if self.would_deny:
-            out["would_deny"] = [f.as_dict() for f in self.would_deny]
-        return out
-
 
 @dataclass(frozen=True)
 class PolicySet:

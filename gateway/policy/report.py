@@ -1,6 +1,6 @@
 """`policy report`: what shadow-mode policies would have denied, by agent and rule.
 
-Reads the audit log (records written with `Decision.audit_fields()`, whose `would_deny` lists the
+Reads the audit log (records written by `gateway.pipeline.call.Call.record`, whose `would_deny` lists the
 findings of shadow rules) so an operator can see what switching a policy to `enforce` would break
 before doing it. One call writes several records (a decision record before forwarding, an outcome
 record after) and each carries the call's `would_deny`, so a finding is counted once per

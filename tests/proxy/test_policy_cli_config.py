@@ -69,7 +69,7 @@ def test_a_missing_tenant_is_named_as_the_cause(tmp_path: Path) -> None:
                                "params": {"amount": 2000, "currency": "usd", "metadata": {"account": "1234567890"}}}))
     for tenant, shown in ((None, "none"), ("globex", "'globex'")):
         argv = ["policy", "test", "--as", "finance", *(["--tenant", tenant] if tenant else []), str(req)]
-        reason = json.loads(gw.cli(*argv, check=False).stdout)["reason"]
+        reason = json.loads(gw.cli(*argv, check=False).stdout)["message"]
         assert f"allows it in tenant 'acme' only, and this agent's tenant is {shown}" in reason, reason
     assert gw.cli("policy", "test", "--as", "finance", "--tenant", "acme", str(req), check=False).returncode == 0
 
@@ -95,3 +95,22 @@ def test_a_typo_in_a_parameter_path_is_refused_at_check_and_at_reload(make_gatew
     assert (r.status_code, err["code"]) == (403, "param_violation") and "messages[0].role" in err["message"], err
     log = gw.log_file.read_text()
     assert "rejected" in log and f"research.yaml:{at + 1}: parameter 'messages[*].rol'" in log
+
+
+def test_policy_test_validates_and_coerces_as_the_running_gateway_does(tmp_path: Path) -> None:
+    """Issue 12, item 3: `policy test` runs the pipeline's own validate and authorize steps, so a
+    form-style string amount is coerced as live, and a field the action does not have is refused."""
+    gw = GatewayProcess(tmp_path / "gw", {"policies": str(REPO / "policies")})
+    base = {"currency": "usd", "metadata": {"account": "1234567890"}}
+    cases = [
+        ({**base, "amount": "2000"}, 0, "allow", None),
+        ({**base, "amount": 2000, "teleport": "now"}, 1, "deny", "schema_violation"),
+        ({**base, "amount": "lots"}, 1, "deny", "schema_violation"),
+        ({**base, "amount": 900000}, 1, "deny", "param_violation"),
+    ]
+    for i, (params, status, decision, code) in enumerate(cases):
+        req = tmp_path / f"pay-{i}.json"
+        req.write_text(json.dumps({"connector": "stripe", "action": "create_payment_intent", "params": params}))
+        out = gw.cli("policy", "test", "--as", "finance", "--tenant", "acme", str(req), check=False)
+        shown = json.loads(out.stdout)
+        assert (out.returncode, shown["decision"], shown["code"]) == (status, decision, code), out.stdout

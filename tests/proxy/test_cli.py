@@ -7,7 +7,8 @@ import sys
 
 import jwt
 
-from tests.fakes import REPO, GatewayProcess
+from tests.fakes import REPO
+from tests.processes import GatewayProcess
 
 
 def test_ca_path_prints_the_certificate_agents_trust(gateway: GatewayProcess) -> None:

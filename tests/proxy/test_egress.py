@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.clients import basic, client, error_of, raw_connect, read_response, tunnel_tls
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 
 
 def test_unknown_host_is_refused_before_tls_and_never_dialed(make_gateway, pki: PKI, vendor: FakeVendor) -> None:

@@ -66,10 +66,8 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
 
 
 def test_connector_clash_stops_start_up_naming_both(tmp_path) -> None:
-    cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(f"connectors: ['tests.connectors.clashing:CONNECTOR']\nstate_dir: {tmp_path / 'state'}\n")
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    gw = GatewayProcess(tmp_path, {"connectors": ["tests.connectors.clashing:CONNECTOR"]})
+    out = gw.cli("run", check=False)
     assert out.returncode == 2
     assert "'stripe'" in out.stderr and "'stripe-copy'" in out.stderr and "Traceback" not in out.stderr
 

@@ -26,6 +26,11 @@ def client(gw: GatewayProcess, token: str, timeout: float = 20, **kw: Any) -> ht
     return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=timeout, **kw)
 
 
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    """An OpenAI chat completion request with one user message (the DLP and chaos suites' staple)."""
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+
+
 def error_of(r: httpx.Response) -> dict[str, Any]:
     """The contract's error object; fails the test if the body is not that JSON."""
     assert r.headers.get("content-type", "").startswith("application/json"), r.text[:200]

@@ -172,10 +172,6 @@ def code_of(r: httpx.Response) -> str:
     return f"{r.status_code} {error_of(r)['code']}" if refusal else str(r.status_code)
 
 
-def chat(content: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

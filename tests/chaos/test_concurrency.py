@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, CHAT, PAY, RACE_EMAIL, agent, chat, code_of, send
+from tests.chaos.harness import BALANCE, CHAT, PAY, RACE_EMAIL, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.clients import client, error_of
+from tests.clients import chat, client, error_of
 from tests.processes import GatewayProcess, RedisServer
 
 N = 50

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import CHAT, EMAIL, PAY, agent, chat, code_of, send
+from tests.chaos.harness import CHAT, EMAIL, PAY, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.clients import client
+from tests.clients import chat, client
 from tests.processes import GatewayProcess, RedisServer
 
 IN_FLIGHT, STREAMS = 100, 30

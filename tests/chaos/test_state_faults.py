@@ -22,9 +22,9 @@ from collections import Counter
 import pytest
 
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, CHAT, EMAIL, PAY, PHONE, SEARCH, agent, chat, code_of, send
+from tests.chaos.harness import BALANCE, CHAT, EMAIL, PAY, PHONE, SEARCH, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.clients import client
+from tests.clients import chat, client
 from tests.processes import GatewayProcess, RedisServer
 
 PAYMENT = {"amount": "100", "currency": "usd"}

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tests.chaos import harness
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import CHAT, PII, SEARCH, SECRETS, agent, chat, code_of, send
+from tests.chaos.harness import CHAT, PII, SEARCH, SECRETS, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.clients import client
+from tests.clients import chat, client
 from tests.processes import GatewayProcess
 
 CUSTOMERS = "https://api.stripe.com/v1/customers"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients import client, error_of
+from tests.clients import chat, client, error_of
 from tests.fakes import FakeVendor, PKI, vendor_settings
 from tests.processes import GatewayProcess
 
@@ -51,10 +51,6 @@ def dlp_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
 
 def agent(gw: GatewayProcess, role: str, sub: str | None = None) -> str:
     return gw.token(sub=sub or f"{role}-1", role=role, tenant="acme", scopes=("*",))
-
-
-def chat(content: str, **extra: object) -> dict:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
 
 
 def assert_no_raw_pii(text: str) -> None:

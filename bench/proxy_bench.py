@@ -7,7 +7,7 @@
 Starts one HTTPS fake vendor (`tests.fakes.FakeVendor`) and four proxies in front of it:
 `mitmdump` whose only script is `bench/mitm_route.py` (the least it needs to reach the vendor),
 "mitmproxy core" (`bench/mitm_core.py`: the gateway's own mitmproxy set-up, the same script instead
-of the gateway's addon), and the real gateway (`tests.fakes.GatewayProcess`) twice: as configured
+of the gateway's addon), and the real gateway (`tests.processes.GatewayProcess`) twice: as configured
 by default, and with DLP tokenization off (`dlp: {tokenize: []}`), which is the proxy core of
 issue 2 (identity, routing, egress, validation, credentials, audit). Each workload, a
 small Stripe form POST and a large OpenAI embeddings JSON POST, is sent on every path, first on one
@@ -48,7 +48,8 @@ import mitmproxy.version
 from bench import decision, loadgen
 from bench.mitm_core import OPTIONS
 from tests.clients import basic
-from tests.fakes import PKI, VENDOR_ENV, VENDOR_HOSTS, FakeVendor, GatewayProcess, free_port, vendor_settings, wait_port
+from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
+from tests.processes import GatewayProcess, free_port, wait_port
 
 BENCH = Path(__file__).resolve().parent
 THROUGHPUT_TARGET = 0.85  # gateway req/s over a bare mitmproxy's
@@ -133,7 +134,7 @@ class Services:
         policies = str(decision.write_policies(root / "policies"))
         for i, (name, extra) in enumerate(GATEWAYS.items()):
             settings = {k: policies if v == POLICY_DIR else v for k, v in extra.items()}
-            gw = GatewayProcess(root / f"gateway-{i}", vendor_settings(self.pki, self.vendor, **settings), env=VENDOR_ENV)
+            gw = GatewayProcess(root / f"gateway-{i}", vendor_settings(self.pki, self.vendor, **settings))
             stack.callback(gw.stop)
             gw.start()
             assert gw.proc is not None

@@ -9,10 +9,10 @@ import ssl
 import subprocess
 from dataclasses import dataclass
 from typing import Any
+from tests.processes import GatewayProcess
 
 import httpx
 
-from tests.fakes import GatewayProcess
 
 
 def trusting(gw: GatewayProcess) -> ssl.SSLContext:
@@ -20,8 +20,15 @@ def trusting(gw: GatewayProcess) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(gw.ca_file))
 
 
-def client(gw: GatewayProcess, token: str, **kw: Any) -> httpx.Client:
-    return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=15, **kw)
+def client(gw: GatewayProcess, token: str, timeout: float = 20, **kw: Any) -> httpx.Client:
+    """An agent's HTTP client: the gateway as its proxy, with the token as proxy credentials.
+    The one helper for every suite, the demo included; `timeout` only bounds a failing test."""
+    return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=timeout, **kw)
+
+
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    """An OpenAI chat completion request with one user message (the DLP and chaos suites' staple)."""
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
 
 
 def error_of(r: httpx.Response) -> dict[str, Any]:

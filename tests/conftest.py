@@ -1,14 +1,16 @@
-"""Session fixtures: one test PKI, one fake vendor, one gateway routed to it.
+"""Fixtures every suite shares: one test PKI, one fake vendor, one gateway routed to it, one
+redis-server, and the sample Python tools. A directory's own conftest holds only what is its own.
 
 Tests that need a gateway with other settings (timeouts, breaker, bad certificates) start their
-own with `running_gateway`; tests that change the fake vendor's behaviour use `vendor` (reset after
-each test).
+own with `make_gateway`, or, for a whole module, `with GatewayProcess(...).start() as gw`; tests
+that change the fake vendor's behaviour use `vendor` (reset after each test). Shared values are
+imported from `tests.fakes` and `tests.processes`, never from a conftest.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,9 @@ from hypothesis import settings
 settings.register_profile("egress-gateway", deadline=None)
 settings.load_profile("egress-gateway")
 
-from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import VENDOR_HOSTS, FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess, RedisServer
 from tests.python_tools import BuildError, PythonTools, build_python_tools, componentize_py
-
-EXTRA_ENV = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
 
 
 @pytest.fixture(scope="session")
@@ -53,18 +54,17 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, pki: PKI, vendor_server: F
         max_body="64KiB",
         egress={"allow": ["localhost", "169.254.169.254"]},
     )
-    gw = GatewayProcess(tmp_path_factory.mktemp("gateway"), settings, {**VENDOR_ENV, **EXTRA_ENV}).start()
-    yield gw
-    gw.stop()
+    with GatewayProcess(tmp_path_factory.mktemp("gateway"), settings).start() as gw:
+        yield gw
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[object]:
+def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Start extra gateways with their own settings; all stopped at the end of the test."""
     started: list[GatewayProcess] = []
 
     def make(settings: dict, env: dict[str, str] | None = None, name: str = "gw") -> GatewayProcess:
-        gw = GatewayProcess(tmp_path / name, settings, {**VENDOR_ENV, **EXTRA_ENV, **(env or {})}).start()
+        gw = GatewayProcess(tmp_path / name, settings, env or {}).start()
         started.append(gw)
         return gw
 
@@ -82,3 +82,19 @@ def python_tools(tmp_path_factory: pytest.TempPathFactory) -> PythonTools:
     except BuildError as e:
         pytest.skip(str(e))
     return build_python_tools(tmp_path_factory.mktemp("python-tools"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session (the DLP vault tests and the chaos suite share it)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, running: started again if an earlier test killed it."""
+    return redis_server if redis_server.running else redis_server.start()

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.clients import basic, raw_connect, trusting
-from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, PKI, FakeVendor, GatewayProcess, vendor_settings
+from tests.clients import basic, client, raw_connect
+from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, PKI, FakeVendor, vendor_settings
+from tests.processes import GatewayProcess
 
 GREEN, RED, YELLOW, DIM, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"
 
@@ -46,7 +47,7 @@ def main() -> int:
         root = Path(tmp)
         pki = PKI(root / "pki")
         vendor = FakeVendor(pki.leaf("vendor", VENDOR_HOSTS))
-        gw = GatewayProcess(root / "gateway", vendor_settings(pki, vendor), env=VENDOR_ENV).start()
+        gw = GatewayProcess(root / "gateway", vendor_settings(pki, vendor)).start()
         try:
             return _walk(gw, vendor)
         finally:
@@ -58,13 +59,10 @@ def _walk(gw: GatewayProcess, vendor: FakeVendor) -> int:
     finance = gw.token(sub="finance-agent-01", role="finance", scopes=("stripe:*",))
     research = gw.token(sub="research-agent-01", role="research", scopes=("openai:*", "serpapi:*"))
 
-    def agent(token: str) -> httpx.Client:
-        return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=10)
-
     def call(token: str, method: str, url: str, **kw: object) -> Callable[[], httpx.Response | str]:
         def run() -> httpx.Response | str:
             try:
-                with agent(token) as c:
+                with client(gw, token, timeout=10) as c:
                     return c.request(method, url, **kw)  # type: ignore[arg-type]
             except httpx.ProxyError:
                 host = httpx.URL(url).host
@@ -77,7 +75,7 @@ def _walk(gw: GatewayProcess, vendor: FakeVendor) -> int:
 
     def revoked_call() -> httpx.Response | str:
         token = gw.token(sub="finance-agent-02", role="finance", scopes=("stripe:*",))
-        with agent(token) as c:
+        with client(gw, token, timeout=10) as c:
             c.get("https://api.stripe.com/v1/balance")
             gw.cli("token", "revoke", "--sub", "finance-agent-02")
             time.sleep(1.0)

@@ -1,35 +1,35 @@
-"""Real parts for tests, the demo and the benchmark: a test PKI, fake vendors, a gateway process.
+"""Real parts for tests, the demo and the benchmark: a test PKI, a fake vendor, the shared values.
 
 Nothing here is mocked: the fake vendor is an HTTPS server with a certificate from a test CA for
-the vendor host names, it records exactly what reached it, and the gateway is started as the real
-`egress-gateway run` in a subprocess on free ports.
+the vendor host names, and it records exactly what reached it. The values every suite shares (the
+vendor hosts, the vendor keys, the repository root) live here, in a plain module, never in a
+conftest. The gateway and redis-server processes are started by `tests.processes`.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import os
-import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 VENDOR_HOSTS = ("api.stripe.com", "api.openai.com", "serpapi.com")
+# The vendor keys every gateway under test is started with (`tests.processes.GatewayProcess`).
+VENDOR_ENV = {
+    "TEST_STRIPE_KEY": "sk_test_fake_stripe_key_0001",
+    "TEST_OPENAI_KEY": "sk-fake-openai-key-0002",
+    "TEST_SERPAPI_KEY": "fake-serpapi-key-0003",
+}
 # What the fake answers besides its echo, by path: enough of Stripe's balance for the sandbox tool.
 CANNED = {
     "/v1/balance": {
@@ -246,123 +246,17 @@ class FakeVendor:
         self.server.server_close()
 
 
-# --- the gateway as a real process ---------------------------------------------------------------
+# --- settings ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
-
-
-@dataclass
-class GatewayProcess:
-    """`egress-gateway run` in a subprocess with its own config, state dir and ports."""
-
-    root: Path
-    settings: dict[str, Any]
-    env: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.port, self.api_port = free_port(), free_port()
-        self.state_dir = self.root / "state"
-        self.config_file = self.root / "gateway.yaml"
-        cfg = {"listen": f"127.0.0.1:{self.port}", "api_listen": f"127.0.0.1:{self.api_port}", **self.settings}
-        self.config_file.write_text(yaml.safe_dump(cfg))
-        self.log_file = self.root / "gateway.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "gateway.cli", *args]
-        if args and args[0] not in ("--help",):
-            cmd += ["--config", str(self.config_file), "--state-dir", str(self.state_dir)]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=REPO, env={**os.environ, **self.env}, timeout=60)
-
-    def start(self) -> GatewayProcess:
-        log = self.log_file.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, **self.env},
-        )
-        wait_port(self.port, proc=self.proc)
-        wait_port(self.api_port, proc=self.proc)
-        return self
-
-    def stop(self, sig: int | None = None) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            if sig is None:
-                self.proc.terminate()
-            else:
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+class Upstream(Protocol):
+    """What a gateway config needs of a vendor: `FakeVendor` here, the chaos suite's `FaultVendor`."""
 
     @property
-    def ca_file(self) -> Path:
-        return self.state_dir / "ca" / "mitmproxy-ca-cert.pem"
-
-    @property
-    def audit_file(self) -> Path:
-        return self.state_dir / "audit.jsonl"
-
-    def audit(self) -> list[dict[str, Any]]:
-        """The audit log's records, less the chain's own signature records."""
-        if not self.audit_file.exists():
-            return []
-        records = (json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip())
-        return [rec for rec in records if rec.get("type") != "signature"]
-
-    def token(self, sub: str = "agent-1", role: str = "finance", scopes: tuple[str, ...] = ("*",), **kw: Any) -> str:
-        from gateway.identity import tokens as identity
-
-        key = identity.load_or_create_key(self.state_dir / "signing-key.pem")
-        kw.setdefault("ttl", 600)
-        kw.setdefault("max_ttl", 1800)
-        if role == identity.ADMIN_ROLE:
-            kw.setdefault("tenant", identity.ALL_TENANTS)  # the suites' operator is a global admin
-        return identity.issue(key, sub=sub, role=role, scopes=scopes, **kw)
-
-    def proxy_url(self, token: str, user: str = "agent") -> str:
-        return f"http://{user}:{token}@127.0.0.1:{self.port}"
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+    def url(self) -> str: ...
 
 
-@contextmanager
-def running_gateway(root: Path, settings: dict[str, Any], env: dict[str, str] | None = None) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(root, settings, env or {}).start()
-    try:
-        yield gw
-    finally:
-        gw.stop()
-
-
-def vendor_settings(pki: PKI, vendor: FakeVendor, **extra: Any) -> dict[str, Any]:
+def vendor_settings(pki: PKI, vendor: Upstream, **extra: Any) -> dict[str, Any]:
     """A gateway config that routes every vendor host to `vendor` and trusts the test CA."""
     settings: dict[str, Any] = {
         "upstreams": {h: vendor.url for h in VENDOR_HOSTS},
@@ -372,9 +266,3 @@ def vendor_settings(pki: PKI, vendor: FakeVendor, **extra: Any) -> dict[str, Any
     settings.update(extra)
     return settings
 
-
-VENDOR_ENV = {
-    "TEST_STRIPE_KEY": "sk_test_fake_stripe_key_0001",
-    "TEST_OPENAI_KEY": "sk-fake-openai-key-0002",
-    "TEST_SERPAPI_KEY": "fake-serpapi-key-0003",
-}

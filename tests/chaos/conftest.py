@@ -1,4 +1,4 @@
-"""Chaos fixtures: one fault vendor and one redis-server per session, gateways that stay on record.
+"""Chaos fixtures: one fault vendor per session, gateways that stay on record, Redis dumps kept.
 
 Every gateway a chaos test starts is kept on the report (its state dir, log and a final metrics
 scrape) so that `test_zz_invariants.py`, run last, can check across the whole suite that nothing
@@ -8,7 +8,6 @@ leaked and that every call a vendor saw was audited. The table is printed at the
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ from typing import Any
 import pytest
 
 from tests.chaos import harness
-from tests.chaos.faults import FaultVendor, RedisServer
+from tests.chaos.faults import FaultVendor
 from tests.chaos.harness import REPORT
 from tests.chaos.report import ChaosReport
-from tests.fakes import PKI, GatewayProcess
+from tests.fakes import PKI
+from tests.processes import GatewayProcess, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -42,23 +42,12 @@ def fault_vendor(fault_vendor_server: FaultVendor) -> Iterator[FaultVendor]:
     fault_vendor_server.reset()
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.kill()
-
-
 @pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """The session's redis-server, running (started again if an earlier test killed it)."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    yield redis_server
-    if redis_server.proc is not None and redis_server.proc.poll() is None:
-        REPORT.redis_dumps.extend(redis_server.dump())
+def redis(redis: RedisServer) -> Iterator[RedisServer]:
+    """The shared redis-server (root conftest), whose contents join the leak check after the test."""
+    yield redis
+    if redis.running:
+        REPORT.redis_dumps.extend(redis.dump())
 
 
 @pytest.fixture

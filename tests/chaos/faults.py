@@ -1,4 +1,5 @@
-"""Real faulty parts for the chaos suite: a fault-injecting HTTPS vendor and a killable redis-server.
+"""Real faulty parts for the chaos suite: a fault-injecting HTTPS vendor (redis-server, which the
+suite kills, is `tests.processes.RedisServer`).
 
 `FaultVendor` is a raw-socket HTTPS server (threads, no HTTP library), so it can do what a library
 never would: reset a connection before the headers or in the middle of a body or an SSE stream,
@@ -11,19 +12,14 @@ session, that nothing secret or raw reached a vendor and every call it saw was a
 from __future__ import annotations
 
 import json
-import shutil
-import signal
 import socket
 import ssl
 import struct
-import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from tests.fakes import PKI, VENDOR_HOSTS, free_port
+from tests.fakes import PKI, VENDOR_HOSTS
 
 MODES = (
     "ok",  # 200 JSON echo; a chat completion with "stream": true answers with SSE
@@ -240,52 +236,3 @@ def _rst(conn: ssl.SSLSocket) -> None:
     """Close with a TCP reset (SO_LINGER 0), not a clean FIN: what a crashed peer looks like."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
-
-
-class RedisServer:
-    """A throwaway redis-server on a free loopback port, which tests kill and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server")
-        self.binary, self.workdir, self.port = binary, workdir, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        """SIGKILL: the store vanishes mid-conversation, as in a crash or an OOM kill."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def dump(self) -> list[bytes]:
-        """Every key and its serialized value, for the leak check (the vault must hold only ciphertext)."""
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-        try:
-            return [key + b" " + (client.dump(key) or b"") for key in client.scan_iter(count=1000)]
-        finally:
-            client.close()

@@ -14,8 +14,9 @@ import httpx
 
 from tests.chaos.faults import FaultVendor
 from tests.chaos.report import ChaosReport
-from tests.clients import trusting
-from tests.fakes import VENDOR_HOSTS, GatewayProcess, PKI, VENDOR_ENV
+from tests.clients import error_of
+from tests.fakes import PKI, VENDOR_ENV, vendor_settings
+from tests.processes import GatewayProcess
 
 EMAIL = "chaos.victim@example.org"
 PHONE = "+44 20 7946 0321"
@@ -112,34 +113,20 @@ def write_policies(root: Path) -> Path:
 
 def settings(pki: PKI, vendor: FaultVendor, root: Path, **extra: Any) -> dict[str, Any]:
     """A gateway routed to the fault vendor, with the chaos policies, fast timeouts and breaker."""
-    s: dict[str, Any] = {
-        "upstreams": {h: vendor.url for h in VENDOR_HOSTS},
-        "upstream_ca": str(pki.ca_file),
-        "secrets": {"stripe": "env:TEST_STRIPE_KEY", "openai": "env:TEST_OPENAI_KEY", "serpapi": "env:TEST_SERPAPI_KEY"},
+    chaos = {
         "policies": str(write_policies(root)),
         "timeouts": {"connect": "2s", "read": "2s"},
         "breaker": {"failures": 1000, "reset": "30s"},
     }
-    s.update(extra)
-    return s
+    return vendor_settings(pki, vendor, **{**chaos, **extra})
 
 
 REPORT = ChaosReport()
 
 
-class ChaosGateway(GatewayProcess):
-    """A gateway process whose repr leaves out its environment (the vendor keys), so a failing
-    test's traceback never prints a secret."""
-
-    def __repr__(self) -> str:
-        return f"ChaosGateway({self.root.name}, port={getattr(self, 'port', None)})"
-
-
 def launch(root: Path, pki: PKI, vendor: FaultVendor, env: dict[str, str] | None = None, **extra: Any) -> GatewayProcess:
     """Start a gateway for the chaos suite and keep it on the report for the final checks."""
-    from tests.conftest import EXTRA_ENV
-
-    gw = ChaosGateway(root, settings(pki, vendor, root, **extra), {**VENDOR_ENV, **EXTRA_ENV, **(env or {})})
+    gw = GatewayProcess(root, settings(pki, vendor, root, **extra), env or {})
     REPORT.gateways.append(gw)
     return gw.start()
 
@@ -164,10 +151,6 @@ def agent(gw: GatewayProcess, role: str, sub: str | None = None, **kw: Any) -> s
 _RUN = uuid.uuid4().hex[:8]
 
 
-def client(gw: GatewayProcess, token: str, timeout: float = 20, **kw: Any) -> httpx.Client:
-    return httpx.Client(proxy=gw.proxy_url(token), verify=trusting(gw), timeout=timeout, **kw)
-
-
 def send(report: ChaosReport, c: httpx.Client, method: str, url: str, **kw: Any) -> httpx.Response:
     """One request, counted in the report (a transport failure is counted, then re-raised)."""
     try:
@@ -182,17 +165,11 @@ def send(report: ChaosReport, c: httpx.Client, method: str, url: str, **kw: Any)
 def code_of(r: httpx.Response) -> str:
     """`status code` of a gateway refusal (validating the contract's JSON), else just the status
     (a success, or a vendor's own error passed through)."""
-    from tests.clients import error_of
-
     try:
         refusal = "code" in r.json()["error"]
     except (ValueError, KeyError, TypeError):
         refusal = False
     return f"{r.status_code} {error_of(r)['code']}" if refusal else str(r.status_code)
-
-
-def chat(content: str, **extra: Any) -> dict[str, Any]:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
 
 
 def rss_kib(pid: int) -> int:

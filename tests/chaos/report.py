@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
+
+from tests.processes import GatewayProcess
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ChaosReport:
     error_bodies: list[bytes] = field(default_factory=list)
     # What the end-of-session checks read besides the fault vendor's history: every gateway
     # started (its state dir and log stay on disk), their metrics scrapes, and Redis's contents.
-    gateways: list[Any] = field(default_factory=list)
+    gateways: list[GatewayProcess] = field(default_factory=list)
     scrapes: list[str] = field(default_factory=list)
     redis_dumps: list[bytes] = field(default_factory=list)
 
@@ -89,5 +90,5 @@ class ChaosReport:
         )
         return "\n".join(out)
 
-    def __repr__(self) -> str:  # its gateways carry the vendor keys in their environment
+    def __repr__(self) -> str:  # short: a failing test's traceback shows the report, not its contents
         return f"ChaosReport({len(self.cases)} cases, {self.sent} requests)"

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, agent, client, code_of, send
+from tests.chaos.harness import BALANCE, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.fakes import GatewayProcess
+from tests.clients import client
+from tests.processes import GatewayProcess
 
 FAILURES = 3
 RESET = 1.0

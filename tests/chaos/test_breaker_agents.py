@@ -7,9 +7,10 @@ only on a streak that spans several agents (`breaker.agents`, default 2)."""
 from __future__ import annotations
 
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, agent, client, code_of, send
+from tests.chaos.harness import BALANCE, agent, code_of, send
+from tests.clients import client
 from tests.chaos.report import ChaosReport
-from tests.fakes import GatewayProcess
+from tests.processes import GatewayProcess
 
 FAILURES = 3
 

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.chaos.faults import FaultVendor, RedisServer
-from tests.chaos.harness import BALANCE, CHAT, PAY, RACE_EMAIL, agent, chat, client, code_of, send
+from tests.chaos.faults import FaultVendor
+from tests.chaos.harness import BALANCE, CHAT, PAY, RACE_EMAIL, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.clients import error_of
-from tests.fakes import GatewayProcess
+from tests.clients import chat, client, error_of
+from tests.processes import GatewayProcess, RedisServer
 
 N = 50
 

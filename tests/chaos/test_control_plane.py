@@ -10,9 +10,10 @@ import jwt
 import pytest
 
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, PAY, POLICIES, agent, client, code_of, send
+from tests.chaos.harness import BALANCE, PAY, POLICIES, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.fakes import GatewayProcess
+from tests.clients import client
+from tests.processes import GatewayProcess
 
 GOOD = POLICIES["reader.yaml"]
 BROKEN = {

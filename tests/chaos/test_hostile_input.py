@@ -18,10 +18,11 @@ import pytest
 
 from tests.chaos import harness
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, CHAT, PAY, agent, chat, client, code_of, rss_kib, send
+from tests.chaos.harness import BALANCE, CHAT, PAY, agent, code_of, rss_kib, send
 from tests.chaos.report import ChaosReport
-from tests.clients import basic, raw_connect, tunnel_tls
-from tests.fakes import PKI, GatewayProcess
+from tests.clients import basic, chat, client, raw_connect, tunnel_tls
+from tests.fakes import PKI
+from tests.processes import GatewayProcess
 
 H = "Host: api.stripe.com\r\n"
 FORM = "Content-Type: application/x-www-form-urlencoded\r\n"

@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.chaos.faults import FaultVendor, RedisServer
-from tests.chaos.harness import CHAT, EMAIL, PAY, agent, chat, client, code_of, send
+from tests.chaos.faults import FaultVendor
+from tests.chaos.harness import CHAT, EMAIL, PAY, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.fakes import GatewayProcess
+from tests.clients import chat, client
+from tests.processes import GatewayProcess, RedisServer
 
 IN_FLIGHT, STREAMS = 100, 30
 

@@ -21,10 +21,11 @@ from collections import Counter
 
 import pytest
 
-from tests.chaos.faults import FaultVendor, RedisServer
-from tests.chaos.harness import BALANCE, CHAT, EMAIL, PAY, PHONE, SEARCH, agent, chat, client, code_of, send
+from tests.chaos.faults import FaultVendor
+from tests.chaos.harness import BALANCE, CHAT, EMAIL, PAY, PHONE, SEARCH, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.fakes import GatewayProcess
+from tests.clients import chat, client
+from tests.processes import GatewayProcess, RedisServer
 
 PAYMENT = {"amount": "100", "currency": "usd"}
 

@@ -12,9 +12,11 @@ import pytest
 
 from tests.chaos import harness
 from tests.chaos.faults import FaultVendor
-from tests.chaos.harness import BALANCE, CHAT, PAY, agent, chat, client, code_of, send
+from tests.chaos.harness import BALANCE, CHAT, PAY, agent, code_of, send
 from tests.chaos.report import ChaosReport
-from tests.fakes import PKI, VENDOR_HOSTS, GatewayProcess, free_port
+from tests.clients import chat, client
+from tests.fakes import PKI, VENDOR_HOSTS
+from tests.processes import GatewayProcess, free_port
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from tests.fakes import REPO, GatewayProcess
+from tests.fakes import REPO
+from tests.processes import GatewayProcess
 
 # Variables the test runner's environment may carry that would change the outcome; removed first
 # so no client passes thanks to the runner's own settings.

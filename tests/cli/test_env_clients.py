@@ -13,7 +13,8 @@ import pytest
 
 from gateway.cli.agent_env import CA_VARIABLES
 from tests.cli.env_clients import TLS_REFUSED, eval_then, exports_of, run_client
-from tests.fakes import VENDOR_ENV, FakeVendor, GatewayProcess
+from tests.fakes import VENDOR_ENV, FakeVendor
+from tests.processes import GatewayProcess
 
 # Measured with the pinned test extra (requests 2.x, httpx 0.2x, openai 2.x, stripe 16.x), curl
 # 7.88 and Node 20; the README's table says the same.

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 
 from tests.cli.env_clients import clean_env
-from tests.fakes import REPO, free_port, wait_port
+from tests.fakes import REPO
+from tests.processes import free_port, wait_port
 
 
 def _readme_config() -> Path:

@@ -1,13 +1,9 @@
-"""Shared DLP fixtures: one engine per session, vaults in tmp dirs, a real redis-server, no network."""
+"""DLP fixtures: one engine per session, vaults in tmp dirs, no network (redis is the root conftest's)."""
 
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,33 +62,3 @@ def sealer() -> Sealer:
 @pytest.fixture
 def sqlite_vault(tmp_path: Path, sealer: Sealer) -> SqliteVault:
     return SqliteVault(tmp_path / "vault.sqlite3", sealer, ttl=3600)
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -12,7 +12,8 @@ import pytest
 
 from tests.clients import client, error_of
 from tests.dlp.user_corpus import corpus, evasions
-from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
+from tests.processes import GatewayProcess
 
 TOKEN = re.compile(r"tok_[A-Z_]+_[a-z2-7]{20}")
 CHAT = "https://api.openai.com/v1/chat/completions"
@@ -36,14 +37,12 @@ STRICT = """  block: [CREDIT_CARD]
 
 @pytest.fixture(scope="module")
 def strict_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
-    from tests.conftest import EXTRA_ENV
-    from tests.fakes import VENDOR_ENV
 
     root = tmp_path_factory.mktemp("dlp-strict")
     policies = root / "policies"
     policies.mkdir()
     (policies / "strict.yaml").write_text(POLICY.format(role="strict", dlp=STRICT))
-    gw = GatewayProcess(root, vendor_settings(pki, vendor_server, policies=str(policies)), {**VENDOR_ENV, **EXTRA_ENV}).start()
+    gw = GatewayProcess(root, vendor_settings(pki, vendor_server, policies=str(policies))).start()
     yield gw
     gw.stop()
 

@@ -26,7 +26,7 @@ import phonenumbers
 from faker import Faker
 
 from dlp.cards import NETWORKS, luhn_ok
-from dlp.engine import Finding
+from dlp.engine import PiiFinding
 
 LOCALES = ("en_US", "en_GB", "en_IE", "en_CA", "en_AU", "es_ES", "de_DE", "fr_FR", "it_IT", "nl_NL")
 TYPES = ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE")
@@ -214,7 +214,7 @@ class Figures:
     counts: dict[str, int]
 
 
-def _covered(g: Gold, findings: Iterable[Finding]) -> bool:
+def _covered(g: Gold, findings: Iterable[PiiFinding]) -> bool:
     pos = g.start
     for f in sorted(findings):
         if f.start <= pos < f.end:
@@ -222,7 +222,7 @@ def _covered(g: Gold, findings: Iterable[Finding]) -> bool:
     return pos >= g.end
 
 
-def measure(analyze: Callable[[str], tuple[Finding, ...]], pii: list[Sample], clean: list[Sample]) -> Figures:
+def measure(analyze: Callable[[str], tuple[PiiFinding, ...]], pii: list[Sample], clean: list[Sample]) -> Figures:
     """Recall per type, precision per found type, and the untouched share of `clean`."""
     hit: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from policy_helpers import lookup, write
+from tests.policy.helpers import lookup, write
 
 from gateway.policy.engine import PolicySet
 from gateway.policy.load import load_policy_set

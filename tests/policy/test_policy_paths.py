@@ -10,7 +10,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel
-from policy_helpers import write
+from tests.policy.helpers import write
 
 from connectors import fieldpath
 from connectors.builtin import openai, serpapi, stripe

@@ -7,7 +7,8 @@ import json
 import requests
 
 from tests.clients import client, curl
-from tests.fakes import VENDOR_ENV, FakeVendor, GatewayProcess
+from tests.fakes import VENDOR_ENV, FakeVendor
+from tests.processes import GatewayProcess
 
 STRIPE_KEY = VENDOR_ENV["TEST_STRIPE_KEY"]
 

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import VENDOR_HOSTS, FakeVendor, PKI, free_port, vendor_settings
+from tests.fakes import VENDOR_HOSTS, FakeVendor, PKI, vendor_settings
+from tests.processes import free_port
 
 
 @pytest.fixture

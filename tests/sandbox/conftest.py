@@ -1,4 +1,4 @@
-"""Shared fixtures: a runner, the sample tools, a local vendor server and a real sender to it.
+"""Sandbox fixtures: a runner, the sample tools, a local plain-HTTP vendor and a real sender to it.
 
 Host calls in these tests leave the guest through `egress.http_request` and reach a real HTTP server
 on 127.0.0.1 (stdlib `http.server`), so the bytes a tool sends and receives cross a socket; the
@@ -72,7 +72,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def vendor() -> Iterator[Vendor]:
+def http_vendor() -> Iterator[Vendor]:
+    """A plain-HTTP vendor on 127.0.0.1 (the root conftest's `vendor` is the TLS FakeVendor)."""
     state = Vendor()
     handler = type("Handler", (_Handler,), {"vendor": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -85,12 +86,12 @@ def vendor() -> Iterator[Vendor]:
 
 
 @pytest.fixture
-def sender(vendor: Vendor) -> HttpRequest:
+def sender(http_vendor: Vendor) -> HttpRequest:
     """A real sender: the request goes over a socket to the local vendor, with the original Host."""
 
     def send(request: dict[str, Any]) -> dict[str, Any]:
         url = urlsplit(request["url"])
-        conn = http.client.HTTPConnection("127.0.0.1", vendor.port, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", http_vendor.port, timeout=5)
         try:
             path = url.path + (f"?{url.query}" if url.query else "")
             headers = {**request["headers"], "Host": url.hostname or ""}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from policy_helpers import lookup, write
+from tests.policy.helpers import lookup, write
 
 from gateway.policy.approvals import ApprovalStore
 from gateway.audit.log import AuditLog

@@ -6,7 +6,7 @@ import socket
 from collections import Counter
 
 import pytest
-from dlp_corpus import clean_samples, luhn_valid, pii_samples
+from tests.dlp.corpus import clean_samples, luhn_valid, pii_samples
 
 from dlp.config import PATTERN_ENTITIES, CustomPattern, CustomRecognizer, DlpConfig
 from dlp.engine import EngineConfigError, PiiFinding, PiiEngine, build_engine, resolve_overlaps

@@ -7,7 +7,6 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import jwt
@@ -18,14 +17,12 @@ from gateway.identity.revocation import Revocations
 from gateway.state import StateDir
 from sandbox import builtin_tools_dir
 from tests.clients import client, error_of
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 
 
 @pytest.fixture(scope="module")
 def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
-    from tests.conftest import EXTRA_ENV
-    from tests.fakes import VENDOR_ENV
-
     root = tmp_path_factory.mktemp("tools-gw")
     tools = root / "tools"
     shutil.copytree(builtin_tools_dir(), tools, ignore=shutil.ignore_patterns("*.c", "*.h", "build.sh", "include"))
@@ -35,9 +32,8 @@ def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
     manifest.update(name="tampered", sha256="0" * 64)
     (tools / "tampered" / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     settings = vendor_settings(pki, vendor_server, sandbox={"tools": str(tools), "python": {"allowed": ["stripe:retrieve_balance"]}})
-    gw = GatewayProcess(root, settings, {**VENDOR_ENV, **EXTRA_ENV}).start()
-    yield gw
-    gw.stop()
+    with GatewayProcess(root, settings).start() as gw:
+        yield gw
 
 
 def run(gw: GatewayProcess, token: str, body: dict, timeout: float = 30) -> httpx.Response:

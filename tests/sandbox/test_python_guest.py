@@ -46,13 +46,13 @@ def test_no_files_no_env_and_errors_come_back_as_stderr(guest, sender, resolve) 
     assert "FileNotFoundError" in result.output["stderr"]
 
 
-def test_direct_wasi_http_is_refused_and_never_reaches_the_server(guest, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
-    result = _run(guest, f"print(http_get('http://127.0.0.1:{vendor.port}/v1/balance'))", sender, resolve)
+def test_direct_wasi_http_is_refused_and_never_reaches_the_server(guest, http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+    result = _run(guest, f"print(http_get('http://127.0.0.1:{http_vendor.port}/v1/balance'))", sender, resolve)
     assert "HttpRequestDenied" in result.output["stderr"]
-    assert vendor.seen == []
+    assert http_vendor.seen == []
 
 
-def test_call_tool_goes_through_the_ceiling_and_the_sender(guest, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+def test_call_tool_goes_through_the_ceiling_and_the_sender(guest, http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
     code = (
         "import json\n"
         "ok = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\n"
@@ -62,7 +62,7 @@ def test_call_tool_goes_through_the_ceiling_and_the_sender(guest, vendor, sender
     result = _run(guest, code, sender, resolve, allowed=("stripe:retrieve_balance",), max_host_calls=2)
     assert json.loads(result.output["stdout"]) == [200, "balance", 403, "sandbox_forbidden"]
     assert result.host_calls == 2
-    assert [r["path"] for r in vendor.seen] == ["/v1/balance"]
+    assert [r["path"] for r in http_vendor.seen] == ["/v1/balance"]
 
 
 def test_python_limits_trip_with_their_codes(guest, sender, resolve) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from tests.clients import client, error_of
-from tests.fakes import REPO, FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 
 WEATHER_POLICY = """\
 version: 1
@@ -37,7 +38,7 @@ def test_check_and_test_use_the_configs_connectors(tmp_path: Path) -> None:
     plain = GatewayProcess(tmp_path / "plain", {"policies": str(policies)})
     out = plain.cli("policy", "check", check=False)
     assert out.returncode == 1 and "weather.yaml:4: unknown connector 'weather'" in out.stderr, out.stderr
-    custom = GatewayProcess(tmp_path / "custom", {"policies": str(policies), "connectors": ["tests.proxy.weather:CONNECTOR"]})
+    custom = GatewayProcess(tmp_path / "custom", {"policies": str(policies), "connectors": ["tests.connectors.weather:CONNECTOR"]})
     out = custom.cli("policy", "check", check=False)
     assert out.returncode == 0, out.stderr
     allowed = custom.cli("policy", "test", "--as", "forecaster", str(forecast(tmp_path, 3)), check=False)

@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import VENDOR_ENV, FakeVendor, GatewayProcess
+from tests.fakes import VENDOR_ENV, FakeVendor
+from tests.processes import GatewayProcess
 
 
 def test_health_and_readiness_are_open(gateway: GatewayProcess) -> None:

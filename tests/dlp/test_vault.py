@@ -27,7 +27,7 @@ def make_vault(request: pytest.FixtureRequest, tmp_path: Path, sealer: Sealer) -
     """A factory, so redis clients are created inside the test's own event loop."""
     if request.param == "sqlite":
         return lambda ttl=3600: SqliteVault(tmp_path / "v.sqlite3", sealer, ttl)
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis").url
     return lambda ttl=3600: open_vault(url, tmp_path, sealer, ttl)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.fakes import REPO, FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 
 WEATHER_POLICY = "version: 1\nsubjects: {roles: [forecaster]}\nrules:\n  - {connector: weather, actions: [forecast]}\n"
 
@@ -31,7 +32,7 @@ def test_readyz_names_each_connector_whose_credential_is_missing(make_gateway, p
     (policies / "weather.yaml").write_text(WEATHER_POLICY)
     key_file = tmp_path / "serpapi.key"
     settings = vendor_settings(
-        pki, vendor, policies=str(policies), connectors=["tests.proxy.weather:CONNECTOR"],
+        pki, vendor, policies=str(policies), connectors=["tests.connectors.weather:CONNECTOR"],
         secrets={"stripe": "env:TEST_STRIPE_KEY", "openai": "env:EMPTY_OPENAI_KEY", "serpapi": f"file:{key_file}"},
     )
     gw = make_gateway(settings, env={"EMPTY_OPENAI_KEY": ""})

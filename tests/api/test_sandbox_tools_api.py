@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.clients import error_of
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 from tests.python_tools import PythonTools
 
 # A WASI command printing {}; the salt gives each test's module its own sha256.
@@ -33,14 +34,10 @@ WAT = b"""(module
 
 @pytest.fixture(scope="module")
 def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor, python_tools: PythonTools) -> Iterator[GatewayProcess]:
-    from tests.conftest import EXTRA_ENV
-    from tests.fakes import VENDOR_ENV
-
-    gw = GatewayProcess(tmp_path_factory.mktemp("tools-api-gw"), vendor_settings(pki, vendor_server), {**VENDOR_ENV, **EXTRA_ENV})
-    python_tools.seed(gw.state_dir)
-    gw.start()
-    yield gw
-    gw.stop()
+    gw = GatewayProcess(tmp_path_factory.mktemp("tools-api-gw"), vendor_settings(pki, vendor_server))
+    python_tools.seed(gw.state_dir)  # before the start, as a previous run would have left it
+    with gw.start():
+        yield gw
 
 
 def admin(gw: GatewayProcess) -> str:

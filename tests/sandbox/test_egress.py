@@ -15,17 +15,17 @@ from sandbox.manifest import ToolManifest
 from sandbox.registry import ToolRegistry
 
 
-def test_currency_convert_calls_the_connector_and_converts(run, vendor, sender) -> None:  # type: ignore[no-untyped-def]
+def test_currency_convert_calls_the_connector_and_converts(run, http_vendor, sender) -> None:  # type: ignore[no-untyped-def]
     result = run("currency_convert", {"to": "eur", "rates": {"usd": 0.5}}, role="finance", sender=sender)
     # available: 10000 usd * 0.5 + 2500 eur; pending: 400 usd * 0.5, 700 jpy has no rate
     assert result.output == {"currency": "eur", "available": 7500, "pending": 200, "unconverted": 1, "status": 200}
     assert result.host_calls == 1
-    assert [(r["method"], r["path"], r["host"]) for r in vendor.seen] == [("GET", "/v1/balance", "api.stripe.com")]
+    assert [(r["method"], r["path"], r["host"]) for r in http_vendor.seen] == [("GET", "/v1/balance", "api.stripe.com")]
 
 
-def test_a_gateway_refusal_reaches_the_guest_as_a_response(run, vendor, sender) -> None:  # type: ignore[no-untyped-def]
-    vendor.status = 429
-    vendor.body = json.dumps({"error": {"code": "rate_limited", "message": "rule rate 20/minute"}})
+def test_a_gateway_refusal_reaches_the_guest_as_a_response(run, http_vendor, sender) -> None:  # type: ignore[no-untyped-def]
+    http_vendor.status = 429
+    http_vendor.body = json.dumps({"error": {"code": "rate_limited", "message": "rule rate 20/minute"}})
     result = run("currency_convert", {"to": "eur"}, role="finance", sender=sender)
     assert result.output == {"status": 429, "error": "rate_limited"}
 
@@ -40,16 +40,16 @@ def test_a_gateway_refusal_reaches_the_guest_as_a_response(run, vendor, sender) 
     ],
 )
 def test_the_manifest_ceiling_refuses_what_the_sender_would_allow(  # type: ignore[no-untyped-def]
-    run, vendor, sender, method: str, url: str, why: str
+    run, http_vendor, sender, method: str, url: str, why: str
 ) -> None:
     result = run("fetch_any", {"method": method, "url": url}, sender=sender)
     assert result.output["status"] == 403
     assert result.output["error"] == "sandbox_forbidden"
     assert result.host_calls == 1
-    assert vendor.seen == []  # the sender would have served it; the ceiling stopped it first
+    assert http_vendor.seen == []  # the sender would have served it; the ceiling stopped it first
 
 
-def test_the_refusal_body_names_the_connector_action(vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+def test_the_refusal_body_names_the_connector_action(http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
     session = _session(sender, resolve, allowed=("stripe:retrieve_balance",), max_host_calls=1)
     raw = json.dumps({"method": "POST", "url": "https://api.openai.com/v1/chat/completions", "body": "{}"})
     response = json.loads(session.request(raw.encode()))
@@ -60,29 +60,29 @@ def test_the_refusal_body_names_the_connector_action(vendor, sender, resolve) ->
     assert (error["code"], error["connector"], error["action"]) == ("sandbox_forbidden", "openai", "chat_completions")
 
 
-def test_host_call_storm_is_capped(run, vendor, sender) -> None:  # type: ignore[no-untyped-def]
+def test_host_call_storm_is_capped(run, http_vendor, sender) -> None:  # type: ignore[no-untyped-def]
     result = run("host_storm", sender=sender)
     assert result.output == {"attempts": 1000, "ok": 5, "refused": 995, "last_error": "sandbox_forbidden"}
     assert result.host_calls == 5
-    assert len(vendor.seen) == 5
+    assert len(http_vendor.seen) == 5
 
 
-def test_a_response_larger_than_the_guest_buffer_is_fetched_by_a_second_call(run, vendor, sender) -> None:  # type: ignore[no-untyped-def]
-    vendor.body = json.dumps({"pad": "x" * 20000})
+def test_a_response_larger_than_the_guest_buffer_is_fetched_by_a_second_call(run, http_vendor, sender) -> None:  # type: ignore[no-untyped-def]
+    http_vendor.body = json.dumps({"pad": "x" * 20000})
     result = run("fetch_any", {"url": "https://api.stripe.com/v1/balance"}, sender=sender)
-    assert result.output == {"status": 200, "error": "", "body_bytes": len(vendor.body)}
+    assert result.output == {"status": 200, "error": "", "body_bytes": len(http_vendor.body)}
     assert result.host_calls == 1  # the second read is not a new call
-    assert len(vendor.seen) == 1
+    assert len(http_vendor.seen) == 1
 
 
-def test_the_guest_cannot_set_proxy_credentials_or_host(vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+def test_the_guest_cannot_set_proxy_credentials_or_host(http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
     session = _session(sender, resolve, allowed=("stripe:*",), max_host_calls=1)
     raw = json.dumps({
         "method": "get", "url": "https://api.stripe.com/v1/balance",
         "headers": {"Proxy-Authorization": "Bearer stolen", "Host": "evil.example", "X-Trace": "1"},
     })
     assert json.loads(session.request(raw.encode()))["status"] == 200
-    headers = vendor.seen[0]["headers"]
+    headers = http_vendor.seen[0]["headers"]
     assert "proxy-authorization" not in headers
     assert headers["host"] == "api.stripe.com"
     assert headers["x-trace"] == "1"
@@ -101,12 +101,12 @@ def test_malformed_requests_are_abi_errors(raw: bytes, sender, resolve) -> None:
     assert session.calls == 0
 
 
-def test_no_call_starts_after_the_deadline(vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+def test_no_call_starts_after_the_deadline(http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
     session = _session(sender, resolve, allowed=("stripe:*",), max_host_calls=5, deadline=time.monotonic() - 1)
     raw = json.dumps({"method": "GET", "url": "https://api.stripe.com/v1/balance"}).encode()
     response = json.loads(session.request(raw))
     assert json.loads(response["body"])["error"]["code"] == "sandbox_timeout"
-    assert vendor.seen == []
+    assert http_vendor.seen == []
 
 
 def test_a_failing_sender_fails_closed_without_leaking_its_message(resolve) -> None:  # type: ignore[no-untyped-def]

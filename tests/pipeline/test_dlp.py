@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clients import client, error_of
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.clients import chat, client, error_of
+from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 
 EMAIL, PHONE, CARD = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111"
 IBAN, SSN = "GB82 WEST 1234 5698 7654 32", "536-90-4399"
@@ -40,25 +41,17 @@ dlp:
 
 @pytest.fixture(scope="module")
 def dlp_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
-    from tests.conftest import EXTRA_ENV
-    from tests.fakes import VENDOR_ENV
-
     root = tmp_path_factory.mktemp("dlp-gw")
     policies = root / "policies"
     policies.mkdir()
     for role, reveal in (("assistant", ALL), ("observer", "[]"), ("emailonly", "[EMAIL_ADDRESS]")):
         (policies / f"{role}.yaml").write_text(POLICY.format(role=role, tokenize=ALL, reveal=reveal))
-    gw = GatewayProcess(root, vendor_settings(pki, vendor_server, policies=str(policies)), {**VENDOR_ENV, **EXTRA_ENV}).start()
-    yield gw
-    gw.stop()
+    with GatewayProcess(root, vendor_settings(pki, vendor_server, policies=str(policies))).start() as gw:
+        yield gw
 
 
 def agent(gw: GatewayProcess, role: str, sub: str | None = None) -> str:
     return gw.token(sub=sub or f"{role}-1", role=role, tenant="acme", scopes=("*",))
-
-
-def chat(content: str, **extra: object) -> dict:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
 
 
 def assert_no_raw_pii(text: str) -> None:

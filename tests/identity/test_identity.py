@@ -11,7 +11,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.identity import tokens as identity
 from tests.clients import basic, client, error_of, raw_connect
-from tests.fakes import FakeVendor, GatewayProcess, vendor_settings
+from tests.fakes import FakeVendor, vendor_settings
+from tests.processes import GatewayProcess
 
 
 def _signed(gw: GatewayProcess, **claims: object) -> str:

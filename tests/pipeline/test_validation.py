@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import FakeVendor, GatewayProcess
+from tests.fakes import FakeVendor
+from tests.processes import GatewayProcess
 
 
 @pytest.mark.parametrize(

@@ -55,21 +55,21 @@ def _run(runner: SandboxRunner, registry: ToolRegistry, name: str, sender: HttpR
     return asyncio.run(run_tool(runner, registry, name, CONVERT_INPUT if tool_input is None else tool_input, role, sender, resolve, new_decision_id()))
 
 
-def test_python_tool_converts_the_balance_through_the_host_import(py_runner, python_tools, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+def test_python_tool_converts_the_balance_through_the_host_import(py_runner, python_tools, http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
     registry = ToolRegistry.load(python_tools.tools_dir)
     result = _run(py_runner, registry, "py_convert", sender, resolve)
     # usd 10000*0.5 + eur 2500 available; usd 400*0.5 pending, jpy has no rate.
     assert result.output == {"currency": "eur", "available": 7500, "pending": 200, "unconverted": 1, "status": 200}
     assert result.host_calls == 1 and result.fuel_used > 0
-    assert [(r["method"], r["path"], r["host"]) for r in vendor.seen] == [("GET", "/v1/balance", "api.stripe.com")]
+    assert [(r["method"], r["path"], r["host"]) for r in http_vendor.seen] == [("GET", "/v1/balance", "api.stripe.com")]
     assert py_runner.components.cache.compiles == 0  # loaded from the session's compile
 
 
-def test_manifest_ceiling_refuses_an_action_it_does_not_allow(py_runner, variants, vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
+def test_manifest_ceiling_refuses_an_action_it_does_not_allow(py_runner, variants, http_vendor, sender, resolve) -> None:  # type: ignore[no-untyped-def]
     registry = variants(py_openai_only={"allowed": ["openai:*"]}, py_no_calls={"limits": {"max_host_calls": 0}})
     for name in ("py_openai_only", "py_no_calls"):
         assert _run(py_runner, registry, name, sender, resolve).output == {"status": 403, "error": "sandbox_forbidden"}
-    assert vendor.seen == []
+    assert http_vendor.seen == []
 
 
 def test_refusals_from_the_sender_reach_the_tool_as_responses(py_runner, python_tools, resolve) -> None:  # type: ignore[no-untyped-def]

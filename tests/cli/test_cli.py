@@ -7,7 +7,8 @@ import sys
 
 import jwt
 
-from tests.fakes import REPO, GatewayProcess
+from tests.fakes import REPO
+from tests.processes import GatewayProcess
 
 
 def test_ca_path_prints_the_certificate_agents_trust(gateway: GatewayProcess) -> None:
@@ -65,17 +66,15 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
 
 
 def test_connector_clash_stops_start_up_naming_both(tmp_path) -> None:
-    cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(f"connectors: ['tests.unit.clashing:CONNECTOR']\nstate_dir: {tmp_path / 'state'}\n")
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    gw = GatewayProcess(tmp_path, {"connectors": ["tests.connectors.clashing:CONNECTOR"]})
+    out = gw.cli("run", check=False)
     assert out.returncode == 2
     assert "'stripe'" in out.stderr and "'stripe-copy'" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_config_connector_reference_registers(tmp_path) -> None:
     cfg = tmp_path / "gateway.yaml"
-    cfg.write_text("connectors: ['tests.unit.clashing:EXTRA']\n")
+    cfg.write_text("connectors: ['tests.connectors.clashing:EXTRA']\n")
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "connectors", "--config", str(cfg)],
                          capture_output=True, text=True, cwd=REPO, check=True)
     assert "weather  (api.weather.example)" in out.stdout

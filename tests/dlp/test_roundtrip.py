@@ -8,7 +8,7 @@ import random
 from typing import Any
 
 import pytest
-from dlp_corpus import card, email, iban, phone
+from tests.dlp.corpus import card, email, iban, phone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -23,7 +23,7 @@ def test_twenty_concurrent_runs(runner, registry, resolve) -> None:  # type: ign
     assert [r.output["sum"] for r in results] == [i * (i + 1) / 2 for i in range(20)]
 
 
-def test_the_event_loop_keeps_serving_while_a_tool_spins(runner, registry, resolve, sender, vendor) -> None:  # type: ignore[no-untyped-def]
+def test_the_event_loop_keeps_serving_while_a_tool_spins(runner, registry, resolve, sender, http_vendor) -> None:  # type: ignore[no-untyped-def]
     async def main() -> tuple[int, float, float]:
         ticks = 0
         spinning = asyncio.ensure_future(run_tool(runner, registry, "spin", {}, "any", _never, resolve, new_decision_id()))

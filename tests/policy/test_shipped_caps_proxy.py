@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import REPO, FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess
 
 CHAT = "https://api.openai.com/v1/chat/completions"
 RESPONSES = "https://api.openai.com/v1/responses"
@@ -16,11 +17,9 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def research_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
-    from tests.conftest import EXTRA_ENV
-    from tests.fakes import VENDOR_ENV
 
     settings = vendor_settings(pki, vendor_server, policies=str(REPO / "policies"))
-    gw = GatewayProcess(tmp_path_factory.mktemp("research-gw"), settings, {**VENDOR_ENV, **EXTRA_ENV}).start()
+    gw = GatewayProcess(tmp_path_factory.mktemp("research-gw"), settings).start()
     yield gw
     gw.stop()
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from policy_helpers import lookup, write
+from tests.policy.helpers import lookup, write
 
 from gateway.policy.engine import Subject
 from gateway.policy.load import PolicyLoadError

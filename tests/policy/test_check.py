@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from policy_helpers import lookup, write
+from tests.policy.helpers import lookup, write
 
 from connectors.builtin import openai, serpapi, stripe
 from gateway.policy.load import PolicyLoadError, check_paths, load_policy_set

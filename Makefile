@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test chaos bench demo clean tools
+.PHONY: setup run lint test chaos bench demo clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,14 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/egress-gateway run $(ARGS)
 
-## The whole test suite, against real gateway processes and fake vendors over real TLS. The chaos
-## suite runs in its CI form: its longest cases (marked chaos_full) are left to `make chaos`.
-test: setup
+## ruff (lint and import order) and mypy (types, every def annotated), configured in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## Lint, then the whole test suite, against real gateway processes and fake vendors over real TLS.
+## The chaos suite runs in its CI form: its longest cases (marked chaos_full) are left to `make chaos`.
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not chaos_full" $(ARGS)
 
 ## Every fault of the chaos suite (tests/chaos), then its table: fault, expected, observed, result,

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
 from gateway.errors import ConfigError
 
 Key = str | int

@@ -82,7 +82,7 @@ class BlankSpacyNlpEngine(SlimSpacyNlpEngine):
         self.language = language
 
     def load(self) -> None:
-        self.nlp = {self.language: spacy.blank(self.language)}
+        self.nlp = {self.language: spacy.blank(self.language)}  # type: ignore[assignment]  # presidio declares it None
 
     def _doc_to_nlp_artifact(self, doc: Doc, language: str) -> NlpArtifacts:
         return NlpArtifacts(
@@ -165,7 +165,7 @@ def _recognizers(config: DlpConfig) -> list[EntityRecognizer]:
                 name=f"custom_{custom.entity.lower()}",
                 supported_language=lang,
                 patterns=[Pattern(f"{custom.entity}_{i}", p.regex, p.score) for i, p in enumerate(custom.patterns)],
-                context=list(custom.context) or None,
+                context=list(custom.context),
             )
         )
     return found

@@ -31,7 +31,6 @@ from typing import Any, Protocol
 from dlp.tokens import TOKEN_RE, pending_start, token_type
 from dlp.vault import VaultReader
 
-
 # Why a token was left in place. The vault is keyed by scope, so another agent's token, an
 # expired one and a made-up one look the same from the caller's scope: all are "unknown", and
 # telling them apart would let an agent probe for other agents' tokens.

@@ -57,8 +57,7 @@ SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
 # Words that open place names, not person names ("San Francisco", "Santa Clara").
 PLACE_PREFIXES = frozenset({"san", "santa", "santo", "sao", "saint", "st", "fort", "port", "mount", "new", "los", "las", "el"})
 CALENDAR = frozenset(
-    "january february march april may june july august september october november december "
-    "monday tuesday wednesday thursday friday saturday sunday".split()
+    ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 )
 STRONG, WEAK = 0.85, 0.6
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from connectors import fieldpath
-from gateway.errors import Refusal
-from dlp.engine import PiiFinding, PiiEngine
+from dlp.engine import PiiEngine, PiiFinding
 from dlp.tokens import TOKEN_RE
 from dlp.vault import Entry, Vault
+from gateway.errors import Refusal
 
 K = TypeVar("K")
 V = TypeVar("V")

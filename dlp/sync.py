@@ -47,7 +47,7 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T:
     try:
         coro.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
     coro.close()
     raise RuntimeError("a stream detokenizer tried to wait on I/O inside mitmproxy's stream hook")
 

@@ -15,11 +15,12 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
 from connectors.model import canonical_host
 from dlp.config import DlpConfig
-from sandbox.manifest import Limits
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from gateway.errors import ConfigError
+from sandbox.manifest import Limits
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

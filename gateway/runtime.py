@@ -14,23 +14,23 @@ import certifi
 from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
-from gateway.policy.approvals import ApprovalStore
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
-from gateway.pipeline.breaker import Breaker
 from gateway.config import Config
-from gateway.pipeline.dlp import Dlp
-from gateway.pipeline.egress import Resolver
 from gateway.errors import ConfigError, Refusal
+from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
+from gateway.pipeline.breaker import Breaker
+from gateway.pipeline.dlp import Dlp
+from gateway.pipeline.egress import Resolver
+from gateway.pipeline.quota import Quotas
+from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import PolicyLoadError
 from gateway.policy.store import PolicyStore
-from gateway.pipeline.quota import Quotas
-from gateway.identity.revocation import Revocations
+from gateway.sandbox_service import Tools
 from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
-from gateway.sandbox_service import Tools
 
 log = logging.getLogger(__name__)
 RECENT_DECISIONS = 1000

@@ -31,13 +31,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.registry import Registry
-from gateway.identity import tokens as identity
 from gateway.config import Config
 from gateway.errors import Refusal
+from gateway.identity import tokens as identity
 from gateway.identity.tokens import Identity, SigningKey
 from gateway.pipeline.call import Call
 from gateway.state import StateDir
-from sandbox import RunResult, SandboxRunner, Tool, ToolRegistry, builtin_tools_dir, connector_resolver, make_proxy_sender, run_tool
+from sandbox import (
+    RunResult,
+    SandboxRunner,
+    Tool,
+    ToolRegistry,
+    builtin_tools_dir,
+    connector_resolver,
+    make_proxy_sender,
+    run_tool,
+)
 from sandbox.manifest import ToolManifest
 from sandbox.registration import register
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
+from gateway.errors import SandboxError
 from sandbox.cache import write_private
 from sandbox.manifest import ToolManifest
 from sandbox.registry import MANIFEST_FILE
-from gateway.errors import SandboxError
 
 WIT_DIR = Path(__file__).parent / "wit"
 WORLD = "egress-tool"

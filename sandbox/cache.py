@@ -126,7 +126,7 @@ class ComponentCache(ModuleCache):
 
     flags = COMPONENT_FLAGS
 
-    def _compile(self, data: bytes, path: Path) -> component.Component:
+    def _compile(self, data: bytes, path: Path) -> component.Component:  # type: ignore[override]  # a component cache
         try:
             return component.Component(self._engine, data)
         except wasmtime.WasmtimeError as e:
@@ -142,7 +142,7 @@ class ComponentCache(ModuleCache):
             raise Refusal("sandbox_trap", f"module file {path.name} is not a component: {e}") from None
         return self._deserialize(cached)
 
-    def _deserialize(self, cached: Path) -> component.Component:
+    def _deserialize(self, cached: Path) -> component.Component:  # type: ignore[override]  # a component cache
         return component.Component.deserialize_file(self._engine, str(cached))
 
 

@@ -61,9 +61,8 @@ class ComponentRunner:
         self.cache = ComponentCache(engine, cache_dir)
         self._tick_ms = tick_ms
         self._linker = component.Linker(engine)
-        with self._linker.root() as root:
-            with root.add_instance(HTTP_INTERFACE) as http:
-                http.add_func("request", _request)
+        with self._linker.root() as root, root.add_instance(HTTP_INTERFACE) as http:
+            http.add_func("request", _request)
         self._checked: set[str] = set()
         self._check_lock = threading.Lock()
 

@@ -15,8 +15,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from gateway.errors import SandboxError
 
+from gateway.errors import SandboxError
 from sandbox.outcome import error_line
 
 

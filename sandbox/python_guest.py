@@ -114,7 +114,8 @@ class PythonGuest:
             try:
                 instance = self._linker.instantiate(store, self._component)
                 executor = instance.get_export_index(store, "hyperlight:sandbox/executor")
-                run = instance.get_func(store, instance.get_export_index(store, "run", executor))
+                index = instance.get_export_index(store, "run", executor) if executor is not None else None
+                run = instance.get_func(store, index) if index is not None else None
                 if run is None:
                     return {}, Ending(fuel_left=store.get_fuel(), trap="the guest exports no executor.run")
                 result = dict(run(store, source).__dict__)

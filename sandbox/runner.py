@@ -255,9 +255,6 @@ def _set_stdin(wasi: wasmtime.WasiConfig, data: bytes) -> None:
 
 
 def _min_memory(module: wasmtime.Module) -> int:
-    sizes = [
-        t.type.limits.min * PAGE_BYTES
-        for t in [*module.imports, *module.exports]
-        if isinstance(t.type, wasmtime.MemoryType)
-    ]
+    types = [i.type for i in module.imports] + [e.type for e in module.exports]
+    sizes = [t.limits.min * PAGE_BYTES for t in types if isinstance(t, wasmtime.MemoryType)]
     return max(sizes, default=0)

@@ -9,10 +9,10 @@ import ssl
 import subprocess
 from dataclasses import dataclass
 from typing import Any
-from tests.processes import GatewayProcess
 
 import httpx
 
+from tests.processes import GatewayProcess
 
 
 def trusting(gw: GatewayProcess) -> ssl.SSLContext:

@@ -21,7 +21,7 @@ from hypothesis import settings
 settings.register_profile("egress-gateway", deadline=None)
 settings.load_profile("egress-gateway")
 
-from tests.fakes import VENDOR_HOSTS, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess, RedisServer
 from tests.python_tools import BuildError, PythonTools, build_python_tools, componentize_py
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.clients import basic, client, raw_connect
-from tests.fakes import VENDOR_ENV, VENDOR_HOSTS, PKI, FakeVendor, vendor_settings
+from tests.fakes import PKI, VENDOR_ENV, VENDOR_HOSTS, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 GREEN, RED, YELLOW, DIM, RESET = "\033[32m", "\033[31m", "\033[33m", "\033[2m", "\033[0m"

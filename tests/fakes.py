@@ -60,7 +60,7 @@ class PKI:
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._ca_key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._ca = (
             x509.CertificateBuilder()
             .subject_name(_name("egress-gateway test CA"))
@@ -84,7 +84,7 @@ class PKI:
     def leaf(self, name: str, hosts: tuple[str, ...], *, expired: bool = False) -> tuple[Path, Path]:
         """(cert chain file, key file) for `hosts`, signed by the test CA."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         start, end = (now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired else (
             now - datetime.timedelta(days=1),
             now + datetime.timedelta(days=30),
@@ -173,7 +173,7 @@ class FakeVendor:
                 if rec.path.startswith("/v1/chat/completions") and b'"stream":true' in body.replace(b" ", b""):
                     self._stream(rec)
                     return
-                echo = {"object": "fake", "host": rec.host, "path": rec.path, "method": rec.method, "echo": body.decode("utf-8", "replace")}
+                echo: dict[str, Any] = {"object": "fake", "host": rec.host, "path": rec.path, "method": rec.method, "echo": body.decode("utf-8", "replace")}
                 if vendor.echo_headers:
                     echo["headers"] = rec.headers
                 payload = json.dumps({**echo, **CANNED.get(rec.path, {})}).encode()

@@ -8,8 +8,8 @@ cannot hold a token, and none of them reveals anything secret.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,14 +20,14 @@ from starlette.routing import Route
 
 from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
-from gateway.policy.approvals import ApprovalError
-from gateway.pipeline.dlp import scope_of
 from gateway.errors import DECISION_HEADER, Refusal, describe
-from gateway.sandbox_service import RegisterRequest, RunRequest
 from gateway.identity.tokens import ADMIN_ROLE, ALL_TENANTS, Identity
 from gateway.pipeline.call import Call
+from gateway.pipeline.dlp import scope_of
 from gateway.pipeline.steps import audit_method, redact_path
+from gateway.policy.approvals import ApprovalError
 from gateway.runtime import Runtime
+from gateway.sandbox_service import RegisterRequest, RunRequest
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def create_app(rt: Runtime) -> Starlette:
     async def readyz(_: Request) -> Response:
         try:
             rt.revocations.refresh()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure of the store means not ready, never a crash
             return JSONResponse({"status": "unavailable", "store": "revocations"}, status_code=503)
         if missing := rt.credentials_not_ready():  # reasons name the reference, never a value
             return JSONResponse({"status": "unavailable", "connectors": missing}, status_code=503)

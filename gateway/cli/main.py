@@ -12,27 +12,27 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from dlp.vault import StoreUnavailable, sqlite_path, sqlite_stats
-from gateway.proxy import ca
 from gateway import config
-from gateway.identity import tokens as identity
 from gateway.cli import agent_env
 from gateway.cli import policy as policy_cli
-from gateway.cli.progress import progress
 from gateway.cli import sandbox as sandbox_cli
+from gateway.cli.progress import progress
+from gateway.config import Config, ConfigError, parse_duration
+from gateway.errors import CliError, GatewayError
+from gateway.identity import tokens as identity
+from gateway.identity.revocation import Revocations
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import ConnectorLookup
-from gateway.config import Config, ConfigError, parse_duration
-from gateway.identity.revocation import Revocations
+from gateway.proxy import ca
 from gateway.state import StateDir
-from gateway.errors import CliError, GatewayError
 
 if TYPE_CHECKING:
     from connectors.registry import Registry
@@ -205,7 +205,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     # Given after the command they override the same options given before it; absent, they leave
     # the top-level value alone (SUPPRESS), so `egress-gateway --config X ca path` works too.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _add_location(common, argparse.SUPPRESS)
 
     parser = argparse.ArgumentParser(prog="egress-gateway", description="The egress gateway for AI agents.")

@@ -38,13 +38,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from connectors import codecs
 from connectors.model import BodyEncoding
 from connectors.registry import Route
+from gateway.audit.log import verify
 from gateway.identity.tokens import Identity
 from gateway.pipeline.call import Call
 from gateway.pipeline.decide import judge
 from gateway.pipeline.request import RequestView
 from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
-from gateway.audit.log import verify
 from gateway.policy.engine import Subject
 from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
 from gateway.policy.report import format_report, report_file

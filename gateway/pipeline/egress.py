@@ -95,7 +95,7 @@ class Resolver:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
             raise Refusal("upstream_failed", f"cannot resolve {host}") from None
-        addrs = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        addrs = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         for addr in addrs:
             reason = classify(addr)
             if reason:

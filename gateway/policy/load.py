@@ -25,10 +25,10 @@ import yaml
 from pydantic import ValidationError
 
 from connectors.model import Action, Connector
-from gateway.policy.expr import CONTEXT_NAMES
-from gateway.policy.engine import LoadedFile, PolicySet
-from gateway.policy.model import PolicyFile, Rule
 from gateway.errors import ConfigError
+from gateway.policy.engine import LoadedFile, PolicySet
+from gateway.policy.expr import CONTEXT_NAMES
+from gateway.policy.model import PolicyFile, Rule
 from gateway.policy.paths import unknown_path
 
 ConnectorLookup = Callable[[str], Connector | None]

@@ -109,7 +109,7 @@ class MitmCompat:
             yield from _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
 
         _http1.make_error_response = _marked_page
-        _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign]
+        _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign, assignment]
 
     def done(self) -> None:
         _http1.make_error_response = self._make_error_response

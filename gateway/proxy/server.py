@@ -21,8 +21,8 @@ from mitmproxy.master import Master
 from gateway.api.app import create_app
 from gateway.config import parse_hostport
 from gateway.proxy import ca
-from gateway.proxy.decision import Decide
 from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
+from gateway.proxy.decision import Decide
 from gateway.proxy.flows import Tunnels
 from gateway.proxy.mitm_compat import ErrorPages, MitmCompat
 from gateway.proxy.outcome import Outcome, unclaimed_pages

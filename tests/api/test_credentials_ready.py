@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 WEATHER_POLICY = "version: 1\nsubjects: {roles: [forecaster]}\nrules:\n  - {connector: weather, actions: [forecast]}\n"

@@ -17,7 +17,7 @@ from gateway.identity.revocation import Revocations
 from gateway.state import StateDir
 from sandbox import builtin_tools_dir
 from tests.clients import client, error_of
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.clients import error_of
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 from tests.python_tools import PythonTools
 

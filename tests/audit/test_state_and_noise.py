@@ -14,7 +14,7 @@ import httpx
 
 from gateway.audit.noise import IDENTITY_CODES
 from tests.clients import basic, client, raw_connect
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 EMAIL = "jane.doe@example.com"

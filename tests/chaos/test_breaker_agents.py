@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tests.chaos.faults import FaultVendor
 from tests.chaos.harness import BALANCE, agent, code_of, send
-from tests.clients import client
 from tests.chaos.report import ChaosReport
+from tests.clients import client
 from tests.processes import GatewayProcess
 
 FAILURES = 3

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.log import AuditLog, record_hash, verify
 from tests.clients import client
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 KEY = Ed25519PrivateKey.generate()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.policy.helpers import lookup, write
 
-from gateway.policy.approvals import ApprovalStore
 from gateway.audit.log import AuditLog
 from gateway.cli.policy import add_approvals_commands, add_audit_commands, add_policy_commands
+from gateway.policy.approvals import ApprovalStore
+from tests.policy.helpers import lookup, write
 
 KEY = Ed25519PrivateKey.generate()
 POLICY = """

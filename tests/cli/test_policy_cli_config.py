@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.clients import client, error_of
-from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 WEATHER_POLICY = """\

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.audit.log import AuditLog
 from gateway.policy.report import DEFAULT_DENY, report_file
 from tests.clients import client
-from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 
 KEY = Ed25519PrivateKey.generate()
 FINDINGS = [

@@ -6,10 +6,10 @@ import socket
 from collections import Counter
 
 import pytest
-from tests.dlp.corpus import clean_samples, luhn_valid, pii_samples
 
 from dlp.config import PATTERN_ENTITIES, CustomPattern, CustomRecognizer, DlpConfig
-from dlp.engine import EngineConfigError, PiiFinding, PiiEngine, build_engine, resolve_overlaps
+from dlp.engine import EngineConfigError, PiiEngine, PiiFinding, build_engine, resolve_overlaps
+from tests.dlp.corpus import clean_samples, luhn_valid, pii_samples
 
 ALL = frozenset(PATTERN_ENTITIES)
 

@@ -8,7 +8,6 @@ import random
 from typing import Any
 
 import pytest
-from tests.dlp.corpus import card, email, iban, phone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from dlp.tokens import TOKEN_RE
 from dlp.vault import SqliteVault, StoreUnavailable
 from gateway.errors import Refusal
 from gateway.pipeline.dlp import OpenAiStreamShape
+from tests.dlp.corpus import card, email, iban, phone
 
 ALL = frozenset(PATTERN_ENTITIES)
 A, B = scope_key("acme", "agent-a"), scope_key("acme", "agent-b")
@@ -142,7 +142,7 @@ def test_restore_json_and_bytes(tok: Tokenizer, detok: Detokenizer) -> None:
     async def body() -> None:
         out, _ = await tok.tokenize_text(f"reply to {MAIL}", ALL, A)
         response = {"choices": [{"message": {"role": "assistant", "content": f'He said "{out}"'}}]}
-        data, summary = await detok.restore_json(response, A, ALL)
+        data, _ = await detok.restore_json(response, A, ALL)
         assert data["choices"][0]["message"]["content"] == f'He said "reply to {MAIL}"'
         raw = json.dumps(response).encode()
         restored, _ = await detok.restore_json_bytes(raw, A, ALL)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from gateway.pipeline.breaker import Breaker
 from gateway.errors import Refusal
+from gateway.pipeline.breaker import Breaker
 
 
 def test_open_half_open_closed() -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.clients import chat, client, error_of
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 EMAIL, PHONE, CARD = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 import httpx
 import pytest
 
 from tests.clients import basic, client, error_of, raw_connect, read_response, tunnel_tls
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 
@@ -94,7 +93,7 @@ def test_raw_bytes_in_a_tunnel_are_never_relayed(gateway: GatewayProcess, vendor
     sock.settimeout(5)
     try:
         data = sock.recv(4096)
-    except (socket.timeout, ConnectionError):
+    except (TimeoutError, ConnectionError):
         data = b""
     sock.close()
     assert not vendor.received and vendor.connections == before

@@ -7,9 +7,9 @@ import ipaddress
 
 import pytest
 
+from gateway.errors import Refusal
 from gateway.pipeline import egress
 from gateway.pipeline import steps as pipeline
-from gateway.errors import Refusal
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.policy.helpers import lookup, write
 
 from gateway.policy.engine import PolicySet
 from gateway.policy.load import load_policy_set
+from tests.policy.helpers import lookup, write
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.policy.approvals import ApprovalError, ApprovalStore, request_digest
 from gateway.errors import Refusal
+from gateway.policy.approvals import ApprovalError, ApprovalStore, request_digest
 from gateway.policy.engine import PolicySet, Subject
 
 FIN = Subject("fin-01", "finance", "acme")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.policy.helpers import lookup, write
 
 from connectors.builtin import openai, serpapi, stripe
 from gateway.policy.load import PolicyLoadError, check_paths, load_policy_set
+from tests.policy.helpers import lookup, write
 
 GOOD = """
 version: 1

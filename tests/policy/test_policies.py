@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 PAY = "https://api.stripe.com/v1/payment_intents"

@@ -10,13 +10,13 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel
-from tests.policy.helpers import write
 
 from connectors import fieldpath
 from connectors.builtin import openai, serpapi, stripe
 from connectors.model import Action, Connector
 from gateway.pipeline import steps
 from gateway.policy.load import check_paths
+from tests.policy.helpers import write
 
 BUILTINS = {c.name: c for c in (stripe.CONNECTOR, openai.CONNECTOR, serpapi.CONNECTOR)}
 ACTIONS = [(c, a) for c in BUILTINS.values() for a in c.actions]

@@ -11,8 +11,8 @@ import pytest
 from limits.aio.storage import MemoryStorage
 
 from gateway.errors import Refusal
-from gateway.policy.engine import Decision, PolicySet, Subject
 from gateway.pipeline.quota import Quotas, async_storage_uri, budget_retry_after
+from gateway.policy.engine import Decision, PolicySet, Subject
 
 FIN = Subject("fin-01", "finance", "acme")
 

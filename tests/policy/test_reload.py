@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.policy.helpers import lookup, write
 
 from gateway.policy.engine import Subject
 from gateway.policy.load import PolicyLoadError
 from gateway.policy.store import PolicyStore
+from tests.policy.helpers import lookup, write
 
 FIN = Subject("fin-01", "finance")
 V1 = """

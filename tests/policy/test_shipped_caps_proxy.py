@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 CHAT = "https://api.openai.com/v1/chat/completions"

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.clients import basic, client, error_of, raw_connect, read_response, tunnel_tls
-from tests.fakes import FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 EMAIL = "jane.doe@example.com"

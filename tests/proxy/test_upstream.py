@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.clients import client, error_of
-from tests.fakes import VENDOR_HOSTS, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
 from tests.processes import free_port
 
 

@@ -14,7 +14,7 @@ from sandbox.manifest import Limits
 
 pytest.importorskip("python_guest", reason="optional: pip install hyperlight-sandbox-python-guest")
 
-from sandbox.python_guest import PythonGuest  # noqa: E402
+from sandbox.python_guest import PythonGuest
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,12 @@ class Connector:
     actions: tuple[Action, ...]
     credential: Credential | None = None
     description: str = ""
+    # The agent headers this vendor takes, each with the pattern its value must match (the
+    # standard content headers are taken for every connector; anything else is never forwarded).
+    headers: tuple[tuple[str, str], ...] = ()
+    # A header whose value the vendor deduplicates on, across everyone sharing the account: it is
+    # namespaced per agent, so one agent's key can never replay another agent's response.
+    idempotency_header: str | None = None
     _by_name: dict[str, Action] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -68,6 +68,8 @@ CONNECTOR = Connector(
     description="Stripe payments API",
     hosts=("api.stripe.com",),
     credential=Credential(secret="stripe", strip_headers=("authorization", "stripe-account", "stripe-context")),
+    headers=(("stripe-version", r"[0-9]{4}-[0-9]{2}-[0-9]{2}(\.[a-z_]+)?"),),
+    idempotency_header="idempotency-key",
     actions=(
         Action("create_payment_intent", "POST", "/v1/payment_intents", CreatePaymentIntent, _FORM,
                dlp_fields=("description", "receipt_email", "metadata.*")),

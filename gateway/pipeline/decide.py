@@ -206,8 +206,15 @@ async def dlp(c: Ctx) -> None:
 
 
 async def credentials(c: Ctx) -> None:
-    """Whatever the agent sent as auth is dropped; the vendor's credential is injected, and its
-    answer asked for uncompressed."""
+    """Only headers the connector declares leave (values held to their patterns, the idempotency
+    key namespaced per agent); the agent's auth is dropped, the vendor's credential injected, and
+    the answer asked for uncompressed."""
+    connector = c.route.connector if c.route else None
+    declared = connector.headers if connector else ()
+    idempotency = connector.idempotency_header if connector else None
+    drop, headers = steps.header_edits(c.view.headers, declared, idempotency, c.call.agent or "")
+    c.forward.drop_headers += drop
+    c.forward.set_headers.update(headers)
     if c.route is None:
         c.forward.drop_headers += steps.NEVER_FORWARD
         return

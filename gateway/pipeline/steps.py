@@ -7,6 +7,7 @@ or a store, so every check is testable and benchmarkable on its own. A check ref
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,17 @@ NEVER_FORWARD = (
     "proxy-authorization", "proxy-connection", "upgrade", APPROVAL_HEADER, CONFIDENCE_HEADER,
     "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
 )
+# Taken from every agent, each value held to its pattern: what any HTTP API call needs.
+_MEDIA_TYPE = r"[a-z]+/[a-z0-9.+-]+(; ?[a-z-]+=[A-Za-z0-9_.-]+)*"
+STANDARD_HEADERS: dict[str, str] = {
+    "host": r"[A-Za-z0-9.-]+(:[0-9]{1,5})?",
+    "content-type": _MEDIA_TYPE,
+    "content-length": r"[0-9]{1,15}",
+    "accept": rf"(\*/\*|{_MEDIA_TYPE})(, ?(\*/\*|{_MEDIA_TYPE}))*",
+    "transfer-encoding": r"chunked",
+    "connection": r"keep-alive|close",
+}
+USER_AGENT = "egress-gateway"  # what vendors see instead of the agent's own (SDK, OS, host names)
 PATH_PARAMS = "_path"  # key of the path parameters among the parameters policies and approvals judge
 _ID_LIKE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -203,6 +215,26 @@ def credential_edits(connector: Connector, secrets: Secrets) -> tuple[list[str],
         return drop, {cred.header: f"{cred.scheme} {secret}" if cred.scheme else secret}, {}
     assert cred.query_param is not None
     return drop, {}, {cred.query_param: secret}
+
+
+def header_edits(
+    fields: Iterable[tuple[bytes, bytes]], declared: Iterable[tuple[str, str]], idempotency: str | None, agent: str
+) -> tuple[list[str], dict[str, str]]:
+    """(headers to drop, headers to set) so that only declared agent headers leave, each matching
+    its pattern; a declared header whose value does not match refuses the call (a value can carry
+    anything, an e-mail address included). The idempotency key is namespaced per agent."""
+    allowed = {**STANDARD_HEADERS, **{name: pattern for name, pattern in declared}}
+    drop: list[str] = []
+    set_: dict[str, str] = {"user-agent": USER_AGENT}
+    for raw_name, raw_value in fields:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1").strip()
+        if name == idempotency:
+            set_[name] = "egk_" + hashlib.sha256(f"{agent}\0{value}".encode()).hexdigest()[:48]
+        elif name not in allowed:
+            drop.append(name)
+        elif not re.fullmatch(allowed[name], value, flags=re.IGNORECASE):
+            raise Refusal("schema_violation", f"header {name}: the value is not of the form the vendor takes")
+    return drop, set_
 
 
 def strip_query_param(query: str, name: str) -> str:

@@ -234,3 +234,26 @@ def test_a_streamed_echo_of_the_credential_is_scrubbed_even_split_across_chunks(
     echoed = [e["error"]["echo"] for e in events if "error" in e]
     assert said == "You said: hi" and echoed[0]["authorization"].startswith("Bearer ")  # the stream went on
     assert VENDOR_ENV["TEST_OPENAI_KEY"] not in text + headers
+
+
+def test_only_declared_headers_leave_and_idempotency_keys_are_per_agent(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """Hardening issue, items 2 and 13: agent headers leave only when the connector declares them
+    (values held to the vendor's pattern); method overrides, User-Agent, Referer and any X-* stay
+    behind; an Idempotency-Key is namespaced per agent, so one agent cannot replay another's."""
+    sneaky = {
+        "User-Agent": f"agent/1.0 ({EMAIL})", "Referer": f"https://crm.example/{EMAIL}", "X-Customer": EMAIL,
+        "X-HTTP-Method-Override": "DELETE", "X-Method-Override": "DELETE", "X-Stainless-OS": "Linux",
+        "Stripe-Version": "2024-06-20", "Idempotency-Key": "order-4711",
+    }
+    keys = []
+    for sub in ("alice", "alice", "bob"):
+        with client(gateway, gateway.token(sub=sub, scopes=("stripe:*",))) as c:
+            assert c.post("https://api.stripe.com/v1/customers", data={"description": "d"}, headers=sneaky).status_code == 200
+        got = vendor.received[-1].headers
+        assert EMAIL not in str(got) and "DELETE" not in str(got) and "x-stainless-os" not in got
+        assert got["stripe-version"] == "2024-06-20" and got["user-agent"] == "egress-gateway"
+        keys.append(got["idempotency-key"])
+    assert keys[0] == keys[1] != keys[2] and "order-4711" not in keys[0]
+    with client(gateway, gateway.token(scopes=("stripe:*",))) as c:
+        bad = c.post("https://api.stripe.com/v1/customers", data={"description": "d"}, headers={"Stripe-Version": EMAIL})
+    assert (bad.status_code, error_of(bad)["code"]) == (400, "schema_violation") and EMAIL not in bad.text

@@ -21,6 +21,7 @@ from mitmproxy.master import Master
 from gateway.api.app import create_app
 from gateway.config import parse_hostport
 from gateway.proxy import ca
+from gateway.proxy.admission import Admission
 from gateway.proxy.decision import Decide
 from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
 from gateway.proxy.flows import Tunnels
@@ -89,6 +90,7 @@ def gateway_addons(rt: Runtime) -> list[object]:
         MitmCompat(pages),
         ClientDeadline(timeouts.client),
         Authenticate(rt, tunnels, pages),
+        Admission(rt, tunnels),
         Decide(rt, tunnels),
         Pinning(tunnels),
         UpstreamDeadline(timeouts.connect, timeouts.read, tunnels),

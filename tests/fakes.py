@@ -133,7 +133,8 @@ class FakeVendor:
     Behaviour is set by attributes between calls: `status` (default 200), `delay` seconds before
     the response headers. Chat completions with `"stream": true` answer with OpenAI-style SSE that
     says back the last message in 7-character pieces (so a token in it is split across events);
-    if `stream_gate` is set, the stream waits for it after the first event.
+    if `stream_gate` is set, the stream waits for it after the first event; `stream_interval`
+    seconds pass between events (a slow, long-lived stream).
     """
 
     cert: tuple[Path, Path]
@@ -142,6 +143,7 @@ class FakeVendor:
     delay: float = 0.0
     connections: int = 0
     stream_gate: threading.Event | None = None
+    stream_interval: float = 0.0
 
     def __post_init__(self) -> None:
         vendor = self
@@ -189,6 +191,7 @@ class FakeVendor:
                     self._chunk(f"data: {json.dumps(event)}\n\n".encode())
                     if i == 0 and vendor.stream_gate is not None:
                         vendor.stream_gate.wait(10)
+                    time.sleep(vendor.stream_interval)
                 done = {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
                 self._chunk(f"data: {json.dumps(done)}\n\n".encode())
                 self._chunk(b"data: [DONE]\n\n")
@@ -222,7 +225,7 @@ class FakeVendor:
     def reset(self) -> None:
         with self._lock:
             self.received.clear()
-        self.status, self.delay, self.stream_gate = 200, 0.0, None
+        self.status, self.delay, self.stream_gate, self.stream_interval = 200, 0.0, None, 0.0
 
     def close(self) -> None:
         self.server.shutdown()

@@ -28,6 +28,7 @@ from gateway.proxy.flows import Tunnels
 from gateway.proxy.mitm_compat import ErrorPages, MitmCompat
 from gateway.proxy.outcome import Outcome, unclaimed_pages
 from gateway.proxy.pinning import Pinning
+from gateway.proxy.streams import StreamCutoff
 from gateway.proxy.tunnels import Authenticate
 from gateway.runtime import Runtime, upstream_bundle
 
@@ -95,6 +96,7 @@ def gateway_addons(rt: Runtime) -> list[object]:
         Pinning(tunnels),
         UpstreamDeadline(timeouts.connect, timeouts.read, tunnels),
         Outcome(rt, tunnels, pages),
+        StreamCutoff(rt, tunnels),
     ]
 
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import h11
+from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import events, layer
@@ -45,12 +45,6 @@ from gateway.proxy.flows import CALL, Tunnels, flow_call, request_view, respond
 from gateway.runtime import Runtime
 
 TRAILERS_REFUSED = "chunked request trailers are not accepted; send those fields as headers"
-
-
-class _BodyReader(Protocol):
-    def __call__(self, buf: object) -> h11.Data | h11.EndOfMessage | None: ...
-
-    def read_eof(self) -> h11.EndOfMessage: ...
 
 
 @dataclass
@@ -66,7 +60,7 @@ class _Stop:
 class _GatedReader:
     """h11's body reader for one request, ending the message early once the request is refused."""
 
-    def __init__(self, inner: _BodyReader, limit: int, stop: Callable[[Refusal | None, bool], None]) -> None:
+    def __init__(self, inner: _http1.TBodyReader, limit: int, stop: Callable[[Refusal | None, bool], None]) -> None:
         self.inner, self.limit, self._stop = inner, limit, stop
         self.seen = 0
         self.ended = self.close = False
@@ -76,7 +70,7 @@ class _GatedReader:
         self.ended, self.close = True, close
         return h11.EndOfMessage()
 
-    def __call__(self, buf: object) -> h11.Data | h11.EndOfMessage | None:
+    def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
         if self.ended:
             return h11.EndOfMessage()
         event = self.inner(buf)
@@ -101,7 +95,7 @@ class Admission:
     def running(self) -> None:
         original, admit = self._read_body, self._admit
 
-        def read_body(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+        def read_body(conn: _http1.Http1Connection, event: events.Event) -> layer.CommandGenerator[None]:
             if not isinstance(conn.body_reader, _GatedReader) and conn.request and conn.request.method != "CONNECT":
                 conn.body_reader = admit(conn)  # type: ignore[assignment]
             yield from original(conn, event)
@@ -109,12 +103,12 @@ class Admission:
             if isinstance(reader, _GatedReader) and reader.close and conn.state == conn.wait:
                 conn.state = functools.partial(_discard, conn)
 
-        _http1.Http1Server.read_body = read_body  # type: ignore[method-assign]
+        _http1.Http1Server.read_body = read_body  # type: ignore[method-assign,assignment]
 
     def done(self) -> None:
         _http1.Http1Server.read_body = self._read_body  # type: ignore[method-assign]
 
-    def _admit(self, conn: _http1.Http1Server) -> _GatedReader:
+    def _admit(self, conn: _http1.Http1Connection) -> _GatedReader:
         """A request's head is in and no hook has run yet: gate its body, or end it unread."""
         req, client_id = conn.request, conn.conn.id
         assert req is not None
@@ -163,7 +157,7 @@ class Admission:
         self._stops.pop(client.id, None)
 
 
-def _discard(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+def _discard(conn: _http1.Http1Connection, event: events.Event) -> layer.CommandGenerator[None]:
     """The state of a connection whose request was cut short, until its refusal is sent and the
     connection closed: what the agent still sends is dropped, never buffered (mitmproxy's own
     `wait` state buffers it, and `mitm_compat` closes such a connection before it is answered)."""

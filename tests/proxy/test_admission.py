@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.clients import RawResponse, basic, read_response, tunnel_tls
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
 
 MiB = 2**20
 MAX_BODY = 64 * 1024  # the session gateway's max_body

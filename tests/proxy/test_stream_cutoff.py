@@ -15,7 +15,7 @@ import httpx
 import jwt
 
 from tests.clients import client
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
 
 INTERVAL = 0.05
 EVENTS = 400  # 20 s of stream at INTERVAL

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import RawResponse, basic, read_response, tunnel_tls
+from tests.clients import (
+    RawResponse,
+    basic,
+    client,
+    curl,
+    error_of,
+    read_response,
+    tunnel_tls,
+)
 from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
 
 MiB = 2**20
@@ -74,6 +82,21 @@ def test_a_chunked_body_within_max_body_still_goes_out(gateway: GatewayProcess, 
     tls.close()
     assert resp.status == 200
     assert [(r.method, r.path) for r in vendor.received] == [("POST", "/v1/payment_intents")]
+
+
+@pytest.mark.parametrize("size", [MAX_BODY + 1, 2 * MiB, 20 * MiB])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_agents_sdks_read_the_refusal_of_a_large_body(gateway: GatewayProcess, vendor: FakeVendor, tmp_path: Path, size: int, chunked: bool) -> None:
+    """The connection closes with the body unread, yet the agent's HTTP client still reads the JSON."""
+    body = b"a" * size
+    with client(gateway, gateway.token(scopes=("stripe:*",))) as c:
+        r = c.post("https://api.stripe.com/v1/payment_intents", content=iter([body]) if chunked else body)
+    assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+    if not chunked:
+        (tmp_path / "body").write_bytes(body)
+        out = curl(gateway, gateway.token(scopes=("stripe:*",)), "https://api.stripe.com/v1/payment_intents", "--data-binary", f"@{tmp_path / 'body'}")
+        assert out.stdout.endswith("\n413") and '"body_too_large"' in out.stdout
+    assert not vendor.received
 
 
 def test_a_revoked_identity_is_refused_before_its_body(gateway: GatewayProcess, vendor: FakeVendor) -> None:

@@ -110,6 +110,18 @@ def test_a_revoked_identity_is_refused_before_its_body(gateway: GatewayProcess, 
     assert not vendor.received
 
 
+def test_an_identity_expired_in_its_tunnel_is_refused_before_its_body(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    gw: GatewayProcess = make_gateway(vendor_settings(pki, vendor, token_leeway="1s"))
+    token = gw.token(sub="expires-in-tunnel", scopes=("stripe:*",), ttl=2)
+    tls = tunnel_tls(gw, token, "api.stripe.com")
+    time.sleep(3.5)  # past exp and the leeway
+    resp = _answer(tls, f"{PAYMENT}Content-Length: {MAX_BODY}\r\n\r\n".encode())
+    tls.close()
+    assert (resp.status, resp.headers["connection"]) == (407, "close")
+    assert _audited(gw, resp, "identity_expired")["sub"] == "expires-in-tunnel"
+    assert not vendor.received
+
+
 @pytest.mark.parametrize(("auth", "status", "code"), [(None, 407, "identity_missing"), ("token", 403, "plain_http_denied")])
 def test_outside_a_tunnel_no_body_is_read(gateway: GatewayProcess, vendor: FakeVendor, auth: str | None, status: int, code: str) -> None:
     sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)

@@ -19,17 +19,25 @@ from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
 
 INTERVAL = 0.05
 EVENTS = 400  # 20 s of stream at INTERVAL
-CHAT = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "x" * 7 * EVENTS}]}
+
+
+def chat(events: int) -> dict:
+    """A streamed chat completion the fake vendor answers in about `events` events."""
+    return {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "x" * 7 * events}]}
+
+
 # Revocations reach the gateway within 0.25 s and streams are swept every 0.25 s: allow 2 s.
 MAX_LATE_EVENTS = int(2.0 / INTERVAL)
 
 
-def _stream_events(gw: GatewayProcess, token: str, on_event: Callable[[int], None]) -> tuple[str, list[float], bool]:
+def _stream_events(
+    gw: GatewayProcess, token: str, on_event: Callable[[int], None], events: int = EVENTS
+) -> tuple[str, list[float], bool]:
     """Stream a chat completion; the decision id, the arrival time of each event, whether it ended
     with [DONE]. `on_event(n)` runs after the n-th event."""
     times: list[float] = []
     done = False
-    with client(gw, token) as c, c.stream("POST", "https://api.openai.com/v1/chat/completions", json=CHAT) as r:
+    with client(gw, token) as c, c.stream("POST", "https://api.openai.com/v1/chat/completions", json=chat(events)) as r:
         assert r.status_code == 200
         decision_id = r.headers["x-egress-decision-id"]
         try:
@@ -96,3 +104,30 @@ def test_a_valid_agent_keeps_its_stream(gateway: GatewayProcess, vendor: FakeVen
     decision_id, times, done = _stream_events(gateway, token, lambda n: None)
     assert done and len(times) > EVENTS  # every piece, the finish event and [DONE]
     assert not [r for r in gateway.audit() if r["decision_id"] == decision_id and r["decision"] == "deny"]
+
+
+def test_revoking_a_subject_cuts_all_its_streams_and_only_its(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    vendor.stream_interval = INTERVAL
+    revoked, bystander = f"revoked-{uuid.uuid4().hex[:8]}", f"bystander-{uuid.uuid4().hex[:8]}"
+    started = threading.Barrier(5)
+    results: dict[str, tuple[str, list[float], bool]] = {}
+
+    def stream(name: str, sub: str, events: int) -> None:
+        token = gateway.token(sub=sub, role="research", scopes=("openai:*",))
+        results[name] = _stream_events(gateway, token, lambda n: started.wait(30) if n == 1 else None, events)
+
+    # The bystander's streams outlast the revocation by seconds, so they must survive the sweep.
+    streams = [threading.Thread(target=stream, args=(f"{sub}-{i}", sub, n)) for sub, n in ((revoked, EVENTS), (bystander, 100)) for i in range(2)]
+    for t in streams:
+        t.start()
+    started.wait(30)
+    gateway.cli("token", "revoke", "--sub", revoked)
+    for t in streams:
+        t.join(60)
+    for i in range(2):
+        decision_id, _, done = results[f"{revoked}-{i}"]
+        assert not done
+        _outcome(gateway, decision_id, "identity_revoked")
+        decision_id, _, done = results[f"{bystander}-{i}"]
+        assert done
+        assert not [r for r in gateway.audit() if r["decision_id"] == decision_id and r["decision"] == "deny"]

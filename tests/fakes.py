@@ -133,7 +133,8 @@ class FakeVendor:
     Behaviour is set by attributes between calls: `status` (default 200), `delay` seconds before
     the response headers. Chat completions with `"stream": true` answer with OpenAI-style SSE that
     says back the last message in 7-character pieces (so a token in it is split across events);
-    if `stream_gate` is set, the stream waits for it after the first event. With `echo_headers`
+    if `stream_gate` is set, the stream waits for it after the first event; `stream_interval`
+    seconds pass between events (a slow, long-lived stream). With `echo_headers`
     it misbehaves as some vendors' error pages do: every request header (the injected credential
     too) is said back in the body, in the stream, and in response headers.
     """
@@ -145,6 +146,7 @@ class FakeVendor:
     connections: int = 0
     stream_gate: threading.Event | None = None
     echo_headers: bool = False
+    stream_interval: float = 0.0
 
     def __post_init__(self) -> None:
         vendor = self
@@ -201,6 +203,7 @@ class FakeVendor:
                     self._chunk(f"data: {json.dumps(event)}\n\n".encode())
                     if i == 0 and vendor.stream_gate is not None:
                         vendor.stream_gate.wait(10)
+                    time.sleep(vendor.stream_interval)
                 done = {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
                 self._chunk(f"data: {json.dumps(done)}\n\n".encode())
                 self._chunk(b"data: [DONE]\n\n")
@@ -239,7 +242,7 @@ class FakeVendor:
     def reset(self) -> None:
         with self._lock:
             self.received.clear()
-        self.status, self.delay, self.stream_gate, self.echo_headers = 200, 0.0, None, False
+        self.status, self.delay, self.stream_gate, self.echo_headers, self.stream_interval = 200, 0.0, None, False, 0.0
 
     def close(self) -> None:
         self.server.shutdown()

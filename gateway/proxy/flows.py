@@ -19,6 +19,7 @@ CALL = "egress.call"  # the Call: decision id and audit fields
 DLP = "egress.dlp"  # the CallDlp its response needs to restore tokens
 FORWARDED = "egress.forwarded"  # monotonic time the request left for the vendor
 TIMED_OUT = "egress.timed_out"  # set by the upstream deadline before it cancels the connection
+CUT = "egress.cut"  # the refusal that cut a stream (its identity was revoked or expired)
 
 
 @dataclass

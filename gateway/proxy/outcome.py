@@ -17,7 +17,7 @@ from mitmproxy import http, tls
 from gateway.errors import DECISION_HEADER, Refusal
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp
-from gateway.proxy.flows import CALL, DLP, FORWARDED, TIMED_OUT, Tunnels, flow_call, is_event_stream, response_started
+from gateway.proxy.flows import CALL, CUT, DLP, FORWARDED, TIMED_OUT, Tunnels, flow_call, is_event_stream, response_started
 from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
 from gateway.runtime import Runtime
 
@@ -91,6 +91,8 @@ class Outcome:
         self.tunnels.done(flow)
 
     def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
+        if (cut := flow.metadata.get(CUT)) is not None:
+            return cut  # the gateway cut the stream (gateway.proxy.streams), not the agent or vendor
         if msg.startswith(CLIENT_GONE):
             # The agent hung up: not the vendor's failure, so the circuit must not count it (any
             # agent could otherwise open it for everyone by hanging up on slow calls).

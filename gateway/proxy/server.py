@@ -21,12 +21,14 @@ from mitmproxy.master import Master
 from gateway.api.app import create_app
 from gateway.config import parse_hostport
 from gateway.proxy import ca
+from gateway.proxy.admission import Admission
 from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
 from gateway.proxy.decision import Decide
 from gateway.proxy.flows import Tunnels
 from gateway.proxy.mitm_compat import ErrorPages, MitmCompat
 from gateway.proxy.outcome import Outcome, unclaimed_pages
 from gateway.proxy.pinning import Pinning
+from gateway.proxy.streams import StreamCutoff
 from gateway.proxy.tunnels import Authenticate
 from gateway.runtime import Runtime, upstream_bundle
 
@@ -89,10 +91,12 @@ def gateway_addons(rt: Runtime) -> list[object]:
         MitmCompat(pages),
         ClientDeadline(timeouts.client),
         Authenticate(rt, tunnels, pages),
+        Admission(rt, tunnels),
         Decide(rt, tunnels),
         Pinning(tunnels),
         UpstreamDeadline(timeouts.connect, timeouts.read, tunnels),
         Outcome(rt, tunnels, pages),
+        StreamCutoff(rt, tunnels),
     ]
 
 

@@ -7,7 +7,6 @@ cannot hold a token, and none of them reveals anything secret.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from connectors import codecs
 from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
 from gateway.errors import DECISION_HEADER, Refusal, describe
@@ -137,10 +137,9 @@ def create_app(rt: Runtime) -> Starlette:
 
     @endpoint(rt, admin=False)
     async def detokenize(request: Request, call: Call) -> dict[str, Any]:
-        try:
-            payload = json.loads(await read_body(rt, request))
-        except ValueError:
-            raise Refusal("malformed_body", "the body is not JSON") from None
+        # The proxy's own JSON reader: duplicate keys, over-long numbers and nesting past its depth
+        # are a clear 400, never a 500 from a recursion deep inside the restore walk.
+        payload = codecs.decode_json(await read_body(rt, request))
         ident = call.identity
         assert ident is not None
         reveal = rt.dlp.policy_for(rt.policies.current if rt.policies else None, ident).reveal

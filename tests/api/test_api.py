@@ -50,3 +50,13 @@ def test_connectors_endpoint(gateway: GatewayProcess) -> None:
     admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
     names = {c["name"] for c in httpx.get(f"{gateway.api_url}/v1/connectors", headers=admin).json()["connectors"]}
     assert names == {"stripe", "openai", "serpapi"}
+
+
+@pytest.mark.parametrize("depth", [900, 5000])
+def test_deeply_nested_json_at_detokenize_is_a_clear_400_and_audited(gateway: GatewayProcess, depth: int) -> None:
+    """Hardening issue, item 14: JSON nested 900+ deep gave 500 at /v1/detokenize."""
+    body = b'{"json": ' + b"[" * depth + b"]" * depth + b"}"
+    r = httpx.post(f"{gateway.api_url}/v1/detokenize", content=body,
+                   headers={"Authorization": f"Bearer {gateway.token()}", "Content-Type": "application/json"})
+    assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
+    assert any(x["decision_id"] == r.headers["x-egress-decision-id"] and x["code"] == "malformed_body" for x in gateway.audit())

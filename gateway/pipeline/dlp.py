@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from connectors import fieldpath
 from connectors.model import Action
 from dlp.config import DlpConfig
 from dlp.crypto import Sealer, load_master_key
@@ -74,11 +75,11 @@ class Dlp:
 
         Refuses with `pii_blocked` if a field holds a type the policy blocks.
         """
-        if not action.dlp_fields or not policy.scanned:
+        if not policy.scanned:
             return {}
         try:
             summary = await self.tokenizer.tokenize_body(
-                params, action.dlp_fields, policy.tokenize, call.scope, call.issued, block=policy.block, mask=policy.mask
+                params, scanned_fields(action, params), policy.tokenize, call.scope, call.issued, block=policy.block, mask=policy.mask
             )
         except StoreUnavailable:
             raise Refusal("store_unavailable", "the DLP vault is unavailable; nothing was sent") from None
@@ -170,3 +171,18 @@ class OpenAiStreamShape:
             delta = {"tool_calls": [{"index": key[2], "function": {"arguments": tail}}]}
             return {**self._base, "choices": [{"index": key[1], "delta": delta, "finish_reason": None}]}
         return {**self._response_item.get(key, {}), "delta": tail}
+
+
+def scanned_fields(action: Action, params: dict[str, Any]) -> tuple[str, ...]:
+    """Every field of the call that holds text: the action's DLP fields, and any other parameter
+    with a string in it. A field a connector forgot to list (`statement_descriptor`, `stop`, a
+    URL) is scanned all the same; only numbers outside the DLP fields (amounts, limits) are not."""
+    return action.dlp_fields + tuple(fieldpath.format_keys((k,)) for k, v in params.items() if _holds_text(v))
+
+
+def _holds_text(node: Any) -> bool:
+    if isinstance(node, str):
+        return True
+    if isinstance(node, dict):
+        return any(_holds_text(v) for v in node.values())
+    return isinstance(node, list) and any(_holds_text(v) for v in node)

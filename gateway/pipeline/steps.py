@@ -49,6 +49,7 @@ STANDARD_HEADERS: dict[str, str] = {
 USER_AGENT = "egress-gateway"  # what vendors see instead of the agent's own (SDK, OS, host names)
 PATH_PARAMS = "_path"  # key of the path parameters among the parameters policies and approvals judge
 _ID_LIKE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_PATH_PARAM = re.compile(r"[A-Za-z0-9_-]{1,255}")  # vendor object ids: pi_3Mtw..., cus_Q1w2...
 
 
 def check_target(
@@ -144,6 +145,10 @@ def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: st
     """Step 2: the connector action this call is, None for an `egress.allow` pass-through host."""
     found = registry.route(host, method, path)
     if found is not None:
+        for name, value in found.path_params.items():
+            if not _PATH_PARAM.fullmatch(unquote(value)):
+                # A path is not scanned for PII, so what it may carry is held to an id's form.
+                raise Refusal("schema_violation", f"path parameter {name}: not an id of the form the vendor takes")
         return found
     if host in allow_hosts and not registry.claims(host):
         return None

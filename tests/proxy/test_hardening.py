@@ -46,13 +46,14 @@ def test_a_path_that_is_not_utf8_is_refused_and_audited(gateway: GatewayProcess,
 
 def test_pii_in_a_path_stays_out_of_the_audit_and_messages(gateway: GatewayProcess, vendor: FakeVendor) -> None:
     with client(gateway, gateway.token(scopes=("stripe:*",))) as c:
-        allowed = c.get(f"https://api.stripe.com/v1/payment_intents/{EMAIL}")
+        as_id = c.get(f"https://api.stripe.com/v1/payment_intents/{EMAIL}")
         refused = c.get(f"https://api.stripe.com/v1/customers/search/{EMAIL}")
         extra = c.post("https://api.stripe.com/v1/customers", data={f"{EMAIL}": "x"})
-    assert allowed.status_code == 200
+    # A path is not scanned, so an id that is not of an id's form is refused (hardening, item 2).
+    assert error_of(as_id)["code"] == "schema_violation" and EMAIL not in as_id.text and not vendor.received
     assert error_of(refused)["code"] == "unknown_action" and EMAIL not in refused.text
     assert error_of(extra)["code"] == "schema_violation" and EMAIL not in extra.text
-    ids = {r.headers["x-egress-decision-id"] for r in (allowed, refused, extra)}
+    ids = {r.headers["x-egress-decision-id"] for r in (as_id, refused, extra)}
     records = [r for r in gateway.audit() if r["decision_id"] in ids]
     assert records and EMAIL not in str(records)
     assert {r["path"] for r in records} >= {"/v1/payment_intents/…", "/v1/customers/search/…"}
@@ -257,3 +258,28 @@ def test_only_declared_headers_leave_and_idempotency_keys_are_per_agent(gateway:
     with client(gateway, gateway.token(scopes=("stripe:*",))) as c:
         bad = c.post("https://api.stripe.com/v1/customers", data={"description": "d"}, headers={"Stripe-Version": EMAIL})
     assert (bad.status_code, error_of(bad)["code"]) == (400, "schema_violation") and EMAIL not in bad.text
+
+
+@pytest.mark.parametrize(
+    ("url", "kwargs"),
+    [  # fields no connector listed as DLP fields once left raw (hardening issue, item 2)
+        ("https://api.stripe.com/v1/payment_intents",
+         {"data": {"amount": "100", "currency": "usd", "statement_descriptor": EMAIL[:22], "customer": EMAIL,
+                   "payment_method": EMAIL, "expand[]": EMAIL}}),
+        ("https://api.stripe.com/v1/payment_intents/pi_123/confirm", {"data": {"return_url": f"https://shop.example/?m={EMAIL}"}}),
+        ("https://serpapi.com/search.json", {"params": {"q": "coffee", "hl": EMAIL, "gl": EMAIL, "device": EMAIL}}),
+        ("https://api.openai.com/v1/chat/completions",
+         {"json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi", "name": EMAIL}],
+                   "stop": [EMAIL], "response_format": {"type": "json_schema", "json_schema": {"name": EMAIL}},
+                   "max_completion_tokens": 10}}),
+    ],
+)
+def test_every_string_an_agent_sends_is_scanned_wherever_it_sits(
+    gateway: GatewayProcess, vendor: FakeVendor, url: str, kwargs: dict
+) -> None:
+    with client(gateway, gateway.token(scopes=("*",))) as c:
+        r = c.request("GET" if "params" in kwargs else "POST", url, **kwargs)
+    assert r.status_code == 200, r.text
+    sent = vendor.received[-1]
+    out = sent.path + sent.body.decode(errors="replace")
+    assert EMAIL not in out and EMAIL[:12] not in out and "tok_EMAIL_ADDRESS_" in out

@@ -41,7 +41,6 @@ from connectors.registry import Route
 from gateway.audit.log import verify
 from gateway.identity.tokens import Identity
 from gateway.pipeline.call import Call
-from gateway.pipeline.decide import judge
 from gateway.pipeline.request import RequestView
 from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
@@ -135,7 +134,7 @@ def policy_test(
     directory: Path, lookup: ConnectorLookup, subject: Subject, request: Path, confidence: float | None
 ) -> int:
     """The decision a request would get, from the very steps a live call is judged by (the
-    action's schema and coercion, then the policy: `gateway.pipeline.decide.judge`), as the audit
+    action's schema and coercion, then the policy: `gateway.pipeline.decision.judge`), as the audit
     record would hold it, plus the quotas it would be charged against."""
     try:
         policies = load_policy_set(directory, lookup)
@@ -151,6 +150,8 @@ def policy_test(
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{request}: expected JSON with connector, action and params ({e})", file=sys.stderr)
         return 2
+    from gateway.pipeline.decision import judge  # loads the DLP models: only for this command
+
     view = _view(route, params, confidence)
     agent = Identity(subject.sub, subject.role, subject.tenant, ("*",), "policy-test", 0, 0, 0)
     call = Call(host=view.host, method=view.method, path=view.path)

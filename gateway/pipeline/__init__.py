@@ -6,28 +6,31 @@ before the call leaves. A tunnel's decision is small (identify, claim, resolve);
 `REQUEST_STEPS`, named steps in their order, read alike by the README, the bench and the tests.
 Nothing in this package imports mitmproxy or opens a socket: the proxy lives in `gateway.proxy`.
 
-Modules: `decide` (the ordered steps), `steps` (the pure checks they run), `request` (views in,
-verdicts out), `call` (the audit record), and the services the steps use: `egress` (address
-classification), `breaker`, `quota`, `dlp`.
+Modules: `decision` (the ordered steps, `decide`), `steps` (the pure checks they run), `request` (views in,
+verdicts out), `call` (the audit record), `scrub` (credentials kept out of answers), and the
+services the steps use: `egress` (address classification), `breaker`, `quota`, `dlp`.
+
+The names below are this package's face. They load on first use, so that a command that needs
+only `pipeline.call` (the CLI) does not load the DLP models that `decision` brings in.
 """
 
-from gateway.pipeline.call import Call, new_decision_id
-from gateway.pipeline.decide import REQUEST_STEPS, Ctx, Step, decide, decide_connect, request_call
-from gateway.pipeline.request import ConnectVerdict, ConnectView, Forward, RequestView, Tunnel, Verdict
+from __future__ import annotations
 
-__all__ = [
-    "REQUEST_STEPS",
-    "Call",
-    "ConnectVerdict",
-    "ConnectView",
-    "Ctx",
-    "Forward",
-    "RequestView",
-    "Step",
-    "Tunnel",
-    "Verdict",
-    "decide",
-    "decide_connect",
-    "new_decision_id",
-    "request_call",
-]
+import importlib
+from typing import Any
+
+_FACE = {
+    "Call": "call", "new_decision_id": "call",
+    "REQUEST_STEPS": "decision", "JUDGE_STEPS": "decision", "Ctx": "decision", "Step": "decision",
+    "decide": "decision", "decide_connect": "decision", "judge": "decision", "request_call": "decision",
+    "ConnectVerdict": "request", "ConnectView": "request", "Forward": "request", "RequestView": "request",
+    "Tunnel": "request", "Verdict": "request",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _FACE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -89,8 +89,9 @@ class Quotas:
         assert isinstance(storage, Storage)
         return cls(storage, timeout)
 
-    async def charge(self, decision: Decision, params: Any) -> list[Finding]:
-        """Hit every covering rule's rate and budget for an allowed call.
+    async def charge(self, decision: Decision, params: Any, budgets: bool = True) -> list[Finding]:
+        """Hit every covering rule's rate and (unless `budgets` is False: nothing is spent yet)
+        budget for an allowed call.
 
         Raises `Refusal` (`rate_limited` / `budget_exceeded` with `Retry-After`, or
         `store_unavailable`) for an enforced rule; returns the would-deny findings of shadow rules,
@@ -104,7 +105,7 @@ class Quotas:
                 if outcome is not None:
                     findings.append(self._refuse_or_record(m, outcome))
         for m in decision.rules:
-            if m.rule.budget is None:
+            if m.rule.budget is None or not budgets:
                 continue
             cost = budget_cost(m, params, decision)
             if cost > 0:

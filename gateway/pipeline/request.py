@@ -1,7 +1,7 @@
 """What the pipeline is asked about, and what it answers: plain values, no mitmproxy.
 
 A front door (the proxy addon, and the coming MCP path) reads its protocol into a `ConnectView` or
-a `RequestView`, asks `gateway.pipeline.decide`, and applies the `Verdict`: a refusal to answer
+a `RequestView`, asks `gateway.pipeline.decision`, and applies the `Verdict`: a refusal to answer
 with, or the edits to make before forwarding. Nothing here knows where the bytes came from, so the
 same decision is made, tested and benchmarked whatever the front door.
 """
@@ -9,11 +9,14 @@ same decision is made, tested and benchmarked whatever the front door.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.errors import Refusal
 from gateway.identity.tokens import Identity
 from gateway.pipeline.call import Call
-from gateway.pipeline.dlp import CallDlp
+
+if TYPE_CHECKING:
+    from gateway.pipeline.dlp import CallDlp  # the DLP models load only where a call is decided
 
 HostPort = tuple[str, int | None]
 

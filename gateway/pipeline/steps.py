@@ -1,6 +1,6 @@
 """The checks of one call, as plain functions over plain values.
 
-`gateway.pipeline.decide` runs them in its named order; nothing here touches mitmproxy, a socket
+`gateway.pipeline.decision` runs them in its named order; nothing here touches mitmproxy, a socket
 or a store, so every check is testable and benchmarkable on its own. A check refuses by raising
 `Refusal`.
 """

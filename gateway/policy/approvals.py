@@ -137,8 +137,10 @@ class ApprovalStore:
         digest: str,
         summary: dict[str, Any],
         reason: str,
-    ) -> Approval:
-        """The pending approval for this exact request, created if there is none."""
+        max_pending: int | None = None,
+    ) -> Approval | None:
+        """The pending approval for this exact request, created if there is none; None when a new
+        one would exceed the agent's `max_pending`."""
         now = self._clock()
         with self._tx() as db:
             self._expire(db, now)
@@ -148,6 +150,12 @@ class ApprovalStore:
             ).fetchone()
             if row is not None:
                 return _approval(row)
+            if max_pending is not None:
+                held = db.execute(
+                    "SELECT COUNT(*) FROM approvals WHERE state='pending' AND tenant IS ? AND sub=?", (tenant, sub)
+                ).fetchone()[0]
+                if held >= max_pending:
+                    return None
             new_id = "apr_" + secrets.token_urlsafe(12)
             db.execute(
                 "INSERT INTO approvals (id, tenant, sub, connector, action, digest, summary, reason, "
@@ -208,45 +216,55 @@ class ApprovalStore:
             ).rowcount
         return changed == 1
 
-    def gate(self, decision: Decision, params: Any, approval_id: str | None) -> str | None:
-        """The approval step of the pipeline.
-
-        For an `approval_required` decision: consume the approval the agent presents
-        (`X-Egress-Approval`) and return its id, or raise `Refusal("approval_required")` carrying
-        the `approval_id` to wait for. For other decisions: None. A store failure refuses with
-        `store_unavailable` (fail closed).
-        """
-        if decision.outcome != "approval_required":
-            return None
+    def use(self, decision: Decision, params: Any, approval_id: str) -> bool:
+        """Consume the approval the agent presents (`X-Egress-Approval`) for exactly this call."""
         s = decision.subject
-        try:
+        with self._failing_closed(decision):
             digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
-            if approval_id and self.consume(approval_id, s.tenant, s.sub, decision.connector, decision.action, digest):
-                return approval_id
-            reason = decision.refusal.message if decision.refusal else "approval required"
+            return self.consume(approval_id, s.tenant, s.sub, decision.connector, decision.action, digest)
+
+    def hold(self, decision: Decision, params: Any, presented: str | None, max_pending: int) -> Refusal:
+        """The refusal for a call that needs an approval it does not have: naming the pending
+        approval to wait for (the same one for a retry of the same call), or, when the agent
+        already holds `max_pending` others, a `rate_limited` refusal that creates none."""
+        s = decision.subject
+        reason = decision.refusal.message if decision.refusal else "approval required"
+        with self._failing_closed(decision):
+            digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
             pending = self.request(
-                s.tenant, s.sub, decision.connector, decision.action, digest, dict(decision.approval_summary), reason
+                s.tenant, s.sub, decision.connector, decision.action, digest, dict(decision.approval_summary), reason,
+                max_pending,
             )
-        except sqlite3.Error:
-            raise Refusal(
-                "store_unavailable",
-                "the approval store is unavailable",
-                connector=decision.connector,
-                action=decision.action,
-            ) from None
+        if pending is None:
+            return Refusal(
+                "rate_limited",
+                f"this agent already has {max_pending} approvals pending; wait for them to be decided",
+                connector=decision.connector, action=decision.action, headers={"Retry-After": "60"},
+            )
         stale = (
-            f"; approval {approval_id} is not valid for this call (unknown, not approved, used, expired, "
+            f"; approval {presented} is not valid for this call (unknown, not approved, used, expired, "
             "or for other parameters)"
-            if approval_id
+            if presented
             else ""
         )
-        raise Refusal(
+        return Refusal(
             "approval_required",
             f"{reason}{stale}; waiting for approval {pending.id}",
             connector=decision.connector,
             action=decision.action,
             details={"approval_id": pending.id},
         )
+
+    @staticmethod
+    @contextmanager
+    def _failing_closed(decision: Decision) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error:
+            raise Refusal(
+                "store_unavailable", "the approval store is unavailable", connector=decision.connector,
+                action=decision.action,
+            ) from None
 
 
 def _approval(row: sqlite3.Row) -> Approval:

@@ -40,7 +40,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 from gateway.errors import Refusal
 from gateway.pipeline import decide, request_call
-from gateway.pipeline.decide import refused
+from gateway.pipeline.decision import refused
 from gateway.proxy.flows import CALL, Tunnels, flow_call, peer, request_view, respond
 from gateway.runtime import Runtime
 

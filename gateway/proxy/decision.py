@@ -1,5 +1,5 @@
 """Every request inside a tunnel: read into a `RequestView`, decided by the one pipeline
-(`gateway.pipeline.decide`), and either answered with its refusal or changed as decided and sent
+(`gateway.pipeline.decision`), and either answered with its refusal or changed as decided and sent
 to exactly the address that was checked."""
 
 from __future__ import annotations

@@ -42,10 +42,15 @@ def store(tmp_path: Path, clock: Clock) -> ApprovalStore:
 
 def ask(store: ApprovalStore, ps: PolicySet, params: dict, approval_id: str | None = None,
         subject: Subject = FIN, action: str = "create") -> Refusal | str | None:
+    """The pipeline's approval step without its rate charge: use the presented approval, or hold."""
     d = ps.decide(subject, "pay", action, params)
+    if d.outcome != "approval_required":
+        return None
     try:
-        return store.gate(d, params, approval_id)
-    except Refusal as r:
+        if approval_id and store.use(d, params, approval_id):
+            return approval_id
+        return store.hold(d, params, approval_id, max_pending=1000)
+    except Refusal as r:  # the store failing
         return r
 
 

@@ -324,3 +324,30 @@ def test_an_admin_acts_only_inside_its_tenant(policy_gw: GatewayProcess, vendor:
     assert httpx.post(f"{api}/v1/approvals/{approval_id}/approve", headers=bearer("acme")).status_code == 200
     untenanted = policy_gw.cli("token", "issue", "--sub", "ops", "--role", "admin", check=False)
     assert untenanted.returncode == 2 and "tenant" in untenanted.stderr
+
+
+def test_approval_floods_are_rate_limited_and_capped_per_agent(make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
+    """Hardening issue, item 5: calls that need approval count against the rule's rate, an agent
+    holds at most approval_max_pending approvals, and retrying the same call reuses its approval."""
+    policies = tmp_path / "flood-policies"
+    policies.mkdir()
+    (policies / "flood.yaml").write_text(
+        "version: 1\nsubjects: {roles: [finance]}\nrules:\n"
+        "  - {name: pay, connector: stripe, actions: [create_payment_intent], approval: 'amount > 100', rate: 5/minute}\n"
+    )
+    gw = make_gateway(vendor_settings(pki, vendor, policies=str(policies), approval_max_pending=3), name="flood")
+    codes, ids = [], []
+    with client(gw, finance(gw, sub="flooder")) as c:
+        first = c.post(PAY, data={**GOOD, "amount": "1000"})
+        again = c.post(PAY, data={**GOOD, "amount": "1000"})  # the same call: the same approval
+        for i in range(8):
+            r = c.post(PAY, data={**GOOD, "amount": str(2000 + i)})
+            codes.append(error_of(r)["code"])
+            ids.append(error_of(r).get("approval_id"))
+    assert error_of(first)["approval_id"] == error_of(again)["approval_id"]
+    assert codes[:2] == ["approval_required"] * 2  # 3 pending now: the first call's and these two
+    assert set(codes[2:]) == {"rate_limited"}  # the cap, then the rule's 5/minute
+    pending = gw.cli("approvals", "list", "--json").stdout.splitlines()
+    assert len(pending) == 3 and not vendor.received
+    with client(gw, finance(gw, sub="bystander")) as c:
+        assert error_of(c.post(PAY, data={**GOOD, "amount": "1000"}))["code"] == "approval_required"

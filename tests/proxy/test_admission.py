@@ -24,7 +24,8 @@ from tests.clients import (
     read_response,
     tunnel_tls,
 )
-from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
+from tests.processes import GatewayProcess
 
 MiB = 2**20
 MAX_BODY = 64 * 1024  # the session gateway's max_body

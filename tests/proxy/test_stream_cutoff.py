@@ -15,7 +15,8 @@ import httpx
 import jwt
 
 from tests.clients import client
-from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
+from tests.processes import GatewayProcess
 
 INTERVAL = 0.05
 EVENTS = 400  # 20 s of stream at INTERVAL

@@ -169,12 +169,20 @@ async def authorize(c: Ctx) -> None:
 
 
 async def approval(c: Ctx) -> None:
-    """A call that needs approval is held, bound to these parameters; an approved retry passes."""
-    if c.decision is None:
+    """A call that needs approval is held, bound to these parameters; an approved retry passes.
+
+    Asking for an approval is a call too: it counts against the rule's rates (60 such calls
+    against a 20/minute rule must not leave 60 approvals pending), and one agent holds at most
+    `approval_max_pending`; a retry of the same call waits for the same approval."""
+    d = c.decision
+    if d is None or d.outcome != "approval_required":
         return
-    approval_id = c.services.approvals.gate(c.decision, c.judged, c.view.header(steps.APPROVAL_HEADER))
-    if approval_id:
-        c.call.extra["approval_id"] = approval_id
+    approvals, presented = c.services.approvals, c.view.header(steps.APPROVAL_HEADER)
+    if presented and approvals.use(d, c.judged, presented):
+        c.call.extra["approval_id"] = presented
+        return
+    await c.services.quotas.charge(d, c.judged, budgets=False)
+    raise approvals.hold(d, c.judged, presented, c.services.config.approval_max_pending)
 
 
 async def quota(c: Ctx) -> None:

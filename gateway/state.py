@@ -98,6 +98,7 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, mode)  # exactly `mode`, whatever the umask (the state dir's is 077)
     os.replace(tmp, path)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.log import AuditLog, record_hash, verify
+from gateway.audit.log import AuditError, AuditLog, record_hash, verify
 from tests.clients import client
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -100,5 +100,5 @@ def test_a_full_disk_at_shutdown_leaves_the_log_unsealed_without_failing_the_shu
     log = AuditLog(full, KEY)
     log.close()
     assert "cannot write the closing signature (OSError)" in caplog.text
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(AuditError, match="closed"):
         log.write({"type": "decision"})

@@ -33,13 +33,17 @@ def test_policy_check_accepts_it(tmp_path: Path) -> None:
     assert out.stdout.strip() == f"ok: {REPO / 'policies'}"  # relative to the file, not the cwd
 
 
+KEYS = {"STRIPE_API_KEY": "sk_test_example", "OPENAI_API_KEY": "sk-example", "SERPAPI_API_KEY": "serp-example"}
+
+
 def test_run_starts_on_it_with_its_policies_and_stops_cleanly(tmp_path: Path) -> None:
     port, api_port = free_port(), free_port()
     log = (tmp_path / "run.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "run", "--config", str(_readme_config()), "--state-dir", str(tmp_path / "state"),
          "--listen", f"127.0.0.1:{port}", "--api-listen", f"127.0.0.1:{api_port}"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=clean_env({"PYTHONPATH": str(REPO)}),
+        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        env=clean_env({"PYTHONPATH": str(REPO), **KEYS}),  # /readyz names a connector without its key
     )
     try:
         wait_port(port, timeout=60, proc=proc)

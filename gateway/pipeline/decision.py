@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from connectors import codecs
 from connectors.model import BodyEncoding, canonical_host
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HTTPS_PORT = 443
+T = TypeVar("T")
 
 
 @dataclass
@@ -265,16 +266,14 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
     address = view.tunnel.address if view.tunnel else ("", 0)
     # One policy version judges the whole call, however a reload lands meanwhile.
     ctx = Ctx(rt, view, call, Forward(address), policies=rt.policies.current if rt.policies else None)
-    try:
+
+    async def run() -> Forward:
         for step in REQUEST_STEPS:
             await step.run(ctx)
-    except Refusal as r:
-        return Verdict(call, refused(rt, call, r, view.client))
-    except Exception:
-        log.exception("request decision failed")
-        failed = Refusal("internal_error", "the gateway failed while deciding")
-        return Verdict(call, refused(rt, call, failed, view.client))
-    return Verdict(call, forward=ctx.forward)
+        return ctx.forward
+
+    forward, refusal = await _failing_closed(rt, call, view.client, run())
+    return Verdict(call, refusal, forward)
 
 
 async def judge(
@@ -311,6 +310,18 @@ def refused(rt: Runtime, call: Call, refusal: Refusal, client: str | None = None
     return refusal
 
 
+async def _failing_closed(rt: Runtime, call: Call, client: str | None, work: Awaitable[T]) -> tuple[T | None, Refusal | None]:
+    """`work`'s result, or the refusal it raised; anything unexpected refuses as `internal_error`
+    (fail closed). A refusal is audited here."""
+    try:
+        return await work, None
+    except Refusal as r:
+        return None, refused(rt, call, r, client)
+    except Exception:
+        log.exception("%s decision failed", call.method)
+        return None, refused(rt, call, Refusal("internal_error", "the gateway failed while deciding"), client)
+
+
 # --- CONNECT --------------------------------------------------------------------------------
 
 
@@ -318,7 +329,8 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
     """Whether a tunnel opens: a valid agent (not an admin), a claimed host on 443, a public address."""
     host = canonical_host(view.host)
     call = Call(host=steps.audit_host(rt.registry, rt.allow_hosts, host), method="CONNECT", path=None)
-    try:
+
+    async def run() -> Tunnel:
         call.identity = rt.verifier.verify(token_from_proxy_authorization(view.proxy_authorization))
         if call.identity.role == ADMIN_ROLE:
             raise Refusal("identity_invalid", "an admin token is for the API only, not a proxy credential")
@@ -326,11 +338,7 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
             raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
         if view.port != HTTPS_PORT:
             raise Refusal("host_denied", f"vendors are reached on port {HTTPS_PORT} only")
-        address = await rt.resolver.resolve(host, view.port)
-    except Refusal as r:
-        return ConnectVerdict(call, refused(rt, call, r, view.client))
-    except Exception:
-        log.exception("CONNECT decision failed")
-        failed = Refusal("internal_error", "the gateway failed while deciding")
-        return ConnectVerdict(call, refused(rt, call, failed, view.client))
-    return ConnectVerdict(call, tunnel=Tunnel(call.identity, host, view.port, address))
+        return Tunnel(call.identity, host, view.port, await rt.resolver.resolve(host, view.port))
+
+    tunnel, refusal = await _failing_closed(rt, call, view.client, run())
+    return ConnectVerdict(call, refusal, tunnel)

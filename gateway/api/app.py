@@ -100,6 +100,26 @@ async def read_body(rt: Runtime, request: Request, limit: int | None = None, set
 
 
 def create_app(rt: Runtime) -> Starlette:
+    """The API: open probes, the agents' endpoints and the admins'; every refusal the contract's JSON."""
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404 and 405 pages are plain text; every refusal here is the contract's JSON."""
+        call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
+        if getattr(exc, "status_code", 404) == 405:
+            refusal = Refusal("bad_request", f"this endpoint does not take {request.method}")
+        else:
+            refusal = Refusal("not_found", "no such API endpoint")
+        return refusal_response(refusal, call.decision_id)
+
+    return Starlette(
+        exception_handlers={404: no_route, 405: no_route},
+        routes=[*open_routes(rt), *agent_routes(rt), *admin_routes(rt)],
+    )
+
+
+def open_routes(rt: Runtime) -> list[Route]:
+    """Probes and the JWKS: they hold no secret, and their callers hold no token."""
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -115,25 +135,15 @@ def create_app(rt: Runtime) -> Starlette:
     async def jwks(_: Request) -> Response:
         return JSONResponse({"keys": [rt.key.jwk()]})
 
-    @endpoint(rt, admin=True)
-    async def metrics(_: Request, call: Call) -> Response:
-        global_admin(call)
-        return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4")
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/.well-known/jwks.json", jwks),
+    ]
 
-    @endpoint(rt, admin=True)
-    async def connectors(_: Request, __: Call) -> dict[str, Any]:
-        return {"connectors": [describe_connector(c) for c in rt.registry]}
 
-    @endpoint(rt, admin=True)
-    async def decisions(request: Request, call: Call) -> dict[str, Any]:
-        assert call.identity is not None
-        try:
-            limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
-        except ValueError:
-            raise Refusal("bad_request", "limit must be an integer") from None
-        admin = call.identity
-        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant"))]
-        return {"decisions": visible[-limit:]}
+def agent_routes(rt: Runtime) -> list[Route]:
+    """What an agent's own token reaches: its tokens restored, tools run, its approvals."""
 
     @endpoint(rt, admin=False)
     async def detokenize(request: Request, call: Call) -> dict[str, Any]:
@@ -161,20 +171,6 @@ def create_app(rt: Runtime) -> Starlette:
         return {"output": result.output, "fuel_used": result.fuel_used, "duration_ms": result.duration_ms,
                 "host_calls": result.host_calls}
 
-    @endpoint(rt, admin=True)
-    async def register_tool(request: Request, call: Call) -> dict[str, Any]:
-        global_admin(call)
-        body = await read_body(rt, request, rt.config.sandbox.max_tool_body, "sandbox.max_tool_body")
-        try:
-            reg = RegisterRequest.model_validate_json(body)
-        except ValidationError as e:
-            raise Refusal("malformed_body", describe(e)) from None
-        call.connector, call.action = "sandbox", "register_tool"
-        tool = await rt.tools.register(reg)
-        rt.record(call.record("allow", phase="tool_register", tool_name=tool.name, sha256=tool.manifest.sha256,
-                              kind=tool.manifest.kind))
-        return {"name": tool.name, "kind": tool.manifest.kind, "sha256": tool.manifest.sha256}
-
     @endpoint(rt, admin=False)
     async def list_tools(_: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
@@ -189,6 +185,51 @@ def create_app(rt: Runtime) -> Starlette:
         if found is None or not (mine or ident.administers(found.tenant)):
             raise Refusal("not_found", "no such approval for this agent")
         return found.public()
+
+    return [
+        Route("/v1/detokenize", detokenize, methods=["POST"]),
+        Route("/v1/sandbox/run", sandbox_run, methods=["POST"]),
+        Route("/v1/tools", list_tools, methods=["GET"]),
+        Route("/v1/approvals/{id}", approval, methods=["GET"]),
+    ]
+
+
+def admin_routes(rt: Runtime) -> list[Route]:
+    """What an admin token reaches, inside its tenant (global settings need tenant `*`)."""
+
+    @endpoint(rt, admin=True)
+    async def metrics(_: Request, call: Call) -> Response:
+        global_admin(call)
+        return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @endpoint(rt, admin=True)
+    async def connectors(_: Request, __: Call) -> dict[str, Any]:
+        return {"connectors": [describe_connector(c) for c in rt.registry]}
+
+    @endpoint(rt, admin=True)
+    async def decisions(request: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
+        try:
+            limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
+        except ValueError:
+            raise Refusal("bad_request", "limit must be an integer") from None
+        admin = call.identity
+        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant"))]
+        return {"decisions": visible[-limit:]}
+
+    @endpoint(rt, admin=True)
+    async def register_tool(request: Request, call: Call) -> dict[str, Any]:
+        global_admin(call)
+        body = await read_body(rt, request, rt.config.sandbox.max_tool_body, "sandbox.max_tool_body")
+        try:
+            reg = RegisterRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise Refusal("malformed_body", describe(e)) from None
+        call.connector, call.action = "sandbox", "register_tool"
+        tool = await rt.tools.register(reg)
+        rt.record(call.record("allow", phase="tool_register", tool_name=tool.name, sha256=tool.manifest.sha256,
+                              kind=tool.manifest.kind))
+        return {"name": tool.name, "kind": tool.manifest.kind, "sha256": tool.manifest.sha256}
 
     def decide_approval(verb: str) -> Handler:
         @endpoint(rt, admin=True)
@@ -207,33 +248,14 @@ def create_app(rt: Runtime) -> Starlette:
 
         return handler
 
-    async def no_route(request: Request, exc: Exception) -> Response:
-        """Starlette's own 404 and 405 pages are plain text; every refusal here is the contract's JSON."""
-        call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
-        if getattr(exc, "status_code", 404) == 405:
-            refusal = Refusal("bad_request", f"this endpoint does not take {request.method}")
-        else:
-            refusal = Refusal("not_found", "no such API endpoint")
-        return refusal_response(refusal, call.decision_id)
-
-    return Starlette(
-        exception_handlers={404: no_route, 405: no_route},
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/.well-known/jwks.json", jwks),
-            Route("/metrics", metrics),
-            Route("/v1/connectors", connectors, methods=["GET"]),
-            Route("/v1/decisions", decisions, methods=["GET"]),
-            Route("/v1/detokenize", detokenize, methods=["POST"]),
-            Route("/v1/sandbox/run", sandbox_run, methods=["POST"]),
-            Route("/v1/tools", register_tool, methods=["POST"]),
-            Route("/v1/tools", list_tools, methods=["GET"]),
-            Route("/v1/approvals/{id}", approval, methods=["GET"]),
-            Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
-            Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),
-        ]
-    )
+    return [
+        Route("/metrics", metrics),
+        Route("/v1/connectors", connectors, methods=["GET"]),
+        Route("/v1/decisions", decisions, methods=["GET"]),
+        Route("/v1/tools", register_tool, methods=["POST"]),
+        Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
+        Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),
+    ]
 
 
 def describe_connector(c: Any) -> dict[str, Any]:

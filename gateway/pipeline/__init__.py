@@ -16,8 +16,7 @@ only `pipeline.call` (the CLI) does not load the DLP models that `decision` brin
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from gateway.faces import lazy_face
 
 _FACE = {
     "Call": "call", "new_decision_id": "call",
@@ -27,10 +26,4 @@ _FACE = {
     "Tunnel": "request", "Verdict": "request",
 }
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _FACE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_face(__name__, _FACE)

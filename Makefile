@@ -29,9 +29,12 @@ test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not chaos_full" $(ARGS)
 
 ## Every fault of the chaos suite (tests/chaos), then its table: fault, expected, observed, result,
-## and the totals (requests sent, refused, succeeded, leaked, lost audit records).
+## and the totals (requests sent, refused, succeeded, leaked, lost audit records); with it, the
+## availability cases that live beside the code they test (one agent against the others).
+AVAILABILITY := tests/proxy/test_admission.py::test_six_large_bodies_at_once_barely_grow_the_gateway \
+	tests/policy/test_policies.py::test_approval_floods_are_rate_limited_and_capped_per_agent
 chaos: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos $(ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos $(AVAILABILITY) $(ARGS)
 
 ## Throughput and latency ratios against direct and bare-mitmproxy baselines, measured in one run.
 bench: setup

@@ -111,6 +111,10 @@ class DlpConfig(BaseModel):
     # Long text is scanned in windows of this many characters (overlapping by 320), short values
     # packed together up to it: one job on a worker, so what another agent may wait for a thread.
     chunk_chars: int = Field(default=4_000, ge=1_000, le=100_000)
+    # Jobs up to this many characters run on the worker thread; larger ones in `workers` child
+    # processes (dlp/children.py: started on first need, ~140 MB each), where they hold no GIL
+    # the event loop needs. At or above chunk_chars, no child is ever started.
+    inline_chars: int = Field(default=2_000, ge=0)
 
     @field_validator("phone_regions")
     @classmethod

@@ -9,7 +9,7 @@ already issued are cached the same way (until their expiry), so a resent value s
 Presidio is CPU-bound Python: analysis runs on a few threads so the event loop keeps serving
 other connections while a large body is scanned (the GIL is handed over every 5 ms; for more CPU,
 run more replicas). The threads are shared fairly between agents (`dlp.fair`), the work is cut into
-bounded jobs (`dlp.chunks`), and a call brings at most `Limits` of text to scan: one agent's flood
+bounded jobs (`dlp.chunks`) and large ones run in child processes (`dlp.children`), and a call brings at most `Limits` of text to scan: one agent's flood
 of large bodies cannot hold the DLP workers, or the GIL, away from another agent's small call.
 Tokens for a body's values are fetched concurrently.
 """
@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from connectors import fieldpath
 from dlp import chunks
+from dlp.children import Analyzer
 from dlp.engine import PiiEngine, PiiFinding
 from dlp.fair import FairPool
 from dlp.tokens import TOKEN_RE
@@ -153,9 +154,16 @@ class Tokenizer:
     """Replaces PII by tokens; built once and shared by every request."""
 
     def __init__(
-        self, engine: PiiEngine, vault: Vault, *, memo_size: int = 4096, workers: int = 2, limits: Limits = Limits()
+        self,
+        engine: PiiEngine,
+        vault: Vault,
+        *,
+        memo_size: int = 4096,
+        workers: int = 2,
+        limits: Limits = Limits(),
+        analyzer: Analyzer | None = None,
     ) -> None:
-        self._engine = engine
+        self._analyzer = analyzer or Analyzer(engine)
         self._vault = vault
         self._limits = limits
         self._pool = FairPool(workers)
@@ -169,6 +177,7 @@ class Tokenizer:
 
     def close(self) -> None:
         self._pool.close()
+        self._analyzer.close()
 
     async def tokenize_body(
         self,
@@ -310,7 +319,7 @@ class Tokenizer:
         """Analyse `texts` as bounded jobs on the fair pool, in `scope`'s turn."""
         batches = chunks.jobs(texts, self._limits.chunk_chars)
         results = await asyncio.gather(
-            *(self._pool.run(scope, functools.partial(self._analyze_pieces, b, entities)) for b in batches)
+            *(self._pool.run(scope, functools.partial(self._analyzer, [p.text for p in b], entities)) for b in batches)
         )
         found: list[list[PiiFinding]] = [[] for _ in texts]
         for batch, per_piece in zip(batches, results, strict=True):
@@ -320,8 +329,6 @@ class Tokenizer:
                 )
         return [chunks.merge(fs) for fs in found]
 
-    def _analyze_pieces(self, pieces: list[chunks.Piece], entities: frozenset[str]) -> list[tuple[PiiFinding, ...]]:
-        return [self._engine.analyze(p.text, entities) for p in pieces]
 
     async def _real_tokens(self, texts: list[str], scope: str) -> frozenset[str]:
         """The token-shaped strings in `texts` that the vault holds for `scope` (issue 10, item 1).

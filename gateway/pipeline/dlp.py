@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.model import Action
+from dlp.children import Analyzer
 from dlp.config import DlpConfig
 from dlp.crypto import Sealer, load_master_key
 from dlp.engine import PiiEngine, build_engine
@@ -54,7 +55,10 @@ class Dlp:
         sealer = Sealer.from_master(load_master_key(config.key, state.root))
         vault = open_vault(config.vault, state.root, sealer, config.token_ttl, config.purge_every)
         limits = Limits(config.max_field_chars, config.max_call_chars, config.chunk_chars)
-        tokenizer = Tokenizer(engine, vault, memo_size=config.memo_size, workers=config.workers, limits=limits)
+        analyzer = Analyzer(engine, config, children=config.workers, inline_chars=config.inline_chars)
+        tokenizer = Tokenizer(
+            engine, vault, memo_size=config.memo_size, workers=config.workers, limits=limits, analyzer=analyzer
+        )
         return cls(config, engine, vault, tokenizer, Detokenizer(vault))
 
     @property

@@ -9,6 +9,11 @@ Windows overlap by `OVERLAP` characters, so any value up to that long lies whole
 that its neighbour sees whole: findings of one type that overlap are merged into their union, so a
 cut value (even one longer than the overlap, found in pieces) is replaced whole, and a fragment of
 another type loses to the whole value in `resolve_overlaps` (higher score, then longer).
+
+An edge can also make a fragment look like PII that the whole text is not ("Black Fri|day" read as
+a name). A short finding (up to `OVERLAP // 2`) that touches an inner edge of its window lies whole,
+with at least that much context on either side, in the neighbouring window: it is kept only if the
+neighbour finds the same type there too. Longer edge findings are always kept (fail closed).
 """
 
 from __future__ import annotations
@@ -62,6 +67,28 @@ def jobs(texts: list[str], size: int) -> list[list[Piece]]:
     if current:
         out.append(current)
     return out
+
+
+def combine(parts: list[tuple[Piece, tuple[PiiFinding, ...]]], length: int) -> tuple[PiiFinding, ...]:
+    """The findings of one text of `length` characters from its windows' own, in window order."""
+    shifted = [
+        [PiiFinding(f.start + p.start, f.end + p.start, f.entity_type, f.score) for f in fs] for p, fs in parts
+    ]
+    kept: list[PiiFinding] = []
+    for i, (piece, _) in enumerate(parts):
+        end = piece.start + len(piece.text)
+        for f in shifted[i]:
+            short = f.end - f.start <= OVERLAP // 2
+            if short and f.end == end and end < length:
+                neighbour = shifted[i + 1] if i + 1 < len(shifted) else []
+            elif short and f.start == piece.start and piece.start > 0:
+                neighbour = shifted[i - 1] if i > 0 else []
+            else:
+                kept.append(f)
+                continue
+            if any(g.entity_type == f.entity_type and g.start < f.end and f.start < g.end for g in neighbour):
+                kept.append(f)
+    return merge(kept)
 
 
 def merge(findings: Iterable[PiiFinding]) -> tuple[PiiFinding, ...]:

@@ -321,13 +321,11 @@ class Tokenizer:
         results = await asyncio.gather(
             *(self._pool.run(scope, functools.partial(self._analyzer, [p.text for p in b], entities)) for b in batches)
         )
-        found: list[list[PiiFinding]] = [[] for _ in texts]
+        parts: list[list[tuple[chunks.Piece, tuple[PiiFinding, ...]]]] = [[] for _ in texts]
         for batch, per_piece in zip(batches, results, strict=True):
             for piece, fs in zip(batch, per_piece, strict=True):
-                found[piece.index] += (
-                    PiiFinding(f.start + piece.start, f.end + piece.start, f.entity_type, f.score) for f in fs
-                )
-        return [chunks.merge(fs) for fs in found]
+                parts[piece.index].append((piece, fs))
+        return [chunks.combine(p, len(t)) for p, t in zip(parts, texts, strict=True)]
 
 
     async def _real_tokens(self, texts: list[str], scope: str) -> frozenset[str]:

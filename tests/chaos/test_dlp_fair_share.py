@@ -48,6 +48,7 @@ class Attack:
     messages: int
     connections: int
     spans: list[tuple[float, float, str]] = field(default_factory=list)
+    answered: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -73,6 +74,7 @@ class Attack:
                 ]}
                 r = send(self.report, c, "POST", CHAT, json=body)
                 self.spans.append((start, time.monotonic(), code_of(r)))
+                self.answered.set()
 
     def covered(self, start: float, end: float) -> bool:
         """Whether some attack call was in flight at every moment of [start, end]."""
@@ -109,7 +111,9 @@ def run_case(
         bystander_latencies(report, gw, bystander, 3, "warm-up")
         quiet = statistics.median(bystander_latencies(report, gw, bystander, calls, "quiet"))
         with Attack(report, gw, attacker, body_chars, messages, connections=3) as attack:
-            time.sleep(1.0)  # the attack's bodies are in and its DLP work queued
+            # Measured in the steady state: the DLP children start on the first large job (~2.5 s,
+            # once per gateway), so the bystander is timed from the attack's first answer on.
+            assert attack.answered.wait(timeout=120), "no attack call was answered"
             start = time.monotonic()
             loud = statistics.median(bystander_latencies(report, gw, bystander, calls, "loud"))
             end = time.monotonic()

@@ -99,8 +99,22 @@ class DlpConfig(BaseModel):
     purge_every: int = Field(default=600, gt=0)
     # Memoized analyses (per scope and field value) kept in memory.
     memo_size: int = Field(default=4096, ge=0)
-    # Threads that run Presidio off the event loop.
+    # Threads that run Presidio off the event loop, shared between agents in turn (dlp/fair.py):
+    # one agent runs one job at a time, so with 2 a flooding agent leaves a thread to the others.
     workers: int = Field(default=2, ge=1)
+    # Characters DLP scans at most in one value of a DLP field, and in all of a call's DLP fields
+    # together; more is refused with 413 body_too_large before any scanning. Scanning costs about
+    # 3 us per character of prose and 30 us per character of digit groups (phone candidates), so
+    # the defaults bound one call to about 15 s of one thread at worst.
+    max_field_chars: int = Field(default=100_000, ge=1)
+    max_call_chars: int = Field(default=500_000, ge=1)
+    # Long text is scanned in windows of this many characters (overlapping by 320), short values
+    # packed together up to it: one job on a worker, so what another agent may wait for a thread.
+    chunk_chars: int = Field(default=4_000, ge=1_000, le=100_000)
+    # Jobs up to this many characters run on the worker thread; larger ones in `workers` child
+    # processes (dlp/children.py: started on first need, ~140 MB each), where they hold no GIL
+    # the event loop needs. At or above chunk_chars, no child is ever started.
+    inline_chars: int = Field(default=2_000, ge=0)
 
     @field_validator("phone_regions")
     @classmethod

@@ -6,14 +6,18 @@ message costs a dictionary lookup; only new text reaches Presidio. The memo is k
 BLAKE2 digest and holds offsets, so it keeps no PII in memory beyond the request itself. Tokens
 already issued are cached the same way (until their expiry), so a resent value skips the vault.
 
-Presidio is CPU-bound Python: analysis runs in a small thread pool so the event loop keeps
-serving other connections while a large body is scanned (the GIL is handed over every 5 ms; for
-more CPU, run more replicas). Tokens for a body's values are fetched concurrently.
+Presidio is CPU-bound Python: analysis runs on a few threads so the event loop keeps serving
+other connections while a large body is scanned (the GIL is handed over every 5 ms; for more CPU,
+run more replicas). The threads are shared fairly between agents (`dlp.fair`), the work is cut into
+bounded jobs (`dlp.chunks`) and large ones run in child processes (`dlp.children`), and a call brings at most `Limits` of text to scan: one agent's flood
+of large bodies cannot hold the DLP workers, or the GIL, away from another agent's small call.
+Tokens for a body's values are fetched concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import secrets
@@ -21,12 +25,14 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from connectors import fieldpath
+from dlp import chunks
+from dlp.children import Analyzer
 from dlp.engine import PiiEngine, PiiFinding
+from dlp.fair import FairPool
 from dlp.tokens import TOKEN_RE
 from dlp.vault import Entry, Vault
 from gateway.errors import Refusal
@@ -67,6 +73,16 @@ class Lru(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much text one call may bring to DLP (`dlp.max_field_chars`, `dlp.max_call_chars`), and
+    the size of one job on a worker thread (`dlp.chunk_chars`). See `DlpConfig` for the defaults."""
+
+    max_field_chars: int = 100_000
+    max_call_chars: int = 500_000
+    chunk_chars: int = 4_000
 
 
 @dataclass
@@ -112,6 +128,7 @@ def mask_value(entity_type: str, value: str) -> str:
 class _Leaf:
     keys: tuple[fieldpath.Key, ...]
     text: str
+    path: str  # the connector's field path it was found under: names no agent-chosen key
     findings: tuple[PiiFinding, ...] = ()
 
 
@@ -136,10 +153,20 @@ def _string_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple
 class Tokenizer:
     """Replaces PII by tokens; built once and shared by every request."""
 
-    def __init__(self, engine: PiiEngine, vault: Vault, *, memo_size: int = 4096, workers: int = 2) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        engine: PiiEngine,
+        vault: Vault,
+        *,
+        memo_size: int = 4096,
+        workers: int = 2,
+        limits: Limits = Limits(),
+        analyzer: Analyzer | None = None,
+    ) -> None:
+        self._analyzer = analyzer or Analyzer(engine)
         self._vault = vault
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlp-analyze")
+        self._limits = limits
+        self._pool = FairPool(workers)
         self._memo: Lru[bytes, tuple[PiiFinding, ...]] = Lru(memo_size)
         self._issued: Lru[bytes, tuple[str, float]] = Lru(memo_size)
         self._known: Lru[tuple[str, str], float] = Lru(memo_size)  # (scope, token) -> usable until
@@ -149,7 +176,8 @@ class Tokenizer:
         return f"Tokenizer(memo={len(self._memo)})"
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
+        self._analyzer.close()
 
     async def tokenize_body(
         self,
@@ -180,7 +208,8 @@ class Tokenizer:
                 for keys, text in _string_leaves(match.value, match.keys):
                     if keys not in seen:
                         seen.add(keys)
-                        leaves.append(_Leaf(keys, text))
+                        leaves.append(_Leaf(keys, text, path))
+        self._check_size(leaves, names)
         summary = TokenizeSummary(fields_scanned=len(leaves))
         actions = _Actions(entities, block, mask)
         if not leaves or not actions.scanned:
@@ -195,6 +224,28 @@ class Tokenizer:
             if new_text != leaf.text:
                 fieldpath.assign(body, leaf.keys, new_text)
         return summary
+
+    def _check_size(self, leaves: list[_Leaf], names: set[str]) -> None:
+        """Refuse (413 `body_too_large`) a call whose DLP text exceeds the limits, before any work.
+
+        Checked on every call, memo or not, so the same request always gets the same answer."""
+        lim = self._limits
+        for leaf in leaves:
+            if len(leaf.text) > lim.max_field_chars:
+                raise Refusal(
+                    "body_too_large",
+                    f"a value under {leaf.path} holds {len(leaf.text)} characters; DLP scans at most "
+                    f"{lim.max_field_chars} per field (dlp.max_field_chars)",
+                    details={"field": leaf.path, "limit": lim.max_field_chars},
+                )
+        total = sum(len(leaf.text) for leaf in leaves) + sum(len(n) for n in names)
+        if total > lim.max_call_chars:
+            raise Refusal(
+                "body_too_large",
+                f"the DLP fields of this call hold {total} characters; DLP scans at most "
+                f"{lim.max_call_chars} per call (dlp.max_call_chars)",
+                details={"limit": lim.max_call_chars},
+            )
 
     async def tokenize_text(self, text: str, entities: frozenset[str], scope: str) -> tuple[str, TokenizeSummary]:
         """`text` with its PII replaced by tokens."""
@@ -258,17 +309,24 @@ class Tokenizer:
         missing = [i for i, r in enumerate(results) if r is None]
         summary.memo_hits = len(texts) - len(missing)
         if missing:
-            loop = asyncio.get_running_loop()
-            fresh = await loop.run_in_executor(
-                self._executor, self._analyze_batch, [texts[i] for i in missing], entities
-            )
+            fresh = await self._analyze_fresh(scope, [texts[i] for i in missing], entities)
             for i, found in zip(missing, fresh, strict=True):
                 self._memo.put(keys[i], found)
                 results[i] = found
         return [r for r in results if r is not None]
 
-    def _analyze_batch(self, texts: list[str], entities: frozenset[str]) -> list[tuple[PiiFinding, ...]]:
-        return [self._engine.analyze(t, entities) for t in texts]
+    async def _analyze_fresh(self, scope: str, texts: list[str], entities: frozenset[str]) -> list[tuple[PiiFinding, ...]]:
+        """Analyse `texts` as bounded jobs on the fair pool, in `scope`'s turn."""
+        batches = chunks.jobs(texts, self._limits.chunk_chars)
+        results = await asyncio.gather(
+            *(self._pool.run(scope, functools.partial(self._analyzer, [p.text for p in b], entities)) for b in batches)
+        )
+        parts: list[list[tuple[chunks.Piece, tuple[PiiFinding, ...]]]] = [[] for _ in texts]
+        for batch, per_piece in zip(batches, results, strict=True):
+            for piece, fs in zip(batch, per_piece, strict=True):
+                parts[piece.index].append((piece, fs))
+        return [chunks.combine(p, len(t)) for p, t in zip(parts, texts, strict=True)]
+
 
     async def _real_tokens(self, texts: list[str], scope: str) -> frozenset[str]:
         """The token-shaped strings in `texts` that the vault holds for `scope` (issue 10, item 1).

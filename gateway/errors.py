@@ -65,7 +65,7 @@ CODES: dict[str, tuple[int, str]] = {
     "pii_blocked": (403, "a DLP field holds personal data of a type the policy blocks (type and field named, never the value)"),
     "admin_required": (403, "the API endpoint needs an admin token"),
     # 413: size
-    "body_too_large": (413, "the request body exceeds max_body"),
+    "body_too_large": (413, "the request body exceeds max_body, or its DLP fields exceed dlp.max_field_chars or dlp.max_call_chars"),
     # 429: quotas
     "rate_limited": (429, "the rule's rate limit is used up; see Retry-After"),
     "budget_exceeded": (429, "the rule's spend budget is used up; see Retry-After"),

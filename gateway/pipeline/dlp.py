@@ -15,11 +15,12 @@ from typing import Any
 
 from connectors import fieldpath
 from connectors.model import Action
+from dlp.children import Analyzer
 from dlp.config import DlpConfig
 from dlp.crypto import Sealer, load_master_key
 from dlp.engine import PiiEngine, build_engine
 from dlp.inbound import Detokenizer, FieldKey, Final, RevealSummary, SseDetokenizer
-from dlp.outbound import Tokenizer, scope_key
+from dlp.outbound import Limits, Tokenizer, scope_key
 from dlp.sync import ImmediateVault, stream_function
 from dlp.vault import Entry, SqliteVault, StoreUnavailable, Vault, open_vault
 from gateway.errors import Refusal
@@ -54,7 +55,12 @@ class Dlp:
         engine = build_engine(config)
         sealer = Sealer.from_master(load_master_key(config.key, state.root))
         vault = open_vault(config.vault, state.root, sealer, config.token_ttl, config.purge_every)
-        return cls(config, engine, vault, Tokenizer(engine, vault, memo_size=config.memo_size, workers=config.workers), Detokenizer(vault))
+        limits = Limits(config.max_field_chars, config.max_call_chars, config.chunk_chars)
+        analyzer = Analyzer(engine, config, children=config.workers, inline_chars=config.inline_chars)
+        tokenizer = Tokenizer(
+            engine, vault, memo_size=config.memo_size, workers=config.workers, limits=limits, analyzer=analyzer
+        )
+        return cls(config, engine, vault, tokenizer, Detokenizer(vault))
 
     @property
     def default(self) -> DlpPolicy:

@@ -78,14 +78,29 @@ def basic(token: str, user: str = "agent") -> str:
     return "Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
 
 
-def raw_connect(gw: GatewayProcess, host: str, auth: str | None, port: int = 443) -> tuple[socket.socket, RawResponse]:
-    """Send a CONNECT by hand; returns the socket (a tunnel if the status is 200) and the response."""
+def raw_connect(
+    gw: GatewayProcess, host: str, auth: str | None, port: int = 443
+) -> tuple[socket.socket | ssl.SSLSocket, RawResponse]:
+    """Send a CONNECT by hand; returns the socket (a tunnel if the status is 200) and the refusal or
+    the tunnel's 200. A refused CONNECT is answered 200 with `X-Egress-Error`, and the refusal is
+    the answer to the first request inside the tunnel, as an SDK reads it: this follows it there,
+    after checking the CONNECT answer names the same code and decision."""
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
     if auth is not None:
         lines.append(f"Proxy-Authorization: {auth}")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    return sock, read_response(sock)
+    answer = read_response(sock)
+    if answer.status != 200 or "x-egress-error" not in answer.headers:
+        return sock, answer
+    ctx = trusting(gw)
+    ctx.check_hostname = False  # the gateway's CA signs it; the name may be an IP literal like [::1]
+    tls = ctx.wrap_socket(sock, server_hostname=host.strip("[]"))
+    tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    refusal = read_response(tls)
+    err = refusal.error()
+    assert (err["code"], err["decision_id"]) == (answer.headers["x-egress-error"], answer.headers["x-egress-decision-id"])
+    return tls, refusal
 
 
 def tunnel_tls(gw: GatewayProcess, token: str, connect_host: str, sni: str | None = None) -> ssl.SSLSocket:

@@ -119,6 +119,8 @@ class Admission:
         reader = _GatedReader(conn.body_reader, self.rt.config.max_body, stop)
         open_tunnel = self.tunnels.get(client_id)
         try:
+            if client_id in self.tunnels.refused:
+                raise self.tunnels.refused[client_id][1]
             if open_tunnel is None:
                 reader.stop(None, True)
             else:
@@ -138,7 +140,12 @@ class Admission:
         stop = self._stops.pop(flow.client_conn.id, None)
         if stop is None or stop.request is not flow.request or flow.response is not None:
             return
-        if stop.refusal is None:
+        refused_at_connect = self.tunnels.refused.get(flow.client_conn.id)
+        if refused_at_connect is not None:
+            # The CONNECT's own decision, audited then: the agent reads it here, nothing more is written.
+            call = flow.metadata[CALL] = flow_call(flow, self.tunnels)
+            call.decision_id, refusal = refused_at_connect
+        elif stop.refusal is None:
             view = request_view(flow, None)
             call = flow.metadata[CALL] = request_call(self.rt, view)
             # Outside a tunnel every request is refused; the pipeline says which refusal it is.

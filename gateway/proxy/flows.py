@@ -31,7 +31,12 @@ class OpenTunnel:
 
 
 class Tunnels(dict[str, OpenTunnel]):
-    """Open tunnels by the agent's client connection id."""
+    """Open tunnels by the agent's client connection id; `refused` holds the tunnels whose CONNECT
+    was refused (decision id and refusal), which answer every request with that refusal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: dict[str, tuple[str, Refusal]] = {}
 
     def of(self, flow: http.HTTPFlow) -> OpenTunnel | None:
         return self.get(flow.client_conn.id)

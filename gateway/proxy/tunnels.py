@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from mitmproxy import connection, http
 
-from gateway.pipeline import ConnectView, decide_connect
 from gateway.errors import DECISION_HEADER
+from gateway.pipeline import ConnectView, decide_connect
 from gateway.proxy.flows import OpenTunnel, Tunnels, peer
 from gateway.proxy.mitm_compat import ErrorPages
 from gateway.runtime import Runtime

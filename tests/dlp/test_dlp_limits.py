@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Any
 
 import pytest
 
@@ -41,8 +42,28 @@ def sizes_for(rng: random.Random, kind: int) -> list[int]:
     return sizes
 
 
+def body_of(contents: list[str]) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": c} for c in contents]}
+
+
+def scanned_chars(body: Any) -> int:
+    """What DLP reads of a call: every string the agent sends (the model's name and the roles too),
+    and every distinct key below the top level (the top level's are the action's own fields)."""
+    strings, keys, stack = 0, set(), list(body.values())
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            strings += len(node)
+        elif isinstance(node, dict):
+            keys.update(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return strings + sum(map(len, keys))
+
+
 def post(gw: GatewayProcess, contents: list[str], sub: str = "dlp-limits"):
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": c} for c in contents]}
+    body = body_of(contents)
     with client(gw, gw.token(sub=sub, role="assistant", tenant="acme", scopes=("*",)), timeout=120) as c:
         return c.post(CHAT, json=body)
 
@@ -64,7 +85,7 @@ def test_calls_over_the_field_or_call_limit_are_refused_and_the_rest_pass(small_
         contents = [f"{email} " + prose(rng, n - len(email) - 1) if n > len(email) + 1 else "x" * n for n in sizes]
         before = len(vendor.received)
         r = post(small_limits, contents)
-        over_field, over_call = max(sizes) > FIELD, sum(sizes) > CALL
+        over_field, over_call = max(sizes) > FIELD, scanned_chars(body_of(contents)) > CALL
         if over_field or over_call:
             err = error_of(r)
             assert (r.status_code, err["code"]) == (413, "body_too_large"), r.text[:300]

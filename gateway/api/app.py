@@ -213,9 +213,17 @@ def admin_routes(rt: Runtime) -> list[Route]:
             limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
         except ValueError:
             raise Refusal("bad_request", "limit must be an integer") from None
-        admin = call.identity
-        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant"))]
+        admin, wanted = call.identity, record_filter(request, DECISION_FILTERS)
+        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant")) and wanted(rec)]
         return {"decisions": visible[-limit:]}
+
+    @endpoint(rt, admin=True)
+    async def approvals(request: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
+        admin, wanted = call.identity, record_filter(request, APPROVAL_FILTERS)
+        states = APPROVAL_STATES if request.query_params.get("state") == "all" else ("pending",)
+        found = [a.public() for a in rt.approvals.list(states) if admin.administers(a.tenant)]
+        return {"approvals": [a for a in found if wanted(a)]}
 
     @endpoint(rt, admin=True)
     async def register_tool(request: Request, call: Call) -> dict[str, Any]:
@@ -239,11 +247,14 @@ def admin_routes(rt: Runtime) -> list[Route]:
             found = rt.approvals.get(approval_id)
             if found is None or not call.identity.administers(found.tenant):
                 raise Refusal("not_found", "no such approval in this admin's tenant")
+            reason = await decision_reason(rt, request)
             try:
-                decided = (rt.approvals.approve if verb == "approve" else rt.approvals.deny)(approval_id, call.identity.sub)
+                decide = rt.approvals.approve if verb == "approve" else rt.approvals.deny
+                decided = decide(approval_id, call.identity.sub, reason)
             except ApprovalError as e:
                 raise Refusal("conflict", str(e)) from None
-            rt.record(call.record(verb, phase="approval", approval_id=approval_id))
+            # The approver's words go to the agent through the approval, not into the audit log.
+            rt.record(call.record(verb, phase="approval", approval_id=approval_id, reason_given=reason is not None))
             return decided.public()
 
         return handler
@@ -253,9 +264,48 @@ def admin_routes(rt: Runtime) -> list[Route]:
         Route("/v1/connectors", connectors, methods=["GET"]),
         Route("/v1/decisions", decisions, methods=["GET"]),
         Route("/v1/tools", register_tool, methods=["POST"]),
+        Route("/v1/approvals", approvals, methods=["GET"]),
         Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
         Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),
     ]
+
+
+DECISION_FILTERS = ("code", "sub", "tenant", "connector", "action", "decision", "phase")
+APPROVAL_FILTERS = ("sub", "tenant", "connector", "action")
+APPROVAL_STATES = ("pending", "approved", "denied", "expired", "used")
+MAX_REASON = 500
+
+
+def record_filter(request: Request, fields: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
+    """The records a query asks for: each named field equal to its value, and `since` (Unix
+    seconds) at or before the record's time. A parameter it does not know is refused, never ignored."""
+    params = request.query_params
+    unknown = set(params) - {*fields, "since", "limit", "state"}
+    if unknown:
+        raise Refusal("bad_request", f"unknown filter; use {', '.join((*fields, 'since', 'limit'))}")
+    equal = {name: params[name] for name in fields if name in params}
+    try:
+        since = float(params["since"]) if "since" in params else None
+    except ValueError:
+        raise Refusal("bad_request", "since must be Unix seconds") from None
+
+    def wanted(rec: dict[str, Any]) -> bool:
+        when = rec.get("time", rec.get("created_at", 0.0))
+        return all(str(rec.get(k)) == v for k, v in equal.items()) and (since is None or when >= since)
+
+    return wanted
+
+
+async def decision_reason(rt: Runtime, request: Request) -> str | None:
+    """The approver's optional `{"reason": "..."}` (plain text, at most 500 characters)."""
+    body = await read_body(rt, request)
+    if not body.strip():
+        return None
+    payload = codecs.decode_json(body)
+    reason = payload.get("reason")
+    if set(payload) - {"reason"} or not isinstance(reason, str) or not 0 < len(reason) <= MAX_REASON:
+        raise Refusal("schema_violation", f'send {{"reason": "..."}}, at most {MAX_REASON} characters')
+    return reason
 
 
 def describe_connector(c: Any) -> dict[str, Any]:

@@ -101,7 +101,8 @@ def add_approvals_commands(
         p = cmds.add_parser(verb, help=f"{verb} a pending approval", parents=list(parents))
         p.add_argument("id")
         p.add_argument("--by", default=None, help="approver name (default: the OS user)")
-        p.set_defaults(func=lambda a, verb=verb: approvals_decide(open_store(a), verb, a.id, a.by))
+        p.add_argument("--reason", default=None, help="why, for the agent (at most 500 characters)")
+        p.set_defaults(func=lambda a, verb=verb: approvals_decide(open_store(a), verb, a.id, a.by, a.reason))
 
 
 def add_audit_commands(
@@ -215,10 +216,13 @@ def approvals_list(store: ApprovalStore, all_states: bool, as_json: bool) -> int
     return 0
 
 
-def approvals_decide(store: ApprovalStore, verb: str, approval_id: str, by: str | None) -> int:
+def approvals_decide(store: ApprovalStore, verb: str, approval_id: str, by: str | None, reason: str | None) -> int:
     who = by or getpass.getuser()
+    if reason is not None and not 0 < len(reason) <= 500:
+        print("--reason takes 1 to 500 characters", file=sys.stderr)
+        return 2
     try:
-        a = store.approve(approval_id, who) if verb == "approve" else store.deny(approval_id, who)
+        a = store.approve(approval_id, who, reason) if verb == "approve" else store.deny(approval_id, who, reason)
     except ApprovalError as e:
         print(e, file=sys.stderr)
         return 1

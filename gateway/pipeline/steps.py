@@ -15,7 +15,7 @@ from urllib.parse import unquote, unquote_plus
 
 from pydantic import ValidationError
 
-from connectors import codecs
+from connectors import codecs, fieldpath
 from connectors.model import Action, Connector, Credential, canonical_host
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
@@ -47,7 +47,7 @@ STANDARD_HEADERS: dict[str, str] = {
     "connection": r"keep-alive|close",
 }
 USER_AGENT = "egress-gateway"  # what vendors see instead of the agent's own (SDK, OS, host names)
-PATH_PARAMS = "_path"  # key of the path parameters among the parameters policies and approvals judge
+PATH_PARAMS = fieldpath.PATH_PARAMS  # where the path parameters sit among the parameters judged
 _ID_LIKE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PATH_PARAM = re.compile(r"[A-Za-z0-9_-]{1,255}")  # vendor object ids: pi_3Mtw..., cus_Q1w2...
 

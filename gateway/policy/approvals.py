@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connectors.fieldpath import PATH_PARAMS
 from gateway.errors import ApprovalError, Refusal
 from gateway.policy.engine import Decision
 
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     expires_at REAL NOT NULL,
     decided_by TEXT,
     decided_at REAL,
-    used_at REAL
+    used_at REAL,
+    decision_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (digest, state);
 """
@@ -73,6 +75,7 @@ class Approval:
     decided_by: str | None
     decided_at: float | None
     used_at: float | None
+    decision_reason: str | None = None  # the approver's words, for the agent and the record
 
     def public(self) -> dict[str, Any]:
         """The view for `GET /v1/approvals/{id}` and `approvals list --json`."""
@@ -105,6 +108,9 @@ class ApprovalStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(approvals)")}
+        if "decision_reason" not in columns:  # a store made before approvers gave reasons
+            self._db.execute("ALTER TABLE approvals ADD COLUMN decision_reason TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -181,21 +187,21 @@ class ApprovalStore:
             ).fetchall()
         return [_approval(r) for r in rows]
 
-    def approve(self, approval_id: str, by: str) -> Approval:
+    def approve(self, approval_id: str, by: str, reason: str | None = None) -> Approval:
         """Approve a pending request; it can then be used once, within `ttl` seconds."""
-        return self._decide(approval_id, by, "approved")
+        return self._decide(approval_id, by, "approved", reason)
 
-    def deny(self, approval_id: str, by: str) -> Approval:
-        return self._decide(approval_id, by, "denied")
+    def deny(self, approval_id: str, by: str, reason: str | None = None) -> Approval:
+        return self._decide(approval_id, by, "denied", reason)
 
-    def _decide(self, approval_id: str, by: str, state: str) -> Approval:
+    def _decide(self, approval_id: str, by: str, state: str, reason: str | None) -> Approval:
         now = self._clock()
         with self._tx() as db:
             self._expire(db, now)
             changed = db.execute(
-                "UPDATE approvals SET state=?, decided_by=?, decided_at=?, expires_at=? "
+                "UPDATE approvals SET state=?, decided_by=?, decided_at=?, expires_at=?, decision_reason=? "
                 "WHERE id=? AND state='pending'",
-                (state, by, now, now + self.ttl, approval_id),
+                (state, by, now, now + self.ttl, reason, approval_id),
             ).rowcount
             row = db.execute("SELECT * FROM approvals WHERE id=?", (approval_id,)).fetchone()
         if row is None:
@@ -229,27 +235,24 @@ class ApprovalStore:
         already holds `max_pending` others, a `rate_limited` refusal that creates none."""
         s = decision.subject
         reason = decision.refusal.message if decision.refusal else "approval required"
+        # What the approver sees: the policy's safe summary, and the object acted on (the path's
+        # ids, held to an id's form by routing).
+        summary = {**decision.approval_summary, **({PATH_PARAMS: params[PATH_PARAMS]} if PATH_PARAMS in params else {})}
         with self._failing_closed(decision):
             digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
             pending = self.request(
-                s.tenant, s.sub, decision.connector, decision.action, digest, dict(decision.approval_summary), reason,
-                max_pending,
+                s.tenant, s.sub, decision.connector, decision.action, digest, summary, reason, max_pending,
             )
+            shown = self.get(presented) if presented else None
         if pending is None:
             return Refusal(
                 "rate_limited",
                 f"this agent already has {max_pending} approvals pending; wait for them to be decided",
                 connector=decision.connector, action=decision.action, headers={"Retry-After": "60"},
             )
-        stale = (
-            f"; approval {presented} is not valid for this call (unknown, not approved, used, expired, "
-            "or for other parameters)"
-            if presented
-            else ""
-        )
         return Refusal(
             "approval_required",
-            f"{reason}{stale}; waiting for approval {pending.id}",
+            f"{reason}{_presented(shown, presented, digest)}; waiting for approval {pending.id}",
             connector=decision.connector,
             action=decision.action,
             details={"approval_id": pending.id},
@@ -265,6 +268,19 @@ class ApprovalStore:
                 "store_unavailable", "the approval store is unavailable", connector=decision.connector,
                 action=decision.action,
             ) from None
+
+
+def _presented(shown: Approval | None, presented: str | None, digest: str) -> str:
+    """What became of the approval the agent sent, in words it can act on (never another agent's:
+    an approval of other parameters or another agent reads as unknown)."""
+    if not presented:
+        return ""
+    if shown is None or shown.digest != digest:
+        return f"; approval {presented} is not valid for this call: unknown, or for another call"
+    if shown.state == "pending":
+        return f"; approval {presented} is still pending"
+    why = f" ({shown.decision_reason})" if shown.decision_reason else ""
+    return f"; approval {presented} is not valid for this call: {shown.state}{why}"
 
 
 def _approval(row: sqlite3.Row) -> Approval:

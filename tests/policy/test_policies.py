@@ -351,3 +351,29 @@ def test_approval_floods_are_rate_limited_and_capped_per_agent(make_gateway, pki
     assert len(pending) == 3 and not vendor.received
     with client(gw, finance(gw, sub="bystander")) as c:
         assert error_of(c.post(PAY, data={**GOOD, "amount": "1000"}))["code"] == "approval_required"
+
+
+def test_approvals_for_humans_list_filter_object_reason_and_pending(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """Issue 12, item 5: an approver lists and filters pending approvals and sees the object acted
+    on; a retry while pending says so; a denial's reason reaches the agent; unknown filters are
+    refused, not ignored."""
+    admin = {"Authorization": f"Bearer {policy_gw.token(sub='ops', role='admin', tenant='acme')}"}
+    api = policy_gw.api_url
+    with client(policy_gw, finance(policy_gw, sub="finance-humans")) as c:
+        first = error_of(c.post(PAY, data={**GOOD, "amount": "260000"}))
+        retry = error_of(c.post(PAY, data={**GOOD, "amount": "260000"}, headers={"X-Egress-Approval": first["approval_id"]}))
+        listed = httpx.get(f"{api}/v1/approvals", params={"sub": "finance-humans"}, headers=admin).json()["approvals"]
+        other = httpx.get(f"{api}/v1/approvals", params={"sub": "someone-else"}, headers=admin).json()["approvals"]
+        typo = httpx.get(f"{api}/v1/approvals", params={"subb": "x"}, headers=admin)
+        denied = httpx.post(f"{api}/v1/approvals/{first['approval_id']}/deny", json={"reason": "over the weekly cap"}, headers=admin)
+        after = error_of(c.post(PAY, data={**GOOD, "amount": "260000"}, headers={"X-Egress-Approval": first["approval_id"]}))
+    assert retry["approval_id"] == first["approval_id"] and "still pending" in retry["message"]
+    assert [a["id"] for a in listed] == [first["approval_id"]] and other == []
+    assert listed[0]["summary"]["amount"] == 260000 and (listed[0]["connector"], listed[0]["action"]) == ("stripe", "create_payment_intent")
+    assert (typo.status_code, error_of(typo)["code"]) == (400, "bad_request")
+    assert denied.json()["decision_reason"] == "over the weekly cap"
+    assert "not valid for this call: denied (over the weekly cap)" in after["message"] and after["approval_id"] != first["approval_id"]
+    record = next(r for r in policy_gw.audit() if r.get("approval_id") == first["approval_id"] and r.get("phase") == "approval")
+    assert record["reason_given"] is True and "weekly" not in str(record)
+    codes = httpx.get(f"{api}/v1/decisions", params={"code": "approval_required", "sub": "finance-humans"}, headers=admin).json()
+    assert codes["decisions"] and {d["code"] for d in codes["decisions"]} == {"approval_required"}

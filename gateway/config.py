@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -128,6 +128,7 @@ class Config(_Strict):
     policies: Path | None = None
     max_token_ttl: Duration = 1800.0
     approval_ttl: Duration = 900.0
+    log_format: Literal["plain", "json"] = "plain"  # the access log on stderr (or --log-format)
     approval_max_pending: int = Field(default=10, ge=1)  # per agent: a flood cannot pile them up
     token_leeway: Duration = 10.0
     upstreams: dict[str, str] = Field(default_factory=dict)

@@ -14,6 +14,7 @@ import certifi
 from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
+from gateway import access_log
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
@@ -93,6 +94,7 @@ class Runtime:
 
     def _note(self, rec: dict[str, Any]) -> None:
         self.recent.append(rec)
+        access_log.note(rec, self.config.log_format)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 

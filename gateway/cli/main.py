@@ -56,6 +56,7 @@ def _config(args: argparse.Namespace) -> Config:
             "listen": getattr(args, "listen", None),
             "api_listen": getattr(args, "api_listen", None),
             "policies": getattr(args, "policies", None),
+            "log_format": getattr(args, "log_format", None),
         }
         cached = args._config = config.load(getattr(args, "config", None), overrides)
     return cached
@@ -101,11 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for noisy in ("mitmproxy", "presidio-analyzer"):  # one line per loaded recognizer otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        server.check_listen(cfg)
         with progress("loading connectors, policies and the DLP models"):
             rt = runtime.build(cfg)
     except GatewayError as e:
         raise CliError(str(e)) from None
     asyncio.run(server.serve(rt))
+    logging.getLogger("gateway").info("stopped; the audit log is sealed")
     return 0
 
 
@@ -217,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="proxy HOST:PORT (default 127.0.0.1:8080)")
     run.add_argument("--api-listen", help="API HOST:PORT (default 127.0.0.1:8081)")
     run.add_argument("--policies", type=Path, help="directory of policy files")
+    run.add_argument("--log-format", choices=("plain", "json"), help="the access log on stderr (default plain)")
     run.set_defaults(func=cmd_run)
 
     ca_cmd = sub.add_parser("ca", help="the CA agents must trust").add_subparsers(dest="ca_command", required=True)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -19,7 +20,8 @@ from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyser
 from mitmproxy.master import Master
 
 from gateway.api.app import create_app
-from gateway.config import parse_hostport
+from gateway.config import Config, parse_hostport
+from gateway.errors import ConfigError
 from gateway.proxy import ca
 from gateway.proxy.admission import Admission
 from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
@@ -79,6 +81,19 @@ def proxy_options(rt: Runtime) -> dict[str, object]:
         # mitmproxy has one limit for both directions; requests are held to max_body by the addon.
         "body_size_limit": str(max(rt.config.max_body, rt.config.max_response_body)),
     }
+
+
+def check_listen(config: Config) -> None:
+    """Both ports free before anything starts: a busy one is a one-line error naming the setting,
+    not mitmproxy's hint about its own `--mode` flag."""
+    for value, what in ((config.listen, "listen"), (config.api_listen, "api_listen")):
+        host, port = parse_hostport(value, what)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as e:
+                raise ConfigError(f"{what} {value}: {e.strerror}") from None
 
 
 def gateway_addons(rt: Runtime) -> list[object]:

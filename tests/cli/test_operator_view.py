@@ -1,0 +1,52 @@
+"""What an operator sees (issue 12, item 6): one access-log line per decision on stderr, plain or
+JSON, holding names and codes only; a busy port is one line naming the setting, no traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.clients import client
+from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.processes import GatewayProcess, free_port
+
+EMAIL = "jane.doe@example.com"
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_every_decision_has_one_access_line(make_gateway, pki: PKI, vendor: FakeVendor, fmt: str) -> None:
+    gw: GatewayProcess = make_gateway(vendor_settings(pki, vendor, log_format=fmt), name=f"access-{fmt}")
+    with client(gw, gw.token(sub="watched", scopes=("stripe:*",))) as c:
+        ok = c.post("https://api.stripe.com/v1/customers", data={"description": f"mail {EMAIL}"})
+        refused = c.get("https://api.stripe.com/v1/nothing")
+    gw.stop()
+    log = gw.log_file.read_text()
+    for r, decision in ((ok, "allow"), (refused, "deny")):
+        lines = [ln for ln in log.splitlines() if r.headers["x-egress-decision-id"] in ln and "gateway.access" in ln]
+        phases = {"allow": {"decision", "outcome"}, "deny": {"decision"}}[decision]
+        assert len(lines) == len(phases), lines
+        if fmt == "json":
+            records = [json.loads(ln[ln.index("{"):]) for ln in lines]
+            assert {rec["phase"] for rec in records} == phases and {rec["decision"] for rec in records} == {decision}
+            assert all(rec["sub"] == "watched" for rec in records)
+        else:
+            assert all(f" {decision} " in ln and "sub=watched" in ln for ln in lines)
+    assert EMAIL not in log and "jane" not in log
+
+
+def test_a_busy_port_is_one_line_naming_the_setting(tmp_path) -> None:
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "run", "--state-dir", str(tmp_path / "state"),
+             "--listen", f"127.0.0.1:{port}", "--api-listen", f"127.0.0.1:{free_port()}"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"egress-gateway: listen 127.0.0.1:{port}: Address already in use"

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.clients import client
-from tests.fakes import REPO, FakeVendor, PKI, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess, free_port
 
 EMAIL = "jane.doe@example.com"

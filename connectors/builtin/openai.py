@@ -54,7 +54,16 @@ class ChatCompletions(_Params):
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
-    reasoning_effort: str | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    # Current SDK fields (2025-2026): every string among them is scanned like the rest.
+    service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
 
 
 class Embeddings(_Params):
@@ -83,6 +92,14 @@ class Responses(_Params):
     metadata: dict[str, str] | None = None
     truncation: str | None = None
     user: str | None = None
+    service_tier: Literal["auto", "default", "flex", "priority", "scale"] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    include: list[str] | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None
+    stream_options: dict[str, Any] | None = None
+    conversation: str | dict[str, Any] | None = None
 
 
 CONNECTOR = Connector(

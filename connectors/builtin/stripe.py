@@ -62,7 +62,35 @@ class CreateCustomer(_Params):
     metadata: Metadata | None = None
 
 
+class ListPage(_Params):
+    """Stripe's list parameters: a page size and a cursor (object ids), and expansions."""
+
+    limit: int | None = Field(default=None, ge=1, le=100)
+    starting_after: str | None = None
+    ending_before: str | None = None
+    created: dict[str, int] | None = None  # created[gte]=..., Unix seconds
+    expand: list[str] | None = None
+
+
+class ListRefunds(ListPage):
+    payment_intent: str | None = None
+    charge: str | None = None
+
+
+class ListCustomers(ListPage):
+    email: str | None = None
+
+
+class ListPaymentIntents(ListPage):
+    customer: str | None = None
+
+
+class UpdateCustomer(CreateCustomer):
+    expand: list[str] | None = None
+
+
 _FORM = BodyEncoding.FORM
+_QUERY = BodyEncoding.QUERY
 CONNECTOR = Connector(
     name="stripe",
     description="Stripe payments API",
@@ -80,6 +108,13 @@ CONNECTOR = Connector(
         Action("create_refund", "POST", "/v1/refunds", CreateRefund, _FORM, dlp_fields=("metadata.*",)),
         Action("create_customer", "POST", "/v1/customers", CreateCustomer, _FORM,
                dlp_fields=("email", "name", "phone", "description", "metadata.*"), detokenize_response=True),
-        Action("retrieve_balance", "GET", "/v1/balance", None, BodyEncoding.QUERY),
+        Action("retrieve_balance", "GET", "/v1/balance", None, _QUERY),
+        Action("list_payment_intents", "GET", "/v1/payment_intents", ListPaymentIntents, _QUERY, detokenize_response=True),
+        Action("list_refunds", "GET", "/v1/refunds", ListRefunds, _QUERY),
+        Action("list_customers", "GET", "/v1/customers", ListCustomers, _QUERY, dlp_fields=("email",),
+               detokenize_response=True),
+        Action("retrieve_customer", "GET", "/v1/customers/{id}", RetrievePaymentIntent, _QUERY, detokenize_response=True),
+        Action("update_customer", "POST", "/v1/customers/{id}", UpdateCustomer, _FORM,
+               dlp_fields=("email", "name", "phone", "description", "metadata.*"), detokenize_response=True),
     ),
 )

@@ -161,6 +161,12 @@ def build(config: Config) -> Runtime:
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
+    rt.metrics.gauges.update(
+        egress_open_circuits=("Circuits open now, shared and per agent.", rt.breaker.open_circuits),
+        egress_pending_approvals=("Approvals waiting for a person.", lambda: len(rt.approvals.list(("pending",)))),
+        egress_not_ready_connectors=("Connectors in use whose credential cannot be read.",
+                                     lambda: len(rt.credentials_not_ready())),
+    )
     return rt
 
 

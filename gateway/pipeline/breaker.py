@@ -59,6 +59,10 @@ class Breaker:
         self._fail(shared, len(shared.agents) >= self._agents)
         self._fail(self._own.setdefault((key, agent), _State()), True)
 
+    def open_circuits(self) -> int:
+        """Circuits open now, shared and per agent (a gauge for operators)."""
+        return sum(st.opened_at is not None for st in (*self._shared.values(), *self._own.values()))
+
     def state(self, key: str, agent: str | None = None) -> str:
         """The circuit that refuses this agent: the shared one if it is not closed, else its own."""
         for st in (self._shared.get(key), self._own.get((key, agent))):

@@ -61,7 +61,7 @@ class Outcome:
             self.rt.breaker.failure(call.host or "", call.agent)
         else:
             self.rt.breaker.success(call.host or "", call.agent)
-        self.rt.metrics.upstream(elapsed)
+        self.rt.metrics.upstream(call.connector, call.action, elapsed)
         self.rt.record_after(
             call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
         )

@@ -60,3 +60,19 @@ def test_deeply_nested_json_at_detokenize_is_a_clear_400_and_audited(gateway: Ga
                    headers={"Authorization": f"Bearer {gateway.token()}", "Content-Type": "application/json"})
     assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
     assert any(x["decision_id"] == r.headers["x-egress-decision-id"] and x["code"] == "malformed_body" for x in gateway.audit())
+
+
+def test_metrics_have_latency_histograms_by_action_and_operator_gauges(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """Issue 12, item 6: upstream latency as a histogram with connector and action labels, and the
+    gauges an operator alerts on (open circuits, pending approvals, connectors not ready)."""
+    with client(gateway, gateway.token(sub="histogram", scopes=("stripe:*",))) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+    admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
+    text = httpx.get(f"{gateway.api_url}/metrics", headers=admin).text
+    labels = 'connector="stripe",action="retrieve_balance"'
+    buckets = [ln for ln in text.splitlines() if ln.startswith(f"egress_upstream_seconds_bucket{{{labels},")]
+    counts = [int(ln.rsplit(" ", 1)[1]) for ln in buckets]
+    assert len(buckets) == 14 and counts == sorted(counts) and counts[-1] >= 1 and 'le="+Inf"' in buckets[-1]
+    assert f"egress_upstream_seconds_count{{{labels}}} {counts[-1]}" in text
+    for gauge in ("egress_open_circuits", "egress_pending_approvals", "egress_not_ready_connectors"):
+        assert f"# TYPE {gauge} gauge" in text and any(ln.startswith(f"{gauge} ") for ln in text.splitlines())

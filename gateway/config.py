@@ -127,6 +127,7 @@ class Config(_Strict):
     state_dir: Path = Path("~/.egress-gateway")
     policies: Path | None = None
     max_token_ttl: Duration = 1800.0
+    metrics_token_ttl: Duration = 90 * 86400.0  # role `metrics`: a scraper's credential, /metrics only
     approval_ttl: Duration = 900.0
     log_format: Literal["plain", "json"] = "plain"  # the access log on stderr (or --log-format)
     approval_max_pending: int = Field(default=10, ge=1)  # per agent: a flood cannot pile them up

@@ -148,7 +148,7 @@ def build(config: Config) -> Runtime:
         registry=registry,
         key=key,
         revocations=revocations,
-        verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway),
+        verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
         audit=AuditLog(state.audit_log, key.private),

@@ -21,7 +21,7 @@ from connectors import codecs
 from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
 from gateway.errors import DECISION_HEADER, Refusal, describe
-from gateway.identity.tokens import ADMIN_ROLE, ALL_TENANTS, Identity
+from gateway.identity.tokens import ADMIN_ROLE, ALL_TENANTS, METRICS_ROLE, Identity
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import scope_of
 from gateway.pipeline.steps import audit_method, redact_path
@@ -54,7 +54,7 @@ def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
 
 def global_admin(call: Call) -> None:
     """Settings that reach every tenant (tools, process metrics) are for a global admin only."""
-    if call.identity is None or call.identity.tenant != ALL_TENANTS:
+    if call.identity is None or call.identity.role != ADMIN_ROLE or call.identity.tenant != ALL_TENANTS:
         raise Refusal("admin_required", f"this endpoint needs a global admin token (tenant {ALL_TENANTS!r})")
 
 
@@ -197,9 +197,10 @@ def agent_routes(rt: Runtime) -> list[Route]:
 def admin_routes(rt: Runtime) -> list[Route]:
     """What an admin token reaches, inside its tenant (global settings need tenant `*`)."""
 
-    @endpoint(rt, admin=True)
+    @endpoint(rt, admin=False)
     async def metrics(_: Request, call: Call) -> Response:
-        global_admin(call)
+        if call.identity is None or call.identity.role != METRICS_ROLE:
+            global_admin(call)
         return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @endpoint(rt, admin=True)

@@ -133,7 +133,7 @@ def _issue(args: argparse.Namespace) -> str:
             sub=args.sub,
             role=args.role,
             ttl=ttl,
-            max_ttl=cfg.max_token_ttl,
+            max_ttl=cfg.metrics_token_ttl if args.role == identity.METRICS_ROLE else cfg.max_token_ttl,
             tenant=args.tenant,
             scopes=tuple(args.scope or ()),
         )

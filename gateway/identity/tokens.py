@@ -26,6 +26,7 @@ from gateway.state import write_private
 ISSUER = "egress-gateway"
 AUDIENCE = "egress-gateway"
 ADMIN_ROLE = "admin"  # the API's administrators; never a proxy credential
+METRICS_ROLE = "metrics"  # a scrape credential: /metrics only, with its own, longer TTL cap
 ALL_TENANTS = "*"  # the tenant of a global admin, which must say so explicitly
 _CACHE_MAX = 4096
 
@@ -136,10 +137,13 @@ def issue(
 class Verifier:
     """Verifies agent tokens; one per process, shared by the proxy and the API."""
 
-    def __init__(self, key: SigningKey, revocations: Revocations, max_ttl: float, leeway: float):
+    def __init__(
+        self, key: SigningKey, revocations: Revocations, max_ttl: float, leeway: float, metrics_ttl: float | None = None
+    ):
         self._key = key
         self._revocations = revocations
         self._max_ttl = max_ttl
+        self._metrics_ttl = max_ttl if metrics_ttl is None else metrics_ttl
         self._leeway = leeway
         self._cache: dict[str, Identity] = {}
 
@@ -194,8 +198,9 @@ class Verifier:
             raise Refusal("identity_invalid", "the agent token's scopes are not a list of strings")
         if tenant is not None and not isinstance(tenant, str):
             raise Refusal("identity_invalid", "the agent token's tenant is not a string")
-        if claims["exp"] - claims["iat"] > self._max_ttl + self._leeway:
-            raise Refusal("identity_expired", "the agent token's lifetime exceeds max_token_ttl")
+        cap, setting = (self._metrics_ttl, "metrics_token_ttl") if role == METRICS_ROLE else (self._max_ttl, "max_token_ttl")
+        if claims["exp"] - claims["iat"] > cap + self._leeway:
+            raise Refusal("identity_expired", f"the token's lifetime exceeds {setting}")
         tool, caller_jti = claims.get("tool"), claims.get("caller_jti")
         return Identity(
             sub=str(claims["sub"]),

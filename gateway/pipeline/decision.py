@@ -22,7 +22,7 @@ from connectors import codecs
 from connectors.model import BodyEncoding, canonical_host
 from connectors.registry import Route
 from gateway.errors import DECISION_HEADER, Refusal
-from gateway.identity.tokens import ADMIN_ROLE, Identity, token_from_proxy_authorization
+from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, token_from_proxy_authorization
 from gateway.pipeline import steps
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp, scope_of
@@ -332,8 +332,8 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
 
     async def run() -> Tunnel:
         call.identity = rt.verifier.verify(token_from_proxy_authorization(view.proxy_authorization))
-        if call.identity.role == ADMIN_ROLE:
-            raise Refusal("identity_invalid", "an admin token is for the API only, not a proxy credential")
+        if call.identity.role in (ADMIN_ROLE, METRICS_ROLE):
+            raise Refusal("identity_invalid", f"a {call.identity.role} token is for the API only, not a proxy credential")
         if not (rt.registry.claims(host) or host in rt.allow_hosts):
             raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
         if view.port != HTTPS_PORT:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.clients import client, error_of
+from tests.clients import basic, client, error_of, raw_connect
 from tests.fakes import VENDOR_ENV, FakeVendor
 from tests.processes import GatewayProcess
 
@@ -76,3 +76,24 @@ def test_metrics_have_latency_histograms_by_action_and_operator_gauges(gateway: 
     assert f"egress_upstream_seconds_count{{{labels}}} {counts[-1]}" in text
     for gauge in ("egress_open_circuits", "egress_pending_approvals", "egress_not_ready_connectors"):
         assert f"# TYPE {gauge} gauge" in text and any(ln.startswith(f"{gauge} ") for ln in text.splitlines())
+
+
+def test_a_metrics_token_scrapes_for_months_and_reaches_nothing_else(gateway: GatewayProcess) -> None:
+    """Issue 12, item 6: a scrape credential that does not expire every 30 minutes (role
+    `metrics`, capped by metrics_token_ttl), good for /metrics only."""
+    out = gateway.cli("token", "issue", "--sub", "prometheus", "--role", "metrics", "--ttl", "60d")
+    scraper = {"Authorization": f"Bearer {out.stdout.strip()}"}
+    assert httpx.get(f"{gateway.api_url}/metrics", headers=scraper).status_code == 200
+    for path in ("/v1/decisions", "/v1/connectors"):
+        r = httpx.get(gateway.api_url + path, headers=scraper)
+        assert (r.status_code, error_of(r)["code"]) == (403, "admin_required")
+    agent = {"Authorization": f"Bearer {gateway.token()}"}
+    r = httpx.get(f"{gateway.api_url}/metrics", headers=agent)
+    assert (r.status_code, error_of(r)["code"]) == (403, "admin_required")
+    too_long = gateway.cli("token", "issue", "--sub", "p", "--role", "metrics", "--ttl", "400d", check=False)
+    assert too_long.returncode == 2 and "metrics_token_ttl" not in too_long.stdout
+    agent_long = gateway.cli("token", "issue", "--sub", "a", "--role", "finance", "--ttl", "60d", check=False)
+    assert agent_long.returncode == 2
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(out.stdout.strip()))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")  # never a proxy credential

@@ -130,6 +130,7 @@ class Config(_Strict):
     metrics_token_ttl: Duration = 90 * 86400.0  # role `metrics`: a scraper's credential, /metrics only
     approval_ttl: Duration = 900.0
     log_format: Literal["plain", "json"] = "plain"  # the access log on stderr (or --log-format)
+    approvals_webhook: str | None = Field(default=None, pattern=r"^https?://")  # Slack-compatible, new approvals
     approval_max_pending: int = Field(default=10, ge=1)  # per agent: a flood cannot pile them up
     token_leeway: Duration = 10.0
     upstreams: dict[str, str] = Field(default_factory=dict)

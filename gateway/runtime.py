@@ -29,6 +29,7 @@ from gateway.pipeline.quota import Quotas
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import PolicyLoadError
 from gateway.policy.store import PolicyStore
+from gateway.policy.webhook import ApprovalWebhook
 from gateway.sandbox_service import Tools
 from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
@@ -54,6 +55,7 @@ class Runtime:
     approvals: ApprovalStore
     dlp: Dlp
     tools: Tools
+    webhook: ApprovalWebhook | None = None
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
@@ -142,6 +144,9 @@ def build(config: Config) -> Runtime:
             policies = PolicyStore(config.policies, registry.get)
         except PolicyLoadError as e:
             raise ConfigError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
+    webhook = None
+    if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
+        webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
     rt = Runtime(
         config=config,
         state=state,
@@ -155,7 +160,8 @@ def build(config: Config) -> Runtime:
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
-        approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl),
+        approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=webhook.submit if webhook else None),
+        webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
     )

@@ -97,9 +97,16 @@ def request_digest(tenant: str | None, sub: str, connector: str, action: str, pa
 class ApprovalStore:
     """The approvals table in one SQLite file (in the state directory)."""
 
-    def __init__(self, path: Path, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.time,
+        on_new: Callable[[Approval], None] | None = None,
+    ) -> None:
         self.path = path
         self.ttl = ttl
+        self.on_new = on_new  # told of each approval created (the webhook), after it is stored
         self._clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +176,10 @@ class ApprovalStore:
                 (new_id, tenant, sub, connector, action, digest, json.dumps(summary), reason, now, now + self.ttl),
             )
             row = db.execute("SELECT * FROM approvals WHERE id=?", (new_id,)).fetchone()
-        return _approval(row)
+        created = _approval(row)
+        if self.on_new is not None:
+            self.on_new(created)
+        return created
 
     def get(self, approval_id: str) -> Approval | None:
         with self._tx() as db:

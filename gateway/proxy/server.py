@@ -134,6 +134,8 @@ async def serve(rt: Runtime) -> None:
     watcher = asyncio.create_task(rt.revocations.watch())
     if rt.policies is not None:
         rt.policies.start()
+    if rt.webhook is not None:
+        rt.webhook.start()
     api_task = asyncio.create_task(api.serve())
     try:
         log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
@@ -144,5 +146,7 @@ async def serve(rt: Runtime) -> None:
         if rt.policies is not None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)
+        if rt.webhook is not None:
+            await rt.webhook.stop()
         await rt.dlp.close()
         rt.close()

@@ -377,3 +377,59 @@ def test_approvals_for_humans_list_filter_object_reason_and_pending(policy_gw: G
     assert record["reason_given"] is True and "weekly" not in str(record)
     codes = httpx.get(f"{api}/v1/decisions", params={"code": "approval_required", "sub": "finance-humans"}, headers=admin).json()
     assert codes["decisions"] and {d["code"] for d in codes["decisions"]} == {"approval_required"}
+
+
+class _Hook:
+    """A webhook receiver on loopback, answering `status` and keeping what it was sent."""
+
+    def __init__(self, status: int) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hook = self
+        self.status, self.received = status, []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                hook.received.append(json.loads(body))
+                self.send_response(hook.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait(self, n: int, seconds: float = 15) -> list[dict]:
+        deadline = time.monotonic() + seconds
+        while len(self.received) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.received
+
+
+def test_a_new_approval_is_announced_by_webhook_and_a_failing_hook_blocks_nothing(
+    make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path
+) -> None:
+    """Issue 12, item 5: a Slack-compatible notice per new approval, never a raw value; retried;
+    a hook that fails costs the agent nothing."""
+    good, bad = _Hook(200), _Hook(500)
+    for hook, name in ((good, "hooked"), (bad, "hook-down")):
+        gw = make_gateway(vendor_settings(pki, vendor, policies=str(_policy_dir(tmp_path / name)), approvals_webhook=hook.url), name=name)
+        with client(gw, finance(gw, sub=f"finance-{name}")) as c:
+            r = c.post(PAY, data={**GOOD, "amount": "270000", "description": "for jane.doe@example.com"})
+            again = c.post(PAY, data={**GOOD, "amount": "270000", "description": "for jane.doe@example.com"})
+        assert error_of(r)["code"] == "approval_required" == error_of(again)["code"]
+        approval_id = error_of(r)["approval_id"]
+        sent = hook.wait(1 if hook is good else 3)
+        notice = sent[0]
+        assert approval_id in notice["text"] and f"finance-{name}" in notice["text"] and "stripe.create_payment_intent" in notice["text"]
+        assert notice["approval"]["id"] == approval_id and notice["approval"]["summary"]["amount"] == 270000
+        assert "jane" not in str(notice) and "digest" not in notice["approval"]
+    time.sleep(1.5)
+    assert len(good.received) == 1  # the retry of the same call made no second approval, no second notice
+    assert len(bad.received) == 3  # three tries, then given up

@@ -391,7 +391,7 @@ class _Hook:
         self.status, self.received = status, []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 hook.received.append(json.loads(body))
                 self.send_response(hook.status)

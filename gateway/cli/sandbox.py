@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors import registry as connectors_registry
+from gateway.cli.progress import progress
 from gateway.config import Config
 from gateway.errors import Refusal
 from gateway.pipeline.call import new_decision_id
@@ -68,12 +69,14 @@ def cmd_run(args: argparse.Namespace, cfg: Config, state_dir: StateDir) -> int:
         print("--proxy needs --token and --ca", file=sys.stderr)
         return 2
     sender: HttpRequest = make_proxy_sender(args.proxy, args.ca, args.token, args.timeout) if args.proxy else refuse_all
-    registry, _ = load_tools(cfg, state_dir, args.tools)
+    with progress("loading the tools (a first run compiles them: seconds for a Python tool)"):
+        registry, _ = load_tools(cfg, state_dir, args.tools)
     resolve = connector_resolver(connectors_registry.load(cfg.connectors))
     runner = SandboxRunner(cache_dir=args.cache_dir or cache_dir(state_dir), max_workers=1)
     decision_id = new_decision_id()
     try:
-        result = asyncio.run(run_tool(runner, registry, args.tool, tool_input, args.role, sender, resolve, decision_id))
+        with progress(f"running {args.tool} (compiled on its first run, then cached)"):
+            result = asyncio.run(run_tool(runner, registry, args.tool, tool_input, args.role, sender, resolve, decision_id))
     except Refusal as r:
         print(r.body(decision_id).decode())
         return 1

@@ -44,7 +44,7 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body, object_pairs_hook=_unambiguous_object)
+        data = json.loads(body, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
     except RecursionError:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
@@ -56,6 +56,12 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if _depth(data) > MAX_DEPTH:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels")
     return data
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: every comparison with them is false, so a policy's `max`
+    would pass them, and the approval digest cannot be written for them."""
+    raise Refusal("malformed_body", f"the body is not valid JSON: {name} is not a number")
 
 
 def _unambiguous_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -109,7 +109,7 @@ CONNECTOR = Connector(
     credential=Credential(
         secret="openai", strip_headers=("authorization", "openai-organization", "openai-project")
     ),
-    headers=(("openai-beta", r"[a-z0-9=_.,-]{1,100}"),),
+    headers=(("openai-beta", r"[a-z_]{1,30}=v[0-9]{1,2}(,[a-z_]{1,30}=v[0-9]{1,2}){0,3}"),),  # assistants=v2
     actions=(
         Action("chat_completions", "POST", "/v1/chat/completions", ChatCompletions,
                dlp_fields=("messages[*].content", "messages[*].tool_calls[*].function.arguments", "messages[*].name",

@@ -47,6 +47,8 @@ def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
     ident = rt.verifier.verify(token.strip())
     if admin and ident.role != ADMIN_ROLE:
         raise Refusal("admin_required", "this endpoint needs a token with role admin")
+    if ident.role == METRICS_ROLE and request.url.path != "/metrics":
+        raise Refusal("admin_required", "a metrics token reads /metrics only")
     if admin and ident.tenant is None:
         raise Refusal("admin_required", f"an admin token must name its tenant, or {ALL_TENANTS!r} for every tenant")
     return ident

@@ -219,11 +219,13 @@ async def credentials(c: Ctx) -> None:
     key namespaced per agent); the agent's auth is dropped, the vendor's credential injected, and
     the answer asked for uncompressed."""
     connector = c.route.connector if c.route else None
-    declared = connector.headers if connector else ()
+    declared = connector.headers if connector else steps.PASSTHROUGH_HEADERS
     idempotency = connector.idempotency_header if connector else None
     drop, headers = steps.header_edits(c.view.headers, declared, idempotency, c.call.agent or "")
     c.forward.drop_headers += drop
     c.forward.set_headers.update(headers)
+    if c.route is not None and (media := steps.CONTENT_TYPES.get(c.route.action.encoding.value)) and c.view.body:
+        c.forward.set_headers["content-type"] = media
     if c.route is None:
         c.forward.drop_headers += steps.NEVER_FORWARD
         return

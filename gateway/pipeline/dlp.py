@@ -189,6 +189,6 @@ def scanned_fields(action: Action, params: dict[str, Any]) -> tuple[str, ...]:
 def _holds_text(node: Any) -> bool:
     if isinstance(node, str):
         return True
-    if isinstance(node, dict):
-        return any(_holds_text(v) for v in node.values())
+    if isinstance(node, dict):  # its keys are text too (`logit_bias`: keys chosen by the agent)
+        return bool(node) or any(_holds_text(v) for v in node.values())
     return isinstance(node, list) and any(_holds_text(v) for v in node)

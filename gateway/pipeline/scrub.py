@@ -24,16 +24,23 @@ MIN_SECRET = 8  # shorter values would scrub ordinary text; no vendor key is thi
 def encodings(secret: str) -> set[bytes]:
     """The forms in which `secret` can come back."""
     raw = secret.encode()
+    quoted = quote(secret, safe="")
     forms = {
         raw,
-        quote(secret, safe="").encode(),
+        quoted.encode(),
+        re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quoted).encode(),
         quote_plus(secret).encode(),
         json.dumps(secret)[1:-1].encode(),
+        json.dumps(secret)[1:-1].replace("/", "\\/").encode(),
         base64.b64encode(raw),
         base64.b64encode(raw + b":"),
-        base64.b64encode(b":" + raw),
     }
-    return {f.rstrip(b"=") for f in forms}  # base64 padding depends on what follows
+    # Inside longer base64 (`user:key` in HTTP Basic) the key starts at any of three alignments:
+    # the characters that depend on the key's bytes alone, without the neighbours' bits.
+    for pad in (1, 2):
+        encoded = base64.b64encode(b"\0" * pad + raw)
+        forms.add(encoded[4:len(encoded) - 4])
+    return {f.rstrip(b"=") for f in forms if len(f) >= MIN_SECRET}
 
 
 @dataclass

@@ -37,19 +37,22 @@ NEVER_FORWARD = (
     "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip",
 )
 # Taken from every agent, each value held to its pattern: what any HTTP API call needs.
-_MEDIA_TYPE = r"[a-z]+/[a-z0-9.+-]+(; ?[a-z-]+=[A-Za-z0-9_.-]+)*"
 STANDARD_HEADERS: dict[str, str] = {
     "host": r"[A-Za-z0-9.-]+(:[0-9]{1,5})?",
-    "content-type": _MEDIA_TYPE,
     "content-length": r"[0-9]{1,15}",
-    "accept": rf"(\*/\*|{_MEDIA_TYPE})(, ?(\*/\*|{_MEDIA_TYPE}))*",
     "transfer-encoding": r"chunked",
     "connection": r"keep-alive|close",
 }
+# Content-Type is the gateway's, from the action's encoding: an agent's could carry anything in
+# its parameters. Accept is not forwarded: no vendor call here needs it.
+CONTENT_TYPES = {"json": "application/json", "form": "application/x-www-form-urlencoded"}
+# A pass-through host (egress.allow) has no action to say its encoding: a plain media type passes.
+PASSTHROUGH_HEADERS = (("content-type", r"[a-z]+/[a-z0-9.+-]{1,40}(; ?charset=[A-Za-z0-9_-]{1,20})?"),)
 USER_AGENT = "egress-gateway"  # what vendors see instead of the agent's own (SDK, OS, host names)
 PATH_PARAMS = fieldpath.PATH_PARAMS  # where the path parameters sit among the parameters judged
 _ID_LIKE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _PATH_PARAM = re.compile(r"[A-Za-z0-9_-]{1,255}")  # vendor object ids: pi_3Mtw..., cus_Q1w2...
+_DIGIT_RUN = re.compile(r"[0-9](?:[-_]?[0-9]){5,}")  # a card, an SSN or a phone number, not an id
 
 
 def check_target(
@@ -138,7 +141,9 @@ def audit_host(registry: Registry, allow_hosts: frozenset[str], host: str) -> st
 def redact_path(path: str) -> str:
     """The path as the audit records it: id-like segments (`pi_123`, `v1`) kept, anything else
     (an agent can put an e-mail address in a path) shown as `…`."""
-    return "/".join(seg if not seg or _ID_LIKE.fullmatch(seg) else "…" for seg in path.split("/"))
+    return "/".join(
+        seg if not seg or (_ID_LIKE.fullmatch(seg) and not _DIGIT_RUN.search(seg)) else "…" for seg in path.split("/")
+    )
 
 
 def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: str, path: str) -> Route | None:
@@ -146,7 +151,7 @@ def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: st
     found = registry.route(host, method, path)
     if found is not None:
         for name, value in found.path_params.items():
-            if not _PATH_PARAM.fullmatch(unquote(value)):
+            if not _PATH_PARAM.fullmatch(unquote(value)) or _DIGIT_RUN.search(unquote(value)):
                 # A path is not scanned for PII, so what it may carry is held to an id's form.
                 raise Refusal("schema_violation", f"path parameter {name}: not an id of the form the vendor takes")
         return found

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -80,6 +81,9 @@ class Approval:
     def public(self) -> dict[str, Any]:
         """The view for `GET /v1/approvals/{id}` and `approvals list --json`."""
         return {k: v for k, v in self.__dict__.items() if k != "digest"}
+
+
+_APPROVAL_ID = re.compile(r"apr_[A-Za-z0-9_-]{16}")
 
 
 def request_digest(tenant: str | None, sub: str, connector: str, action: str, params: Any) -> str:
@@ -253,19 +257,23 @@ class ApprovalStore:
             pending = self.request(
                 s.tenant, s.sub, decision.connector, decision.action, digest, summary, reason, max_pending,
             )
-            shown = self.get(presented) if presented else None
+            shown = self.get(presented) if presented and _APPROVAL_ID.fullmatch(presented) else None
         if pending is None:
             return Refusal(
                 "rate_limited",
                 f"this agent already has {max_pending} approvals pending; wait for them to be decided",
                 connector=decision.connector, action=decision.action, headers={"Retry-After": "60"},
             )
+        mine = shown if shown is not None and shown.digest == digest else None
+        details: dict[str, object] = {"approval_id": pending.id}
+        if mine is not None and mine.decision_reason:
+            details["approver_reason"] = mine.decision_reason  # for the agent; the audit keeps messages only
         return Refusal(
             "approval_required",
-            f"{reason}{_presented(shown, presented, digest)}; waiting for approval {pending.id}",
+            f"{reason}{_presented(mine, presented)}; waiting for approval {pending.id}",
             connector=decision.connector,
             action=decision.action,
-            details={"approval_id": pending.id},
+            details=details,
         )
 
     @staticmethod
@@ -280,17 +288,17 @@ class ApprovalStore:
             ) from None
 
 
-def _presented(shown: Approval | None, presented: str | None, digest: str) -> str:
-    """What became of the approval the agent sent, in words it can act on (never another agent's:
-    an approval of other parameters or another agent reads as unknown)."""
+def _presented(mine: Approval | None, presented: str | None) -> str:
+    """What became of the approval the agent sent, in words it can act on. Only an approval of
+    this very call is named: anything else the agent put in the header is never repeated (it would
+    reach the audit log), and another agent's approval reads as unknown."""
     if not presented:
         return ""
-    if shown is None or shown.digest != digest:
-        return f"; approval {presented} is not valid for this call: unknown, or for another call"
-    if shown.state == "pending":
-        return f"; approval {presented} is still pending"
-    why = f" ({shown.decision_reason})" if shown.decision_reason else ""
-    return f"; approval {presented} is not valid for this call: {shown.state}{why}"
+    if mine is None:
+        return "; the approval presented is not valid for this call: unknown, or for another call"
+    if mine.state == "pending":
+        return f"; approval {mine.id} is still pending"
+    return f"; approval {mine.id} is not valid for this call: {mine.state}"
 
 
 def _approval(row: sqlite3.Row) -> Approval:

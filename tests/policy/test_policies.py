@@ -372,9 +372,15 @@ def test_approvals_for_humans_list_filter_object_reason_and_pending(policy_gw: G
     assert listed[0]["summary"]["amount"] == 260000 and (listed[0]["connector"], listed[0]["action"]) == ("stripe", "create_payment_intent")
     assert (typo.status_code, error_of(typo)["code"]) == (400, "bad_request")
     assert denied.json()["decision_reason"] == "over the weekly cap"
-    assert "not valid for this call: denied (over the weekly cap)" in after["message"] and after["approval_id"] != first["approval_id"]
+    assert "not valid for this call: denied" in after["message"] and after["approval_id"] != first["approval_id"]
+    assert after["approver_reason"] == "over the weekly cap"  # for the agent, never in the audit
+    with client(policy_gw, finance(policy_gw, sub="finance-humans")) as c:
+        planted = error_of(c.post(PAY, data={**GOOD, "amount": "260000"},
+                                  headers={"X-Egress-Approval": "jane.doe@example.com 123-45-6789"}))
+    assert "jane" not in planted["message"] and "not valid for this call" in planted["message"]
     record = next(r for r in policy_gw.audit() if r.get("approval_id") == first["approval_id"] and r.get("phase") == "approval")
-    assert record["reason_given"] is True and "weekly" not in str(record)
+    assert record["reason_given"] is True
+    assert "weekly" not in str(policy_gw.audit()) and "jane" not in str(policy_gw.audit())
     codes = httpx.get(f"{api}/v1/decisions", params={"code": "approval_required", "sub": "finance-humans"}, headers=admin).json()
     assert codes["decisions"] and {d["code"] for d in codes["decisions"]} == {"approval_required"}
 

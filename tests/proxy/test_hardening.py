@@ -283,3 +283,32 @@ def test_every_string_an_agent_sends_is_scanned_wherever_it_sits(
     sent = vendor.received[-1]
     out = sent.path + sent.body.decode(errors="replace")
     assert EMAIL not in out and EMAIL[:12] not in out and "tok_EMAIL_ADDRESS_" in out
+
+
+def test_what_the_hostile_review_found_stays_closed(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """A hostile review of this session's changes: each side door it found, shut."""
+    with client(gateway, gateway.token(scopes=("*",))) as c:
+        # Content-Type parameters were a channel: the vendor gets the action's own media type.
+        r = c.post("https://api.openai.com/v1/embeddings", content=b'{"model":"text-embedding-3-small","input":"x"}',
+                   headers={"Content-Type": "application/json; ssn=123-45-6789", "Accept": "application/x-4111111111111111"})
+        assert r.status_code == 200
+        sent = vendor.received[-1].headers
+        assert sent["content-type"] == "application/json" and "4111111111111111" not in str(sent)
+        # A card number is an id's shape; a path id with a long digit run is refused, and not audited.
+        card = c.get("https://api.stripe.com/v1/customers/4111111111111111")
+        assert error_of(card)["code"] == "schema_violation"
+        # NaN is not JSON: every comparison with it is false, so a policy's max would pass it.
+        nan = c.post("https://api.openai.com/v1/embeddings", content=b'{"model":"m","input":"x","dimensions":NaN}',
+                     headers={"Content-Type": "application/json"})
+        assert (nan.status_code, error_of(nan)["code"]) == (400, "malformed_body")
+        # Keys of a dict whose values are numbers are the agent's text too.
+        bias = c.post("https://api.openai.com/v1/chat/completions",
+                      json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                            "max_completion_tokens": 5, "logit_bias": {EMAIL: 1}})
+        assert error_of(bias)["code"] == "malformed_body" and EMAIL not in bias.text
+    records = [x for x in gateway.audit() if x["decision_id"] == card.headers["x-egress-decision-id"]]
+    assert records and "4111111111111111" not in str(records)
+    scraper = gateway.cli("token", "issue", "--sub", "prom", "--role", "metrics", "--ttl", "1d").stdout.strip()
+    run = httpx.post(f"{gateway.api_url}/v1/sandbox/run", json={"tool": "stats", "input": {}},
+                     headers={"Authorization": f"Bearer {scraper}"})
+    assert (run.status_code, error_of(run)["code"]) == (403, "admin_required")

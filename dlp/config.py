@@ -24,7 +24,8 @@ PATTERN_ENTITIES: tuple[str, ...] = (
     "CRYPTO",
     "URL",
 )
-# Entity types only a spaCy NER model finds (config `nlp_model`).
+# Entity types only a spaCy NER model finds (config `nlp_model`); PERSON is also found without one
+# (config `names`, see dlp/names.py).
 NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION")
 
 ENTITY_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
@@ -65,6 +66,8 @@ class DlpConfig(BaseModel):
     language: str = "en"
     # An installed spaCy package (e.g. en_core_web_sm) adds PERSON and LOCATION; never downloaded.
     nlp_model: str | None = None
+    # PERSON from the attested US Census name lists (dlp/names.py): no model, ~1 ms per 2 KB.
+    names: bool = True
     # Findings scoring below this are ignored. 0.4 keeps validated matches (Luhn, IBAN checksum,
     # email domain: 1.0), phones (0.4) and context-backed weak patterns; it drops bare 9-digit
     # numbers that Presidio reports as SSNs at 0.05.
@@ -77,7 +80,7 @@ class DlpConfig(BaseModel):
     custom_recognizers: tuple[CustomRecognizer, ...] = ()
     # For agents no policy file gives a `dlp:` section: what leaves only as tokens, and what comes
     # back restored. Tokenizing by default keeps PII in the vault when a policy forgets DLP.
-    tokenize: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN")
+    tokenize: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON")
     reveal: tuple[str, ...] = ()
     # Vault location: sqlite:///path, or redis://host:port/db. None: sqlite in the state dir.
     vault: str | None = None
@@ -104,7 +107,9 @@ class DlpConfig(BaseModel):
     def entities(self) -> tuple[str, ...]:
         """Every entity type this configuration can find."""
         found = list(PATTERN_ENTITIES)
+        if self.names:
+            found.append("PERSON")
         if self.nlp_model:
-            found += NER_ENTITIES
+            found += [e for e in NER_ENTITIES if e not in found]
         found += [c.entity for c in self.custom_recognizers if c.entity not in found]
         return tuple(found)

@@ -31,7 +31,6 @@ from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, Pattern
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine, SlimSpacyNlpEngine, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
     CryptoRecognizer,
     EmailRecognizer,
     IbanRecognizer,
@@ -43,7 +42,10 @@ from presidio_analyzer.predefined_recognizers import (
 )
 from spacy.tokens import Doc
 
+from dlp.cards import CardRecognizer
 from dlp.config import NER_ENTITIES, DlpConfig
+from dlp.names import NameDataError, NameRecognizer, load_names
+from dlp.normalize import normalize
 
 
 class EngineConfigError(ValueError):
@@ -144,13 +146,15 @@ def _recognizers(config: DlpConfig) -> list[EntityRecognizer]:
         # Leniency 2 (STRICT_GROUPING): digits must be grouped as the country writes them, so
         # "ORD-2019-885903" is not read as the US number 201-988-5903 (8% false positives at 1).
         PhoneRecognizer(supported_language=lang, supported_regions=config.phone_regions, leniency=2),
-        CreditCardRecognizer(supported_language=lang),
+        CardRecognizer(supported_language=lang),
         IbanRecognizer(supported_language=lang),
         UsSsnRecognizer(supported_language=lang),
         IpRecognizer(supported_language=lang),
         CryptoRecognizer(supported_language=lang),
         UrlRecognizer(supported_language=lang),
     ]
+    if config.names:
+        found.append(NameRecognizer(supported_language=lang))
     if config.nlp_model is not None:
         found.append(SpacyRecognizer(supported_language=lang, supported_entities=list(NER_ENTITIES)))
     for custom in config.custom_recognizers:
@@ -180,17 +184,21 @@ class PiiEngine:
 
         Only recognizers serving a requested type run (Presidio filters its registry by the
         `entities` argument), which matters: the phone recognizer alone is most of the cost.
+        Matching runs on the normalized copy (`dlp.normalize`); offsets are the original's.
         """
         wanted = entities & self.entities
         if not wanted or not text.strip():
             return ()
+        copy = normalize(text)
         results = self.analyzer.analyze(
-            text=text,
+            text=copy.text,
             language=self.language,
             entities=sorted(wanted),
             score_threshold=self.score_threshold,
         )
-        return resolve_overlaps(Finding(r.start, r.end, r.entity_type, r.score) for r in results if r.end > r.start)
+        return resolve_overlaps(
+            Finding(*copy.original_span(r.start, r.end), r.entity_type, r.score) for r in results if r.end > r.start
+        )
 
 
 def resolve_overlaps(findings: Iterable[Finding]) -> tuple[Finding, ...]:
@@ -208,7 +216,15 @@ def resolve_overlaps(findings: Iterable[Finding]) -> tuple[Finding, ...]:
 
 
 def build_engine(config: DlpConfig) -> PiiEngine:
-    """Build the analyzer once (loads the spaCy pipeline; about a second on first import)."""
+    """Build the analyzer once (loads the spaCy pipeline; about a second on first import).
+
+    The names data is attested here, so a gateway with a tampered copy refuses to start.
+    """
+    if config.names:
+        try:
+            load_names()
+        except NameDataError as e:
+            raise EngineConfigError(f"dlp.names: {e}") from None
     nlp = _nlp_engine(config)
     registry = RecognizerRegistry(supported_languages=[config.language])
     for recognizer in _recognizers(config):

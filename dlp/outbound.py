@@ -116,6 +116,7 @@ class Tokenizer:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlp-analyze")
         self._memo: Lru[bytes, tuple[Finding, ...]] = Lru(memo_size)
         self._issued: Lru[bytes, tuple[str, float]] = Lru(memo_size)
+        self._known: Lru[tuple[str, str], float] = Lru(memo_size)  # (scope, token) -> usable until
         self._memo_key = secrets.token_bytes(32)
 
     def __repr__(self) -> str:
@@ -175,7 +176,9 @@ class Tokenizer:
         summary: TokenizeSummary,
         issued: dict[str, Entry] | None = None,
     ) -> list[str]:
-        findings = await self._analyze_all(texts, entities, scope, summary)
+        real = await self._real_tokens(texts, scope)
+        masked = [_mask(text, real) for text in texts]
+        findings = await self._analyze_all(masked, entities, scope, summary)
         wanted = {(f.entity_type, text[f.start : f.end]) for text, fs in zip(texts, findings, strict=True) for f in fs}
         ordered = sorted(wanted)
         tokens = await asyncio.gather(*(self._token_for(scope, t, v) for t, v in ordered))
@@ -214,7 +217,21 @@ class Tokenizer:
         return [r for r in results if r is not None]
 
     def _analyze_batch(self, texts: list[str], entities: frozenset[str]) -> list[tuple[Finding, ...]]:
-        return [_outside_tokens(t, self._engine.analyze(t, entities)) for t in texts]
+        return [self._engine.analyze(t, entities) for t in texts]
+
+    async def _real_tokens(self, texts: list[str], scope: str) -> frozenset[str]:
+        """The token-shaped strings in `texts` that the vault holds for `scope` (issue 10, item 1).
+
+        Only these are left alone; anything merely shaped like a token (made up, expired, another
+        agent's) is text, scanned like the rest, so glueing one to an e-mail hides nothing.
+        """
+        shaped = {m.group(0) for text in texts for m in TOKEN_RE.finditer(text)}
+        now = time.time()
+        unknown = {t for t in shaped if (self._known.get((scope, t)) or 0) <= now}
+        if unknown:
+            for token in await self._vault.resolve(scope, unknown):
+                self._known.put((scope, token), now + 60)
+        return frozenset(t for t in shaped if (self._known.get((scope, t)) or 0) > now)
 
     async def _token_for(self, scope: str, entity_type: str, value: str) -> str:
         key = self._digest(scope, entity_type, value)
@@ -224,6 +241,7 @@ class Tokenizer:
         token, expires_at = await self._vault.token_for(scope, entity_type, value)
         # Stop reusing a cached token a minute before the vault forgets it.
         self._issued.put(key, (token, expires_at - 60))
+        self._known.put((scope, token), expires_at - 60)
         return token
 
     def _digest(self, *parts: str) -> bytes:
@@ -248,9 +266,9 @@ def _names(match: fieldpath.Match, path: str) -> Iterator[str]:
             stack.extend(node)
 
 
-def _outside_tokens(text: str, findings: tuple[Finding, ...]) -> tuple[Finding, ...]:
-    """Drop findings that touch a token already in the text (an agent resending a placeholder)."""
-    spans = [m.span() for m in TOKEN_RE.finditer(text)]
-    if not spans:
-        return findings
-    return tuple(f for f in findings if all(f.end <= s or f.start >= e for s, e in spans))
+def _mask(text: str, real: frozenset[str]) -> str:
+    """`text` with its real tokens blanked out (same length, so offsets hold): an agent resending a
+    placeholder is not re-tokenized, and PII glued to a token is still found on its own."""
+    if not real:
+        return text
+    return TOKEN_RE.sub(lambda m: " " * len(m.group(0)) if m.group(0) in real else m.group(0), text)

@@ -1,0 +1,113 @@
+"""A matchable copy of a text, and the way back from its offsets to the original's.
+
+Recognizers are regexes over ASCII shapes; an agent (or a careless paste) defeats them with
+full-width digits, a zero-width space inside a card number, `ana [at] example.com`, doubled
+dashes or a lower-case IBAN. So the engine matches on a normalized copy and maps each finding back
+to the original characters, which are what gets tokenized: the vault keeps the value exactly as
+sent, and the text around it is left byte for byte.
+
+Rules, in order:
+1. each character by NFKC (full-width and compatibility forms), Unicode decimal digits of any
+   script to ASCII, any dash (Unicode category Pd) to "-", and format characters (category Cf:
+   zero-width spaces and joiners, soft hyphens, bidi marks) and other invisibles removed;
+2. `[at]`, `(at)`, `{at}` and `%40` (with the spaces around the bracketed forms) to "@", and
+   `[dot]`, `(dot)`, `{dot}` to ".";
+3. a run of one repeated separator (space, dash, dot, slash) between two digits to one;
+4. an IBAN-shaped run of lower-case letters and digits upper-cased.
+
+A position of the copy maps to the span of original characters it came from, so a finding
+`[s, e)` of the copy covers `[starts[s], ends[e - 1])` of the original.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0")
+_AT = re.compile(r"\s*[\[({]\s*at\s*[\])}]\s*|%40", re.IGNORECASE)
+_DOT = re.compile(r"\s*[\[({]\s*dot\s*[\])}]\s*", re.IGNORECASE)
+_DOUBLED = re.compile(r"(?<=\d)([ ./-])\1+(?=\d)")
+_IBAN_LOWER = re.compile(r"\b[a-z]{2}\d{2}(?:[ ]?[a-z0-9]{4}){2,7}(?:[ ]?[a-z0-9]{1,4})?\b")
+
+
+@dataclass(frozen=True)
+class Normalized:
+    """`text` to match on; `starts[i]`/`ends[i]` are the original span of its character i."""
+
+    text: str
+    starts: tuple[int, ...] | None  # None: the copy is the original, offsets are the same
+    ends: tuple[int, ...] | None
+
+    def original_span(self, start: int, end: int) -> tuple[int, int]:
+        if self.starts is None or self.ends is None:
+            return start, end
+        return self.starts[start], self.ends[end - 1]
+
+
+def _char(c: str) -> str:
+    if c.isascii():
+        return c
+    cat = unicodedata.category(c)
+    if cat == "Cf" or c in _INVISIBLE:
+        return ""
+    if cat == "Nd":
+        return str(unicodedata.decimal(c))
+    if cat == "Pd":
+        return "-"
+    return unicodedata.normalize("NFKC", c)
+
+
+def _apply(text: str, starts: list[int], ends: list[int], pattern: re.Pattern[str], repl: Callable[[re.Match[str]], str]) -> tuple[str, list[int], list[int]]:
+    """Replace `pattern` matches, each new character mapping to the original span of its match."""
+    out: list[str] = []
+    new_s: list[int] = []
+    new_e: list[int] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        out.append(text[pos : m.start()])
+        new_s += starts[pos : m.start()]
+        new_e += ends[pos : m.start()]
+        rep = repl(m)
+        if rep and m.end() > m.start():
+            out.append(rep)
+            new_s += [starts[m.start()]] * len(rep)
+            new_e += [ends[m.end() - 1]] * len(rep)
+        pos = m.end()
+    out.append(text[pos:])
+    new_s += starts[pos:]
+    new_e += ends[pos:]
+    return "".join(out), new_s, new_e
+
+
+_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (_AT, lambda m: "@"),
+    (_DOT, lambda m: "."),
+    (_DOUBLED, lambda m: m.group(1)),
+    (_IBAN_LOWER, lambda m: m.group(0).upper()),
+)
+
+
+def normalize(text: str) -> Normalized:
+    """The matchable copy of `text` (see the module docstring); cheap when there is nothing to do."""
+    ascii_only = text.isascii()
+    if ascii_only and not any(p.search(text) for p, _ in _RULES):
+        return Normalized(text, None, None)
+    if ascii_only:
+        copy, starts, ends = text, list(range(len(text))), list(range(1, len(text) + 1))
+    else:
+        pieces, starts, ends = [], [], []
+        for i, c in enumerate(text):
+            n = _char(c)
+            pieces.append(n)
+            starts += [i] * len(n)
+            ends += [i + 1] * len(n)
+        copy = "".join(pieces)
+    for pattern, repl in _RULES:
+        if pattern.search(copy):
+            copy, starts, ends = _apply(copy, starts, ends, pattern, repl)
+    if copy == text:
+        return Normalized(text, None, None)
+    return Normalized(copy, tuple(starts), tuple(ends))

@@ -48,10 +48,10 @@ NETWORKS: tuple[Network, ...] = (
     Network("mir", (("2200", "2204"),), (16, 17, 18, 19)),
 )
 
-# 12-19 digits, whole or in groups of 2-8 joined by one kind of separator (a group of 8 is two
+# 12-19 digits, whole or in groups of 1-8 joined by one kind of separator (a group of 8 is two
 # groups of 4 whose separator was an invisible character, removed by normalization); digits or
 # letters around it would make it part of a longer identifier, so they are excluded.
-_CANDIDATE = re.compile(r"(?<![\w.,/-])\d{2,19}(?:([ ./-])\d{2,8}(?:\1\d{2,8}){0,7})?(?![\w]|[.,/-]\d)")
+_CANDIDATE = re.compile(r"(?<![\w.,/-])\d{2,19}(?:([ ./-])\d{1,8}(?:\1\d{1,8}){0,8})?(?![\w]|[.,/-]\d)")
 
 
 def luhn_ok(digits: str) -> bool:

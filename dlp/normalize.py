@@ -30,7 +30,8 @@ _INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0")
 _AT = re.compile(r"\s*[\[({]\s*at\s*[\])}]\s*|%40", re.IGNORECASE)
 _DOT = re.compile(r"\s*[\[({]\s*dot\s*[\])}]\s*", re.IGNORECASE)
 _DOUBLED = re.compile(r"(?<=\d)([ ./-])\1+(?=\d)")
-_IBAN_LOWER = re.compile(r"\b[a-z]{2}\d{2}(?:[ ]?[a-z0-9]{4}){2,7}(?:[ ]?[a-z0-9]{1,4})?\b")
+# After the bank code, each group holds a digit: the word after an IBAN is not part of it.
+_IBAN_LOWER = re.compile(r"\b[a-z]{2}\d{2}[ ]?[a-z0-9]{4}(?:[ ]?(?=[a-z]{0,3}\d)[a-z0-9]{1,4}){1,7}\b")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Entity types Presidio's pattern recognizers find with no NLP model (see dlp/engine.py).
 PATTERN_ENTITIES: tuple[str, ...] = (
@@ -27,6 +27,9 @@ PATTERN_ENTITIES: tuple[str, ...] = (
 # Entity types only a spaCy NER model finds (config `nlp_model`); PERSON is also found without one
 # (config `names`, see dlp/names.py).
 NER_ENTITIES: tuple[str, ...] = ("PERSON", "LOCATION")
+
+# Every type a built-in recognizer can report: what a policy file may name.
+BUILTIN_ENTITIES: tuple[str, ...] = PATTERN_ENTITIES + NER_ENTITIES
 
 ENTITY_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
 
@@ -81,6 +84,9 @@ class DlpConfig(BaseModel):
     # For agents no policy file gives a `dlp:` section: what leaves only as tokens, and what comes
     # back restored. Tokenizing by default keeps PII in the vault when a policy forgets DLP.
     tokenize: tuple[str, ...] = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON")
+    # Types whose values refuse the call (`pii_blocked`), and those that leave masked (`****1111`).
+    block: tuple[str, ...] = ()
+    mask: tuple[str, ...] = ()
     reveal: tuple[str, ...] = ()
     # Vault location: sqlite:///path, or redis://host:port/db. None: sqlite in the state dir.
     vault: str | None = None
@@ -102,6 +108,15 @@ class DlpConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown phone regions {unknown}")
         return v
+
+    @model_validator(mode="after")
+    def _known_types(self) -> DlpConfig:
+        known = set(self.entities) | set(BUILTIN_ENTITIES)
+        for key in ("tokenize", "block", "mask", "reveal"):
+            unknown = [e for e in getattr(self, key) if e not in known]
+            if unknown:
+                raise ValueError(f"dlp.{key}: unknown entity types {unknown}")
+        return self
 
     @property
     def entities(self) -> tuple[str, ...]:

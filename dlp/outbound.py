@@ -82,6 +82,32 @@ class TokenizeSummary:
         return sum(self.counts.values())
 
 
+@dataclass(frozen=True)
+class _Actions:
+    """What one call does per entity type: tokenize, block or mask (a type in none leaves as is)."""
+
+    tokenize: frozenset[str]
+    block: frozenset[str] = frozenset()
+    mask: frozenset[str] = frozenset()
+
+    @property
+    def scanned(self) -> frozenset[str]:
+        return self.tokenize | self.block | self.mask
+
+
+# Types whose last four digits are the customary safe hint (a card's, a phone's, an account's).
+_HINTED = frozenset({"CREDIT_CARD", "IBAN_CODE", "PHONE_NUMBER", "US_SSN"})
+
+
+def mask_value(entity_type: str, value: str) -> str:
+    """An irreversible stand-in: `****` plus, for numbers people recognize by them, the last four
+    digits. Nothing is stored, so a mask can never be restored."""
+    if entity_type in _HINTED:
+        digits = [c for c in value if c.isdigit()]
+        return "****" + "".join(digits[-4:])
+    return "****"
+
+
 @dataclass
 class _Leaf:
     keys: tuple[fieldpath.Key, ...]
@@ -132,10 +158,15 @@ class Tokenizer:
         entities: frozenset[str],
         scope: str,
         issued: dict[str, Entry] | None = None,
+        *,
+        block: frozenset[str] = frozenset(),
+        mask: frozenset[str] = frozenset(),
     ) -> TokenizeSummary:
         """Replace PII in the strings under `fields` of `body`, in place; return what was replaced.
 
-        `issued`, if given, receives token -> entry for every value replaced: the response to this
+        Values of `entities` become tokens, of `mask` irreversible `****1111` masks, and one of
+        `block` refuses the call (`pii_blocked`, naming the type and the field, never the value)
+        before any token is issued. `issued`, if given, receives token -> entry for every value replaced: the response to this
         call can be detokenized from it without waiting on the vault (see `dlp.sync`).
         Raises `StoreUnavailable` if the vault cannot issue a token: the caller refuses the call
         (`store_unavailable`) rather than let a value out.
@@ -151,12 +182,15 @@ class Tokenizer:
                         seen.add(keys)
                         leaves.append(_Leaf(keys, text))
         summary = TokenizeSummary(fields_scanned=len(leaves))
-        if not leaves or not entities:
+        actions = _Actions(entities, block, mask)
+        if not leaves or not actions.scanned:
             return summary
-        if names and any(await self._analyze_all(sorted(names), entities, scope, TokenizeSummary())):
+        if names and any(await self._analyze_all(sorted(names), actions.scanned, scope, TokenizeSummary())):
             # A token cannot stand in for a name without changing the body's shape; refuse instead.
             raise Refusal("malformed_body", "a parameter name in a DLP field holds personal data; send it as a value")
-        replaced = await self._tokenize_texts([leaf.text for leaf in leaves], entities, scope, summary, issued)
+        texts = [leaf.text for leaf in leaves]
+        labels = [fieldpath.format_keys(leaf.keys) for leaf in leaves]
+        replaced = await self._tokenize_texts(texts, actions, scope, summary, issued, labels)
         for leaf, new_text in zip(leaves, replaced, strict=True):
             if new_text != leaf.text:
                 fieldpath.assign(body, leaf.keys, new_text)
@@ -165,21 +199,36 @@ class Tokenizer:
     async def tokenize_text(self, text: str, entities: frozenset[str], scope: str) -> tuple[str, TokenizeSummary]:
         """`text` with its PII replaced by tokens."""
         summary = TokenizeSummary(fields_scanned=1)
-        (out,) = await self._tokenize_texts([text], entities, scope, summary)
+        (out,) = await self._tokenize_texts([text], _Actions(entities), scope, summary)
         return out, summary
 
     async def _tokenize_texts(
         self,
         texts: list[str],
-        entities: frozenset[str],
+        actions: _Actions,
         scope: str,
         summary: TokenizeSummary,
         issued: dict[str, Entry] | None = None,
+        labels: list[str] | None = None,
     ) -> list[str]:
         real = await self._real_tokens(texts, scope)
-        masked = [_mask(text, real) for text in texts]
-        findings = await self._analyze_all(masked, entities, scope, summary)
-        wanted = {(f.entity_type, text[f.start : f.end]) for text, fs in zip(texts, findings, strict=True) for f in fs}
+        blanked = [_blank(text, real) for text in texts]
+        findings = await self._analyze_all(blanked, actions.scanned, scope, summary)
+        for i, fs in enumerate(findings):
+            hit = next((f for f in fs if f.entity_type in actions.block), None)
+            if hit is not None:
+                where = labels[i] if labels else "text"
+                raise Refusal(
+                    "pii_blocked",
+                    f"{where} holds a {hit.entity_type}, which the policy blocks; nothing was sent",
+                    details={"entity_type": hit.entity_type, "field": where},
+                )
+        wanted = {
+            (f.entity_type, text[f.start : f.end])
+            for text, fs in zip(texts, findings, strict=True)
+            for f in fs
+            if f.entity_type not in actions.mask
+        }
         ordered = sorted(wanted)
         tokens = await asyncio.gather(*(self._token_for(scope, t, v) for t, v in ordered))
         by_value = dict(zip(ordered, tokens, strict=True))
@@ -190,7 +239,9 @@ class Tokenizer:
         for text, fs in zip(texts, findings, strict=True):
             parts, pos = [], 0
             for f in fs:
-                parts += [text[pos : f.start], by_value[(f.entity_type, text[f.start : f.end])]]
+                value = text[f.start : f.end]
+                stand_in = mask_value(f.entity_type, value) if f.entity_type in actions.mask else by_value[(f.entity_type, value)]
+                parts += [text[pos : f.start], stand_in]
                 pos = f.end
                 counts[f.entity_type] += 1
             parts.append(text[pos:])
@@ -266,7 +317,7 @@ def _names(match: fieldpath.Match, path: str) -> Iterator[str]:
             stack.extend(node)
 
 
-def _mask(text: str, real: frozenset[str]) -> str:
+def _blank(text: str, real: frozenset[str]) -> str:
     """`text` with its real tokens blanked out (same length, so offsets hold): an agent resending a
     placeholder is not re-tokenized, and PII glued to a token is still found on its own."""
     if not real:

@@ -38,6 +38,7 @@ CODES: dict[str, tuple[int, str]] = {
     "policy_denied": (403, "no policy rule allows this call"),
     "param_violation": (403, "a parameter breaks a policy rule"),
     "approval_required": (403, "the call needs a human approval; retry with X-Egress-Approval"),
+    "pii_blocked": (403, "a DLP field holds personal data of a type the policy blocks (type and field named, never the value)"),
     "admin_required": (403, "the API endpoint needs an admin token"),
     # 413: size
     "body_too_large": (413, "the request body exceeds max_body"),

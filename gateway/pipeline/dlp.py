@@ -55,7 +55,8 @@ class Dlp:
 
     @property
     def default(self) -> DlpPolicy:
-        return DlpPolicy(frozenset(self.config.tokenize), frozenset(self.config.reveal))
+        c = self.config
+        return DlpPolicy(frozenset(c.tokenize), frozenset(c.reveal), frozenset(c.block), frozenset(c.mask))
 
     def policy_for(self, policies: PolicySet | None, ident: Identity) -> DlpPolicy:
         if policies is None:
@@ -67,11 +68,16 @@ class Dlp:
         return entity_types - set(self.config.entities)
 
     async def tokenize(self, action: Action, params: dict[str, Any], policy: DlpPolicy, call: CallDlp) -> dict[str, int]:
-        """Replace PII in the action's DLP fields of `params` in place; counts per entity type."""
-        if not action.dlp_fields or not policy.tokenize:
+        """Replace PII in the action's DLP fields of `params` in place; counts per entity type.
+
+        Refuses with `pii_blocked` if a field holds a type the policy blocks.
+        """
+        if not action.dlp_fields or not policy.scanned:
             return {}
         try:
-            summary = await self.tokenizer.tokenize_body(params, action.dlp_fields, policy.tokenize, call.scope, call.issued)
+            summary = await self.tokenizer.tokenize_body(
+                params, action.dlp_fields, policy.tokenize, call.scope, call.issued, block=policy.block, mask=policy.mask
+            )
         except StoreUnavailable:
             raise Refusal("store_unavailable", "the DLP vault is unavailable; nothing was sent") from None
         return summary.counts

@@ -118,10 +118,18 @@ class Finding:
 
 @dataclass(frozen=True)
 class DlpPolicy:
-    """What DLP does for one agent: entity types to tokenize and those it may see restored."""
+    """What DLP does for one agent: per entity type one outbound action (a type in none of the
+    three sets leaves as is), and the types it may see restored."""
 
     tokenize: frozenset[str]
     reveal: frozenset[str]
+    block: frozenset[str] = frozenset()
+    mask: frozenset[str] = frozenset()
+
+    @property
+    def scanned(self) -> frozenset[str]:
+        """Every type the engine must look for."""
+        return self.tokenize | self.block | self.mask
 
 
 @dataclass(frozen=True)
@@ -254,21 +262,27 @@ class PolicySet:
         return make("approval_required", rules=matched, refusal=refusal, would_deny=would, approval_summary=summary)
 
     def dlp_for(self, subject: Subject, default: DlpPolicy) -> DlpPolicy:
-        """DLP settings of the files applying to `subject`: tokenize the union, reveal the intersection.
+        """DLP settings of the files applying to `subject`: per type the strictest action any file
+        gives it (block, then tokenize, then mask), and reveal the intersection.
 
         `default` (the config's `dlp:` section) applies when no such file has a `dlp:` section.
         """
+        block: set[str] = set()
         tokenize: set[str] = set()
+        mask: set[str] = set()
         reveal: set[str] | None = None
         for f in self.files:
             if f.policy.dlp is None or not f.applies_to(subject):
                 continue
+            block.update(f.policy.dlp.block)
             tokenize.update(f.policy.dlp.tokenize)
+            mask.update(f.policy.dlp.mask)
             mine = set(f.policy.dlp.reveal)
             reveal = mine if reveal is None else reveal & mine
         if reveal is None:
             return default
-        return DlpPolicy(frozenset(tokenize), frozenset(reveal))
+        tokenize -= block
+        return DlpPolicy(frozenset(tokenize), frozenset(reveal), frozenset(block), frozenset(mask - block - tokenize))
 
     def _nearest(self, subject: Subject, connector: str, action: str, applicable: list[LoadedFile]) -> str:
         for f in applicable:

@@ -24,12 +24,12 @@ from limits import RateLimitItem, parse_many
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from connectors import fieldpath
+from dlp.config import BUILTIN_ENTITIES
 from gateway.policy.expr import Expression, ExpressionError, compile_expression
 
 Mode = Literal["enforce", "shadow"]
 Scalar = str | int | float | bool
 
-_ENTITY = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 class _Strict(BaseModel):
@@ -166,18 +166,38 @@ class Subjects(_Strict):
 
 
 class Dlp(_Strict):
-    """Presidio entity types to tokenize in outbound fields, and those this subject may see restored."""
+    """What happens to each entity type found in outbound fields, and which this subject may see
+    restored.
+
+    Per type, one action: `tokenize` (a vault token leaves), `block` (the call is refused with
+    `pii_blocked`), `mask` (an irreversible `****1111` leaves), or `allow` (the value leaves as
+    is; stated so a reader sees it was meant). A type named nowhere is allowed too. Types are
+    checked against those DLP knows, so a typo (`EMAIL_ADRESS`) fails the load instead of turning
+    DLP off for that type; a custom recognizer's type is configured in the config's `dlp:`.
+    """
 
     tokenize: list[str] = Field(default_factory=list)
+    block: list[str] = Field(default_factory=list)
+    mask: list[str] = Field(default_factory=list)
+    allow: list[str] = Field(default_factory=list)
     reveal: list[str] = Field(default_factory=list)
 
-    @field_validator("tokenize", "reveal")
+    @field_validator("tokenize", "block", "mask", "allow", "reveal")
     @classmethod
     def _entities(cls, v: list[str]) -> list[str]:
         for e in v:
-            if not _ENTITY.fullmatch(e):
-                raise ValueError(f"{e!r} is not a Presidio entity type (e.g. EMAIL_ADDRESS)")
+            if e not in BUILTIN_ENTITIES:
+                raise ValueError(f"{e!r} is not an entity type DLP knows (one of {', '.join(BUILTIN_ENTITIES)})")
         return v
+
+    @model_validator(mode="after")
+    def _one_action_per_type(self) -> Dlp:
+        seen: dict[str, str] = {}
+        for action in ("tokenize", "block", "mask", "allow"):
+            for e in getattr(self, action):
+                if seen.setdefault(e, action) != action:
+                    raise ValueError(f"{e} is in both {seen[e]} and {action}; give each type one action")
+        return self
 
 
 class PolicyFile(_Strict):

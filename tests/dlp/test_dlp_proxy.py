@@ -1,0 +1,134 @@
+"""DLP quality through the real proxy: what reaches the vendor raw, on the gateway's defaults and
+under per-type policy actions (issue 11 items 1-4, issue 10 item 1)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.clients import client, error_of
+from tests.dlp.user_corpus import corpus, evasions
+from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+
+TOKEN = re.compile(r"tok_[A-Z_]+_[a-z2-7]{20}")
+CHAT = "https://api.openai.com/v1/chat/completions"
+EMAIL, CARD, SSN = "jane.doe@example.com", "5555 5555 5555 4444", "536-90-4399"
+
+POLICY = """
+version: 1
+subjects: {{roles: [{role}]}}
+rules:
+  - connector: openai
+    actions: [chat_completions, embeddings]
+dlp:
+{dlp}
+"""
+STRICT = """  block: [CREDIT_CARD]
+  mask: [US_SSN]
+  tokenize: [EMAIL_ADDRESS, PHONE_NUMBER, IBAN_CODE, PERSON]
+  allow: [URL]
+  reveal: [EMAIL_ADDRESS]"""
+
+
+@pytest.fixture(scope="module")
+def strict_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
+    from tests.conftest import EXTRA_ENV
+    from tests.fakes import VENDOR_ENV
+
+    root = tmp_path_factory.mktemp("dlp-strict")
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "strict.yaml").write_text(POLICY.format(role="strict", dlp=STRICT))
+    gw = GatewayProcess(root, vendor_settings(pki, vendor_server, policies=str(policies)), {**VENDOR_ENV, **EXTRA_ENV}).start()
+    yield gw
+    gw.stop()
+
+
+def chat(*contents: str) -> dict:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": c} for c in contents]}
+
+
+def send(gw: GatewayProcess, body: dict, role: str = "assistant", sub: str = "dlp-q-1") -> httpx.Response:
+    with client(gw, gw.token(sub=sub, role=role, tenant="acme", scopes=("*",))) as c:
+        return c.post(CHAT, json=body)
+
+
+@pytest.mark.parametrize("kind", ["plain", "disguised"])
+def test_generated_pii_never_reaches_the_vendor_raw_on_defaults(gateway: GatewayProcess, vendor: FakeVendor, kind: str) -> None:
+    """Names, every card network, phones, SSNs, IBANs and e-mails, plain and disguised, seeded."""
+    samples = corpus(31, n_pii=60, n_clean=0)[0] if kind == "plain" else evasions(32, n=60)
+    for start in range(0, len(samples), 20):
+        batch = samples[start : start + 20]
+        r = send(gateway, chat(*(s.text for s in batch)))
+        assert r.status_code == 200, r.text
+        sent = [m["content"] for m in vendor.received[-1].json()["messages"]]
+        for sample, out in zip(batch, sent, strict=True):
+            for g in sample.gold:
+                raw = sample.text[g.start : g.end]
+                assert raw not in out, f"a {g.entity_type} reached the vendor raw"
+            assert TOKEN.search(out)
+
+
+def test_business_text_reaches_the_vendor_untouched(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    clean = corpus(33, n_pii=0, n_clean=40)[1]
+    r = send(gateway, chat(*(s.text for s in clean)))
+    assert r.status_code == 200, r.text
+    sent = [m["content"] for m in vendor.received[-1].json()["messages"]]
+    changed = [i for i, (s, out) in enumerate(zip(clean, sent, strict=True)) if s.text != out]
+    assert len(changed) <= 1, changed  # the goal is >= 0.98 untouched
+
+
+def test_token_look_alikes_do_not_hide_pii(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """Only a token the vault holds for the caller counts as one; a made-up or foreign one is text."""
+    fake = "tok_EMAIL_ADDRESS_" + "a" * 20
+    assert send(gateway, chat(f"mail {EMAIL}"), sub="owner").status_code == 200
+    real = TOKEN.findall(vendor.received[-1].json()["messages"][0]["content"])[0]
+    for sub, glued in (("owner", fake + EMAIL), ("owner", f"{fake} {EMAIL}"), ("thief", real + EMAIL), ("owner", real + EMAIL)):
+        r = send(gateway, chat(f"note {glued} end"), sub=sub)
+        assert r.status_code == 200, r.text
+        out = vendor.received[-1].json()["messages"][0]["content"]
+        assert EMAIL not in out, (sub, glued[:20])
+    # The owner's real token, resent, is left as it is (not tokenized again).
+    send(gateway, chat(f"as before: {real}."), sub="owner")
+    assert vendor.received[-1].json()["messages"][0]["content"] == f"as before: {real}."
+
+
+def test_blocked_type_refuses_the_call_naming_type_and_field(strict_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    r = send(strict_gw, chat("hello", f"charge {CARD} now"), role="strict")
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (403, "pii_blocked")
+    assert err["entity_type"] == "CREDIT_CARD" and err["field"] == "messages[1].content"
+    assert vendor.received == []
+    written = json.dumps(err) + strict_gw.audit_file.read_text() + strict_gw.log_file.read_text()
+    assert CARD not in written and CARD.replace(" ", "") not in written
+    assert any(x["decision_id"] == err["decision_id"] and x["code"] == "pii_blocked" for x in strict_gw.audit())
+
+
+def test_masked_type_leaves_irreversibly_and_others_by_their_action(strict_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    r = send(strict_gw, chat(f"SSN {SSN}, mail {EMAIL}, see https://example.com/a"), role="strict")
+    assert r.status_code == 200, r.text
+    out = vendor.received[-1].json()["messages"][0]["content"]
+    assert SSN not in out and "****4399" in out
+    assert EMAIL not in out and TOKEN.search(out)
+    assert "https://example.com/a" in out
+    # The mask is not a token: the detokenize API has nothing to restore it from.
+    token = strict_gw.token(sub="dlp-q-1", role="strict", tenant="acme", scopes=("*",))
+    back = httpx.post(f"{strict_gw.api_url}/v1/detokenize", json={"text": out}, headers={"Authorization": f"Bearer {token}"})
+    assert SSN not in back.json()["text"] and EMAIL in back.json()["text"]
+
+
+@pytest.mark.parametrize(
+    "dlp",
+    ["  tokenize: [EMAIL_ADRESS]", "  reveal: [PERSONS]", "  block: [CREDITCARD]", "  tokenize: [US_SSN]\n  mask: [US_SSN]"],
+)
+def test_policy_typos_in_dlp_fail_the_check(strict_gw: GatewayProcess, tmp_path: Path, dlp: str) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "p.yaml").write_text(POLICY.format(role="x", dlp=dlp))
+    out = strict_gw.cli("policy", "check", str(broken), check=False)
+    assert out.returncode != 0, out.stdout
+    assert "p.yaml" in out.stdout + out.stderr

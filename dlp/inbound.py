@@ -9,13 +9,13 @@ to 290 ms). A stream emits at once everything that cannot be the start of a toke
 only a tail that could be (at most 65 characters, `tokens.pending_start`):
 
 - `TextStreamDetokenizer` works on raw text (any chunked body).
-- `SseDetokenizer` works at the SSE-event level, because in OpenAI streams a token is usually
+- `SseDetokenizer` works at the SSE-event level, because in LLM streams a token is usually
   split across two events' JSON strings (`"delta":{"content":"tok_EMA"}` then `"IL_…"`), with
-  JSON and `data:` framing in between that no byte-level matcher can see through. It carries the
-  held tail of each streamed text field (a choice's `delta.content`, a tool call's
-  `function.arguments`, a Responses API `output_text` delta) into the next event of that field,
-  and flushes it into the event that finishes the field (`finish_reason`, `….done`, `[DONE]`).
-  Events that change are re-serialized; all others pass through byte for byte.
+  JSON and `data:` framing in between that no byte-level matcher can see through. A vendor's
+  `StreamShape` (this package knows none: the OpenAI one lives with the gateway's DLP glue) names
+  the streamed text fields of each event; the held tail of each is carried into the next event of
+  that field and flushed into the event that finishes it. Events that change are re-serialized;
+  all others pass through byte for byte.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import codecs
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from dlp.tokens import TOKEN_RE, pending_start, token_type
 from dlp.vault import VaultReader
@@ -66,14 +66,14 @@ class Detokenizer:
 
     async def restore_text(self, text: str, scope: str, reveal: frozenset[str]) -> tuple[str, RevealSummary]:
         summary = RevealSummary()
-        (out,) = await self._restore_many([text], scope, reveal, summary)
+        (out,) = await self.restore_many([text], scope, reveal, summary)
         return out, summary
 
     async def restore_json(self, data: Any, scope: str, reveal: frozenset[str]) -> tuple[Any, RevealSummary]:
         """A copy of `data` with tokens restored in every string, keys included."""
         summary = RevealSummary()
         strings = list(_strings(data))
-        restored = dict(zip(strings, await self._restore_many(strings, scope, reveal, summary), strict=True))
+        restored = dict(zip(strings, await self.restore_many(strings, scope, reveal, summary), strict=True))
         return _rebuild(data, restored), summary
 
     async def restore_json_bytes(self, raw: bytes, scope: str, reveal: frozenset[str]) -> tuple[bytes, RevealSummary]:
@@ -85,9 +85,10 @@ class Detokenizer:
             return raw, summary
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), summary
 
-    async def _restore_many(
+    async def restore_many(
         self, texts: list[str], scope: str, reveal: frozenset[str], summary: RevealSummary
     ) -> list[str]:
+        """`texts` with the restorable tokens replaced by their values; counts added to `summary`."""
         found = {m.group(0) for text in texts for m in TOKEN_RE.finditer(text)}
         if not found:
             return texts
@@ -153,7 +154,7 @@ class TextStreamDetokenizer:
     async def _emit(self, text: str) -> bytes:
         if not text:
             return b""
-        (out,) = await self._detok._restore_many([text], self._scope, self._reveal, self.summary)
+        (out,) = await self._detok.restore_many([text], self._scope, self._reveal, self.summary)
         return out.encode("utf-8", "surrogateescape")
 
 
@@ -161,17 +162,37 @@ _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 # A streamed text field: (kind, indexes...) identifies it across events.
 FieldKey = tuple[Any, ...]
+# How a field ends with an event: False (more may follow), True (emit everything now), or
+# "before" (flush the held tail as an event of its own before this one).
+Final = bool | str
+
+
+class StreamShape(Protocol):
+    """Where one vendor's stream carries text that can hold a split token; one per stream."""
+
+    def fields(self, event: dict[str, Any], held: Collection[FieldKey]) -> Iterator[tuple[FieldKey, dict[str, Any], str, Final]]:
+        """The streamed text fields of one event: (key, container, field name, final).
+
+        `held` are the keys with a tail held back; a shape may add an empty field to the event
+        that finishes one so the tail has somewhere to go.
+        """
+        ...
+
+    def flush_event(self, key: FieldKey, tail: str) -> dict[str, Any]:
+        """An event of its own that carries `tail` of field `key`."""
+        ...
 
 
 class SseDetokenizer:
-    """Restores tokens in a `text/event-stream` body event by event (see the module docstring)."""
+    """Restores tokens in a `text/event-stream` body event by event (see the module docstring).
 
-    def __init__(self, detokenizer: Detokenizer, scope: str, reveal: frozenset[str]) -> None:
-        self._detok, self._scope, self._reveal = detokenizer, scope, reveal
+    Without a `shape`, tokens are restored within each event only.
+    """
+
+    def __init__(self, detokenizer: Detokenizer, scope: str, reveal: frozenset[str], shape: StreamShape | None = None) -> None:
+        self._detok, self._scope, self._reveal, self._shape = detokenizer, scope, reveal, shape
         self._buf = b""
         self._held: dict[FieldKey, str] = {}
-        self._base: dict[str, Any] = {}  # top-level fields of the last chat chunk, for flush events
-        self._response_item: dict[FieldKey, Any] = {}
         self.summary = RevealSummary()
 
     async def feed(self, chunk: bytes) -> bytes:
@@ -205,11 +226,28 @@ class SseDetokenizer:
         if not isinstance(obj, dict):
             if not TOKEN_RE.search(data):
                 return raw
-            (new,) = await self._detok._restore_many([data], self._scope, self._reveal, self.summary)
+            (new,) = await self._detok.restore_many([data], self._scope, self._reveal, self.summary)
             return _reframe(lines, data_idx, new, raw)
-        prefix = b""
-        changed = False
-        for key, container, name, final in self._stream_fields(obj):
+        prefix, changed = await self._carry(obj)
+        strings = list(_strings(obj))
+        if any(TOKEN_RE.search(s) for s in strings):
+            before = self.summary.total
+            new = await self._detok.restore_many(strings, self._scope, self._reveal, self.summary)
+            restored = dict(zip(strings, new, strict=True))
+            if self.summary.total != before:
+                obj = _rebuild(obj, restored)
+                changed = True
+        if not changed:
+            return prefix + raw
+        return prefix + _reframe(lines, data_idx, json.dumps(obj, ensure_ascii=False, separators=(",", ":")), raw)
+
+    async def _carry(self, obj: dict[str, Any]) -> tuple[bytes, bool]:
+        """Hold back each streamed field's possible token prefix, prepend what was held before;
+        the flush events to send first, and whether `obj` changed."""
+        prefix, changed = b"", False
+        if self._shape is None:
+            return prefix, changed
+        for key, container, name, final in self._shape.fields(obj, self._held.keys()):
             if final == "before":
                 prefix += await self._flush([key])
                 continue
@@ -220,75 +258,17 @@ class SseDetokenizer:
             if value[:cut] != container.get(name):
                 container[name] = value[:cut]
                 changed = True
-        strings = list(_strings(obj))
-        if any(TOKEN_RE.search(s) for s in strings):
-            before = self.summary.total
-            new = await self._detok._restore_many(strings, self._scope, self._reveal, self.summary)
-            restored = dict(zip(strings, new, strict=True))
-            if self.summary.total != before:
-                obj = _rebuild(obj, restored)
-                changed = True
-        if not changed:
-            return prefix + raw
-        return prefix + _reframe(lines, data_idx, json.dumps(obj, ensure_ascii=False, separators=(",", ":")), raw)
-
-    def _stream_fields(self, obj: dict[str, Any]) -> Iterator[tuple[FieldKey, dict[str, Any], str, bool | str]]:
-        """The streamed text fields of one event: (key, container, field name, final).
-
-        `final` True: the field ends with this event, emit everything; "before": flush the held
-        tail as its own event before this one.
-        """
-        choices = obj.get("choices")
-        if isinstance(choices, list):
-            self._base = {k: v for k, v in obj.items() if k not in ("choices", "usage")}
-            for choice in choices:
-                if not isinstance(choice, dict) or not isinstance(choice.get("delta"), dict):
-                    continue
-                i, delta = choice.get("index", 0), choice["delta"]
-                final = choice.get("finish_reason") is not None
-                if final and ("content", i) in self._held and not isinstance(delta.get("content"), str):
-                    delta["content"] = ""
-                if isinstance(delta.get("content"), str):
-                    yield ("content", i), delta, "content", final
-                calls = delta.get("tool_calls")
-                if final:
-                    held_calls = [k[2] for k in self._held if k[0] == "tool" and k[1] == i]
-                    present = {c.get("index") for c in calls or [] if isinstance(c, dict)}
-                    extra = [{"index": j, "function": {"arguments": ""}} for j in held_calls if j not in present]
-                    if extra:
-                        calls = delta["tool_calls"] = list(calls or []) + extra
-                for call in calls or []:
-                    fn = call.get("function") if isinstance(call, dict) else None
-                    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
-                        yield ("tool", i, call.get("index", 0)), fn, "arguments", final
-            return
-        kind = obj.get("type")
-        if isinstance(kind, str) and kind.startswith("response."):
-            key = ("response", obj.get("output_index"), obj.get("content_index"))
-            if kind.endswith("_text.delta") and isinstance(obj.get("delta"), str):
-                self._response_item[key] = {k: v for k, v in obj.items() if k != "delta"}
-                yield key, obj, "delta", False
-            elif key in self._held:
-                yield key, obj, "delta", "before"
+        return prefix, changed
 
     async def _flush(self, keys: list[FieldKey]) -> bytes:
         """Held tails as events of their own (the stream ended or moved on without them)."""
         out = b""
         for key in keys:
             tail = self._held.pop(key, "")
-            if not tail:
+            if not tail or self._shape is None:
                 continue
-            (tail,) = await self._detok._restore_many([tail], self._scope, self._reveal, self.summary)
-            if key[0] == "content":
-                event = {
-                    **self._base,
-                    "choices": [{"index": key[1], "delta": {"content": tail}, "finish_reason": None}],
-                }
-            elif key[0] == "tool":
-                delta = {"tool_calls": [{"index": key[2], "function": {"arguments": tail}}]}
-                event = {**self._base, "choices": [{"index": key[1], "delta": delta, "finish_reason": None}]}
-            else:
-                event = {**self._response_item.get(key, {}), "delta": tail}
+            (tail,) = await self._detok.restore_many([tail], self._scope, self._reveal, self.summary)
+            event = self._shape.flush_event(key, tail)
             out += b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
         return out
 

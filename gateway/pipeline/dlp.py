@@ -2,13 +2,14 @@
 
 The `dlp/` package knows how to find, tokenize and restore PII; this module knows which calls,
 which fields and which entity types, from the action (`dlp_fields`, `detokenize_response`) and the
-agent's policy (`dlp.tokenize`, `dlp.reveal`, falling back to the config's `dlp:` section).
+agent's policy (`dlp.tokenize`/`block`/`mask`, `dlp.reveal`, falling back to the config's `dlp:`
+section), and where OpenAI's streams carry text (`OpenAiStreamShape`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from connectors.model import Action
 from dlp.config import DlpConfig
 from dlp.crypto import Sealer, load_master_key
 from dlp.engine import PiiEngine, build_engine
-from dlp.inbound import Detokenizer, RevealSummary, SseDetokenizer
+from dlp.inbound import Detokenizer, FieldKey, Final, RevealSummary, SseDetokenizer
 from dlp.outbound import Tokenizer, scope_key
 from dlp.sync import ImmediateVault, stream_function
 from dlp.vault import Entry, SqliteVault, StoreUnavailable, Vault, open_vault
@@ -94,7 +95,7 @@ class Dlp:
     def sse_stream(self, call: CallDlp) -> Callable[[bytes], bytes]:
         """mitmproxy's stream function for an SSE response of this call (see `dlp.sync`)."""
         read = self.vault.resolve_now if isinstance(self.vault, SqliteVault) else None
-        detok = SseDetokenizer(Detokenizer(ImmediateVault(call.issued, read)), call.scope, call.reveal)
+        detok = SseDetokenizer(Detokenizer(ImmediateVault(call.issued, read)), call.scope, call.reveal, OpenAiStreamShape())
         call.stream_summary = lambda: detok.summary
         return stream_function(detok)
 
@@ -105,3 +106,66 @@ class Dlp:
 
 def scope_of(ident: Identity) -> str:
     return scope_key(ident.tenant, ident.sub)
+
+
+Field = tuple[FieldKey, dict[str, Any], str, Final]
+
+
+class OpenAiStreamShape:
+    """Where OpenAI streams carry text a token can be split across (a `dlp.inbound.StreamShape`).
+
+    Chat completions: a choice's `delta.content` and each tool call's `function.arguments`, ended
+    by the choice's `finish_reason`. Responses: `response.*_text.delta` and
+    `response.function_call_arguments.delta` per output item, ended by the item's next event.
+    """
+
+    def __init__(self) -> None:
+        self._base: dict[str, Any] = {}  # top-level fields of the last chat chunk, for flush events
+        self._response_item: dict[FieldKey, Any] = {}
+
+    def fields(self, event: dict[str, Any], held: Collection[FieldKey]) -> Iterator[Field]:
+        choices = event.get("choices")
+        if isinstance(choices, list):
+            self._base = {k: v for k, v in event.items() if k not in ("choices", "usage")}
+            for choice in choices:
+                if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                    yield from self._choice(choice, held)
+            return
+        kind = event.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):
+            key = ("response", event.get("output_index"), event.get("content_index"))
+            if kind.endswith(("_text.delta", "_arguments.delta")) and isinstance(event.get("delta"), str):
+                self._response_item[key] = {k: v for k, v in event.items() if k != "delta"}
+                yield key, event, "delta", False
+            elif key in held:
+                yield key, event, "delta", "before"
+
+    def _choice(self, choice: dict[str, Any], held: Collection[FieldKey]) -> Iterator[Field]:
+        i, delta = choice.get("index", 0), choice["delta"]
+        final = choice.get("finish_reason") is not None
+        if final and ("content", i) in held and not isinstance(delta.get("content"), str):
+            delta["content"] = ""
+        if isinstance(delta.get("content"), str):
+            yield ("content", i), delta, "content", final
+        calls = delta.get("tool_calls")
+        if final:
+            present = {c.get("index") for c in calls or [] if isinstance(c, dict)}
+            extra = [
+                {"index": k[2], "function": {"arguments": ""}}
+                for k in held
+                if k[0] == "tool" and k[1] == i and k[2] not in present
+            ]
+            if extra:
+                calls = delta["tool_calls"] = list(calls or []) + extra
+        for call in calls or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                yield ("tool", i, call.get("index", 0)), fn, "arguments", final
+
+    def flush_event(self, key: FieldKey, tail: str) -> dict[str, Any]:
+        if key[0] == "content":
+            return {**self._base, "choices": [{"index": key[1], "delta": {"content": tail}, "finish_reason": None}]}
+        if key[0] == "tool":
+            delta = {"tool_calls": [{"index": key[2], "function": {"arguments": tail}}]}
+            return {**self._base, "choices": [{"index": key[1], "delta": delta, "finish_reason": None}]}
+        return {**self._response_item.get(key, {}), "delta": tail}

@@ -20,6 +20,7 @@ from dlp.outbound import Tokenizer, scope_key
 from dlp.tokens import TOKEN_RE
 from dlp.vault import SqliteVault, StoreUnavailable
 from gateway.errors import Refusal
+from gateway.pipeline.dlp import OpenAiStreamShape
 
 ALL = frozenset(PATTERN_ENTITIES)
 A, B = scope_key("acme", "agent-a"), scope_key("acme", "agent-b")
@@ -176,7 +177,7 @@ def test_sse_token_split_across_events_at_every_offset(tok: Tokenizer, detok: De
         out, _ = await tok.tokenize_text(MAIL, ALL, A)
         text = f"Sure, I wrote to {out} today."
         for cut in range(1, len(text)):
-            stream = SseDetokenizer(detok, A, ALL)
+            stream = SseDetokenizer(detok, A, ALL, OpenAiStreamShape())
             got = await stream.feed(sse(text[:cut]))
             got += await stream.feed(sse(text[cut:]))
             got += await stream.feed(sse(None, "stop"))
@@ -190,7 +191,7 @@ def test_sse_token_split_across_events_at_every_offset(tok: Tokenizer, detok: De
 
 def test_sse_held_tail_flushed_at_finish_and_done(tok: Tokenizer, detok: Detokenizer) -> None:
     async def body() -> None:
-        stream = SseDetokenizer(detok, A, ALL)
+        stream = SseDetokenizer(detok, A, ALL, OpenAiStreamShape())
         got = await stream.feed(sse("a cat"))
         assert contents(got) == "a ca"  # the trailing "t" could start a token
         got += await stream.feed(b"data: [DONE]\n\n")
@@ -201,7 +202,7 @@ def test_sse_held_tail_flushed_at_finish_and_done(tok: Tokenizer, detok: Detoken
 
 def test_sse_first_event_without_prefix_is_emitted_at_once(detok: Detokenizer) -> None:
     async def body() -> None:
-        stream = SseDetokenizer(detok, A, ALL)
+        stream = SseDetokenizer(detok, A, ALL, OpenAiStreamShape())
         first = sse("Hello there!")
         assert await stream.feed(first) == first  # untouched bytes, immediately
         assert await stream.feed(b": keep-alive\n\n") == b": keep-alive\n\n"
@@ -213,7 +214,7 @@ def test_sse_tool_call_arguments(tok: Tokenizer, detok: Detokenizer) -> None:
     async def body() -> None:
         out, _ = await tok.tokenize_text(MAIL, ALL, A)
         args = json.dumps({"to": out})
-        stream = SseDetokenizer(detok, A, ALL)
+        stream = SseDetokenizer(detok, A, ALL, OpenAiStreamShape())
         got = b""
         for part in (args[:12], args[12:30], args[30:]):
             ev = {
@@ -237,11 +238,35 @@ def test_sse_tool_call_arguments(tok: Tokenizer, detok: Detokenizer) -> None:
     run(body())
 
 
+def test_sse_responses_function_call_arguments_split_at_every_offset(tok: Tokenizer, detok: Detokenizer) -> None:
+    """Responses API: JSON arguments streamed as `function_call_arguments.delta` fragments."""
+
+    def event(kind: str, **fields: Any) -> bytes:
+        return f"event: {kind}\ndata: ".encode() + json.dumps({"type": kind, "output_index": 1, **fields}).encode() + b"\n\n"
+
+    async def body() -> None:
+        out, _ = await tok.tokenize_text(MAIL, ALL, A)
+        args = json.dumps({"to": out, "cc": out})
+        for cut in range(1, len(args), 3):
+            stream = SseDetokenizer(detok, A, ALL, OpenAiStreamShape())
+            got = b""
+            for part in (args[:cut], args[cut:]):
+                got += await stream.feed(event("response.function_call_arguments.delta", item_id="fc_1", delta=part))
+            got += await stream.feed(event("response.function_call_arguments.done", item_id="fc_1", arguments=args))
+            got += await stream.finish()
+            deltas = [json.loads(b.split(b"data: ", 1)[1]) for b in got.split(b"\n\n") if b"data: " in b]
+            joined = "".join(d["delta"] for d in deltas if d["type"].endswith(".delta"))
+            assert json.loads(joined) == {"to": MAIL, "cc": MAIL}, cut
+            assert json.loads(deltas[-1]["arguments"]) == {"to": MAIL, "cc": MAIL}
+
+    run(body())
+
+
 def test_sse_chunking_inside_events(tok: Tokenizer, detok: Detokenizer) -> None:
     async def body() -> None:
         out, _ = await tok.tokenize_text(PHONE, ALL, A)
         raw = sse(f"call {out[:9]}") + sse(f"{out[9:]} now") + sse(None, "stop") + b"data: [DONE]\n\n"
-        stream = SseDetokenizer(detok, A, ALL)
+        stream = SseDetokenizer(detok, A, ALL, OpenAiStreamShape())
         got = b""
         for i in range(0, len(raw), 7):
             got += await stream.feed(raw[i : i + 7])

@@ -1,7 +1,10 @@
 """`POST /v1/detokenize`: the body logic, without HTTP.
 
 The API handler authenticates the agent, derives its scope and its policy's `reveal` types, and
-calls `detokenize_request`; it audits the returned summary (counts and types, never values).
+calls `detokenize_request`; it audits the returned summary (counts and types, never values). When
+tokens were left in place, the reply says how many of each type and why, under `withheld`
+(`{"unknown": {"EMAIL_ADDRESS": 2}, "type_not_revealable": {"PERSON": 1}}`), so a caller can tell
+a policy limit from a stale token without any value being shown.
 Malformed bodies are refused with `malformed_body`; a vault failure propagates as
 `StoreUnavailable` for the handler to map to `store_unavailable`.
 """
@@ -24,6 +27,12 @@ async def detokenize_request(
         if not isinstance(payload["text"], str):
             raise Refusal("malformed_body", '"text" must be a string')
         text, summary = await detokenizer.restore_text(payload["text"], scope, reveal)
-        return {"text": text}, summary
+        return _with_withheld({"text": text}, summary), summary
     data, summary = await detokenizer.restore_json(payload["json"], scope, reveal)
-    return {"json": data}, summary
+    return _with_withheld({"json": data}, summary), summary
+
+
+def _with_withheld(reply: dict[str, Any], summary: RevealSummary) -> dict[str, Any]:
+    if summary.withheld_by:
+        reply["withheld"] = {reason: dict(sorted(by.items())) for reason, by in sorted(summary.withheld_by.items())}
+    return reply

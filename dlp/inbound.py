@@ -32,18 +32,33 @@ from dlp.tokens import TOKEN_RE, pending_start, token_type
 from dlp.vault import VaultReader
 
 
+# Why a token was left in place. The vault is keyed by scope, so another agent's token, an
+# expired one and a made-up one look the same from the caller's scope: all are "unknown", and
+# telling them apart would let an agent probe for other agents' tokens.
+NOT_REVEALABLE = "type_not_revealable"
+UNKNOWN = "unknown"
+
+
 @dataclass
 class RevealSummary:
-    """What the audit records about a reveal: counts per entity type, never values."""
+    """What the audit records about a reveal: counts per entity type, never values.
+
+    `withheld_by` is reason -> entity type -> count of tokens left in place; the type is the one
+    written in the token for unknown ones (nothing else is known), the vault's otherwise.
+    """
 
     restored: dict[str, int] = field(default_factory=dict)
-    withheld: int = 0  # tokens seen and left in place (foreign scope, not revealable, unknown)
+    withheld: int = 0  # tokens seen and left in place, all reasons
+    withheld_by: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, restored: Counter[str], withheld: int) -> None:
+    def add(self, restored: Counter[str], withheld: Counter[tuple[str, str]]) -> None:
         merged = Counter(self.restored)
         merged.update(restored)
         self.restored = dict(sorted(merged.items()))
-        self.withheld += withheld
+        self.withheld += sum(withheld.values())
+        for (reason, kind), n in withheld.items():
+            by_type = self.withheld_by.setdefault(reason, {})
+            by_type[kind] = by_type.get(kind, 0) + n
 
     @property
     def total(self) -> int:
@@ -58,11 +73,25 @@ class Detokenizer:
 
     async def values(self, tokens: set[str], scope: str, reveal: frozenset[str]) -> dict[str, tuple[str, str]]:
         """token -> (entity type, value) for the tokens that may be restored."""
-        candidates = {t for t in tokens if token_type(t) in reveal}
-        if not candidates:
-            return {}
-        entries = await self._vault.resolve(scope, candidates)
-        return {t: (e.entity_type, e.value) for t, e in entries.items() if e.entity_type in reveal}
+        return (await self._lookup(tokens, scope, reveal))[0]
+
+    async def _lookup(
+        self, tokens: set[str], scope: str, reveal: frozenset[str]
+    ) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
+        """(token -> (type, value) to restore, token -> (reason, type) withheld)."""
+        withheld = {t: (NOT_REVEALABLE, token_type(t) or "") for t in tokens if token_type(t) not in reveal}
+        candidates = tokens - withheld.keys()
+        entries = await self._vault.resolve(scope, candidates) if candidates else {}
+        values: dict[str, tuple[str, str]] = {}
+        for t in candidates:
+            e = entries.get(t)
+            if e is None:
+                withheld[t] = (UNKNOWN, token_type(t) or "")
+            elif e.entity_type not in reveal:
+                withheld[t] = (NOT_REVEALABLE, e.entity_type)
+            else:
+                values[t] = (e.entity_type, e.value)
+        return values, withheld
 
     async def restore_text(self, text: str, scope: str, reveal: frozenset[str]) -> tuple[str, RevealSummary]:
         summary = RevealSummary()
@@ -92,15 +121,14 @@ class Detokenizer:
         found = {m.group(0) for text in texts for m in TOKEN_RE.finditer(text)}
         if not found:
             return texts
-        values = await self.values(found, scope, reveal)
+        values, reasons = await self._lookup(found, scope, reveal)
         restored: Counter[str] = Counter()
-        withheld = 0
+        withheld: Counter[tuple[str, str]] = Counter()
 
         def swap(m: re.Match[str]) -> str:
-            nonlocal withheld
             hit = values.get(m.group(0))
             if hit is None:
-                withheld += 1
+                withheld[reasons[m.group(0)]] += 1
                 return m.group(0)
             restored[hit[0]] += 1
             return hit[1]

@@ -298,7 +298,13 @@ def test_api_logic(tok: Tokenizer, detok: Detokenizer) -> None:
         reply, _ = await detokenize_request({"json": {"to": [out]}}, detok, A, ALL)
         assert reply == {"json": {"to": [MAIL]}}
         reply, summary = await detokenize_request({"text": out}, detok, B, ALL)
-        assert reply == {"text": out} and summary.withheld == 1
+        assert reply == {"text": out, "withheld": {"unknown": {"EMAIL_ADDRESS": 1}}} and summary.withheld == 1
+        made_up = "tok_PERSON_" + "b" * 20
+        text = f"{out} {out} {made_up}"
+        reply, _ = await detokenize_request({"text": text}, detok, A, frozenset({"PHONE_NUMBER"}))
+        assert reply == {"text": text, "withheld": {"type_not_revealable": {"EMAIL_ADDRESS": 2, "PERSON": 1}}}
+        reply, _ = await detokenize_request({"text": text}, detok, A, frozenset({"EMAIL_ADDRESS", "PERSON"}))
+        assert reply == {"text": f"{MAIL} {MAIL} {made_up}", "withheld": {"unknown": {"PERSON": 1}}}
         for bad in ([], {"text": 1}, {"text": "a", "json": 1}, {"other": 1}):
             with pytest.raises(Refusal) as info:
                 await detokenize_request(bad, detok, A, ALL)

@@ -20,6 +20,7 @@ PII = (EMAIL, PHONE, CARD, IBAN, SSN)
 TEXT = f"Customer {EMAIL}, phone {PHONE}, card {CARD}, IBAN {IBAN}, SSN {SSN}. Please summarise."
 TOKEN = re.compile(r"tok_[A-Z_]+_[a-z2-7]{20}")
 ALL = "[EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN]"
+TOKEN_KINDS = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN")
 
 POLICY = """
 version: 1
@@ -177,7 +178,8 @@ def test_detokenize_api(dlp_gw: GatewayProcess, vendor: FakeVendor) -> None:
     # Another agent, even one allowed to reveal everything, cannot restore the owner's tokens.
     thief = agent(dlp_gw, "assistant", "api-thief")
     stolen = httpx.post(url, json={"text": tokenized}, headers={"Authorization": f"Bearer {thief}"})
-    assert stolen.status_code == 200 and stolen.json() == {"text": tokenized}
+    assert stolen.status_code == 200 and stolen.json()["text"] == tokenized
+    assert stolen.json()["withheld"] == {"unknown": dict.fromkeys(sorted(TOKEN_KINDS), 1)}
     # The owner's own tokens of a type its policy does not reveal stay tokens.
     narrow = agent(dlp_gw, "emailonly", "api-owner")
     partial = httpx.post(url, json={"text": tokenized}, headers={"Authorization": f"Bearer {narrow}"}).json()["text"]

@@ -92,8 +92,11 @@ class DlpConfig(BaseModel):
     vault: str | None = None
     # Vault master key (base64 of 32 bytes) or env:NAME / file:PATH; None: <state_dir>/dlp.key.
     key: str | None = None
-    # How long a value keeps its token (and the token stays restorable), in seconds.
+    # How long a value keeps its token (and the token stays restorable), in seconds: the vault's
+    # retention. Expired entries are deleted every `purge_every` seconds (SQLite; Redis expires
+    # them itself), so sealed PII does not outlive its token on disk.
     token_ttl: int = Field(default=86_400, gt=0)
+    purge_every: int = Field(default=600, gt=0)
     # Memoized analyses (per scope and field value) kept in memory.
     memo_size: int = Field(default=4096, ge=0)
     # Threads that run Presidio off the event loop.

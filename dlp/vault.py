@@ -80,10 +80,41 @@ CREATE INDEX IF NOT EXISTS dlp_tokens_expiry ON dlp_tokens (expires_at);
 """
 
 
-class SqliteVault:
-    """The embedded vault: one SQLite file, shared safely by threads and processes."""
+@dataclass(frozen=True)
+class VaultStats:
+    """What `egress-gateway vault stats` shows: counts and ages, never a value."""
 
-    def __init__(self, path: Path, sealer: Sealer, ttl: float) -> None:
+    entries: int  # live: restorable now
+    expired: int  # past their expiry, waiting for the next purge
+    oldest_age_s: float | None  # age of the oldest live entry
+
+
+def sqlite_stats(path: Path, ttl: float) -> VaultStats:
+    """Stats of a SQLite vault file, opened read-only (no key needed, nothing created).
+
+    Entries store their expiry only; an entry's age is `ttl` minus the time it has left.
+    """
+    if not path.exists():
+        return VaultStats(0, 0, None)
+    now = time.time()
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+            live, oldest = db.execute("SELECT COUNT(*), MIN(expires_at) FROM dlp_tokens WHERE expires_at > ?", (now,)).fetchone()
+            (expired,) = db.execute("SELECT COUNT(*) FROM dlp_tokens WHERE expires_at <= ?", (now,)).fetchone()
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"sqlite vault cannot be read: {type(exc).__name__}") from None
+    return VaultStats(live, expired, None if oldest is None else max(0.0, now - (oldest - ttl)))
+
+
+class SqliteVault:
+    """The embedded vault: one SQLite file, shared safely by threads and processes.
+
+    Expired entries are deleted when the vault opens and then every `purge_every` seconds by a
+    daemon thread (until `close`), with SQLite's `secure_delete` on so their sealed bytes are
+    overwritten rather than left in free pages: an expired token's PII does not stay on disk.
+    """
+
+    def __init__(self, path: Path, sealer: Sealer, ttl: float, purge_every: float | None = None) -> None:
         self._sealer = sealer
         self._ttl = ttl
         self._lock = threading.Lock()
@@ -92,10 +123,22 @@ class SqliteVault:
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"sqlite vault cannot be opened: {type(exc).__name__}") from None
         path.chmod(0o600)
+        self._stop = threading.Event()
+        if purge_every is not None:
+            self._purge()
+            threading.Thread(target=self._purge_loop, args=(purge_every,), name="dlp-vault-purge", daemon=True).start()
+
+    def _purge_loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self._purge()
+            except StoreUnavailable:
+                continue  # a locked or busy file: the next round tries again
 
     def __repr__(self) -> str:
         return "SqliteVault(...)"
@@ -116,6 +159,7 @@ class SqliteVault:
         return await asyncio.to_thread(self._purge)
 
     async def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._db.close()
 
@@ -188,12 +232,22 @@ class SqliteVault:
                 raise StoreUnavailable(f"sqlite vault purge failed: {type(exc).__name__}") from None
 
 
-def open_vault(uri: str | None, state_dir: Path, sealer: Sealer, ttl: float) -> Vault:
-    """The vault named by `dlp.vault`: None or sqlite:///path (SQLite), redis://… (Redis)."""
+def sqlite_path(uri: str | None, state_dir: Path) -> Path | None:
+    """The SQLite file `dlp.vault` names (None: the state dir's), or None for another store."""
     if uri is None:
-        return SqliteVault(state_dir / SQLITE_FILE, sealer, ttl)
-    if uri.startswith("sqlite:///"):
-        return SqliteVault(Path(uri[len("sqlite:///") :]), sealer, ttl)
+        return state_dir / SQLITE_FILE
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def open_vault(uri: str | None, state_dir: Path, sealer: Sealer, ttl: float, purge_every: float | None = None) -> Vault:
+    """The vault named by `dlp.vault`: None or sqlite:///path (SQLite), redis://… (Redis).
+
+    `purge_every` (seconds) starts the SQLite vault's purge schedule; Redis expires entries itself.
+    """
+    path = sqlite_path(uri, state_dir)
+    if path is not None:
+        return SqliteVault(path, sealer, ttl, purge_every)
+    assert uri is not None
     if uri.startswith(("redis://", "rediss://", "unix://")):
         from dlp.vault_redis import RedisVault
 

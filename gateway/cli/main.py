@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import sandbox.cli
+from dlp.vault import StoreUnavailable, sqlite_path, sqlite_stats
 from gateway.proxy import ca
 from gateway import config
 from gateway.identity import tokens as identity
@@ -114,6 +117,20 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vault_stats(args: argparse.Namespace) -> int:
+    """Entries, expired entries awaiting the purge, and the oldest entry's age: never a value."""
+    dlp = _config(args).dlp
+    path = sqlite_path(dlp.vault, _state(args).root)
+    if path is None:
+        raise CliError("vault stats reads SQLite vaults; a Redis vault expires its entries itself")
+    try:
+        stats = sqlite_stats(path, dlp.token_ttl)
+    except StoreUnavailable as e:
+        raise CliError(str(e)) from None
+    print(json.dumps({**asdict(stats), "retention_s": dlp.token_ttl, "purge_every_s": dlp.purge_every}))
+    return 0
+
+
 def cmd_connectors(args: argparse.Namespace) -> int:
     from connectors import registry
 
@@ -158,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--jti")
     which.add_argument("--sub")
     revoke.set_defaults(func=cmd_token_revoke)
+
+    vault = sub.add_parser("vault", help="the DLP vault").add_subparsers(dest="vault_command", required=True)
+    vault.add_parser("stats", parents=[common], help="entries and oldest age, as JSON").set_defaults(func=cmd_vault_stats)
 
     sub.add_parser("connectors", parents=[common], help="list connectors and actions").set_defaults(
         func=cmd_connectors

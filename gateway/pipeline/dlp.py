@@ -51,7 +51,8 @@ class Dlp:
     @classmethod
     def build(cls, config: DlpConfig, state: StateDir) -> Dlp:
         engine = build_engine(config)
-        vault = open_vault(config.vault, state.root, Sealer.from_master(load_master_key(config.key, state.root)), config.token_ttl)
+        sealer = Sealer.from_master(load_master_key(config.key, state.root))
+        vault = open_vault(config.vault, state.root, sealer, config.token_ttl, config.purge_every)
         return cls(config, engine, vault, Tokenizer(engine, vault, memo_size=config.memo_size, workers=config.workers), Detokenizer(vault))
 
     @property

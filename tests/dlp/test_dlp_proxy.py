@@ -132,3 +132,12 @@ def test_policy_typos_in_dlp_fail_the_check(strict_gw: GatewayProcess, tmp_path:
     out = strict_gw.cli("policy", "check", str(broken), check=False)
     assert out.returncode != 0, out.stdout
     assert "p.yaml" in out.stdout + out.stderr
+
+
+def test_vault_stats_cli_shows_entries_and_age_never_values(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    assert send(gateway, chat(f"stats for {EMAIL}"), sub="stats-agent").status_code == 200
+    out = gateway.cli("vault", "stats")
+    stats = json.loads(out.stdout)
+    assert stats["entries"] >= 1 and stats["oldest_age_s"] >= 0
+    assert stats["retention_s"] == 86_400 and stats["purge_every_s"] == 600
+    assert EMAIL not in out.stdout + out.stderr and "tok_" not in out.stdout

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from dlp.crypto import Sealer, VaultKeyError, load_master_key
-from dlp.vault import SqliteVault, StoreUnavailable, Vault, open_vault
+from dlp.vault import SqliteVault, StoreUnavailable, Vault, VaultStats, open_vault, sqlite_stats
 
 SECRET = "alice.secret@example.com"
 VaultFactory = Callable[..., Vault]
@@ -180,3 +181,32 @@ def test_key_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(VaultKeyError):
         load_master_key("env:DLP_UNSET_KEY_X", tmp_path)
     assert "hidden" in repr(Sealer.from_master(key))
+
+
+def test_expired_entries_are_purged_on_schedule_and_leave_no_sealed_bytes(tmp_path: Path, sealer: Sealer) -> None:
+    """Retention is token_ttl; the purge thread deletes what expired, and secure_delete overwrites it."""
+    path = tmp_path / "vault.sqlite3"
+    vault = SqliteVault(path, sealer, ttl=1, purge_every=0.2)
+
+    async def fill() -> list[str]:
+        return [(await vault.token_for("s", "EMAIL_ADDRESS", f"user{i}@example.com"))[0] for i in range(20)]
+
+    tokens = asyncio.run(fill())
+    assert sqlite_stats(path, ttl=1).entries == 20
+    deadline = time.monotonic() + 10
+    while sqlite_stats(path, ttl=1) != VaultStats(0, 0, None) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sqlite_stats(path, ttl=1) == VaultStats(0, 0, None)
+    asyncio.run(vault.close())
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("vault.sqlite3"))
+    assert not any(t.encode() in raw for t in tokens)
+
+
+def test_stats_count_live_and_expired_and_age(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "vault.sqlite3"
+    vault = SqliteVault(path, sealer, ttl=3600)  # no purge schedule: expired rows stay for the count
+    asyncio.run(vault.token_for("s", "PERSON", "Ana Lopez"))
+    stats = sqlite_stats(path, ttl=3600)
+    assert stats.entries == 1 and stats.expired == 0 and 0 <= (stats.oldest_age_s or 0) < 60
+    assert sqlite_stats(tmp_path / "none.sqlite3", ttl=1) == VaultStats(0, 0, None)
+    asyncio.run(vault.close())

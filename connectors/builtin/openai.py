@@ -1,7 +1,10 @@
 """OpenAI: chat completions (streamed or not), embeddings and responses.
 
 Message content may be a string or a list of typed parts; DLP scans every string under the named
-fields, so both shapes are covered by one path.
+fields, so both shapes are covered by one path. A conversation sent back holds the model's own
+tool calls (JSON arguments inside a JSON string) and the participants' `name`s, and `metadata` and
+`stop` are free text too: all are DLP fields. Responses `input` items (messages, function calls
+and their outputs) are scanned whole.
 """
 
 from __future__ import annotations
@@ -91,10 +94,11 @@ CONNECTOR = Connector(
     ),
     actions=(
         Action("chat_completions", "POST", "/v1/chat/completions", ChatCompletions,
-               dlp_fields=("messages[*].content", "messages[*].tool_calls[*].function.arguments", "user"),
+               dlp_fields=("messages[*].content", "messages[*].tool_calls[*].function.arguments", "messages[*].name",
+                           "messages[*].refusal", "metadata.*", "stop", "user"),
                detokenize_response=True),
         Action("embeddings", "POST", "/v1/embeddings", Embeddings, dlp_fields=("input", "user")),
         Action("responses", "POST", "/v1/responses", Responses,
-               dlp_fields=("input", "instructions", "user"), detokenize_response=True),
+               dlp_fields=("input", "instructions", "metadata.*", "user"), detokenize_response=True),
     ),
 )

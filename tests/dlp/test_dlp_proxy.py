@@ -141,3 +141,26 @@ def test_vault_stats_cli_shows_entries_and_age_never_values(gateway: GatewayProc
     assert stats["entries"] >= 1 and stats["oldest_age_s"] >= 0
     assert stats["retention_s"] == 86_400 and stats["purge_every_s"] == 600
     assert EMAIL not in out.stdout + out.stderr and "tok_" not in out.stdout
+
+
+def test_conversation_sent_back_is_scanned_in_every_free_text_field(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """Tool-call arguments (JSON in a JSON string), names, metadata and stop leave as tokens."""
+    args = json.dumps({"to": EMAIL, "card": CARD})
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "user", "content": "send it", "name": "Jane Doe"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "send_mail", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": f"sent to {EMAIL}"},
+        ],
+        "metadata": {"customer": EMAIL},
+        "stop": [SSN],
+    }
+    r = send(gateway, body)
+    assert r.status_code == 200, r.text
+    sent = vendor.received[-1].body.decode()
+    for raw in (EMAIL, CARD, SSN, "Jane Doe"):
+        assert raw not in sent, raw
+    out = json.loads(vendor.received[-1].json()["messages"][1]["tool_calls"][0]["function"]["arguments"])
+    assert set(out) == {"to", "card"} and all(TOKEN.fullmatch(v) for v in out.values())

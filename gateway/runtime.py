@@ -151,14 +151,14 @@ def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> 
         dlp = Dlp.build(config.dlp, state)
     except ValueError as e:  # a bad key, vault URI or recognizer: refuse to start
         raise ValueError(f"dlp: {e}") from None
-    wanted = set(config.dlp.tokenize)
+    wanted = set(config.dlp.tokenize + config.dlp.block + config.dlp.mask)
     for f in policies.current.files if policies else ():
         if f.policy.dlp is not None:
-            wanted |= set(f.policy.dlp.tokenize)
+            wanted |= set(f.policy.dlp.scanned)
     missing = dlp.unsupported(frozenset(wanted))
     if missing:
         log.warning(
-            "DLP cannot find %s without an NLP model (dlp.nlp_model); those values leave untokenized",
+            "DLP cannot find %s without an NLP model (dlp.nlp_model); those values leave as they are",
             ", ".join(sorted(missing)),
         )
     return dlp

@@ -190,6 +190,11 @@ class Dlp(_Strict):
                 raise ValueError(f"{e!r} is not an entity type DLP knows (one of {', '.join(BUILTIN_ENTITIES)})")
         return v
 
+    @property
+    def scanned(self) -> list[str]:
+        """Every type this file asks DLP to look for."""
+        return self.tokenize + self.block + self.mask
+
     @model_validator(mode="after")
     def _one_action_per_type(self) -> Dlp:
         seen: dict[str, str] = {}

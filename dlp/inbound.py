@@ -254,8 +254,8 @@ class SseDetokenizer:
         if not isinstance(obj, dict):
             if not TOKEN_RE.search(data):
                 return raw
-            (new,) = await self._detok.restore_many([data], self._scope, self._reveal, self.summary)
-            return _reframe(lines, data_idx, new, raw)
+            (restored_data,) = await self._detok.restore_many([data], self._scope, self._reveal, self.summary)
+            return _reframe(lines, data_idx, restored_data, raw)
         prefix, changed = await self._carry(obj)
         strings = list(_strings(obj))
         if any(TOKEN_RE.search(s) for s in strings):

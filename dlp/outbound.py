@@ -280,8 +280,8 @@ class Tokenizer:
         now = time.time()
         unknown = {t for t in shaped if (self._known.get((scope, t)) or 0) <= now}
         if unknown:
-            for token in await self._vault.resolve(scope, unknown):
-                self._known.put((scope, token), now + 60)
+            for token, entry in (await self._vault.resolve(scope, unknown)).items():
+                self._known.put((scope, token), min(entry.expires_at, now + 60))
         return frozenset(t for t in shaped if (self._known.get((scope, t)) or 0) > now)
 
     async def _token_for(self, scope: str, entity_type: str, value: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.clients import client, error_of
 from tests.dlp.user_corpus import corpus, evasions
-from tests.fakes import FakeVendor, GatewayProcess, PKI, vendor_settings
+from tests.fakes import PKI, FakeVendor, GatewayProcess, vendor_settings
 
 TOKEN = re.compile(r"tok_[A-Z_]+_[a-z2-7]{20}")
 CHAT = "https://api.openai.com/v1/chat/completions"

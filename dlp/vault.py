@@ -130,15 +130,18 @@ class SqliteVault:
         path.chmod(0o600)
         self._stop = threading.Event()
         if purge_every is not None:
-            self._purge()
             threading.Thread(target=self._purge_loop, args=(purge_every,), name="dlp-vault-purge", daemon=True).start()
 
     def _purge_loop(self, every: float) -> None:
-        while not self._stop.wait(every):
+        """Purge now, then every `every` seconds; a locked or busy file waits for the next round
+        (another gateway process sharing the file may be writing)."""
+        while True:
             try:
                 self._purge()
             except StoreUnavailable:
-                continue  # a locked or busy file: the next round tries again
+                pass
+            if self._stop.wait(every):
+                return
 
     def __repr__(self) -> str:
         return "SqliteVault(...)"

@@ -10,6 +10,7 @@ import random
 import string
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def test_disguised_values_are_still_found(engine: PiiEngine) -> None:
 @pytest.mark.parametrize("network", NETWORKS, ids=lambda n: n.name)
 @pytest.mark.parametrize("sep", ["", " ", "-", ".", "/"])
 def test_every_network_and_separator(network, sep: str) -> None:
-    gen = Gen(hash((network.name, sep)) % 10_000)
+    gen = Gen(zlib.crc32(f"{network.name}{sep}".encode()))  # seeded: str hash() varies per process
     for length in network.lengths:
         for lo, hi in network.ranges:
             prefix = str(gen.rng.randint(int(lo), int(hi))).zfill(len(lo))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from mitmproxy import http, tls
+from mitmproxy import connection, http, tls
 
 from gateway.errors import DECISION_HEADER, Refusal
 from gateway.pipeline.call import Call
@@ -22,6 +22,7 @@ from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, 
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
+SCRUBBER = "egress.scrubber"  # the scrubber of this answer, built once from the secrets' values
 SCRUBBED = "egress.scrubbed"  # a stream's count of removed secrets
 _VENDOR_FAULTS = ("upstream_failed", "upstream_tls", "upstream_timeout")
 
@@ -36,7 +37,7 @@ class Outcome:
         if call is None or flow.response is None:
             return
         flow.response.headers[DECISION_HEADER] = call.decision_id
-        scrubber = self.rt.secrets.scrubber()
+        scrubber = flow.metadata[SCRUBBER] = self.rt.secrets.scrubber()
         cleaned = [(name, *scrubber.scrub(value)) for name, value in flow.response.headers.fields]
         if removed := sum(n for _, _, n in cleaned):
             flow.response.headers.fields = tuple((name, value) for name, value, _ in cleaned)
@@ -69,6 +70,9 @@ class Outcome:
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
         self._tls_failed.add(data.context.client.id)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tls_failed.discard(client.id)  # a failure no flow reported must not stay behind
 
     def error(self, flow: http.HTTPFlow) -> None:
         """mitmproxy failed the flow: decide which refusal that is, audit it, claim its error page."""
@@ -120,7 +124,7 @@ class Outcome:
             _scrubbed(call, counted() if counted else 0)
             return
         body = resp.get_content(strict=False) or b""
-        clean, n = self.rt.secrets.scrubber().scrub(body)
+        clean, n = flow.metadata[SCRUBBER].scrub(body)
         if n:
             resp.content = clean
             _scrubbed(call, n)

@@ -89,6 +89,23 @@ class Quotas:
         assert isinstance(storage, Storage)
         return cls(storage, timeout)
 
+    async def warm_up(self) -> None:
+        """Load the store's scripts before any traffic. On a fresh Redis the first calls each meet
+        a script not loaded yet; fifty at once made some fail (closed, `store_unavailable`) while
+        it loaded. A store down at start is only logged: calls are refused until it is back."""
+        item, ids = parse("1000000/minute"), ("egress-gateway", "warm-up")
+        try:
+            await asyncio.wait_for(self._warm(item, ids), 5)
+        except (StorageError, TimeoutError, OSError) as e:
+            log.warning("quota store unreachable at start (%s): calls under rates or budgets are refused until it is back",
+                        type(e).__name__)
+
+    async def _warm(self, item: RateLimitItem, ids: tuple[str, ...]) -> None:
+        await self._rates.hit(item, *ids)
+        await self._rates.get_window_stats(item, *ids)
+        await self._budgets.hit(item, *ids)
+        await self.storage.get_sliding_window(item.key_for(*ids), item.get_expiry())  # type: ignore[attr-defined]
+
     async def charge(self, decision: Decision, params: Any, budgets: bool = True) -> list[Finding]:
         """Hit every covering rule's rate and (unless `budgets` is False: nothing is spent yet)
         budget for an allowed call.

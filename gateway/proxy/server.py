@@ -131,6 +131,7 @@ async def serve(rt: Runtime) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    await rt.quotas.warm_up()
     watcher = asyncio.create_task(rt.revocations.watch())
     if rt.policies is not None:
         rt.policies.start()

@@ -102,6 +102,11 @@ def assign(data: Any, keys: tuple[Key, ...], value: Any) -> None:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 
 
+def is_name(key: str) -> bool:
+    """Whether a key reads as a plain name (and so as itself in a path, a message or a record)."""
+    return _NAME.fullmatch(key) is not None
+
+
 def format_keys(keys: tuple[Key, ...]) -> str:
     """Concrete keys back to a readable path, e.g. ('messages', 0, 'content') -> messages[0].content.
 
@@ -113,6 +118,6 @@ def format_keys(keys: tuple[Key, ...]) -> str:
         if isinstance(k, int):
             out += f"[{k}]"
         else:
-            name = k if _NAME.fullmatch(k) else "?"
+            name = k if is_name(k) else "?"
             out += f".{name}" if out else name
     return out

@@ -9,9 +9,12 @@ connector carries no request-handling code of its own.
 from __future__ import annotations
 
 import re
+import types
+import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -33,6 +36,19 @@ class BodyEncoding(str, Enum):
     JSON = "json"  # application/json body
     FORM = "form"  # Stripe-style x-www-form-urlencoded with metadata[account] keys
     QUERY = "query"  # query string only (GET)
+
+
+class UnknownFields(str, Enum):
+    """What happens to body fields an action's request model does not declare.
+
+    `refuse` (the default): a `schema_violation`, so nothing the connector's author did not foresee
+    leaves. `pass_scanned`: top-level fields the model does not name are forwarded as sent, and
+    every value in them (strings, numbers read as text, objects and lists to any depth) is scanned
+    by DLP like a declared DLP field; for vendors whose APIs grow faster than a schema can follow.
+    """
+
+    REFUSE = "refuse"
+    PASS_SCANNED = "pass_scanned"
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,12 @@ class Action:
     `request` validates the decoded body (or query for GET); `None` means the action takes no
     parameters and any sent are a schema violation. `dlp_fields` are field paths (see
     `connectors.fieldpath`) whose strings DLP scans before the call leaves; `detokenize_response`
-    marks actions whose responses may carry tokens back to the agent.
+    marks actions whose responses may carry tokens back to the agent; `unknown_fields` says whether
+    body fields the model does not declare are refused or passed and scanned (`UnknownFields`).
+
+    The request model (and every model inside it) must say what it does with unknown fields
+    (`extra="forbid"` or `"allow"`): pydantic's default, `ignore`, would drop them from what the
+    policy and DLP see while the agent's own bytes still leave.
     """
 
     name: str
@@ -75,6 +96,7 @@ class Action:
     encoding: BodyEncoding = BodyEncoding.JSON
     dlp_fields: tuple[str, ...] = ()
     detokenize_response: bool = False
+    unknown_fields: UnknownFields = UnknownFields.REFUSE
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
@@ -82,6 +104,34 @@ class Action:
         object.__setattr__(self, "method", self.method.upper())
         for p in self.dlp_fields:
             fieldpath.parse(p)
+        try:
+            object.__setattr__(self, "unknown_fields", UnknownFields(self.unknown_fields))
+        except ValueError:
+            choices = ", ".join(u.value for u in UnknownFields)
+            raise ValueError(f"action {self.name!r}: unknown_fields must be one of {choices}") from None
+        if self.request is None:
+            if self.unknown_fields is UnknownFields.PASS_SCANNED:
+                raise ValueError(f"action {self.name!r}: unknown_fields pass_scanned needs a request model")
+            return
+        if ignoring := _ignores_extra(self.request, set()):
+            raise ValueError(
+                f"action {self.name!r}: request model {ignoring} ignores unknown fields (pydantic's default); "
+                'set model_config = ConfigDict(extra="forbid") and choose unknown_fields on the action'
+            )
+
+    @cached_property
+    def declared_fields(self) -> frozenset[str]:
+        """The top-level body keys the request model names (field names and aliases), each also
+        in its NFKC case-folded form."""
+        names: set[str] = set()
+        for name, f in (self.request.model_fields.items() if self.request else ()):
+            names.update(n for n in (name, f.alias, f.validation_alias) if isinstance(n, str))
+        return frozenset(names | {fold_key(n) for n in names})
+
+    def unknown_keys(self, params: dict[str, Any]) -> list[str]:
+        """The top-level keys of `params` the request model does not declare. A key that reads as a
+        declared one once normalised (`Receipt_Email`) is not unknown: the model refuses it."""
+        return [k for k in params if k not in self.declared_fields and fold_key(k) not in self.declared_fields]
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -103,6 +153,23 @@ class Action:
             return None
         m = self.pattern.fullmatch(path)
         return m.groupdict() if m else None
+
+
+def fold_key(name: str) -> str:
+    """A key as a vendor that normalises keys might read it (NFKC, case folded)."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _ignores_extra(tp: Any, seen: set[type]) -> str | None:
+    """The name of the first pydantic model reachable from `tp` that ignores unknown fields."""
+    if get_origin(tp) in (Annotated, Union, types.UnionType) or get_args(tp):
+        return next((found for arg in get_args(tp) if (found := _ignores_extra(arg, seen))), None)
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)) or tp in seen:
+        return None
+    seen.add(tp)
+    if tp.model_config.get("extra", "ignore") == "ignore":
+        return tp.__name__
+    return next((found for f in tp.model_fields.values() if (found := _ignores_extra(f.annotation, seen))), None)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def load_reference(ref: str) -> list[Connector]:
         raise RegistryError(f"connector reference {ref!r}: expected module:object")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:  # ValueError: a connector or action that does not validate
         raise RegistryError(f"connector reference {ref!r}: {e}") from None
     items = obj if isinstance(obj, (list, tuple)) else [obj]
     for item in items:

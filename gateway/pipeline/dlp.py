@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors import fieldpath
-from connectors.model import Action
+from connectors.model import Action, UnknownFields
 from dlp.children import Analyzer
 from dlp.config import DlpConfig
 from dlp.crypto import Sealer, load_master_key
@@ -180,10 +180,14 @@ class OpenAiStreamShape:
 
 
 def scanned_fields(action: Action, params: dict[str, Any]) -> tuple[str, ...]:
-    """Every field of the call that holds text: the action's DLP fields, and any other parameter
-    with a string in it. A field a connector forgot to list (`statement_descriptor`, `stop`, a
-    URL) is scanned all the same; only numbers outside the DLP fields (amounts, limits) are not."""
-    return action.dlp_fields + tuple(fieldpath.format_keys((k,)) for k, v in params.items() if _holds_text(v))
+    """Every field of the call that holds text: the action's DLP fields, any other parameter with
+    a string in it, and every field the model does not declare (passed by a `pass_scanned` action),
+    numbers included. A field a connector forgot to list (`statement_descriptor`, `stop`, a URL) is
+    scanned all the same; only numbers outside these (amounts, limits) are not."""
+    undeclared = set(action.unknown_keys(params)) if action.unknown_fields is UnknownFields.PASS_SCANNED else set()
+    return action.dlp_fields + tuple(
+        fieldpath.format_keys((k,)) for k, v in params.items() if k in undeclared or _holds_text(v)
+    )
 
 
 def _holds_text(node: Any) -> bool:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, unquote_plus
 from pydantic import ValidationError
 
 from connectors import codecs, fieldpath
-from connectors.model import Action, Connector, Credential, canonical_host
+from connectors.model import Action, Connector, Credential, UnknownFields, canonical_host
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
 from gateway.identity.tokens import Identity
@@ -175,17 +175,28 @@ def validate(action: Action, body: bytes, query: str) -> dict[str, Any]:
     """Step 4: decode the parameters and check them against the action's request model.
 
     Returns the parameters as the model reads them (a form's "5000" is the number 5000), with only
-    the fields the agent sent: what policies judge, and what DLP rewrites.
+    the fields the agent sent: what policies judge, and what DLP rewrites. Fields the model does not
+    declare are refused, or, for an action whose `unknown_fields` is `pass_scanned`, kept as sent.
     """
     params = codecs.decode(action.encoding, body, query)
     if action.request is None:
         if params:
             raise Refusal("schema_violation", f"{action.name} takes no parameters")
         return params
+    # `pass_scanned`: fields the model does not declare go out as sent, and DLP scans them
+    # (`gateway.pipeline.dlp.scanned_fields`); the declared ones are validated as always.
+    passed = action.unknown_keys(params) if action.unknown_fields is UnknownFields.PASS_SCANNED else []
+    if PATH_PARAMS in passed:
+        raise Refusal("schema_violation", f"{PATH_PARAMS} is reserved for the path's parameters")
+    if not all(fieldpath.is_name(k) for k in passed):
+        # A name DLP could not address as a path would leave unscanned, and the name itself is text.
+        raise Refusal("schema_violation", "an undeclared field's name must be letters, digits, _ and - (at most 64)")
+    declared = {k: v for k, v in params.items() if k not in passed}
     try:
-        return action.request.model_validate(params).model_dump(mode="json", exclude_unset=True)
+        checked = action.request.model_validate(declared).model_dump(mode="json", exclude_unset=True)
     except ValidationError as e:
         raise Refusal("schema_violation", describe(e)) from None
+    return {**checked, **{k: params[k] for k in passed}}
 
 
 def authorize(

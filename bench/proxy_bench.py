@@ -291,7 +291,7 @@ def measure_sandbox_api(gw: GatewayProcess, runs: int) -> list[tuple[str, float,
     The first run of each kind is reported on its own ("cold": compile, or load from the state
     dir's cache); the Python row is left out where the python-guest extra is not installed.
     """
-    token = gw.token(sub="bench-tools", role="finance", scopes=("stripe:*",))
+    token = gw.token(sub="bench-tools", role="finance", scopes=("stripe:*", "sandbox:python"))
     rows: list[tuple[str, float, float, int]] = []
     kinds = {
         "C tool `stats`": {"tool": "stats", "input": {"values": list(range(100))}},

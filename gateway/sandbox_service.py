@@ -36,6 +36,8 @@ from gateway.errors import Refusal
 from gateway.identity import tokens as identity
 from gateway.identity.tokens import Identity, SigningKey
 from gateway.pipeline.call import Call
+from gateway.pipeline.steps import authorize_scopes
+from gateway.policy.engine import PYTHON_SNIPPETS, SANDBOX, PolicySet, Subject
 from gateway.state import StateDir
 from sandbox import (
     RunResult,
@@ -116,17 +118,22 @@ class Tools:
                 self.publishers, self.config.sandbox.require_signature,
             )
 
-    async def run(self, call: Call, request: RunRequest) -> RunResult:
-        """Run the request for `call`'s caller, its audit fields left in `call` whatever the outcome."""
+    async def run(self, call: Call, request: RunRequest, policies: PolicySet | None) -> RunResult:
+        """Run the request for `call`'s caller, its audit fields left in `call` whatever the outcome.
+
+        `policies` (the current set, or None when token scopes alone decide) says whether the
+        caller may run an ad-hoc Python snippet; registered tools are governed by their manifests."""
         if (request.tool is None) == (request.python is None):
             raise Refusal("malformed_body", 'send exactly one of "tool" or "python"')
         assert call.identity is not None
         # A tool name the agent made up is its own string, which could be anything (PII included),
         # so only a registered name reaches the audit record.
         known = request.tool is None or self.registry.get(request.tool) is not None
-        name = (request.tool or "python") if known else "?"
-        call.connector, call.action = "sandbox", name
+        name = (request.tool or PYTHON_SNIPPETS) if known else "?"
+        call.connector, call.action = SANDBOX, name
         call.extra.update(tool=name, fuel_used=0)
+        if request.python is not None:
+            may_run_snippets(call, policies)
         try:
             result = await self._run(call.identity, request, call.decision_id)
         except Refusal as r:
@@ -206,6 +213,22 @@ class _Sender:
 
     def __exit__(self, *_: object) -> None:
         self._send.close()  # type: ignore[attr-defined]
+
+
+def may_run_snippets(call: Call, policies: PolicySet | None) -> None:
+    """Ad-hoc Python is code no one reviewed: the token's scopes must reach `sandbox:python` (the
+    ceiling, and the whole decision while no policies are loaded), and then a policy must grant it
+    to the caller (`sandbox: {python_snippets: true}`). Refuses with `scope_denied` or
+    `policy_denied`; a shadowed refusal goes into the run's audit record as `would_deny`."""
+    assert call.identity is not None
+    authorize_scopes(call.identity, SANDBOX, PYTHON_SNIPPETS)
+    if policies is None:
+        return
+    ident = call.identity
+    decision = policies.python_snippets(Subject(ident.sub, ident.role, ident.tenant))
+    call.decided_by(decision)
+    if decision.refusal is not None:
+        raise decision.refusal
 
 
 def registered_dir(state: StateDir) -> Path:

@@ -85,6 +85,21 @@ def python_tools(tmp_path_factory: pytest.TempPathFactory) -> PythonTools:
 
 
 @pytest.fixture(scope="session")
+def python_guest_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """The CPython guest compiled once per session (~15 s), in pytest's cache dir when it is enabled
+    (reruns load it in milliseconds); None where the python-guest extra is not installed. Gateways
+    start with a copy (`tests.processes.seed_python_guest`) instead of compiling their own."""
+    try:
+        from sandbox.python_guest import PythonGuest
+    except ImportError:
+        return None
+    cache = getattr(request.config, "cache", None)
+    cache_dir = cache.mkdir("sandbox-cwasm") if cache is not None else tmp_path_factory.mktemp("cwasm")
+    PythonGuest(cache_dir=cache_dir).close()
+    return cache_dir
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session (the DLP vault tests and the chaos suite share it)."""
     if shutil.which("redis-server") is None:

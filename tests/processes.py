@@ -202,3 +202,15 @@ class RedisServer:
             return [key + b" " + (client.dump(key) or b"") for key in client.scan_iter(count=1000)]
         finally:
             client.close()
+
+
+def seed_python_guest(cache: Path | None, gw: GatewayProcess) -> None:
+    """Put the compiled guest where `gw` looks for it (its state dir's `sandbox-cache`), before it starts."""
+    if cache is None:
+        return
+    target = gw.state_dir / "sandbox-cache"
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    gw.state_dir.chmod(0o700)
+    for compiled in cache.glob("*.cwasm"):
+        shutil.copy2(compiled, target / compiled.name)
+        (target / compiled.name).chmod(0o600)

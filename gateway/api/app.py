@@ -74,6 +74,8 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
                 call.identity = authenticate(rt, request, admin=admin)
                 result = await fn(request, call)
             except Refusal as r:
+                if r.connector is None:  # as the proxy's refusals do: name what the call was for, once known
+                    r.connector, r.action = call.connector, call.action
                 source = request.client.host if request.client else None  # aggregates unauthenticated ones
                 rt.record_after(call.record("deny", r, phase="api", client=source))
                 return refusal_response(r, call.decision_id)
@@ -168,7 +170,7 @@ def agent_routes(rt: Runtime) -> list[Route]:
             run = RunRequest.model_validate_json(await read_body(rt, request))
         except ValidationError as e:
             raise Refusal("malformed_body", describe(e)) from None
-        result = await rt.tools.run(call, run)
+        result = await rt.tools.run(call, run, rt.policies.current if rt.policies else None)
         rt.record(call.record("allow", phase="sandbox"))
         return {"output": result.output, "fuel_used": result.fuel_used, "duration_ms": result.duration_ms,
                 "host_calls": result.host_calls}

@@ -36,6 +36,9 @@ from gateway.policy.expr import Env, Unknown, same_value
 from gateway.policy.model import Mode, ParamRule, PolicyFile, Rule
 
 Outcome = Literal["allow", "deny", "approval_required"]
+# How a sandbox run is named where a connector and action would be: in scopes (`sandbox:python`),
+# decisions and audit records.
+SANDBOX, PYTHON_SNIPPETS = "sandbox", "python"
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,39 @@ class PolicySet:
             return make("deny", rules=matched, refusal=refusal, would_deny=would)
         summary = _summary(params, matched)
         return make("approval_required", rules=matched, refusal=refusal, would_deny=would, approval_summary=summary)
+
+    def python_snippets(self, subject: Subject) -> Decision:
+        """May `subject` run ad-hoc Python snippets in the sandbox? Only if a file applying to it
+        grants them (`sandbox: {python_snippets: true}`) and none forbids them (`false`).
+
+        Shadow mode as for rules: a forbidding file in shadow mode records `would_deny` and the
+        grant stands; without a grant, the default deny is shadowed only when every file applying
+        to the agent is in shadow mode. Refusals are `policy_denied`."""
+        applicable = [f for f in self.files if f.applies_to(subject)]
+        said = [(f, f.policy.sandbox.python_snippets) for f in applicable if f.policy.sandbox is not None]
+
+        def make(outcome: Outcome, **kw: Any) -> Decision:
+            return Decision(outcome, subject, SANDBOX, PYTHON_SNIPPETS, self.version, **kw)
+
+        def deny(message: str) -> Decision:
+            return make("deny", refusal=Refusal("policy_denied", message, connector=SANDBOX, action=PYTHON_SNIPPETS))
+
+        would: list[Finding] = []
+        for f, grant in said:
+            if grant is False:
+                message = f"ad-hoc Python snippets are forbidden for {subject.describe()} by {f.name}"
+                if f.policy.mode != "shadow":
+                    return deny(message)
+                would.append(Finding("policy_denied", message, None, True))
+        if any(grant for _, grant in said):
+            return make("allow", would_deny=tuple(would))
+        message = (
+            f"no policy grants ad-hoc Python snippets to {subject.describe()} "
+            f"(a policy file for it needs sandbox: {{python_snippets: true}})"
+        )
+        if applicable and all(f.policy.mode == "shadow" for f in applicable):
+            return make("allow", would_deny=(*would, Finding("policy_denied", message, None, True)))
+        return deny(message)
 
     def dlp_for(self, subject: Subject, default: DlpPolicy) -> DlpPolicy:
         """DLP settings of the files applying to `subject`: per type the strictest action any file

@@ -11,7 +11,10 @@ Extensions to the format of DESIGN.md (all optional):
   refusing with `store_unavailable`. Only allowed when every action of the rule is a read (HTTP
   GET); the loader checks this against the connector. Payments never fail open;
 - file `timezone` (IANA name, default `UTC`): the zone of `hour`, `minute` and `weekday` in
-  approval conditions.
+  approval conditions;
+- file `sandbox: {python_snippets: true}`: the file's subjects may run ad-hoc Python snippets in
+  the WASM sandbox (`POST /v1/sandbox/run {"python": ...}`); `false` forbids them whatever other
+  files say. The sandbox is no connector, so rules cannot name it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from limits import RateLimitItem, parse_many
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, field_validator, model_validator
 
 from connectors import fieldpath
 from dlp.config import BUILTIN_ENTITIES
@@ -205,6 +208,18 @@ class DlpRules(_Strict):
         return self
 
 
+class SandboxGrants(_Strict):
+    """What the file's subjects may do in the WASM sandbox besides running registered tools (whose
+    manifests name the roles that may run them).
+
+    `python_snippets`: ad-hoc Python source an agent sends, which no one reviewed; `true` grants
+    it, `false` forbids it even where another file grants it (deny-overrides), unset says nothing.
+    Strict: `"yes"` or `1` is a load error, not a grant.
+    """
+
+    python_snippets: StrictBool | None = None
+
+
 class PolicyFile(_Strict):
     """One `policies/*.yaml` file."""
 
@@ -215,6 +230,7 @@ class PolicyFile(_Strict):
     timezone: str = "UTC"
     rules: list[Rule] = Field(default_factory=list)
     dlp: DlpRules | None = None
+    sandbox: SandboxGrants | None = None
     _zone: ZoneInfo = PrivateAttr()
 
     @field_validator("timezone")

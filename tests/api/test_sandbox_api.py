@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import jwt
@@ -18,11 +19,11 @@ from gateway.state import StateDir
 from sandbox import builtin_tools_dir
 from tests.clients import client, error_of
 from tests.fakes import PKI, FakeVendor, vendor_settings
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, seed_python_guest
 
 
 @pytest.fixture(scope="module")
-def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
+def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor, python_guest_cache: Path | None):
     root = tmp_path_factory.mktemp("tools-gw")
     tools = root / "tools"
     shutil.copytree(builtin_tools_dir(), tools, ignore=shutil.ignore_patterns("*.c", "*.h", "build.sh", "include"))
@@ -32,12 +33,18 @@ def tools_gw(tmp_path_factory, pki: PKI, vendor_server: FakeVendor):
     manifest.update(name="tampered", sha256="0" * 64)
     (tools / "tampered" / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     settings = vendor_settings(pki, vendor_server, sandbox={"tools": str(tools), "python": {"allowed": ["stripe:retrieve_balance"]}})
-    with GatewayProcess(root, settings).start() as gw:
+    gw = GatewayProcess(root, settings)
+    seed_python_guest(python_guest_cache, gw)
+    with gw.start():
         yield gw
 
 
 def run(gw: GatewayProcess, token: str, body: dict, timeout: float = 30) -> httpx.Response:
     return httpx.post(f"{gw.api_url}/v1/sandbox/run", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+
+# Ad-hoc Python needs `sandbox:python`; this gateway loads no policies, so the scope alone decides.
+SNIPPETS = ("stripe:*", "sandbox:python")
 
 
 def finance(gw: GatewayProcess, scopes: tuple[str, ...] = ("stripe:*",)) -> str:
@@ -144,7 +151,7 @@ def test_python_snippet_runs_and_its_http_goes_through_the_gateway(tools_gw: Gat
         "r = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\n"
         "print(r['status'])\n"
     )
-    r = run(tools_gw, finance(tools_gw), {"python": code, "input": {"x": 21}}, timeout=120)
+    r = run(tools_gw, finance(tools_gw, scopes=SNIPPETS), {"python": code, "input": {"x": 21}}, timeout=120)
     assert r.status_code == 200, r.text
     out = r.json()["output"]
     assert out["exit_code"] == 0 and out["stdout"].split() == ["42", "200"], out
@@ -208,7 +215,7 @@ def test_revoking_the_caller_stops_its_running_tools_host_calls(tools_gw: Gatewa
     token (or its subject) while the tool runs must refuse the tool's next host call."""
     pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
     sub = f"revoked-by-{by}"
-    token = finance(tools_gw) if by == "jti" else tools_gw.token(sub=sub, role="finance", scopes=("stripe:*",))
+    token = finance(tools_gw, SNIPPETS) if by == "jti" else tools_gw.token(sub=sub, role="finance", scopes=SNIPPETS)
     code = (
         "import json\n"
         "seen = []\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,9 @@ from sandbox.python_guest import PythonGuest
 
 
 @pytest.fixture(scope="module")
-def guest(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PythonGuest]:
-    """Compiled once per session (~15 s); kept in pytest's cache dir when it is enabled, so reruns
-    load it in milliseconds (`make test` runs with `-p no:cacheprovider`: then a temp dir)."""
-    cache = getattr(request.config, "cache", None)
-    cache_dir = cache.mkdir("sandbox-cwasm") if cache is not None else tmp_path_factory.mktemp("cwasm")
-    g = PythonGuest(cache_dir=cache_dir)
+def guest(python_guest_cache: Path) -> Iterator[PythonGuest]:
+    """Loaded from the session's compiled copy (tests/conftest.py), in milliseconds."""
+    g = PythonGuest(cache_dir=python_guest_cache)
     yield g
     g.close()
 

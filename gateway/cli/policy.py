@@ -211,6 +211,8 @@ def approvals_list(store: ApprovalStore, all_states: bool, as_json: bool) -> int
             summary = " ".join(f"{k}={v}" for k, v in a.summary.items())
             print(f"{a.id}  {a.state:8}  {created}  {a.sub}  {a.connector}.{a.action}  {summary}")
             print(f"    {a.reason}")
+            if a.body is not None:  # tokenized: no raw value
+                print(f"    body: {json.dumps(a.body, sort_keys=True)}")
     if not items and not as_json:
         print("no approvals" if all_states else "no pending approvals")
     return 0

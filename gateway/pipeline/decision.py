@@ -174,16 +174,22 @@ async def approval(c: Ctx) -> None:
 
     Asking for an approval is a call too: it counts against the rule's rates (60 such calls
     against a 20/minute rule must not leave 60 approvals pending), and one agent holds at most
-    `approval_max_pending`; a retry of the same call waits for the same approval."""
+    `approval_max_pending`; a retry of the same call waits for the same approval. The approval
+    shows the body tokenized as the vendor would get it (`Dlp.approver_view`)."""
     d = c.decision
-    if d is None or d.outcome != "approval_required":
+    if d is None or d.outcome != "approval_required" or c.route is None:
         return
     approvals, presented = c.services.approvals, c.view.header(steps.APPROVAL_HEADER)
     if presented and approvals.use(d, c.judged, presented):
         c.call.extra["approval_id"] = presented
         return
     await c.services.quotas.charge(d, c.judged, budgets=False)
-    raise approvals.hold(d, c.judged, presented, c.services.config.approval_max_pending)
+    # The approver sees the body as the vendor would get it: tokenized (a copy; the dlp step
+    # still tokenizes the call itself), never a raw value.
+    assert c.identity is not None
+    dlp_policy = c.services.dlp.policy_for(c.policies, c.identity)
+    body = await c.services.dlp.approver_view(c.route.action, c.params, dlp_policy, scope_of(c.identity))
+    raise approvals.hold(d, c.judged, presented, c.services.config.approval_max_pending, body)
 
 
 async def quota(c: Ctx) -> None:

@@ -8,6 +8,7 @@ section), and where OpenAI's streams carry text (`OpenAiStreamShape`).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -90,6 +91,18 @@ class Dlp:
         except StoreUnavailable:
             raise Refusal("store_unavailable", "the DLP vault is unavailable; nothing was sent") from None
         return summary.counts
+
+    async def approver_view(self, action: Action, params: dict[str, Any], policy: DlpPolicy, scope: str) -> dict[str, Any]:
+        """The call's parameters as an approver may see them: a copy scanned like the call itself,
+        the policy's `tokenize` types as the very tokens the vendor will get (same value, same
+        scope, same token) and every other type the engine finds masked, even one the policy lets
+        leave as it is, since an approval record and its webhook notice must never hold a raw
+        value. A type the policy blocks refuses here (`pii_blocked`), as the call would be later.
+        The call's own parameters are not touched."""
+        view = copy.deepcopy(params)
+        shown = DlpPolicy(policy.tokenize, frozenset(), policy.block, frozenset(self.config.entities) - policy.tokenize - policy.block)
+        await self.tokenize(action, view, shown, CallDlp(scope, frozenset()))
+        return view
 
     async def restore_json(self, body: bytes, call: CallDlp) -> tuple[bytes, RevealSummary]:
         try:

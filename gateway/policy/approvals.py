@@ -12,8 +12,10 @@ for: they are bound by `request_digest`, a SHA-256 of their canonical JSON. Pend
 `ttl` seconds (default 15 min) after they were made; an approval can be used for `ttl` seconds
 after it was given. Expiry is applied lazily on every read and by the conditions of each update.
 
-Approvers see `summary` (numbers and policy-listed values only, from the policy engine) and the
-rule's reason, never free-text parameters, which may hold PII.
+Approvers see `summary` (numbers and policy-listed values only, from the policy engine), `body`
+(the parameters as the vendor will get them: PII tokenized, or masked where the policy would let a
+value leave as it is; see `gateway.pipeline.dlp.Dlp.approver_view`) and the rule's reason, never a
+raw value.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by TEXT,
     decided_at REAL,
     used_at REAL,
-    decision_reason TEXT
+    decision_reason TEXT,
+    body TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (digest, state);
 """
@@ -77,6 +80,7 @@ class Approval:
     decided_at: float | None
     used_at: float | None
     decision_reason: str | None = None  # the approver's words, for the agent and the record
+    body: dict[str, Any] | None = None  # the parameters, tokenized; None in a store made before bodies were kept
 
     def public(self) -> dict[str, Any]:
         """The view for `GET /v1/approvals/{id}` and `approvals list --json`."""
@@ -122,6 +126,8 @@ class ApprovalStore:
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(approvals)")}
         if "decision_reason" not in columns:  # a store made before approvers gave reasons
             self._db.execute("ALTER TABLE approvals ADD COLUMN decision_reason TEXT")
+        if "body" not in columns:  # a store made before approvers saw the body
+            self._db.execute("ALTER TABLE approvals ADD COLUMN body TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -155,9 +161,10 @@ class ApprovalStore:
         summary: dict[str, Any],
         reason: str,
         max_pending: int | None = None,
+        body: dict[str, Any] | None = None,
     ) -> Approval | None:
         """The pending approval for this exact request, created if there is none; None when a new
-        one would exceed the agent's `max_pending`."""
+        one would exceed the agent's `max_pending`. `body` must hold no raw value (tokenized)."""
         now = self._clock()
         with self._tx() as db:
             self._expire(db, now)
@@ -176,8 +183,9 @@ class ApprovalStore:
             new_id = "apr_" + secrets.token_urlsafe(12)
             db.execute(
                 "INSERT INTO approvals (id, tenant, sub, connector, action, digest, summary, reason, "
-                "state, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?)",
-                (new_id, tenant, sub, connector, action, digest, json.dumps(summary), reason, now, now + self.ttl),
+                "state, created_at, expires_at, body) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)",
+                (new_id, tenant, sub, connector, action, digest, json.dumps(summary), reason, now, now + self.ttl,
+                 None if body is None else json.dumps(body)),
             )
             row = db.execute("SELECT * FROM approvals WHERE id=?", (new_id,)).fetchone()
         created = _approval(row)
@@ -243,10 +251,13 @@ class ApprovalStore:
             digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
             return self.consume(approval_id, s.tenant, s.sub, decision.connector, decision.action, digest)
 
-    def hold(self, decision: Decision, params: Any, presented: str | None, max_pending: int) -> Refusal:
+    def hold(
+        self, decision: Decision, params: Any, presented: str | None, max_pending: int, body: dict[str, Any] | None = None
+    ) -> Refusal:
         """The refusal for a call that needs an approval it does not have: naming the pending
         approval to wait for (the same one for a retry of the same call), or, when the agent
-        already holds `max_pending` others, a `rate_limited` refusal that creates none."""
+        already holds `max_pending` others, a `rate_limited` refusal that creates none. `body` is
+        what the approver is shown of the parameters, already tokenized."""
         s = decision.subject
         reason = decision.refusal.message if decision.refusal else "approval required"
         # What the approver sees: the policy's safe summary, and the object acted on (the path's
@@ -255,7 +266,7 @@ class ApprovalStore:
         with self._failing_closed(decision):
             digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
             pending = self.request(
-                s.tenant, s.sub, decision.connector, decision.action, digest, summary, reason, max_pending,
+                s.tenant, s.sub, decision.connector, decision.action, digest, summary, reason, max_pending, body,
             )
             shown = self.get(presented) if presented and _APPROVAL_ID.fullmatch(presented) else None
         if pending is None:
@@ -304,4 +315,5 @@ def _presented(mine: Approval | None, presented: str | None) -> str:
 def _approval(row: sqlite3.Row) -> Approval:
     d = dict(row)
     d["summary"] = json.loads(d["summary"])
+    d["body"] = None if d.get("body") is None else json.loads(d["body"])
     return Approval(**d)

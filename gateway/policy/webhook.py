@@ -2,8 +2,9 @@
 
 `approvals_webhook: https://hooks.example/...` posts `{"text": ..., "approval": {...}}` for every
 new pending approval. The text and the approval carry what an approver needs (agent, tenant,
-connector, action, the policy's summary of the parameters, the rule's reason, the expiry) and never
-a raw value: the summary holds only numbers, values a `one_of` accepted and the path's ids.
+connector, action, the policy's summary of the parameters, the body as the vendor will get it, the
+rule's reason, the expiry) and never a raw value: the summary holds only numbers, values a `one_of`
+accepted and the path's ids, and the body's PII is tokenized or masked (`Dlp.approver_view`).
 Deliveries are queued (bounded: a full queue is a log line and a dropped notice, never a blocked
 call) and retried three times with backoff; the approval itself never depends on them.
 """

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -439,3 +442,56 @@ def test_a_new_approval_is_announced_by_webhook_and_a_failing_hook_blocks_nothin
     time.sleep(1.5)
     assert len(good.received) == 1  # the retry of the same call made no second approval, no second notice
     assert len(bad.received) == 3  # three tries, then given up
+
+
+EMAIL, CARD = "jane.doe@example.com", "4111 1111 1111 1111"
+# A role whose policy lets e-mail addresses leave as they are: its approver still sees them masked.
+LENIENT = """
+version: 1
+subjects: {roles: [lenient]}
+rules:
+  - {name: lenient-pay, connector: stripe, actions: [create_payment_intent], approval: 'amount > 100'}
+dlp: {tokenize: [CREDIT_CARD], allow: [EMAIL_ADDRESS], reveal: []}
+"""
+
+
+def test_the_approver_sees_the_body_tokenized_never_raw(make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
+    """Issue 12, item 5: the approval (list, by id, CLI, webhook) shows the body the vendor will get,
+    its e-mail and card number as the very tokens that then leave; a type the policy lets leave raw
+    is masked for the approver."""
+    hook = _Hook(200)
+    policies = _policy_dir(tmp_path)
+    (policies / "lenient.yaml").write_text(LENIENT)
+    gw = make_gateway(vendor_settings(pki, vendor, policies=str(policies), approvals_webhook=hook.url), name="bodies")
+    admin = {"Authorization": f"Bearer {gw.token(sub='ops', role='admin', tenant='acme')}"}
+    call = {**GOOD, "amount": "270000", "description": f"refund {EMAIL} card {CARD}", "metadata[note]": f"cc {EMAIL}"}
+    with client(gw, finance(gw, sub="finance-body")) as c:
+        held = error_of(c.post(PAY, data=call))
+    assert held["code"] == "approval_required"
+    approval_id = held["approval_id"]
+    listed = httpx.get(f"{gw.api_url}/v1/approvals", params={"sub": "finance-body"}, headers=admin).json()["approvals"]
+    by_id = httpx.get(f"{gw.api_url}/v1/approvals/{approval_id}", headers=admin).json()
+    own = httpx.get(f"{gw.api_url}/v1/approvals/{approval_id}", headers={"Authorization": f"Bearer {finance(gw, sub='finance-body')}"}).json()
+    cli = json.loads(gw.cli("approvals", "list", "--json").stdout)
+    notice = hook.wait(1)[0]["approval"]
+    body = by_id["body"]
+    assert [a["id"] for a in listed] == [approval_id] and listed[0]["body"] == body == own["body"] == cli["body"] == notice["body"]
+    description = body["description"]
+    assert re.fullmatch(r"refund tok_EMAIL_ADDRESS_[a-z2-7]{20} card tok_CREDIT_CARD_[a-z2-7]{20}", description), description
+    assert body["metadata"]["note"] == "cc " + description.split()[1]  # one value, one token
+    assert (body["amount"], body["currency"], body["metadata"]["account"]) == (270000, "usd", "1234567890")
+    for seen in (listed, by_id, own, cli, hook.received):
+        assert "jane" not in json.dumps(seen) and "4111" not in json.dumps(seen)
+    assert httpx.post(f"{gw.api_url}/v1/approvals/{approval_id}/approve", headers=admin).status_code == 200
+    with client(gw, finance(gw, sub="finance-body")) as c:
+        done = c.post(PAY, data=call, headers={"X-Egress-Approval": approval_id})
+    assert done.status_code == 200, done.text
+    sent = vendor.received[-1]
+    assert len(vendor.received) == 1 and EMAIL not in sent.body.decode() and "4111" not in sent.body.decode()
+    assert parse_qs(sent.body.decode())["description"] == [description]  # the approver saw what the vendor got
+
+    with client(gw, gw.token(sub="lenient-1", role="lenient", scopes=("stripe:*",))) as c:
+        lenient = error_of(c.post(PAY, data={**call, "amount": "500"}))
+    shown = httpx.get(f"{gw.api_url}/v1/approvals/{lenient['approval_id']}", headers={"Authorization": f"Bearer {gw.token(sub='ops', role='admin', tenant='*')}"}).json()
+    assert re.fullmatch(r"refund \*{4} card tok_CREDIT_CARD_[a-z2-7]{20}", shown["body"]["description"]), shown["body"]
+    assert "jane" not in json.dumps(shown) and "jane" not in json.dumps(hook.wait(2))

@@ -167,6 +167,9 @@ def build(config: Config) -> Runtime:
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
+    rt.quotas.on_store_error = rt.metrics.quota_store_error
+    if rt.policies is not None:
+        rt.policies.on_reload = rt.metrics.policy_reload
     rt.metrics.gauges.update(
         egress_open_circuits=("Circuits open now, shared and per agent.", rt.breaker.open_circuits),
         egress_pending_approvals=("Approvals waiting for a person.", lambda: len(rt.approvals.list(("pending",)))),

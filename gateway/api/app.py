@@ -8,6 +8,7 @@ cannot hold a token, and none of them reveals anything secret.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -170,7 +171,11 @@ def agent_routes(rt: Runtime) -> list[Route]:
             run = RunRequest.model_validate_json(await read_body(rt, request))
         except ValidationError as e:
             raise Refusal("malformed_body", describe(e)) from None
-        result = await rt.tools.run(call, run, rt.policies.current if rt.policies else None)
+        started = time.perf_counter()
+        try:
+            result = await rt.tools.run(call, run, rt.policies.current if rt.policies else None)
+        finally:
+            rt.metrics.sandbox_run(call.action or "?", time.perf_counter() - started)
         rt.record(call.record("allow", phase="sandbox"))
         return {"output": result.output, "fuel_used": result.fuel_used, "duration_ms": result.duration_ms,
                 "host_calls": result.host_calls}

@@ -14,6 +14,7 @@ leaves (`store_unavailable`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -211,7 +212,11 @@ async def dlp(c: Ctx) -> None:
     dlp_policy = c.services.dlp.policy_for(c.policies, c.identity)
     reveal = dlp_policy.reveal if action.detokenize_response else frozenset()
     call_dlp = c.forward.dlp = CallDlp(scope_of(c.identity), reveal)
-    counts = await c.services.dlp.tokenize(action, c.params, dlp_policy, call_dlp)
+    started = time.perf_counter()
+    try:
+        counts = await c.services.dlp.tokenize(action, c.params, dlp_policy, call_dlp)
+    finally:
+        c.services.metrics.dlp(c.route.connector.name, action.name, time.perf_counter() - started)
     if counts:
         c.call.extra["tokenized"] = counts
         if action.encoding is BodyEncoding.QUERY:

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -80,6 +80,7 @@ class Quotas:
     def __init__(self, storage: Storage, timeout: float = 0.5) -> None:
         self.storage = storage
         self.timeout = timeout
+        self.on_store_error: Callable[[], None] = lambda: None  # told of each failed store call (metrics)
         self._rates = MovingWindowRateLimiter(storage)
         self._budgets = SlidingWindowCounterRateLimiter(storage)
 
@@ -97,6 +98,7 @@ class Quotas:
         try:
             await asyncio.wait_for(self._warm(item, ids), 5)
         except (StorageError, TimeoutError, OSError) as e:
+            self.on_store_error()
             log.warning("quota store unreachable at start (%s): calls under rates or budgets are refused until it is back",
                         type(e).__name__)
 
@@ -150,6 +152,7 @@ class Quotas:
         try:
             return await asyncio.wait_for(hit, self.timeout)
         except (StorageError, TimeoutError, OSError) as e:
+            self.on_store_error()
             if m.rule.fail_open:
                 log.warning("quota store unavailable (%s); rule %s fails open", type(e).__name__, m.ref.id)
                 return Finding(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.policy.engine import PolicySet
@@ -44,6 +45,7 @@ class PolicyStore:
         self._rejected: str | None = None  # version that failed to load (logged once)
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self.on_reload: Callable[[bool], None] = lambda ok: None  # told of each reload, loaded or rejected (metrics)
 
     @property
     def current(self) -> PolicySet:
@@ -54,6 +56,7 @@ class PolicyStore:
         try:
             contents = read_directory(self.directory)
         except (OSError, PolicyLoadError) as e:
+            self.on_reload(False)
             self._reject(None, f"cannot read policy directory {self.directory}: {e}")
             return False
         version = content_version(contents.items())
@@ -68,8 +71,10 @@ class PolicyStore:
         try:
             new = build_policy_set(contents, self._lookup)
         except PolicyLoadError as e:
+            self.on_reload(False)
             self._reject(version, "\n".join(str(p) for p in e.problems))
             return False
+        self.on_reload(True)
         old, self._current = self._current, new
         self._seen, self._rejected, self.last_error = None, None, None
         log.info("policies reloaded: version %s -> %s (%d rules)", old.version, new.version, new.rule_count)

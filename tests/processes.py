@@ -8,6 +8,7 @@ in its repr, so a failing test's traceback never shows a vendor key.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -25,6 +26,15 @@ import yaml
 
 from tests.fakes import REPO, VENDOR_ENV
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_test_run() -> None:
+    """Linux: the child gets SIGTERM when the process that started it dies, so a test run killed
+    mid-way (a timeout, ^C) leaves no gateway or redis-server behind to load the machine."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,7 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_port(port: int, timeout: float = 45.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -102,6 +112,7 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 env=self._environ(),
+                preexec_fn=_die_with_the_test_run,
             )
         wait_port(self.port, proc=self.proc)
         wait_port(self.api_port, proc=self.proc)
@@ -176,6 +187,7 @@ class RedisServer:
              "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_the_test_run,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and self.proc.poll() is None:

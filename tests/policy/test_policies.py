@@ -192,12 +192,18 @@ def test_admin_api_approves_and_denies(policy_gw: GatewayProcess, vendor: FakeVe
 
 
 def test_approval_expires(make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
-    gw = make_gateway(vendor_settings(pki, vendor, policies=str(_policy_dir(tmp_path)), approval_ttl="1s"))
+    ttl = 3.0
+    gw = make_gateway(vendor_settings(pki, vendor, policies=str(_policy_dir(tmp_path)), approval_ttl=f"{ttl}s"))
     big = {**GOOD, "amount": "150000"}
+    # Tokens first (each is a CLI run) and the approval through the API, so a loaded machine
+    # cannot spend the TTL before the approval is granted.
+    admin = {"Authorization": f"Bearer {gw.token(sub='ops', role='admin')}"}
     with client(gw, finance(gw)) as c:
+        asked = time.monotonic()
         approval_id = error_of(c.post(PAY, data=big))["approval_id"]
-        gw.cli("approvals", "approve", approval_id)
-        time.sleep(1.5)
+        granted = httpx.post(f"{gw.api_url}/v1/approvals/{approval_id}/approve", headers=admin)
+        assert granted.status_code == 200 and granted.json()["state"] == "approved", granted.text
+        time.sleep(max(0.0, asked + ttl + 0.5 - time.monotonic()))
         r = c.post(PAY, data=big, headers={"X-Egress-Approval": approval_id})
     assert error_of(r)["code"] == "approval_required"
     assert not vendor.received

@@ -196,7 +196,10 @@ async def anomaly(c: Ctx) -> None:
         c.services.quarantine_agent(c.identity, f"anomaly: {', '.join(conditions)}")
         raise Refusal("quarantined", f"the agent is quarantined: its calls are unlike its baseline ({', '.join(conditions)})")
     if response == "approval":
-        c.decision = held_for_anomaly(c.decision, c.identity, connector, action, conditions)
+        held = held_for_anomaly(c.decision, c.identity, connector, action, conditions)
+        if c.decision is None:  # no policy judged the call: the record names the anomaly as its policy
+            c.call.decided_by(held)
+        c.decision = held
 
 
 async def approval(c: Ctx) -> None:

@@ -254,7 +254,11 @@ class BaselineFile:
     def load(self, key: str) -> dict[str, Any] | None:
         with self._connect() as db:
             row = db.execute("SELECT profile FROM baselines WHERE agent=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        profile: dict[str, Any] = json.loads(row[0])
+        profile["observing"] = time.time() < profile["observing_until"]  # as of now, not of the last save
+        return profile
 
     def request(self, key: str, verb: str) -> None:
         with self._connect() as db:

@@ -100,7 +100,7 @@ def test_a_new_connector_at_20x_the_rate_is_quarantined_and_its_stream_cut(watch
             time.sleep(0.05)
     listener.join(60)
     held = codes.index("quarantined")
-    assert 0 < held and codes[:held] == ["approval_required"] * held and codes[held:] == ["quarantined"] * (30 - held)
+    assert held > 0 and codes[:held] == ["approval_required"] * held and codes[held:] == ["quarantined"] * (30 - held)
     assert not stream["done"]
     audit = watched.audit()
     (quarantine,) = [r for r in audit if r.get("phase") == "quarantine" and r.get("value") == sub]

@@ -37,7 +37,7 @@ def _leaves(value: Any) -> list[Any]:
 
 def check_event(event: dict[str, Any], audit: list[dict[str, Any]]) -> None:
     """A valid HTTP Activity event whose every string is one of its audit record's values."""
-    assert REQUIRED <= set(event), REQUIRED - set(event)
+    assert set(event) >= REQUIRED, REQUIRED - set(event)
     assert (event["class_uid"], event["category_uid"]) == (4002, 4)
     assert event["activity_id"] in ACTIVITY_IDS and event["type_uid"] == 4002 * 100 + event["activity_id"]
     assert event["severity_id"] in SEVERITY_IDS and isinstance(event["time"], int)

@@ -29,7 +29,7 @@ from typing import Any
 from bench import decision, loadgen
 from tests.clients import basic
 from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
-from tests.processes import GatewayProcess
+from tests.processes import GatewayProcess, wait_port
 from tests.telemetry.receivers import OtlpReceiver
 
 TARGET = 0.95  # on / off, requests per second
@@ -46,6 +46,16 @@ def configs(root: Path, otlp: str) -> dict[str, dict[str, Any]]:
             "anomaly": {"observe_for": "7d", "rules": [{"rate_above_baseline": "1000x", "then": "record"}]},
         },
     }
+
+
+def patient_start(gw: GatewayProcess) -> GatewayProcess:
+    """Start a gateway, waiting past the launcher's 20 s on a machine other jobs keep busy."""
+    try:
+        return gw.start()
+    except TimeoutError:
+        wait_port(gw.port, 180, gw.proc)
+        wait_port(gw.api_port, 180, gw.proc)
+        return gw
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, (name, extra) in enumerate(configs(root, otlp.url).items()):
             gw = GatewayProcess(root / f"gw-{i}", vendor_settings(pki, vendor, dlp={"tokenize": []}, **extra))
             stack.callback(gw.stop)
-            gateways[name] = gw.start()
+            gateways[name] = patient_start(gw)
         pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
         results: dict[str, list[loadgen.Result]] = {name: [] for name in gateways}
         per_client = max(1, args.runs // args.clients)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.clients import chat, client
 from tests.fakes import PKI, VENDOR_ENV, FakeVendor, vendor_settings
@@ -92,6 +93,7 @@ def test_each_decision_reaches_file_syslog_and_a_failing_siem(observed: GatewayP
     assert EMAIL not in everything and not [k for k in VENDOR_ENV.values() if k in everything]
 
 
+@pytest.mark.chaos_full  # a gateway of its own (~10 s); the export path itself is in the default run above
 def test_a_stuck_siem_drops_and_counts_but_never_holds_a_call(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
     stuck = SiemServer(pki.leaf("stuck-siem", ("localhost",)))
     stuck.gate = threading.Event()  # every POST hangs until the test ends

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.model import canonical_host
 from dlp.config import DlpConfig
@@ -121,6 +121,74 @@ class SandboxSettings(_Strict):
     max_tool_body: Size = 32 * 2**20
 
 
+class Telemetry(_Strict):
+    """`telemetry:` OpenTelemetry traces, off unless `otlp_endpoint` is set (then the SDK is loaded)."""
+
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    service_name: str = Field(default="egress-gateway", min_length=1, max_length=100)
+    # The agent's W3C `traceparent` is continued either way; only with this true does the vendor get
+    # one (the decision's span), else trace headers are stripped from what leaves.
+    propagate: bool = False
+
+
+class AuditExport(_Strict):
+    """One SIEM destination of `audit.export`: every decision as an OCSF event (JSON line)."""
+
+    kind: Literal["ocsf"] = "ocsf"
+    to: str = Field(pattern=r"^(file:|syslog:|https://)")  # file:PATH, syslog:HOST:PORT (UDP), https://URL
+    queue: int = Field(default=10_000, ge=1, le=1_000_000)  # events waiting; a full queue drops, never blocks
+
+
+class AuditSettings(_Strict):
+    export: tuple[AuditExport, ...] = ()
+
+
+
+class AnomalyRule(_Strict):
+    """One graduated response: exactly one condition (`when: SIGNAL`, `rate_above_baseline: 10x`,
+    `deny_ratio_above: 0.5`) and what to do when it holds."""
+
+    when: Literal["new_action_or_host", "new_connector", "off_hours"] | None = None
+    rate_above_baseline: Annotated[float | None, BeforeValidator(lambda v: parse_factor(v))] = None
+    deny_ratio_above: float | None = Field(default=None, gt=0, lt=1)
+    then: Literal["record", "approval", "quarantine"]
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> AnomalyRule:
+        if sum(x is not None for x in (self.when, self.rate_above_baseline, self.deny_ratio_above)) != 1:
+            raise ValueError("a rule has exactly one of when, rate_above_baseline, deny_ratio_above")
+        return self
+
+    @property
+    def condition(self) -> str:
+        if self.when is not None:
+            return self.when
+        return "rate_above_baseline" if self.rate_above_baseline is not None else "deny_ratio_above"
+
+
+class AnomalySettings(_Strict):
+    """`anomaly:` per-agent behaviour baselines, learned for `observe_for`, then each call scored."""
+
+    observe_for: Duration = 7 * 86400.0
+    key: Literal["sub", "role"] = "sub"  # whose behaviour is one baseline: each agent, or each role
+    window: Duration = 60.0  # the recent rate and deny ratio are measured over this
+    min_calls: int = Field(default=10, ge=1)  # a deny ratio needs this many calls in the window
+    working_hours: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")  # UTC; off_hours outside
+    max_agents: int = Field(default=10_000, ge=1)  # baselines kept (least recently seen forgotten first)
+    max_items: int = Field(default=256, ge=1)  # connectors, actions, hosts, shapes kept per agent, each
+    rules: tuple[AnomalyRule, ...] = ()
+
+
+def parse_factor(value: Any) -> float | None:
+    """`10x` -> 10.0 (a bare number too); more than 1."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*x?\s*", str(value))
+    if not m or float(m.group(1)) <= 1:
+        raise ValueError(f"bad factor {value!r}: use e.g. 10x (more than 1)")
+    return float(m.group(1))
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -145,6 +213,9 @@ class Config(_Strict):
     connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
     dlp: DlpConfig = DlpConfig()
     sandbox: SandboxSettings = SandboxSettings()
+    telemetry: Telemetry = Telemetry()
+    audit: AuditSettings = AuditSettings()
+    anomaly: AnomalySettings | None = None  # off unless configured
 
     @field_validator("listen", "api_listen")
     @classmethod

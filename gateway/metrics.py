@@ -43,6 +43,7 @@ class Metrics:
         self.policy_reloads: Counter[str] = Counter({"ok": 0, "error": 0})
         # Read at scrape time from the stores that hold them (set by the runtime).
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def decision(self, connector: str | None, action: str | None, decision: str, code: str | None) -> None:
         self.decisions[(connector or "", action or "", decision, code or "")] += 1
@@ -88,6 +89,8 @@ class Metrics:
                              ("tool",), self.sandbox_seconds)
         for name, (help_text, read) in sorted(self.gauges.items()):
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read():g}"]
+        for name, (help_text, read) in sorted(self.counters.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {read():g}"]
         lines += [
             "# HELP egress_audit_write_failures_total Audit records that could not be written (alert on any).",
             "# TYPE egress_audit_write_failures_total counter",

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import certifi
 
@@ -19,8 +19,9 @@ from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
 from gateway.errors import ConfigError, Refusal
+from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
-from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
+from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -33,6 +34,13 @@ from gateway.policy.webhook import ApprovalWebhook
 from gateway.sandbox_service import Tools
 from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
+from gateway.telemetry import traceparent_ids
+from gateway.telemetry.baseline import BaselineFile, Baselines, agent_key
+from gateway.telemetry.export import SiemExport
+
+if TYPE_CHECKING:
+    from gateway.pipeline.call import Call
+    from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
 RECENT_DECISIONS = 1000
@@ -45,6 +53,7 @@ class Runtime:
     registry: Registry
     key: SigningKey
     revocations: Revocations
+    quarantine: Quarantines
     verifier: Verifier
     resolver: Resolver
     secrets: Secrets
@@ -56,6 +65,10 @@ class Runtime:
     dlp: Dlp
     tools: Tools
     webhook: ApprovalWebhook | None = None
+    tracing: Tracing | None = None  # telemetry.otlp_endpoint set
+    siem: SiemExport | None = None  # audit.export set
+    baselines: Baselines | None = None  # anomaly set
+    baseline_file: BaselineFile | None = None
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
@@ -99,12 +112,56 @@ class Runtime:
         access_log.note(rec, self.config.log_format)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
+            if self.baselines is not None and rec.get("sub") is not None and rec.get("role") is not None:
+                key = agent_key(rec.get("tenant"), rec["sub"], rec["role"], self.baselines.settings.key)
+                self.baselines.count(key, rec["decision"] == "deny")
+        if self.siem is not None:
+            self.siem.offer(rec)
+
+    def agent_key(self, ident: Identity) -> str:
+        """Whose behaviour baseline a call belongs to (`anomaly.key`)."""
+        return agent_key(ident.tenant, ident.sub, ident.role, self.config.anomaly.key if self.config.anomaly else "sub")
+
+    def check_quarantine(self, ident: Identity, connector: str | None = None) -> None:
+        """Refuse an agent under quarantine (itself, its tenant, the connector, or everything).
+        Admin and metrics tokens are never stopped by it: an operator must be able to release."""
+        if ident.role in (ADMIN_ROLE, METRICS_ROLE):
+            return
+        found = self.quarantine.hit(ident.sub, ident.tenant, connector)
+        if found is not None:
+            raise Refusal("quarantined", f"{found.describe()} is quarantined; an operator must release it")
+
+    def quarantine_agent(self, ident: Identity, reason: str) -> None:
+        """An anomaly rule's quarantine of the calling agent; its streams are cut by the sweep."""
+        for change in self.quarantine.set("sub", ident.sub, release=False, reason=reason, by="anomaly"):
+            self.quarantine_changed(change)
+
+    def quarantine_changed(self, change: Change) -> None:
+        """Every quarantine and release is audited once, by the gateway that first sees it."""
+        log.warning("%s %s by %s: %s", change.describe(), "released" if change.released else "quarantined", change.by,
+                    change.reason)
+        self.record_after({
+            "decision_id": f"qua_{change.id}", "time": round(change.at, 6), "phase": "quarantine",
+            "decision": "release" if change.released else "quarantine", "scope": change.scope,
+            "value": change.value, "reason": change.reason, "by": change.by,
+        })
+
+    def traceparent(self, call: Call, agent_header: str | None) -> str | None:
+        """What the vendor gets as `traceparent` with `telemetry.propagate`: the decision's span,
+        or without tracing the agent's own header when it is well formed."""
+        if self.tracing is not None and call.span is not None:
+            return self.tracing.traceparent(call.span)
+        return agent_header.strip() if agent_header and traceparent_ids(agent_header) else None
 
     def credentials_not_ready(self) -> dict[str, str]:
         """Connectors in use whose credential cannot be read (`gateway.secrets.not_ready`)."""
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
 
     def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.close()
+        if self.siem is not None:
+            self.siem.stop()
         self.tools.close()
         self.approvals.close()
         try:
@@ -153,6 +210,7 @@ def build(config: Config) -> Runtime:
         registry=registry,
         key=key,
         revocations=revocations,
+        quarantine=Quarantines(state.revocations),
         verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
@@ -164,7 +222,14 @@ def build(config: Config) -> Runtime:
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
+        **telemetry(config, state),
     )
+    if rt.siem is not None:
+        siem = rt.siem
+        rt.metrics.counters.update(
+            egress_siem_events_dropped_total=("SIEM events dropped because an audit.export queue was full.", siem.dropped),
+            egress_siem_export_failures_total=("SIEM events given up after retries.", siem.failed),
+        )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
     rt.quotas.on_store_error = rt.metrics.quota_store_error
@@ -177,6 +242,31 @@ def build(config: Config) -> Runtime:
                                      lambda: len(rt.credentials_not_ready())),
     )
     return rt
+
+
+def telemetry(config: Config, state: StateDir) -> dict[str, Any]:
+    """Traces, SIEM export and baselines, each only when configured; the OpenTelemetry SDK is
+    imported only for traces."""
+    built: dict[str, Any] = {}
+    if config.telemetry.otlp_endpoint is not None:
+        from gateway.telemetry.tracing import Tracing
+
+        built["tracing"] = Tracing(config.telemetry)
+    if config.audit.export:
+        built["siem"] = SiemExport.build(config.audit.export, upstream_bundle(state, config.upstream_ca), _version())
+    if config.anomaly is not None:
+        built["baselines"] = Baselines(config.anomaly)
+        built["baseline_file"] = BaselineFile(state.baselines)
+    return built
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("egress-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

@@ -67,6 +67,11 @@ class StateDir:
         return self.root / "revocations.sqlite"
 
     @property
+    def baselines(self) -> Path:
+        """Behaviour baselines as `baseline show` reads them, and the CLI's reset/ratify requests."""
+        return self.root / "baselines.sqlite"
+
+    @property
     def approvals(self) -> Path:
         return self.root / "approvals.sqlite"
 

@@ -46,6 +46,7 @@ def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
     if scheme.lower() != "bearer" or not token.strip():
         raise Refusal("identity_missing", "send the token as Authorization: Bearer TOKEN")
     ident = rt.verifier.verify(token.strip())
+    rt.check_quarantine(ident)  # admin and metrics tokens pass: an operator must be able to release
     if admin and ident.role != ADMIN_ROLE:
         raise Refusal("admin_required", "this endpoint needs a token with role admin")
     if ident.role == METRICS_ROLE and request.url.path != "/metrics":
@@ -116,9 +117,12 @@ def create_app(rt: Runtime) -> Starlette:
             refusal = Refusal("not_found", "no such API endpoint")
         return refusal_response(refusal, call.decision_id)
 
+    # Imported here: its handlers are built with this module's `endpoint`.
+    from gateway.api.response import response_routes
+
     return Starlette(
         exception_handlers={404: no_route, 405: no_route},
-        routes=[*open_routes(rt), *agent_routes(rt), *admin_routes(rt)],
+        routes=[*open_routes(rt), *agent_routes(rt), *admin_routes(rt), *response_routes(rt)],
     )
 
 

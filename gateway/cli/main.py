@@ -24,6 +24,7 @@ from gateway import config
 from gateway.cli import agent_env
 from gateway.cli import policy as policy_cli
 from gateway.cli import sandbox as sandbox_cli
+from gateway.cli import telemetry as telemetry_cli
 from gateway.cli.progress import progress
 from gateway.config import Config, ConfigError, parse_duration
 from gateway.errors import CliError, GatewayError
@@ -256,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, audit_path=lambda a: _state(a).audit_log, public_keys=_public_keys, parents=[common]
     )
     sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
+    telemetry_cli.add_commands(sub, state=_state, parents=[common])
     return parser
 
 

@@ -29,6 +29,9 @@ from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp, scope_of
 from gateway.pipeline.request import ConnectVerdict, ConnectView, Forward, RequestView, Tunnel, Verdict
 from gateway.policy.engine import Decision, PolicySet
+from gateway.telemetry import TRACE_HEADERS
+from gateway.telemetry.anomaly import RESPONSES, fired_rules, held_for_anomaly
+from gateway.telemetry.baseline import shape_of
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -82,11 +85,13 @@ async def identify(c: Ctx) -> None:
     if tunnel is None:
         # Not inside a CONNECT tunnel: an absolute-form plain-http proxy request.
         c.call.identity = c.services.verifier.verify(token_from_proxy_authorization(c.view.header("proxy-authorization")))
+        c.services.check_quarantine(c.call.identity)
         if c.services.registry.claims(c.host) or c.host in c.services.allow_hosts:
             raise Refusal("plain_http_denied", f"plain http to {c.host} is refused; use https")
         raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
     c.identity = c.call.identity = tunnel.identity
     c.services.verifier.check(tunnel.identity)
+    c.services.check_quarantine(tunnel.identity)
 
 
 async def framing(c: Ctx) -> None:
@@ -123,6 +128,8 @@ async def route(c: Ctx) -> None:
         c.call.connector, c.call.action = steps.PASSTHROUGH, host
     else:
         c.call.connector, c.call.action = c.route.connector.name, c.route.action.name
+        assert c.identity is not None
+        c.services.check_quarantine(c.identity, c.route.connector.name)
 
 
 async def scopes(c: Ctx) -> None:
@@ -168,6 +175,32 @@ async def authorize(c: Ctx) -> None:
     c.call.decided_by(c.decision)
     if c.decision.outcome == "deny" and c.decision.refusal is not None:
         raise c.decision.refusal
+
+
+async def anomaly(c: Ctx) -> None:
+    """The agent against its behaviour baseline (`anomaly:`): a rule that holds records the call,
+    holds it for a person's approval (the approval step's own flow), or quarantines the agent."""
+    if c.services.baselines is None:
+        return
+    assert c.identity is not None
+    connector, action = c.call.connector or "", c.call.action or ""
+    items = {"connectors": connector, "actions": f"{connector}:{action}", "hosts": c.host}
+    if c.route is not None:
+        items["shapes"] = shape_of(connector, action, c.params)
+    signals = c.services.baselines.score(c.services.agent_key(c.identity), items)
+    fired = fired_rules(c.services.config, signals)
+    if not fired:
+        return
+    c.call.extra["anomaly"] = conditions = sorted({rule.condition for rule in fired})
+    response = max((rule.then for rule in fired), key=RESPONSES.index)
+    if response == "quarantine":
+        c.services.quarantine_agent(c.identity, f"anomaly: {', '.join(conditions)}")
+        raise Refusal("quarantined", f"the agent is quarantined: its calls are unlike its baseline ({', '.join(conditions)})")
+    if response == "approval":
+        held = held_for_anomaly(c.decision, c.identity, connector, action, conditions)
+        if c.decision is None:  # no policy judged the call: the record names the anomaly as its policy
+            c.call.decided_by(held)
+        c.decision = held
 
 
 async def approval(c: Ctx) -> None:
@@ -237,6 +270,9 @@ async def credentials(c: Ctx) -> None:
     c.forward.set_headers.update(headers)
     if c.route is not None and (media := steps.CONTENT_TYPES.get(c.route.action.encoding.value)) and c.view.body:
         c.forward.set_headers["content-type"] = media
+    c.forward.drop_headers += TRACE_HEADERS
+    if c.services.config.telemetry.propagate and (parent := c.services.traceparent(c.call, c.view.header("traceparent"))):
+        c.forward.set_headers["traceparent"] = parent
     if c.route is None:
         c.forward.drop_headers += steps.NEVER_FORWARD
         return
@@ -267,7 +303,9 @@ def _step(fn: Callable[[Ctx], Awaitable[None]]) -> Step:
 
 REQUEST_STEPS: tuple[Step, ...] = tuple(
     _step(fn)
-    for fn in (identify, framing, egress, route, scopes, validate, authorize, approval, quota, dlp, credentials, circuit, audit)
+    for fn in (
+        identify, framing, egress, route, scopes, validate, authorize, anomaly, approval, quota, dlp, credentials, circuit, audit
+    )
 )
 # What `policy test` runs: the same judging as a live call, for a given action, without services.
 JUDGE_STEPS: tuple[Step, ...] = tuple(s for s in REQUEST_STEPS if s.run in (validate, authorize))
@@ -279,13 +317,26 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
     address = view.tunnel.address if view.tunnel else ("", 0)
     # One policy version judges the whole call, however a reload lands meanwhile.
     ctx = Ctx(rt, view, call, Forward(address), policies=rt.policies.current if rt.policies else None)
+    tracing = rt.tracing
 
     async def run() -> Forward:
         for step in REQUEST_STEPS:
             await step.run(ctx)
         return ctx.forward
 
-    forward, refusal = await _failing_closed(rt, call, view.client, run())
+    async def run_traced() -> Forward:
+        assert tracing is not None
+        for step in REQUEST_STEPS:
+            with tracing.step(call.span, step.name):
+                await step.run(ctx)
+        return ctx.forward
+
+    if tracing is None:
+        forward, refusal = await _failing_closed(rt, call, view.client, run())
+    else:
+        call.span = tracing.decision(view.header("traceparent"))
+        forward, refusal = await _failing_closed(rt, call, view.client, run_traced())
+        tracing.finish(call.span, call.record("deny" if refusal else "allow", refusal))
     return Verdict(call, refusal, forward)
 
 
@@ -345,6 +396,7 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
 
     async def run() -> Tunnel:
         call.identity = rt.verifier.verify(token_from_proxy_authorization(view.proxy_authorization))
+        rt.check_quarantine(call.identity)
         if call.identity.role in (ADMIN_ROLE, METRICS_ROLE):
             raise Refusal("identity_invalid", f"a {call.identity.role} token is for the API only, not a proxy credential")
         if not (rt.registry.claims(host) or host in rt.allow_hosts):

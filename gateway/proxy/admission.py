@@ -125,6 +125,7 @@ class Admission:
                 reader.stop(None, True)
             else:
                 self.rt.verifier.check(open_tunnel.tunnel.identity)
+                self.rt.check_quarantine(open_tunnel.tunnel.identity)
                 declared = http1.expected_http_body_size(req)
                 if declared is not None and declared > self.rt.config.max_body:
                     raise _too_large(self.rt.config.max_body)

@@ -17,7 +17,18 @@ from mitmproxy import connection, http, tls
 from gateway.errors import DECISION_HEADER, Refusal
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp
-from gateway.proxy.flows import CALL, CUT, DLP, FORWARDED, TIMED_OUT, Tunnels, flow_call, is_event_stream, response_started
+from gateway.proxy.flows import (
+    CALL,
+    CUT,
+    DLP,
+    FORWARDED,
+    TIMED_OUT,
+    UPSTREAM_SPAN,
+    Tunnels,
+    flow_call,
+    is_event_stream,
+    response_started,
+)
 from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
 from gateway.runtime import Runtime
 
@@ -63,9 +74,9 @@ class Outcome:
         else:
             self.rt.breaker.success(call.host or "", call.agent)
         self.rt.metrics.upstream(call.connector, call.action, elapsed)
-        self.rt.record_after(
-            call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
-        )
+        rec = call.record("allow", phase="outcome", upstream_status=status, latency_ms=round(elapsed * 1000, 3))
+        self.rt.record_after(rec)
+        self._end_span(flow, rec, status)
         self.tunnels.done(flow)
 
     def tls_failed_server(self, data: tls.TlsData) -> None:
@@ -87,12 +98,19 @@ class Outcome:
             self.rt.breaker.release(call.host or "", call.agent)
         latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
         phase = "outcome" if started else "decision"
-        self.rt.record_after(call.record("deny", refusal, phase=phase, latency_ms=latency))
+        rec = call.record("deny", refusal, phase=phase, latency_ms=latency)
+        self.rt.record_after(rec)
+        self._end_span(flow, rec, None)
         # Claim the error page only when mitmproxy will write one: an unused claim would answer
         # the connection's next failure.
         if not response_started(flow) and not msg.startswith(CLIENT_GONE):
             self.pages.claim(flow.client_conn.id, call.decision_id, refusal)
         self.tunnels.done(flow)
+
+    def _end_span(self, flow: http.HTTPFlow, rec: dict[str, object], status: int | None) -> None:
+        span = flow.metadata.pop(UPSTREAM_SPAN, None)
+        if span is not None and self.rt.tracing is not None:
+            self.rt.tracing.finish(span, rec, status)
 
     def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
         if (cut := flow.metadata.get(CUT)) is not None:

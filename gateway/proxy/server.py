@@ -33,6 +33,7 @@ from gateway.proxy.pinning import Pinning
 from gateway.proxy.streams import StreamCutoff
 from gateway.proxy.tunnels import Authenticate
 from gateway.runtime import Runtime, upstream_bundle
+from gateway.telemetry.baseline import keep_in_sync
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,11 @@ async def serve(rt: Runtime) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     await rt.quotas.warm_up()
-    watcher = asyncio.create_task(rt.revocations.watch())
+    watchers = [asyncio.create_task(rt.revocations.watch()), asyncio.create_task(rt.quarantine.watch(rt.quarantine_changed))]
+    if rt.baselines is not None and rt.baseline_file is not None:
+        watchers.append(asyncio.create_task(keep_in_sync(rt.baselines, rt.baseline_file)))
+    if rt.siem is not None:
+        rt.siem.start()
     if rt.policies is not None:
         rt.policies.start()
     if rt.webhook is not None:
@@ -143,7 +148,8 @@ async def serve(rt: Runtime) -> None:
         await master.run()
     finally:
         api.should_exit = True
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
         if rt.policies is not None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)

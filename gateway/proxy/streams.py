@@ -1,13 +1,14 @@
-"""Open streams end with their identity: revocation and expiry reach a response in progress.
+"""Open streams end with their identity: revocation, expiry and quarantine reach a response in progress.
 
 The pipeline checks the identity on every request, so a revoked or expired agent is refused at its
 next request. A stream (SSE) is one request that can last minutes: without this addon it kept
 flowing to an agent long after its token expired or was revoked.
 
 Every `SWEEP_SECONDS` a task walks the open tunnels; for each stream in flight it re-runs the
-identity's time and revocation check (`Verifier.check`, a set lookup). A refused identity has its
-stream cut: the audit gets an outcome record with the refusal (`identity_revoked`,
-`identity_expired`), and the agent's connection is closed. The agent's side, not the vendor's, is
+identity's time and revocation check (`Verifier.check`, a set lookup) and the quarantine check
+(`Runtime.check_quarantine`: the agent, its tenant, the stream's connector, everything). A refused
+identity has its stream cut: the audit gets an outcome record with the refusal (`identity_revoked`,
+`identity_expired`, `quarantined`), and the agent's connection is closed. The agent's side, not the vendor's, is
 cut, so the circuit breaker counts it as the agent's hang-up (never as a vendor fault), and the
 tunnel closes with it: it could serve nothing more anyway. Revocations reach the process every
 `revocation.POLL_SECONDS`, so a stream ends within the sum of the two (half a second).
@@ -60,6 +61,7 @@ class StreamCutoff:
                 continue
             try:
                 self.rt.verifier.check(open_tunnel.tunnel.identity)
+                self.rt.check_quarantine(open_tunnel.tunnel.identity, flow.metadata[CALL].connector)
             except Refusal as refusal:
                 self._cut(flow, refusal)
 

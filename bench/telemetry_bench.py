@@ -1,0 +1,116 @@
+"""What seeing costs (issue 16): gateway throughput with telemetry off, with traces on, and with
+everything on, measured in one run with the gateways taking turns (not a test).
+
+    python -m bench.telemetry_bench [--runs N] [--clients C] [--rounds R]
+
+Three gateways in front of one fake vendor, each sent the same small Stripe form POST by the
+benchmark's load generator (`bench.loadgen`, its own process):
+- "off": the default config (no `telemetry`, `audit.export` or `anomaly`: nothing is loaded);
+- "traces": `telemetry.otlp_endpoint` set, spans exported over OTLP/HTTP to a real receiver
+  (`tests.telemetry.receivers.OtlpReceiver`, which decodes every payload);
+- "all on": traces, an OCSF export to a file, and `anomaly` baselines with a rule.
+Target (reported, not asserted): "traces" and "all on" at >= 95% of "off"'s requests per second.
+Off costs nothing by construction: no OpenTelemetry import and one `is None` test per call
+(`tests/telemetry/test_traces.py` checks that the default gateway loads no OpenTelemetry module).
+The proxy's CPU per request is read from /proc: on a shared machine it is the steadier figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from bench import decision, loadgen
+from tests.clients import basic
+from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
+from tests.processes import GatewayProcess, wait_port
+from tests.telemetry.receivers import OtlpReceiver
+
+TARGET = 0.95  # on / off, requests per second
+
+
+def configs(root: Path, otlp: str) -> dict[str, dict[str, Any]]:
+    traces = {"otlp_endpoint": otlp, "service_name": "egress-bench"}
+    return {
+        "off": {},
+        "traces": {"telemetry": traces},
+        "all on": {
+            "telemetry": traces,
+            "audit": {"export": [{"kind": "ocsf", "to": f"file:{root / 'ocsf.jsonl'}"}]},
+            "anomaly": {"observe_for": "7d", "rules": [{"rate_above_baseline": "1000x", "then": "record"}]},
+        },
+    }
+
+
+def patient_start(gw: GatewayProcess) -> GatewayProcess:
+    """Start a gateway, waiting past the launcher's 20 s on a machine other jobs keep busy."""
+    try:
+        return gw.start()
+    except TimeoutError:
+        wait_port(gw.port, 180, gw.proc)
+        wait_port(gw.api_port, 180, gw.proc)
+        return gw
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.telemetry_bench", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=600, help="requests per gateway per round")
+    p.add_argument("--clients", type=int, default=8, help="keep-alive connections at once")
+    p.add_argument("--rounds", type=int, default=4, help="rounds, the gateways taking turns")
+    args = p.parse_args(argv)
+    request = loadgen.Request(decision.HOST, decision.METHOD, decision.PATH, "application/x-www-form-urlencoded",
+                              decision.PAYMENT_FORM)
+    with tempfile.TemporaryDirectory(prefix="telemetry-bench-") as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        pki = PKI(root / "pki")
+        vendor = FakeVendor(pki.leaf("vendor", VENDOR_HOSTS))
+        stack.callback(vendor.close)
+        otlp = OtlpReceiver()
+        stack.callback(otlp.close)
+        gateways: dict[str, GatewayProcess] = {}
+        for i, (name, extra) in enumerate(configs(root, otlp.url).items()):
+            gw = GatewayProcess(root / f"gw-{i}", vendor_settings(pki, vendor, dlp={"tokenize": []}, **extra))
+            stack.callback(gw.stop)
+            gateways[name] = patient_start(gw)
+        pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+        results: dict[str, list[loadgen.Result]] = {name: [] for name in gateways}
+        per_client = max(1, args.runs // args.clients)
+        for round_ in range(args.rounds + 1):  # round 0 warms every gateway up and is not counted
+            for name, gw in gateways.items():
+                assert gw.proc is not None
+                auth = basic(gw.token(sub=f"bench-{name}", role="finance", scopes=("stripe:*",)))
+                load = loadgen.Load(gw.port, True, auth, str(gw.ca_file), request, args.clients, per_client,
+                                    max(2, per_client // 5), proxy_pid=gw.proc.pid)
+                result = loadgen.run_in_worker(pool, load)
+                if round_:
+                    results[name].append(result)
+                vendor.reset()
+        spans = len(otlp.spans)
+    rows = {}
+    for name, rounds in results.items():
+        latencies = [x for r in rounds for x in r.latencies]
+        cpus = [r.proxy_cpu for r in rounds]
+        cpu_us = sum(c for c in cpus if c is not None) / len(latencies) * 1e6 if None not in cpus else None
+        p50, p99 = decision.percentiles(latencies)
+        rows[name] = (len(latencies) / sum(r.wall for r in rounds), p50 * 1000, p99 * 1000, cpu_us, len(latencies))
+    print(f"{'telemetry':10} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10} {'vs off':>7}")
+    off_rps, off_cpu = rows["off"][0], rows["off"][3]
+    for name, (rps, p50, p99, cpu, n) in rows.items():
+        cpu_text = f"{cpu:10.0f}" if cpu is not None else f"{'-':>10}"
+        print(f"{name:10} {n:8} {rps:8.1f} {p50:7.2f} {p99:7.2f} {cpu_text} {rps / off_rps:6.1%}")
+    print(f"spans received by the OTLP receiver: {spans}")
+    for name in ("traces", "all on"):
+        share, cpu = rows[name][0] / off_rps, rows[name][3]
+        cpu_cost = f", CPU per request +{cpu / off_cpu - 1:.1%}" if cpu is not None and off_cpu else ""
+        print(f"target {name} >= {TARGET:.0%} of off's req/s: {share:.1%} {'met' if share >= TARGET else 'MISSED'}{cpu_cost}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

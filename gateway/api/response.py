@@ -1,0 +1,125 @@
+"""The admin API of seeing and stopping: `POST /v1/quarantine` (the kill switch), `GET
+/v1/quarantine`, `GET /v1/agents` (agents seen recently, with their anomaly score) and an agent's
+baseline (`GET /v1/agents/{agent}/baseline`, `POST .../reset|ratify`).
+
+A tenant's admin quarantines and releases its own tenant and reads its own agents; a sub, a
+connector and the whole gateway reach every tenant, so they need a global admin (tenant `*`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.requests import Request
+from starlette.routing import Route
+
+from gateway.api.app import endpoint, global_admin, read_body
+from gateway.errors import Refusal, describe
+from gateway.identity.quarantine import EVERYTHING, MAX_REASON
+from gateway.pipeline.call import Call
+from gateway.runtime import Runtime
+
+RECENT_AGENTS = 86400.0  # `GET /v1/agents` lists agents seen within this (or `?since=`)
+
+
+class QuarantineRequest(BaseModel):
+    """The CLI's flags as JSON: exactly one of sub, tenant, connector, all."""
+
+    model_config = ConfigDict(extra="forbid")
+    sub: str | None = Field(default=None, min_length=1, max_length=256)
+    tenant: str | None = Field(default=None, min_length=1, max_length=256)
+    connector: str | None = Field(default=None, min_length=1, max_length=256)
+    all: bool = False
+    release: bool = False
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> QuarantineRequest:
+        if sum((self.sub is not None, self.tenant is not None, self.connector is not None, self.all)) != 1:
+            raise ValueError("name exactly one of sub, tenant, connector, all")
+        return self
+
+    def target(self) -> tuple[str, str]:
+        if self.all:
+            return "all", EVERYTHING
+        return next((s, v) for s, v in (("sub", self.sub), ("tenant", self.tenant), ("connector", self.connector)) if v)
+
+
+def response_routes(rt: Runtime) -> list[Route]:
+    @endpoint(rt, admin=True)
+    async def quarantine(request: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
+        try:
+            req = QuarantineRequest.model_validate_json(await read_body(rt, request))
+        except ValidationError as e:
+            raise Refusal("schema_violation", describe(e)) from None
+        scope, value = req.target()
+        if scope != "tenant" or not call.identity.administers(value):
+            global_admin(call)
+        changes = rt.quarantine.set(scope, value, release=req.release, reason=req.reason, by=f"api:{call.identity.sub}")
+        for change in changes:
+            rt.quarantine_changed(change)
+        return changes[-1].public()
+
+    @endpoint(rt, admin=True)
+    async def quarantines(_: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
+        admin = call.identity
+        visible = [c.public() for c in rt.quarantine.active() if c.scope != "tenant" or admin.administers(c.value)]
+        return {"quarantines": visible}
+
+    @endpoint(rt, admin=True)
+    async def agents(request: Request, call: Call) -> dict[str, Any]:
+        assert call.identity is not None
+        try:
+            since = float(request.query_params.get("since", time.time() - RECENT_AGENTS))
+        except ValueError:
+            raise Refusal("bad_request", "since must be Unix seconds") from None
+        if rt.baselines is None:
+            return {"agents": [], "anomaly": False}
+        now, admin = time.time(), call.identity
+        seen = [p.public(now) for p in rt.baselines.agents(since) if admin.administers(p.key.partition("/")[0] or None)]
+        for agent in seen:
+            tenant, _, name = agent["agent"].partition("/")
+            hit = None if name.startswith("@") else rt.quarantine.hit(name, tenant or None)
+            agent["quarantined"] = hit is not None
+        return {"agents": sorted(seen, key=lambda a: -a["last_seen"]), "anomaly": True}
+
+    def baseline_key(request: Request, call: Call) -> str:
+        assert call.identity is not None
+        tenant = request.query_params.get("tenant")
+        if set(request.query_params) - {"tenant"}:
+            raise Refusal("bad_request", "the only parameter is tenant")
+        if not call.identity.administers(tenant):
+            raise Refusal("not_found", "no such agent in this admin's tenant")
+        return f"{tenant or ''}/{request.path_params['agent']}"
+
+    @endpoint(rt, admin=True)
+    async def baseline(request: Request, call: Call) -> dict[str, Any]:
+        key = baseline_key(request, call)
+        found = rt.baselines.get(key) if rt.baselines is not None else None
+        if found is None:
+            raise Refusal("not_found", "no baseline for this agent")
+        return found.public(time.time())
+
+    def change_baseline(verb: str) -> Any:
+        @endpoint(rt, admin=True)
+        async def handler(request: Request, call: Call) -> dict[str, Any]:
+            key = baseline_key(request, call)
+            if rt.baselines is None or not rt.baselines.apply(key, verb):
+                raise Refusal("not_found", "no baseline for this agent")
+            rt.record(call.record(verb, phase="baseline", agent=key))
+            return {"agent": key, verb: True}
+
+        return handler
+
+    return [
+        Route("/v1/quarantine", quarantine, methods=["POST"]),
+        Route("/v1/quarantine", quarantines, methods=["GET"]),
+        Route("/v1/agents", agents, methods=["GET"]),
+        Route("/v1/agents/{agent}/baseline", baseline, methods=["GET"]),
+        Route("/v1/agents/{agent}/baseline/reset", change_baseline("reset"), methods=["POST"]),
+        Route("/v1/agents/{agent}/baseline/ratify", change_baseline("ratify"), methods=["POST"]),
+    ]

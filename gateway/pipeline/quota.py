@@ -38,8 +38,8 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
 
-from limits import RateLimitItem, parse
 from coredis.retry import NoRetryPolicy
+from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError

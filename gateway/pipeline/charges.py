@@ -73,7 +73,7 @@ class ExactlyOnceBudgets:
 
     def __init__(self, storage: RedisStorage) -> None:
         self._storage = storage
-        self._script = storage.bridge.get_connection().register_script(_ACQUIRE)
+        self._script = storage.bridge.get_connection().register_script(_ACQUIRE)  # type: ignore[attr-defined]
 
     def keys(self, item: RateLimitItem, ids: tuple[str, ...], call_id: str) -> list[str]:
         """The previous window, the current window and the call's charge key, as stored."""

@@ -93,8 +93,8 @@ class Quotas:
     def from_uri(cls, uri: str = "memory://", timeout: float = 0.5) -> Quotas:
         full = async_storage_uri(uri)
         # Never a blind client retry of a script on Redis: it charged payments twice (see charges).
-        options = {} if full.startswith("async+memory") else {"retry_policy": NoRetryPolicy()}
-        storage = storage_from_string(full, wrap_exceptions=True, **options)
+        options: dict[str, Any] = {} if full.startswith("async+memory") else {"retry_policy": NoRetryPolicy()}
+        storage = storage_from_string(full, wrap_exceptions=True, **options)  # type: ignore[arg-type]
         assert isinstance(storage, Storage)
         return cls(storage, timeout)
 

@@ -94,7 +94,7 @@ class Quotas:
         full = async_storage_uri(uri)
         # Never a blind client retry of a script on Redis: it charged payments twice (see charges).
         options: dict[str, Any] = {} if full.startswith("async+memory") else {"retry_policy": NoRetryPolicy()}
-        storage = storage_from_string(full, wrap_exceptions=True, **options)  # type: ignore[arg-type]
+        storage = storage_from_string(full, wrap_exceptions=True, **options)
         assert isinstance(storage, Storage)
         return cls(storage, timeout)
 

@@ -116,7 +116,7 @@ def gateway_addons(rt: Runtime) -> list[object]:
 
 
 async def serve(rt: Runtime) -> None:
-    ca.ensure(rt.state)
+    ca.ensure(rt.state, rt.keys.ca_pem if rt.keys else None)
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
     master.addons.add(*mitmproxy_addons(), *gateway_addons(rt))
     master.options.update(**proxy_options(rt))
@@ -133,6 +133,7 @@ async def serve(rt: Runtime) -> None:
         loop.add_signal_handler(sig, stop)
     await rt.quotas.warm_up()
     watcher = asyncio.create_task(rt.revocations.watch())
+    feed = asyncio.create_task(rt.decisions.run())
     if rt.policies is not None:
         rt.policies.start()
     if rt.webhook is not None:
@@ -144,6 +145,7 @@ async def serve(rt: Runtime) -> None:
     finally:
         api.should_exit = True
         watcher.cancel()
+        feed.cancel()
         if rt.policies is not None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)

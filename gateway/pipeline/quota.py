@@ -113,6 +113,8 @@ class Quotas:
         await self._rates.hit(item, *ids)
         await self._rates.get_window_stats(item, *ids)
         await self._budgets.hit(item, *ids)
+        if self._exact is not None:
+            await self._exact.hit(item, ids, 1, "warm-up")
         await self.storage.get_sliding_window(item.key_for(*ids), item.get_expiry())  # type: ignore[attr-defined]
 
     async def charge(

@@ -88,8 +88,9 @@ def _read(setting: str, ref: str) -> bytes:
 
 
 def _signing_key(setting: str, ref: str) -> SigningKey:
+    pem = _read(setting, ref)
     try:
-        key = serialization.load_pem_private_key(_read(setting, ref), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except ValueError:
         raise ConfigError(f"{setting} ({ref}) is not an unencrypted PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):

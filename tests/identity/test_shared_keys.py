@@ -16,7 +16,7 @@ from mitmproxy.certs import CertStore
 
 from gateway.identity import tokens as identity
 from tests.clients import client, error_of
-from tests.fakes import FakeVendor, vendor_settings
+from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
 BALANCE = "https://api.stripe.com/v1/balance"
@@ -32,7 +32,7 @@ def _token(key: identity.SigningKey) -> str:
     return identity.issue(key, sub="rotated-agent", role="finance", scopes=("stripe:*",), ttl=600, max_ttl=1800)
 
 
-def test_rotation_keeps_old_tokens_until_they_expire(make_gateway: Callable[..., GatewayProcess], pki, vendor: FakeVendor, tmp_path: Path) -> None:
+def test_rotation_keeps_old_tokens_until_they_expire(make_gateway: Callable[..., GatewayProcess], pki: PKI, vendor: FakeVendor, tmp_path: Path) -> None:
     old, new, stranger = (_key_file(tmp_path / f"{n}.pem") for n in ("old", "new", "stranger"))
     CertStore.create_store(tmp_path / "ca", "mitmproxy", 2048, organization="shared", cn="shared CA")
     shared_ca = tmp_path / "ca" / "mitmproxy-ca.pem"

@@ -169,7 +169,7 @@ def build(config: Config) -> Runtime:
         decisions=stores.decisions,
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
-        tools=Tools.build(config, state, key, registry),
+        tools=Tools.build(config, state, key, registry, stores.tools),
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)

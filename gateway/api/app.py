@@ -179,6 +179,7 @@ def agent_routes(rt: Runtime) -> list[Route]:
     @endpoint(rt, admin=False)
     async def list_tools(_: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        await rt.tools.sync()  # tools registered on another replica of the fleet
         return {"tools": rt.tools.visible_to(call.identity.role)}
 
     @endpoint(rt, admin=False)

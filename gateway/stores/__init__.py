@@ -1,8 +1,8 @@
 """Where the gateway's mutable state lives: one seam, two backends, chosen by `stores.state`.
 
 Without `stores.state` (or with `sqlite://`) every store is what it always was: SQLite files in
-the state dir (`revocations.sqlite`, `approvals.sqlite`) and an in-memory decisions feed, for one
-gateway process and the CLI beside it. With `stores.state: redis://host:port/db` every store
+the state dir (`revocations.sqlite`, `approvals.sqlite`), an in-memory decisions feed, and
+registered tools in the state dir alone (`LocalShelf`), for one gateway process and the CLI beside it. With `stores.state: redis://host:port/db` every store
 lives in that Redis instead, and any number of replicas (or workers) started with the same config
 and the same keys (`gateway.identity.keys`) form one gateway.
 
@@ -25,6 +25,9 @@ Shared failure rules of the Redis backend (each store applies them to its own ca
   Revocations that shrink are logged as an error.
 - one Redis (or a primary with replicas), not Cluster: scripts build keys from what they read.
 
+Registered tools are shared through a shelf (`gateway.stores.tools`): each replica still compiles
+and keeps its own copy, taken from the shelf on first use.
+
 What is not shared, on purpose: circuit breakers (`gateway.pipeline.breaker`). A breaker records
 what this replica saw of a vendor over its own network path; one replica's broken route must not
 open the circuit for the whole fleet, and N replicas probing a recovering vendor is N probes per
@@ -43,6 +46,7 @@ from gateway.identity.revocation import Revocations
 from gateway.policy.approvals import Approval, ApprovalStore
 from gateway.state import StateDir
 from gateway.stores.feed import DecisionFeed, MemoryFeed
+from gateway.stores.tools import LocalShelf, ToolShelf
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class StateStores:
     revocations: Revocations
     approvals: ApprovalStore
     decisions: DecisionFeed
+    tools: ToolShelf
 
 
 def backend(config: Config) -> str:
@@ -68,6 +73,7 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
             revocations=Revocations(state.revocations),
             approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=on_new_approval),
             decisions=MemoryFeed(),
+            tools=LocalShelf(),
         )
     from gateway.stores import redis_state
 
@@ -77,4 +83,5 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
         revocations=redis_state.RedisRevocations(client, config.stores.state),
         approvals=redis_state.RedisApprovals(client, ttl=config.approval_ttl, on_new=on_new_approval),
         decisions=redis_state.RedisFeed(client),
+        tools=redis_state.RedisToolShelf(client),
     )

@@ -13,11 +13,13 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
   approval by creation time (`approvals list`). Creating, deciding and consuming are each one Lua
   script, so an approval is single-use across the fleet. Records are kept `RETENTION_SECONDS`.
 - `decisions`: a list capped at `RECENT_DECISIONS` audit records, newest first.
+- `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -374,3 +376,37 @@ class RedisFeed:
             pipe.lpush(DECISIONS, *(json.dumps(r, default=str) for r in batch))
             pipe.ltrim(DECISIONS, 0, self._size - 1)
             pipe.execute()
+
+
+# --- registered tools ----------------------------------------------------------------------------
+
+TOOLS = PREFIX + "tools"
+
+
+class RedisToolShelf:
+    """Registered tools in one Redis hash: name -> JSON of the manifest and the module (base64).
+    `HSETNX` claims a name atomically, so two replicas registering one name get one winner."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def claim(self, name: str, manifest: Any, module: bytes) -> bool:
+        entry = json.dumps({"manifest": manifest, "module": base64.b64encode(module).decode()})
+        with _store("tool"):
+            return bool(self._redis.hsetnx(TOOLS, name, entry))
+
+    def release(self, name: str) -> None:
+        with _store("tool"):
+            self._redis.hdel(TOOLS, name)
+
+    def names(self) -> set[str]:
+        with _store("tool"):
+            return {_text(n) for n in self._redis.hkeys(TOOLS)}
+
+    def get(self, name: str) -> tuple[Any, bytes] | None:
+        with _store("tool"):
+            raw = self._redis.hget(TOOLS, name)
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry["manifest"], base64.b64decode(entry["module"])

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy.certs import CertStore
 from redis import Redis
 
+from tests.api.test_sandbox_tools_api import wat_tool
 from tests.chaos import harness
 from tests.chaos.faults import FaultVendor
 from tests.chaos.harness import BALANCE, CHAT, PAY, agent, code_of
@@ -237,6 +238,22 @@ def test_a_token_minted_on_a_is_detokenized_on_b(fleet: Fleet, vendor: FaultVend
     theirs = httpx.post(f"{fleet.b.api_url}/v1/detokenize", json={"text": minted},
                         headers={"Authorization": f"Bearer {other}"}, timeout=20)
     assert theirs.json()["text"] == minted
+
+
+# --- registered tools ----------------------------------------------------------------------------
+
+
+def test_a_tool_registered_on_a_runs_on_b_and_its_name_is_taken_fleet_wide(fleet: Fleet, vendor: FaultVendor) -> None:
+    body = wat_tool(f"fleet_tool_{harness._RUN}", harness._RUN)
+    name = body["manifest"]["name"]
+    assert admin_post(fleet.a, "/v1/tools", json=body).status_code == 200
+    again = admin_post(fleet.b, "/v1/tools", json=wat_tool(name, "other bytes"))
+    assert (again.status_code, error_of(again)["code"]) == (409, "conflict")
+    token = agent(fleet.b, "payer", sub="tool-user")
+    ran = httpx.post(f"{fleet.b.api_url}/v1/sandbox/run", json={"tool": name, "input": {}},
+                     headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert ran.status_code == 200 and ran.json()["output"] == {}
+    assert (fleet.b.state_dir / "tools" / name).is_dir()  # compiled and kept on B too
 
 
 # --- Redis down and back -------------------------------------------------------------------------

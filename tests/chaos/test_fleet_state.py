@@ -30,7 +30,7 @@ from redis import Redis
 
 from tests.api.test_sandbox_tools_api import wat_tool
 from tests.chaos import harness
-from tests.chaos.faults import FaultVendor
+from tests.chaos.faults import FaultVendor, ReplyDropper
 from tests.chaos.harness import BALANCE, CHAT, PAY, agent, code_of
 from tests.chaos.report import ChaosReport
 from tests.clients import chat, client, error_of
@@ -55,9 +55,6 @@ class Fleet:
     @property
     def b(self) -> GatewayProcess:
         return self.doors[-1]
-
-    def store(self) -> Redis:
-        return Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=5)
 
 
 def shared_keys(root: Path) -> dict[str, object]:
@@ -190,9 +187,9 @@ def race(fleet: Fleet, token: str, n: int, report: ChaosReport) -> list[tuple[st
         return list(pool.map(one, range(n)))
 
 
-def charged(fleet: Fleet, sub: str) -> tuple[int, set[str]]:
+def charged(redis_port: int, sub: str) -> tuple[int, set[str]]:
     """What Redis holds for an agent's budget: the sum charged, and the call ids charged."""
-    store = fleet.store()
+    store = Redis(host="127.0.0.1", port=redis_port, socket_timeout=5)
     try:
         total, ids = 0, set()
         for key in store.scan_iter(match=f"LIMITS:{{*{sub}*budget*", count=1000):
@@ -213,12 +210,34 @@ def test_budget_raced_by_50_clients_over_both_replicas(fleet: Fleet, vendor: Fau
     with report.case("fleet: 50-way budget race over 2 replicas", f"{ALLOWED} x 200, 40 x 429, charged once each") as case:
         answers = race(fleet, token, 50, report)
         codes = [code for code, _ in answers]
-        total, ids = charged(fleet, sub)
+        total, ids = charged(fleet.redis.port, sub)
         case.observed = f"{codes.count('200')} x 200, {codes.count('429 budget_exceeded')} x 429, charged {total}"
         assert codes.count("200") == ALLOWED and codes.count("429 budget_exceeded") == 50 - ALLOWED
     assert len(vendor.seen()) == ALLOWED
     assert total == BUDGET and len(ids) == ALLOWED
     assert ids == {dec for code, dec in answers if code == "200"}
+
+
+def test_a_charge_whose_reply_is_lost_is_applied_exactly_once(chaos_gateway, fault_vendor: FaultVendor,  # type: ignore[no-untyped-def]
+                                                             redis: RedisServer, report: ChaosReport) -> None:
+    """The issue's double charge: Redis runs the budget script, the connection drops before its
+    answer arrives. The charge is re-run under the same decision id and answered from its record."""
+    dropper = ReplyDropper(redis.port)
+    try:
+        gw = chaos_gateway(fault_vendor, stores={"rate_limits": dropper.url})
+        token = agent(gw, "payer", sub="lost-reply")
+        sub = jwt.decode(token, options={"verify_signature": False})["sub"]
+        with report.case("budget charge, its reply lost (connection dropped)", "200, charged once") as case, \
+                client(gw, token) as c:
+            assert code_of(pay(c)) == "200"
+            dropper.arm(b"/charge/")
+            lost = pay(c)
+            total, ids = charged(redis.port, sub)
+            case.observed = f"{code_of(lost)}, replies dropped {dropper.dropped}, charged {total}"
+        assert dropper.dropped == 1 and code_of(lost) == "200"
+        assert total == 2 * AMOUNT and ids == {d.decision_id for d in fault_vendor.seen()}
+    finally:
+        dropper.close()
 
 
 # --- DLP -----------------------------------------------------------------------------------------
@@ -274,7 +293,7 @@ def test_redis_killed_refuses_closed_then_serves_with_exact_budget(fleet: Fleet,
             after = [code_of(pay(c)) for c in (on_a, on_b) * 5]
             assert after == ["200"] * (ALLOWED - 3) + ["429 budget_exceeded"] * 3
     assert len(vendor.seen()) == ALLOWED
-    total, ids = charged(fleet, sub)
+    total, ids = charged(fleet.redis.port, sub)
     assert total == BUDGET and len(ids) == ALLOWED
 
 
@@ -313,7 +332,7 @@ def test_redis_killed_and_restarted_under_load_never_charges_twice(fleet: Fleet,
     assert codes <= {"200", "429 budget_exceeded", "503 store_unavailable"}, codes
     assert "503 store_unavailable" in codes and "200" in codes
     served = {dec for code, dec in answers if code == "200"}
-    total, ids = charged(fleet, sub)
+    total, ids = charged(fleet.redis.port, sub)
     assert len(vendor.seen()) == len(served)
     assert served <= ids  # every payment that went out was charged, ...
     assert total == 100 * len(ids) <= BUDGET  # ... each exactly once, never over the budget

@@ -13,7 +13,11 @@ So, two rules:
 - a budget charge runs `_ACQUIRE`: `limits`' acquire-sliding-window script plus one key per call
   id (the decision id). The first run stores its answer there; a re-run of the same call returns
   that answer and charges nothing. Only this script is retried, by `ExactlyOnceBudgets.hit`,
-  within the quota step's timeout.
+  within the quota step's timeout;
+- a charge still unanswered when the quota step gives up (its timeout, or Redis gone) refuses the
+  call (`store_unavailable`) and is given back (`_RELEASE`, retried in the background until Redis
+  answers): the call is marked released first, so a charge still on its way arrives as a no-op.
+  So Redis holds exactly one charge per call let out, whatever the failures.
 
 The window keys are `limits`' own (`LIMITS:{key}` and `LIMITS:{key}/-1`), so its
 `get_sliding_window` still reads them for `Retry-After`; the charge key `LIMITS:{key}/charge/<id>`
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import RedisError
@@ -32,6 +37,8 @@ from limits import RateLimitItem
 from limits.aio.storage import RedisStorage
 from limits.errors import StorageError
 
+log = logging.getLogger(__name__)
+
 CHARGE_MEMORY_MS = 600_000  # how long a call's answer is kept: far longer than any retry of it
 RETRY_PAUSES = (0.02, 0.05, 0.1)  # then one last try; the quota step's timeout bounds them all
 
@@ -39,6 +46,7 @@ RETRY_PAUSES = (0.02, 0.05, 0.1)  # then one last try; the quota step's timeout 
 # Returns 1 (charged, now or by an earlier run of this call) or 0 (refused).
 _ACQUIRE = """
 local done = redis.call('GET', KEYS[3])
+if done == 'released' then return 0 end
 if done then return tonumber(done) end
 local limit = tonumber(ARGV[1])
 local expiry = tonumber(ARGV[2]) * 1000
@@ -67,13 +75,33 @@ end
 return answer(1)
 """
 
+# Give back what a call whose charge went unanswered may have been charged. KEYS as `_ACQUIRE`;
+# ARGV: cost, memory (ms). Marks the call released first, so a charge still on its way does nothing.
+_RELEASE = """
+local done = redis.call('GET', KEYS[3])
+redis.call('SET', KEYS[3], 'released', 'PX', tonumber(ARGV[2]))
+if done ~= '1' then return 0 end
+local cost = tonumber(ARGV[1])
+for _, window in ipairs({KEYS[2], KEYS[1]}) do
+  if (tonumber(redis.call('GET', window)) or 0) >= cost then
+    redis.call('DECRBY', window, cost)
+    return 1
+  end
+end
+return 0
+"""
+RELEASE_PAUSES = (0.1, 0.5, 1, 2, 5, 10, 30)  # Redis may be down for a while; then the call is forgotten
+
 
 class ExactlyOnceBudgets:
     """Budget hits on a `limits` Redis storage, idempotent by call id."""
 
     def __init__(self, storage: RedisStorage) -> None:
         self._storage = storage
-        self._script = storage.bridge.get_connection().register_script(_ACQUIRE)  # type: ignore[attr-defined]
+        connection = storage.bridge.get_connection()  # type: ignore[attr-defined]
+        self._script = connection.register_script(_ACQUIRE)
+        self._release = connection.register_script(_RELEASE)
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def keys(self, item: RateLimitItem, ids: tuple[str, ...], call_id: str) -> list[str]:
         """The previous window, the current window and the call's charge key, as stored."""
@@ -94,3 +122,19 @@ class ExactlyOnceBudgets:
             return bool(await self._script.execute(keys, args))
         except RedisError as e:
             raise StorageError(e) from None
+
+    def release_later(self, item: RateLimitItem, ids: tuple[str, ...], cost: int, call_id: str) -> None:
+        """The call is refused because its charge went unanswered (a timeout, Redis gone): give the
+        charge back if it was made, in the background, retrying while Redis is away. A charge for a
+        refused call would be spend without a payment (the issue's 7-9 of 10)."""
+        task = asyncio.get_running_loop().create_task(self._release_until_done(self.keys(item, ids, call_id), cost))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_until_done(self, keys: list[str], cost: int) -> None:
+        for pause in RELEASE_PAUSES:
+            with contextlib.suppress(RedisError):
+                await self._release.execute(keys, [cost, CHARGE_MEMORY_MS])
+                return
+            await asyncio.sleep(pause)
+        log.error("a budget charge of a refused call could not be given back: Redis did not answer for a minute")

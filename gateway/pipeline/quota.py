@@ -142,6 +142,9 @@ class Quotas:
             cost = budget_cost(m, params, decision)
             if cost > 0:
                 outcome = await self._guard(m, decision, self._hit_budget(m, decision, cost, call_id))
+                unanswered = isinstance(outcome, Refusal) and outcome.code == "store_unavailable"
+                if self._exact is not None and unanswered and not m.shadow:  # refused: give a late charge back
+                    self._exact.release_later(*_budget_key(m, decision), cost, call_id)
                 if outcome is not None:
                     findings.append(self._refuse_or_record(m, outcome))
         return findings
@@ -198,8 +201,7 @@ class Quotas:
     async def _hit_budget(self, m: MatchedRule, d: Decision, cost: int, call_id: str) -> Refusal | None:
         budget = m.rule.budget
         assert budget is not None
-        item = parse(f"{budget.limit}/{budget.per}")
-        ids = _ids(d.subject.tenant, d.subject.sub, "budget", m.ref.id)
+        item, ids = _budget_key(m, d)
         if self._exact is not None:
             if await self._exact.hit(item, ids, cost, call_id):
                 return None
@@ -261,6 +263,13 @@ def budget_retry_after(
         window_left = cur_ttl - period if cur_ttl > period else prev_ttl
         wait = window_left + period * (1 - (limit - cost) / cur)
     return max(1, min(2 * period, math.ceil(wait)))
+
+
+def _budget_key(m: MatchedRule, d: Decision) -> tuple[RateLimitItem, tuple[str, ...]]:
+    """The budget of rule `m` for the agent of `d`: its limit item and key parts."""
+    budget = m.rule.budget
+    assert budget is not None
+    return parse(f"{budget.limit}/{budget.per}"), _ids(d.subject.tenant, d.subject.sub, "budget", m.ref.id)
 
 
 def _ids(*parts: str | None) -> tuple[str, ...]:

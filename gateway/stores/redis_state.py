@@ -134,9 +134,9 @@ class RedisRevocations(Revocations):
     async def watch(self) -> None:
         listener = asyncio.create_task(self._listen())
         try:
-            while True:
-                await asyncio.sleep(POLL_SECONDS)
+            while True:  # a first read at once: the one at start-up is old by the time calls come
                 await self._refresh_logged()
+                await asyncio.sleep(POLL_SECONDS)
         finally:
             listener.cancel()
 

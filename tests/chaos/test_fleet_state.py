@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy.certs import CertStore
 from redis import Redis
 
+from gateway.stores.redis_state import STALE_SECONDS
 from tests.api.test_sandbox_tools_api import wat_tool
 from tests.chaos import harness
 from tests.chaos.faults import FaultVendor, ReplyDropper
@@ -56,6 +57,15 @@ class Fleet:
     def b(self) -> GatewayProcess:
         return self.doors[-1]
 
+    def wait_ready(self) -> None:
+        """Until every door's `/readyz` says ready (it reads the revocation list): what a load
+        balancer's health check waits for after a Redis outage."""
+        deadline = time.monotonic() + 30
+        for door in self.doors:
+            while httpx.get(f"{door.api_url}/readyz", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, f"{door} never became ready"
+                time.sleep(0.1)
+
 
 def shared_keys(root: Path) -> dict[str, object]:
     """One signing key, one CA and one DLP key for the whole fleet, as files."""
@@ -83,7 +93,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pki: PKI, fault_vendor_serve
         "keys": keys["keys"],
     }
     doors = [harness.launch(root / name, pki, fault_vendor_server, None, **extra) for name in ("a", "b")]
-    yield Fleet(doors, store)
+    fleet = Fleet(doors, store)
+    fleet.wait_ready()
+    yield fleet
     for gw in doors:
         harness.retire(gw)
     if store.running:
@@ -96,6 +108,7 @@ def vendor(fault_vendor_server: FaultVendor, fleet: Fleet) -> Iterator[FaultVend
     """The session's fault vendor, reset, with Redis running again if a test killed it."""
     if not fleet.redis.running:
         fleet.redis.start()
+    fleet.wait_ready()
     fault_vendor_server.reset()
     yield fault_vendor_server
     fault_vendor_server.reset()
@@ -204,18 +217,32 @@ def charged(redis_port: int, sub: str) -> tuple[int, set[str]]:
         store.close()
 
 
+def settled(redis_port: int, sub: str, served: set[str]) -> tuple[int, set[str]]:
+    """The agent's charges once the gateways have given back those of calls refused while their
+    charge was unanswered (they retry in the background until Redis answers)."""
+    deadline = time.monotonic() + 60
+    total, ids = charged(redis_port, sub)
+    while ids != served and time.monotonic() < deadline:
+        time.sleep(0.5)
+        total, ids = charged(redis_port, sub)
+    return total, ids
+
+
 def test_budget_raced_by_50_clients_over_both_replicas(fleet: Fleet, vendor: FaultVendor, report: ChaosReport) -> None:
+    """Exactly the budget goes out, each payment charged once. On a starved machine some calls
+    can meet the quota store's 0.5 s timeout: they are refused (503) and their charge given back,
+    so the others still get exactly the budget."""
     token = agent(fleet.a, "payer", sub="fleet-racer")
     sub = jwt.decode(token, options={"verify_signature": False})["sub"]
-    with report.case("fleet: 50-way budget race over 2 replicas", f"{ALLOWED} x 200, 40 x 429, charged once each") as case:
+    with report.case("fleet: 50-way budget race over 2 replicas", f"{ALLOWED} x 200, the rest 429, charged once each") as case:
         answers = race(fleet, token, 50, report)
-        codes = [code for code, _ in answers]
-        total, ids = charged(fleet.redis.port, sub)
-        case.observed = f"{codes.count('200')} x 200, {codes.count('429 budget_exceeded')} x 429, charged {total}"
-        assert codes.count("200") == ALLOWED and codes.count("429 budget_exceeded") == 50 - ALLOWED
+        codes = Counter(code for code, _ in answers)
+        served = {dec for code, dec in answers if code == "200" and dec}
+        total, ids = settled(fleet.redis.port, sub, served)
+        case.observed = f"{dict(codes)}, charged {total}"
+        assert codes["200"] == ALLOWED and codes["429 budget_exceeded"] == 50 - ALLOWED - codes["503 store_unavailable"]
     assert len(vendor.seen()) == ALLOWED
-    assert total == BUDGET and len(ids) == ALLOWED
-    assert ids == {dec for code, dec in answers if code == "200"}
+    assert total == BUDGET and ids == served
 
 
 def test_a_charge_whose_reply_is_lost_is_applied_exactly_once(chaos_gateway, fault_vendor: FaultVendor,  # type: ignore[no-untyped-def]
@@ -287,8 +314,15 @@ def test_redis_killed_refuses_closed_then_serves_with_exact_budget(fleet: Fleet,
         with report.case("fleet: Redis killed, payments on both replicas", "503 store_unavailable, none sent"):
             down = [code_of(pay(c)) for c in (on_a, on_b, on_a, on_b)]
             assert down == ["503 store_unavailable"] * 4
+        assert [code_of(admin_get(gw, path)) for gw, path in ((fleet.a, "/v1/approvals"), (fleet.b, "/v1/decisions"))] \
+            == ["503 store_unavailable"] * 2
+        with report.case("fleet: revocations unreadable past their bound", "503 store_unavailable for any identity"):
+            time.sleep(STALE_SECONDS + 0.5)
+            tools = httpx.get(f"{fleet.b.api_url}/v1/tools", headers={"Authorization": f"Bearer {token}"}, timeout=20)
+            assert code_of(tools) == "503 store_unavailable"
         assert len(vendor.seen()) == 3
         fleet.redis.start()
+        fleet.wait_ready()
         with report.case("fleet: Redis back, no restart", f"{ALLOWED - 3} more x 200, then 429"):
             after = [code_of(pay(c)) for c in (on_a, on_b) * 5]
             assert after == ["200"] * (ALLOWED - 3) + ["429 budget_exceeded"] * 3
@@ -299,9 +333,9 @@ def test_redis_killed_refuses_closed_then_serves_with_exact_budget(fleet: Fleet,
 
 @pytest.mark.chaos_full
 def test_redis_killed_and_restarted_under_load_never_charges_twice(fleet: Fleet, vendor: FaultVendor, report: ChaosReport) -> None:
-    """Eight agents' worth of payments flow over both replicas while Redis is killed and restarted
-    twice; afterwards the budget holds exactly one charge per call id, every payment the vendor saw
-    was charged, and nothing was ever answered but 200, 429 or 503 store_unavailable."""
+    """Eight clients' payments flow over both replicas while Redis is killed and restarted twice;
+    afterwards the budget holds exactly one charge per payment the vendor saw and none for a
+    refused call, and nothing was ever answered but 200, 429 or 503 store_unavailable."""
     token = agent(fleet.a, "payer", sub="fleet-load")
     sub = jwt.decode(token, options={"verify_signature": False})["sub"]
     stop = threading.Event()
@@ -331,8 +365,8 @@ def test_redis_killed_and_restarted_under_load_never_charges_twice(fleet: Fleet,
     codes = {code for code, _ in answers}
     assert codes <= {"200", "429 budget_exceeded", "503 store_unavailable"}, codes
     assert "503 store_unavailable" in codes and "200" in codes
-    served = {dec for code, dec in answers if code == "200"}
-    total, ids = charged(fleet.redis.port, sub)
+    served = {dec for code, dec in answers if code == "200" and dec}
+    total, ids = settled(fleet.redis.port, sub, served)
     assert len(vendor.seen()) == len(served)
-    assert served <= ids  # every payment that went out was charged, ...
-    assert total == 100 * len(ids) <= BUDGET  # ... each exactly once, never over the budget
+    assert ids == served  # the payments that went out were charged, and only they, ...
+    assert total == 100 * len(served) <= BUDGET  # ... each exactly once, never over the budget

@@ -10,6 +10,7 @@ the same door twice. Long cases are `chaos_full` (`make chaos`).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import threading
@@ -176,7 +177,10 @@ def test_a_second_approval_request_from_b_names_the_same_pending_one(fleet: Flee
     with client(fleet.a, token) as on_a, client(fleet.b, token) as on_b:
         ids = {error_of(c.post(PAY, data=body))["approval_id"] for c in (on_a, on_b, on_a)}
     assert len(ids) == 1
-    denied = admin_post(fleet.a, f"/v1/approvals/{ids.pop()}/deny")
+    (pending,) = ids
+    listed = fleet.a.cli("approvals", "list", "--json").stdout.splitlines()  # the CLI reads the fleet's store
+    assert pending in {json.loads(line)["id"] for line in listed}
+    denied = admin_post(fleet.a, f"/v1/approvals/{pending}/deny")
     assert denied.json()["state"] == "denied"
     assert admin_post(fleet.b, f"/v1/approvals/{denied.json()['id']}/approve").status_code == 409
     assert vendor.seen() == []

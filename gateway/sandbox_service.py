@@ -122,7 +122,7 @@ class Tools:
                     raise Refusal("conflict", f"a tool named {name!r} is already registered")
                 try:
                     return await self._register_here(request.manifest, module)
-                except Refusal:
+                except Exception:  # a refusal, or a disk that failed: the name is not taken
                     await asyncio.to_thread(self.shelf.release, name)
                     raise
             return await self._register_here(request.manifest, module)

@@ -1,6 +1,6 @@
 """Where the gateway's mutable state lives: one seam, two backends, chosen by `stores.state`.
 
-Without `stores.state` (or with `sqlite://`) every store is what it always was: SQLite files in
+Without `stores.state` (or with `sqlite://`, no path) every store is what it always was: SQLite files in
 the state dir (`revocations.sqlite`, `approvals.sqlite`), an in-memory decisions feed, and
 registered tools in the state dir alone (`LocalShelf`), for one gateway process and the CLI beside it. With `stores.state: redis://host:port/db` every store
 lives in that Redis instead, and any number of replicas (or workers) started with the same config
@@ -60,8 +60,10 @@ class StateStores:
 def backend(config: Config) -> str:
     """`sqlite` or `redis`, from `stores.state`; anything else is a config error."""
     uri = config.stores.state
-    if uri is None or uri.startswith("sqlite://"):
+    if uri is None or uri == "sqlite://":
         return "sqlite"
+    if uri.startswith("sqlite:"):  # a path here would be silently ignored: the state dir holds it
+        raise ConfigError("stores.state: sqlite:// keeps state in the state dir (set state_dir to move it), no path")
     if uri.startswith(("redis://", "rediss://", "unix://")):
         return "redis"
     raise ConfigError(f"stores.state: expected redis://HOST:PORT/DB or sqlite://, got scheme {uri.partition('://')[0]!r}")

@@ -86,6 +86,34 @@ class Stores(_Strict):
     state: str | None = None
 
 
+REFERENCE_SCHEMES = ("env:", "file:")  # what `gateway.secrets.read_reference` reads
+
+
+def check_reference(setting: str, ref: str) -> str:
+    if not ref.startswith(REFERENCE_SCHEMES):
+        raise ValueError(f"{setting}: expected env:NAME or file:PATH (never the key itself)")
+    return ref
+
+
+class Keys(_Strict):
+    """The CA and signing keys every replica of a fleet shares (`gateway.identity.keys`); by
+    reference. None: the state dir's own, generated on first use (refused with `stores.state`)."""
+
+    ca: str | None = None  # the CA's private key and certificate, PEM
+    signing: str | None = None  # Ed25519 PKCS8 PEM: signs new tokens
+    previous_signing: tuple[str, ...] = ()  # rotated-out keys: verify until their tokens expire
+
+    @field_validator("ca", "signing")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        return None if v is None else check_reference("keys", v)
+
+    @field_validator("previous_signing")
+    @classmethod
+    def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_reference("keys.previous_signing", r) for r in v)
+
+
 class Egress(_Strict):
     """Hosts let out without a connector (pass-through: identity, egress rules and audit still apply)."""
 
@@ -205,6 +233,7 @@ class Config(_Strict):
     upstream_ca: Path | None = None
     secrets: dict[str, str] = Field(default_factory=dict)
     stores: Stores = Stores()
+    keys: Keys = Keys()
     max_body: Size = 2**20  # requests; the gateway refuses larger ones with 413 body_too_large
     max_response_body: Size = 64 * 2**20  # vendor responses (embeddings batches exceed 1 MiB)
     timeouts: Timeouts = Timeouts()
@@ -236,8 +265,7 @@ class Config(_Strict):
     @classmethod
     def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
         for name, ref in v.items():
-            if not ref.startswith(("env:", "file:")):
-                raise ValueError(f"secrets.{name}: expected env:NAME or file:PATH (never the key itself)")
+            check_reference(f"secrets.{name}", ref)
         return v
 
     def check_secrets(self, credentials: Iterable[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,9 +18,11 @@ from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
 from gateway.errors import ConfigError, Refusal
+from gateway.identity import keys as keyring
+from gateway.identity.keys import KeyRing
 from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
-from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier, load_or_create_key
+from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -34,6 +35,8 @@ from gateway.policy.webhook import ApprovalWebhook
 from gateway.sandbox_service import Tools
 from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
+from gateway.stores import open_state
+from gateway.stores.feed import DecisionFeed, MemoryFeed
 from gateway.telemetry import traceparent_ids
 from gateway.telemetry.baseline import BaselineFile, Baselines, agent_key
 from gateway.telemetry.export import SiemExport
@@ -43,7 +46,6 @@ if TYPE_CHECKING:
     from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger(__name__)
-RECENT_DECISIONS = 1000
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Runtime:
     config: Config
     state: StateDir
     registry: Registry
-    key: SigningKey
+    key: SigningKey  # signs tokens and the audit log: `keys.signing`
     revocations: Revocations
     quarantine: Quarantines
     verifier: Verifier
@@ -64,6 +66,7 @@ class Runtime:
     approvals: ApprovalStore
     dlp: Dlp
     tools: Tools
+    keys: KeyRing | None = None  # every key that verifies (JWKS); None: `key` alone
     webhook: ApprovalWebhook | None = None
     tracing: Tracing | None = None  # telemetry.otlp_endpoint set
     siem: SiemExport | None = None  # audit.export set
@@ -71,7 +74,7 @@ class Runtime:
     baseline_file: BaselineFile | None = None
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
+    decisions: DecisionFeed = field(default_factory=MemoryFeed)  # GET /v1/decisions
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
@@ -108,7 +111,7 @@ class Runtime:
         self._note(rec)
 
     def _note(self, rec: dict[str, Any]) -> None:
-        self.recent.append(rec)
+        self.decisions.append(rec)
         access_log.note(rec, self.config.log_format)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
@@ -190,8 +193,8 @@ def build(config: Config) -> Runtime:
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
             log.warning("upstreams: %s is claimed by no connector or egress.allow entry", host)
-    key = load_or_create_key(state.signing_key)
-    revocations = Revocations(state.revocations)
+    ring = keyring.load(config, state)
+    key = ring.signing
     routes = {h: a for h in config.upstreams if (a := config.upstream_address(h)) is not None}
     policies = None
     if config.policies is None:
@@ -204,24 +207,27 @@ def build(config: Config) -> Runtime:
     webhook = None
     if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
         webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
+    stores = open_state(config, state, on_new_approval=webhook.submit if webhook else None)
     rt = Runtime(
         config=config,
         state=state,
         registry=registry,
         key=key,
-        revocations=revocations,
+        keys=ring,
+        revocations=stores.revocations,
         quarantine=Quarantines(state.revocations),
-        verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
+        verifier=Verifier(ring.verifying, stores.revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
         audit=AuditLog(state.audit_log, key.private),
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
-        approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=webhook.submit if webhook else None),
+        approvals=stores.approvals,
+        decisions=stores.decisions,
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
-        tools=Tools.build(config, state, key, registry),
+        tools=Tools.build(config, state, key, registry, stores.tools),
         **telemetry(config, state),
     )
     if rt.siem is not None:

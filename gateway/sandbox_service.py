@@ -39,6 +39,7 @@ from gateway.pipeline.call import Call
 from gateway.pipeline.steps import authorize_scopes
 from gateway.policy.engine import PYTHON_SNIPPETS, SANDBOX, PolicySet, Subject
 from gateway.state import StateDir
+from gateway.stores.tools import LocalShelf, ToolShelf
 from sandbox import (
     RunResult,
     SandboxRunner,
@@ -84,18 +85,21 @@ class Tools:
     runner: SandboxRunner
     registry: ToolRegistry
     publishers: dict[str, Ed25519PublicKey]
+    shelf: ToolShelf = field(default_factory=LocalShelf)  # the fleet's registered tools
     _python: Any = field(default=None, repr=False)
     _python_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _register_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _ca_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
-    def build(cls, config: Config, state: StateDir, key: SigningKey, connectors: Registry) -> Tools:
+    def build(
+        cls, config: Config, state: StateDir, key: SigningKey, connectors: Registry, shelf: ToolShelf | None = None
+    ) -> Tools:
         registry, publishers = load_tools(config, state)
         for path, reason in registry.errors.items():
             log.warning("tool not loaded: %s (%s)", path, reason)
         runner = SandboxRunner(cache_dir=cache_dir(state))
-        return cls(config, state, key, connectors, runner, registry, publishers)
+        return cls(config, state, key, connectors, runner, registry, publishers, shelf or LocalShelf())
 
     def visible_to(self, role: str) -> list[dict[str, Any]]:
         """What `GET /v1/tools` shows a role: only the tools it may run."""
@@ -107,16 +111,43 @@ class Tools:
         ]
 
     async def register(self, request: RegisterRequest) -> Tool:
-        """Check, compile (off the event loop), store under the state dir and add one tool."""
+        """Claim the name on the fleet's shelf, then check, compile (off the event loop), store
+        under the state dir and add one tool; a failed local registration gives the name back."""
         try:
             module = base64.b64decode(request.module_base64, validate=True)
         except ValueError:
             raise Refusal("malformed_body", "module_base64 is not base64") from None
+        name = request.manifest.get("name") if isinstance(request.manifest, dict) else None
         async with self._register_lock:
-            return await asyncio.to_thread(
-                register, self.registry, self.runner, registered_dir(self.state), request.manifest, module,
-                self.publishers, self.config.sandbox.require_signature,
-            )
+            if isinstance(name, str) and self.registry.get(name) is None:
+                if not await asyncio.to_thread(self.shelf.claim, name, request.manifest, module):
+                    raise Refusal("conflict", f"a tool named {name!r} is already registered")
+                try:
+                    return await self._register_here(request.manifest, module)
+                except Exception:  # a refusal, or a disk that failed: the name is not taken
+                    await asyncio.to_thread(self.shelf.release, name)
+                    raise
+            return await self._register_here(request.manifest, module)
+
+    async def _register_here(self, manifest: Any, module: bytes) -> Tool:
+        return await asyncio.to_thread(
+            register, self.registry, self.runner, registered_dir(self.state), manifest, module,
+            self.publishers, self.config.sandbox.require_signature,
+        )
+
+    async def sync(self) -> None:
+        """Register here the fleet's tools this replica has not seen (checked as if sent here)."""
+        missing = await asyncio.to_thread(self.shelf.names)
+        for name in sorted(missing - set(self.registry.names())):
+            shelved = await asyncio.to_thread(self.shelf.get, name)
+            if shelved is None:
+                continue
+            async with self._register_lock:
+                if self.registry.get(name) is None:
+                    try:
+                        await self._register_here(*shelved)
+                    except Refusal as r:  # e.g. a publisher this replica does not trust
+                        log.warning("shared tool %s not registered here: %s", name, r.code)
 
     async def run(self, call: Call, request: RunRequest, policies: PolicySet | None) -> RunResult:
         """Run the request for `call`'s caller, its audit fields left in `call` whatever the outcome.
@@ -126,6 +157,8 @@ class Tools:
         if (request.tool is None) == (request.python is None):
             raise Refusal("malformed_body", 'send exactly one of "tool" or "python"')
         assert call.identity is not None
+        if request.tool is not None and self.registry.get(request.tool) is None:
+            await self.sync()  # registered on another replica?
         # A tool name the agent made up is its own string, which could be anything (PII included),
         # so only a registered name reaches the audit record.
         known = request.tool is None or self.registry.get(request.tool) is not None

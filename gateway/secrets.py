@@ -58,7 +58,9 @@ class Secrets:
         return None if self._value(kind, where) else f"secrets.{name} ({ref}) is empty or missing"
 
     def _value(self, kind: str, where: str) -> str | None:
-        return os.environ.get(where) if kind == "env" else self._read_file(Path(where).expanduser())
+        if kind == "file":  # cached by mtime: read on every call, re-read only when rotated
+            return self._read_file(Path(where).expanduser())
+        return read_reference(f"{kind}:{where}")
 
     def _read_file(self, path: Path) -> str | None:
         try:
@@ -70,6 +72,21 @@ class Secrets:
             return cached[1]
         except OSError:
             return None
+
+
+def read_reference(ref: str) -> str | None:
+    """The value `ref` names (`env:NAME`, `file:PATH`), read now; None when it is missing or empty.
+    The one reader of references, for vendor credentials and the gateway's own keys (`keys:`), so
+    a new scheme serves both."""
+    kind, where = _split(ref)
+    if kind == "env":
+        return os.environ.get(where) or None
+    if kind == "file":
+        try:
+            return Path(where).expanduser().read_text().strip() or None
+        except OSError:
+            return None
+    return None
 
 
 def _split(ref: str) -> tuple[str, str]:

@@ -145,7 +145,8 @@ class GatewayProcess:
     def token(self, sub: str = "agent-1", role: str = "finance", scopes: tuple[str, ...] = ("*",), **kw: Any) -> str:
         from gateway.identity import tokens as identity
 
-        key = identity.load_or_create_key(self.state_dir / "signing-key.pem")
+        shared = self.settings.get("keys", {}).get("signing")  # a fleet's key, `file:PATH`
+        key = identity.load_or_create_key(Path(shared.removeprefix("file:")) if shared else self.state_dir / "signing-key.pem")
         kw.setdefault("ttl", 600)
         kw.setdefault("max_ttl", 1800)
         if role == identity.ADMIN_ROLE:
@@ -161,13 +162,17 @@ class GatewayProcess:
 
 
 class RedisServer:
-    """A throwaway redis-server on a free loopback port, which tests kill and start again."""
+    """A throwaway redis-server on a free loopback port, which tests kill and start again.
 
-    def __init__(self, workdir: Path) -> None:
+    `persistent`: every write is in the append-only file before Redis answers it, so a killed and
+    restarted server still holds what it acknowledged (what a fleet's state store must do)."""
+
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
         self.binary, self.workdir, self.port = binary, workdir, free_port()
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -182,8 +187,9 @@ class RedisServer:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> RedisServer:
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
              "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

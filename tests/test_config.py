@@ -43,3 +43,14 @@ def test_bad_config_is_a_config_error(tmp_path, text: str) -> None:
     f.write_text(text)
     with pytest.raises(ConfigError):
         config.load(f)
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [("sqlite:///tmp/elsewhere.db", "no path"), ("memcached://x", "expected redis://HOST:PORT/DB")],
+)
+def test_a_state_store_uri_that_would_be_ignored_is_refused(uri: str, problem: str) -> None:
+    from gateway.stores import backend
+
+    with pytest.raises(ConfigError, match=problem):
+        backend(config.Config.model_validate({"stores": {"state": uri}}))

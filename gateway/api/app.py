@@ -74,7 +74,10 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
             call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
             try:
                 call.identity = authenticate(rt, request, admin=admin)
-                result = await fn(request, call)
+                try:
+                    result = await fn(request, call)
+                except StoreUnavailable as e:  # a state store (Redis) is down: 503, never a 500
+                    raise Refusal("store_unavailable", str(e)) from None
             except Refusal as r:
                 if r.connector is None:  # as the proxy's refusals do: name what the call was for, once known
                     r.connector, r.action = call.connector, call.action
@@ -142,7 +145,7 @@ def open_routes(rt: Runtime) -> list[Route]:
         return JSONResponse({"status": "ready"})
 
     async def jwks(_: Request) -> Response:
-        return JSONResponse({"keys": [rt.key.jwk()]})
+        return JSONResponse(rt.keys.jwks() if rt.keys else {"keys": [rt.key.jwk()]})
 
     return [
         Route("/healthz", healthz),
@@ -187,6 +190,7 @@ def agent_routes(rt: Runtime) -> list[Route]:
     @endpoint(rt, admin=False)
     async def list_tools(_: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        await rt.tools.sync()  # tools registered on another replica of the fleet
         return {"tools": rt.tools.visible_to(call.identity.role)}
 
     @endpoint(rt, admin=False)
@@ -223,12 +227,13 @@ def admin_routes(rt: Runtime) -> list[Route]:
     @endpoint(rt, admin=True)
     async def decisions(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        recent = await rt.decisions.latest()
         try:
-            limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
+            limit = min(max(int(request.query_params.get("limit", "100")), 1), len(recent) or 1)
         except ValueError:
             raise Refusal("bad_request", "limit must be an integer") from None
         admin, wanted = call.identity, record_filter(request, DECISION_FILTERS)
-        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant")) and wanted(rec)]
+        visible = [rec for rec in recent if admin.administers(rec.get("tenant")) and wanted(rec)]
         return {"decisions": visible[-limit:]}
 
     @endpoint(rt, admin=True)

@@ -28,12 +28,13 @@ from gateway.cli import telemetry as telemetry_cli
 from gateway.cli.progress import progress
 from gateway.config import Config, ConfigError, parse_duration
 from gateway.errors import CliError, GatewayError
+from gateway.identity import keys as keyring
 from gateway.identity import tokens as identity
-from gateway.identity.revocation import Revocations
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import ConnectorLookup
 from gateway.proxy import ca
 from gateway.state import StateDir
+from gateway.stores import open_state
 
 if TYPE_CHECKING:
     from connectors.registry import Registry
@@ -71,13 +72,19 @@ def _policies_dir(args: argparse.Namespace) -> Path:
     return _config(args).policies or Path("policies")
 
 
+def _keys(args: argparse.Namespace) -> keyring.KeyRing:
+    """The running gateway's keys: `keys:` from the config, or the state dir's own."""
+    return keyring.load(_config(args), _state(args))
+
+
 def _public_keys(args: argparse.Namespace) -> list[Ed25519PublicKey]:
-    return [identity.load_or_create_key(_state(args).signing_key).public]
+    """Every key the audit log may be signed with: the signing key and the rotated-out ones."""
+    return [k.public for k in _keys(args).verifying]
 
 
 def _approvals(args: argparse.Namespace) -> ApprovalStore:
-    """The running gateway's approval store, with its configured expiry (approvals made here use it)."""
-    return ApprovalStore(_state(args).approvals, ttl=_config(args).approval_ttl)
+    """The running gateway's approval store (`stores.state`), with its configured expiry."""
+    return open_state(_config(args), _state(args)).approvals
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -115,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ensure_ca(args: argparse.Namespace) -> Path:
     with progress("creating the gateway CA"):
-        return ca.ensure(_state(args))
+        return ca.ensure(_state(args), _keys(args).ca_pem)
 
 
 def cmd_ca_path(args: argparse.Namespace) -> int:
@@ -126,7 +133,7 @@ def cmd_ca_path(args: argparse.Namespace) -> int:
 def _issue(args: argparse.Namespace) -> str:
     """A token from `--sub/--role/--tenant/--scope/--ttl`, the same for `token issue` and `env`."""
     cfg = _config(args)
-    key = identity.load_or_create_key(_state(args).signing_key)
+    key = _keys(args).signing
     try:
         ttl = parse_duration(args.ttl)
         return identity.issue(
@@ -151,14 +158,14 @@ def cmd_env(args: argparse.Namespace) -> int:
     """Only the exports go to stdout (for `eval`); what was issued is said on stderr."""
     token = _issue(args)
     _ensure_ca(args)
-    bundle = ca.agent_bundle(_state(args))
+    bundle = ca.agent_bundle(_state(args), _keys(args).ca_pem)
     print(agent_env.exports(agent_env.proxy_url(_config(args).listen, args.sub, token, args.proxy_host), bundle))
     print(f"egress-gateway: token for {args.sub!r} (role {args.role!r}), valid {args.ttl}", file=sys.stderr)
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    Revocations(_state(args).revocations).revoke(jti=args.jti, sub=args.sub)
+    open_state(_config(args), _state(args)).revocations.revoke(jti=args.jti, sub=args.sub)
     print(f"revoked {'jti ' + args.jti if args.jti else 'sub ' + args.sub}")
     return 0
 
@@ -266,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _config(args)
         return int(args.func(args))
-    except (CliError, ConfigError) as e:
+    except (CliError, ConfigError, StoreUnavailable) as e:
         print(f"egress-gateway: {e}", file=sys.stderr)
         if failed := getattr(args, "eval_on_failure", None):
             print(failed)

@@ -29,6 +29,10 @@ CREATE TABLE IF NOT EXISTS revocations (
 
 
 class Revocations:
+    """The SQLite store (the default); `gateway.stores.redis_state.RedisRevocations` is the fleet's."""
+
+    store_errors: tuple[type[Exception], ...] = (sqlite3.Error,)  # what `watch` logs and retries
+
     def __init__(self, path: Path):
         self._path = path
         self._jtis: set[str] = set()
@@ -75,5 +79,5 @@ class Revocations:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 await asyncio.to_thread(self.refresh)
-            except sqlite3.Error as e:
+            except self.store_errors as e:
                 log.warning("cannot reload revocations: %s", e)

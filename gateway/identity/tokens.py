@@ -138,9 +138,17 @@ class Verifier:
     """Verifies agent tokens; one per process, shared by the proxy and the API."""
 
     def __init__(
-        self, key: SigningKey, revocations: Revocations, max_ttl: float, leeway: float, metrics_ttl: float | None = None
+        self,
+        keys: SigningKey | tuple[SigningKey, ...],
+        revocations: Revocations,
+        max_ttl: float,
+        leeway: float,
+        metrics_ttl: float | None = None,
     ):
-        self._key = key
+        # Every key that still verifies (the signing key first, then rotated-out ones), by kid.
+        ring = (keys,) if isinstance(keys, SigningKey) else keys
+        self._keys = {k.kid: k for k in ring}
+        self._default = ring[0]
         self._revocations = revocations
         self._max_ttl = max_ttl
         self._metrics_ttl = max_ttl if metrics_ttl is None else metrics_ttl
@@ -170,11 +178,23 @@ class Verifier:
         ):
             raise Refusal("identity_revoked", "the agent token has been revoked")
 
+    def _key_for(self, token: str) -> SigningKey:
+        """The key the token's header names (`kid`); a token without one is the signing key's."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise Refusal("identity_invalid", "the agent token is malformed or badly signed") from None
+        key = self._default if kid is None else self._keys.get(str(kid))
+        if key is None:
+            raise Refusal("identity_invalid", "the agent token is signed by a key this gateway does not know")
+        return key
+
     def _decode(self, token: str) -> Identity:
+        key = self._key_for(token)
         try:
             claims = jwt.decode(
                 token,
-                self._key.public,
+                key.public,
                 algorithms=["EdDSA"],
                 audience=AUDIENCE,
                 issuer=ISSUER,

@@ -230,7 +230,7 @@ async def quota(c: Ctx) -> None:
     """Rates and budgets of every rule that allowed the call, charged atomically."""
     if c.decision is None:
         return
-    findings = await c.services.quotas.charge(c.decision, c.judged)
+    findings = await c.services.quotas.charge(c.decision, c.judged, call_id=c.call.decision_id)
     c.call.extra["would_deny"] += [f.as_dict() for f in findings if not f.fail_open]
     if opened := [f.as_dict() for f in findings if f.fail_open]:
         c.call.extra["fail_open"] = opened

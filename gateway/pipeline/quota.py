@@ -15,7 +15,8 @@ Two strategies, chosen for what each limit counts:
 Both hits are atomic per storage (memory: under a lock per key; Redis: one Lua script), and a budget
 hit that would bring the weighted sum over the limit is refused and undone, so concurrent payments
 never let more than the budget through. The check and the charge are one operation (`hit`), never
-a `test` followed by a `hit`.
+a `test` followed by a `hit`. On Redis a budget charge is also applied exactly once per call (by its
+decision id), and the client never retries a script blindly (`gateway.pipeline.charges`).
 
 Order and accounting: every covering rule's rates are hit first, then its budget; the first refusal
 stops. A call refused by a later step (or upstream) still counts: limits count attempts that passed
@@ -32,18 +33,21 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+from coredis.retry import NoRetryPolicy
 from limits import RateLimitItem, parse
-from limits.aio.storage import Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from connectors import fieldpath
 from gateway.errors import ConfigError, Refusal, StoreUnavailable
+from gateway.pipeline.charges import ExactlyOnceBudgets
 from gateway.policy.engine import Decision, Finding, MatchedRule
 
 log = logging.getLogger(__name__)
@@ -83,10 +87,15 @@ class Quotas:
         self.on_store_error: Callable[[], None] = lambda: None  # told of each failed store call (metrics)
         self._rates = MovingWindowRateLimiter(storage)
         self._budgets = SlidingWindowCounterRateLimiter(storage)
+        # On Redis a budget charge is idempotent by call id (`gateway.pipeline.charges`).
+        self._exact = ExactlyOnceBudgets(storage) if isinstance(storage, RedisStorage) else None
 
     @classmethod
     def from_uri(cls, uri: str = "memory://", timeout: float = 0.5) -> Quotas:
-        storage = storage_from_string(async_storage_uri(uri), wrap_exceptions=True)
+        full = async_storage_uri(uri)
+        # Never a blind client retry of a script on Redis: it charged payments twice (see charges).
+        options: dict[str, Any] = {} if full.startswith("async+memory") else {"retry_policy": NoRetryPolicy()}
+        storage = storage_from_string(full, wrap_exceptions=True, **options)
         assert isinstance(storage, Storage)
         return cls(storage, timeout)
 
@@ -106,11 +115,16 @@ class Quotas:
         await self._rates.hit(item, *ids)
         await self._rates.get_window_stats(item, *ids)
         await self._budgets.hit(item, *ids)
+        if self._exact is not None:
+            await self._exact.hit(item, ids, 1, "warm-up")
         await self.storage.get_sliding_window(item.key_for(*ids), item.get_expiry())  # type: ignore[attr-defined]
 
-    async def charge(self, decision: Decision, params: Any, budgets: bool = True) -> list[Finding]:
+    async def charge(
+        self, decision: Decision, params: Any, budgets: bool = True, call_id: str | None = None
+    ) -> list[Finding]:
         """Hit every covering rule's rate and (unless `budgets` is False: nothing is spent yet)
-        budget for an allowed call.
+        budget for an allowed call. `call_id` (the decision id) makes a budget charge on Redis
+        idempotent: a re-run of the same call's charge never charges twice.
 
         Raises `Refusal` (`rate_limited` / `budget_exceeded` with `Retry-After`, or
         `store_unavailable`) for an enforced rule; returns the would-deny findings of shadow rules,
@@ -118,6 +132,7 @@ class Quotas:
         was let through, so the audit record says the limit was not checked.
         """
         findings: list[Finding] = []
+        call_id = call_id or uuid.uuid4().hex
         for m in decision.rules:
             for item in m.rule.rate_items:
                 outcome = await self._guard(m, decision, self._hit_rate(m, decision, item))
@@ -128,7 +143,10 @@ class Quotas:
                 continue
             cost = budget_cost(m, params, decision)
             if cost > 0:
-                outcome = await self._guard(m, decision, self._hit_budget(m, decision, cost))
+                outcome = await self._guard(m, decision, self._hit_budget(m, decision, cost, call_id))
+                unanswered = isinstance(outcome, Refusal) and outcome.code == "store_unavailable"
+                if self._exact is not None and unanswered and not m.shadow:  # refused: give a late charge back
+                    self._exact.release_later(*_budget_key(m, decision), cost, call_id)
                 if outcome is not None:
                     findings.append(self._refuse_or_record(m, outcome))
         return findings
@@ -183,12 +201,14 @@ class Quotas:
             headers={"Retry-After": str(retry)},
         )
 
-    async def _hit_budget(self, m: MatchedRule, d: Decision, cost: int) -> Refusal | None:
+    async def _hit_budget(self, m: MatchedRule, d: Decision, cost: int, call_id: str) -> Refusal | None:
         budget = m.rule.budget
         assert budget is not None
-        item = parse(f"{budget.limit}/{budget.per}")
-        ids = _ids(d.subject.tenant, d.subject.sub, "budget", m.ref.id)
-        if await self._budgets.hit(item, *ids, cost=cost):
+        item, ids = _budget_key(m, d)
+        if self._exact is not None:
+            if await self._exact.hit(item, ids, cost, call_id):
+                return None
+        elif await self._budgets.hit(item, *ids, cost=cost):
             return None
         prev, prev_ttl, cur, cur_ttl = await self.storage.get_sliding_window(  # type: ignore[attr-defined]
             item.key_for(*ids), item.get_expiry()
@@ -246,6 +266,13 @@ def budget_retry_after(
         window_left = cur_ttl - period if cur_ttl > period else prev_ttl
         wait = window_left + period * (1 - (limit - cost) / cur)
     return max(1, min(2 * period, math.ceil(wait)))
+
+
+def _budget_key(m: MatchedRule, d: Decision) -> tuple[RateLimitItem, tuple[str, ...]]:
+    """The budget of rule `m` for the agent of `d`: its limit item and key parts."""
+    budget = m.rule.budget
+    assert budget is not None
+    return parse(f"{budget.limit}/{budget.per}"), _ids(d.subject.tenant, d.subject.sub, "budget", m.ref.id)
 
 
 def _ids(*parts: str | None) -> tuple[str, ...]:

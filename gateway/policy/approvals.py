@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.fieldpath import PATH_PARAMS
-from gateway.errors import ApprovalError, Refusal
+from gateway.errors import ApprovalError, Refusal, StoreUnavailable
 from gateway.policy.engine import Decision
 
 DEFAULT_TTL = 15 * 60.0
@@ -103,7 +103,9 @@ def request_digest(tenant: str | None, sub: str, connector: str, action: str, pa
 
 
 class ApprovalStore:
-    """The approvals table in one SQLite file (in the state directory)."""
+    """The approvals table in one SQLite file (in the state directory); the fleet's store,
+    `gateway.stores.redis_state.RedisApprovals`, replaces the storage methods (`request`, `get`,
+    `list`, `_decide`, `consume`) and keeps the rest."""
 
     def __init__(
         self,
@@ -292,7 +294,7 @@ class ApprovalStore:
     def _failing_closed(decision: Decision) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error:
+        except (sqlite3.Error, StoreUnavailable):  # SQLite here, Redis in gateway.stores.redis_state
             raise Refusal(
                 "store_unavailable", "the approval store is unavailable", connector=decision.connector,
                 action=decision.action,

@@ -117,7 +117,7 @@ def gateway_addons(rt: Runtime) -> list[object]:
 
 
 async def serve(rt: Runtime) -> None:
-    ca.ensure(rt.state)
+    ca.ensure(rt.state, rt.keys.ca_pem if rt.keys else None)
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
     master.addons.add(*mitmproxy_addons(), *gateway_addons(rt))
     master.options.update(**proxy_options(rt))
@@ -133,7 +133,11 @@ async def serve(rt: Runtime) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     await rt.quotas.warm_up()
-    watchers = [asyncio.create_task(rt.revocations.watch()), asyncio.create_task(rt.quarantine.watch(rt.quarantine_changed))]
+    watchers = [
+        asyncio.create_task(rt.revocations.watch()),
+        asyncio.create_task(rt.quarantine.watch(rt.quarantine_changed)),
+        asyncio.create_task(rt.decisions.run()),
+    ]
     if rt.baselines is not None and rt.baseline_file is not None:
         watchers.append(asyncio.create_task(keep_in_sync(rt.baselines, rt.baseline_file)))
     if rt.siem is not None:

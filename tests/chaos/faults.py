@@ -11,6 +11,7 @@ session, that nothing secret or raw reached a vendor and every call it saw was a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -236,3 +237,64 @@ def _rst(conn: ssl.SSLSocket) -> None:
     """Close with a TCP reset (SO_LINGER 0), not a clean FIN: what a crashed peer looks like."""
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
+
+
+class ReplyDropper:
+    """A TCP relay in front of redis-server that loses one reply, as a dropped connection does.
+
+    Armed with a marker, the relay passes the first command holding it on to Redis (which runs
+    it) and then closes that client connection instead of relaying Redis's answer: the client
+    sees `connection lost` for a command that took effect. Everything else is relayed as it is.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.marker: bytes | None = None
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def arm(self, marker: bytes) -> None:
+        with self._lock:
+            self.marker = marker
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.redis_port))
+            doomed = threading.Event()
+            threading.Thread(target=self._to_redis, args=(client, upstream, doomed), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(upstream, client, doomed), daemon=True).start()
+
+    def _to_redis(self, client: socket.socket, upstream: socket.socket, doomed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                with self._lock:
+                    if self.marker is not None and self.marker in data:
+                        self.marker = None
+                        doomed.set()
+                upstream.sendall(data)
+        upstream.close()
+
+    def _to_client(self, upstream: socket.socket, client: socket.socket, doomed: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if doomed.is_set():  # Redis ran the command; its answer never arrives
+                    self.dropped += 1
+                    client.shutdown(socket.SHUT_RDWR)
+                    break
+                client.sendall(data)
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self._sock.close()

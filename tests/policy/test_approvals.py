@@ -1,4 +1,5 @@
-"""The approval store on a real SQLite file: round trip, reuse, expiry, changed params, races."""
+"""The approval store on a real SQLite file and on a real redis-server (the fleet's, `stores.state`):
+round trip, reuse, expiry, changed params, races; both backends pass the same tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 from gateway.errors import Refusal
 from gateway.policy.approvals import ApprovalError, ApprovalStore, request_digest
 from gateway.policy.engine import PolicySet, Subject
+from gateway.stores import redis_state
+from tests.processes import free_port
 
 FIN = Subject("fin-01", "finance", "acme")
 POLICY = """
@@ -35,8 +38,20 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> ApprovalStore:
+REDIS_DB = 7  # a database of the session's redis-server of its own, emptied for each test
+
+
+def redis_url(request: pytest.FixtureRequest) -> str:
+    server = request.getfixturevalue("redis")
+    url = f"redis://127.0.0.1:{server.port}/{REDIS_DB}"
+    redis_state.connect(url).flushdb()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> ApprovalStore:
+    if request.param == "redis":
+        return redis_state.RedisApprovals(redis_state.connect(redis_url(request)), ttl=900, clock=clock)
     return ApprovalStore(tmp_path / "state" / "approvals.db", ttl=900, clock=clock)
 
 
@@ -143,3 +158,42 @@ def test_store_failure_is_store_unavailable(tmp_path: Path, load: Callable[..., 
     store._db.execute("DROP TABLE approvals")
     r = ask(store, ps, PARAMS)
     assert isinstance(r, Refusal) and r.code == "store_unavailable"
+
+
+def test_fifty_replicas_consuming_one_approval_on_redis_exactly_one_wins(request: pytest.FixtureRequest) -> None:
+    url = redis_url(request)
+    setup = redis_state.RedisApprovals(redis_state.connect(url))
+    digest = request_digest("acme", "fin-01", "pay", "create", PARAMS)
+    aid = setup.request("acme", "fin-01", "pay", "create", digest, {}, "r").id  # type: ignore[union-attr]
+    setup.approve(aid, "alice")
+    stores = [redis_state.RedisApprovals(redis_state.connect(url)) for _ in range(50)]  # a client each, like replicas
+    barrier = threading.Barrier(50)
+    wins: list[bool] = []
+
+    def consume(s: ApprovalStore) -> None:
+        barrier.wait()
+        wins.append(s.consume(aid, "acme", "fin-01", "pay", "create", digest))
+
+    threads = [threading.Thread(target=consume, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 49 + [True]
+    assert setup.get(aid).state == "used"  # type: ignore[union-attr]
+
+
+def test_redis_down_is_store_unavailable(load: Callable[..., PolicySet]) -> None:
+    ps = load(p=POLICY)
+    dead = redis_state.RedisApprovals(redis_state.connect(f"redis://127.0.0.1:{free_port()}/0"))
+    r = ask(dead, ps, PARAMS)
+    assert isinstance(r, Refusal) and r.code == "store_unavailable"
+    with pytest.raises(redis_state.StateStoreDown):
+        dead.list(("pending",))
+
+
+def test_the_pending_cap_holds_across_replicas(request: pytest.FixtureRequest) -> None:
+    url = redis_url(request)
+    replicas = [redis_state.RedisApprovals(redis_state.connect(url)) for _ in range(2)]
+    made = [replicas[i % 2].request("acme", "fin-01", "pay", "create", f"digest-{i}", {}, "r", max_pending=3) for i in range(6)]
+    assert [a is not None for a in made] == [True] * 3 + [False] * 3

@@ -1,0 +1,89 @@
+"""Where the gateway's mutable state lives: one seam, two backends, chosen by `stores.state`.
+
+Without `stores.state` (or with `sqlite://`, no path) every store is what it always was: SQLite files in
+the state dir (`revocations.sqlite`, `approvals.sqlite`), an in-memory decisions feed, and
+registered tools in the state dir alone (`LocalShelf`), for one gateway process and the CLI beside it. With `stores.state: redis://host:port/db` every store
+lives in that Redis instead, and any number of replicas (or workers) started with the same config
+and the same keys (`gateway.identity.keys`) form one gateway.
+
+The seam is `open_state(config, state)`: it reads the URI once and returns `StateStores`, one
+object per store, each with the same interface in both backends. The SQLite classes stay where
+their logic lives (`gateway.identity.revocation.Revocations`, `gateway.policy.approvals.ApprovalStore`);
+a Redis class subclasses each and replaces only its storage primitives, so the policy logic above
+them (expiry, single use, pending caps, what an agent is told) is written once. To port another
+store (MCP pins and sessions, quarantine): keep its SQLite class, write `Redis<Store>` in
+`gateway.stores.redis_state` over the shared `client` (atomic read-modify-writes as one Lua script,
+keys under `PREFIX`), add a field to `StateStores` and a line to each branch of `open_state`. A
+store that must change with revocations (quarantine) publishes on the revocations channel too.
+
+Shared failure rules of the Redis backend (each store applies them to its own calls):
+- the client never retries a command by itself (a retried script could apply twice); a Redis error
+  raises `StateStoreDown` (a `StoreUnavailable`), which the pipeline refuses as `store_unavailable`
+  (503) and the API answers the same way; the next call reconnects, so service resumes without a
+  restart when Redis is back;
+- Redis must persist (`appendonly yes`): a Redis restarted empty forgets revocations and approvals.
+  Revocations that shrink are logged as an error.
+- one Redis (or a primary with replicas), not Cluster: scripts build keys from what they read.
+
+Registered tools are shared through a shelf (`gateway.stores.tools`): each replica still compiles
+and keeps its own copy, taken from the shelf on first use.
+
+What is not shared, on purpose: circuit breakers (`gateway.pipeline.breaker`). A breaker records
+what this replica saw of a vendor over its own network path; one replica's broken route must not
+open the circuit for the whole fleet, and N replicas probing a recovering vendor is N probes per
+`breaker.reset`, a bound. An agent's own circuit is per replica too: it throttles that agent,
+which a load balancer spreads over replicas, so it trips later but still trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.config import Config
+from gateway.errors import ConfigError
+from gateway.identity.revocation import Revocations
+from gateway.policy.approvals import Approval, ApprovalStore
+from gateway.state import StateDir
+from gateway.stores.feed import DecisionFeed, MemoryFeed
+from gateway.stores.tools import LocalShelf, ToolShelf
+
+
+@dataclass(frozen=True)
+class StateStores:
+    revocations: Revocations
+    approvals: ApprovalStore
+    decisions: DecisionFeed
+    tools: ToolShelf
+
+
+def backend(config: Config) -> str:
+    """`sqlite` or `redis`, from `stores.state`; anything else is a config error."""
+    uri = config.stores.state
+    if uri is None or uri == "sqlite://":
+        return "sqlite"
+    if uri.startswith("sqlite:"):  # a path here would be silently ignored: the state dir holds it
+        raise ConfigError("stores.state: sqlite:// keeps state in the state dir (set state_dir to move it), no path")
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        return "redis"
+    raise ConfigError(f"stores.state: expected redis://HOST:PORT/DB or sqlite://, got scheme {uri.partition('://')[0]!r}")
+
+
+def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Approval], None] | None = None) -> StateStores:
+    if backend(config) == "sqlite":
+        return StateStores(
+            revocations=Revocations(state.revocations),
+            approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=on_new_approval),
+            decisions=MemoryFeed(),
+            tools=LocalShelf(),
+        )
+    from gateway.stores import redis_state
+
+    assert config.stores.state is not None
+    client = redis_state.connect(config.stores.state)
+    return StateStores(
+        revocations=redis_state.RedisRevocations(client, config.stores.state),
+        approvals=redis_state.RedisApprovals(client, ttl=config.approval_ttl, on_new=on_new_approval),
+        decisions=redis_state.RedisFeed(client),
+        tools=redis_state.RedisToolShelf(client),
+    )

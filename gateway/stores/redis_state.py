@@ -1,0 +1,412 @@
+"""The fleet's state on Redis (`stores.state: redis://…`): revocations, approvals, decisions feed.
+
+See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`:
+- `revocations`: a list of `{"kind", "value", "at"}` entries, only ever appended to; every revoke
+  is also published on `revoked`. Each replica holds the union of what it has read (a Redis that
+  comes back empty cannot un-revoke a token for a replica that saw it), re-reads when the list's
+  length changes (polled every `POLL_SECONDS`, and at once on a `revoked` message), and re-reads
+  it whole every `FULL_READ_SECONDS`. When the list could not be read for `STALE_SECONDS`, identity
+  checks refuse with `store_unavailable`: a replica that cannot see revocations cannot honour them.
+- `apr:<id>`: one approval as a hash (absent fields are None; `summary` is JSON);
+  `apr:digest:<sha256>`: the pending approval of a request; `apr:pending:<agent>`: a sorted set of
+  the agent's pending approvals by expiry (the `approval_max_pending` cap); `apr:index`: every
+  approval by creation time (`approvals list`). Creating, deciding and consuming are each one Lua
+  script, so an approval is single-use across the fleet. Records are kept `RETENTION_SECONDS`.
+- `decisions`: a list capped at `RECENT_DECISIONS` audit records, newest first.
+- `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from gateway.errors import ApprovalError, Refusal, StoreUnavailable
+from gateway.identity.revocation import POLL_SECONDS, Revocations
+from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
+from gateway.stores.feed import RECENT_DECISIONS
+
+log = logging.getLogger(__name__)
+
+PREFIX = "egw:state:"
+REVOCATIONS = PREFIX + "revocations"
+REVOKED_CHANNEL = PREFIX + "revoked"
+FULL_READ_SECONDS = 5.0
+STALE_SECONDS = 2.0
+RETENTION_SECONDS = 30 * 86400
+DECISIONS = PREFIX + "decisions"
+FLUSH_SECONDS = 0.1
+TIMEOUT = 0.5  # per command: a hung Redis stalls a call at most this long, then it is refused
+
+
+class StateStoreDown(StoreUnavailable):
+    """Redis did not answer a state store's command."""
+
+
+def connect(url: str) -> redis.Redis:
+    """The state stores' client: short timeouts and no retries of its own (see `gateway.stores`)."""
+    return redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, retry=Retry(NoBackoff(), 0))
+
+
+@contextmanager
+def _store(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as e:
+        raise StateStoreDown(f"the {what} store (Redis) is unavailable: {type(e).__name__}") from None
+
+
+# --- revocations -----------------------------------------------------------------------------
+
+
+class RedisRevocations(Revocations):
+    store_errors = (StateStoreDown,)
+
+    def __init__(self, client: redis.Redis, url: str) -> None:
+        self._redis, self._url = client, url
+        self._jtis: set[str] = set()
+        self._subs: dict[str, float] = {}
+        self._seen = -1
+        self._confirmed = -math.inf  # monotonic time of the last successful read
+        self._full_at = -math.inf
+        self._down = False
+        try:
+            self.refresh()
+        except StateStoreDown as e:
+            log.warning("%s at start: identities are refused until it answers", e)
+
+    def revoke(self, *, jti: str | None = None, sub: str | None = None) -> None:
+        if (jti is None) == (sub is None):
+            raise ValueError("revoke exactly one of jti or sub")
+        kind, value = ("jti", jti) if jti is not None else ("sub", sub)
+        entry = json.dumps({"kind": kind, "value": value, "at": time.time()})
+        with _store("revocation"):
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.rpush(REVOCATIONS, entry)
+            pipe.publish(REVOKED_CHANNEL, kind)
+            pipe.execute()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the list when it changed (or every FULL_READ_SECONDS); raises `StateStoreDown`."""
+        now = time.monotonic()
+        with _store("revocation"):
+            length = self._redis.llen(REVOCATIONS)
+            if length != self._seen or now - self._full_at > FULL_READ_SECONDS:
+                rows = [json.loads(raw) for raw in self._redis.lrange(REVOCATIONS, 0, -1)]
+                self._merge(rows)
+                self._full_at = now
+        self._confirmed = time.monotonic()
+
+    def _merge(self, rows: list[dict[str, Any]]) -> None:
+        if len(rows) < self._seen:
+            log.error("the revocation list in Redis shrank (%d -> %d entries): was Redis restarted without "
+                      "persistence? This replica keeps every revocation it saw", self._seen, len(rows))
+        jtis, subs = set(self._jtis), dict(self._subs)
+        for row in rows:
+            if row["kind"] == "jti":
+                jtis.add(row["value"])
+            else:
+                subs[row["value"]] = max(float(row["at"]), subs.get(row["value"], 0.0))
+        self._jtis, self._subs, self._seen = jtis, subs, len(rows)
+
+    def is_revoked(self, jti: str, sub: str, iat: float) -> bool:
+        if time.monotonic() - self._confirmed > STALE_SECONDS:
+            raise Refusal("store_unavailable", "the revocation list cannot be read; identities are refused until it can")
+        return super().is_revoked(jti, sub, iat)
+
+    async def watch(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        try:
+            while True:  # a first read at once: the one at start-up is old by the time calls come
+                await self._refresh_logged()
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            listener.cancel()
+
+    async def _refresh_logged(self) -> None:
+        """Refresh off the loop; log an outage once, and its end."""
+        try:
+            await asyncio.to_thread(self.refresh)
+        except StateStoreDown as e:
+            if not self._down:
+                log.error("%s: identities are refused after %.0f s without it", e, STALE_SECONDS)
+            self._down = True
+            return
+        if self._down:
+            log.warning("the revocation store (Redis) answers again")
+        self._down = False
+
+    async def _listen(self) -> None:
+        """Re-read at once when any replica revokes; reconnect after Redis goes away."""
+        while True:
+            client = aioredis.Redis.from_url(self._url, socket_connect_timeout=TIMEOUT)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(REVOKED_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await self._refresh_logged()
+            except (RedisError, OSError):
+                await asyncio.sleep(POLL_SECONDS)
+            finally:
+                await client.aclose()
+
+
+# --- approvals -------------------------------------------------------------------------------
+
+_APPROVAL = PREFIX + "apr:"
+_INDEX = _APPROVAL + "index"
+_FIELDS = tuple(Approval.__dataclass_fields__)
+_FLOATS = {"created_at", "expires_at", "decided_at", "used_at"}
+
+# KEYS: digest key, agent's pending set, index. ARGV: now, ttl, cap (-1: none), id, record prefix,
+# retention s, then the new record's field/value pairs. Returns {created (1/0), id} or false (capped).
+_REQUEST = """
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local id = redis.call('GET', KEYS[1])
+if id then
+  local state, exp = unpack(redis.call('HMGET', ARGV[5] .. id, 'state', 'expires_at'))
+  if state == 'pending' and tonumber(exp) > now then return {0, id} end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local cap = tonumber(ARGV[3])
+if cap >= 0 and redis.call('ZCARD', KEYS[2]) >= cap then return false end
+local key = ARGV[5] .. ARGV[4]
+redis.call('HSET', key, unpack(ARGV, 7))
+redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[6])))
+redis.call('SET', KEYS[1], ARGV[4], 'PX', math.ceil(ttl * 1000))
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+redis.call('ZADD', KEYS[3], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
+return {1, ARGV[4]}
+"""
+
+# KEYS: the approval, its agent's pending set, its digest key. ARGV: now, new state, by, ttl, id,
+# reason (optional). Returns 1 when decided, 0 when it was not pending (or had expired).
+_DECIDE = """
+local now = tonumber(ARGV[1])
+local state, exp = unpack(redis.call('HMGET', KEYS[1], 'state', 'expires_at'))
+if state ~= 'pending' or tonumber(exp) <= now then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'decided_by', ARGV[3], 'decided_at', ARGV[1],
+           'expires_at', tostring(now + tonumber(ARGV[4])))
+if ARGV[6] then redis.call('HSET', KEYS[1], 'decision_reason', ARGV[6]) end
+redis.call('ZREM', KEYS[2], ARGV[5])
+if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
+# KEYS: the approval. ARGV: now, sub, connector, action, digest. Returns 1 for exactly one caller.
+_CONSUME = """
+local now = tonumber(ARGV[1])
+local a = redis.call('HMGET', KEYS[1], 'state', 'expires_at', 'sub', 'connector', 'action', 'digest')
+if a[1] ~= 'approved' or tonumber(a[2]) <= now or a[3] ~= ARGV[2] or a[4] ~= ARGV[3]
+   or a[5] ~= ARGV[4] or a[6] ~= ARGV[5] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'used', 'used_at', ARGV[1])
+return 1
+"""
+
+
+def _agent_key(tenant: str | None, sub: str) -> str:
+    return _APPROVAL + "pending:" + hashlib.sha256(json.dumps([tenant, sub]).encode()).hexdigest()
+
+
+class RedisApprovals(ApprovalStore):
+    """Approvals in Redis: the same rules as the SQLite store, single-use across the fleet."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.time,
+        on_new: Callable[[Approval], None] | None = None,
+    ) -> None:
+        self.ttl, self.on_new, self._clock = ttl, on_new, clock
+        self._redis = client
+        self._request = client.register_script(_REQUEST)
+        self._decide_script = client.register_script(_DECIDE)
+        self._consume = client.register_script(_CONSUME)
+
+    def close(self) -> None:
+        """Nothing to close: the shared client's connections end with the process."""
+
+    def request(
+        self,
+        tenant: str | None,
+        sub: str,
+        connector: str,
+        action: str,
+        digest: str,
+        summary: dict[str, Any],
+        reason: str,
+        max_pending: int | None = None,
+    ) -> Approval | None:
+        now = self._clock()
+        new = Approval(
+            id="apr_" + secrets.token_urlsafe(12), tenant=tenant, sub=sub, connector=connector, action=action,
+            digest=digest, summary=summary, reason=reason, state="pending", created_at=now,
+            expires_at=now + self.ttl, decided_by=None, decided_at=None, used_at=None,
+        )
+        fields = [x for k, v in _to_hash(new).items() for x in (k, v)]
+        keys = [_APPROVAL + "digest:" + digest, _agent_key(tenant, sub), _INDEX]
+        args: list[str | int] = [repr(now), repr(self.ttl), -1 if max_pending is None else max_pending, new.id,
+                                 _APPROVAL, RETENTION_SECONDS, *fields]
+        with _store("approval"):
+            answer = self._request(keys=keys, args=args)
+        if answer is None:
+            return None
+        created, approval_id = int(answer[0]), answer[1].decode()
+        if created:
+            if self.on_new is not None:
+                self.on_new(new)
+            return new
+        found = self.get(approval_id)
+        if found is None:
+            raise StateStoreDown("the approval store (Redis) lost a pending approval while it was read")
+        return found
+
+    def get(self, approval_id: str) -> Approval | None:
+        with _store("approval"):
+            raw = self._redis.hgetall(_APPROVAL + approval_id)
+        return self._view(raw) if raw else None
+
+    def list(self, states: Sequence[str] = ("pending",)) -> list[Approval]:
+        with _store("approval"):
+            ids = self._redis.zrange(_INDEX, 0, -1)
+            pipe = self._redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hgetall(_APPROVAL + _text(i))
+            rows = pipe.execute()
+        found = (self._view(raw) for raw in rows if raw)
+        return [a for a in found if a.state in states]
+
+    def _decide(self, approval_id: str, by: str, state: str, reason: str | None) -> Approval:
+        found = self.get(approval_id)
+        if found is None:
+            raise ApprovalError(f"no approval {approval_id}")
+        keys = [_APPROVAL + approval_id, _agent_key(found.tenant, found.sub), _APPROVAL + "digest:" + found.digest]
+        args = [repr(self._clock()), state, by, repr(self.ttl), approval_id, *([reason] if reason is not None else [])]
+        with _store("approval"):
+            changed = self._decide_script(keys=keys, args=args)
+        after = self.get(approval_id)
+        assert after is not None  # records outlive any decision by RETENTION_SECONDS
+        if not changed:
+            raise ApprovalError(f"approval {approval_id} is {after.state}, not pending")
+        return after
+
+    def consume(
+        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str
+    ) -> bool:
+        """Single use across the fleet: the script marks it used for exactly one caller. `tenant`
+        is bound by `digest` (the digest covers tenant, agent, action and parameters)."""
+        with _store("approval"):
+            return self._consume(keys=[_APPROVAL + approval_id], args=[repr(self._clock()), sub, connector, action, digest]) == 1
+
+    def _view(self, raw: dict[Any, Any]) -> Approval:
+        """The stored hash as an `Approval`; one past its expiry reads as `expired`, as in SQLite."""
+        d: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+        values: dict[str, Any] = {f: d.get(f) for f in _FIELDS}
+        for f in _FLOATS:
+            values[f] = float(values[f]) if values[f] is not None else None
+        values["summary"] = json.loads(values["summary"])
+        if values["state"] in ("pending", "approved") and values["expires_at"] <= self._clock():
+            values["state"] = "expired"
+        return Approval(**values)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _to_hash(a: Approval) -> dict[str, str]:
+    out = {k: v for k, v in a.__dict__.items() if v is not None}
+    out["summary"] = json.dumps(a.summary)
+    return {k: repr(v) if isinstance(v, float) else str(v) for k, v in out.items()}
+
+
+# --- decisions feed ------------------------------------------------------------------------------
+
+
+class RedisFeed:
+    """The fleet's recent decisions: queued here, pushed by `run` to a list capped in Redis."""
+
+    def __init__(self, client: redis.Redis, size: int = RECENT_DECISIONS) -> None:
+        self._redis, self._size = client, size
+        self._queue: deque[dict[str, Any]] = deque(maxlen=size)  # a Redis outage drops the oldest
+
+    def append(self, rec: dict[str, Any]) -> None:
+        self._queue.append(rec)
+
+    async def latest(self) -> list[dict[str, Any]]:
+        with _store("decisions"):
+            raw = await asyncio.to_thread(self._redis.lrange, DECISIONS, 0, self._size - 1)
+        return [json.loads(r) for r in reversed(raw)]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            if not self._queue:
+                continue
+            batch = list(self._queue)
+            self._queue.clear()
+            try:
+                await asyncio.to_thread(self._push, batch)
+            except StateStoreDown as e:
+                log.warning("%s: %d recent decisions not shared", e, len(batch))
+
+    def _push(self, batch: list[dict[str, Any]]) -> None:
+        with _store("decisions"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.lpush(DECISIONS, *(json.dumps(r, default=str) for r in batch))
+            pipe.ltrim(DECISIONS, 0, self._size - 1)
+            pipe.execute()
+
+
+# --- registered tools ----------------------------------------------------------------------------
+
+TOOLS = PREFIX + "tools"
+
+
+class RedisToolShelf:
+    """Registered tools in one Redis hash: name -> JSON of the manifest and the module (base64).
+    `HSETNX` claims a name atomically, so two replicas registering one name get one winner."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def claim(self, name: str, manifest: Any, module: bytes) -> bool:
+        entry = json.dumps({"manifest": manifest, "module": base64.b64encode(module).decode()})
+        with _store("tool"):
+            return bool(self._redis.hsetnx(TOOLS, name, entry))
+
+    def release(self, name: str) -> None:
+        with _store("tool"):
+            self._redis.hdel(TOOLS, name)
+
+    def names(self) -> set[str]:
+        with _store("tool"):
+            return {_text(n) for n in self._redis.hkeys(TOOLS)}
+
+    def get(self, name: str) -> tuple[Any, bytes] | None:
+        with _store("tool"):
+            raw = self._redis.hget(TOOLS, name)
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry["manifest"], base64.b64decode(entry["module"])

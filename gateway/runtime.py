@@ -215,7 +215,7 @@ def build(config: Config) -> Runtime:
         key=key,
         keys=ring,
         revocations=stores.revocations,
-        quarantine=Quarantines(state.revocations),
+        quarantine=stores.quarantine,
         verifier=Verifier(ring.verifying, stores.revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),

@@ -2,7 +2,8 @@
 within a second in every running gateway, until someone releases it on purpose.
 
 It lives beside revocations and in the same store (the same SQLite file in the state dir), in the
-same shape: `quarantine` (the CLI, the API, an anomaly rule) appends a row, and each gateway keeps
+same shape: `quarantine` (the CLI, the API, an anomaly rule) appends a row (in a fleet, to a list in
+Redis: `gateway.stores.redis_state.RedisQuarantines`), and each gateway keeps
 what is in force in memory, so the per-request check is a few dict lookups; a background task
 reloads it when the table grows (`POLL_SECONDS`). A release is a row too, never a delete: the table
 is the history of who stopped what, when and why. The interface is the five methods below, so a
@@ -62,6 +63,8 @@ class Change:
 
 
 class Quarantines:
+    store_errors: tuple[type[Exception], ...] = (sqlite3.Error,)  # what `watch` logs and retries
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self._active: dict[tuple[str, str], Change] = {}
@@ -84,12 +87,16 @@ class Quarantines:
         value = EVERYTHING if scope == "all" else value
         if not value or not reason.strip() or len(reason) > MAX_REASON:
             raise ValueError(f"a quarantine needs a value and a reason of 1 to {MAX_REASON} characters")
+        self._append(scope, value, release, reason.strip(), by)
+        return self.refresh()
+
+    def _append(self, scope: str, value: str, release: bool, reason: str, by: str) -> None:
+        """The storage primitive `set` uses (the fleet's store replaces it and `refresh`)."""
         with self._connect() as db:
             db.execute(
                 "INSERT INTO quarantines (scope, value, released, reason, by, at) VALUES (?, ?, ?, ?, ?, ?)",
-                (scope, value, int(release), reason.strip(), by, time.time()),
+                (scope, value, int(release), reason, by, time.time()),
             )
-        return self.refresh()
 
     def refresh(self) -> list[Change]:
         """Reload when the table has grown; returns the new changes (none at the first load).
@@ -132,7 +139,7 @@ class Quarantines:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 changes = await asyncio.to_thread(self.refresh)
-            except sqlite3.Error as e:
+            except self.store_errors as e:
                 log.warning("cannot reload quarantines: %s", e)
                 continue
             for change in changes:

@@ -11,7 +11,7 @@ object per store, each with the same interface in both backends. The SQLite clas
 their logic lives (`gateway.identity.revocation.Revocations`, `gateway.policy.approvals.ApprovalStore`);
 a Redis class subclasses each and replaces only its storage primitives, so the policy logic above
 them (expiry, single use, pending caps, what an agent is told) is written once. To port another
-store (MCP pins and sessions, quarantine): keep its SQLite class, write `Redis<Store>` in
+store (MCP pins and sessions): keep its SQLite class, write `Redis<Store>` in
 `gateway.stores.redis_state` over the shared `client` (atomic read-modify-writes as one Lua script,
 keys under `PREFIX`), add a field to `StateStores` and a line to each branch of `open_state`. A
 store that must change with revocations (quarantine) publishes on the revocations channel too.
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.errors import ConfigError
+from gateway.identity.quarantine import Quarantines
 from gateway.identity.revocation import Revocations
 from gateway.policy.approvals import Approval, ApprovalStore
 from gateway.state import StateDir
@@ -52,6 +53,7 @@ from gateway.stores.tools import LocalShelf, ToolShelf
 @dataclass(frozen=True)
 class StateStores:
     revocations: Revocations
+    quarantine: Quarantines
     approvals: ApprovalStore
     decisions: DecisionFeed
     tools: ToolShelf
@@ -73,6 +75,7 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
     if backend(config) == "sqlite":
         return StateStores(
             revocations=Revocations(state.revocations),
+            quarantine=Quarantines(state.revocations),
             approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=on_new_approval),
             decisions=MemoryFeed(),
             tools=LocalShelf(),
@@ -83,6 +86,7 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
     client = redis_state.connect(config.stores.state)
     return StateStores(
         revocations=redis_state.RedisRevocations(client, config.stores.state),
+        quarantine=redis_state.RedisQuarantines(client),
         approvals=redis_state.RedisApprovals(client, ttl=config.approval_ttl, on_new=on_new_approval),
         decisions=redis_state.RedisFeed(client),
         tools=redis_state.RedisToolShelf(client),

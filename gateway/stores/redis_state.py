@@ -13,6 +13,8 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
   approval by creation time (`approvals list`). Creating, deciding and consuming are each one Lua
   script, so an approval is single-use across the fleet. Records are kept `RETENTION_SECONDS`.
 - `decisions`: a list capped at `RECENT_DECISIONS` audit records, newest first.
+- `quarantines`: a list of `{"scope", "value", "released", "reason", "by", "at"}` changes, only ever
+  appended to (a release is a change too), read like the revocations.
 - `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
 """
 
@@ -25,6 +27,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +41,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
+from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import POLL_SECONDS, Revocations
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
 from gateway.stores.feed import RECENT_DECISIONS
@@ -169,6 +173,47 @@ class RedisRevocations(Revocations):
                 await client.aclose()
 
 
+# --- quarantine ------------------------------------------------------------------------------
+
+QUARANTINES = PREFIX + "quarantines"
+
+
+class RedisQuarantines(Quarantines):
+    """Quarantines as an append-only list beside the revocations: a change's id is its position.
+    Polled like the SQLite table; a Redis that cannot be read leaves what was in force in force
+    (and the revocation store, on the same Redis, refuses every identity after `STALE_SECONDS`)."""
+
+    store_errors = (StateStoreDown,)
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._active: dict[tuple[str, str], Change] = {}
+        self._seen = -1
+        self._lock = threading.Lock()
+        try:
+            self.refresh()
+        except StateStoreDown as e:
+            log.warning("%s at start: quarantines are read when it answers", e)
+
+    def _append(self, scope: str, value: str, release: bool, reason: str, by: str) -> None:
+        entry = json.dumps({"scope": scope, "value": value, "released": release, "reason": reason, "by": by, "at": time.time()})
+        with _store("quarantine"):
+            self._redis.rpush(QUARANTINES, entry)
+
+    def refresh(self) -> list[Change]:
+        with self._lock, _store("quarantine"):
+            length = self._redis.llen(QUARANTINES)
+            if length == self._seen:
+                return []
+            raw = self._redis.lrange(QUARANTINES, 0, -1)
+        rows = []
+        for i, item in enumerate(raw, start=1):
+            d = json.loads(item)
+            rows.append((i, d["scope"], d["value"], d["released"], d["reason"], d["by"], d["at"]))
+        with self._lock:
+            return self._load(rows, len(rows))
+
+
 # --- approvals -------------------------------------------------------------------------------
 
 _APPROVAL = PREFIX + "apr:"
@@ -256,12 +301,13 @@ class RedisApprovals(ApprovalStore):
         summary: dict[str, Any],
         reason: str,
         max_pending: int | None = None,
+        body: dict[str, Any] | None = None,
     ) -> Approval | None:
         now = self._clock()
         new = Approval(
             id="apr_" + secrets.token_urlsafe(12), tenant=tenant, sub=sub, connector=connector, action=action,
             digest=digest, summary=summary, reason=reason, state="pending", created_at=now,
-            expires_at=now + self.ttl, decided_by=None, decided_at=None, used_at=None,
+            expires_at=now + self.ttl, decided_by=None, decided_at=None, used_at=None, body=body,
         )
         fields = [x for k, v in _to_hash(new).items() for x in (k, v)]
         keys = [_APPROVAL + "digest:" + digest, _agent_key(tenant, sub), _INDEX]
@@ -325,6 +371,7 @@ class RedisApprovals(ApprovalStore):
         for f in _FLOATS:
             values[f] = float(values[f]) if values[f] is not None else None
         values["summary"] = json.loads(values["summary"])
+        values["body"] = None if values["body"] is None else json.loads(values["body"])
         if values["state"] in ("pending", "approved") and values["expires_at"] <= self._clock():
             values["state"] = "expired"
         return Approval(**values)
@@ -337,6 +384,8 @@ def _text(value: Any) -> str:
 def _to_hash(a: Approval) -> dict[str, str]:
     out = {k: v for k, v in a.__dict__.items() if v is not None}
     out["summary"] = json.dumps(a.summary)
+    if a.body is not None:
+        out["body"] = json.dumps(a.body)
     return {k: repr(v) if isinstance(v, float) else str(v) for k, v in out.items()}
 
 

@@ -19,6 +19,7 @@ from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
 from gateway.errors import ConfigError, Refusal
+from gateway.identity.issuers import TrustedIssuers
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
 from gateway.metrics import Metrics
@@ -153,7 +154,12 @@ def build(config: Config) -> Runtime:
         registry=registry,
         key=key,
         revocations=revocations,
-        verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
+        verifier=Verifier(
+            key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl,
+            issuers=TrustedIssuers.build(
+                config.identity, config.listen_tls.max_cert_ttl if config.listen_tls else 0.0, config.upstream_ca
+            ),
+        ),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
         audit=AuditLog(state.audit_log, key.private),

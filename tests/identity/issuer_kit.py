@@ -44,8 +44,11 @@ class IssuerKey:
         )
 
     def jwk(self, use: str | None = None) -> dict[str, Any]:
-        algo = jwt.algorithms.RSAAlgorithm if self.alg.startswith("RS") else jwt.algorithms.ECAlgorithm
-        jwk: dict[str, Any] = json.loads(algo.to_jwk(self.private.public_key()))
+        public = self.private.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            jwk: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public))
+        else:
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(public))
         jwk.update(kid=self.kid, alg=self.alg)
         if use is not None:
             jwk["use"] = use
@@ -93,7 +96,7 @@ class JwksServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 owner.hits += 1
                 body = json.dumps(owner.doc).encode()
                 self.send_response(200 if self.path == "/jwks" else 404)

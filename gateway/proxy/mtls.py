@@ -22,6 +22,8 @@ A connection that reaches the listener without TLS has no certificate: its CONNE
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers import ClientTLSLayer
 from OpenSSL import SSL
@@ -38,20 +40,27 @@ HTTP11 = b"http/1.1"
 
 def listener_context(settings: ListenTls) -> SSL.Context:
     """The outer handshake's context: our certificate, a client certificate required and verified."""
-    cert, key, client_ca = (file_ref(v, "listen_tls") for v in (settings.cert, settings.key, settings.client_ca))
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     # No resumption: every connection shows its certificate again, so an expired or replaced one
     # is never carried over from an earlier session.
     ctx.set_options(SSL.OP_NO_TICKET)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
-    try:
-        ctx.use_certificate_chain_file(str(cert))
-        ctx.use_privatekey_file(str(key))
-        ctx.check_privatekey()
-        ctx.load_verify_locations(str(client_ca))
-    except (SSL.Error, OSError) as e:
-        raise ConfigError(f"listen_tls: cannot load the certificate, key or client_ca: {_first(e)}") from None
+    steps = (
+        ("cert", settings.cert, "a PEM certificate chain", ctx.use_certificate_chain_file),
+        ("key", settings.key, "the PEM private key of listen_tls.cert", ctx.use_privatekey_file),  # OpenSSL checks the pair
+        ("client_ca", settings.client_ca, "a PEM CA bundle", ctx.load_verify_locations),
+    )
+    load: Callable[[str], object]
+    for name, ref, expected, load in steps:
+        path = file_ref(ref, f"listen_tls.{name}")
+        try:
+            path.read_bytes()
+            load(str(path))
+        except OSError as e:
+            raise ConfigError(f"listen_tls.{name}: cannot read {path}: {e.strerror}") from None
+        except SSL.Error:
+            raise ConfigError(f"listen_tls.{name}: {path} is not {expected}") from None
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda _c, _x, _n, _d, ok: bool(ok))
     ctx.set_alpn_select_callback(_alpn)
     return ctx
@@ -60,13 +69,6 @@ def listener_context(settings: ListenTls) -> SSL.Context:
 def _alpn(_conn: SSL.Connection, offers: list[bytes]) -> bytes:
     """The proxy speaks HTTP/1.1 to its agents; a client offering only others gets no ALPN."""
     return HTTP11 if HTTP11 in offers else SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
-
-
-def _first(e: Exception) -> str:
-    """OpenSSL's reason, without the library's nested tuples."""
-    if isinstance(e, SSL.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
-        return str(e.args[0][0][-1])
-    return str(getattr(e, "strerror", None) or e)
 
 
 class ClientCertificates:

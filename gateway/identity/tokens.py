@@ -3,7 +3,8 @@
 The gateway creates an Ed25519 key in its state dir on first use; `token issue` signs with it and
 the proxy verifies with it. Verification (~140 µs) is cached per token string: a tunnel sends many
 requests with one token, and what can change between them (expiry, revocation) is re-checked
-cheaply on every request by `Verifier.check`.
+cheaply on every request by `Verifier.check`. Tokens of other issuers (`identity.issuers`) and
+client certificates are verified by `gateway.identity.issuers` and then checked here alike.
 """
 
 from __future__ import annotations
@@ -250,9 +251,10 @@ class Verifier:
             raise Refusal("identity_invalid", f"the key that signed the token left issuer {ident.issuer}'s key set")
 
     def _decode(self, token: str) -> Identity:
-        header, claims = unverified(token)
-        if claims.get("iss") != ISSUER and self._issuers is not None:
-            return self._issuers.decode(token, header, claims, self.limits)
+        if self._issuers is not None:
+            header, claims = unverified(token)
+            if claims.get("iss") != ISSUER:
+                return self._issuers.decode(token, header, claims, self.limits)
         with token_errors():
             claims = jwt.decode(
                 token,

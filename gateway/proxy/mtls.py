@@ -84,8 +84,15 @@ class ClientCertificates:
         return self._peers.get(client.id)
 
     def _outer(self, data: tls.TlsData) -> bool:
+        """The handshake with the listener itself: its TLS layer sits right on the proxy mode's
+        layer, and is the only client TLS layer (the tunnel's, inside, comes under an HTTP layer)."""
         layers = data.context.layers
-        return self.on_listener(data.context.client) and sum(isinstance(x, ClientTLSLayer) for x in layers) == 1
+        return (
+            self.on_listener(data.context.client)
+            and len(layers) > 1
+            and isinstance(layers[1], ClientTLSLayer)
+            and sum(isinstance(x, ClientTLSLayer) for x in layers) == 1
+        )
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         if not self._outer(data):

@@ -18,7 +18,7 @@ import urllib3
 from openai import OpenAI
 
 from tests.clients import error_of, read_response, trusting
-from tests.fakes import PKI, FakeVendor, vendor_settings
+from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.identity.issuer_kit import AUDIENCE, IssuerKey, SpiffePki, claims, write_jwks
 from tests.processes import GatewayProcess, free_port
 
@@ -38,8 +38,11 @@ class Mtls:
                   "audience": AUDIENCE, "map": {"path": "/agent/{role}/{sub}", "tenant": "acme", "scopes": ["stripe:*", "openai:*"]}}
         listen_tls = {"address": f"127.0.0.1:{self.tls_port}", "cert": f"file:{cert}", "key": f"file:{key}",
                       "client_ca": f"file:{self.acme.ca_file}"}
-        self.gw = GatewayProcess(root / "gw", vendor_settings(pki, vendor, identity={"issuers": [issuer]}, listen_tls=listen_tls))
+        # The shipped policies decide within the certificate's scopes, by the role its SPIFFE ID maps to.
+        settings = vendor_settings(pki, vendor, identity={"issuers": [issuer]}, listen_tls=listen_tls, policies=str(REPO / "policies"))
+        self.gw = GatewayProcess(root / "gw", settings)
         self.agent = self.acme.svid("agent-01", "spiffe://acme.example/agent/finance/01")
+        self.researcher = self.acme.svid("research-01", "spiffe://acme.example/agent/research/r1")
 
     @property
     def proxy(self) -> str:
@@ -167,11 +170,21 @@ def test_a_trusted_certificate_of_another_trust_domain_gets_a_readable_refusal(m
     assert vendor.received == []
 
 
-def test_plain_http_on_the_tls_listener_has_no_identity(mtls: Mtls) -> None:
+def test_plain_http_on_the_tls_listener_has_no_identity(mtls: Mtls, vendor: FakeVendor) -> None:
+    """Even with a valid token: this listener's identity is the certificate. The refusal is readable
+    inside the tunnel as on the plain listener (the tunnel's TLS is the gateway CA's, not mTLS)."""
+    token = mtls.jwt_svid("/agent/finance/01")
     with socket.create_connection(("127.0.0.1", mtls.tls_port), timeout=10) as sock:
-        sock.sendall(b"CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443\r\n\r\n")
+        sock.sendall(f"CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443\r\n"
+                     f"Proxy-Authorization: Bearer {token}\r\n\r\n".encode())
         answer = read_response(sock)
-    assert (answer.status, answer.headers["x-egress-error"]) == (200, "identity_missing")
+        assert (answer.status, answer.headers["x-egress-error"]) == (200, "identity_missing")
+        with trusting(mtls.gw).wrap_socket(sock, server_hostname="api.stripe.com") as tls:
+            tls.sendall(b"GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")
+            refusal = read_response(tls)
+    assert (refusal.status, refusal.error()["code"]) == (407, "identity_missing")
+    assert "listen_tls" in refusal.error()["message"]
+    assert vendor.received == []
 
 
 def test_revoking_the_certificates_subject_closes_its_tunnel(mtls: Mtls) -> None:
@@ -206,7 +219,7 @@ def _requests(m: Mtls) -> tuple[int, str]:
 
 
 def _openai(m: Mtls) -> tuple[int, str]:
-    with m.httpx(m.agent) as http:
+    with m.httpx(m.researcher) as http:  # the research policy allows embeddings; finance's does not
         sdk = OpenAI(api_key="sk-agent-placeholder", http_client=http, max_retries=0)
         raw = sdk.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["hello"])
         return raw.status_code, raw.http_response.json()["host"]
@@ -220,4 +233,14 @@ def test_sdks_that_can_present_a_client_certificate_to_an_https_proxy(
     mtls: Mtls, vendor: FakeVendor, name: str, call: Callable[[Mtls], tuple[int, str]], host: str
 ) -> None:
     assert call(mtls) == (200, host), name
+    assert len(vendor.received) == 1
+
+
+def test_the_policy_decides_by_the_role_the_certificate_maps_to(mtls: Mtls, vendor: FakeVendor) -> None:
+    with mtls.httpx(mtls.agent) as finance, mtls.httpx(mtls.researcher) as research:
+        allowed = finance.get(BALANCE)
+        denied = research.get(BALANCE)  # within the issuer's scopes, but no research rule names it
+    assert allowed.status_code == 200, allowed.text
+    assert (denied.status_code, error_of(denied)["code"]) == (403, "policy_denied")
+    assert _record(mtls.gw, allowed.headers["x-egress-decision-id"])["rules"] == ["finance-balance"]
     assert len(vendor.received) == 1

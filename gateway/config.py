@@ -281,6 +281,10 @@ class ListenTls(_Strict):
     key: str  # file:PATH
     client_ca: str  # file:PATH, the bundle agents' certificates must chain to
     max_cert_ttl: Duration = 86400.0  # the longest client certificate lifetime accepted
+    # The one trust domain whose X.509-SVIDs `client_ca` holds (default: the only spiffe issuer's).
+    # One only: with several trust domains' CAs in one bundle, a CA of one could sign SPIFFE IDs of
+    # another, which X.509-SVID validation (chain to *that* trust domain's bundle) forbids.
+    trust_domain: str | None = None
 
     @field_validator("address")
     @classmethod
@@ -330,9 +334,25 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _listen_tls_maps(self) -> Config:
-        if self.listen_tls is not None and not any(isinstance(i, SpiffeIssuer) for i in self.identity.issuers):
+        if self.listen_tls is None:
+            return self
+        domains = [i.trust_domain for i in self.identity.issuers if isinstance(i, SpiffeIssuer)]
+        if not domains:
             raise ValueError("listen_tls: client certificates are mapped by a spiffe issuer; configure one in identity.issuers")
+        wanted = self.listen_tls.trust_domain
+        if wanted is None and len(domains) > 1:
+            raise ValueError(f"listen_tls.trust_domain: name the one of {', '.join(domains)} whose CA client_ca holds")
+        if wanted is not None and wanted not in domains:
+            raise ValueError(f"listen_tls.trust_domain {wanted}: no spiffe issuer has it")
         return self
+
+    @property
+    def listen_trust_domain(self) -> str | None:
+        """The trust domain of the client certificates `listen_tls` accepts, if it is on."""
+        if self.listen_tls is None:
+            return None
+        domains = [i.trust_domain for i in self.identity.issuers if isinstance(i, SpiffeIssuer)]
+        return self.listen_tls.trust_domain or domains[0]
 
     @field_validator("upstreams")
     @classmethod

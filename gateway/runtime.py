@@ -156,9 +156,7 @@ def build(config: Config) -> Runtime:
         revocations=revocations,
         verifier=Verifier(
             key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl,
-            issuers=TrustedIssuers.build(
-                config.identity, config.listen_tls.max_cert_ttl if config.listen_tls else 0.0, config.upstream_ca
-            ),
+            issuers=TrustedIssuers.build(config),
         ),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),

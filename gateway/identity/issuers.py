@@ -23,14 +23,13 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from gateway.config import IdentitySettings, OidcIssuer, OidcMap, SpiffeIssuer, SpiffeMap, file_ref
+from gateway.config import Config, OidcIssuer, OidcMap, SpiffeIssuer, SpiffeMap, file_ref
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.jwks import FileJwks, JwksError, UrlJwks
 from gateway.identity.tokens import Identity, TokenLimits, check_role, token_errors, unverified
@@ -267,18 +266,18 @@ class Oidc(Issuer):
 class TrustedIssuers:
     """Every configured issuer, and the routing of a token or a certificate to one of them."""
 
-    def __init__(self, issuers: list[Issuer], max_cert_ttl: float) -> None:
+    def __init__(self, issuers: list[Issuer], certificates: tuple[str, float] | None = None) -> None:
         self.by_name = {i.name: i for i in issuers}
         self._oidc = {i.settings.issuer: i for i in issuers if isinstance(i, Oidc)}
         self._spiffe = {i.settings.trust_domain: i for i in issuers if isinstance(i, Spiffe)}
-        self.max_cert_ttl = max_cert_ttl
+        self._certificates = certificates  # listen_tls: (its trust domain, max_cert_ttl)
 
     @classmethod
-    def build(cls, settings: IdentitySettings, max_cert_ttl: float, extra_ca: Path | None) -> TrustedIssuers | None:
+    def build(cls, config: Config) -> TrustedIssuers | None:
         """The issuers of `identity.issuers`, key sets loaded; None when there are none. A key file
         that cannot be read at start is a config error."""
         issuers: list[Issuer] = []
-        for s in settings.issuers:
+        for s in config.identity.issuers:
             try:
                 if isinstance(s, SpiffeIssuer):
                     issuers.append(Spiffe(s, FileJwks(file_ref(s.bundle, "bundle"), frozenset({"jwt-svid"}))))
@@ -287,12 +286,14 @@ class TrustedIssuers:
                 else:
                     keys = UrlJwks(
                         s.jwks, frozenset({"sig"}), refresh=s.jwks_refresh, min_interval=s.jwks_min_interval,
-                        max_age=s.jwks_max_age, extra_ca=extra_ca,
+                        max_age=s.jwks_max_age, extra_ca=config.upstream_ca,
                     )
                     issuers.append(Oidc(s, keys))
             except JwksError as e:
                 raise ConfigError(f"identity.issuers {s.name}: {e}") from None
-        return cls(issuers, max_cert_ttl) if issuers else None
+        trust_domain = config.listen_trust_domain
+        certificates = (trust_domain, config.listen_tls.max_cert_ttl) if trust_domain and config.listen_tls else None
+        return cls(issuers, certificates) if issuers else None
 
     def route(self, claims: Mapping[str, Any]) -> Issuer:
         iss, sub = claims.get("iss"), claims.get("sub")
@@ -327,7 +328,6 @@ class TrustedIssuers:
         if len(peer.uris) != 1:
             raise Refusal("identity_invalid", "the client certificate must carry exactly one SPIFFE ID (URI SAN)")
         trust_domain, _ = parse_spiffe_id(peer.uris[0])
-        issuer = self._spiffe.get(trust_domain)
-        if issuer is None:
-            raise Refusal("identity_invalid", "no spiffe issuer trusts the client certificate's trust domain")
-        return issuer.from_certificate(peer, self.max_cert_ttl)
+        if self._certificates is None or trust_domain != self._certificates[0]:
+            raise Refusal("identity_invalid", "listen_tls takes client certificates of its own trust domain only")
+        return self._spiffe[trust_domain].from_certificate(peer, self._certificates[1])

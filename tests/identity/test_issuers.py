@@ -250,9 +250,23 @@ def test_unsafe_issuer_settings_are_config_errors(tmp_path: Path, issuer: dict[s
     assert message in str(e.value)
 
 
-def test_listen_tls_needs_a_spiffe_issuer(tmp_path: Path) -> None:
+def _spiffe(name: str, trust_domain: str) -> dict[str, Any]:
+    return {"name": name, "kind": "spiffe", "trust_domain": trust_domain, "bundle": "file:/b", "audience": "a",
+            "map": {"path": "/agent/{role}/{sub}"}}
+
+
+@pytest.mark.parametrize(
+    ("issuers", "trust_domain", "message"),
+    [
+        ([], None, "listen_tls: client certificates are mapped by a spiffe issuer"),
+        ([_spiffe("a", "a.example"), _spiffe("b", "b.example")], None, "listen_tls.trust_domain: name the one of a.example, b.example"),
+        ([_spiffe("a", "a.example")], "b.example", "listen_tls.trust_domain b.example: no spiffe issuer has it"),
+    ],
+)
+def test_listen_tls_maps_one_trust_domain(tmp_path: Path, issuers: list[dict[str, Any]], trust_domain: str | None, message: str) -> None:
     cfg = tmp_path / "gateway.yaml"
-    tls = {"address": "127.0.0.1:8443", "cert": "file:/c", "key": "file:/k", "client_ca": "file:/ca"}
-    cfg.write_text(yaml.safe_dump({"listen_tls": tls}))
-    with pytest.raises(ConfigError, match="listen_tls: client certificates are mapped by a spiffe issuer"):
+    tls = {"address": "127.0.0.1:8443", "cert": "file:/c", "key": "file:/k", "client_ca": "file:/ca", "trust_domain": trust_domain}
+    cfg.write_text(yaml.safe_dump({"listen_tls": tls, "identity": {"issuers": issuers}}))
+    with pytest.raises(ConfigError) as e:
         load(cfg)
+    assert message in str(e.value)

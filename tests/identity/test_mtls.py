@@ -36,10 +36,14 @@ class Mtls:
         self.tls_port = free_port()
         issuer = {"name": "spire", "kind": "spiffe", "trust_domain": "acme.example", "bundle": f"file:{bundle}",
                   "audience": AUDIENCE, "map": {"path": "/agent/{role}/{sub}", "tenant": "acme", "scopes": ["stripe:*", "openai:*"]}}
+        # A second trust domain, federated for JWT-SVIDs: listen_tls names the one its client_ca is for.
+        partner = {**issuer, "name": "partner", "trust_domain": "partner.example",
+                   "bundle": f"file:{write_jwks(root / 'partner.jwks', IssuerKey('ES256'), use='jwt-svid')}"}
         listen_tls = {"address": f"127.0.0.1:{self.tls_port}", "cert": f"file:{cert}", "key": f"file:{key}",
-                      "client_ca": f"file:{self.acme.ca_file}"}
+                      "client_ca": f"file:{self.acme.ca_file}", "trust_domain": "acme.example"}
         # The shipped policies decide within the certificate's scopes, by the role its SPIFFE ID maps to.
-        settings = vendor_settings(pki, vendor, identity={"issuers": [issuer]}, listen_tls=listen_tls, policies=str(REPO / "policies"))
+        identity = {"issuers": [issuer, partner]}
+        settings = vendor_settings(pki, vendor, identity=identity, listen_tls=listen_tls, policies=str(REPO / "policies"))
         self.gw = GatewayProcess(root / "gw", settings)
         self.agent = self.acme.svid("agent-01", "spiffe://acme.example/agent/finance/01")
         self.researcher = self.acme.svid("research-01", "spiffe://acme.example/agent/research/r1")
@@ -158,11 +162,16 @@ def test_a_jwt_on_top_must_name_the_same_agent(mtls: Mtls, vendor: FakeVendor) -
     assert len(vendor.received) == 1
 
 
-def test_a_trusted_certificate_of_another_trust_domain_gets_a_readable_refusal(mtls: Mtls, vendor: FakeVendor) -> None:
-    other = mtls.acme.svid("other-td", "spiffe://other.example/agent/finance/01")
+@pytest.mark.parametrize("trust_domain", ["other.example", "partner.example"])
+def test_a_trusted_certificate_of_another_trust_domain_gets_a_readable_refusal(
+    mtls: Mtls, vendor: FakeVendor, trust_domain: str
+) -> None:
+    """partner.example is a configured issuer, but acme's CA may not vouch for its SPIFFE IDs."""
+    other = mtls.acme.svid(f"cert-{trust_domain}", f"spiffe://{trust_domain}/agent/finance/01")
     with mtls.httpx(other) as c:
         r = c.get(BALANCE)
     assert (r.status_code, error_of(r)["code"]) == (407, "identity_invalid")
+    assert "its own trust domain" in error_of(r)["message"]
     two = mtls.acme.svid("two-ids", "spiffe://acme.example/agent/finance/01", "spiffe://acme.example/agent/finance/02")
     with mtls.httpx(two) as c:
         r = c.get(BALANCE)

@@ -1,9 +1,12 @@
 """The pure rules under trusted issuers and listen_tls: SPIFFE ID syntax, scope narrowing, claim
-paths, and the listener's key material refused with a readable config error."""
+paths, key sets (fail closed on a bad file), and the listener's key material refused with a
+readable config error."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -12,8 +15,9 @@ from hypothesis import strategies as st
 from gateway.config import ListenTls
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.issuers import claim, covers, narrow, parse_spiffe_id
+from gateway.identity.jwks import FILE_POLL_SECONDS, FileJwks, JwksError, parse_jwks
 from gateway.proxy.mtls import listener_context
-from tests.identity.issuer_kit import SpiffePki
+from tests.identity.issuer_kit import IssuerKey, SpiffePki, write_jwks
 
 
 def test_a_well_formed_spiffe_id_parses() -> None:
@@ -117,3 +121,40 @@ def test_bad_listener_key_material_is_a_config_error(tmp_path: Path, which: str,
         listener_context(_tls(tmp_path, **{which: bad}))
     assert str(e.value).startswith(message), e.value
     assert "BEGIN" not in str(e.value)  # names the file, never its content
+
+
+def test_a_key_file_that_stops_parsing_trusts_nothing_until_fixed(tmp_path: Path) -> None:
+    key = IssuerKey("ES256")
+    path = write_jwks(tmp_path / "bundle.jwks", key, use="jwt-svid")
+    now = [0.0]
+    keys = FileJwks(path, frozenset({"jwt-svid"}), clock=lambda: now[0])
+    assert list(keys.current()) == [key.kid]
+    path.write_text('{"keys": [')  # a half-written file
+    now[0] += FILE_POLL_SECONDS
+    assert keys.current() == {}
+    write_jwks(path, key, use="jwt-svid")
+    now[0] += FILE_POLL_SECONDS
+    assert list(keys.current()) == [key.kid]
+    path.unlink()
+    now[0] += FILE_POLL_SECONDS
+    assert keys.current() == {}
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ({"keys": [{"kid": "a", "kty": "EC", "d": "secret"}]}, "private key material"),
+        ({"keys": [{"kid": "a", "kty": "EC"}, {"kid": "a", "kty": "EC"}]}, "two keys share the kid"),
+        ({"keys": [{"kty": "EC"}]}, "every key needs a string 'kid' and 'kty'"),
+        ({"nokeys": []}, "no 'keys' list"),
+    ],
+)
+def test_unusable_key_sets_are_refused_whole(doc: dict[str, Any], problem: str) -> None:
+    with pytest.raises(JwksError, match=problem):
+        parse_jwks(json.dumps(doc).encode(), frozenset({"sig"}))
+
+
+def test_keys_for_another_use_are_skipped() -> None:
+    doc = {"keys": [{"kid": "x509", "kty": "EC", "use": "x509-svid"}, {"kid": "jwt", "kty": "EC", "use": "jwt-svid"},
+                    {"kid": "any", "kty": "EC"}]}
+    assert sorted(parse_jwks(json.dumps(doc).encode(), frozenset({"jwt-svid"}))) == ["any", "jwt"]

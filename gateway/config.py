@@ -217,6 +217,184 @@ def parse_factor(value: Any) -> float | None:
     return float(m.group(1))
 
 
+# Asymmetric JWS algorithms only: an issuer's key set holds public keys, and a symmetric (HS*) or
+# `none` algorithm would let anyone holding the public key sign.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+SPIFFE_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")  # JWT-SVID spec
+PRIVILEGED_ROLES = ("admin", "metrics")
+_TEMPLATE_VAR = re.compile(r"^\{(sub|role|tenant)\}$")
+_SPIFFE_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def file_ref(value: str, what: str) -> Path:
+    """`file:PATH` -> PATH: key material and bundles are named by reference, never inlined."""
+    if not value.startswith("file:") or not value[5:]:
+        raise ValueError(f"{what}: expected file:PATH, got {value!r}")
+    return Path(value[5:]).expanduser()
+
+
+class SpiffeMap(_Strict):
+    """A SPIFFE ID's path read as the gateway's sub, role and tenant: `{sub}`, `{role}`, `{tenant}`
+    are whole path segments; what the path does not hold is fixed here (`tenant: acme`)."""
+
+    path: str
+    sub: str | None = None
+    role: str | None = None
+    tenant: str | None = None
+    scopes: tuple[str, ...] = ()  # every identity of the issuer gets these: its ceiling
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        segments = v.split("/")
+        if segments[0] != "" or len(segments) < 2:
+            raise ValueError(f"path {v!r} must start with / (e.g. /agent/{{role}}/{{sub}})")
+        names = [m.group(1) for seg in segments[1:] if (m := _TEMPLATE_VAR.match(seg))]
+        bad = [seg for seg in segments[1:] if not _TEMPLATE_VAR.match(seg) and not _SPIFFE_SEGMENT.match(seg)]
+        if bad or len(names) != len(set(names)):
+            raise ValueError(f"path {v!r}: segments are literal SPIFFE path segments or one of {{sub}}, {{role}}, {{tenant}}, each once")
+        return v
+
+    def variables(self) -> set[str]:
+        return {m.group(1) for seg in self.path.split("/")[1:] if (m := _TEMPLATE_VAR.match(seg))}
+
+
+class OidcMap(_Strict):
+    """Dotted claim paths into the token (`claims.` is an optional explicit root: `claims.org` is the
+    `org` claim); a value starting with `=` is fixed (`tenant: "=acme"`). `scopes` is a claim path
+    (a list, or a space-separated string as OAuth's `scope`) or a fixed list."""
+
+    sub: str = "sub"
+    role: str
+    tenant: str | None = None
+    scopes: str | tuple[str, ...] = ()
+    scope_ceiling: tuple[str, ...] | None = None  # scopes from a claim are narrowed to these
+
+
+class _Issuer(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")  # prefixes its subjects: `spire:01`
+    audience: str = Field(min_length=1)  # required: a token for another service is not ours
+    # Roles `admin` and `metrics` reach the API's operator endpoints: never from an issuer unless listed.
+    privileged_roles: tuple[Literal["admin", "metrics"], ...] = ()
+
+    @field_validator("algorithms", check_fields=False)
+    @classmethod
+    def _algorithms(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(set(v) - set(ASYMMETRIC_ALGORITHMS))
+        if bad or not v:
+            raise ValueError(f"algorithms {bad or '[]'} refused: pin one or more of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return v
+
+
+class SpiffeIssuer(_Issuer):
+    """SPIFFE JWT-SVIDs (and, on `listen_tls`, X.509-SVIDs) of one trust domain."""
+
+    kind: Literal["spiffe"]
+    trust_domain: str = Field(pattern=r"^[a-z0-9._-]+$")
+    bundle: str  # file:PATH of the trust domain's JWKS (SPIFFE bundle), re-read when it changes
+    algorithms: tuple[str, ...] = SPIFFE_ALGORITHMS
+    map: SpiffeMap
+
+    @field_validator("bundle")
+    @classmethod
+    def _bundle(cls, v: str) -> str:
+        file_ref(v, "bundle")
+        return v
+
+    @field_validator("map")
+    @classmethod
+    def _map(cls, v: SpiffeMap) -> SpiffeMap:
+        names = v.variables()
+        for field_name in ("sub", "role", "tenant"):
+            fixed = getattr(v, field_name) is not None
+            if fixed and field_name in names:
+                raise ValueError(f"map.{field_name} is both fixed and in the path")
+            if field_name != "tenant" and not fixed and field_name not in names:
+                raise ValueError(f"map.{field_name}: put {{{field_name}}} in the path or fix it")
+        return v
+
+
+class OidcIssuer(_Issuer):
+    """OIDC JWTs of one issuer (`iss`), with its JWKS from a file or a URL."""
+
+    kind: Literal["oidc"]
+    issuer: str = Field(min_length=1)
+    jwks: str  # file:PATH, or http://LOOPBACK/… or https://…
+    algorithms: tuple[str, ...]
+    map: OidcMap
+    jwks_refresh: Duration = 300.0  # fetch a URL's key set again after this
+    jwks_min_interval: Duration = 10.0  # no more than one fetch per this, however many unknown `kid`s arrive
+    jwks_max_age: Duration = 3600.0  # keys not re-fetched within this are no longer trusted
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        if v == "egress-gateway":
+            raise ValueError("issuer 'egress-gateway' is the gateway's own tokens")
+        return v
+
+    @field_validator("jwks")
+    @classmethod
+    def _jwks(cls, v: str) -> str:
+        u = urlsplit(v)
+        if v.startswith("file:"):
+            file_ref(v, "jwks")
+        elif not u.hostname or u.scheme not in ("http", "https"):
+            raise ValueError(f"jwks: expected file:PATH or an http(s) URL, got {v!r}")
+        elif u.scheme == "http" and u.hostname not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"jwks: plain http only on loopback; use https for {u.hostname}")
+        return v
+
+
+IssuerSettings = Annotated[SpiffeIssuer | OidcIssuer, Field(discriminator="kind")]
+
+
+class IdentitySettings(_Strict):
+    """`identity:` in gateway.yaml: issuers trusted besides the gateway's own tokens."""
+
+    issuers: tuple[IssuerSettings, ...] = ()
+
+    @field_validator("issuers")
+    @classmethod
+    def _unique(cls, v: tuple[SpiffeIssuer | OidcIssuer, ...]) -> tuple[SpiffeIssuer | OidcIssuer, ...]:
+        for what, values in (
+            ("name", [i.name for i in v]),
+            ("trust_domain", [i.trust_domain for i in v if isinstance(i, SpiffeIssuer)]),
+            ("issuer", [i.issuer for i in v if isinstance(i, OidcIssuer)]),
+        ):
+            dupes = sorted({x for x in values if values.count(x) > 1})
+            if dupes:
+                raise ValueError(f"two issuers share the {what} {', '.join(dupes)}")
+        return v
+
+
+class ListenTls(_Strict):
+    """`listen_tls:`: the proxy on TLS, where an agent's X.509-SVID (verified against `client_ca`)
+    is its identity, mapped by the spiffe issuer of its trust domain."""
+
+    address: str
+    cert: str  # file:PATH, the listener's certificate chain
+    key: str  # file:PATH
+    client_ca: str  # file:PATH, the bundle agents' certificates must chain to
+    max_cert_ttl: Duration = 86400.0  # the longest client certificate lifetime accepted
+    # The one trust domain whose X.509-SVIDs `client_ca` holds (default: the only spiffe issuer's).
+    # One only: with several trust domains' CAs in one bundle, a CA of one could sign SPIFFE IDs of
+    # another, which X.509-SVID validation (chain to *that* trust domain's bundle) forbids.
+    trust_domain: str | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_hostport(v, "listen_tls.address")
+        return v
+
+    @field_validator("cert", "key", "client_ca")
+    @classmethod
+    def _files(cls, v: str) -> str:
+        file_ref(v, "listen_tls")
+        return v
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -245,12 +423,36 @@ class Config(_Strict):
     telemetry: Telemetry = Telemetry()
     audit: AuditSettings = AuditSettings()
     anomaly: AnomalySettings | None = None  # off unless configured
+    identity: IdentitySettings = IdentitySettings()
+    listen_tls: ListenTls | None = None
 
     @field_validator("listen", "api_listen")
     @classmethod
     def _hostport(cls, v: str) -> str:
         parse_hostport(v, "listen")
         return v
+
+    @model_validator(mode="after")
+    def _listen_tls_maps(self) -> Config:
+        if self.listen_tls is None:
+            return self
+        domains = [i.trust_domain for i in self.identity.issuers if isinstance(i, SpiffeIssuer)]
+        if not domains:
+            raise ValueError("listen_tls: client certificates are mapped by a spiffe issuer; configure one in identity.issuers")
+        wanted = self.listen_tls.trust_domain
+        if wanted is None and len(domains) > 1:
+            raise ValueError(f"listen_tls.trust_domain: name the one of {', '.join(domains)} whose CA client_ca holds")
+        if wanted is not None and wanted not in domains:
+            raise ValueError(f"listen_tls.trust_domain {wanted}: no spiffe issuer has it")
+        return self
+
+    @property
+    def listen_trust_domain(self) -> str | None:
+        """The trust domain of the client certificates `listen_tls` accepts, if it is on."""
+        if self.listen_tls is None:
+            return None
+        domains = [i.trust_domain for i in self.identity.issuers if isinstance(i, SpiffeIssuer)]
+        return self.listen_tls.trust_domain or domains[0]
 
     @field_validator("upstreams")
     @classmethod

@@ -48,8 +48,8 @@ CODES: dict[str, tuple[int, str]] = {
     "malformed_body": (400, "the body could not be decoded as the action's encoding (JSON, form, query)"),
     "schema_violation": (400, "the decoded body does not fit the action's request model"),
     # 401/407: who is calling
-    "identity_missing": (407, "no agent token in Proxy-Authorization"),
-    "identity_invalid": (407, "the agent token is malformed, badly signed, or has wrong iss/aud"),
+    "identity_missing": (407, "no agent token in Proxy-Authorization (nor a client certificate on listen_tls)"),
+    "identity_invalid": (407, "the agent token (or client certificate) is malformed, badly signed, has wrong iss/aud, or maps to no identity"),
     "identity_expired": (407, "the agent token has expired, is not yet valid, or outlives the max TTL"),
     "identity_revoked": (407, "the agent token (its jti or its sub) has been revoked"),
     # 403: egress and authorization

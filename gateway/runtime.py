@@ -19,6 +19,7 @@ from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
 from gateway.errors import ConfigError, Refusal
 from gateway.identity import keys as keyring
+from gateway.identity.issuers import TrustedIssuers
 from gateway.identity.keys import KeyRing
 from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
@@ -216,7 +217,10 @@ def build(config: Config) -> Runtime:
         keys=ring,
         revocations=stores.revocations,
         quarantine=stores.quarantine,
-        verifier=Verifier(ring.verifying, stores.revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
+        verifier=Verifier(
+            ring.verifying, stores.revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl,
+            issuers=TrustedIssuers.build(config),
+        ),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
         audit=AuditLog(state.audit_log, key.private),

@@ -41,11 +41,11 @@ def refusal_response(refusal: Refusal, decision_id: str) -> Response:
     return Response(answer.body, answer.status, answer.headers)
 
 
-def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
+async def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Refusal("identity_missing", "send the token as Authorization: Bearer TOKEN")
-    ident = rt.verifier.verify(token.strip())
+    ident = await rt.verifier.authenticate(token.strip())
     rt.check_quarantine(ident)  # admin and metrics tokens pass: an operator must be able to release
     if admin and ident.role != ADMIN_ROLE:
         raise Refusal("admin_required", "this endpoint needs a token with role admin")
@@ -73,7 +73,7 @@ def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call],
         async def handler(request: Request) -> Response:
             call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
             try:
-                call.identity = authenticate(rt, request, admin=admin)
+                call.identity = await authenticate(rt, request, admin=admin)
                 try:
                     result = await fn(request, call)
                 except StoreUnavailable as e:  # a state store (Redis) is down: 503, never a 500

@@ -1,5 +1,7 @@
 """Who is calling: the gateway's EdDSA agent tokens (`tokens`: issue, verify with a cache, check
-expiry and revocation on every request) and the revocation list every worker reads (`revocation`).
+expiry and revocation on every request), the revocation list every worker reads (`revocation`),
+and the identities of trusted issuers (`issuers`: SPIFFE JWT-SVIDs and X.509-SVIDs, OIDC JWTs)
+with their key sets (`jwks`).
 """
 
 from gateway.faces import lazy_face

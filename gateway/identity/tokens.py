@@ -3,17 +3,21 @@
 The gateway creates an Ed25519 key in its state dir on first use; `token issue` signs with it and
 the proxy verifies with it. Verification (~140 µs) is cached per token string: a tunnel sends many
 requests with one token, and what can change between them (expiry, revocation) is re-checked
-cheaply on every request by `Verifier.check`.
+cheaply on every request by `Verifier.check`. Tokens of other issuers (`identity.issuers`) and
+client certificates are verified by `gateway.identity.issuers` and then checked here alike.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.errors import Refusal
 from gateway.identity.revocation import Revocations
 from gateway.state import write_private
+
+if TYPE_CHECKING:
+    from gateway.identity.issuers import PeerCertificate, TrustedIssuers
 
 ISSUER = "egress-gateway"
 AUDIENCE = "egress-gateway"
@@ -45,6 +52,8 @@ class Identity:
     exp: float
     tool: str | None = None  # set on tokens the sandbox mints for a tool's host calls
     caller_jti: str | None = None  # on those tokens too: revoking the caller's token stops its tools
+    issuer: str | None = None  # the trusted issuer (`identity.issuers`) that vouched; None: the gateway
+    key_id: str | None = None  # the issuer's key that signed it, which must stay in its key set
 
     def administers(self, tenant: str | None) -> bool:
         """Whether this admin may see and act on `tenant`'s objects: its own tenant only, unless
@@ -134,8 +143,56 @@ def issue(
     return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
 
+@dataclass(frozen=True)
+class TokenLimits:
+    """What every token must respect, whoever issued it: the lifetime caps and the clock leeway."""
+
+    max_ttl: float
+    metrics_ttl: float
+    leeway: float
+
+    def check_lifetime(self, role: str, iat: float, exp: float) -> None:
+        cap, setting = (self.metrics_ttl, "metrics_token_ttl") if role == METRICS_ROLE else (self.max_ttl, "max_token_ttl")
+        if exp - iat > cap + self.leeway:
+            raise Refusal("identity_expired", f"the token's lifetime exceeds {setting}")
+
+
+def check_role(role: str, tenant: str | None) -> None:
+    """The rules `issue` applies, applied again to every verified token whoever signed it."""
+    if role == ADMIN_ROLE and not tenant:
+        raise Refusal("identity_invalid", f"an admin token names its tenant, or {ALL_TENANTS!r}")
+    if tenant == ALL_TENANTS and role != ADMIN_ROLE:
+        raise Refusal("identity_invalid", f"only an admin token may have tenant {ALL_TENANTS!r}")
+
+
+@contextlib.contextmanager
+def token_errors() -> Iterator[None]:
+    """PyJWT's failures as the contract's refusals, for the gateway's tokens and every issuer's."""
+    try:
+        yield
+    except jwt.InvalidIssuerError:
+        raise Refusal("identity_invalid", "the agent token has the wrong issuer") from None
+    except jwt.InvalidAudienceError:
+        raise Refusal("identity_invalid", "the agent token has the wrong audience") from None
+    except jwt.ImmatureSignatureError:
+        raise Refusal("identity_expired", "the agent token is not valid yet") from None
+    except jwt.MissingRequiredClaimError as e:
+        raise Refusal("identity_invalid", f"the agent token lacks the {e.claim!r} claim") from None
+    except jwt.InvalidTokenError:
+        raise Refusal("identity_invalid", "the agent token is malformed or badly signed") from None
+
+
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A token's header and claims before any check: only to choose who verifies it."""
+    with token_errors():
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    return header, claims
+
+
 class Verifier:
-    """Verifies agent tokens; one per process, shared by the proxy and the API."""
+    """Verifies agent tokens (the gateway's own, and those of `identity.issuers`) and client
+    certificates; one per process, shared by the proxy and the API."""
 
     def __init__(
         self,
@@ -144,16 +201,24 @@ class Verifier:
         max_ttl: float,
         leeway: float,
         metrics_ttl: float | None = None,
+        issuers: TrustedIssuers | None = None,
     ):
         # Every key that still verifies (the signing key first, then rotated-out ones), by kid.
         ring = (keys,) if isinstance(keys, SigningKey) else keys
         self._keys = {k.kid: k for k in ring}
         self._default = ring[0]
         self._revocations = revocations
-        self._max_ttl = max_ttl
-        self._metrics_ttl = max_ttl if metrics_ttl is None else metrics_ttl
+        self.limits = TokenLimits(max_ttl, max_ttl if metrics_ttl is None else metrics_ttl, leeway)
         self._leeway = leeway
+        self._issuers = issuers
         self._cache: dict[str, Identity] = {}
+
+    async def authenticate(self, token: str) -> Identity:
+        """`verify`, after fetching the key set of a URL issuer when the token's key is new to it."""
+        cached = self._cache.get(token)
+        if self._issuers is not None and (cached is None or cached.issuer is not None):
+            await self._issuers.prepare(token)
+        return self.verify(token)
 
     def verify(self, token: str) -> Identity:
         """Full verification (signature and claims), cached; then the cheap per-request checks."""
@@ -166,8 +231,16 @@ class Verifier:
         self.check(ident)
         return ident
 
+    def from_certificate(self, peer: PeerCertificate) -> Identity:
+        """The identity of an agent's verified X.509-SVID (the mTLS listener), checked like a token's."""
+        if self._issuers is None:
+            raise Refusal("identity_invalid", "no spiffe issuer is configured to map client certificates")
+        ident = self._issuers.from_certificate(peer)
+        self.check(ident)
+        return ident
+
     def check(self, ident: Identity, now: float | None = None) -> None:
-        """What can change while a tunnel is open: time and revocation."""
+        """What can change while a tunnel is open: time, revocation, and the issuer's key set."""
         now = time.time() if now is None else now
         if now > ident.exp + self._leeway:
             raise Refusal("identity_expired", "the agent token has expired")
@@ -177,6 +250,8 @@ class Verifier:
             ident.caller_jti is not None and self._revocations.is_revoked(ident.caller_jti, ident.sub, ident.iat)
         ):
             raise Refusal("identity_revoked", "the agent token has been revoked")
+        if ident.key_id is not None and (self._issuers is None or not self._issuers.still_trusted(ident)):
+            raise Refusal("identity_invalid", f"the key that signed the token left issuer {ident.issuer}'s key set")
 
     def _key_for(self, token: str) -> SigningKey:
         """The key the token's header names (`kid`); a token without one is the signing key's."""
@@ -190,8 +265,12 @@ class Verifier:
         return key
 
     def _decode(self, token: str) -> Identity:
+        if self._issuers is not None:
+            header, claims = unverified(token)
+            if claims.get("iss") != ISSUER:
+                return self._issuers.decode(token, header, claims, self.limits)
         key = self._key_for(token)
-        try:
+        with token_errors():
             claims = jwt.decode(
                 token,
                 key.public,
@@ -201,16 +280,6 @@ class Verifier:
                 leeway=self._leeway,
                 options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False},
             )
-        except jwt.InvalidIssuerError:
-            raise Refusal("identity_invalid", "the agent token has the wrong issuer") from None
-        except jwt.InvalidAudienceError:
-            raise Refusal("identity_invalid", "the agent token has the wrong audience") from None
-        except jwt.ImmatureSignatureError:
-            raise Refusal("identity_expired", "the agent token is not valid yet") from None
-        except jwt.MissingRequiredClaimError as e:
-            raise Refusal("identity_invalid", f"the agent token lacks the {e.claim!r} claim") from None
-        except jwt.InvalidTokenError:
-            raise Refusal("identity_invalid", "the agent token is malformed or badly signed") from None
         role, scopes, tenant = claims.get("role"), claims.get("scopes", []), claims.get("tenant")
         if not isinstance(role, str) or not role:
             raise Refusal("identity_invalid", "the agent token lacks a role")
@@ -218,9 +287,7 @@ class Verifier:
             raise Refusal("identity_invalid", "the agent token's scopes are not a list of strings")
         if tenant is not None and not isinstance(tenant, str):
             raise Refusal("identity_invalid", "the agent token's tenant is not a string")
-        cap, setting = (self._metrics_ttl, "metrics_token_ttl") if role == METRICS_ROLE else (self._max_ttl, "max_token_ttl")
-        if claims["exp"] - claims["iat"] > cap + self._leeway:
-            raise Refusal("identity_expired", f"the token's lifetime exceeds {setting}")
+        self.limits.check_lifetime(role, claims["iat"], claims["exp"])
         tool, caller_jti = claims.get("tool"), claims.get("caller_jti")
         return Identity(
             sub=str(claims["sub"]),

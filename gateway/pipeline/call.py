@@ -70,6 +70,8 @@ class Call:
             "code": refusal.code if refusal else None,
             "message": refusal.message if refusal else None,
         }
+        if ident is not None and ident.issuer is not None:
+            rec["issuer"] = ident.issuer  # an identity from `identity.issuers`; the sub is `ISSUER:SUB`
         rec.update(self.extra)
         rec.update(extra)
         return rec

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from connectors import codecs
 from connectors.model import BodyEncoding, canonical_host
 from connectors.registry import Route
 from gateway.errors import DECISION_HEADER, Refusal
+from gateway.identity.issuers import narrow
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, token_from_proxy_authorization
 from gateway.pipeline import steps
 from gateway.pipeline.call import Call
@@ -84,7 +85,8 @@ async def identify(c: Ctx) -> None:
     tunnel = c.view.tunnel
     if tunnel is None:
         # Not inside a CONNECT tunnel: an absolute-form plain-http proxy request.
-        c.call.identity = c.services.verifier.verify(token_from_proxy_authorization(c.view.header("proxy-authorization")))
+        token = token_from_proxy_authorization(c.view.header("proxy-authorization"))
+        c.call.identity = await c.services.verifier.authenticate(token)
         c.services.check_quarantine(c.call.identity)
         if c.services.registry.claims(c.host) or c.host in c.services.allow_hosts:
             raise Refusal("plain_http_denied", f"plain http to {c.host} is refused; use https")
@@ -395,7 +397,7 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
     call = Call(host=steps.audit_host(rt.registry, rt.allow_hosts, host), method="CONNECT", path=None)
 
     async def run() -> Tunnel:
-        call.identity = rt.verifier.verify(token_from_proxy_authorization(view.proxy_authorization))
+        call.identity = await connect_identity(rt, view, call)
         rt.check_quarantine(call.identity)
         if call.identity.role in (ADMIN_ROLE, METRICS_ROLE):
             raise Refusal("identity_invalid", f"a {call.identity.role} token is for the API only, not a proxy credential")
@@ -407,3 +409,20 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
 
     tunnel, refusal = await _failing_closed(rt, call, view.client, run())
     return ConnectVerdict(call, refusal, tunnel)
+
+
+async def connect_identity(rt: Runtime, view: ConnectView, call: Call) -> Identity:
+    """Who opens the tunnel: the token, the client certificate (`listen_tls`), or both, which must
+    name the same agent (sub, tenant, role); the token's scopes are then narrowed to the
+    certificate's, so a token on top can only restrict what the certificate allows."""
+    if view.certificate is None:
+        if view.mtls:
+            raise Refusal("identity_missing", "this listener (listen_tls) takes agents with a client certificate")
+        return await rt.verifier.authenticate(token_from_proxy_authorization(view.proxy_authorization))
+    by_cert = call.identity = rt.verifier.from_certificate(view.certificate)
+    if view.proxy_authorization is None:
+        return by_cert
+    by_token = await rt.verifier.authenticate(token_from_proxy_authorization(view.proxy_authorization))
+    if (by_token.sub, by_token.tenant, by_token.role) != (by_cert.sub, by_cert.tenant, by_cert.role):
+        raise Refusal("identity_invalid", "the token and the client certificate name different agents")
+    return replace(by_token, scopes=narrow(by_token.scopes, by_cert.scopes))

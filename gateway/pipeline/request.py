@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.errors import Refusal
+from gateway.identity.issuers import PeerCertificate
 from gateway.identity.tokens import Identity
 from gateway.pipeline.call import Call
 
@@ -29,6 +30,8 @@ class ConnectView:
     port: int
     proxy_authorization: str | None
     client: str | None = None  # the agent's address: unauthenticated refusals are aggregated by it
+    mtls: bool = False  # arrived on `listen_tls`, where a client certificate is required
+    certificate: PeerCertificate | None = None  # the verified client certificate, on `listen_tls`
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
 from gateway.proxy.decision import Decide
 from gateway.proxy.flows import Tunnels
 from gateway.proxy.mitm_compat import ErrorPages, MitmCompat
+from gateway.proxy.mtls import ClientCertificates, mode_spec
 from gateway.proxy.outcome import Outcome, unclaimed_pages
 from gateway.proxy.pinning import Pinning
 from gateway.proxy.streams import StreamCutoff
@@ -73,8 +74,11 @@ def mitmproxy_addons() -> list[object]:
 
 def proxy_options(rt: Runtime) -> dict[str, object]:
     host, port = parse_hostport(rt.config.listen, "listen")
+    tls = rt.config.listen_tls
     return {
         **FIXED_OPTIONS,
+        # `listen_tls` is a second regular proxy whose clients speak TLS to it (`gateway.proxy.mtls`).
+        "mode": ["regular"] + ([mode_spec(tls)] if tls else []),
         "listen_host": host,
         "listen_port": port,
         "confdir": str(rt.state.ca_dir),
@@ -87,7 +91,10 @@ def proxy_options(rt: Runtime) -> dict[str, object]:
 def check_listen(config: Config) -> None:
     """Both ports free before anything starts: a busy one is a one-line error naming the setting,
     not mitmproxy's hint about its own `--mode` flag."""
-    for value, what in ((config.listen, "listen"), (config.api_listen, "api_listen")):
+    addresses = [(config.listen, "listen"), (config.api_listen, "api_listen")]
+    if config.listen_tls is not None:
+        addresses.append((config.listen_tls.address, "listen_tls.address"))
+    for value, what in addresses:
         host, port = parse_hostport(value, what)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,10 +110,13 @@ def gateway_addons(rt: Runtime) -> list[object]:
     tunnels = Tunnels()
     pages = ErrorPages(unclaimed_pages(rt))
     timeouts = rt.config.timeouts
+    tls = rt.config.listen_tls
+    certificates = ClientCertificates(rt, tls, mode_spec(tls)) if tls else None
     return [
         MitmCompat(pages),
         ClientDeadline(timeouts.client),
-        Authenticate(rt, tunnels, pages),
+        *([certificates] if certificates else []),
+        Authenticate(rt, tunnels, pages, certificates),
         Admission(rt, tunnels),
         Decide(rt, tunnels),
         Pinning(tunnels),
@@ -149,6 +159,8 @@ async def serve(rt: Runtime) -> None:
     api_task = asyncio.create_task(api.serve())
     try:
         log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
+        if rt.config.listen_tls is not None:
+            log.info("mTLS proxy on %s", rt.config.listen_tls.address)
         await master.run()
     finally:
         api.should_exit = True

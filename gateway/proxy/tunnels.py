@@ -18,16 +18,21 @@ from gateway.errors import DECISION_HEADER
 from gateway.pipeline import ConnectView, decide_connect
 from gateway.proxy.flows import OpenTunnel, Tunnels, peer
 from gateway.proxy.mitm_compat import ErrorPages
+from gateway.proxy.mtls import ClientCertificates
 from gateway.runtime import Runtime
 
 
 class Authenticate:
-    def __init__(self, rt: Runtime, tunnels: Tunnels, pages: ErrorPages) -> None:
-        self.rt, self.tunnels, self.pages = rt, tunnels, pages
+    def __init__(self, rt: Runtime, tunnels: Tunnels, pages: ErrorPages, certificates: ClientCertificates | None = None) -> None:
+        self.rt, self.tunnels, self.pages, self.certificates = rt, tunnels, pages, certificates
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        req = flow.request
-        view = ConnectView(req.host, req.port, req.headers.get("proxy-authorization"), peer(flow))
+        req, client, certs = flow.request, flow.client_conn, self.certificates
+        view = ConnectView(
+            req.host, req.port, req.headers.get("proxy-authorization"), peer(flow),
+            mtls=certs is not None and certs.on_listener(client),
+            certificate=certs.peer(client) if certs is not None else None,
+        )
         verdict = await decide_connect(self.rt, view)
         decision_id = verdict.call.decision_id
         if verdict.refusal is not None:

@@ -15,11 +15,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.model import canonical_host
 from dlp.config import DlpConfig
 from gateway.errors import ConfigError
+from gateway.secrets import check_reference
 from sandbox.manifest import Limits
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -136,6 +137,10 @@ class Config(_Strict):
     upstreams: dict[str, str] = Field(default_factory=dict)
     upstream_ca: Path | None = None
     secrets: dict[str, str] = Field(default_factory=dict)
+    # vault: references: how often they are re-read, and how long a cached value may serve when the
+    # store cannot be read (then calls needing it are refused); see gateway/secrets.py.
+    secrets_refresh: Duration = 30.0
+    secrets_max_stale: Duration = 120.0
     stores: Stores = Stores()
     max_body: Size = 2**20  # requests; the gateway refuses larger ones with 413 body_too_large
     max_response_body: Size = 64 * 2**20  # vendor responses (embeddings batches exceed 1 MiB)
@@ -165,9 +170,20 @@ class Config(_Strict):
     @classmethod
     def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
         for name, ref in v.items():
-            if not ref.startswith(("env:", "file:")):
-                raise ValueError(f"secrets.{name}: expected env:NAME or file:PATH (never the key itself)")
+            try:
+                check_reference(ref)
+            except ValueError as e:
+                raise ValueError(f"secrets.{name}: {e}") from None
         return v
+
+    @model_validator(mode="after")
+    def _staleness(self) -> Config:
+        if self.secrets_max_stale < self.secrets_refresh:
+            raise ValueError(
+                f"secrets_max_stale ({self.secrets_max_stale:g}s) must be at least secrets_refresh ({self.secrets_refresh:g}s):"
+                " a value would expire between two reads"
+            )
+        return self
 
     def check_secrets(self, credentials: Iterable[str]) -> None:
         """A `secrets:` entry no connector's credential uses is a typo (`strpe:`) that leaves the

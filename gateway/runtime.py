@@ -105,6 +105,7 @@ class Runtime:
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
 
     def close(self) -> None:
+        self.secrets.close()
         self.tools.close()
         self.approvals.close()
         try:
@@ -155,7 +156,7 @@ def build(config: Config) -> Runtime:
         revocations=revocations,
         verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
-        secrets=Secrets(config.secrets),
+        secrets=Secrets.from_config(config.secrets, config.secrets_refresh, config.secrets_max_stale),
         audit=AuditLog(state.audit_log, key.private),
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,

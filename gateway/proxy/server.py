@@ -133,6 +133,7 @@ async def serve(rt: Runtime) -> None:
         loop.add_signal_handler(sig, stop)
     await rt.quotas.warm_up()
     watcher = asyncio.create_task(rt.revocations.watch())
+    rt.secrets.start()
     if rt.policies is not None:
         rt.policies.start()
     if rt.webhook is not None:

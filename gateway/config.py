@@ -122,6 +122,21 @@ class SandboxSettings(_Strict):
     max_tool_body: Size = 32 * 2**20
 
 
+class AttestSettings(_Strict):
+    """`attest:`: artifact name (`policies`, `connector:MODULE`, `dlp:...`, `tool:NAME`; see
+    gateway/attest.py) -> the `sha256:HEX` it must have, or the gateway refuses to start."""
+
+    pin: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("pin")
+    @classmethod
+    def _pins(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, digest in v.items():
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                raise ValueError(f"attest.pin.{name}: expected sha256: and 64 lower-case hex digits, as `egress-gateway status` prints")
+        return v
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -150,6 +165,7 @@ class Config(_Strict):
     connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
     dlp: DlpConfig = DlpConfig()
     sandbox: SandboxSettings = SandboxSettings()
+    attest: AttestSettings = AttestSettings()
 
     @field_validator("listen", "api_listen")
     @classmethod

@@ -14,7 +14,7 @@ import certifi
 from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
-from gateway import access_log
+from gateway import access_log, attest
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
@@ -55,6 +55,7 @@ class Runtime:
     approvals: ApprovalStore
     dlp: Dlp
     tools: Tools
+    attested: dict[str, str]  # artifact -> sha256:HEX at start (gateway.attest)
     webhook: ApprovalWebhook | None = None
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
@@ -100,6 +101,12 @@ class Runtime:
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 
+    def attestation(self) -> dict[str, str]:
+        """What was attested at start, with the policy bundle as it is now (it may have reloaded)."""
+        if self.policies is None:
+            return dict(self.attested)
+        return {**self.attested, "policies": f"sha256:{self.policies.current.digest}"}
+
     def credentials_not_ready(self) -> dict[str, str]:
         """Connectors in use whose credential cannot be read (`gateway.secrets.not_ready`)."""
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
@@ -142,12 +149,21 @@ def build(config: Config) -> Runtime:
         log.warning("no policies configured: token scopes alone decide (no parameter rules, approvals or quotas)")
     else:
         try:
-            policies = PolicyStore(config.policies, registry.get)
+            policies = PolicyStore(config.policies, registry.get, pin=_pinned(config, "policies"))
         except PolicyLoadError as e:
             raise ConfigError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
     webhook = None
     if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
         webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
+    tools = Tools.build(config, state, key, registry)
+    # Before the DLP models load (seconds), the audit log opens and the secret store is read: a
+    # gateway that fails attestation says so at once and leaves no trace of having served.
+    attested = attest.collect(
+        policies.current.digest if policies else None, connector_registry.references(config.connectors), config.dlp, tools.registry
+    )
+    attest.check(config.attest.pin, attested)
+    attest.record(state, attested)
+    dlp = build_dlp(config, state, policies)
     rt = Runtime(
         config=config,
         state=state,
@@ -163,8 +179,9 @@ def build(config: Config) -> Runtime:
         quotas=Quotas.from_uri(config.stores.rate_limits),
         approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=webhook.submit if webhook else None),
         webhook=webhook,
-        dlp=build_dlp(config, state, policies),
-        tools=Tools.build(config, state, key, registry),
+        dlp=dlp,
+        tools=tools,
+        attested=attested,
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
@@ -175,6 +192,12 @@ def build(config: Config) -> Runtime:
                                      lambda: len(rt.credentials_not_ready())),
     )
     return rt
+
+
+def _pinned(config: Config, name: str) -> str | None:
+    """A pin's hex digest, without its `sha256:` prefix."""
+    pin = config.attest.pin.get(name)
+    return pin.removeprefix("sha256:") if pin is not None else None
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

@@ -42,7 +42,7 @@ lock: $(TOOLS_STAMP)
 ## A CycloneDX SBOM (JSON, spec 1.6) of everything installed in .venv: sbom.cdx.json.
 sbom: setup $(TOOLS_STAMP)
 	$(TOOLS)/bin/cyclonedx-py environment --pyproject pyproject.toml --output-format JSON --output-reproducible \
-	  --outfile sbom.cdx.json $(BIN)/python
+	  --output-file sbom.cdx.json $(BIN)/python
 
 ## Start the gateway on its embedded defaults (proxy 127.0.0.1:8080, API 127.0.0.1:8081).
 run: setup

@@ -127,7 +127,7 @@ class Secrets:
         environment (ConfigError otherwise). Vault values are read once here, before serving."""
         reader = None
         if any(ref.startswith("vault:") for ref in refs.values()):
-            reader = VaultReader(VaultAuth.from_env(), timeout=min(5.0, refresh))
+            reader = VaultReader(VaultAuth.from_env())
         secrets = cls(refs, refresh=refresh, max_stale=max_stale, reader=reader)
         secrets.refresh_due()
         return secrets

@@ -62,7 +62,7 @@ def vault_gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, vendor_server: 
     keys_seen.append(first)
     bao.put("egress/stripe", api_key=first)
     settings = vendor_settings(
-        pki, vendor_server, secrets_refresh="300ms", secrets_max_stale="1500ms",
+        pki, vendor_server, secrets_refresh="500ms", secrets_max_stale="3s",
         secrets={"stripe": STRIPE_REF, "openai": "env:TEST_OPENAI_KEY", "serpapi": "env:TEST_SERPAPI_KEY"},
     )
     with GatewayProcess(tmp_path_factory.mktemp("vault-gw"), settings, bao.env()).start() as gw:

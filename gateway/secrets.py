@@ -219,6 +219,8 @@ class Secrets:
         start = self._clock()
         try:
             got = self._reader.read(VaultRef.parse(ref.partition(":")[2]))
+            if any(c in got.value for c in "\r\n\0"):  # a credential goes into a header: never a way to add one
+                raise VaultUnavailable("the value holds a line break or NUL; refusing it")
         except VaultUnavailable as e:
             if old.problem != str(e):
                 left = max(0.0, old.until - start) if old.value else 0.0

@@ -153,6 +153,7 @@ class VaultReader:
         value = data.get(ref.field)
         if not isinstance(value, str):
             raise VaultUnavailable(f"the secret has no text field {ref.field!r}")
+        value = value.strip()  # as file: values are: a pasted key often ends in a newline
         lease = answer.get("lease_duration")
         version = (answer.get("data") or {}).get("metadata", {}).get("version")
         return VaultValue(value, float(lease) if isinstance(lease, int) and lease > 0 else None,

@@ -250,6 +250,14 @@ def test_a_cached_value_serves_until_its_time_and_never_after(tmp_path: Path) ->
         assert store.get("stripe") == second and store.problem("stripe") is None
         scrubbed, count = store.scrubber().scrub(f"{first} {second}".encode())
         assert count == 2 and first.encode() not in scrubbed and second.encode() not in scrubbed
+        server.put("egress/stripe", api_key=f"{second}\r\nX-Admin: yes")  # a header smuggled into the store
+        now[0] = 1045.0
+        store.refresh_due()
+        assert store.problem("stripe") == f"secrets.stripe ({STRIPE_REF}) cannot be read: the value holds a line break or NUL; refusing it"
+        assert store.get("stripe") == second  # the last good value, within its time
+        now[0] = 1065.0
+        with pytest.raises(Refusal):
+            store.get("stripe")
         store.close()
     finally:
         server.stop()
@@ -265,6 +273,8 @@ def test_read_reference_reads_a_key_once_for_start_up(tmp_path: Path) -> None:
             read_reference("vault:secret/egress/keys#ca", "keys.ca", server.env())
         with pytest.raises(ConfigError, match="no such secret"):
             read_reference("vault:secret/egress/none#ca", "keys.ca", server.env())
+        server.put("egress/pasted", key="sk_pasted_with_newline_0001\n")
+        assert read_reference("vault:secret/egress/pasted#key", "keys.signing", server.env()) == "sk_pasted_with_newline_0001"
         with pytest.raises(ConfigError, match="needs VAULT_ADDR"):
             read_reference("vault:secret/egress/keys#signing", "keys.signing", {})
         with pytest.raises(ConfigError, match=r"keys.signing \(env:NOT_SET_ANYWHERE\) is empty or missing"):

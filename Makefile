@@ -4,15 +4,45 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+LOCK   := requirements.lock
+PIP    := python -m pip --disable-pip-version-check
+# The tools that write the lock and the SBOM live apart from .venv, so neither is in the SBOM.
+TOOLS       := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: setup run lint test chaos bench demo clean tools
+.PHONY: setup run lint test chaos bench demo clean tools lock sbom
 
-$(STAMP): pyproject.toml
+# Every dependency, the test and python-guest extras' included, comes from the lock with its sha256
+# (pip refuses a file whose hash is not listed); the project itself then installs without resolving
+# anything (--no-deps), built by the locked setuptools (--no-build-isolation). `pip check` fails
+# when pyproject.toml needs something the lock lacks (run `make lock`).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,python-guest]'
+	$(BIN)/$(PIP) install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/$(PIP) check
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/$(PIP) install --quiet 'uv>=0.13,<0.14' 'cyclonedx-bom>=7,<8'
+	touch $(TOOLS_STAMP)
+
+## Refresh requirements.lock from pyproject.toml (dependencies, every extra, and the build system's
+## setuptools): one universal resolution (Python 3.11 and later, every platform; markers pick
+## mitmproxy 11 on 3.11 and 12 on 3.12+) with the sha256 of every wheel and sdist of each pinned
+## version. Run it after changing dependencies in pyproject.toml, and commit both files.
+lock: $(TOOLS_STAMP)
+	$(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires'], sep='\n')" \
+	  | $(TOOLS)/bin/uv pip compile pyproject.toml - --all-extras --universal --python-version 3.11 \
+	      --generate-hashes --custom-compile-command 'make lock' --quiet --output-file $(LOCK)
+
+## A CycloneDX SBOM (JSON, spec 1.6) of everything installed in .venv: sbom.cdx.json.
+sbom: setup $(TOOLS_STAMP)
+	$(TOOLS)/bin/cyclonedx-py environment --pyproject pyproject.toml --output-format JSON --output-reproducible \
+	  --output-file sbom.cdx.json $(BIN)/python
 
 ## Start the gateway on its embedded defaults (proxy 127.0.0.1:8080, API 127.0.0.1:8081).
 run: setup
@@ -51,4 +81,4 @@ tools: setup
 	$(BIN)/python -m sandbox.build --out $(or $(STATE_DIR),$(HOME)/.egress-gateway)/tools sandbox/tools/py_*
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache sbom.cdx.json

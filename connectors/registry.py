@@ -88,11 +88,11 @@ def load_reference(ref: str) -> list[Connector]:
     return list(items)
 
 
+def references(extra_refs: Iterable[str] = ()) -> list[str]:
+    """Every `module:object` the registry loads: the entry points (by name), then the config's."""
+    return [ep.value for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name)] + list(extra_refs)
+
+
 def load(extra_refs: Iterable[str] = ()) -> Registry:
     """Every connector from entry points, then from the config's references."""
-    found: list[Connector] = []
-    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-        found.extend(load_reference(ep.value))
-    for ref in extra_refs:
-        found.extend(load_reference(ref))
-    return Registry(found)
+    return Registry(c for ref in references(extra_refs) for c in load_reference(ref))

@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from connectors.model import canonical_host
 from dlp.config import DlpConfig
 from gateway.errors import ConfigError
+from gateway.secrets import check_reference
 from sandbox.manifest import Limits
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -86,12 +87,12 @@ class Stores(_Strict):
     state: str | None = None
 
 
-REFERENCE_SCHEMES = ("env:", "file:")  # what `gateway.secrets.read_reference` reads
-
-
-def check_reference(setting: str, ref: str) -> str:
-    if not ref.startswith(REFERENCE_SCHEMES):
-        raise ValueError(f"{setting}: expected env:NAME or file:PATH (never the key itself)")
+def _reference(setting: str, ref: str) -> str:
+    """A key's reference, checked as a credential's is (`env:`, `file:`, `vault:`)."""
+    try:
+        check_reference(ref)
+    except ValueError as e:
+        raise ValueError(f"{setting}: {e}") from None
     return ref
 
 
@@ -106,12 +107,12 @@ class Keys(_Strict):
     @field_validator("ca", "signing")
     @classmethod
     def _ref(cls, v: str | None) -> str | None:
-        return None if v is None else check_reference("keys", v)
+        return None if v is None else _reference("keys", v)
 
     @field_validator("previous_signing")
     @classmethod
     def _refs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(check_reference("keys.previous_signing", r) for r in v)
+        return tuple(_reference("keys.previous_signing", r) for r in v)
 
 
 class Egress(_Strict):
@@ -395,6 +396,21 @@ class ListenTls(_Strict):
         return v
 
 
+class AttestSettings(_Strict):
+    """`attest:`: artifact name (`policies`, `connector:MODULE`, `dlp:...`, `tool:NAME`; see
+    gateway/attest.py) -> the `sha256:HEX` it must have, or the gateway refuses to start."""
+
+    pin: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("pin")
+    @classmethod
+    def _pins(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, digest in v.items():
+            if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                raise ValueError(f"attest.pin.{name}: expected sha256: and 64 lower-case hex digits, as `egress-gateway status` prints")
+        return v
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -410,6 +426,10 @@ class Config(_Strict):
     upstreams: dict[str, str] = Field(default_factory=dict)
     upstream_ca: Path | None = None
     secrets: dict[str, str] = Field(default_factory=dict)
+    # vault: references: how often they are re-read, and how long a cached value may serve when the
+    # store cannot be read (then calls needing it are refused); see gateway/secrets.py.
+    secrets_refresh: Duration = 30.0
+    secrets_max_stale: Duration = 120.0
     stores: Stores = Stores()
     keys: Keys = Keys()
     max_body: Size = 2**20  # requests; the gateway refuses larger ones with 413 body_too_large
@@ -425,6 +445,7 @@ class Config(_Strict):
     anomaly: AnomalySettings | None = None  # off unless configured
     identity: IdentitySettings = IdentitySettings()
     listen_tls: ListenTls | None = None
+    attest: AttestSettings = AttestSettings()
 
     @field_validator("listen", "api_listen")
     @classmethod
@@ -467,8 +488,20 @@ class Config(_Strict):
     @classmethod
     def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
         for name, ref in v.items():
-            check_reference(f"secrets.{name}", ref)
+            try:
+                check_reference(ref)
+            except ValueError as e:
+                raise ValueError(f"secrets.{name}: {e}") from None
         return v
+
+    @model_validator(mode="after")
+    def _staleness(self) -> Config:
+        if self.secrets_max_stale < self.secrets_refresh:
+            raise ValueError(
+                f"secrets_max_stale ({self.secrets_max_stale:g}s) must be at least secrets_refresh ({self.secrets_refresh:g}s):"
+                " a value would expire between two reads"
+            )
+        return self
 
     def check_secrets(self, credentials: Iterable[str]) -> None:
         """A `secrets:` entry no connector's credential uses is a typo (`strpe:`) that leaves the

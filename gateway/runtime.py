@@ -13,7 +13,7 @@ import certifi
 from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
-from gateway import access_log
+from gateway import access_log, attest
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
@@ -67,6 +67,7 @@ class Runtime:
     approvals: ApprovalStore
     dlp: Dlp
     tools: Tools
+    attested: dict[str, str]  # artifact -> sha256:HEX at start (gateway.attest)
     keys: KeyRing | None = None  # every key that verifies (JWKS); None: `key` alone
     webhook: ApprovalWebhook | None = None
     tracing: Tracing | None = None  # telemetry.otlp_endpoint set
@@ -157,6 +158,12 @@ class Runtime:
             return self.tracing.traceparent(call.span)
         return agent_header.strip() if agent_header and traceparent_ids(agent_header) else None
 
+    def attestation(self) -> dict[str, str]:
+        """What was attested at start, with the policy bundle as it is now (it may have reloaded)."""
+        if self.policies is None:
+            return dict(self.attested)
+        return {**self.attested, "policies": f"sha256:{self.policies.current.digest}"}
+
     def credentials_not_ready(self) -> dict[str, str]:
         """Connectors in use whose credential cannot be read (`gateway.secrets.not_ready`)."""
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
@@ -166,6 +173,7 @@ class Runtime:
             self.tracing.close()
         if self.siem is not None:
             self.siem.stop()
+        self.secrets.close()
         self.tools.close()
         self.approvals.close()
         try:
@@ -202,13 +210,22 @@ def build(config: Config) -> Runtime:
         log.warning("no policies configured: token scopes alone decide (no parameter rules, approvals or quotas)")
     else:
         try:
-            policies = PolicyStore(config.policies, registry.get)
+            policies = PolicyStore(config.policies, registry.get, pin=_pinned(config, "policies"))
         except PolicyLoadError as e:
             raise ConfigError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
     webhook = None
     if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
         webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
     stores = open_state(config, state, on_new_approval=webhook.submit if webhook else None)
+    tools = Tools.build(config, state, key, registry, stores.tools)
+    # Before the DLP models load (seconds), the audit log opens and the secret store is read: a
+    # gateway that fails attestation says so at once and leaves no trace of having served.
+    attested = attest.collect(
+        policies.current.digest if policies else None, connector_registry.references(config.connectors), config.dlp, tools.registry
+    )
+    attest.check(config.attest.pin, attested)
+    attest.record(state, attested)
+    dlp = build_dlp(config, state, policies)
     rt = Runtime(
         config=config,
         state=state,
@@ -222,7 +239,7 @@ def build(config: Config) -> Runtime:
             issuers=TrustedIssuers.build(config),
         ),
         resolver=Resolver(routes),
-        secrets=Secrets(config.secrets),
+        secrets=Secrets.from_config(config.secrets, config.secrets_refresh, config.secrets_max_stale),
         audit=AuditLog(state.audit_log, key.private),
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
@@ -230,8 +247,9 @@ def build(config: Config) -> Runtime:
         approvals=stores.approvals,
         decisions=stores.decisions,
         webhook=webhook,
-        dlp=build_dlp(config, state, policies),
-        tools=Tools.build(config, state, key, registry, stores.tools),
+        dlp=dlp,
+        tools=tools,
+        attested=attested,
         **telemetry(config, state),
     )
     if rt.siem is not None:
@@ -277,6 +295,12 @@ def _version() -> str:
         return metadata.version("egress-gateway")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _pinned(config: Config, name: str) -> str | None:
+    """A pin's hex digest, without its `sha256:` prefix."""
+    pin = config.attest.pin.get(name)
+    return pin.removeprefix("sha256:") if pin is not None else None
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

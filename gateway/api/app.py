@@ -136,13 +136,15 @@ def open_routes(rt: Runtime) -> list[Route]:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        """Ready or not, with the sha256 of every artifact loaded (gateway.attest): public files' hashes."""
+        attestation = rt.attestation()
         try:
             rt.revocations.refresh()
         except Exception:  # noqa: BLE001 - any failure of the store means not ready, never a crash
-            return JSONResponse({"status": "unavailable", "store": "revocations"}, status_code=503)
+            return JSONResponse({"status": "unavailable", "store": "revocations", "attestation": attestation}, status_code=503)
         if missing := rt.credentials_not_ready():  # reasons name the reference, never a value
-            return JSONResponse({"status": "unavailable", "connectors": missing}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "unavailable", "connectors": missing, "attestation": attestation}, status_code=503)
+        return JSONResponse({"status": "ready", "attestation": attestation})
 
     async def jwks(_: Request) -> Response:
         return JSONResponse(rt.keys.jwks() if rt.keys else {"keys": [rt.key.jwk()]})

@@ -26,7 +26,7 @@ from gateway.cli import policy as policy_cli
 from gateway.cli import sandbox as sandbox_cli
 from gateway.cli import telemetry as telemetry_cli
 from gateway.cli.progress import progress
-from gateway.config import Config, ConfigError, parse_duration
+from gateway.config import Config, ConfigError, parse_duration, parse_hostport
 from gateway.errors import CliError, GatewayError
 from gateway.identity import keys as keyring
 from gateway.identity import tokens as identity
@@ -184,6 +184,31 @@ def cmd_vault_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The gateway's readiness and attestation: its `/readyz` at `api_listen` when it answers, else
+    what its last start recorded in the state dir. Exit 0 only when it runs and is ready."""
+    import httpx
+
+    from gateway import attest
+
+    cfg = _config(args)
+    host, port = parse_hostport(cfg.api_listen, "api_listen")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/readyz"
+    try:
+        r = httpx.get(url, timeout=5, trust_env=False)  # never through a proxy from the environment
+        body = r.json()
+    except (httpx.HTTPError, ValueError):
+        recorded = attest.read_recorded(_state(args))
+        if recorded is None:
+            raise CliError(f"no gateway answers at {url}, and none has started with the state dir {cfg.state_path}") from None
+        print(json.dumps({"running": False, "api": url, "started": recorded.get("started"),
+                          "attestation": recorded.get("artifacts")}, indent=2))
+        return 1
+    print(json.dumps({"running": True, "api": url, **body}, indent=2))
+    return 0 if r.status_code == 200 else 1
+
+
 def cmd_connectors(args: argparse.Namespace) -> int:
     for c in _registry(args):
         print(f"{c.name}  ({', '.join(c.hosts)})")
@@ -253,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     vault = sub.add_parser("vault", help="the DLP vault").add_subparsers(dest="vault_command", required=True)
     vault.add_parser("stats", parents=[common], help="entries and oldest age, as JSON").set_defaults(func=cmd_vault_stats)
 
+    sub.add_parser("status", parents=[common], help="readiness and the sha256 of every loaded artifact, as JSON").set_defaults(
+        func=cmd_status
+    )
     sub.add_parser("connectors", parents=[common], help="list connectors and actions").set_defaults(
         func=cmd_connectors
     )

@@ -81,10 +81,7 @@ def load(config: Config, state: StateDir) -> KeyRing:
 
 
 def _read(setting: str, ref: str) -> bytes:
-    value = read_reference(ref)
-    if not value:
-        raise ConfigError(f"{setting} ({ref}) is empty or cannot be read")
-    return value.encode()
+    return read_reference(ref, setting).encode()
 
 
 def _signing_key(setting: str, ref: str) -> SigningKey:

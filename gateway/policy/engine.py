@@ -162,13 +162,18 @@ class Decision:
 
 @dataclass(frozen=True)
 class PolicySet:
-    """Every loaded policy file, immutable; swapped whole on reload. `version` is a content hash."""
+    """Every loaded policy file, immutable; swapped whole on reload. `digest` is the bundle's
+    sha256 over names and bytes (gateway.policy.load.content_digest), `version` its short form."""
 
     files: tuple[LoadedFile, ...]
-    version: str
+    digest: str
     _index: dict[tuple[str, str], list[tuple[LoadedFile, int]]] = field(
         init=False, repr=False, compare=False
     )
+
+    @property
+    def version(self) -> str:
+        return self.digest[:16]
 
     def __post_init__(self) -> None:
         index: dict[tuple[str, str], list[tuple[LoadedFile, int]]] = {}

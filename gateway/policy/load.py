@@ -89,12 +89,13 @@ def policy_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.yaml") if p.is_file())
 
 
-def content_version(contents: Iterable[tuple[str, bytes]]) -> str:
-    """The policy version: a hash over every file's name and bytes, in name order."""
+def content_digest(contents: Iterable[tuple[str, bytes]]) -> str:
+    """The policy bundle's sha256 (hex) over every file's name and bytes, in name order: what
+    `attest.pin.policies` pins; its first 16 characters are the policy version."""
     h = hashlib.sha256()
     for name, data in sorted(contents):
         h.update(name.encode() + b"\0" + data + b"\0")
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
 def parse_file(name: str, text: bytes, lookup: ConnectorLookup) -> tuple[LoadedFile | None, list[Problem]]:
@@ -222,7 +223,7 @@ def build_policy_set(contents: dict[str, bytes], lookup: ConnectorLookup) -> Pol
             files.append(loaded)
     if problems:
         raise PolicyLoadError(problems)
-    return PolicySet(files=tuple(files), version=content_version(contents.items()))
+    return PolicySet(files=tuple(files), digest=content_digest(contents.items()))
 
 
 def load_policy_set(directory: Path, lookup: ConnectorLookup) -> PolicySet:

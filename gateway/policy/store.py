@@ -8,7 +8,8 @@ valid YAML, just with fewer rules) is never served; an edit therefore takes effe
 2 x `interval` (1 s), inside the 2 s the contract allows.
 
 A change that does not load is logged with every `file:line: reason` and the last good set keeps
-serving: never fail open, never a half-loaded set. The set is swapped as one object, so a decision
+serving: never fail open, never a half-loaded set. With a pinned bundle (`attest.pin.policies`,
+gateway/attest.py) a change whose sha256 differs from the pin is refused the same way. The set is swapped as one object, so a decision
 in flight sees either the old or the new set, whole.
 """
 
@@ -25,7 +26,7 @@ from gateway.policy.load import (
     ConnectorLookup,
     PolicyLoadError,
     build_policy_set,
-    content_version,
+    content_digest,
     read_directory,
 )
 
@@ -35,10 +36,12 @@ log = logging.getLogger(__name__)
 class PolicyStore:
     """Holds the current `PolicySet`; `start()` begins watching the directory."""
 
-    def __init__(self, directory: Path, lookup: ConnectorLookup, interval: float = 0.5) -> None:
-        """Loads the directory now; raises `PolicyLoadError` so a bad policy stops start-up."""
+    def __init__(self, directory: Path, lookup: ConnectorLookup, interval: float = 0.5, pin: str | None = None) -> None:
+        """Loads the directory now; raises `PolicyLoadError` so a bad policy stops start-up. `pin`
+        (a sha256, hex) is checked on reloads; start-up checks it with the other pins."""
         self.directory = directory
         self.interval = interval
+        self.pin = pin
         self._lookup = lookup
         self._current = build_policy_set(read_directory(directory), lookup)
         self._seen: str | None = None  # version seen on the previous poll, not yet loaded
@@ -59,7 +62,8 @@ class PolicyStore:
             self.on_reload(False)
             self._reject(None, f"cannot read policy directory {self.directory}: {e}")
             return False
-        version = content_version(contents.items())
+        digest = content_digest(contents.items())
+        version = digest[:16]
         if version == self._current.version:
             self._seen = None
             return False
@@ -67,6 +71,10 @@ class PolicyStore:
             self._seen = version
             return False
         if version == self._rejected:
+            return False
+        if self.pin is not None and digest != self.pin:
+            self.on_reload(False)
+            self._reject(version, f"the policy bundle's sha256:{digest} is not the pinned sha256:{self.pin} (attest.pin.policies)")
             return False
         try:
             new = build_policy_set(contents, self._lookup)

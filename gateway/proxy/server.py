@@ -152,6 +152,7 @@ async def serve(rt: Runtime) -> None:
         watchers.append(asyncio.create_task(keep_in_sync(rt.baselines, rt.baseline_file)))
     if rt.siem is not None:
         rt.siem.start()
+    rt.secrets.start()
     if rt.policies is not None:
         rt.policies.start()
     if rt.webhook is not None:

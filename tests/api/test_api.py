@@ -12,7 +12,9 @@ from tests.processes import GatewayProcess
 
 def test_health_and_readiness_are_open(gateway: GatewayProcess) -> None:
     assert httpx.get(f"{gateway.api_url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{gateway.api_url}/readyz").json() == {"status": "ready"}
+    ready = httpx.get(f"{gateway.api_url}/readyz").json()
+    assert ready["status"] == "ready" and set(ready) == {"status", "attestation"}
+    assert ready["attestation"]["connector:connectors.builtin.stripe"].startswith("sha256:")  # tests/supply/test_attest.py
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/v1/connectors", "/v1/decisions"])

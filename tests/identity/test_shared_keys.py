@@ -90,7 +90,7 @@ def test_a_fleet_without_shared_keys_refuses_to_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (b"", "is empty or cannot be read"),
+        (b"", "is empty or missing"),
         (b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n", "is not an unencrypted PEM private key"),
     ],
 )
@@ -104,4 +104,4 @@ def test_a_bad_key_file_is_a_clear_config_error(tmp_path: Path, content: bytes, 
 def test_a_key_given_inline_is_refused(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path, {"keys": {"signing": "-----BEGIN PRIVATE KEY-----"}})
     done = gw.cli("token", "issue", "--sub", "a", "--role", "finance", check=False)
-    assert done.returncode == 2 and "expected env:NAME or file:PATH" in done.stderr
+    assert done.returncode == 2 and "expected env:NAME, file:PATH or vault:MOUNT/PATH#FIELD" in done.stderr

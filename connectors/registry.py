@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from connectors.model import Action, Connector, canonical_host
+from connectors.model import Action, Connector, McpConnector, canonical_host
 from gateway.errors import ConfigError
 
 GROUP = "egress_gateway.connectors"
@@ -48,6 +48,8 @@ class Registry:
                                 f"connectors {other.name!r} ({b.name}) and {connector.name!r} ({a.name}) "
                                 f"both serve {a.method} {host}{a.path}"
                             )
+            if isinstance(connector, McpConnector) and self.mcp_endpoint(host, connector.endpoint) is not None:
+                raise RegistryError(f"two MCP servers serve {host}{connector.endpoint}")
         self._by_name[connector.name] = connector
         for host in connector.hosts:
             self._by_host.setdefault(host, []).append(connector)
@@ -72,6 +74,14 @@ class Registry:
         return None
 
 
+    def mcp_endpoint(self, host: str, path: str) -> McpConnector | None:
+        """The MCP server whose endpoint is `path` on `host`: its requests are read as JSON-RPC."""
+        for connector in self._by_host.get(canonical_host(host), []):
+            if isinstance(connector, McpConnector) and connector.endpoint == path:
+                return connector
+        return None
+
+
 def load_reference(ref: str) -> list[Connector]:
     """`package.module:NAME` -> the Connector (or list of them) it names."""
     module_name, sep, attr = ref.partition(":")
@@ -88,11 +98,12 @@ def load_reference(ref: str) -> list[Connector]:
     return list(items)
 
 
-def load(extra_refs: Iterable[str] = ()) -> Registry:
-    """Every connector from entry points, then from the config's references."""
+def load(extra_refs: Iterable[str] = (), built: Iterable[Connector] = ()) -> Registry:
+    """Every connector from entry points, then from the config's references, then those the
+    config builds itself (its MCP servers)."""
     found: list[Connector] = []
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         found.extend(load_reference(ep.value))
     for ref in extra_refs:
         found.extend(load_reference(ref))
-    return Registry(found)
+    return Registry([*found, *built])

@@ -21,6 +21,7 @@ from gateway.config import Config
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
+from gateway.mcp.store import McpStore
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -55,6 +56,7 @@ class Runtime:
     approvals: ApprovalStore
     dlp: Dlp
     tools: Tools
+    mcp: McpStore
     webhook: ApprovalWebhook | None = None
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
@@ -107,6 +109,7 @@ class Runtime:
     def close(self) -> None:
         self.tools.close()
         self.approvals.close()
+        self.mcp.close()
         try:
             for summary in self.noise.flush():
                 self.audit.write(summary)
@@ -128,7 +131,7 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 
 def build(config: Config) -> Runtime:
     state = StateDir.open(config.state_path)
-    registry = connector_registry.load(config.connectors)
+    registry = connector_registry.load(config.connectors, config.mcp_connectors())
     config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
@@ -155,7 +158,7 @@ def build(config: Config) -> Runtime:
         revocations=revocations,
         verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
-        secrets=Secrets(config.secrets),
+        secrets=Secrets(config.secret_refs),
         audit=AuditLog(state.audit_log, key.private),
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
@@ -164,6 +167,7 @@ def build(config: Config) -> Runtime:
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
+        mcp=open_mcp_store(config, state),
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
@@ -174,6 +178,11 @@ def build(config: Config) -> Runtime:
                                      lambda: len(rt.credentials_not_ready())),
     )
     return rt
+
+
+def open_mcp_store(config: Config, state: StateDir) -> McpStore:
+    """The MCP pins and sessions, with the config's `pin:` values written in."""
+    return McpStore(state.mcp, {name: server.pin for name, server in config.mcp_servers.items() if server.pin})
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

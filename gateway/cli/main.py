@@ -84,7 +84,8 @@ def _registry(args: argparse.Namespace) -> Registry:
     from connectors import registry
 
     try:
-        return registry.load(_config(args).connectors)
+        cfg = _config(args)
+        return registry.load(cfg.connectors, cfg.mcp_connectors())
     except registry.RegistryError as e:
         raise CliError(str(e)) from None
 

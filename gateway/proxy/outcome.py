@@ -17,7 +17,18 @@ from mitmproxy import connection, http, tls
 from gateway.errors import DECISION_HEADER, Refusal
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp
-from gateway.proxy.flows import CALL, CUT, DLP, FORWARDED, TIMED_OUT, Tunnels, flow_call, is_event_stream, response_started
+from gateway.proxy.flows import (
+    CALL,
+    CUT,
+    DLP,
+    FORWARDED,
+    STREAM_EDIT,
+    TIMED_OUT,
+    Tunnels,
+    flow_call,
+    is_event_stream,
+    response_started,
+)
 from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
 from gateway.runtime import Runtime
 
@@ -45,8 +56,10 @@ class Outcome:
         if is_event_stream(flow):
             call_dlp: CallDlp | None = flow.metadata.get(DLP)
             # Streams pass through chunk by chunk; with tokens to restore or a secret that may
-            # begin at a chunk's end, only that possible prefix is held back.
-            detok = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None
+            # begin at a chunk's end, only that possible prefix is held back. A front door's own
+            # stream edit (the MCP door's, which restores tokens itself) replaces the detokenizer.
+            edit = flow.metadata.get(STREAM_EDIT)
+            detok = edit or (self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None)
             flow.response.stream, flow.metadata[SCRUBBED] = scrubber.stream(detok)
 
     async def response(self, flow: http.HTTPFlow) -> None:

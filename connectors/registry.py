@@ -74,6 +74,10 @@ class Registry:
         return None
 
 
+    def mcp_server(self, name: str) -> McpConnector | None:
+        found = self._by_name.get(name)
+        return found if isinstance(found, McpConnector) else None
+
     def mcp_endpoint(self, host: str, path: str) -> McpConnector | None:
         """The MCP server whose endpoint is `path` on `host`: its requests are read as JSON-RPC."""
         for connector in self._by_host.get(canonical_host(host), []):

@@ -21,7 +21,7 @@ from gateway.config import Config
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
-from gateway.mcp.store import McpStore
+from gateway.mcp.store import McpStore, open_store
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -167,7 +167,7 @@ def build(config: Config) -> Runtime:
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
-        mcp=open_mcp_store(config, state),
+        mcp=open_store(config, state),
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)
@@ -178,11 +178,6 @@ def build(config: Config) -> Runtime:
                                      lambda: len(rt.credentials_not_ready())),
     )
     return rt
-
-
-def open_mcp_store(config: Config, state: StateDir) -> McpStore:
-    """The MCP pins and sessions, with the config's `pin:` values written in."""
-    return McpStore(state.mcp, {name: server.pin for name, server in config.mcp_servers.items() if server.pin})
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

@@ -77,20 +77,19 @@ class AnswerEditor:
         return out
 
     def body(self, data: bytes) -> bytes:
-        """A JSON answer (or the empty body of a 202) edited, with the refusals added."""
+        """A JSON answer (or the empty body of a 202) edited, with the refusals added. A batch's
+        lone forwarded message went on as a single message (servers need not take batches), so
+        its answer is put back in a batch."""
         if not data.strip():
             return jsonrpc.answers_body(self.refusals, self.batch) if self.refusals else data
         try:
             parsed = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             return self._unreadable()
-        if isinstance(parsed, list):
-            edited = [m for m in map(self.message, parsed) if m is not None]
+        edited = [m for m in map(self.message, parsed if isinstance(parsed, list) else [parsed]) if m is not None]
+        if self.batch or isinstance(parsed, list):
             return _dump(edited + self.refusals)
-        msg = self.message(parsed)
-        if self.refusals:
-            return _dump(([msg] if msg is not None else []) + self.refusals)
-        return _dump(msg) if msg is not None else b""
+        return _dump(edited[0]) if edited else b""
 
     def _unreadable(self) -> bytes:
         """An answer that is not JSON: what was asked of it cannot be checked, so each request the

@@ -26,6 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.config import Config
+from gateway.state import StateDir
+
 SESSION_TTL = 7 * 86400.0  # a binding older than this is forgotten (its session refused)
 
 _SCHEMA = """
@@ -183,6 +186,11 @@ class McpStore:
                 "SELECT agent FROM mcp_sessions WHERE id_hash=? AND at >= ?", (_hash(session), self._clock() - SESSION_TTL)
             ).fetchone()
         return row[0] if row else None
+
+
+def open_store(config: Config, state: StateDir) -> McpStore:
+    """The gateway's MCP store, with the config's `pin:` values written in."""
+    return McpStore(state.mcp, {name: server.pin for name, server in config.mcp_servers.items() if server.pin})
 
 
 def _hash(session: str) -> str:

@@ -105,7 +105,8 @@ class McpDoor:
         done = await self._decide(view, connector, messages)
         if done.forwarded:
             editor = AnswerEditor(done.lists, done.calls, done.answers, batch)
-            self._send(flow, open_tunnel, connector, done.verdicts, editor, jsonrpc.encode(done.forwarded, batch))
+            single = len(done.forwarded) == 1  # sent alone: servers need not take batches
+            self._send(flow, open_tunnel, connector, done.verdicts, editor, jsonrpc.encode(done.forwarded, batch and not single))
         elif done.answers:
             decision_id = done.answers[0]["error"]["data"]["decision_id"]
             headers = {"content-type": "application/json", DECISION_HEADER: decision_id}

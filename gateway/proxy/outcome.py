@@ -29,7 +29,7 @@ from gateway.proxy.flows import (
     is_event_stream,
     response_started,
 )
-from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
+from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed, stream_function
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class Outcome:
             # stream edit (the MCP door's, which restores tokens itself) replaces the detokenizer.
             edit = flow.metadata.get(STREAM_EDIT)
             detok = edit or (self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None)
-            flow.response.stream, flow.metadata[SCRUBBED] = scrubber.stream(detok)
+            modify, flow.metadata[SCRUBBED] = scrubber.stream(detok)
+            flow.response.stream = stream_function(modify)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)

@@ -19,6 +19,7 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import McpError
 from mcp.types import SamplingMessage, TextContent
+from starlette.types import Receive, Scope, Send
 
 from tests.processes import free_port, wait_port
 
@@ -33,6 +34,7 @@ class McpVendor:
     cert: tuple[Path, Path]
     json_response: bool = False
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    authorizations: set[str] = field(default_factory=set)  # every Authorization header that reached it
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -43,8 +45,16 @@ class McpVendor:
         )
         self._tools()
         cert, key = self.cert
+        app = self.app.streamable_http_app()
+
+        async def recording(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http":
+                headers = dict(scope["headers"])
+                self.authorizations.add(headers.get(b"authorization", b"").decode())
+            await app(scope, receive, send)
+
         config = uvicorn.Config(
-            self.app.streamable_http_app(), host="127.0.0.1", port=self.port, log_level="warning",
+            recording, host="127.0.0.1", port=self.port, log_level="warning",
             ssl_certfile=str(cert), ssl_keyfile=str(key),
         )
         self._server = uvicorn.Server(config)

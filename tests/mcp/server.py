@@ -89,7 +89,7 @@ class McpVendor:
             return f"deleted {customer_id}"
 
         @self.app.tool(description="Ask the client's model a question (sampling).")
-        async def ask_model(question: str, ctx: Context) -> str:  # type: ignore[type-arg]
+        async def ask_model(question: str, ctx: Context) -> str:
             received.append(("ask_model", {"question": question}))
             try:
                 answer = await ctx.session.create_message(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ def test_an_sse_answer_is_edited_event_by_event_wherever_the_chunks_split(cuts: 
     data = _stream(SERVER_EVENTS, sep)
     modify = _editor(server_request=server_request).stream()
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    out = b"".join(modify(data[a:b]) for a, b in zip(points, points[1:], strict=False)) + modify(b"")
+    out = b"".join(modify(data[a:b]) for a, b in itertools.pairwise(points)) + modify(b"")
     assert _messages(out) == _expected()
     assert [m["id"] for m in refused] == [99]
 

@@ -176,3 +176,35 @@ def test_pins_sessions_and_their_acceptance(tmp_path: Path) -> None:
     final = changed_config.state("s", "pinned_tool")
     assert final is not None and final.pinned == "sha256:" + "c" * 64
     changed_config.close()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["jsonrpc", "id", "method", "params", "result", "error", "name", "arguments"]) | st.text(max_size=4), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(JSON)
+def test_any_body_is_read_or_refused_as_malformed_never_an_error(value: Any) -> None:
+    try:
+        messages, _ = jsonrpc.parse(json.dumps(value).encode())
+    except jsonrpc.Malformed:
+        return
+    for m in messages:
+        assert m.raw["jsonrpc"] == "2.0"
+        if m.is_tool_call:
+            try:
+                name, arguments = m.tool_call()
+            except jsonrpc.Malformed:
+                continue
+            assert isinstance(name, str) and isinstance(arguments, dict)
+
+
+@given(JSON)
+def test_any_server_answer_is_edited_without_error(value: Any) -> None:
+    body = json.dumps(value).encode()
+    _editor(server_request=lambda m: False).body(body)
+    modify = _editor(server_request=lambda m: False).stream()
+    modify(b"data: " + body + b"\n\n")
+    modify(b"")

@@ -1,0 +1,156 @@
+"""MCP `tools/call` through the gateway, against the same call direct and through a bare mitmproxy.
+
+    python -m bench.mcp_bench [--runs N] [--clients C]
+
+One FastMCP server (`tests.mcp.server`, JSON answers) over HTTPS with the test CA; three paths to
+it: direct, "mitmproxy core" (`bench.mitm_core`: the gateway's mitmproxy set-up with a routing
+script, nothing decided), and the gateway with a policy (params and a budget on the tool) and DLP
+on (the call's e-mail argument is tokenized, the result restored). Each path opens one MCP session
+and calls `create_refund` N times on one keep-alive connection (latency), then N times from C
+connections at once (throughput). Targets, reported and not asserted: added p50 over direct
+<= 2 ms; throughput >= 0.8 of mitmproxy core's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.fakes import PKI
+from tests.mcp.server import McpVendor
+from tests.processes import GatewayProcess, free_port, wait_port
+
+HOST = "mcp.bench.test"
+URL = f"https://{HOST}/mcp"
+ADDED_P50_TARGET_MS = 2.0
+THROUGHPUT_TARGET = 0.8
+POLICY = """
+version: 1
+subjects: {roles: [bench]}
+rules:
+  - connector: payments
+    actions: [create_refund]
+    params: {amount: {max: 500000}}
+    budget: {field: amount, limit: 100000000000, per: day}
+dlp:
+  tokenize: [EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD]
+  reveal: [EMAIL_ADDRESS]
+"""
+ARGUMENTS = {"amount": 100, "customer_email": "ana.lopez@example.com", "note": "refund for order 1234"}
+INIT = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}
+ACCEPT = "application/json, text/event-stream"
+
+
+@dataclass(frozen=True)
+class Path_:
+    """How a client reaches the server on one path."""
+
+    name: str
+    client: dict[str, Any]  # httpx.AsyncClient keyword arguments
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+async def session(p: Path_, client: httpx.AsyncClient) -> dict[str, str]:
+    """initialize + initialized + tools/list (the gateway pins the tool): the session's headers."""
+    r = await client.post(p.url, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": INIT},
+                          headers=p.headers, extensions=p.extensions)
+    r.raise_for_status()
+    h = {**p.headers, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    await client.post(p.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h, extensions=p.extensions)
+    listed = await client.post(p.url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=h, extensions=p.extensions)
+    assert "create_refund" in listed.text, listed.text
+    return h
+
+
+async def call(p: Path_, client: httpx.AsyncClient, headers: dict[str, str], i: int) -> None:
+    body = {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "create_refund", "arguments": ARGUMENTS}}
+    r = await client.post(p.url, json=body, headers=headers, extensions=p.extensions)
+    answer = r.json()
+    assert "result" in answer and answer["result"]["structuredContent"]["customer_email"] == ARGUMENTS["customer_email"], answer
+
+
+async def measure(p: Path_, runs: int, clients: int) -> tuple[float, float]:
+    """(p50 ms on one connection, calls per second from `clients` connections)."""
+    async with httpx.AsyncClient(**p.client, limits=httpx.Limits(max_connections=clients)) as client:
+        h = await session(p, client)
+        for i in range(20):
+            await call(p, client, h, 10 + i)
+        times = []
+        for i in range(runs):
+            t = time.perf_counter()
+            await call(p, client, h, 100 + i)
+            times.append(time.perf_counter() - t)
+
+        async def worker(k: int) -> None:
+            for j in range(runs // clients):
+                await call(p, client, h, 10_000 + k * runs + j)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        rate = (runs // clients) * clients / (time.perf_counter() - t)
+    return statistics.median(times) * 1000, rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.mcp_bench", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=500, help="calls per row")
+    parser.add_argument("--clients", type=int, default=8, help="connections in the throughput row")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        root = Path(tmp)
+        pki = PKI(root / "pki")
+        server = McpVendor(pki.leaf("mcp", (HOST,)), json_response=True)
+        stack.callback(server.close)
+        policies = root / "policies"
+        policies.mkdir()
+        (policies / "bench.yaml").write_text(POLICY)
+        settings = {
+            "upstreams": {HOST: server.url}, "upstream_ca": str(pki.ca_file), "policies": str(policies),
+            "mcp_servers": {"payments": {"url": URL, "credential": "env:BENCH_MCP_TOKEN"}},
+        }
+        gw = stack.enter_context(GatewayProcess(root / "gw", settings, {"BENCH_MCP_TOKEN": "bench-token"}).start())
+        token = gw.token(sub="bench-agent", role="bench", scopes=("payments:*",), ttl=1800)
+        mport, confdir = free_port(), root / "mitm"
+        core = subprocess.Popen(
+            [sys.executable, "-m", "bench.mitm_core", "--port", str(mport), "--upstream", f"127.0.0.1:{server.port}",
+             "--confdir", str(confdir), "--upstream-ca", str(pki.ca_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        stack.callback(core.wait)
+        stack.callback(core.terminate)
+        wait_port(mport, proc=core)
+        accept = {"accept": ACCEPT}
+        paths = [
+            Path_("direct", {"verify": str(pki.ca_file)}, f"{server.url}/mcp", {**accept, "host": HOST}, {"sni_hostname": HOST}),
+            Path_("mitmproxy core", {"verify": str(confdir / "mitmproxy-ca-cert.pem"), "proxy": f"http://127.0.0.1:{mport}"},
+                  URL, accept, {}),
+            Path_("gateway", {"verify": str(gw.ca_file), "proxy": gw.proxy_url(token)}, URL, accept, {}),
+        ]
+        results = {p.name: asyncio.run(measure(p, args.runs, args.clients)) for p in paths}
+    direct_p50 = results["direct"][0]
+    print(f"MCP tools/call (create_refund, JSON answers, policy + DLP on the gateway), {args.runs} calls a row")
+    print(f"{'path':<16} {'p50 ms':>8} {'added ms':>9} {f'calls/s ({args.clients} conns)':>22}")
+    for name, (p50, rate) in results.items():
+        print(f"{name:<16} {p50:>8.2f} {p50 - direct_p50:>9.2f} {rate:>22.0f}")
+    added = results["gateway"][0] - direct_p50
+    ratio = results["gateway"][1] / results["mitmproxy core"][1]
+    print(f"target added p50 over direct <= {ADDED_P50_TARGET_MS} ms: {added:.2f} ms {'met' if added <= ADDED_P50_TARGET_MS else 'MISSED'}")
+    print(f"target throughput >= {THROUGHPUT_TARGET} of mitmproxy core: {ratio:.2f} {'met' if ratio >= THROUGHPUT_TARGET else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

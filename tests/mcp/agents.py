@@ -7,6 +7,7 @@ import os
 import shlex
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import GetSessionIdCallback, streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from gateway.cli.agent_env import exports, proxy_url
 from tests.cli.env_clients import CLEARED
 from tests.processes import GatewayProcess
 
@@ -26,11 +28,15 @@ def agent_exports(gw: GatewayProcess, sub: str, role: str, *scopes: str) -> Expo
     for scope in scopes:
         args += ["--scope", scope]
     out = gw.cli(*args).stdout
-    exports: Exports = {}
-    for line in out.splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        exports[name] = shlex.split(value)[0]
-    return exports
+    return {name: shlex.split(value)[0] for name, _, value in (line.removeprefix("export ").partition("=") for line in out.splitlines())}
+
+
+def same_exports(gw: GatewayProcess, like: Exports, sub: str, role: str, *scopes: str) -> Exports:
+    """The variables `egress-gateway env` prints, for another agent, without another process: the
+    same bundle, a token of its own (`gateway.cli.agent_env` writes them for the command too)."""
+    token = gw.token(sub=sub, role=role, scopes=scopes, ttl=1200)
+    text = exports(proxy_url(f"127.0.0.1:{gw.port}", sub, token), Path(like["SSL_CERT_FILE"]))
+    return {name: shlex.split(value)[0] for name, _, value in (line.removeprefix("export ").partition("=") for line in text.splitlines())}
 
 
 @contextmanager

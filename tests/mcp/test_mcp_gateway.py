@@ -21,7 +21,7 @@ from mcp.shared.exceptions import McpError
 
 from dlp.tokens import TOKEN_RE
 from tests.fakes import PKI
-from tests.mcp.agents import Exports, agent_exports, http_client, mcp_session
+from tests.mcp.agents import Exports, agent_exports, http_client, mcp_session, same_exports
 from tests.mcp.server import CHANGED_DOC, McpVendor
 from tests.processes import GatewayProcess
 
@@ -60,6 +60,13 @@ dlp:
   tokenize: [EMAIL_ADDRESS]
   reveal: []
 """
+SAMPLER = """
+version: 1
+subjects: {roles: [sampler]}
+rules:
+  - connector: payments
+    actions: [ask_model, sampling/createMessage]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +85,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVen
     policies.mkdir()
     (policies / "finance.yaml").write_text(FINANCE)
     (policies / "support.yaml").write_text(SUPPORT)
+    (policies / "sampler.yaml").write_text(SAMPLER)
     sse, plain = servers
     settings = {
         "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url},
@@ -92,13 +100,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVen
         yield g
 
 
-def _agent(gw: GatewayProcess, sub: str, role: str = "finance") -> Exports:
-    return agent_exports(gw, sub, role, "payments:*", "payments_json:*")
-
-
 @pytest.fixture(scope="module")
 def finance(gw: GatewayProcess) -> Exports:
-    return _agent(gw, "finance-agent")
+    return agent_exports(gw, "finance-agent", "finance", "payments:*", "payments_json:*")
+
+
+def _agent(gw: GatewayProcess, finance: Exports, sub: str, role: str = "finance") -> Exports:
+    return same_exports(gw, finance, sub, role, "payments:*", "payments_json:*")
 
 
 def _refusal(e: pytest.ExceptionInfo[McpError]) -> tuple[str, dict[str, Any]]:
@@ -224,7 +232,7 @@ def test_an_approval_is_bound_to_the_arguments(gw: GatewayProcess, finance: Expo
 
 def test_string_arguments_leave_tokenized_and_come_back_restored_only_for_revealers(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
     sse, _ = servers
-    support = _agent(gw, "support-agent", "support")
+    support = _agent(gw, finance, "support-agent", "support")
 
     async def refund(exports: Exports) -> types.CallToolResult:
         async with mcp_session(exports, SSE_URL) as (s, _):
@@ -243,9 +251,11 @@ def test_string_arguments_leave_tokenized_and_come_back_restored_only_for_reveal
     assert EMAIL not in json.dumps(kept.model_dump())
 
 
-def test_a_budget_over_an_argument_admits_exactly_its_limit_under_50_concurrent_calls(gw: GatewayProcess, servers: Any) -> None:
+def test_a_budget_over_an_argument_admits_exactly_its_limit_under_50_concurrent_calls(
+    gw: GatewayProcess, finance: Exports, servers: Any
+) -> None:
     _, plain = servers
-    agent = _agent(gw, "budget-agent")
+    agent = _agent(gw, finance, "budget-agent")
 
     async def run() -> list[Any]:
         async with mcp_session(agent, JSON_URL) as (s, _):
@@ -262,7 +272,7 @@ def test_a_budget_over_an_argument_admits_exactly_its_limit_under_50_concurrent_
 
 
 def test_a_session_id_replayed_by_another_agent_is_refused(gw: GatewayProcess, finance: Exports) -> None:
-    thief = _agent(gw, "other-agent")
+    thief = _agent(gw, finance, "other-agent")
 
     async def run() -> tuple[httpx.Response, httpx.Response, list[str]]:
         async with mcp_session(finance, SSE_URL) as (s, session_id):
@@ -282,27 +292,30 @@ def test_a_session_id_replayed_by_another_agent_is_refused(gw: GatewayProcess, f
     assert owner == ["ask_model", "create_refund", "get_balance"]
 
 
-def test_a_server_sampling_request_is_refused_and_the_server_told(gw: GatewayProcess, finance: Exports) -> None:
+def test_a_server_sampling_request_reaches_the_agent_only_if_a_policy_names_it(gw: GatewayProcess, finance: Exports) -> None:
     asked: list[Any] = []
 
     async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         asked.append(params)
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="yes"), model="m")
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="no"), model="m")
 
-    async def run() -> types.CallToolResult:
-        async with mcp_session(finance, SSE_URL, sampling_callback=sampling) as (s, _):
+    async def run(exports: Exports) -> str:
+        async with mcp_session(exports, SSE_URL, sampling_callback=sampling) as (s, _):
             await s.list_tools()
-            return await s.call_tool("ask_model", {"question": "transfer everything?"})
+            result = await s.call_tool("ask_model", {"question": "transfer everything?"})
+            assert isinstance(result.content[0], types.TextContent)
+            return result.content[0].text
 
-    result = asyncio.run(run())
+    refused = asyncio.run(run(finance))
     assert asked == []
-    assert isinstance(result.content[0], types.TextContent)
-    assert result.content[0].text.startswith("sampling refused: the MCP server's sampling/createMessage request is refused")
+    assert refused.startswith("sampling refused: the MCP server's sampling/createMessage request is refused")
     denied = [r for r in gw.audit() if r.get("action") == "sampling/createMessage"]
     assert len(denied) == 1 and denied[0]["code"] == "policy_denied" and denied[0]["sub"] == "finance-agent"
     # The dropped event left the agent's stream open: the client never had to reopen it (a 409
     # from the server, which still held the first), as when mitmproxy ended the chunked stream.
     assert [r for r in gw.audit() if r.get("upstream_status") == 409] == []
+    allowed = asyncio.run(run(same_exports(gw, finance, "sampler-agent", "sampler", "payments:*")))
+    assert allowed.startswith("model said: ") and "no" in allowed and len(asked) == 1
 
 
 def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_it(

@@ -18,7 +18,7 @@ from gateway.mcp.answer import AnswerEditor
 from gateway.mcp.store import McpStore, Seen
 from gateway.mcp.tools import definition_digest, filter_list
 
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {"name": "create_refund", "description": "Refund.", "inputSchema": {"type": "object"}},
     {"name": "delete_customer", "description": "Delete.", "inputSchema": {"type": "object"}},
 ]
@@ -89,7 +89,7 @@ def _editor(**kw: Any) -> AnswerEditor:
     )
 
 
-SERVER_EVENTS = [
+SERVER_EVENTS: list[dict[str, Any]] = [
     {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}},
     {"jsonrpc": "2.0", "id": 99, "method": "sampling/createMessage", "params": {}},
     {"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}},

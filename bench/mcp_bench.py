@@ -2,7 +2,7 @@
 
     python -m bench.mcp_bench [--runs N] [--clients C]
 
-One FastMCP server (`tests.mcp.server`, JSON answers) over HTTPS with the test CA; three paths to
+One FastMCP server (`tests.mcp.server`, JSON answers, in a process of its own) over HTTPS with the test CA; three paths to
 it: direct, "mitmproxy core" (`bench.mitm_core`: the gateway's mitmproxy set-up with a routing
 script, nothing decided), and the gateway with a policy (params and a budget on the tool) and DLP
 on (the call's e-mail argument is tokenized, the result restored). Each path opens one MCP session
@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 
 from tests.fakes import PKI
-from tests.mcp.server import McpVendor
 from tests.processes import GatewayProcess, free_port, wait_port
 
 HOST = "mcp.bench.test"
@@ -109,32 +108,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=500, help="calls per row")
     parser.add_argument("--clients", type=int, default=8, help="connections in the throughput row")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="mcp-bench-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         pki = PKI(root / "pki")
-        server = McpVendor(pki.leaf("mcp", (HOST,)), json_response=True)
-        stack.callback(server.close)
+        cert, key = pki.leaf("mcp", (HOST,))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tests.mcp.server", "--cert", str(cert), "--key", str(key), "--json"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        stack.callback(server.wait)
+        stack.callback(server.terminate)
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        server_url = f"https://127.0.0.1:{port}"
         policies = root / "policies"
         policies.mkdir()
         (policies / "bench.yaml").write_text(POLICY)
         settings = {
-            "upstreams": {HOST: server.url}, "upstream_ca": str(pki.ca_file), "policies": str(policies),
+            "upstreams": {HOST: server_url}, "upstream_ca": str(pki.ca_file), "policies": str(policies),
             "mcp_servers": {"payments": {"url": URL, "credential": "env:BENCH_MCP_TOKEN"}},
         }
         gw = stack.enter_context(GatewayProcess(root / "gw", settings, {"BENCH_MCP_TOKEN": "bench-token"}).start())
         token = gw.token(sub="bench-agent", role="bench", scopes=("payments:*",), ttl=1800)
         mport, confdir = free_port(), root / "mitm"
         core = subprocess.Popen(
-            [sys.executable, "-m", "bench.mitm_core", "--port", str(mport), "--upstream", f"127.0.0.1:{server.port}",
+            [sys.executable, "-m", "bench.mitm_core", "--port", str(mport), "--upstream", f"127.0.0.1:{port}",
              "--confdir", str(confdir), "--upstream-ca", str(pki.ca_file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         stack.callback(core.wait)
         stack.callback(core.terminate)
-        wait_port(mport, proc=core)
+        wait_port(mport, timeout=60, proc=core)
         accept = {"accept": ACCEPT}
         paths = [
-            Path_("direct", {"verify": str(pki.ca_file)}, f"{server.url}/mcp", {**accept, "host": HOST}, {"sni_hostname": HOST}),
+            Path_("direct", {"verify": str(pki.ca_file)}, f"{server_url}/mcp", {**accept, "host": HOST}, {"sni_hostname": HOST}),
             Path_("mitmproxy core", {"verify": str(confdir / "mitmproxy-ca-cert.pem"), "proxy": f"http://127.0.0.1:{mport}"},
                   URL, accept, {}),
             Path_("gateway", {"verify": str(gw.ca_file), "proxy": gw.proxy_url(token)}, URL, accept, {}),

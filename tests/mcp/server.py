@@ -108,3 +108,16 @@ class McpVendor:
         def create_refund(amount: int, customer_email: str, note: str = "") -> dict[str, Any]:
             received.append(("create_refund", {"amount": amount, "customer_email": customer_email, "note": note}))
             return {"refunded": amount, "customer_email": customer_email, "note": note}
+
+
+if __name__ == "__main__":  # the bench runs the server in a process of its own (no GIL shared with its client)
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--cert", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    vendor = McpVendor((a.cert, a.key), json_response=a.json)
+    print(vendor.port, flush=True)
+    threading.Event().wait()

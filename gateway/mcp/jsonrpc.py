@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ PROTOCOL_METHODS = frozenset({"initialize", "ping", TOOLS_LIST, "logging/setLeve
 NOTIFICATION_PREFIX = "notifications/"
 
 RequestId = str | int
+_PROGRESS_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class Malformed(ValueError):
@@ -78,9 +80,16 @@ class Message:
             raise Malformed("a tools/call's params.arguments must be an object")
         return params["name"], arguments
 
-    def with_arguments(self, arguments: dict[str, Any]) -> Message:
-        """This tools/call with its arguments replaced (tokenized)."""
-        return Message({**self.raw, "params": {**self.raw["params"], "arguments": arguments}})
+    def as_forwarded(self, arguments: dict[str, Any]) -> Message:
+        """This tools/call as it goes on: the tool, the (tokenized) arguments, and of `_meta` only
+        a progress token of an id's form; any other field of its params was judged by nothing
+        and scanned by nothing, so it does not leave."""
+        params: dict[str, Any] = {"name": self.raw["params"]["name"], "arguments": arguments}
+        meta = self.raw["params"].get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        if (isinstance(token, int) and not isinstance(token, bool)) or (isinstance(token, str) and _PROGRESS_TOKEN.fullmatch(token)):
+            params["_meta"] = {"progressToken": token}
+        return Message({**self.raw, "params": params})
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -131,14 +131,19 @@ class McpDoor:
         if not protocol:
             return done
         call = self._call(view, connector, methods=[m.method or "(answer)" for m in protocol])
-        verdict = await decide(self.rt, replace(view, mcp=McpRequest()), call)
+        # Their strings (a client's name, a notification's message, an answer's content) are the
+        # agent's too: DLP scans them as it scans a tool's arguments.
+        carried = {"messages": [m.raw for m in protocol]}
+        verdict = await decide(self.rt, replace(view, mcp=McpRequest(arguments=carried)), call)
         if verdict.refusal is not None:
             done.refusal = (call, verdict.refusal)
             requests = [m for m in protocol if m.is_request]
             done.answers += [jsonrpc.refusal_answer(m.id, verdict.refusal, call.decision_id) for m in requests]
             return done
+        assert verdict.forward is not None
+        scanned = verdict.forward.arguments
         done.verdicts.insert(0, verdict)
-        done.forwarded += protocol
+        done.forwarded += [jsonrpc.Message(raw) for raw in scanned["messages"]] if scanned is not None else protocol
         done.lists |= {m.id for m in protocol if m.is_request and m.method == jsonrpc.TOOLS_LIST and m.id is not None}
         return done
 
@@ -156,8 +161,7 @@ class McpDoor:
             done.answers.append(jsonrpc.refusal_answer(m.id, verdict.refusal, call.decision_id))
             return
         assert verdict.forward is not None and m.id is not None
-        arguments_out = verdict.forward.arguments
-        done.forwarded.append(m.with_arguments(arguments_out) if arguments_out is not None else m)
+        done.forwarded.append(m.as_forwarded(verdict.forward.arguments if verdict.forward.arguments is not None else arguments))
         done.verdicts.append(verdict)
         done.calls.add(m.id)
 

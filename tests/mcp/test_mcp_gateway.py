@@ -182,6 +182,9 @@ def test_a_batch_is_checked_element_by_element(gw: GatewayProcess, finance: Expo
                 {"jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": {"uri": "file:///etc/passwd"}},
             ]
             answer = await c.post(JSON_URL, json=batch, headers=h)
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99, "reason": f"ask {EMAIL}"}}
+            notified = await c.post(JSON_URL, json=cancel, headers=h)
+            assert notified.status_code == 202
             twice = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"get_balance"},"params":{"name":"delete_customer"}}'
             duplicate = await c.post(JSON_URL, content=twice, headers={**h, "content-type": "application/json"})
             empty = await c.post(JSON_URL, json=[], headers=h)
@@ -197,6 +200,9 @@ def test_a_batch_is_checked_element_by_element(gw: GatewayProcess, finance: Expo
     assert by_id[4]["error"]["data"]["code"] == "unknown_action"
     assert duplicate.status_code == 400 and duplicate.json()["error"]["code"] == "mcp_malformed"
     assert ("delete_customer", {"customer_id": "c"}) not in plain.received
+    # A protocol message's strings are the agent's too: scanned and tokenized like arguments.
+    cancelled = [r for r in gw.audit() if r.get("mcp", {}).get("methods") == ["notifications/cancelled"] and r["phase"] == "decision"]
+    assert len(cancelled) == 1 and cancelled[0]["tokenized"] == {"EMAIL_ADDRESS": 1}
 
 
 def test_an_approval_is_bound_to_the_arguments(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
@@ -340,6 +346,8 @@ def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_
     pins = [json.loads(line) for line in gw.cli("mcp", "pins", "payments_json").stdout.splitlines()]
     changed = next(p for p in pins if p["tool"] == "create_refund")
     assert changed["pending"] == changes[0]["definition"] != changed["pinned"]
+    nothing = gw.cli("mcp", "accept", "payments_json", "get_balance", check=False)
+    assert nothing.returncode == 2 and "has no changed definition waiting" in nothing.stderr
     agent_token = gw.token(sub="finance-agent")
     refused_api = httpx.post(f"{gw.api_url}/v1/mcp/payments_json/tools/create_refund/accept", headers={"Authorization": f"Bearer {agent_token}"})
     assert refused_api.status_code == 403 and refused_api.json()["error"]["code"] == "admin_required"

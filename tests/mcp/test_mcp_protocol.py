@@ -49,7 +49,9 @@ def test_what_cannot_be_checked_is_malformed(body: bytes) -> None:
 def test_a_tools_call_is_read_and_its_arguments_replaced() -> None:
     (m,), batch = jsonrpc.parse(b'{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t","arguments":{"x":1},"_meta":{"p":1}}}')
     assert not batch and m.is_tool_call and m.tool_call() == ("t", {"x": 1})
-    assert json.loads(jsonrpc.encode([m.with_arguments({"x": 2})], False))["params"] == {"name": "t", "arguments": {"x": 2}, "_meta": {"p": 1}}
+    assert json.loads(jsonrpc.encode([m.as_forwarded({"x": 2})], False))["params"] == {"name": "t", "arguments": {"x": 2}}
+    (progress,), _ = jsonrpc.parse(b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":7,"x":"jane@example.com"},"task":{"a":1}}}')
+    assert progress.as_forwarded({}).raw["params"] == {"name": "t", "arguments": {}, "_meta": {"progressToken": 7}}
     (bad,), _ = jsonrpc.parse(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":"x"}}')
     with pytest.raises(jsonrpc.Malformed):
         bad.tool_call()

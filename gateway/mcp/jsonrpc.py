@@ -27,7 +27,6 @@ INTERNAL = -32603
 MAX_BATCH = 64  # elements of one batch: each tools/call in it is one decision
 # Methods a client sends that need no tool decision; anything else a client asks is refused.
 PROTOCOL_METHODS = frozenset({"initialize", "ping", TOOLS_LIST, "logging/setLevel"})
-NOTIFICATION_PREFIX = "notifications/"
 
 RequestId = str | int
 _PROGRESS_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -57,14 +56,6 @@ class Message:
     @property
     def is_request(self) -> bool:
         return self.method is not None and "id" in self.raw
-
-    @property
-    def is_notification(self) -> bool:
-        return self.method is not None and "id" not in self.raw
-
-    @property
-    def is_response(self) -> bool:
-        return self.method is None
 
     @property
     def is_tool_call(self) -> bool:

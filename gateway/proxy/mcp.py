@@ -230,8 +230,7 @@ class McpDoor:
         if method in MCP_SERVER_REQUESTS and may_call(identity, policies, connector.name, method):
             return True
         shown = method if method in MCP_SERVER_REQUESTS else "…"
-        call = Call(host=open_tunnel.tunnel.host, method="POST", identity=identity, connector=connector.name)
-        call.action = shown
+        call = Call(host=open_tunnel.tunnel.host, method="POST", identity=identity, connector=connector.name, action=shown)
         call.extra["mcp"] = {"server": connector.name, "methods": [shown], "direction": "server-to-client"}
         refusal = Refusal("policy_denied", f"the MCP server's {shown} request is refused: no policy rule allows it for this agent")
         refused(self.rt, call, refusal)

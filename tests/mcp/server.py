@@ -54,7 +54,9 @@ class McpVendor:
             await app(scope, receive, send)
 
         config = uvicorn.Config(
-            recording, host="127.0.0.1", port=self.port, log_level="warning",
+            # Keep-alive as long as common front ends (nginx: 75 s): uvicorn's own 5 s closes a
+            # tunnel's idle upstream connection between a bench's rounds.
+            recording, host="127.0.0.1", port=self.port, log_level="warning", timeout_keep_alive=75,
             ssl_certfile=str(cert), ssl_keyfile=str(key),
         )
         self._server = uvicorn.Server(config)

@@ -16,7 +16,7 @@ from enum import Enum
 from functools import cached_property
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from connectors import fieldpath
 
@@ -217,3 +217,48 @@ class Connector:
             if params is not None:
                 return a, params
         return None
+
+
+# An MCP tool's name as the gateway takes it (the MCP spec's `[A-Za-z0-9_.-]{1,128}`). Names are
+# compared exactly, never case-folded: `Create_Refund` is another tool than `create_refund`.
+MCP_TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+# Requests an MCP server may send its client; a policy allows one by naming it as an action.
+MCP_SERVER_REQUESTS = ("sampling/createMessage", "elicitation/create", "roots/list")
+# The action of an MCP request that calls no tool (initialize, tools/list, ping, notifications,
+# GET streams, DELETE): parentheses are in no tool name, so no policy rule can name it by accident.
+MCP_PROTOCOL = "(protocol)"
+
+
+class ToolArguments(BaseModel):
+    """An MCP tool's arguments: any JSON object. The tool's input schema is the server's, known
+    only when listed, so policies may name any path in it (`amount`, `customer.email`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True)
+class McpConnector(Connector):
+    """An MCP server (config `mcp_servers:`): its host is claimed, `endpoint` is its one path, and
+    its actions are its tools, known by name only until the server lists them.
+
+    `pins` are the tool-definition hashes the config fixes; when given, they also bound which tool
+    names policies may name (a typo in a policy is then caught at load). Without them any name of a
+    tool's form is accepted at load, and a tool is callable only once the server has listed it.
+    """
+
+    endpoint: str = "/"
+    pins: tuple[tuple[str, str], ...] = ()
+
+    def action(self, name: str) -> Action | None:
+        if name in MCP_SERVER_REQUESTS:
+            return self._action(name)
+        if not MCP_TOOL_NAME.fullmatch(name) or (self.pins and name not in dict(self.pins)):
+            return None
+        return self._action(name)
+
+    def protocol(self) -> Action:
+        """The action of the protocol messages (no tool called)."""
+        return self._action(MCP_PROTOCOL)
+
+    def _action(self, name: str) -> Action:
+        return Action(name, "POST", self.endpoint, ToolArguments, BodyEncoding.JSON, detokenize_response=True)

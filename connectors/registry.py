@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from connectors.model import Action, Connector, canonical_host
+from connectors.model import Action, Connector, McpConnector, canonical_host
 from gateway.errors import ConfigError
 
 GROUP = "egress_gateway.connectors"
@@ -48,6 +48,8 @@ class Registry:
                                 f"connectors {other.name!r} ({b.name}) and {connector.name!r} ({a.name}) "
                                 f"both serve {a.method} {host}{a.path}"
                             )
+            if isinstance(connector, McpConnector) and self.mcp_endpoint(host, connector.endpoint) is not None:
+                raise RegistryError(f"two MCP servers serve {host}{connector.endpoint}")
         self._by_name[connector.name] = connector
         for host in connector.hosts:
             self._by_host.setdefault(host, []).append(connector)
@@ -72,6 +74,18 @@ class Registry:
         return None
 
 
+    def mcp_server(self, name: str) -> McpConnector | None:
+        found = self._by_name.get(name)
+        return found if isinstance(found, McpConnector) else None
+
+    def mcp_endpoint(self, host: str, path: str) -> McpConnector | None:
+        """The MCP server whose endpoint is `path` on `host`: its requests are read as JSON-RPC."""
+        for connector in self._by_host.get(canonical_host(host), []):
+            if isinstance(connector, McpConnector) and connector.endpoint == path:
+                return connector
+        return None
+
+
 def load_reference(ref: str) -> list[Connector]:
     """`package.module:NAME` -> the Connector (or list of them) it names."""
     module_name, sep, attr = ref.partition(":")
@@ -93,6 +107,7 @@ def references(extra_refs: Iterable[str] = ()) -> list[str]:
     return [ep.value for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name)] + list(extra_refs)
 
 
-def load(extra_refs: Iterable[str] = ()) -> Registry:
-    """Every connector from entry points, then from the config's references."""
-    return Registry(c for ref in references(extra_refs) for c in load_reference(ref))
+def load(extra_refs: Iterable[str] = (), built: Iterable[Connector] = ()) -> Registry:
+    """Every connector from entry points, then from the config's references, then those the
+    config builds itself (its MCP servers)."""
+    return Registry([*(c for ref in references(extra_refs) for c in load_reference(ref)), *built])

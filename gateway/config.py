@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from connectors.model import canonical_host
+from connectors.model import MCP_TOOL_NAME, Credential, McpConnector, canonical_host
 from dlp.config import DlpConfig
 from gateway.errors import ConfigError
 from gateway.secrets import check_reference
@@ -411,6 +411,73 @@ class AttestSettings(_Strict):
         return v
 
 
+
+_PIN = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class McpServer(_Strict):
+    """One of `mcp_servers:`: an MCP server reached through the gateway as a connector of its own
+    name, whose actions are its tools."""
+
+    url: str  # https://HOST/PATH: the host is claimed, the path is the MCP endpoint
+    credential: str | None = None  # env:NAME, file:PATH or vault:..., sent as Authorization: Bearer <value>
+    pin: dict[str, str] = Field(default_factory=dict)  # tool -> "sha256:<hex>" of its definition
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme != "https" or not u.hostname or u.port not in (None, 443) or not u.path.startswith("/") or u.query:
+            raise ValueError(f"expected https://HOST/PATH (port 443, no query), got {v!r}")
+        return v
+
+    @field_validator("credential")
+    @classmethod
+    def _credential(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_reference(v)
+        return v
+
+    @field_validator("pin")
+    @classmethod
+    def _pin(cls, v: dict[str, str]) -> dict[str, str]:
+        for tool, digest in v.items():
+            if not MCP_TOOL_NAME.fullmatch(tool):
+                raise ValueError(f"{tool!r} is not an MCP tool name ([A-Za-z0-9_.-], at most 128)")
+            if not _PIN.fullmatch(digest):
+                raise ValueError(f"{tool}: expected sha256:<64 lowercase hex>, as `egress-gateway mcp pins` prints")
+        return v
+
+    def connector(self, name: str) -> McpConnector:
+        u = urlsplit(self.url)
+        credential = Credential(secret=mcp_secret(name)) if self.credential else None
+        return McpConnector(
+            name=name,
+            hosts=(u.hostname or "",),
+            actions=(),
+            credential=credential,
+            description=f"MCP server {self.url}",
+            headers=MCP_HEADERS,
+            endpoint=u.path,
+            pins=tuple(sorted(self.pin.items())),
+        )
+
+
+def mcp_secret(server: str) -> str:
+    """The name an MCP server's credential is looked up under, next to `secrets:` entries."""
+    return f"mcp:{server}"
+
+
+# The agent headers Streamable HTTP needs, each held to its form: the Accept that servers require
+# (JSON or an event stream), the session, the protocol version, and a stream's resumption point.
+MCP_HEADERS: tuple[tuple[str, str], ...] = (
+    ("accept", r"[a-z*]+/[a-z*.+-]+( *, *[a-z*]+/[a-z*.+-]+){0,3}"),
+    ("mcp-session-id", r"[\x21-\x7e]{1,128}"),
+    ("mcp-protocol-version", r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+    ("last-event-id", r"[A-Za-z0-9_.:/-]{1,128}"),
+)
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -446,6 +513,7 @@ class Config(_Strict):
     identity: IdentitySettings = IdentitySettings()
     listen_tls: ListenTls | None = None
     attest: AttestSettings = AttestSettings()
+    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
 
     @field_validator("listen", "api_listen")
     @classmethod
@@ -511,6 +579,23 @@ class Config(_Strict):
         if unknown:
             names = ", ".join(f"secrets.{n}" for n in unknown)
             raise ConfigError(f"{names}: no connector uses this credential (connectors' credentials: {', '.join(sorted(known)) or 'none'})")
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _mcp_servers(cls, v: dict[str, McpServer]) -> dict[str, McpServer]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+                raise ValueError(f"mcp_servers.{name}: use lowercase letters, digits, _ and - (it names a connector)")
+        return v
+
+    def mcp_connectors(self) -> list[McpConnector]:
+        return [server.connector(name) for name, server in sorted(self.mcp_servers.items())]
+
+    @property
+    def secret_refs(self) -> dict[str, str]:
+        """Every credential reference: `secrets:` and each MCP server's `credential`."""
+        mcp = {mcp_secret(name): s.credential for name, s in self.mcp_servers.items() if s.credential}
+        return {**self.secrets, **mcp}
 
     @property
     def state_path(self) -> Path:

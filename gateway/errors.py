@@ -47,6 +47,7 @@ CODES: dict[str, tuple[int, str]] = {
     "bad_request": (400, "the proxy request is malformed (bad CONNECT target, headers, framing)"),
     "malformed_body": (400, "the body could not be decoded as the action's encoding (JSON, form, query)"),
     "schema_violation": (400, "the decoded body does not fit the action's request model"),
+    "mcp_malformed": (400, "the MCP request is not JSON-RPC 2.0 the gateway can check (or a tools/call without a tool name)"),
     # 401/407: who is calling
     "identity_missing": (407, "no agent token in Proxy-Authorization (nor a client certificate on listen_tls)"),
     "identity_invalid": (407, "the agent token (or client certificate) is malformed, badly signed, has wrong iss/aud, or maps to no identity"),
@@ -62,6 +63,8 @@ CODES: dict[str, tuple[int, str]] = {
     "policy_denied": (403, "no policy rule allows this call"),
     "param_violation": (403, "a parameter breaks a policy rule"),
     "approval_required": (403, "the call needs a human approval; retry with X-Egress-Approval"),
+    "mcp_tool_changed": (403, "the MCP tool's definition differs from its pinned hash (or was never listed); an admin must accept it"),
+    "mcp_session_foreign": (403, "the MCP session id was not opened through this gateway by this agent"),
     "pii_blocked": (403, "a DLP field holds personal data of a type the policy blocks (type and field named, never the value)"),
     "admin_required": (403, "the API endpoint needs an admin token"),
     "quarantined": (403, "the agent, its tenant, the connector or the whole gateway is quarantined (kill switch)"),

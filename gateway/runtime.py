@@ -24,6 +24,7 @@ from gateway.identity.keys import KeyRing
 from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier
+from gateway.mcp.store import McpStore, open_store
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -68,6 +69,7 @@ class Runtime:
     dlp: Dlp
     tools: Tools
     attested: dict[str, str]  # artifact -> sha256:HEX at start (gateway.attest)
+    mcp: McpStore
     keys: KeyRing | None = None  # every key that verifies (JWKS); None: `key` alone
     webhook: ApprovalWebhook | None = None
     tracing: Tracing | None = None  # telemetry.otlp_endpoint set
@@ -176,6 +178,7 @@ class Runtime:
         self.secrets.close()
         self.tools.close()
         self.approvals.close()
+        self.mcp.close()
         try:
             for summary in self.noise.flush():
                 self.audit.write(summary)
@@ -197,7 +200,7 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 
 def build(config: Config) -> Runtime:
     state = StateDir.open(config.state_path)
-    registry = connector_registry.load(config.connectors)
+    registry = connector_registry.load(config.connectors, config.mcp_connectors())
     config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
@@ -239,7 +242,7 @@ def build(config: Config) -> Runtime:
             issuers=TrustedIssuers.build(config),
         ),
         resolver=Resolver(routes),
-        secrets=Secrets.from_config(config.secrets, config.secrets_refresh, config.secrets_max_stale),
+        secrets=Secrets.from_config(config.secret_refs, config.secrets_refresh, config.secrets_max_stale),
         audit=AuditLog(state.audit_log, key.private),
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
@@ -251,6 +254,7 @@ def build(config: Config) -> Runtime:
         tools=tools,
         attested=attested,
         **telemetry(config, state),
+        mcp=open_store(config, state),
     )
     if rt.siem is not None:
         siem = rt.siem

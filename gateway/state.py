@@ -76,6 +76,11 @@ class StateDir:
         return self.root / "approvals.sqlite"
 
     @property
+    def mcp(self) -> Path:
+        """MCP tool pins and session bindings (`gateway.mcp.store`)."""
+        return self.root / "mcp.sqlite"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 

@@ -260,6 +260,25 @@ def admin_routes(rt: Runtime) -> list[Route]:
                               kind=tool.manifest.kind))
         return {"name": tool.name, "kind": tool.manifest.kind, "sha256": tool.manifest.sha256}
 
+    @endpoint(rt, admin=True)
+    async def mcp_pins(request: Request, call: Call) -> dict[str, Any]:
+        global_admin(call)
+        return {"pins": [p.as_dict() for p in rt.mcp.pins(request.query_params.get("server"))]}
+
+    @endpoint(rt, admin=True)
+    async def mcp_accept(request: Request, call: Call) -> dict[str, Any]:
+        """An admin accepts a tool's changed definition: pinned, shown and callable again."""
+        global_admin(call)  # a server's tools serve every tenant
+        server, tool = request.path_params["server"], request.path_params["tool"]
+        if rt.registry.mcp_server(server) is None:
+            raise Refusal("not_found", "no MCP server of that name")
+        pin = rt.mcp.accept(server, tool)
+        if pin is None:
+            raise Refusal("conflict", "that tool has no changed definition waiting to be accepted")
+        call.connector, call.action = server, pin.tool
+        rt.record(call.record("allow", phase="mcp_accept", definition=pin.pinned))
+        return pin.as_dict()
+
     def decide_approval(verb: str) -> Handler:
         @endpoint(rt, admin=True)
         async def handler(request: Request, call: Call) -> dict[str, Any]:
@@ -288,6 +307,8 @@ def admin_routes(rt: Runtime) -> list[Route]:
         Route("/v1/approvals", approvals, methods=["GET"]),
         Route("/v1/approvals/{id}/approve", decide_approval("approve"), methods=["POST"]),
         Route("/v1/approvals/{id}/deny", decide_approval("deny"), methods=["POST"]),
+        Route("/v1/mcp/pins", mcp_pins, methods=["GET"]),
+        Route("/v1/mcp/{server}/tools/{tool}/accept", mcp_accept, methods=["POST"]),
     ]
 
 

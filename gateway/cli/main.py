@@ -25,11 +25,13 @@ from gateway.cli import agent_env
 from gateway.cli import policy as policy_cli
 from gateway.cli import sandbox as sandbox_cli
 from gateway.cli import telemetry as telemetry_cli
+from gateway.cli.mcp import add_mcp_commands
 from gateway.cli.progress import progress
 from gateway.config import Config, ConfigError, parse_duration, parse_hostport
 from gateway.errors import CliError, GatewayError
 from gateway.identity import keys as keyring
 from gateway.identity import tokens as identity
+from gateway.mcp.store import open_store
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import ConnectorLookup
 from gateway.proxy import ca
@@ -92,7 +94,8 @@ def _registry(args: argparse.Namespace) -> Registry:
     from connectors import registry
 
     try:
-        return registry.load(_config(args).connectors)
+        cfg = _config(args)
+        return registry.load(cfg.connectors, cfg.mcp_connectors())
     except registry.RegistryError as e:
         raise CliError(str(e)) from None
 
@@ -288,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, lookup=_lookup, policies_dir=_policies_dir, audit_path=lambda a: _state(a).audit_log, parents=[common]
     )
     policy_cli.add_approvals_commands(sub, open_store=_approvals, parents=[common])
+    add_mcp_commands(sub, open_store=lambda a: open_store(_config(a), _state(a)), parents=[common])
     policy_cli.add_audit_commands(
         sub, audit_path=lambda a: _state(a).audit_log, public_keys=_public_keys, parents=[common]
     )

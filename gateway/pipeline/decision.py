@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from connectors import codecs
-from connectors.model import BodyEncoding, canonical_host
+from connectors.model import MCP_PROTOCOL, BodyEncoding, canonical_host
 from connectors.registry import Route
 from gateway.errors import DECISION_HEADER, Refusal
 from gateway.identity.issuers import narrow
@@ -125,13 +125,35 @@ async def route(c: Ctx) -> None:
     path = c.view.path or "/"
     steps.check_path(path)
     host = c.host
-    c.route = steps.route(c.services.registry, c.services.allow_hosts, host, c.view.method, path)
+    if c.view.mcp is not None:
+        listed = c.services.mcp.listed
+        c.route = steps.route_mcp(c.services.registry, listed, host, c.view.method, path, c.view.mcp.tool)
+    else:
+        c.route = steps.route(c.services.registry, c.services.allow_hosts, host, c.view.method, path)
     if c.route is None:
         c.call.connector, c.call.action = steps.PASSTHROUGH, host
     else:
         c.call.connector, c.call.action = c.route.connector.name, c.route.action.name
         assert c.identity is not None
         c.services.check_quarantine(c.identity, c.route.connector.name)
+
+
+async def mcp(c: Ctx) -> None:
+    """An MCP request: its session is one this agent opened, and a tool it calls still has the
+    definition that was pinned (a changed one waits for an admin: `mcp_tool_changed`)."""
+    if c.view.mcp is None:
+        return
+    assert c.route is not None
+    session = c.view.header("mcp-session-id")
+    if session is not None and c.services.mcp.session_agent(session) != c.call.agent:
+        raise Refusal("mcp_session_foreign", "this MCP session was not opened through the gateway by this agent")
+    server, tool = c.route.connector.name, c.view.mcp.tool
+    if tool is not None and c.services.mcp.changed(server, tool):
+        raise Refusal(
+            "mcp_tool_changed",
+            f"the definition of {server} tool {tool} changed since it was pinned; an admin must accept it"
+            f" (egress-gateway mcp accept {server} {tool})",
+        )
 
 
 async def scopes(c: Ctx) -> None:
@@ -143,12 +165,19 @@ async def scopes(c: Ctx) -> None:
             # Policy rules name connectors; a pass-through host has none, so no rule can allow it.
             raise Refusal("policy_denied", f"{c.host} is a pass-through host; policies govern connectors only")
         return
+    if c.route.action.name == MCP_PROTOCOL:
+        steps.reaches_connector(c.identity, c.route.connector.name)
+        return
     steps.authorize_scopes(c.identity, c.route.connector.name, c.route.action.name)
 
 
 async def validate(c: Ctx) -> None:
     """Decode the body (JSON, form, query) and check it against the action's request model."""
     if c.route is None:
+        return
+    if c.view.mcp is not None:
+        # The tool's arguments, already read from the JSON-RPC message: a copy, as DLP rewrites it.
+        c.params = c.judged = steps.validate_arguments(c.route.action, c.view.mcp.arguments)
         return
     cred, c.query = c.route.connector.credential, c.view.query
     if cred is not None and cred.query_param is not None:
@@ -171,6 +200,11 @@ async def authorize(c: Ctx) -> None:
     assert c.identity is not None
     confidence = c.view.header(steps.CONFIDENCE_HEADER)
     name, action = c.route.connector.name, c.route.action.name
+    if action == MCP_PROTOCOL:
+        # No tool is called: the agent needs a rule naming some tool of this server to talk to it.
+        if c.policies is not None and not c.policies.covers(steps.subject(c.identity), name):
+            raise Refusal("policy_denied", f"no policy rule allows any tool of {name} for {steps.subject(c.identity).describe()}")
+        return
     c.decision = steps.authorize(c.policies, c.identity, name, action, c.judged, confidence)
     if c.decision is None:
         return
@@ -254,7 +288,9 @@ async def dlp(c: Ctx) -> None:
         c.services.metrics.dlp(c.route.connector.name, action.name, time.perf_counter() - started)
     if counts:
         c.call.extra["tokenized"] = counts
-        if action.encoding is BodyEncoding.QUERY:
+        if c.view.mcp is not None:
+            c.forward.arguments = c.params
+        elif action.encoding is BodyEncoding.QUERY:
             c.forward.path = f"{c.view.path}?{codecs.encode_form(c.params)}"
         else:
             c.forward.body = codecs.encode(action.encoding, c.params)
@@ -306,7 +342,8 @@ def _step(fn: Callable[[Ctx], Awaitable[None]]) -> Step:
 REQUEST_STEPS: tuple[Step, ...] = tuple(
     _step(fn)
     for fn in (
-        identify, framing, egress, route, scopes, validate, authorize, anomaly, approval, quota, dlp, credentials, circuit, audit
+        identify, framing, egress, route, mcp, scopes, validate, authorize, anomaly, approval, quota, dlp, credentials, circuit,
+        audit,
     )
 )
 # What `policy test` runs: the same judging as a live call, for a given action, without services.
@@ -355,6 +392,15 @@ async def judge(
     except Refusal as r:
         return ctx, r
     return ctx, None
+
+
+def may_call(identity: Identity, policies: PolicySet | None, connector: str, action: str) -> bool:
+    """Whether the token's scopes and a policy rule reach `connector:action` at all, whatever the
+    arguments: which tools an MCP tool list shows and which server requests pass. A call of a
+    shown tool is still decided by `decide`, arguments and all."""
+    if not identity.allows(connector, action):
+        return False
+    return policies is None or policies.covers(steps.subject(identity), connector, action)
 
 
 def request_call(rt: Runtime, view: RequestView) -> Call:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from dlp.crypto import Sealer, load_master_key
 from dlp.engine import PiiEngine, build_engine
 from dlp.inbound import Detokenizer, FieldKey, Final, RevealSummary, SseDetokenizer
 from dlp.outbound import Limits, Tokenizer, scope_key
-from dlp.sync import ImmediateVault, stream_function
+from dlp.sync import ImmediateVault, run_now, stream_function
 from dlp.vault import Entry, SqliteVault, StoreUnavailable, Vault, open_vault
 from gateway.errors import Refusal
 from gateway.identity.tokens import Identity
@@ -119,6 +120,23 @@ class Dlp:
         detok = SseDetokenizer(Detokenizer(ImmediateVault(call.issued, read)), call.scope, call.reveal, OpenAiStreamShape())
         call.stream_summary = lambda: detok.summary
         return stream_function(detok)
+
+    def restore_now(self, call: CallDlp) -> Callable[[Any], Any]:
+        """A function restoring this call's tokens in a JSON value, without waiting: the tokens
+        its request sent out, and for a local vault anything else in the caller's scope (as in
+        streams, `dlp.sync`). What it restored is added to `call`'s summary."""
+        read = self.vault.resolve_now if isinstance(self.vault, SqliteVault) else None
+        detok = Detokenizer(ImmediateVault(call.issued, read))
+        summary = RevealSummary()
+        call.stream_summary = lambda: summary
+
+        def restore(value: Any) -> Any:
+            restored, found = run_now(detok.restore_json(value, call.scope, call.reveal))
+            withheld = Counter({(why, kind): n for why, kinds in found.withheld_by.items() for kind, n in kinds.items()})
+            summary.add(Counter(found.restored), withheld)
+            return restored
+
+        return restore
 
     async def close(self) -> None:
         self.tokenizer.close()

@@ -1,6 +1,6 @@
 """What the pipeline is asked about, and what it answers: plain values, no mitmproxy.
 
-A front door (the proxy addon, and the coming MCP path) reads its protocol into a `ConnectView` or
+A front door (the proxy addon, and its MCP door for each JSON-RPC message) reads its protocol into a `ConnectView` or
 a `RequestView`, asks `gateway.pipeline.decision`, and applies the `Verdict`: a refusal to answer
 with, or the edits to make before forwarding. Nothing here knows where the bytes came from, so the
 same decision is made, tested and benchmarked whatever the front door.
@@ -9,7 +9,7 @@ same decision is made, tested and benchmarked whatever the front door.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import Refusal
 from gateway.identity.issuers import PeerCertificate
@@ -45,6 +45,15 @@ class Tunnel:
 
 
 @dataclass(frozen=True)
+class McpRequest:
+    """What the MCP door read from a request to an MCP server's endpoint: the tool one tools/call
+    names and its arguments, or no tool (initialize, tools/list, notifications, a GET stream)."""
+
+    tool: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RequestView:
     """One HTTP request as the agent sent it (inside a tunnel, or not: `tunnel` is None then)."""
 
@@ -62,6 +71,7 @@ class RequestView:
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
     client: str | None = None  # the agent's address: unauthenticated refusals are aggregated by it
+    mcp: McpRequest | None = None  # set by the MCP door: decide this message, not the HTTP body
 
     def header(self, name: str) -> str | None:
         """The first value of a header, by case-insensitive name."""
@@ -84,6 +94,7 @@ class Forward:
     drop_headers: list[str] = field(default_factory=list)
     set_headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
+    arguments: dict[str, Any] | None = None  # an MCP tool call's arguments, replaced (tokenized)
     dlp: CallDlp | None = None  # what restoring the response needs
 
 

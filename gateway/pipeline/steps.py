@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, unquote_plus
 
 from pydantic import ValidationError
 
 from connectors import codecs, fieldpath
-from connectors.model import Action, Connector, Credential, UnknownFields, canonical_host
+from connectors.model import MCP_TOOL_NAME, Action, Connector, Credential, UnknownFields, canonical_host
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
 from gateway.identity.tokens import Identity
@@ -165,10 +165,35 @@ def route(registry: Registry, allow_hosts: frozenset[str], host: str, method: st
     )
 
 
+MCP_METHODS = ("POST", "GET", "DELETE")  # Streamable HTTP: messages, the server's stream, session end
+
+
+def route_mcp(registry: Registry, listed: Callable[[str, str], bool], host: str, method: str, path: str, tool: str | None) -> Route:
+    """Step 2 for an MCP request: the server whose endpoint this is, and the tool called (its
+    protocol action when none is). A tool is routed only if the server listed it (`listed`), so
+    a name the agent made up is never written anywhere, not even in the audit."""
+    connector = registry.mcp_endpoint(host, path)
+    if connector is None or method not in MCP_METHODS or (tool is not None and method != "POST"):
+        raise Refusal("unknown_action", f"{audit_method(method)} {redact_path(path)} is no MCP endpoint of {host}")
+    if tool is None:
+        return Route(connector, connector.protocol(), {})
+    action = connector.action(tool) if MCP_TOOL_NAME.fullmatch(tool) else None
+    if action is None or not listed(connector.name, tool):
+        raise Refusal("unknown_action", f"the MCP server {connector.name} never listed a tool of that name", connector=connector.name)
+    return Route(connector, action, {})
+
+
 def authorize_scopes(identity: Identity, connector: str, action: str) -> None:
     """The token's scopes: a ceiling on what the policy may allow (the whole decision until policies)."""
     if not identity.allows(connector, action):
         raise Refusal("scope_denied", f"the token's scopes do not include {connector}:{action}")
+
+
+def reaches_connector(identity: Identity, connector: str) -> None:
+    """The token's scopes name the connector at all: what its protocol messages (an MCP session's
+    initialize, tools/list) need, as each tool call is then checked on its own."""
+    if not any(s == "*" or s.partition(":")[0] == connector for s in identity.scopes):
+        raise Refusal("scope_denied", f"the token's scopes do not include any action of {connector}")
 
 
 def validate(action: Action, body: bytes, query: str) -> dict[str, Any]:
@@ -199,6 +224,20 @@ def validate(action: Action, body: bytes, query: str) -> dict[str, Any]:
     return {**checked, **{k: params[k] for k in passed}}
 
 
+def validate_arguments(action: Action, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Step 4 for an MCP tool call: its arguments against the action's model (any JSON object
+    for a tool; the server's own input schema is the server's to enforce), as a copy."""
+    assert action.request is not None
+    try:
+        return action.request.model_validate(arguments).model_dump(mode="json")
+    except ValidationError as e:
+        raise Refusal("schema_violation", describe(e, "arguments")) from None
+
+
+def subject(identity: Identity) -> Subject:
+    return Subject(identity.sub, identity.role, identity.tenant)
+
+
 def authorize(
     policies: PolicySet | None, identity: Identity, connector: str, action: str, params: dict[str, Any], confidence: str | None
 ) -> Decision | None:
@@ -208,8 +247,7 @@ def authorize(
     """
     if policies is None:
         return None
-    subject = Subject(identity.sub, identity.role, identity.tenant)
-    return policies.decide(subject, connector, action, params, RequestContext(confidence=parse_confidence(confidence)))
+    return policies.decide(subject(identity), connector, action, params, RequestContext(confidence=parse_confidence(confidence)))
 
 
 def parse_confidence(header: str | None) -> float | None:

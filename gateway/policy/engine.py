@@ -292,6 +292,18 @@ class PolicySet:
             return make("allow", would_deny=(*would, Finding("policy_denied", message, None, True)))
         return deny(message)
 
+
+    def covers(self, subject: Subject, connector: str, action: str | None = None) -> bool:
+        """Whether a rule for `subject` names `connector` (and `action`, if given), or every file
+        applying to it is in shadow mode (where nothing is refused): what an MCP tool list shows,
+        before any arguments are known. The call itself is still `decide`d."""
+        applicable = [f for f in self.files if f.applies_to(subject)]
+        if applicable and all(f.policy.mode == "shadow" for f in applicable):
+            return True
+        if action is not None:
+            return any(f.applies_to(subject) for f, _ in self._index.get((connector, action), []))
+        return any(rule.connector == connector for f in applicable for rule in f.policy.rules)
+
     def dlp_for(self, subject: Subject, default: DlpPolicy) -> DlpPolicy:
         """DLP settings of the files applying to `subject`: per type the strictest action any file
         gives it (block, then tokenize, then mask), and reveal the intersection.

@@ -4,12 +4,10 @@ to exactly the address that was checked."""
 
 from __future__ import annotations
 
-import time
-
 from mitmproxy import http
 
 from gateway.pipeline import decide, request_call
-from gateway.proxy.flows import CALL, DLP, FORWARDED, UPSTREAM_SPAN, Tunnels, apply, request_view, respond
+from gateway.proxy.flows import CALL, UPSTREAM_SPAN, Tunnels, request_view, respond, send
 from gateway.runtime import Runtime
 
 
@@ -18,8 +16,8 @@ class Decide:
         self.rt, self.tunnels = rt, tunnels
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return
+        if flow.response is not None or CALL in flow.metadata:
+            return  # answered at admission, or decided by the MCP door
         open_tunnel = self.tunnels.of(flow)
         view = request_view(flow, open_tunnel.tunnel if open_tunnel else None)
         call = flow.metadata[CALL] = request_call(self.rt, view)
@@ -28,9 +26,6 @@ class Decide:
             respond(flow, call.decision_id, verdict.refusal)
             return
         assert verdict.forward is not None and open_tunnel is not None  # no tunnel is always refused
-        apply(flow.request, verdict.forward)
-        flow.metadata[DLP] = verdict.forward.dlp
-        open_tunnel.in_flight = flow
+        send(flow, open_tunnel, verdict.forward)
         if self.rt.tracing is not None and call.span is not None:
             flow.metadata[UPSTREAM_SPAN] = self.rt.tracing.upstream(call.span, call.record("allow", phase="outcome"))
-        flow.metadata[FORWARDED] = time.monotonic()

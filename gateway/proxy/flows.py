@@ -4,6 +4,7 @@ applied to a flow, a refusal written as its response)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from mitmproxy import http
@@ -21,6 +22,8 @@ FORWARDED = "egress.forwarded"  # monotonic time the request left for the vendor
 TIMED_OUT = "egress.timed_out"  # set by the upstream deadline before it cancels the connection
 CUT = "egress.cut"  # the refusal that cut a stream (its identity was revoked or expired)
 UPSTREAM_SPAN = "egress.upstream_span"  # the upstream call's trace span, when tracing is on
+MCP = "egress.mcp"  # the AnswerEditor of a forwarded MCP request (gateway.proxy.mcp)
+STREAM_EDIT = "egress.stream_edit"  # a front door's edit of an SSE answer, run before the scrubber
 
 
 @dataclass
@@ -106,6 +109,15 @@ def apply(req: http.Request, forward: Forward) -> None:
     # The Host header is unchanged; mitmproxy dials this address and reuses the connection for
     # the tunnel's next requests.
     req.data.host, req.data.port = forward.address
+
+
+def send(flow: http.HTTPFlow, open_tunnel: OpenTunnel, forward: Forward) -> None:
+    """The request goes to the vendor as decided: edited, aimed at the checked address, and
+    known to the tunnel and the deadlines as the one in flight."""
+    apply(flow.request, forward)
+    flow.metadata[DLP] = forward.dlp
+    open_tunnel.in_flight = flow
+    flow.metadata[FORWARDED] = time.monotonic()
 
 
 def respond(flow: http.HTTPFlow, decision_id: str, refusal: Refusal) -> None:

@@ -156,3 +156,17 @@ def abort_client_connection(client: connection.Client, reason: str) -> bool:
         return False
     io.handler.cancel(reason)
     return True
+
+
+def stream_function(modify: Callable[[bytes], bytes]) -> Callable[[bytes], list[bytes]]:
+    """A response stream function as mitmproxy must be given it: nothing to send is an empty list,
+    never `b""`. mitmproxy (11) writes each chunk the function returns as one chunk of a chunked
+    response, and an empty one is `0\\r\\n\\r\\n`, the end of the body: a stream whose edit held a
+    chunk back (a token's beginning, an unfinished SSE event) ended there for the agent while the
+    vendor's stream went on. Only chunked answers show it, which is what real vendors send."""
+
+    def chunks(data: bytes) -> list[bytes]:
+        out = modify(data)
+        return [out] if out else []
+
+    return chunks

@@ -22,6 +22,7 @@ from gateway.proxy.flows import (
     CUT,
     DLP,
     FORWARDED,
+    STREAM_EDIT,
     TIMED_OUT,
     UPSTREAM_SPAN,
     Tunnels,
@@ -29,7 +30,7 @@ from gateway.proxy.flows import (
     is_event_stream,
     response_started,
 )
-from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed
+from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed, stream_function
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,12 @@ class Outcome:
         if is_event_stream(flow):
             call_dlp: CallDlp | None = flow.metadata.get(DLP)
             # Streams pass through chunk by chunk; with tokens to restore or a secret that may
-            # begin at a chunk's end, only that possible prefix is held back.
-            detok = self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None
-            flow.response.stream, flow.metadata[SCRUBBED] = scrubber.stream(detok)
+            # begin at a chunk's end, only that possible prefix is held back. A front door's own
+            # stream edit (the MCP door's, which restores tokens itself) replaces the detokenizer.
+            edit = flow.metadata.get(STREAM_EDIT)
+            detok = edit or (self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None)
+            modify, flow.metadata[SCRUBBED] = scrubber.stream(detok)
+            flow.response.stream = stream_function(modify)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)

@@ -27,6 +27,7 @@ from gateway.proxy.admission import Admission
 from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
 from gateway.proxy.decision import Decide
 from gateway.proxy.flows import Tunnels
+from gateway.proxy.mcp import McpDoor
 from gateway.proxy.mitm_compat import ErrorPages, MitmCompat
 from gateway.proxy.mtls import ClientCertificates, mode_spec
 from gateway.proxy.outcome import Outcome, unclaimed_pages
@@ -106,7 +107,9 @@ def check_listen(config: Config) -> None:
 
 def gateway_addons(rt: Runtime) -> list[object]:
     """The gateway's addons, one concern each, in the order mitmproxy must call them: a request is
-    decided before its read deadline starts; deadlines stop before the outcome awaits DLP."""
+    decided before its read deadline starts (an MCP endpoint's by the MCP door, any other by `Decide`);
+    deadlines stop before the outcome awaits DLP; the MCP door edits an answer before the outcome
+    scrubs it."""
     tunnels = Tunnels()
     pages = ErrorPages(unclaimed_pages(rt))
     timeouts = rt.config.timeouts
@@ -118,6 +121,7 @@ def gateway_addons(rt: Runtime) -> list[object]:
         *([certificates] if certificates else []),
         Authenticate(rt, tunnels, pages, certificates),
         Admission(rt, tunnels),
+        McpDoor(rt, tunnels),
         Decide(rt, tunnels),
         Pinning(tunnels),
         UpstreamDeadline(timeouts.connect, timeouts.read, tunnels),

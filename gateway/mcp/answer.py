@@ -1,0 +1,144 @@
+"""The server's answer to one MCP request, edited on its way to the agent, as JSON or as SSE.
+
+Each JSON-RPC message the server sends is judged on its own:
+- the answer to a `tools/list` request: cut to the tools the caller may call (`keep`);
+- the answer to a forwarded `tools/call`: tokens restored in its text content and structured
+  content, for the types the caller may see (`restore`);
+- a request of the server's own (sampling, elicitation, roots): passed only if `server_request`
+  allows it, else dropped (the glue answers the server with a refusal);
+- anything else (notifications, other answers) passes as sent.
+Refusals of a batch's elements that never went to the server are added to the answer.
+
+An SSE answer is edited event by event as it streams: an event is held only until its blank line
+arrives, and one event larger than `max_event` is dropped whole, never passed unread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.mcp import jsonrpc
+from gateway.mcp.tools import filter_list
+
+log = logging.getLogger(__name__)
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass
+class AnswerEditor:
+    """How the answer to one forwarded MCP request is edited (see the module docstring)."""
+
+    lists: set[jsonrpc.RequestId] = field(default_factory=set)
+    calls: set[jsonrpc.RequestId] = field(default_factory=set)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    batch: bool = False
+    keep: Callable[[dict[str, Any]], bool] = lambda tool: False
+    restore: Callable[[Any], Any] = lambda value: value
+    server_request: Callable[[dict[str, Any]], bool] = lambda message: False
+    max_event: int = 8 * 2**20
+
+    def message(self, msg: Any) -> Any | None:
+        """One message of the server's, edited; None drops it."""
+        if not isinstance(msg, dict):
+            return None
+        if isinstance(msg.get("method"), str):
+            if "id" in msg and not self.server_request(msg):
+                return None
+            return msg
+        ident = msg.get("id")
+        if not isinstance(ident, (str, int)) or "result" not in msg:
+            return msg
+        if ident in self.lists:
+            return {**msg, "result": filter_list(msg["result"], self.keep)}
+        if ident in self.calls:
+            return {**msg, "result": self._restored(msg["result"])}
+        return msg
+
+    def _restored(self, result: Any) -> Any:
+        if not isinstance(result, dict):
+            return result
+        out = dict(result)
+        if isinstance(out.get("content"), list):
+            out["content"] = [
+                {**item, "text": self.restore(item["text"])}
+                if isinstance(item, dict) and item.get("type") == "text" and isinstance(item.get("text"), str)
+                else item
+                for item in out["content"]
+            ]
+        if "structuredContent" in out:
+            out["structuredContent"] = self.restore(out["structuredContent"])
+        return out
+
+    def body(self, data: bytes) -> bytes:
+        """A JSON answer (or the empty body of a 202) edited, with the refusals added. A batch's
+        lone forwarded message went on as a single message (servers need not take batches), so
+        its answer is put back in a batch."""
+        if not data.strip():
+            return jsonrpc.answers_body(self.refusals, self.batch) if self.refusals else data
+        try:
+            parsed = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return self._unreadable()
+        edited = [m for m in map(self.message, parsed if isinstance(parsed, list) else [parsed]) if m is not None]
+        if self.batch or isinstance(parsed, list):
+            return _dump(edited + self.refusals)
+        return _dump(edited[0]) if edited else b""
+
+    def _unreadable(self) -> bytes:
+        """An answer that is not JSON: what was asked of it cannot be checked, so each request the
+        gateway must edit the answer of is answered with an error instead."""
+        errors = [
+            jsonrpc.error_answer(i, jsonrpc.INTERNAL, "the MCP server's answer could not be read")
+            for i in sorted(self.lists | self.calls, key=repr)
+        ]
+        return _dump(errors + self.refusals) if errors or self.refusals else b""
+
+    def stream(self) -> Callable[[bytes], bytes]:
+        """mitmproxy's stream function for an SSE answer: each chunk in, complete edited events out."""
+        held = b""
+        pending = [_event(r) for r in self.refusals]
+
+        def modify(chunk: bytes) -> bytes:
+            nonlocal held, pending
+            out, pending = b"".join(pending), []
+            held += chunk
+            while (end := _EVENT_END.search(held)) is not None:
+                raw, held = held[: end.start()], held[end.end() :]
+                out += self._event(raw)
+            if len(held) > self.max_event:
+                log.warning("an MCP server's event exceeds %d bytes; dropped", self.max_event)
+                held = b""
+            if not chunk:
+                held = b""  # the stream ended inside an event: a half event is no message
+            return out
+
+        return modify
+
+    def _event(self, raw: bytes) -> bytes:
+        lines = _LINE.split(raw)
+        data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+        if not data:
+            return raw + b"\n\n"  # comments, retry hints, ids without data
+        try:
+            msg = self.message(json.loads(b"\n".join(data)))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            return b""
+        if msg is None:
+            return b""
+        kept = [line for line in lines if not line.startswith(b"data:")]
+        return b"\n".join([*kept, b"data: " + _dump(msg)]) + b"\n\n"
+
+
+def _event(msg: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + _dump(msg) + b"\n\n"
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,197 @@
+"""The MCP state a fleet must share: pinned tool definitions and which agent opened each session.
+
+One SQLite file in the state directory (like approvals and revocations), behind this one narrow
+interface, so a shared (Redis) store can replace it without touching its callers:
+
+- `observe(server, tool, digest)`: a listed definition; pinned if the tool has no pin yet
+  (`Seen.NEW`), else `SAME`, or `CHANGED` (kept as the pending definition until accepted);
+- `state(server, tool)`: the pin and any pending change, for a call;
+- `accept(server, tool)`: an admin accepts the pending definition; `pins()` lists them;
+- `bind_session` / `session_agent`: a session id is bound to the agent whose initialize the server
+  answered with it. Ids are stored hashed: the table is no list of live sessions to hijack.
+
+The config's `pin:` values are written at start for tools whose pin came from the config or is
+missing; a change an admin accepted since stays accepted until the config's value changes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import Config
+from gateway.state import StateDir
+
+SESSION_TTL = 7 * 86400.0  # a binding older than this is forgotten (its session refused)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mcp_pins (
+    server TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    pinned TEXT NOT NULL,
+    pending TEXT,
+    source TEXT NOT NULL,
+    config TEXT,
+    pinned_at REAL NOT NULL,
+    changed_at REAL,
+    PRIMARY KEY (server, tool)
+);
+CREATE TABLE IF NOT EXISTS mcp_sessions (
+    id_hash TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    server TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mcp_sessions_at ON mcp_sessions (at);
+"""
+
+
+class Seen(enum.Enum):
+    NEW = "new"
+    SAME = "same"
+    CHANGED = "changed"  # a definition differing from the pin, seen for the first time
+    STILL_CHANGED = "still_changed"  # the pending change, seen again (audited once)
+
+
+@dataclass(frozen=True)
+class Pin:
+    server: str
+    tool: str
+    pinned: str
+    pending: str | None
+    source: str  # "listed" (first seen), "config", or "admin" (an accepted change)
+    pinned_at: float
+    changed_at: float | None
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+class McpStore:
+    def __init__(self, path: Path, config_pins: dict[str, dict[str, str]] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        for server, pins in (config_pins or {}).items():
+            for tool, digest in pins.items():
+                self._seed(server, tool, digest)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _seed(self, server: str, tool: str, digest: str) -> None:
+        """The config's pin, unless an admin accepted a change since this very config value."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO mcp_pins (server, tool, pinned, pending, source, config, pinned_at) VALUES (?,?,?,NULL,'config',?,?)"
+                " ON CONFLICT (server, tool) DO UPDATE SET pinned=excluded.pinned, pending=NULL, source='config',"
+                " config=excluded.config, pinned_at=excluded.pinned_at, changed_at=NULL"
+                " WHERE NOT (mcp_pins.source='admin' AND mcp_pins.config IS excluded.config)",
+                (server, tool, digest, digest, self._clock()),
+            )
+
+    def observe(self, server: str, tool: str, digest: str) -> Seen:
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT pinned, pending FROM mcp_pins WHERE server=? AND tool=?", (server, tool)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO mcp_pins (server, tool, pinned, source, pinned_at) VALUES (?,?,?,'listed',?)",
+                    (server, tool, digest, now),
+                )
+                return Seen.NEW
+            pinned, pending = row
+            if digest == pinned:
+                return Seen.SAME
+            if digest == pending:
+                return Seen.STILL_CHANGED
+            db.execute("UPDATE mcp_pins SET pending=?, changed_at=? WHERE server=? AND tool=?", (digest, now, server, tool))
+            return Seen.CHANGED
+
+    def state(self, server: str, tool: str) -> Pin | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT server, tool, pinned, pending, source, pinned_at, changed_at FROM mcp_pins WHERE server=? AND tool=?",
+                (server, tool),
+            ).fetchone()
+        return Pin(*row) if row else None
+
+    def listed(self, server: str, tool: str) -> bool:
+        """Whether the tool has a pin (the server listed it, or the config named it)."""
+        return self.state(server, tool) is not None
+
+    def changed(self, server: str, tool: str) -> bool:
+        """Whether a call of the tool must wait for an admin: no pin, or a pending change."""
+        pin = self.state(server, tool)
+        return pin is None or pin.pending is not None
+
+    def accept(self, server: str, tool: str) -> Pin | None:
+        """Make the pending definition the pin; None when the tool has no pending change."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE mcp_pins SET pinned=pending, pending=NULL, source='admin', pinned_at=?, changed_at=NULL"
+                " WHERE server=? AND tool=? AND pending IS NOT NULL",
+                (self._clock(), server, tool),
+            )
+            if cur.rowcount == 0:
+                return None
+        return self.state(server, tool)
+
+    def pins(self, server: str | None = None) -> list[Pin]:
+        query = "SELECT server, tool, pinned, pending, source, pinned_at, changed_at FROM mcp_pins"
+        args: tuple[str, ...] = ()
+        if server is not None:
+            query, args = query + " WHERE server=?", (server,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY server, tool", args).fetchall()
+        return [Pin(*row) for row in rows]
+
+    def bind_session(self, session: str, agent: str, server: str) -> bool:
+        """Bind a session id the server issued to the agent; False if another agent holds it."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("DELETE FROM mcp_sessions WHERE at < ?", (now - SESSION_TTL,))
+            db.execute(
+                "INSERT INTO mcp_sessions (id_hash, agent, server, at) VALUES (?,?,?,?) ON CONFLICT (id_hash) DO NOTHING",
+                (_hash(session), agent, server, now),
+            )
+            (owner,) = db.execute("SELECT agent FROM mcp_sessions WHERE id_hash=?", (_hash(session),)).fetchone()
+        return bool(owner == agent)
+
+    def session_agent(self, session: str) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT agent FROM mcp_sessions WHERE id_hash=? AND at >= ?", (_hash(session), self._clock() - SESSION_TTL)
+            ).fetchone()
+        return row[0] if row else None
+
+
+def open_store(config: Config, state: StateDir) -> McpStore:
+    """The gateway's MCP store, with the config's `pin:` values written in."""
+    return McpStore(state.mcp, {name: server.pin for name, server in config.mcp_servers.items() if server.pin})
+
+
+def _hash(session: str) -> str:
+    return hashlib.sha256(session.encode()).hexdigest()

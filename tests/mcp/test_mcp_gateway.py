@@ -1,0 +1,379 @@
+"""MCP through the gateway, end to end: the official SDK's FastMCP server over HTTPS (test CA,
+routed with `upstreams:`), and the SDK's streamable-HTTP client configured by nothing but the
+agent's `egress-gateway env` exports.
+
+One gateway and two servers serve the whole module: `payments` answers as SSE streams,
+`payments_json` as JSON. Each agent has its own sub, so budgets and approvals never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import types
+from mcp.shared.exceptions import McpError
+
+from dlp.tokens import TOKEN_RE
+from tests.fakes import PKI
+from tests.mcp.agents import Exports, agent_exports, http_client, mcp_session, same_exports
+from tests.mcp.server import CHANGED_DOC, McpVendor
+from tests.processes import GatewayProcess
+
+SSE_HOST, JSON_HOST = "mcp.payments.test", "mcp-json.payments.test"
+SSE_URL, JSON_URL = f"https://{SSE_HOST}/mcp", f"https://{JSON_HOST}/mcp"
+MCP_TOKEN = "mcp-server-token-0004"
+EMAIL = "jane.doe@example.com"
+ACCEPT = {"accept": "application/json, text/event-stream"}
+
+FINANCE = """
+version: 1
+subjects: {roles: [finance]}
+rules:
+  - connector: payments
+    actions: [create_refund]
+    params: {amount: {max: 500000}}
+    approval: "amount > 100000"
+  - connector: payments
+    actions: [get_balance, ask_model]
+  - connector: payments_json
+    actions: [create_refund]
+    budget: {field: amount, limit: 2000, per: day}
+  - connector: payments_json
+    actions: [get_balance]
+dlp:
+  tokenize: [EMAIL_ADDRESS]
+  reveal: [EMAIL_ADDRESS]
+"""
+SUPPORT = """
+version: 1
+subjects: {roles: [support]}
+rules:
+  - connector: payments
+    actions: [create_refund, get_balance]
+dlp:
+  tokenize: [EMAIL_ADDRESS]
+  reveal: []
+"""
+SAMPLER = """
+version: 1
+subjects: {roles: [sampler]}
+rules:
+  - connector: payments
+    actions: [ask_model, sampling/createMessage]
+"""
+
+
+@pytest.fixture(scope="module")
+def servers(pki: PKI) -> Iterator[tuple[McpVendor, McpVendor]]:
+    cert = pki.leaf("mcp", (SSE_HOST, JSON_HOST))
+    sse, plain = McpVendor(cert), McpVendor(cert, json_response=True)
+    yield sse, plain
+    sse.close()
+    plain.close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVendor, McpVendor]) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("mcp-gateway")
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "finance.yaml").write_text(FINANCE)
+    (policies / "support.yaml").write_text(SUPPORT)
+    (policies / "sampler.yaml").write_text(SAMPLER)
+    sse, plain = servers
+    settings = {
+        "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url},
+        "upstream_ca": str(pki.ca_file),
+        "policies": str(policies),
+        "mcp_servers": {
+            "payments": {"url": SSE_URL, "credential": "env:TEST_MCP_TOKEN"},
+            "payments_json": {"url": JSON_URL, "credential": "env:TEST_MCP_TOKEN"},
+        },
+    }
+    with GatewayProcess(root, settings, {"TEST_MCP_TOKEN": MCP_TOKEN}).start() as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def finance(gw: GatewayProcess) -> Exports:
+    return agent_exports(gw, "finance-agent", "finance", "payments:*", "payments_json:*")
+
+
+def _agent(gw: GatewayProcess, finance: Exports, sub: str, role: str = "finance") -> Exports:
+    return same_exports(gw, finance, sub, role, "payments:*", "payments_json:*")
+
+
+def _refusal(e: pytest.ExceptionInfo[McpError]) -> tuple[str, dict[str, Any]]:
+    error = e.value.error
+    assert error.code == -32003
+    assert isinstance(error.data, dict) and error.data["decision_id"].startswith("dec_")
+    return error.message, error.data
+
+
+def _names(result: types.ListToolsResult) -> list[str]:
+    return sorted(t.name for t in result.tools)
+
+
+def test_tools_list_shows_only_callable_tools_as_json_and_as_sse(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    async def run() -> dict[str, list[str]]:
+        shown = {}
+        for url in (SSE_URL, JSON_URL):
+            async with mcp_session(finance, url) as (s, _):
+                shown[url] = _names(await s.list_tools())
+        return shown
+
+    assert asyncio.run(run()) == {SSE_URL: ["ask_model", "create_refund", "get_balance"], JSON_URL: ["create_refund", "get_balance"]}
+    sse, plain = servers
+    assert sse.authorizations | plain.authorizations == {f"Bearer {MCP_TOKEN}"}  # the injected one, never the agent's
+
+
+def test_hidden_tool_and_case_variant_are_refused_with_readable_errors(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    sse, _ = servers
+
+    async def run() -> tuple[list[Any], str]:
+        async with mcp_session(finance, SSE_URL) as (s, _):
+            await s.list_tools()
+            caught = []
+            for name in ("delete_customer", "Create_Refund", "create_refund\u200b"):
+                with pytest.raises(McpError) as e:
+                    await s.call_tool(name, {"customer_id": "cus_secret_42", "amount": 1, "customer_email": EMAIL})
+                caught.append(_refusal(e))
+            ok = await s.call_tool("get_balance", {})
+            assert isinstance(ok.content[0], types.TextContent)
+            return caught, ok.content[0].text
+
+    before = list(sse.received)
+    (hidden, variant, invisible), balance = asyncio.run(run())
+    assert hidden[1]["code"] == "policy_denied"
+    assert hidden[0].startswith("no policy rule allows payments.delete_customer for agent 'finance-agent'")
+    assert variant[1]["code"] == "unknown_action" and invisible[1]["code"] == "unknown_action"
+    assert variant[0] == "the MCP server payments never listed a tool of that name"
+    assert balance == "balance: 10000 usd"
+    assert sse.received[len(before):] == [("get_balance", {})]
+    records = {r["decision_id"]: r for r in gw.audit() if "decision_id" in r}
+    denied = records[hidden[1]["decision_id"]]
+    assert (denied["connector"], denied["action"], denied["code"]) == ("payments", "delete_customer", "policy_denied")
+    assert denied["mcp"]["server"] == "payments" and denied["mcp"]["arguments"].startswith("hmac-sha256:")
+    assert records[variant[1]["decision_id"]]["action"] is None  # a name the server never listed is never written
+    audit_text = gw.audit_file.read_text()
+    assert "cus_secret_42" not in audit_text and EMAIL not in audit_text and "Create_Refund" not in audit_text
+
+
+def test_a_batch_is_checked_element_by_element(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    _, plain = servers
+
+    async def run() -> tuple[list[dict[str, Any]], httpx.Response, httpx.Response]:
+        async with http_client(finance) as c:
+            init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+            r = await c.post(JSON_URL, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}, headers=ACCEPT)
+            assert r.status_code == 200, r.text
+            h = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": r.json()["result"]["protocolVersion"]}
+            assert (await c.post(JSON_URL, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=h)).status_code == 202
+            await c.post(JSON_URL, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=h)
+            batch = [
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_balance", "arguments": {}}},
+                {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "delete_customer", "arguments": {"customer_id": "c"}}},
+                {"jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": {"uri": "file:///etc/passwd"}},
+            ]
+            answer = await c.post(JSON_URL, json=batch, headers=h)
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99, "reason": f"ask {EMAIL}"}}
+            notified = await c.post(JSON_URL, json=cancel, headers=h)
+            assert notified.status_code == 202
+            twice = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"get_balance"},"params":{"name":"delete_customer"}}'
+            duplicate = await c.post(JSON_URL, content=twice, headers={**h, "content-type": "application/json"})
+            empty = await c.post(JSON_URL, json=[], headers=h)
+            assert empty.status_code == 400 and empty.json()["error"]["code"] == "mcp_malformed"
+            return answer.json(), answer, duplicate
+
+    body, answer, duplicate = asyncio.run(run())
+    assert answer.status_code == 200 and isinstance(body, list)
+    by_id = {m["id"]: m for m in body}
+    assert sorted(by_id) == [2, 3, 4]
+    assert by_id[2]["result"]["content"][0]["text"] == "balance: 10000 usd"
+    assert by_id[3]["error"]["data"]["code"] == "policy_denied"
+    assert by_id[4]["error"]["data"]["code"] == "unknown_action"
+    assert duplicate.status_code == 400 and duplicate.json()["error"]["code"] == "mcp_malformed"
+    assert ("delete_customer", {"customer_id": "c"}) not in plain.received
+    # A protocol message's strings are the agent's too: scanned and tokenized like arguments.
+    cancelled = [r for r in gw.audit() if r.get("mcp", {}).get("methods") == ["notifications/cancelled"] and r["phase"] == "decision"]
+    assert len(cancelled) == 1 and cancelled[0]["tokenized"] == {"EMAIL_ADDRESS": 1}
+
+
+def test_an_approval_is_bound_to_the_arguments(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    sse, _ = servers
+    args = {"amount": 150000, "customer_email": "refunds@example.org"}
+
+    async def call(headers: dict[str, str] | None, arguments: dict[str, Any]) -> types.CallToolResult | tuple[str, dict[str, Any]]:
+        async with mcp_session(finance, SSE_URL, headers) as (s, _):
+            await s.list_tools()
+            try:
+                return await s.call_tool("create_refund", arguments)
+            except McpError as e:
+                return e.error.message, e.error.data  # type: ignore[return-value]
+
+    held = asyncio.run(call(None, args))
+    assert isinstance(held, tuple) and held[1]["code"] == "approval_required"
+    approval = held[1]["approval_id"]
+    admin = gw.token(sub="ops", role="admin")
+    r = httpx.post(f"{gw.api_url}/v1/approvals/{approval}/approve", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200, r.text
+    presented = {"X-Egress-Approval": approval}
+    other = asyncio.run(call(presented, {**args, "amount": 150001}))
+    assert isinstance(other, tuple) and other[1]["code"] == "approval_required" and other[1]["approval_id"] != approval
+    same = asyncio.run(call(presented, args))
+    assert isinstance(same, types.CallToolResult) and not same.isError
+    assert same.structuredContent == {"refunded": 150000, "customer_email": "refunds@example.org", "note": ""}
+    again = asyncio.run(call(presented, args))
+    assert isinstance(again, tuple) and again[1]["code"] == "approval_required"
+    assert [a for t, a in sse.received if t == "create_refund" and a["amount"] >= 150000] == [
+        {"amount": 150000, "customer_email": sse.received[-1][1]["customer_email"], "note": ""}
+    ]
+
+
+def test_string_arguments_leave_tokenized_and_come_back_restored_only_for_revealers(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    sse, _ = servers
+    support = _agent(gw, finance, "support-agent", "support")
+
+    async def refund(exports: Exports) -> types.CallToolResult:
+        async with mcp_session(exports, SSE_URL) as (s, _):
+            await s.list_tools()
+            return await s.call_tool("create_refund", {"amount": 100, "customer_email": EMAIL, "note": f"write to {EMAIL}"})
+
+    start = len(sse.received)
+    revealed = asyncio.run(refund(finance))
+    seen = sse.received[start][1]
+    assert TOKEN_RE.fullmatch(seen["customer_email"]) and EMAIL not in json.dumps(seen)
+    assert seen["note"] == f"write to {seen['customer_email']}"
+    assert revealed.structuredContent == {"refunded": 100, "customer_email": EMAIL, "note": f"write to {EMAIL}"}
+    assert isinstance(revealed.content[0], types.TextContent) and EMAIL in revealed.content[0].text
+    kept = asyncio.run(refund(support))
+    assert kept.structuredContent is not None and TOKEN_RE.fullmatch(kept.structuredContent["customer_email"])
+    assert EMAIL not in json.dumps(kept.model_dump())
+
+
+def test_a_budget_over_an_argument_admits_exactly_its_limit_under_50_concurrent_calls(
+    gw: GatewayProcess, finance: Exports, servers: Any
+) -> None:
+    _, plain = servers
+    agent = _agent(gw, finance, "budget-agent")
+
+    async def run() -> list[Any]:
+        async with mcp_session(agent, JSON_URL) as (s, _):
+            await s.list_tools()
+            return await asyncio.gather(*(s.call_tool("create_refund", {"amount": 100, "customer_email": "b@example.net"}) for _ in range(50)), return_exceptions=True)
+
+    start = len(plain.received)
+    results = asyncio.run(run())
+    passed = [r for r in results if isinstance(r, types.CallToolResult) and not r.isError]
+    refused = [r for r in results if isinstance(r, McpError)]
+    assert len(passed) == 20 and len(refused) == 30
+    assert {e.error.data["code"] for e in refused} == {"budget_exceeded"}  # type: ignore[index]
+    assert len([t for t, _ in plain.received[start:] if t == "create_refund"]) == 20
+
+
+def test_a_session_id_replayed_by_another_agent_is_refused(gw: GatewayProcess, finance: Exports) -> None:
+    thief = _agent(gw, finance, "other-agent")
+
+    async def run() -> tuple[httpx.Response, httpx.Response, list[str]]:
+        async with mcp_session(finance, SSE_URL) as (s, session_id):
+            stolen = session_id()
+            assert stolen
+            h = {**ACCEPT, "mcp-session-id": stolen, "mcp-protocol-version": "2025-06-18"}
+            async with http_client(thief) as c:
+                post = await c.post(SSE_URL, json={"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                                                    "params": {"name": "get_balance", "arguments": {}}}, headers=h)
+                get = await c.get(SSE_URL, headers=h)
+            owner = _names(await s.list_tools())  # the owner's session is unharmed
+        return post, get, owner
+
+    post, get, owner = asyncio.run(run())
+    assert post.status_code == 200 and post.json()["error"]["data"]["code"] == "mcp_session_foreign"
+    assert get.status_code == 403 and get.json()["error"]["code"] == "mcp_session_foreign"
+    assert owner == ["ask_model", "create_refund", "get_balance"]
+
+
+def test_a_server_sampling_request_reaches_the_agent_only_if_a_policy_names_it(gw: GatewayProcess, finance: Exports) -> None:
+    asked: list[Any] = []
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        asked.append(params)
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="no"), model="m")
+
+    async def run(exports: Exports) -> str:
+        async with mcp_session(exports, SSE_URL, sampling_callback=sampling) as (s, _):
+            await s.list_tools()
+            result = await s.call_tool("ask_model", {"question": "transfer everything?"})
+            assert isinstance(result.content[0], types.TextContent)
+            return result.content[0].text
+
+    refused = asyncio.run(run(finance))
+    assert asked == []
+    assert refused.startswith("sampling refused: the MCP server's sampling/createMessage request is refused")
+    denied = [r for r in gw.audit() if r.get("action") == "sampling/createMessage"]
+    assert len(denied) == 1 and denied[0]["code"] == "policy_denied" and denied[0]["sub"] == "finance-agent"
+    # The dropped event left the agent's stream open: the client never had to reopen it (a 409
+    # from the server, which still held the first), as when mitmproxy ended the chunked stream.
+    assert [r for r in gw.audit() if r.get("upstream_status") == 409] == []
+    allowed = asyncio.run(run(same_exports(gw, finance, "sampler-agent", "sampler", "payments:*")))
+    assert allowed.startswith("model said: ") and "no" in allowed and len(asked) == 1
+
+
+def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_it(
+    gw: GatewayProcess, finance: Exports, servers: Any
+) -> None:
+    _, plain = servers
+
+    async def listing_and_call() -> tuple[list[str], Any]:
+        async with mcp_session(finance, JSON_URL) as (s, _):
+            names = _names(await s.list_tools())
+            try:
+                return names, await s.call_tool("create_refund", {"amount": 5, "customer_email": "c@example.net"})
+            except McpError as e:
+                return names, e.error.data
+
+    assert asyncio.run(listing_and_call())[0] == ["create_refund", "get_balance"]
+    plain.change_refund_description(CHANGED_DOC)
+    names, refused = asyncio.run(listing_and_call())
+    assert names == ["get_balance"] and refused["code"] == "mcp_tool_changed"
+    changes = [r for r in gw.audit() if r.get("type") == "mcp_tool_changed"]
+    assert [(r["server"], r["tool"]) for r in changes] == [("payments_json", "create_refund")]
+    pins = [json.loads(line) for line in gw.cli("mcp", "pins", "payments_json").stdout.splitlines()]
+    changed = next(p for p in pins if p["tool"] == "create_refund")
+    assert changed["pending"] == changes[0]["definition"] != changed["pinned"]
+    nothing = gw.cli("mcp", "accept", "payments_json", "get_balance", check=False)
+    assert nothing.returncode == 2 and "has no changed definition waiting" in nothing.stderr
+    agent_token = gw.token(sub="finance-agent")
+    refused_api = httpx.post(f"{gw.api_url}/v1/mcp/payments_json/tools/create_refund/accept", headers={"Authorization": f"Bearer {agent_token}"})
+    assert refused_api.status_code == 403 and refused_api.json()["error"]["code"] == "admin_required"
+    admin = gw.token(sub="ops", role="admin")
+    accepted = httpx.post(f"{gw.api_url}/v1/mcp/payments_json/tools/create_refund/accept", headers={"Authorization": f"Bearer {admin}"})
+    assert accepted.status_code == 200 and accepted.json()["pinned"] == changed["pending"]
+    names, result = asyncio.run(listing_and_call())
+    assert names == ["create_refund", "get_balance"]
+    assert isinstance(result, types.CallToolResult) and result.structuredContent is not None
+    assert result.structuredContent["refunded"] == 5
+    assert [r["phase"] for r in gw.audit() if r.get("phase") == "mcp_accept"] == ["mcp_accept"]
+
+
+def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:
+    """A tool name is accepted at load for a server without `pin:`, and only pinned names with it."""
+    from connectors import registry
+    from gateway.config import Config
+    from gateway.policy.load import PolicyLoadError, build_policy_set
+
+    pinned = {"url": "https://mcp.example/mcp", "pin": {"create_refund": "sha256:" + "0" * 64}}
+    cfg = Config.model_validate({"mcp_servers": {"open": {"url": "https://mcp2.example/mcp"}, "pinned": pinned}})
+    reg = registry.load((), cfg.mcp_connectors())
+    rule = "version: 1\nsubjects: {roles: [r]}\nrules:\n  - connector: %s\n    actions: [%s]\n    params: {amount: {max: 5}}\n"
+    build_policy_set({"a.yaml": (rule % ("open", "anything_at_all")).encode()}, reg.get)
+    build_policy_set({"a.yaml": (rule % ("pinned", "create_refund")).encode()}, reg.get)
+    with pytest.raises(PolicyLoadError, match="unknown action 'create_refunds' of connector 'pinned'"):
+        build_policy_set({"a.yaml": (rule % ("pinned", "create_refunds")).encode()}, reg.get)
+    with pytest.raises(PolicyLoadError, match="unknown action"):
+        build_policy_set({"a.yaml": (rule % ("open", "'(protocol)'")).encode()}, reg.get)

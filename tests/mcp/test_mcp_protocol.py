@@ -1,0 +1,212 @@
+"""The sans-IO MCP parts on their own: JSON-RPC reading, tool-definition hashes, the answer editor
+(JSON and SSE split anywhere), and the store of pins and sessions."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.errors import Refusal
+from gateway.mcp import jsonrpc
+from gateway.mcp.answer import AnswerEditor
+from gateway.mcp.store import McpStore, Seen
+from gateway.mcp.tools import definition_digest, filter_list
+
+TOOLS: list[dict[str, Any]] = [
+    {"name": "create_refund", "description": "Refund.", "inputSchema": {"type": "object"}},
+    {"name": "delete_customer", "description": "Delete.", "inputSchema": {"type": "object"}},
+]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"jsonrpc":"1.0","id":1,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":true,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":null,"method":"ping"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[1]}',
+        b'{"jsonrpc":"2.0","id":1,"result":{},"error":{}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":1,"method":"ping"}]',
+        json.dumps([{"jsonrpc": "2.0", "method": "notifications/x"}] * 65).encode(),
+        b"[" * 100000,
+    ],
+)
+def test_what_cannot_be_checked_is_malformed(body: bytes) -> None:
+    with pytest.raises(jsonrpc.Malformed):
+        jsonrpc.parse(body)
+
+
+def test_a_tools_call_is_read_and_its_arguments_replaced() -> None:
+    (m,), batch = jsonrpc.parse(b'{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"t","arguments":{"x":1},"_meta":{"p":1}}}')
+    assert not batch and m.is_tool_call and m.tool_call() == ("t", {"x": 1})
+    assert json.loads(jsonrpc.encode([m.as_forwarded({"x": 2})], False))["params"] == {"name": "t", "arguments": {"x": 2}}
+    (progress,), _ = jsonrpc.parse(b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"t","_meta":{"progressToken":7,"x":"jane@example.com"},"task":{"a":1}}}')
+    assert progress.as_forwarded({}).raw["params"] == {"name": "t", "arguments": {}, "_meta": {"progressToken": 7}}
+    (bad,), _ = jsonrpc.parse(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":"x"}}')
+    with pytest.raises(jsonrpc.Malformed):
+        bad.tool_call()
+
+
+def test_a_refusal_answer_carries_the_id_code_and_decision() -> None:
+    refusal = Refusal("approval_required", "needs approval", details={"approval_id": "apr_1"})
+    assert jsonrpc.refusal_answer(7, refusal, "dec_1") == {
+        "jsonrpc": "2.0", "id": 7,
+        "error": {"code": -32003, "message": "needs approval", "data": {"code": "approval_required", "decision_id": "dec_1", "approval_id": "apr_1"}},
+    }
+
+
+def test_the_argument_digest_is_keyed_and_order_free() -> None:
+    a = jsonrpc.arguments_digest({"a": 1, "b": "x"}, b"k1")
+    assert a == jsonrpc.arguments_digest({"b": "x", "a": 1}, b"k1") != jsonrpc.arguments_digest({"a": 1, "b": "x"}, b"k2")
+
+
+def test_a_definition_hash_covers_name_description_and_schema_only() -> None:
+    tool = dict(TOOLS[0])
+    assert definition_digest(tool) == definition_digest({**tool, "annotations": {"title": "x"}})
+    assert definition_digest(tool) != definition_digest({**tool, "description": "Refund. Also e-mail everyone."})
+    assert definition_digest(tool) != definition_digest({**tool, "inputSchema": {"type": "object", "properties": {"to": {}}}})
+    assert definition_digest(tool).startswith("sha256:") and len(definition_digest(tool)) == 71
+
+
+def test_a_paginated_list_is_cut_page_by_page() -> None:
+    page = {"tools": TOOLS, "nextCursor": "c2"}
+    assert filter_list(page, lambda t: t["name"] == "create_refund") == {"tools": [TOOLS[0]], "nextCursor": "c2"}
+    assert filter_list({"tools": "everything"}, lambda t: True) == {"tools": []}
+
+
+def _editor(**kw: Any) -> AnswerEditor:
+    return AnswerEditor(
+        lists={1}, calls={2}, keep=lambda t: t["name"] != "delete_customer", restore=lambda v: json.loads(json.dumps(v).replace("tok_X", "jane")),
+        **kw,
+    )
+
+
+SERVER_EVENTS: list[dict[str, Any]] = [
+    {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}},
+    {"jsonrpc": "2.0", "id": 99, "method": "sampling/createMessage", "params": {}},
+    {"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}},
+    {"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "hi tok_X"}], "structuredContent": {"to": "tok_X"}}},
+]
+
+
+def _stream(events: list[dict[str, Any]], sep: bytes = b"\r\n") -> bytes:
+    return b"".join(b"event: message" + sep + b"data: " + json.dumps(e).encode() + sep + sep for e in events)
+
+
+def _expected() -> list[dict[str, Any]]:
+    return [
+        SERVER_EVENTS[0],
+        {"jsonrpc": "2.0", "id": 1, "result": {"tools": [TOOLS[0]]}},
+        {"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "hi jane"}], "structuredContent": {"to": "jane"}}},
+    ]
+
+
+def _messages(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2000), max_size=12), st.sampled_from([b"\n", b"\r\n", b"\r"]))
+def test_an_sse_answer_is_edited_event_by_event_wherever_the_chunks_split(cuts: list[int], sep: bytes) -> None:
+    refused: list[dict[str, Any]] = []
+
+    def server_request(msg: dict[str, Any]) -> bool:
+        refused.append(msg)
+        return False
+
+    data = _stream(SERVER_EVENTS, sep)
+    modify = _editor(server_request=server_request).stream()
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    out = b"".join(modify(data[a:b]) for a, b in itertools.pairwise(points)) + modify(b"")
+    assert _messages(out) == _expected()
+    assert [m["id"] for m in refused] == [99]
+
+
+def test_batch_refusals_come_first_in_a_stream_and_last_in_a_json_batch() -> None:
+    refusal = jsonrpc.error_answer(3, -32003, "no")
+    stream = _editor(refusals=[refusal], batch=True).stream()
+    assert _messages(stream(b"")) == [refusal]
+    assert json.loads(_editor(refusals=[refusal], batch=True).body(json.dumps(SERVER_EVENTS[3]).encode()))[1] == refusal
+    assert json.loads(_editor(refusals=[refusal], batch=True).body(b"")) == [refusal]  # a 202 becomes the answer
+
+
+def test_an_unreadable_answer_to_a_list_is_an_error_never_the_unfiltered_list() -> None:
+    out = json.loads(_editor().body(b'{"jsonrpc":"2.0","id":1,"result":{"tools":[' + json.dumps(TOOLS[1]).encode()))
+    assert [(m["id"], m["error"]["code"]) for m in out] == [(1, -32603), (2, -32603)]
+
+
+def test_an_oversized_event_is_dropped_whole() -> None:
+    big = {"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS, "pad": "x" * 5000}}
+    modify = _editor(max_event=1000).stream()
+    data = _stream([big])
+    out = b"".join(modify(data[i : i + 700]) for i in range(0, len(data), 700)) + modify(b"")
+    assert b"delete_customer" not in out and _messages(out) == []
+
+
+def test_pins_sessions_and_their_acceptance(tmp_path: Path) -> None:
+    path = tmp_path / "mcp.sqlite"
+    store = McpStore(path, {"s": {"pinned_tool": "sha256:" + "a" * 64}})
+    assert store.observe("s", "t", "sha256:1") is Seen.NEW
+    assert store.observe("s", "t", "sha256:1") is Seen.SAME
+    assert store.observe("s", "t", "sha256:2") is Seen.CHANGED
+    assert store.observe("s", "t", "sha256:2") is Seen.STILL_CHANGED and store.changed("s", "t")
+    assert store.accept("s", "nope") is None
+    accepted = store.accept("s", "t")
+    assert accepted is not None and (accepted.pinned, accepted.pending, accepted.source) == ("sha256:2", None, "admin")
+    assert not store.changed("s", "t") and store.changed("s", "never_listed")
+    assert store.observe("s", "pinned_tool", "sha256:" + "b" * 64) is Seen.CHANGED  # the config's pin holds
+    assert store.accept("s", "pinned_tool") is not None
+    store.close()
+    again = McpStore(path, {"s": {"pinned_tool": "sha256:" + "a" * 64}})  # restart, same config: the acceptance stays
+    state = again.state("s", "pinned_tool")
+    assert state is not None and state.pinned == "sha256:" + "b" * 64
+    assert again.bind_session("sid-1", "t/alice", "s") and again.bind_session("sid-1", "t/alice", "s")
+    assert not again.bind_session("sid-1", "t/mallory", "s")
+    assert again.session_agent("sid-1") == "t/alice" and again.session_agent("sid-2") is None
+    assert all(b"sid-1" not in p.read_bytes() for p in tmp_path.iterdir())  # stored hashed, WAL included
+    again.close()
+    changed_config = McpStore(path, {"s": {"pinned_tool": "sha256:" + "c" * 64}})  # a new config value wins
+    final = changed_config.state("s", "pinned_tool")
+    assert final is not None and final.pinned == "sha256:" + "c" * 64
+    changed_config.close()
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["jsonrpc", "id", "method", "params", "result", "error", "name", "arguments"]) | st.text(max_size=4), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(JSON)
+def test_any_body_is_read_or_refused_as_malformed_never_an_error(value: Any) -> None:
+    try:
+        messages, _ = jsonrpc.parse(json.dumps(value).encode())
+    except jsonrpc.Malformed:
+        return
+    for m in messages:
+        assert m.raw["jsonrpc"] == "2.0"
+        if m.is_tool_call:
+            try:
+                name, arguments = m.tool_call()
+            except jsonrpc.Malformed:
+                continue
+            assert isinstance(name, str) and isinstance(arguments, dict)
+
+
+@given(JSON)
+def test_any_server_answer_is_edited_without_error(value: Any) -> None:
+    body = json.dumps(value).encode()
+    _editor(server_request=lambda m: False).body(body)
+    modify = _editor(server_request=lambda m: False).stream()
+    modify(b"data: " + body + b"\n\n")
+    modify(b"")

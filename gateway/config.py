@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.model import canonical_host
 from dlp.config import DlpConfig
@@ -145,6 +145,9 @@ class Config(_Strict):
     connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
     dlp: DlpConfig = DlpConfig()
     sandbox: SandboxSettings = SandboxSettings()
+    workers: int = Field(default=1, ge=1, le=64)  # processes serving the same two ports (or --workers)
+    drain_timeout: Duration = 30.0  # on SIGTERM, how long open calls may take to finish
+    replica: str = Field(default_factory=lambda: os.uname().nodename, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     @field_validator("listen", "api_listen")
     @classmethod
@@ -177,6 +180,17 @@ class Config(_Strict):
         if unknown:
             names = ", ".join(f"secrets.{n}" for n in unknown)
             raise ConfigError(f"{names}: no connector uses this credential (connectors' credentials: {', '.join(sorted(known)) or 'none'})")
+
+    @model_validator(mode="after")
+    def _shared_limits(self) -> Config:
+        """Counters in a worker's memory would give every agent N times each rate and budget."""
+        if self.workers > 1 and self.stores.rate_limits.startswith("memory:"):
+            raise ValueError(
+                f"workers: {self.workers} with stores.rate_limits {self.stores.rate_limits} would count every "
+                f"rate and budget in each worker ({self.workers}x the limits); set stores.rate_limits: "
+                "redis://HOST:PORT, or run one worker"
+            )
+        return self
 
     @property
     def state_path(self) -> Path:

@@ -15,6 +15,7 @@ from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
 from gateway import access_log
+from gateway.audit import feed
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
@@ -59,6 +60,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
+    worker: int | None = None  # this process's index under `run --workers N`; None: the only process
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
@@ -100,6 +102,13 @@ class Runtime:
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
 
+    def recent_decisions(self) -> list[dict[str, Any]]:
+        """The newest records, oldest first: this process's own, or with workers every worker's on
+        this host, from their audit chains (`gateway.audit.feed`). Reads files: call off the loop."""
+        if self.worker is None:
+            return list(self.recent)
+        return feed.recent(self.state.audit_logs(), RECENT_DECISIONS)
+
     def credentials_not_ready(self) -> dict[str, str]:
         """Connectors in use whose credential cannot be read (`gateway.secrets.not_ready`)."""
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
@@ -126,7 +135,8 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
     return state.upstream_bundle
 
 
-def build(config: Config) -> Runtime:
+def build(config: Config, worker: int | None = None) -> Runtime:
+    """The runtime of the only process (`worker` None) or of one of `run --workers N`'s workers."""
     state = StateDir.open(config.state_path)
     registry = connector_registry.load(config.connectors)
     config.check_secrets(c.credential.secret for c in registry if c.credential)
@@ -156,7 +166,8 @@ def build(config: Config) -> Runtime:
         verifier=Verifier(key, revocations, config.max_token_ttl, config.token_leeway, config.metrics_token_ttl),
         resolver=Resolver(routes),
         secrets=Secrets(config.secrets),
-        audit=AuditLog(state.audit_log, key.private),
+        audit=audit_log(config, state, key, worker),
+        worker=worker,
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
@@ -174,6 +185,14 @@ def build(config: Config) -> Runtime:
                                      lambda: len(rt.credentials_not_ready())),
     )
     return rt
+
+
+def audit_log(config: Config, state: StateDir, key: SigningKey, worker: int | None) -> AuditLog:
+    """The single process's `audit.jsonl`, or a worker's own chain stamped with who wrote it."""
+    if worker is None:
+        return AuditLog(state.audit_log, key.private)
+    origin: dict[str, str | int] = {"replica": config.replica, "worker": worker}
+    return AuditLog(state.worker_audit_log(config.replica, worker), key.private, origin=origin)
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

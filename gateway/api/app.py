@@ -7,6 +7,7 @@ cannot hold a token, and none of them reveals anything secret.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -212,12 +213,13 @@ def admin_routes(rt: Runtime) -> list[Route]:
     @endpoint(rt, admin=True)
     async def decisions(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        recent = await asyncio.to_thread(rt.recent_decisions)
         try:
-            limit = min(max(int(request.query_params.get("limit", "100")), 1), len(rt.recent) or 1)
+            limit = min(max(int(request.query_params.get("limit", "100")), 1), len(recent) or 1)
         except ValueError:
             raise Refusal("bad_request", "limit must be an integer") from None
         admin, wanted = call.identity, record_filter(request, DECISION_FILTERS)
-        visible = [rec for rec in rt.recent if admin.administers(rec.get("tenant")) and wanted(rec)]
+        visible = [rec for rec in recent if admin.administers(rec.get("tenant")) and wanted(rec)]
         return {"decisions": visible[-limit:]}
 
     @endpoint(rt, admin=True)

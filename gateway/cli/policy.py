@@ -108,17 +108,19 @@ def add_approvals_commands(
 def add_audit_commands(
     subparsers: Any,
     *,
-    audit_path: FromArgs[Path],
+    audit_dir: FromArgs[Path],
     public_keys: FromArgs[list[Ed25519PublicKey]],
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("audit", help="the tamper-evident audit log")
     cmds = group.add_subparsers(dest="audit_command", required=True)
-    v = cmds.add_parser("verify", help="verify the hash chain and signatures; exit 1 naming the first bad record", parents=list(parents))
-    v.add_argument("file", nargs="?", type=Path)
+    v = cmds.add_parser("verify", help="verify the hash chains and signatures; exit 1 naming the first bad record",
+                        parents=list(parents))
+    v.add_argument("paths", nargs="*", type=Path, metavar="DIR_OR_FILE",
+                   help="chains to verify: files, or directories (every audit*.jsonl in them); default the state dir")
     v.add_argument("--strict", action="store_true",
                    help="for a stopped gateway's log: also fail unless it ends with the signature written at shutdown")
-    v.set_defaults(func=lambda a: audit_verify(a.file or audit_path(a), public_keys(a), a.strict))
+    v.set_defaults(func=lambda a: audit_verify(a.paths or [audit_dir(a)], public_keys(a), a.strict))
 
 
 def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
@@ -230,17 +232,35 @@ def approvals_decide(store: ApprovalStore, verb: str, approval_id: str, by: str 
     return 0
 
 
-def audit_verify(path: Path, keys: list[Ed25519PublicKey], strict: bool = False) -> int:
-    """Without `strict` a live log's unsigned tail is normal; with it (a stopped gateway's log, a
-    rotated file) anything not sealed by the closing signature fails, as a cut tail looks the same."""
-    try:
-        result = verify(path, keys)
-    except OSError as e:
-        print(f"{path}: {e.strerror}", file=sys.stderr)
+def audit_chains(paths: Sequence[Path]) -> list[Path]:
+    """The files given, and every chain (`audit*.jsonl`) of each directory given, in order."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.glob("audit*.jsonl")) if path.is_dir() else [path]
+    return found
+
+
+def audit_verify(paths: Sequence[Path], keys: list[Ed25519PublicKey], strict: bool = False) -> int:
+    """Every chain in turn, stopping at the first bad one (its first bad record named). Without
+    `strict` a live log's unsigned tail is normal; with it (a stopped gateway's log, a rotated file)
+    anything not sealed by the closing signature fails, as a cut tail looks the same. One chain is
+    reported as it always was; several each on a line of their own, prefixed with their path."""
+    chains = audit_chains(paths)
+    if not chains:
+        print(f"no audit log in {', '.join(map(str, paths))}", file=sys.stderr)
         return 2
-    problem = result.incomplete() if strict else None
-    if problem:
-        print(f"FAILED (--strict): {problem}", file=sys.stderr)
-        return 1
-    print(result, file=sys.stdout if result.ok else sys.stderr)
-    return 0 if result.ok else 1
+    for chain in chains:
+        where = f"{chain}: " if len(chains) > 1 else ""
+        try:
+            result = verify(chain, keys)
+        except OSError as e:
+            print(f"{chain}: {e.strerror}", file=sys.stderr)
+            return 2
+        problem = result.incomplete() if strict else None
+        if problem:
+            print(f"{where}FAILED (--strict): {problem}", file=sys.stderr)
+            return 1
+        print(f"{where}{result}", file=sys.stdout if result.ok else sys.stderr)
+        if not result.ok:
+            return 1
+    return 0

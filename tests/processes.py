@@ -105,7 +105,21 @@ class GatewayProcess:
             )
         wait_port(self.port, proc=self.proc)
         wait_port(self.api_port, proc=self.proc)
+        if int(self.settings.get("workers", 1)) > 1:  # the supervisor binds at once; its workers load first
+            self.wait_log("workers serve the proxy")
         return self
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> str:
+        """Until the log holds `text` `count` times (the process still running); returns the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log_file.read_text(errors="replace")
+            if log.count(text) >= count:
+                return log
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode} before logging {text!r}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not logged {count} times within {timeout}s")
 
     def stop(self, sig: int | None = None) -> int:
         return 0 if self.proc is None else _stop(self.proc, sig)
@@ -123,6 +137,11 @@ class GatewayProcess:
     @property
     def audit_file(self) -> Path:
         return self.state_dir / "audit.jsonl"
+
+    @property
+    def audit_files(self) -> list[Path]:
+        """Every chain in the state dir: `audit.jsonl`, or one per worker with `workers: N`."""
+        return sorted(self.state_dir.glob("audit*.jsonl"))
 
     def audit(self) -> list[dict[str, Any]]:
         """The audit log's records, less the chain's own signature records."""

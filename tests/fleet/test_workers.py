@@ -238,3 +238,42 @@ def _wait(condition: Any, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         time.sleep(0.02)
+
+
+@pytest.mark.chaos_full
+def test_a_worker_dying_again_and_again_backs_off_and_an_orphaned_fleet_stops(
+    tmp_path: Path, pki: PKI, vendor: FakeVendor, redis: RedisServer
+) -> None:
+    gw = GatewayProcess(tmp_path / "gw", fleet_settings(pki, vendor, redis, drain_timeout="5s")).start()
+    assert gw.proc is not None
+    token = gw.token(scopes=("stripe:*",))
+    try:
+        for attempt, delay in enumerate(("0.5", "1.0", "2.0"), 1):
+            victim = worker_pids(gw)[1]
+            os.kill(victim, signal.SIGKILL)
+            gw.wait_log(f"worker 1 (pid {victim}) died (signal SIGKILL); restarting in {delay}s ({attempt} in a row)")
+            gw.wait_log(" serves", count=2 + attempt)
+            with client(gw, token) as c:  # the other worker served throughout; the port never closed
+                assert pay(c).status_code == 200
+        survivors = sorted(worker_pids(gw).values())
+        gw.proc.kill()  # the supervisor dies: its workers drain and exit rather than serve unsupervised
+        gw.proc.wait()
+        for pid in survivors:
+            _wait(lambda pid=pid: not _alive(pid), timeout=30)
+        assert gw.log_file.read_text().count("is gone; draining") == 2
+        _wait(lambda: _refused(gw.port) and _refused(gw.api_port), timeout=5)
+    finally:
+        gw.stop()
+    verify = gw.cli("audit", "verify", "--strict", check=False)  # each SIGKILLed chain was resumed and sealed
+    assert verify.returncode == 0, verify.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is not serving
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

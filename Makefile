@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run lint test chaos bench demo clean tools
+.PHONY: setup run lint test chaos bench demo fleet clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: setup
 ## A scripted agent against local fake vendors, printing each decision.
 demo: setup
 	$(BIN)/python -m tests.demo
+
+## A real local fleet: redis-server, two replicas of two workers each, HAProxy (Debian: haproxy) in
+## front of both ports; the demo agent runs through it (ARGS=--hold keeps the fleet up afterwards).
+fleet: setup
+	$(BIN)/python -m tests.fleet.local $(ARGS)
 
 ## Rebuild the sample tools: the C ones in place (Debian: clang lld wasi-libc libclang-rt-dev-wasm32),
 ## the Python ones (componentize-py) into the state dir's tools/ (STATE_DIR=..., default the config's).

@@ -144,11 +144,17 @@ class GatewayProcess:
         return sorted(self.state_dir.glob("audit*.jsonl"))
 
     def audit(self) -> list[dict[str, Any]]:
-        """The audit log's records, less the chain's own signature records."""
-        if not self.audit_file.exists():
-            return []
-        records = (json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip())
-        return [rec for rec in records if rec.get("type") != "signature"]
+        """The records of every chain, less the chains' own signature records (and a torn last line)."""
+        records = []
+        for path in self.audit_files:
+            for line in path.read_bytes().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("type") != "signature":
+                    records.append(rec)
+        return records
 
     def token(self, sub: str = "agent-1", role: str = "finance", scopes: tuple[str, ...] = ("*",), **kw: Any) -> str:
         from gateway.identity import tokens as identity

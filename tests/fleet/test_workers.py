@@ -42,20 +42,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pki: PKI, vendor_server: Fak
         yield gw
 
 
-def records(gw: GatewayProcess) -> list[dict[str, Any]]:
-    """Every record of every chain (signatures left out); a torn last line is not a record."""
-    out = []
-    for path in gw.audit_files:
-        for line in path.read_bytes().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("type") != "signature":
-                out.append(rec)
-    return out
-
-
 def worker_pids(gw: GatewayProcess) -> dict[int, int]:
     """The pid of each worker's latest start, from the supervisor's log."""
     return {int(w): int(p) for w, p in re.findall(r"worker (\d+) \(pid (\d+)\) serves", gw.log_file.read_text())}
@@ -82,13 +68,13 @@ def test_two_workers_serve_one_proxy_port_and_one_api_port(fleet: GatewayProcess
             r = httpx.post(f"{fleet.api_url}/v1/detokenize", json={"text": "nothing to restore"},
                            headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 200, r.text
-        recs = records(fleet)
+        recs = fleet.audit()
         served = Counter(r["worker"] for r in recs if r.get("phase") == "decision")
         revealed = Counter(r["worker"] for r in recs if r.get("phase") == "reveal")
         if set(served) == set(revealed) == {0, 1}:
             break
     assert set(served) == {0, 1} and set(revealed) == {0, 1}, (served, revealed)
-    assert {r["replica"] for r in records(fleet)} == {"r1"}
+    assert {r["replica"] for r in fleet.audit()} == {"r1"}
     assert [p.name for p in fleet.audit_files] == ["audit.r1.0.jsonl", "audit.r1.1.jsonl"]
     # The decisions feed shows the fleet's decisions whichever worker answers.
     admin = {"Authorization": f"Bearer {fleet.token(sub='ops', role='admin')}"}
@@ -147,7 +133,7 @@ def test_a_worker_killed_under_load_is_restarted_and_no_record_is_lost(fleet: Ga
         for t in agents:
             t.join()
     assert {status for status, _ in seen} == {200}
-    recs = records(fleet)
+    recs = fleet.audit()
     decided = {r["decision_id"] for r in recs if r.get("phase") == "decision"}
     answered = {r["decision_id"] for r in recs if r.get("phase") == "outcome"}
     ids = {d for _, d in seen}
@@ -188,7 +174,7 @@ def test_sigterm_lets_an_open_stream_finish_then_exits_0(tmp_path: Path, pki: PK
     strict = gw.cli("audit", "verify", "--strict", check=False)
     assert strict.returncode == 0, strict.stderr
     assert strict.stdout.count("closed at shutdown") == 2
-    outcome = [r for r in records(gw) if r.get("sub") == "streamer" and r.get("phase") == "outcome"]
+    outcome = [r for r in gw.audit() if r.get("sub") == "streamer" and r.get("phase") == "outcome"]
     assert len(outcome) == 1 and outcome[0]["upstream_status"] == 200
 
 

@@ -71,6 +71,7 @@ class GatewayProcess:
     root: Path
     settings: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
+    launcher: tuple[str, ...] = ("-m", "gateway.cli")  # what `run ...` is given to (the bench's variants)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
+                [sys.executable, *self.launcher, "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

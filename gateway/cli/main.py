@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_connectors
     )
     policy_cli.add_policy_commands(
-        sub, lookup=_lookup, policies_dir=_policies_dir, audit_path=lambda a: _state(a).audit_log, parents=[common]
+        sub, lookup=_lookup, policies_dir=_policies_dir, audit_dir=lambda a: _state(a).root, parents=[common]
     )
     policy_cli.add_approvals_commands(sub, open_store=_approvals, parents=[common])
     policy_cli.add_audit_commands(sub, audit_dir=lambda a: _state(a).root, public_keys=_public_keys, parents=[common])

@@ -7,10 +7,10 @@ resolver functions of `args` (which carry `--config`/`--state-dir`).
 
     egress-gateway policy check [--policies DIR] [PATH ...]   exit 1 with file:line: reason
     egress-gateway policy test [--policies DIR] --as ROLE [--sub ID] [--tenant T] [--confidence X] REQUEST.json
-    egress-gateway policy report [AUDIT_FILE]
+    egress-gateway policy report [DIR_OR_FILE ...]
     egress-gateway approvals list [--all] [--json]
     egress-gateway approvals approve|deny ID [--by NAME]
-    egress-gateway audit verify [AUDIT_FILE] [--strict]   exit 1 naming the first bad record
+    egress-gateway audit verify [DIR_OR_FILE ...] [--strict]   exit 1 naming the first bad record
 
 `policy check` and `policy test` judge against the connectors `run` would load from the same
 `--config` (its `connectors:` included), and the policy directory `run` would use (`--policies`,
@@ -46,7 +46,7 @@ from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
 from gateway.policy.engine import Subject
 from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
-from gateway.policy.report import format_report, report_file
+from gateway.policy.report import format_report, report_files
 
 T = TypeVar("T")
 FromArgs = Callable[[argparse.Namespace], T]
@@ -57,7 +57,7 @@ def add_policy_commands(
     *,
     lookup: FromArgs[ConnectorLookup],
     policies_dir: FromArgs[Path],
-    audit_path: FromArgs[Path],
+    audit_dir: FromArgs[Path],
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("policy", help="check, test and report on policy files")
@@ -82,8 +82,9 @@ def add_policy_commands(
     )
 
     report = cmds.add_parser("report", help="summarise shadow-mode would-deny events by agent and rule", parents=list(parents))
-    report.add_argument("file", nargs="?", type=Path, help="audit log (default: the state dir's)")
-    report.set_defaults(func=lambda a: policy_report(a.file or audit_path(a)))
+    report.add_argument("paths", nargs="*", type=Path, metavar="DIR_OR_FILE",
+                        help="audit logs, or directories of them (default: every chain in the state dir)")
+    report.set_defaults(func=lambda a: policy_report(a.paths or [audit_dir(a)]))
 
 
 def add_approvals_commands(
@@ -193,11 +194,13 @@ def _view(route: Route, params: dict[str, Any], confidence: float | None) -> Req
     )
 
 
-def policy_report(path: Path) -> int:
+def policy_report(paths: Sequence[Path]) -> int:
+    """One report over every chain given (workers each write their own)."""
+    chains = audit_chains(paths)
     try:
-        print(format_report(report_file(path)))
+        print(format_report(report_files(chains)))
     except OSError as e:
-        print(f"{path}: {e.strerror}", file=sys.stderr)
+        print(f"{e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     return 0
 

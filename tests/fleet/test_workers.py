@@ -263,3 +263,19 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_policy_report_counts_the_shadow_denials_of_every_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    key = load_or_create_key(state / "signing-key.pem")
+    finding = {"code": "param_violation", "rule": "finance/pay#0", "message": "amount over max"}
+    for worker, calls in ((0, 2), (1, 3)):
+        log = AuditLog(state / f"audit.r1.{worker}.jsonl", key.private, origin={"replica": "r1", "worker": worker})
+        for i in range(calls):
+            log.write({"phase": "decision", "decision_id": f"dec_{worker}_{i}", "sub": "a", "would_deny": [finding]})
+        log.close()
+    assert cli_main(["policy", "report", "--state-dir", str(state)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[:4] == ["a", "finance/pay#0", "param_violation", "5"]
+    assert len(table) == 2

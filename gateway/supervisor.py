@@ -121,7 +121,7 @@ class Supervisor:
             self._spawn(slot)
         try:
             if not self._await_start():
-                return 2
+                return self._drain() if self.stopping else 2
             log.info("%d workers serve the proxy on %s and the API on %s", len(self.slots), self.config.listen,
                      self.config.api_listen)
             while not self.stopping:
@@ -167,7 +167,8 @@ class Supervisor:
         slot.ready_fd = -1
 
     def _await_start(self) -> bool:
-        """Until every worker serves; False (the others stopped) if one exits first."""
+        """Until every worker serves; False if one exits first (the others are then killed), or
+        if asked to stop meanwhile (they are then drained)."""
         while not all(s.ready for s in self.slots):
             for slot in self.slots:
                 self._poll_ready(slot)

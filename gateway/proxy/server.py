@@ -157,7 +157,8 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
             loop.add_signal_handler(sig, stop)
         listening: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     else:
-        loop.add_signal_handler(signal.SIGTERM, start_drain)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the supervisor sends SIGTERM; SIGINT only if sent on purpose
+            loop.add_signal_handler(sig, start_drain)
         listening = accepting_on(worker.proxy, accepting)
     await rt.quotas.warm_up()
     watcher = asyncio.create_task(rt.revocations.watch())

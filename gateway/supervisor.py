@@ -2,11 +2,12 @@
 
 Accept model: the supervisor binds both ports once and every worker accepts on those two sockets
 (inherited descriptors), rather than each worker binding its own with SO_REUSEPORT. Measured here
-(bench/fleet_bench.py, README "Workers") the two are within noise of each other in throughput; the
-shared socket wins on what matters when a worker dies: with SO_REUSEPORT each worker has its own
-accept queue, and the connections the kernel already queued on a killed worker's socket are reset,
-while with one shared queue the surviving workers accept them. It also keeps the port held while
-every worker restarts, and lets `run` fail on a busy port before any worker loads anything.
+(bench/fleet_bench.py, README "Workers") the two were within the noise of each other; the shared
+socket wins on what matters when a worker dies: with SO_REUSEPORT each worker has its own accept
+queue, and Linux resets the connections queued on a killed worker's socket (unless
+`net.ipv4.tcp_migrate_req` is set), while with one shared queue the surviving workers accept them.
+It also keeps the port held while a worker restarts, and lets `run` fail on a busy port before any
+worker loads anything.
 
 Workers: started with the same command line plus `--worker INDEX:PROXY_FD,API_FD,READY_FD`, in a
 session of their own (a terminal's Ctrl-C reaches the supervisor only, which then drains them). A

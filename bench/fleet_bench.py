@@ -163,7 +163,7 @@ def report(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.fleet_bench", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--runs", type=int, default=2, help="rounds, the variants taking turns")
-    p.add_argument("--requests", type=int, default=100, help="measured requests per connection per row")
+    p.add_argument("--requests", type=int, default=60, help="measured requests per connection per row")
     p.add_argument("--json", type=Path, help="also write the rows to this file")
     args = p.parse_args(argv)
     if shutil.which("redis-server") is None:

@@ -159,7 +159,7 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
     else:
         for sig in (signal.SIGINT, signal.SIGTERM):  # the supervisor sends SIGTERM; SIGINT only if sent on purpose
             loop.add_signal_handler(sig, start_drain)
-        listening = accepting_on(worker.proxy, accepting)
+        listening = accepting_on({parse_hostport(rt.config.listen, "listen")[1]: worker.proxy}, accepting)
     await rt.quotas.warm_up()
     watcher = asyncio.create_task(rt.revocations.watch())
     if rt.policies is not None:

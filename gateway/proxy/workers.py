@@ -29,13 +29,17 @@ SETTLE = 0.25  # seconds with no call in flight before the tunnels are closed
 
 
 @contextlib.contextmanager
-def accepting_on(sock: socket.socket, started: list[asyncio.Server]) -> Iterator[None]:
-    """mitmproxy's regular-mode server accepts on `sock` instead of binding, adding the servers it
-    starts to `started` (so the drain can stop accepting); mitmproxy's own `listen` is restored
-    afterwards."""
+def accepting_on(sockets: dict[int, socket.socket], started: list[asyncio.Server]) -> Iterator[None]:
+    """mitmproxy's regular-mode server for each configured port in `sockets` accepts on that
+    inherited socket instead of binding, adding the servers it starts to `started` (so the drain
+    can stop accepting); a listener on any other port binds as mitmproxy does. mitmproxy's own
+    `listen` is restored afterwards."""
     original = RegularInstance.listen
 
     async def listen(self: RegularInstance, host: str, port: int) -> list[asyncio.Server]:
+        sock = sockets.get(port)
+        if sock is None:
+            return await original(self, host, port)  # type: ignore[return-value]
         server = await asyncio.start_server(self.handle_stream, sock=sock)
         started.append(server)
         return [server]

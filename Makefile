@@ -10,7 +10,7 @@ PIP    := python -m pip --disable-pip-version-check
 TOOLS       := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: setup run lint test chaos bench demo clean tools lock sbom
+.PHONY: setup run lint test chaos bench demo fleet clean tools lock sbom
 
 # Every dependency, the test and python-guest extras' included, comes from the lock with its sha256
 # (pip refuses a file whose hash is not listed); the project itself then installs without resolving
@@ -73,6 +73,11 @@ bench: setup
 ## A scripted agent against local fake vendors, printing each decision.
 demo: setup
 	$(BIN)/python -m tests.demo
+
+## A real local fleet: redis-server, two replicas of two workers each, HAProxy (Debian: haproxy) in
+## front of both ports; the demo agent runs through it (ARGS=--hold keeps the fleet up afterwards).
+fleet: setup
+	$(BIN)/python -m tests.fleet.local $(ARGS)
 
 ## Rebuild the sample tools: the C ones in place (Debian: clang lld wasi-libc libclang-rt-dev-wasm32),
 ## the Python ones (componentize-py) into the state dir's tools/ (STATE_DIR=..., default the config's).

@@ -138,6 +138,45 @@ async def _run(load: Load) -> Result:
     return Result([x for xs in per_client for x in xs], wall, cpu)
 
 
+@dataclass(frozen=True)
+class Reconnecting:
+    """Latencies of clients that open a new connection every `every` requests: each connection's
+    first request (CONNECT, the agent's TLS handshake with the proxy, the proxy's with the vendor,
+    then the call) apart from the warm ones after it on the same connection."""
+
+    first: list[float]
+    warm: list[float]
+    wall: float
+
+
+async def _reconnecting_client(load: Load, wire: bytes, every: int) -> tuple[list[float], list[float]]:
+    first: list[float] = []
+    warm: list[float] = []
+    for _ in range(max(1, load.requests // every)):
+        t = time.perf_counter()
+        reader, writer = await _connect(load)
+        try:
+            await _exchange(reader, writer, wire)
+            first.append(time.perf_counter() - t)
+            warm += await _client((reader, writer), wire, every - 1)
+        finally:
+            writer.close()
+    return first, warm
+
+
+async def _run_reconnecting(load: Load, every: int) -> Reconnecting:
+    wire = load.request.wire()
+    start = time.perf_counter()
+    per_client = await asyncio.gather(*(_reconnecting_client(load, wire, every) for _ in range(load.clients)))
+    wall = time.perf_counter() - start
+    return Reconnecting([x for f, _ in per_client for x in f], [x for _, w in per_client for x in w], wall)
+
+
+def run_reconnecting(load: Load, every: int) -> Reconnecting:
+    """`load.clients` clients, each sending `load.requests` on a new connection every `every`."""
+    return asyncio.run(asyncio.wait_for(_run_reconnecting(load, every), load.timeout))
+
+
 def run(load: Load) -> Result:
     """Run one load to completion (or fail after `load.timeout` seconds)."""
     return asyncio.run(asyncio.wait_for(_run(load), load.timeout))

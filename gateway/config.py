@@ -514,6 +514,9 @@ class Config(_Strict):
     listen_tls: ListenTls | None = None
     attest: AttestSettings = AttestSettings()
     mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
+    workers: int = Field(default=1, ge=1, le=64)  # processes serving the same two ports (or --workers)
+    drain_timeout: Duration = 30.0  # on SIGTERM, how long open calls may take to finish
+    replica: str = Field(default_factory=lambda: os.uname().nodename, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
     @field_validator("listen", "api_listen")
     @classmethod
@@ -579,6 +582,24 @@ class Config(_Strict):
         if unknown:
             names = ", ".join(f"secrets.{n}" for n in unknown)
             raise ConfigError(f"{names}: no connector uses this credential (connectors' credentials: {', '.join(sorted(known)) or 'none'})")
+
+    @model_validator(mode="after")
+    def _shared_limits(self) -> Config:
+        """Counters in a worker's memory would give every agent N times each rate and budget."""
+        if self.workers > 1 and self.stores.rate_limits.startswith("memory:"):
+            raise ValueError(
+                f"workers: {self.workers} with stores.rate_limits {self.stores.rate_limits} would count every "
+                f"rate and budget in each worker ({self.workers}x the limits); set stores.rate_limits: "
+                "redis://HOST:PORT, or run one worker"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_tls_listener(self) -> Config:
+        """Workers share the proxy and API sockets the supervisor binds; `listen_tls` is not one."""
+        if self.workers > 1 and self.listen_tls is not None:
+            raise ValueError(f"workers: {self.workers} with listen_tls is not supported yet: run the mTLS listener with one worker")
+        return self
 
     @field_validator("mcp_servers")
     @classmethod

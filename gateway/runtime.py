@@ -14,6 +14,7 @@ from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
 from gateway import access_log, attest
+from gateway.audit.feed import AuditChainsFeed
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
@@ -79,6 +80,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     decisions: DecisionFeed = field(default_factory=MemoryFeed)  # GET /v1/decisions
+    worker: int | None = None  # this process's index under `run --workers N`; None: the only process
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
@@ -198,7 +200,8 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
     return state.upstream_bundle
 
 
-def build(config: Config) -> Runtime:
+def build(config: Config, worker: int | None = None) -> Runtime:
+    """The runtime of the only process (`worker` None) or of one of `run --workers N`'s workers."""
     state = StateDir.open(config.state_path)
     registry = connector_registry.load(config.connectors, config.mcp_connectors())
     config.check_secrets(c.credential.secret for c in registry if c.credential)
@@ -243,12 +246,14 @@ def build(config: Config) -> Runtime:
         ),
         resolver=Resolver(routes),
         secrets=Secrets.from_config(config.secret_refs, config.secrets_refresh, config.secrets_max_stale),
-        audit=AuditLog(state.audit_log, key.private),
+        audit=audit_log(config, state, key, worker),
+        worker=worker,
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
         approvals=stores.approvals,
-        decisions=stores.decisions,
+        # Workers on one host without a shared store read the feed back from every worker's chain.
+        decisions=AuditChainsFeed(state) if worker is not None and config.stores.state is None else stores.decisions,
         webhook=webhook,
         dlp=dlp,
         tools=tools,
@@ -305,6 +310,14 @@ def _pinned(config: Config, name: str) -> str | None:
     """A pin's hex digest, without its `sha256:` prefix."""
     pin = config.attest.pin.get(name)
     return pin.removeprefix("sha256:") if pin is not None else None
+
+
+def audit_log(config: Config, state: StateDir, key: SigningKey, worker: int | None) -> AuditLog:
+    """The single process's `audit.jsonl`, or a worker's own chain stamped with who wrote it."""
+    if worker is None:
+        return AuditLog(state.audit_log, key.private)
+    origin: dict[str, str | int] = {"replica": config.replica, "worker": worker}
+    return AuditLog(state.worker_audit_log(config.replica, worker), key.private, origin=origin)
 
 
 def build_dlp(config: Config, state: StateDir, policies: PolicyStore | None) -> Dlp:

@@ -84,6 +84,15 @@ class StateDir:
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 
+    def worker_audit_log(self, replica: str, worker: int) -> Path:
+        """One worker's own hash chain (`run --workers N`): workers never share a chain, so none
+        waits on another's lock and a killed one leaves only its own torn line."""
+        return self.root / f"audit.{replica}.{worker}.jsonl"
+
+    def audit_logs(self) -> list[Path]:
+        """Every chain in the directory: the single process's and each worker's."""
+        return sorted(self.root.glob("audit*.jsonl"))
+
     @property
     def upstream_bundle(self) -> Path:
         return self.root / "upstream-ca-bundle.pem"

@@ -49,13 +49,14 @@ def main() -> int:
         vendor = FakeVendor(pki.leaf("vendor", VENDOR_HOSTS))
         gw = GatewayProcess(root / "gateway", vendor_settings(pki, vendor)).start()
         try:
-            return _walk(gw, vendor)
+            return walk(gw, vendor)
         finally:
             gw.stop()
             vendor.close()
 
 
-def _walk(gw: GatewayProcess, vendor: FakeVendor) -> int:
+def walk(gw: GatewayProcess, vendor: FakeVendor) -> int:
+    """The scripted agent against `gw`'s ports (one gateway, or `make fleet`'s HAProxy)."""
     finance = gw.token(sub="finance-agent-01", role="finance", scopes=("stripe:*",))
     research = gw.token(sub="research-agent-01", role="research", scopes=("openai:*", "serpapi:*"))
 
@@ -102,7 +103,7 @@ def _walk(gw: GatewayProcess, vendor: FakeVendor) -> int:
             injected = any(key in got.headers.get("authorization", "") + got.path for key in VENDOR_ENV.values())
             seen = _colour("  vendor got the gateway's key" if injected else "  vendor reached", DIM)
         print(f"{step.title:<44} {status:>6}  {_colour(decision[:80], colour)}{seen}")
-    print(f"\naudit log: {gw.audit_file} ({len(gw.audit())} records)")
+    print(f"\naudit log: {', '.join(map(str, gw.audit_files))} ({len(gw.audit())} records)")
     return 0
 
 

@@ -83,6 +83,7 @@ class GatewayProcess:
     root: Path
     settings: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
+    launcher: tuple[str, ...] = ("-m", "gateway.cli")  # what `run ...` is given to (the bench's variants)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
+                [sys.executable, *self.launcher, "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
@@ -118,7 +119,21 @@ class GatewayProcess:
             )
         wait_port(self.port, proc=self.proc)
         wait_port(self.api_port, proc=self.proc)
+        if int(self.settings.get("workers", 1)) > 1:  # the supervisor binds at once; its workers load first
+            self.wait_log("workers serve the proxy")
         return self
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = 60.0) -> str:
+        """Until the log holds `text` `count` times (the process still running); returns the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log_file.read_text(errors="replace")
+            if log.count(text) >= count:
+                return log
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {self.proc.returncode} before logging {text!r}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{text!r} not logged {count} times within {timeout}s")
 
     def stop(self, sig: int | None = None) -> int:
         return 0 if self.proc is None else _stop(self.proc, sig)
@@ -137,12 +152,23 @@ class GatewayProcess:
     def audit_file(self) -> Path:
         return self.state_dir / "audit.jsonl"
 
+    @property
+    def audit_files(self) -> list[Path]:
+        """Every chain in the state dir: `audit.jsonl`, or one per worker with `workers: N`."""
+        return sorted(self.state_dir.glob("audit*.jsonl"))
+
     def audit(self) -> list[dict[str, Any]]:
-        """The audit log's records, less the chain's own signature records."""
-        if not self.audit_file.exists():
-            return []
-        records = (json.loads(line) for line in self.audit_file.read_text().splitlines() if line.strip())
-        return [rec for rec in records if rec.get("type") != "signature"]
+        """The records of every chain, less the chains' own signature records (and a torn last line)."""
+        records = []
+        for path in self.audit_files:
+            for line in path.read_bytes().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("type") != "signature":
+                    records.append(rec)
+        return records
 
     def token(self, sub: str = "agent-1", role: str = "finance", scopes: tuple[str, ...] = ("*",), **kw: Any) -> str:
         from gateway.identity import tokens as identity

@@ -32,6 +32,12 @@ records since the last signature. `fsync_each_record=True` trades latency for th
 
 The log is written from the proxy's event loop and may be written from threads (the API); a lock
 keeps `seq`/`prev` consistent. Callers must never put raw PII or secrets in a record.
+
+Workers (`run --workers N`): each worker appends to its own chain, `audit.<replica>.<worker>.jsonl`,
+and stamps `replica` and `worker` (`origin`) on every record of it, signatures included. One chain
+per writer keeps each chain's order its writer's order, with no lock between processes and no
+sequencer to lose records when it dies; a worker restarted after a crash continues its chain.
+`audit verify DIR` checks every chain of a directory.
 """
 
 from __future__ import annotations
@@ -96,12 +102,14 @@ class AuditLog:
         signing_key: Ed25519PrivateKey,
         sign_every: int = 100,
         fsync_each_record: bool = False,
+        origin: dict[str, str | int] | None = None,
     ) -> None:
         if sign_every < 1:
             raise ValueError("sign_every must be at least 1")
         self.path = path
         self.sign_every = sign_every
         self.fsync_each_record = fsync_each_record
+        self._origin = dict(origin or {})
         self._key = signing_key
         self._key_id = key_id(signing_key.public_key())
         self._lock = threading.Lock()
@@ -130,7 +138,7 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise AuditError("audit log is closed")
-            body = {"ts": _now(), **record}
+            body = {"ts": _now(), **record, **self._origin}
             self._append(body)
             if self.fsync_each_record:
                 os.fsync(self._fd)
@@ -161,6 +169,7 @@ class AuditLog:
     def _sign(self, closing: bool = False) -> None:
         sig = self._key.sign(_signed_message(self._seq, self._prev, closing))
         record: dict[str, Any] = {
+            **self._origin,
             "type": SIGNATURE,
             "ts": _now(),
             "head_seq": self._seq,

@@ -61,6 +61,7 @@ def _config(args: argparse.Namespace) -> Config:
             "api_listen": getattr(args, "api_listen", None),
             "policies": getattr(args, "policies", None),
             "log_format": getattr(args, "log_format", None),
+            "workers": getattr(args, "workers", None),
         }
         cached = args._config = config.load(getattr(args, "config", None), overrides)
     return cached
@@ -106,19 +107,28 @@ def _lookup(args: argparse.Namespace) -> ConnectorLookup:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    from gateway import runtime
+    from gateway import runtime, supervisor
+    from gateway.identity import keys as keyring
     from gateway.proxy import server
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = supervisor.WorkerSockets.parse(args.worker) if args.worker else None
+    who = f"worker-{worker.index} " if worker else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     for noisy in ("mitmproxy", "presidio-analyzer"):  # one line per loaded recognizer otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        server.check_listen(cfg)
+        if worker is None and cfg.workers > 1:
+            # Keys and CA exist (or are refused) before the workers start, so they never race to create them.
+            ring = keyring.load(cfg, _state(args))
+            ca.ensure(_state(args), ring.ca_pem)
+            return supervisor.Supervisor(cfg, args.argv).run()
+        if worker is None:
+            server.check_listen(cfg)
         with progress("loading connectors, policies and the DLP models"):
-            rt = runtime.build(cfg)
+            rt = runtime.build(cfg, worker.index if worker else None)
     except GatewayError as e:
         raise CliError(str(e)) from None
-    asyncio.run(server.serve(rt))
+    asyncio.run(server.serve(rt, worker))
     logging.getLogger("gateway").info("stopped; the audit log is sealed")
     return 0
 
@@ -257,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-listen", help="API HOST:PORT (default 127.0.0.1:8081)")
     run.add_argument("--policies", type=Path, help="directory of policy files")
     run.add_argument("--log-format", choices=("plain", "json"), help="the access log on stderr (default plain)")
+    run.add_argument("--workers", type=int, help="processes serving the same two ports (default 1; config `workers`)")
+    run.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor: INDEX:PROXY_FD,API_FD,READY_FD
     run.set_defaults(func=cmd_run)
 
     ca_cmd = sub.add_parser("ca", help="the CA agents must trust").add_subparsers(dest="ca_command", required=True)
@@ -288,13 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_connectors
     )
     policy_cli.add_policy_commands(
-        sub, lookup=_lookup, policies_dir=_policies_dir, audit_path=lambda a: _state(a).audit_log, parents=[common]
+        sub, lookup=_lookup, policies_dir=_policies_dir, audit_dir=lambda a: _state(a).root, parents=[common]
     )
     policy_cli.add_approvals_commands(sub, open_store=_approvals, parents=[common])
     add_mcp_commands(sub, open_store=lambda a: open_store(_config(a), _state(a)), parents=[common])
-    policy_cli.add_audit_commands(
-        sub, audit_path=lambda a: _state(a).audit_log, public_keys=_public_keys, parents=[common]
-    )
+    policy_cli.add_audit_commands(sub, audit_dir=lambda a: _state(a).root, public_keys=_public_keys, parents=[common])
     sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
     telemetry_cli.add_commands(sub, state=_state, parents=[common])
     return parser
@@ -302,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --workers N` repeats it for each worker
     try:
         _config(args)
         return int(args.func(args))

@@ -7,10 +7,10 @@ resolver functions of `args` (which carry `--config`/`--state-dir`).
 
     egress-gateway policy check [--policies DIR] [PATH ...]   exit 1 with file:line: reason
     egress-gateway policy test [--policies DIR] --as ROLE [--sub ID] [--tenant T] [--confidence X] REQUEST.json
-    egress-gateway policy report [AUDIT_FILE]
+    egress-gateway policy report [DIR_OR_FILE ...]
     egress-gateway approvals list [--all] [--json]
     egress-gateway approvals approve|deny ID [--by NAME]
-    egress-gateway audit verify [AUDIT_FILE] [--strict]   exit 1 naming the first bad record
+    egress-gateway audit verify [DIR_OR_FILE ...] [--strict]   exit 1 naming the first bad record
 
 `policy check` and `policy test` judge against the connectors `run` would load from the same
 `--config` (its `connectors:` included), and the policy directory `run` would use (`--policies`,
@@ -46,7 +46,7 @@ from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
 from gateway.policy.engine import Subject
 from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
-from gateway.policy.report import format_report, report_file
+from gateway.policy.report import format_report, report_files
 
 T = TypeVar("T")
 FromArgs = Callable[[argparse.Namespace], T]
@@ -57,7 +57,7 @@ def add_policy_commands(
     *,
     lookup: FromArgs[ConnectorLookup],
     policies_dir: FromArgs[Path],
-    audit_path: FromArgs[Path],
+    audit_dir: FromArgs[Path],
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("policy", help="check, test and report on policy files")
@@ -82,8 +82,9 @@ def add_policy_commands(
     )
 
     report = cmds.add_parser("report", help="summarise shadow-mode would-deny events by agent and rule", parents=list(parents))
-    report.add_argument("file", nargs="?", type=Path, help="audit log (default: the state dir's)")
-    report.set_defaults(func=lambda a: policy_report(a.file or audit_path(a)))
+    report.add_argument("paths", nargs="*", type=Path, metavar="DIR_OR_FILE",
+                        help="audit logs, or directories of them (default: every chain in the state dir)")
+    report.set_defaults(func=lambda a: policy_report(a.paths or [audit_dir(a)]))
 
 
 def add_approvals_commands(
@@ -108,17 +109,19 @@ def add_approvals_commands(
 def add_audit_commands(
     subparsers: Any,
     *,
-    audit_path: FromArgs[Path],
+    audit_dir: FromArgs[Path],
     public_keys: FromArgs[list[Ed25519PublicKey]],
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("audit", help="the tamper-evident audit log")
     cmds = group.add_subparsers(dest="audit_command", required=True)
-    v = cmds.add_parser("verify", help="verify the hash chain and signatures; exit 1 naming the first bad record", parents=list(parents))
-    v.add_argument("file", nargs="?", type=Path)
+    v = cmds.add_parser("verify", help="verify the hash chains and signatures; exit 1 naming the first bad record",
+                        parents=list(parents))
+    v.add_argument("paths", nargs="*", type=Path, metavar="DIR_OR_FILE",
+                   help="chains to verify: files, or directories (every audit*.jsonl in them); default the state dir")
     v.add_argument("--strict", action="store_true",
                    help="for a stopped gateway's log: also fail unless it ends with the signature written at shutdown")
-    v.set_defaults(func=lambda a: audit_verify(a.file or audit_path(a), public_keys(a), a.strict))
+    v.set_defaults(func=lambda a: audit_verify(a.paths or [audit_dir(a)], public_keys(a), a.strict))
 
 
 def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
@@ -191,11 +194,13 @@ def _view(route: Route, params: dict[str, Any], confidence: float | None) -> Req
     )
 
 
-def policy_report(path: Path) -> int:
+def policy_report(paths: Sequence[Path]) -> int:
+    """One report over every chain given (workers each write their own)."""
+    chains = audit_chains(paths)
     try:
-        print(format_report(report_file(path)))
+        print(format_report(report_files(chains)))
     except OSError as e:
-        print(f"{path}: {e.strerror}", file=sys.stderr)
+        print(f"{e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     return 0
 
@@ -232,17 +237,35 @@ def approvals_decide(store: ApprovalStore, verb: str, approval_id: str, by: str 
     return 0
 
 
-def audit_verify(path: Path, keys: list[Ed25519PublicKey], strict: bool = False) -> int:
-    """Without `strict` a live log's unsigned tail is normal; with it (a stopped gateway's log, a
-    rotated file) anything not sealed by the closing signature fails, as a cut tail looks the same."""
-    try:
-        result = verify(path, keys)
-    except OSError as e:
-        print(f"{path}: {e.strerror}", file=sys.stderr)
+def audit_chains(paths: Sequence[Path]) -> list[Path]:
+    """The files given, and every chain (`audit*.jsonl`) of each directory given, in order."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.glob("audit*.jsonl")) if path.is_dir() else [path]
+    return found
+
+
+def audit_verify(paths: Sequence[Path], keys: list[Ed25519PublicKey], strict: bool = False) -> int:
+    """Every chain in turn, stopping at the first bad one (its first bad record named). Without
+    `strict` a live log's unsigned tail is normal; with it (a stopped gateway's log, a rotated file)
+    anything not sealed by the closing signature fails, as a cut tail looks the same. One chain is
+    reported as it always was; several each on a line of their own, prefixed with their path."""
+    chains = audit_chains(paths)
+    if not chains:
+        print(f"no audit log in {', '.join(map(str, paths))}", file=sys.stderr)
         return 2
-    problem = result.incomplete() if strict else None
-    if problem:
-        print(f"FAILED (--strict): {problem}", file=sys.stderr)
-        return 1
-    print(result, file=sys.stdout if result.ok else sys.stderr)
-    return 0 if result.ok else 1
+    for chain in chains:
+        where = f"{chain}: " if len(chains) > 1 else ""
+        try:
+            result = verify(chain, keys)
+        except OSError as e:
+            print(f"{chain}: {e.strerror}", file=sys.stderr)
+            return 2
+        problem = result.incomplete() if strict else None
+        if problem:
+            print(f"{where}FAILED (--strict): {problem}", file=sys.stderr)
+            return 1
+        print(f"{where}{result}", file=sys.stdout if result.ok else sys.stderr)
+        if not result.ok:
+            return 1
+    return 0

@@ -11,7 +11,7 @@ record after) and each carries the call's `would_deny`, so a finding is counted 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +77,18 @@ def _count(rows: dict[tuple[str, str, str], ReportRow], key: tuple[str, str, str
 
 
 def report_file(path: Path) -> Report:
-    with path.open("rb") as f:
-        return summarise(f)
+    return report_files([path])
+
+
+def report_files(paths: Iterable[Path]) -> Report:
+    """One report over several logs (each worker's chain), read one after the other."""
+
+    def lines() -> Iterator[bytes]:
+        for path in paths:
+            with path.open("rb") as f:
+                yield from f
+
+    return summarise(lines())
 
 
 def format_report(report: Report) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from mitmproxy import options
@@ -34,7 +36,9 @@ from gateway.proxy.outcome import Outcome, unclaimed_pages
 from gateway.proxy.pinning import Pinning
 from gateway.proxy.streams import StreamCutoff
 from gateway.proxy.tunnels import Authenticate
+from gateway.proxy.workers import InFlight, accepting_on
 from gateway.runtime import Runtime, upstream_bundle
+from gateway.supervisor import WorkerSockets
 from gateway.telemetry.baseline import keep_in_sync
 
 log = logging.getLogger(__name__)
@@ -130,22 +134,47 @@ def gateway_addons(rt: Runtime) -> list[object]:
     ]
 
 
-async def serve(rt: Runtime) -> None:
+async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. As a worker of `run --workers N`, serve the supervisor's sockets,
+    say when serving, drain on SIGTERM, and drain as well if the supervisor is gone."""
     ca.ensure(rt.state, rt.keys.ca_pem if rt.keys else None)
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
-    master.addons.add(*mitmproxy_addons(), *gateway_addons(rt))
+    inflight = InFlight()
+    master.addons.add(*mitmproxy_addons(), *gateway_addons(rt), *([inflight] if worker else []))
     master.options.update(**proxy_options(rt))
     api_host, api_port = parse_hostport(rt.config.api_listen, "api_listen")
-    api = _ApiServer(uvicorn.Config(create_app(rt), host=api_host, port=api_port, log_level="warning", lifespan="off"))
-
+    api = _ApiServer(uvicorn.Config(create_app(rt), host=api_host, port=api_port, log_level="warning", lifespan="off",
+                                    timeout_graceful_shutdown=max(1, round(rt.config.drain_timeout))))
     loop = asyncio.get_running_loop()
+    accepting: list[asyncio.Server] = []
+    tasks: list[asyncio.Task[None]] = []
 
     def stop() -> None:
         master.shutdown()
         api.should_exit = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+    async def drain() -> None:
+        log.info("draining: no new connections; up to %.0fs for the calls in flight", rt.config.drain_timeout)
+        for server in accepting:
+            server.close()
+        api.should_exit = True
+        cut = await inflight.settled(time.monotonic() + rt.config.drain_timeout)
+        if cut:
+            log.warning("drain_timeout reached: %d calls in flight are cut", cut)
+        master.shutdown()
+
+    def start_drain() -> None:
+        if not tasks:
+            tasks.append(asyncio.create_task(drain()))
+
+    if worker is None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        listening: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the supervisor sends SIGTERM; SIGINT only if sent on purpose
+            loop.add_signal_handler(sig, start_drain)
+        listening = accepting_on({parse_hostport(rt.config.listen, "listen")[1]: worker.proxy}, accepting)
     await rt.quotas.warm_up()
     watchers = [
         asyncio.create_task(rt.revocations.watch()),
@@ -161,16 +190,19 @@ async def serve(rt: Runtime) -> None:
         rt.policies.start()
     if rt.webhook is not None:
         rt.webhook.start()
-    api_task = asyncio.create_task(api.serve())
+    api_task = asyncio.create_task(api.serve(sockets=[worker.api] if worker else None))
+    helpers = [] if worker is None else [asyncio.create_task(_report_ready(worker, api, accepting)),
+                                         asyncio.create_task(_watch_parent(start_drain))]
     try:
-        log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
-        if rt.config.listen_tls is not None:
-            log.info("mTLS proxy on %s", rt.config.listen_tls.address)
-        await master.run()
+        with listening:
+            log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
+            if rt.config.listen_tls is not None:
+                log.info("mTLS proxy on %s", rt.config.listen_tls.address)
+            await master.run()
     finally:
         api.should_exit = True
-        for watcher in watchers:
-            watcher.cancel()
+        for task in (*watchers, *helpers):
+            task.cancel()
         if rt.policies is not None:
             await rt.policies.stop()
         await asyncio.gather(api_task, return_exceptions=True)
@@ -178,3 +210,21 @@ async def serve(rt: Runtime) -> None:
             await rt.webhook.stop()
         await rt.dlp.close()
         rt.close()
+
+
+async def _report_ready(worker: WorkerSockets, api: uvicorn.Server, accepting: list[asyncio.Server]) -> None:
+    """One byte on the supervisor's pipe once both servers accept: it waits for every worker
+    before saying the gateway is up, and a worker that dies before this byte is a start failure."""
+    while not (api.started and accepting):
+        await asyncio.sleep(0.02)
+    os.write(worker.ready, b"r")
+    os.close(worker.ready)
+
+
+async def _watch_parent(drain: Callable[[], None]) -> None:
+    """A worker whose supervisor died (SIGKILL) drains and exits rather than serving unsupervised."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1)
+    log.warning("the supervisor (pid %d) is gone; draining", parent)
+    drain()

@@ -27,9 +27,9 @@ def parser(tmp_path: Path) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command", required=True)
     add_policy_commands(sub, lookup=lambda a: lookup, policies_dir=lambda a: tmp_path / "policies",
-                        audit_path=lambda a: tmp_path / "audit.jsonl")
+                        audit_dir=lambda a: tmp_path)
     add_approvals_commands(sub, open_store=lambda a: ApprovalStore(tmp_path / "approvals.db"))
-    add_audit_commands(sub, audit_path=lambda a: tmp_path / "audit.jsonl", public_keys=lambda a: [KEY.public_key()])
+    add_audit_commands(sub, audit_dir=lambda a: tmp_path, public_keys=lambda a: [KEY.public_key()])
     return p
 
 

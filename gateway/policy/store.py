@@ -57,8 +57,8 @@ class PolicyStore:
             self._reject(None, f"cannot read policy directory {self.directory}: {e}")
             return False
         version = content_version(contents.items())
-        if version == self._current.version:
-            self._seen = None
+        if version == self._current.version:  # unchanged, or a rejected change undone: nothing is wrong now
+            self._seen, self._rejected, self.last_error = None, None, None
             return False
         if version != self._seen:
             self._seen = version

@@ -18,6 +18,7 @@ from gateway import access_log
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
+from gateway.decision_feed import DecisionFeed
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
@@ -59,6 +60,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
+    feed: DecisionFeed = field(default_factory=DecisionFeed)  # the live decision streams
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
@@ -96,6 +98,7 @@ class Runtime:
 
     def _note(self, rec: dict[str, Any]) -> None:
         self.recent.append(rec)
+        self.feed.publish(rec)
         access_log.note(rec, self.config.log_format)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
@@ -164,6 +167,7 @@ def build(config: Config) -> Runtime:
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
+        feed=DecisionFeed(config.console.max_streams, config.console.stream_queue),
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)

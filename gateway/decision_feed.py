@@ -43,13 +43,15 @@ class DecisionFeed:
 
     limit: int = 32
     capacity: int = 500
+    closed: bool = False  # the gateway is shutting down: streams end, none start
     _subs: set[Subscription] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def subscribe(self) -> Subscription | None:
-        """A new subscription in the running loop, or None when `limit` are already open."""
+        """A new subscription in the running loop, or None when `limit` are already open (or the
+        feed is closed)."""
         with self._lock:
-            if len(self._subs) >= self.limit:
+            if self.closed or len(self._subs) >= self.limit:
                 return None
             sub = Subscription(asyncio.Queue(self.capacity), asyncio.get_running_loop())
             self._subs.add(sub)
@@ -62,6 +64,11 @@ class DecisionFeed:
     @property
     def open(self) -> int:
         return len(self._subs)
+
+    def close(self) -> None:
+        """At shutdown: open streams end within a second, so the API server is not held open by a
+        browser that would otherwise watch forever."""
+        self.closed = True
 
     def publish(self, rec: dict[str, Any]) -> None:
         if not self._subs:

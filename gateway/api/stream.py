@@ -46,6 +46,8 @@ def stream_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         assert admin is not None
         wanted = record_filter(request, DECISION_FILTERS)
         sub = rt.feed.subscribe()
+        if sub is None and rt.feed.closed:
+            raise Refusal("store_unavailable", "the gateway is shutting down")
         if sub is None:
             raise Refusal("rate_limited", f"{rt.feed.limit} decision streams are open; close one or try again later",
                           headers={"Retry-After": "10"})
@@ -82,6 +84,8 @@ def authority(rt: Runtime, sessions: Sessions, admin: Identity, session: Session
     """Why the stream must end now (signed out, expired, revoked), or None while it may go on."""
 
     def check() -> str | None:
+        if rt.feed.closed:
+            return "the gateway is shutting down"
         if session is not None:
             return None if sessions.alive(session.id) else "the console session has ended"
         try:

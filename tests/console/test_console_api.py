@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,13 @@ def test_bounds_and_the_secure_flag(make_gateway: Any, pki: PKI, vendor: FakeVen
         assert first.status_code == 200
         second = httpx.get(f"{gw.api_url}/v1/decisions/stream", headers=admin)
         assert (second.status_code, error_of(second)["code"]) == (429, "rate_limited")
+        # An open stream does not hold the gateway up at shutdown: it ends, and the process exits
+        # by itself (a gateway still running 15 s after SIGTERM is killed, exit -9).
+        with ThreadPoolExecutor(1) as pool:
+            stopped = pool.submit(gw.stop)
+            ended = next(data for name, data in sse_events(first.iter_lines()) if name == "end")
+            assert ended == {"reason": "the gateway is shutting down"}
+            assert stopped.result() == 0
 
 
 def test_a_slow_reader_costs_a_bounded_queue_and_learns_what_it_lost() -> None:

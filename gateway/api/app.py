@@ -176,7 +176,12 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         admin, wanted = call.identity, record_filter(request, APPROVAL_FILTERS)
         states = APPROVAL_STATES if request.query_params.get("state") == "all" else ("pending",)
         found = [a.public() for a in rt.approvals.list(states) if admin.administers(a.tenant)]
-        return {"approvals": [a for a in found if wanted(a)]}
+        shown = [a for a in found if wanted(a)]
+        try:  # the latest `limit` (the console's history re-reads every few seconds)
+            limit = int(request.query_params.get("limit", "0"))
+        except ValueError:
+            raise Refusal("bad_request", "limit must be an integer") from None
+        return {"approvals": shown[-limit:] if limit > 0 else shown}
 
     @endpoint(rt, admin=True)
     async def register_tool(request: Request, call: Call) -> dict[str, Any]:

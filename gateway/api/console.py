@@ -12,6 +12,7 @@ only, none inline, so even markup that slipped into the page could not run.
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 from typing import Any
 
@@ -26,6 +27,8 @@ from gateway.errors import DECISION_HEADER, Refusal, describe
 from gateway.pipeline.call import Call
 from gateway.pipeline.steps import audit_method, redact_path
 from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -83,6 +86,9 @@ def console_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         except Refusal as r:
             rt.record_after(call.record("deny", r, phase="api", client=request.client.host if request.client else None))
             return refusal_response(r, call.decision_id)
+        except Exception:
+            log.exception("console session handler failed")
+            return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
 
     async def sign_in(request: Request, call: Call) -> Response:
         """The pasted admin token, once, in a JSON body (never a URL), for a session cookie."""
@@ -94,7 +100,11 @@ def console_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
             raise Refusal("malformed_body", describe(e)) from None
         call.identity = verify_token(rt, token, admin=True, path=request.url.path)
         started = sessions.start(call.identity)
-        rt.record(call.record("allow", phase="console_sign_in"))
+        try:
+            rt.record(call.record("allow", phase="console_sign_in"))
+        except Refusal:  # a sign-in that cannot be audited does not happen
+            sessions.end(started.id)
+            raise
         response = answer(started.public(), call)
         response.set_cookie(COOKIE, started.id, max_age=max(1, int(started.expires_at - started.created_at)), path="/",
                             httponly=True, samesite="strict", secure=secure(rt, request))

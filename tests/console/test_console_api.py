@@ -177,6 +177,8 @@ def test_a_tenant_admin_sees_only_its_tenant(gw: GatewayProcess) -> None:
         assert acme_id in ids and globex_id not in ids
         history = c.get("/v1/approvals?state=all", headers=h).json()["approvals"]
         assert {a["tenant"] for a in history} == {"acme"}
+        latest = c.get("/v1/approvals?state=all&limit=1", headers=h).json()["approvals"]
+        assert latest == history[-1:] and latest[0]["id"] == acme_id
         r = c.post(f"/v1/approvals/{globex_id}/deny", headers=h)
         assert (r.status_code, error_of(r)["code"]) == (404, "not_found")
         decisions = c.get("/v1/decisions?limit=1000", headers=h).json()["decisions"]

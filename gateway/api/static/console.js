@@ -10,7 +10,7 @@
   const PAGES = ["approvals", "decisions", "agents", "policies"];
   const FEED_ROWS = 200; // rows the live feed keeps on screen
   const POLL_MS = 10000; // approvals and agents are also re-read on this beat
-  const state = { csrf: null, page: null, stream: null, timer: null, refreshSoon: null, feedFilter: {} };
+  const state = { csrf: null, page: null, stream: null, timer: null, refreshSoon: null, feedFilter: null };
 
   // --- DOM helpers: text only --------------------------------------------------------------------
   function el(tag, props, ...children) {
@@ -137,6 +137,7 @@
       else link.removeAttribute("aria-current");
     }
     fail("");
+    status("");
     ({ approvals: startApprovals, decisions: startDecisions, agents: startAgents, policies: startPolicies })[page]();
   }
 
@@ -229,7 +230,7 @@
   }
 
   async function loadApprovals() {
-    const [pending, all] = await Promise.all([api("GET", "/v1/approvals"), api("GET", "/v1/approvals?state=all")]);
+    const [pending, all] = await Promise.all([api("GET", "/v1/approvals"), api("GET", "/v1/approvals?state=all&limit=200")]);
     renderPending(pending.approvals);
     renderHistory(all.approvals.filter((a) => a.state !== "pending"));
   }
@@ -272,8 +273,7 @@
     const row = el("tr", { "data-id": a.id },
       cell("Agent", el("span", { class: "mono", text: a.sub })),
       cell("Tenant", text(a.tenant)),
-      cell("Connector", text(a.connector)),
-      cell("Action", text(a.action)),
+      cell("Connector / action", el("div", { text: text(a.connector) }), el("div", { class: "mono", text: text(a.action) })),
       cell("Object", el("span", { class: "mono", text: objectActedOn(a.summary) })),
       cell("Parameters", params(a.summary)),
       cell("Rule", text(a.reason)),
@@ -310,16 +310,19 @@
     const filter = {};
     for (const [key, value] of new FormData($("filters")).entries()) if (String(value).trim()) filter[key] = String(value).trim();
     state.feedFilter = filter;
+    $("feed-state").textContent = "Loading.";
+    // The recent decisions first, then the live ones: "Live." means both are on screen.
     guarded(async () => {
       const query = new URLSearchParams({ ...filter, limit: "100" }).toString();
       const data = await api("GET", `/v1/decisions?${query}`);
+      if (state.feedFilter !== filter || state.page !== "decisions") return; // filters or page changed meanwhile
       $("feed").querySelector("tbody").replaceChildren(...data.decisions.slice().reverse().map(decisionRow));
+      openStream(filter, (rec) => {
+        const body = $("feed").querySelector("tbody");
+        body.prepend(decisionRow(rec));
+        while (body.rows.length > FEED_ROWS) body.lastElementChild.remove();
+      }, (message) => { $("feed-state").textContent = message; });
     })();
-    openStream(filter, (rec) => {
-      const body = $("feed").querySelector("tbody");
-      body.prepend(decisionRow(rec));
-      while (body.rows.length > FEED_ROWS) body.lastElementChild.remove();
-    }, (message) => { $("feed-state").textContent = message; });
   }
 
   function decisionRow(rec) {

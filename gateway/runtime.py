@@ -18,10 +18,10 @@ from gateway import access_log
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
-from gateway.decision_feed import DecisionFeed
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
+from gateway.live_decisions import LiveDecisions
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -60,7 +60,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_DECISIONS))
-    feed: DecisionFeed = field(default_factory=DecisionFeed)  # the live decision streams
+    live: LiveDecisions = field(default_factory=LiveDecisions)  # the live decision streams (`/v1/decisions/stream`)
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
@@ -98,7 +98,7 @@ class Runtime:
 
     def _note(self, rec: dict[str, Any]) -> None:
         self.recent.append(rec)
-        self.feed.publish(rec)
+        self.live.publish(rec)
         access_log.note(rec, self.config.log_format)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
@@ -167,7 +167,7 @@ def build(config: Config) -> Runtime:
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
-        feed=DecisionFeed(config.console.max_streams, config.console.stream_queue),
+        live=LiveDecisions(config.console.max_streams, config.console.stream_queue),
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)

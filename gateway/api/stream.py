@@ -5,7 +5,7 @@ A stream shows the caller what `GET /v1/decisions` would (its tenant's records, 
 record by record, until the caller's authority ends: the stream checks every second that the
 console session still stands (not signed out, not expired) or that the Bearer token is still valid
 (not expired, not revoked), and closes with an `end` event otherwise. A reader that falls behind
-gets a `lost` event with the number of records dropped for it (`gateway.decision_feed`), never an
+gets a `lost` event with the number of records dropped for it (`gateway.live_decisions`), never an
 unbounded buffer.
 """
 
@@ -23,9 +23,9 @@ from starlette.routing import Route
 
 from gateway.api.endpoint import DECISION_FILTERS, endpoint, record_filter
 from gateway.api.sessions import Session, Sessions
-from gateway.decision_feed import Subscription
 from gateway.errors import Refusal
 from gateway.identity.tokens import Identity
+from gateway.live_decisions import Subscription
 from gateway.pipeline.call import Call
 from gateway.runtime import Runtime
 
@@ -45,11 +45,11 @@ def stream_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         admin = call.identity
         assert admin is not None
         wanted = record_filter(request, DECISION_FILTERS)
-        sub = rt.feed.subscribe()
-        if sub is None and rt.feed.closed:
+        sub = rt.live.subscribe()
+        if sub is None and rt.live.closed:
             raise Refusal("store_unavailable", "the gateway is shutting down")
         if sub is None:
-            raise Refusal("rate_limited", f"{rt.feed.limit} decision streams are open; close one or try again later",
+            raise Refusal("rate_limited", f"{rt.live.limit} decision streams are open; close one or try again later",
                           headers={"Retry-After": "10"})
         still_allowed = authority(rt, sessions, admin, request.state.console_session)
         body = events(sub, lambda rec: admin.administers(rec.get("tenant")) and wanted(rec), still_allowed)
@@ -59,7 +59,7 @@ def stream_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
                 async for chunk in body:
                     yield chunk
             finally:
-                rt.feed.unsubscribe(sub)
+                rt.live.unsubscribe(sub)
 
         return StreamingResponse(closing(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -84,7 +84,7 @@ def authority(rt: Runtime, sessions: Sessions, admin: Identity, session: Session
     """Why the stream must end now (signed out, expired, revoked), or None while it may go on."""
 
     def check() -> str | None:
-        if rt.feed.closed:
+        if rt.live.closed:
             return "the gateway is shutting down"
         if session is not None:
             return None if sessions.alive(session.id) else "the console session has ended"

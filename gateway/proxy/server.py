@@ -142,7 +142,7 @@ async def serve(rt: Runtime) -> None:
         log.info("proxy on %s, API on %s, state in %s", rt.config.listen, rt.config.api_listen, rt.state.root)
         await master.run()
     finally:
-        rt.feed.close()  # live decision streams end within a second, or they would hold the API server open
+        rt.live.close()  # live decision streams end within a second, or they would hold the API server open
         api.should_exit = True
         watcher.cancel()
         if rt.policies is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.decision_feed import DecisionFeed
+from gateway.live_decisions import LiveDecisions
 from tests.clients import client, error_of
 from tests.console.setup import BIG, GOOD, PAY, agent_token, ask_approval, policy_dir, sign_in
 from tests.fakes import PKI, VENDOR_ENV, FakeVendor, vendor_settings
@@ -349,14 +349,14 @@ def test_bounds_and_the_secure_flag(make_gateway: Any, pki: PKI, vendor: FakeVen
 
 def test_a_slow_reader_costs_a_bounded_queue_and_learns_what_it_lost() -> None:
     async def run() -> tuple[int, int, int, bool]:
-        feed = DecisionFeed(limit=2, capacity=3)
-        slow, other = feed.subscribe(), feed.subscribe()
-        assert slow is not None and other is not None and feed.subscribe() is None
+        live = LiveDecisions(limit=2, capacity=3)
+        slow, other = live.subscribe(), live.subscribe()
+        assert slow is not None and other is not None and live.subscribe() is None
         for i in range(10):
-            feed.publish({"n": i})
+            live.publish({"n": i})
         held, lost = slow.queue.qsize(), slow.take_lost()
-        feed.unsubscribe(other)
-        return held, lost, slow.take_lost(), feed.subscribe() is not None
+        live.unsubscribe(other)
+        return held, lost, slow.take_lost(), live.subscribe() is not None
 
     assert asyncio.run(run()) == (3, 7, 0, True)
 

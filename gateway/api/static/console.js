@@ -356,15 +356,37 @@
     every(refresh);
   }
 
+  // An agent as the API gives it: {sub, tenant, ...} from the recent decisions, or {agent:
+  // "tenant/sub", ...} from the behaviour baselines; both are read as {sub, tenant, ...}.
+  function agentOf(a) {
+    if (typeof a.sub === "string") return a;
+    const key = String(a.agent || "");
+    const cut = key.indexOf("/");
+    return { ...a, tenant: cut > 0 ? key.slice(0, cut) : null, sub: cut >= 0 ? key.slice(cut + 1) : key };
+  }
+
+  function baselineOf(a) {
+    if (Object.prototype.hasOwnProperty.call(a, "baseline")) return text(a.baseline);
+    const parts = [];
+    if (a.observing) parts.push("observing");
+    if (a.baseline_rate_per_minute !== null && a.baseline_rate_per_minute !== undefined) parts.push(`${a.baseline_rate_per_minute}/min`);
+    if (Array.isArray(a.actions) && a.actions.length) parts.push(`actions: ${a.actions.join(", ")}`);
+    if (Array.isArray(a.hosts) && a.hosts.length) parts.push(`hosts: ${a.hosts.join(", ")}`);
+    return parts.join("; ") || "-";
+  }
+
   async function loadAgents() {
     const data = await api("GET", "/v1/agents");
-    const agents = data.agents;
-    // Behaviour baselines, anomaly scores and quarantine appear when the API provides them.
-    const has = (key) => agents.some((a) => Object.prototype.hasOwnProperty.call(a, key));
-    const columns = [["Agent", (a) => el("span", { class: "mono", text: a.sub })], ["Tenant", (a) => text(a.tenant)],
-      ["Role", (a) => text(a.role)], ["Last seen", (a) => fmtTime(a.last_seen)], ["Calls", (a) => text(a.calls)],
-      ["Denials", (a) => text(a.denials)]];
-    if (has("baseline")) columns.push(["Baseline", (a) => el("span", { class: "mono", text: text(a.baseline) })]);
+    const agents = data.agents.map(agentOf);
+    // Columns appear for the fields the API provides: counts from the recent decisions; behaviour
+    // baselines, anomaly scores and quarantine where the gateway keeps them.
+    const has = (...keys) => agents.some((a) => keys.some((key) => Object.prototype.hasOwnProperty.call(a, key)));
+    const columns = [["Agent", (a) => el("span", { class: "mono", text: a.sub })], ["Tenant", (a) => text(a.tenant)]];
+    if (has("role")) columns.push(["Role", (a) => text(a.role)]);
+    columns.push(["Last seen", (a) => fmtTime(a.last_seen)]);
+    if (has("calls")) columns.push(["Calls", (a) => text(a.calls)]);
+    if (has("denials")) columns.push(["Denials", (a) => text(a.denials)]);
+    if (has("baseline", "baseline_rate_per_minute")) columns.push(["Baseline", (a) => el("span", { class: "mono", text: baselineOf(a) })]);
     if (has("anomaly_score")) columns.push(["Anomaly score", (a) => text(a.anomaly_score)]);
     if (has("quarantined")) columns.push(["Quarantined", (a) => (a.quarantined ? "yes" : "no")]);
     columns.push(["Actions", (a) => agentActions(a, has("quarantined"))]);

@@ -1,4 +1,4 @@
-"""Every record the gateway notes, pushed to the live feeds (`GET /v1/decisions/stream`).
+"""Every record the gateway notes, pushed to the live decision streams (`GET /v1/decisions/stream`).
 
 Each open feed is a `Subscription` with a bounded queue: a reader that falls behind (a slow
 browser, a stalled network) never makes the gateway hold more than `capacity` records for it;
@@ -38,7 +38,7 @@ class Subscription:
 
 
 @dataclass
-class DecisionFeed:
+class LiveDecisions:
     """The set of open subscriptions, at most `limit` of them."""
 
     limit: int = 32

@@ -1,6 +1,6 @@
 """`GET /v1/agents`: which agents called recently, and `POST /v1/agents/{sub}/revoke`.
 
-The view is built from the recent decisions the gateway keeps in memory (`Runtime.recent`, the
+The view is built from the recent decisions the gateway keeps in memory (`Runtime.recent` through `recent_decisions`, the
 same records `GET /v1/decisions` shows): one row per agent (sub and tenant) with its role, when it
 was last seen, how many calls it made and how many of them were refused. Only records of calls
 through the proxy count (`phase: decision`); an admin's own API use is not an agent's call.
@@ -21,7 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.endpoint import endpoint
+from gateway.api.endpoint import endpoint, recent_decisions
 from gateway.api.sessions import Sessions
 from gateway.errors import Refusal
 from gateway.identity.tokens import ALL_TENANTS, Identity
@@ -54,14 +54,14 @@ def agent_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     @endpoint(rt, admin=True, sessions=sessions)
     async def agents(_: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
-        return {"agents": recent_agents(rt.recent, call.identity)}
+        return {"agents": recent_agents(await recent_decisions(rt), call.identity)}
 
     @endpoint(rt, admin=True, sessions=sessions)
     async def revoke(request: Request, call: Call) -> dict[str, Any]:
         admin = call.identity
         assert admin is not None
         sub = request.path_params["sub"]
-        seen = [rec for rec in rt.recent if rec.get("sub") == sub and rec.get("phase") == "decision"
+        seen = [rec for rec in await recent_decisions(rt) if rec.get("sub") == sub and rec.get("phase") == "decision"
                 and admin.administers(rec.get("tenant"))]
         if not seen:
             raise Refusal("not_found", "no agent of that sub among the recent decisions in this admin's tenant")

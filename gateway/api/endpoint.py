@@ -112,6 +112,11 @@ async def read_body(rt: Runtime, request: Request, limit: int | None = None, set
     return bytes(body)
 
 
+async def recent_decisions(rt: Runtime) -> list[dict[str, Any]]:
+    """The recent decision records the console's views read (one place to change where they live)."""
+    return list(rt.recent)
+
+
 def record_filter(request: Request, fields: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
     """The records a query asks for: each named field equal to its value, and `since` (Unix
     seconds) at or before the record's time. A parameter it does not know is refused, never ignored."""

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from gateway.api.endpoint import DECISION_FILTERS, endpoint, record_filter
+from gateway.api.endpoint import DECISION_FILTERS, endpoint, recent_decisions, record_filter
 from gateway.api.sessions import Session, Sessions
 from gateway.errors import Refusal
 from gateway.identity.tokens import Identity
@@ -69,7 +69,8 @@ def stream_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         admin = call.identity
         assert admin is not None
         decision_id = request.path_params["id"]
-        found = [rec for rec in rt.recent if rec.get("decision_id") == decision_id and admin.administers(rec.get("tenant"))]
+        found = [rec for rec in await recent_decisions(rt)
+                 if rec.get("decision_id") == decision_id and admin.administers(rec.get("tenant"))]
         if not found:
             raise Refusal("not_found", "no such decision among the recent ones in this admin's tenant")
         return {"decision_id": decision_id, "records": found}

@@ -478,6 +478,21 @@ MCP_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 
+class ConsoleSettings(_Strict):
+    """`console:` in gateway.yaml: the operator console's sessions and live streams.
+
+    A session carries the admin token it was made from: it never outlives that token's `exp` (nor
+    `session_ttl`) and ends with its revocation. Sessions and streams are bounded so a flood of
+    sign-ins or open feeds costs a fixed amount of memory."""
+
+    session_ttl: Duration = 8 * 3600.0
+    max_sessions: int = Field(default=200, ge=1)  # every admin together; a new sign-in past it is 429
+    sessions_per_admin: int = Field(default=5, ge=1)  # one admin's oldest session ends for its newest
+    max_streams: int = Field(default=32, ge=1)  # open `GET /v1/decisions/stream` feeds, all callers
+    stream_queue: int = Field(default=500, ge=1)  # records held for one slow feed; past it they are counted as lost
+    secure_cookie: Literal["auto", "always"] = "auto"  # auto: Secure when the request came over https
+
+
 class Config(_Strict):
     listen: str = "127.0.0.1:8080"
     api_listen: str = "127.0.0.1:8081"
@@ -517,6 +532,7 @@ class Config(_Strict):
     workers: int = Field(default=1, ge=1, le=64)  # processes serving the same two ports (or --workers)
     drain_timeout: Duration = 30.0  # on SIGTERM, how long open calls may take to finish
     replica: str = Field(default_factory=lambda: os.uname().nodename, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    console: ConsoleSettings = ConsoleSettings()
 
     @field_validator("listen", "api_listen")
     @classmethod

@@ -68,6 +68,7 @@ CODES: dict[str, tuple[int, str]] = {
     "pii_blocked": (403, "a DLP field holds personal data of a type the policy blocks (type and field named, never the value)"),
     "admin_required": (403, "the API endpoint needs an admin token"),
     "quarantined": (403, "the agent, its tenant, the connector or the whole gateway is quarantined (kill switch)"),
+    "csrf_failed": (403, "a console session request lacks its X-CSRF-Token header, or it does not match the session"),
     # 413: size
     "body_too_large": (413, "the request body exceeds max_body, or its DLP fields exceed dlp.max_field_chars or dlp.max_call_chars"),
     # 429: quotas

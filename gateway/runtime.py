@@ -25,6 +25,7 @@ from gateway.identity.keys import KeyRing
 from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier
+from gateway.live_decisions import LiveDecisions
 from gateway.mcp.store import McpStore, open_store
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
@@ -81,6 +82,7 @@ class Runtime:
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
     decisions: DecisionFeed = field(default_factory=MemoryFeed)  # GET /v1/decisions
     worker: int | None = None  # this process's index under `run --workers N`; None: the only process
+    live: LiveDecisions = field(default_factory=LiveDecisions)  # the live decision streams (`/v1/decisions/stream`)
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:
@@ -118,6 +120,7 @@ class Runtime:
 
     def _note(self, rec: dict[str, Any]) -> None:
         self.decisions.append(rec)
+        self.live.publish(rec)
         access_log.note(rec, self.config.log_format)
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
@@ -260,6 +263,7 @@ def build(config: Config, worker: int | None = None) -> Runtime:
         attested=attested,
         **telemetry(config, state),
         mcp=open_store(config, state),
+        live=LiveDecisions(config.console.max_streams, config.console.stream_queue),
     )
     if rt.siem is not None:
         siem = rt.siem

@@ -2,110 +2,47 @@
 
 Authentication is the same agent JWT as the proxy, sent as `Authorization: Bearer`. Admin
 endpoints need role `admin`. Health, readiness and the JWKS stay open: probes and token verifiers
-cannot hold a token, and none of them reveals anything secret.
+cannot hold a token, and none of them reveals anything secret. The operator console (`/console`)
+is served here too; the admin routes it uses also take its session cookie (`gateway.api.endpoint`).
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from connectors import codecs
 from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
-from gateway.errors import DECISION_HEADER, Refusal, describe
-from gateway.identity.tokens import ADMIN_ROLE, ALL_TENANTS, METRICS_ROLE, Identity
+from gateway.api.agents import agent_routes as agents_view_routes
+from gateway.api.console import console_routes
+from gateway.api.endpoint import (
+    DECISION_FILTERS,
+    Handler,
+    endpoint,
+    global_admin,
+    read_body,
+    record_filter,
+    refusal_response,
+)
+from gateway.api.policies import policy_routes
+from gateway.api.response import response_routes
+from gateway.api.sessions import Sessions
+from gateway.api.stream import stream_routes
+from gateway.errors import Refusal, describe
+from gateway.identity.tokens import METRICS_ROLE
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import scope_of
 from gateway.pipeline.steps import audit_method, redact_path
 from gateway.policy.approvals import ApprovalError
 from gateway.runtime import Runtime
 from gateway.sandbox_service import RegisterRequest, RunRequest
-
-log = logging.getLogger(__name__)
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def refusal_response(refusal: Refusal, decision_id: str) -> Response:
-    """The contract's error body; identity failures are 401 here (this is not a proxy)."""
-    answer = refusal.to_http(decision_id, proxy=False)
-    return Response(answer.body, answer.status, answer.headers)
-
-
-async def authenticate(rt: Runtime, request: Request, *, admin: bool) -> Identity:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Refusal("identity_missing", "send the token as Authorization: Bearer TOKEN")
-    ident = await rt.verifier.authenticate(token.strip())
-    rt.check_quarantine(ident)  # admin and metrics tokens pass: an operator must be able to release
-    if admin and ident.role != ADMIN_ROLE:
-        raise Refusal("admin_required", "this endpoint needs a token with role admin")
-    if ident.role == METRICS_ROLE and request.url.path != "/metrics":
-        raise Refusal("admin_required", "a metrics token reads /metrics only")
-    if admin and ident.tenant is None:
-        raise Refusal("admin_required", f"an admin token must name its tenant, or {ALL_TENANTS!r} for every tenant")
-    return ident
-
-
-def global_admin(call: Call) -> None:
-    """Settings that reach every tenant (tools, process metrics) are for a global admin only."""
-    if call.identity is None or call.identity.role != ADMIN_ROLE or call.identity.tenant != ALL_TENANTS:
-        raise Refusal("admin_required", f"this endpoint needs a global admin token (tenant {ALL_TENANTS!r})")
-
-
-def endpoint(rt: Runtime, *, admin: bool) -> Callable[[Callable[[Request, Call], Awaitable[Any]]], Handler]:
-    """Wrap a handler: authenticate, audit refusals, turn refusals and bugs into JSON errors.
-
-    The handler gets the request's `Call` (its identity set), so what it audits carries the same
-    decision id as the response's `X-Egress-Decision-Id`.
-    """
-
-    def wrap(fn: Callable[[Request, Call], Awaitable[Any]]) -> Handler:
-        async def handler(request: Request) -> Response:
-            call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
-            try:
-                call.identity = await authenticate(rt, request, admin=admin)
-                try:
-                    result = await fn(request, call)
-                except StoreUnavailable as e:  # a state store (Redis) is down: 503, never a 500
-                    raise Refusal("store_unavailable", str(e)) from None
-            except Refusal as r:
-                if r.connector is None:  # as the proxy's refusals do: name what the call was for, once known
-                    r.connector, r.action = call.connector, call.action
-                source = request.client.host if request.client else None  # aggregates unauthenticated ones
-                rt.record_after(call.record("deny", r, phase="api", client=source))
-                return refusal_response(r, call.decision_id)
-            except Exception:
-                log.exception("API handler failed")
-                return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
-            if isinstance(result, Response):
-                result.headers[DECISION_HEADER] = call.decision_id
-                return result
-            return JSONResponse(result, headers={DECISION_HEADER: call.decision_id})
-
-        return handler
-
-    return wrap
-
-
-async def read_body(rt: Runtime, request: Request, limit: int | None = None, setting: str = "max_body") -> bytes:
-    """The request body, refused past `limit` (default `max_body`; checked while reading, not after)."""
-    cap = rt.config.max_body if limit is None else limit
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise Refusal("body_too_large", f"the body exceeds {setting} ({cap} bytes)")
-    return bytes(body)
 
 
 def create_app(rt: Runtime) -> Starlette:
@@ -120,13 +57,18 @@ def create_app(rt: Runtime) -> Starlette:
             refusal = Refusal("not_found", "no such API endpoint")
         return refusal_response(refusal, call.decision_id)
 
-    # Imported here: its handlers are built with this module's `endpoint`.
-    from gateway.api.response import response_routes
-
-    return Starlette(
-        exception_handlers={404: no_route, 405: no_route},
-        routes=[*open_routes(rt), *agent_routes(rt), *admin_routes(rt), *response_routes(rt)],
-    )
+    sessions = Sessions(rt.config.console, rt.verifier)
+    routes: list[BaseRoute] = [
+        *open_routes(rt),
+        *agent_routes(rt),
+        *stream_routes(rt, sessions),  # before admin_routes: /v1/decisions/stream is not a decision id
+        *admin_routes(rt, sessions),
+        *agents_view_routes(rt, sessions),
+        *policy_routes(rt, sessions),
+        *console_routes(rt, sessions),
+        *response_routes(rt, sessions),
+    ]
+    return Starlette(exception_handlers={404: no_route, 405: no_route}, routes=routes)
 
 
 def open_routes(rt: Runtime) -> list[Route]:
@@ -213,8 +155,9 @@ def agent_routes(rt: Runtime) -> list[Route]:
     ]
 
 
-def admin_routes(rt: Runtime) -> list[Route]:
-    """What an admin token reaches, inside its tenant (global settings need tenant `*`)."""
+def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
+    """What an admin token reaches, inside its tenant (global settings need tenant `*`); the console
+    uses (and its session reaches) only the decisions and approvals."""
 
     @endpoint(rt, admin=False)
     async def metrics(_: Request, call: Call) -> Response:
@@ -226,7 +169,7 @@ def admin_routes(rt: Runtime) -> list[Route]:
     async def connectors(_: Request, __: Call) -> dict[str, Any]:
         return {"connectors": [describe_connector(c) for c in rt.registry]}
 
-    @endpoint(rt, admin=True)
+    @endpoint(rt, admin=True, sessions=sessions)
     async def decisions(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
         recent = await rt.decisions.latest()
@@ -238,13 +181,18 @@ def admin_routes(rt: Runtime) -> list[Route]:
         visible = [rec for rec in recent if admin.administers(rec.get("tenant")) and wanted(rec)]
         return {"decisions": visible[-limit:]}
 
-    @endpoint(rt, admin=True)
+    @endpoint(rt, admin=True, sessions=sessions)
     async def approvals(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
         admin, wanted = call.identity, record_filter(request, APPROVAL_FILTERS)
         states = APPROVAL_STATES if request.query_params.get("state") == "all" else ("pending",)
         found = [a.public() for a in rt.approvals.list(states) if admin.administers(a.tenant)]
-        return {"approvals": [a for a in found if wanted(a)]}
+        shown = [a for a in found if wanted(a)]
+        try:  # the latest `limit` (the console's history re-reads every few seconds)
+            limit = int(request.query_params.get("limit", "0"))
+        except ValueError:
+            raise Refusal("bad_request", "limit must be an integer") from None
+        return {"approvals": shown[-limit:] if limit > 0 else shown}
 
     @endpoint(rt, admin=True)
     async def register_tool(request: Request, call: Call) -> dict[str, Any]:
@@ -280,7 +228,7 @@ def admin_routes(rt: Runtime) -> list[Route]:
         return pin.as_dict()
 
     def decide_approval(verb: str) -> Handler:
-        @endpoint(rt, admin=True)
+        @endpoint(rt, admin=True, sessions=sessions)
         async def handler(request: Request, call: Call) -> dict[str, Any]:
             assert call.identity is not None
             approval_id = request.path_params["id"]
@@ -312,30 +260,9 @@ def admin_routes(rt: Runtime) -> list[Route]:
     ]
 
 
-DECISION_FILTERS = ("code", "sub", "tenant", "connector", "action", "decision", "phase")
 APPROVAL_FILTERS = ("sub", "tenant", "connector", "action")
 APPROVAL_STATES = ("pending", "approved", "denied", "expired", "used")
 MAX_REASON = 500
-
-
-def record_filter(request: Request, fields: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
-    """The records a query asks for: each named field equal to its value, and `since` (Unix
-    seconds) at or before the record's time. A parameter it does not know is refused, never ignored."""
-    params = request.query_params
-    unknown = set(params) - {*fields, "since", "limit", "state"}
-    if unknown:
-        raise Refusal("bad_request", f"unknown filter; use {', '.join((*fields, 'since', 'limit'))}")
-    equal = {name: params[name] for name in fields if name in params}
-    try:
-        since = float(params["since"]) if "since" in params else None
-    except ValueError:
-        raise Refusal("bad_request", "since must be Unix seconds") from None
-
-    def wanted(rec: dict[str, Any]) -> bool:
-        when = rec.get("time", rec.get("created_at", 0.0))
-        return all(str(rec.get(k)) == v for k, v in equal.items()) and (since is None or when >= since)
-
-    return wanted
 
 
 async def decision_reason(rt: Runtime, request: Request) -> str | None:

@@ -1,6 +1,6 @@
 """The admin API of seeing and stopping: `POST /v1/quarantine` (the kill switch), `GET
-/v1/quarantine`, `GET /v1/agents` (agents seen recently, with their anomaly score) and an agent's
-baseline (`GET /v1/agents/{agent}/baseline`, `POST .../reset|ratify`).
+/v1/quarantine`, and an agent's baseline (`GET /v1/agents/{agent}/baseline`, `POST
+.../reset|ratify`); the agents list itself is `gateway.api.agents`.
 
 A tenant's admin quarantines and releases its own tenant and reads its own agents; a sub, a
 connector and the whole gateway reach every tenant, so they need a global admin (tenant `*`).
@@ -15,13 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.app import endpoint, global_admin, read_body
+from gateway.api.endpoint import endpoint, global_admin, read_body
+from gateway.api.sessions import Sessions
 from gateway.errors import Refusal, describe
 from gateway.identity.quarantine import EVERYTHING, MAX_REASON
 from gateway.pipeline.call import Call
 from gateway.runtime import Runtime
-
-RECENT_AGENTS = 86400.0  # `GET /v1/agents` lists agents seen within this (or `?since=`)
 
 
 class QuarantineRequest(BaseModel):
@@ -47,8 +46,10 @@ class QuarantineRequest(BaseModel):
         return next((s, v) for s, v in (("sub", self.sub), ("tenant", self.tenant), ("connector", self.connector)) if v)
 
 
-def response_routes(rt: Runtime) -> list[Route]:
-    @endpoint(rt, admin=True)
+def response_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
+    """The console calls these with its session (quarantine and release from the Agents page)."""
+
+    @endpoint(rt, admin=True, sessions=sessions)
     async def quarantine(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
         try:
@@ -63,29 +64,12 @@ def response_routes(rt: Runtime) -> list[Route]:
             rt.quarantine_changed(change)
         return changes[-1].public()
 
-    @endpoint(rt, admin=True)
+    @endpoint(rt, admin=True, sessions=sessions)
     async def quarantines(_: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
         admin = call.identity
         visible = [c.public() for c in rt.quarantine.active() if c.scope != "tenant" or admin.administers(c.value)]
         return {"quarantines": visible}
-
-    @endpoint(rt, admin=True)
-    async def agents(request: Request, call: Call) -> dict[str, Any]:
-        assert call.identity is not None
-        try:
-            since = float(request.query_params.get("since", time.time() - RECENT_AGENTS))
-        except ValueError:
-            raise Refusal("bad_request", "since must be Unix seconds") from None
-        if rt.baselines is None:
-            return {"agents": [], "anomaly": False}
-        now, admin = time.time(), call.identity
-        seen = [p.public(now) for p in rt.baselines.agents(since) if admin.administers(p.key.partition("/")[0] or None)]
-        for agent in seen:
-            tenant, _, name = agent["agent"].partition("/")
-            hit = None if name.startswith("@") else rt.quarantine.hit(name, tenant or None)
-            agent["quarantined"] = hit is not None
-        return {"agents": sorted(seen, key=lambda a: -a["last_seen"]), "anomaly": True}
 
     def baseline_key(request: Request, call: Call) -> str:
         assert call.identity is not None
@@ -96,7 +80,7 @@ def response_routes(rt: Runtime) -> list[Route]:
             raise Refusal("not_found", "no such agent in this admin's tenant")
         return f"{tenant or ''}/{request.path_params['agent']}"
 
-    @endpoint(rt, admin=True)
+    @endpoint(rt, admin=True, sessions=sessions)
     async def baseline(request: Request, call: Call) -> dict[str, Any]:
         key = baseline_key(request, call)
         found = rt.baselines.get(key) if rt.baselines is not None else None
@@ -105,7 +89,7 @@ def response_routes(rt: Runtime) -> list[Route]:
         return found.public(time.time())
 
     def change_baseline(verb: str) -> Any:
-        @endpoint(rt, admin=True)
+        @endpoint(rt, admin=True, sessions=sessions)
         async def handler(request: Request, call: Call) -> dict[str, Any]:
             key = baseline_key(request, call)
             if rt.baselines is None or not rt.baselines.apply(key, verb):
@@ -118,7 +102,6 @@ def response_routes(rt: Runtime) -> list[Route]:
     return [
         Route("/v1/quarantine", quarantine, methods=["POST"]),
         Route("/v1/quarantine", quarantines, methods=["GET"]),
-        Route("/v1/agents", agents, methods=["GET"]),
         Route("/v1/agents/{agent}/baseline", baseline, methods=["GET"]),
         Route("/v1/agents/{agent}/baseline/reset", change_baseline("reset"), methods=["POST"]),
         Route("/v1/agents/{agent}/baseline/ratify", change_baseline("ratify"), methods=["POST"]),

@@ -35,11 +35,39 @@ class Report:
     skipped: int
 
 
+class Tally:
+    """The counts of `summarise`, fed one record at a time, so a reader that follows a growing log
+    (the console's `GET /v1/policies`) counts each new record once instead of re-reading the file."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str, str], ReportRow] = {}
+        # Only calls with findings are remembered, so memory grows with what is reported, not the log.
+        self._counted: dict[str, set[tuple[str, str, str]]] = {}
+
+    def add(self, rec: dict[str, object]) -> None:
+        decision_id = rec.get("decision_id")
+        findings = rec.get("would_deny") or []
+        if not isinstance(findings, list) or not findings:
+            return
+        seen = self._counted.setdefault(str(decision_id), set()) if decision_id else set()
+        ts = rec.get("ts")
+        for finding in findings:
+            if not isinstance(finding, dict):
+                continue
+            key = (str(rec.get("sub", "?")), str(finding.get("rule") or DEFAULT_DENY), str(finding.get("code", "?")))
+            if key in seen:
+                continue
+            seen.add(key)
+            _count(self._rows, key, ts if isinstance(ts, str) else None)
+
+    def rows(self) -> list[ReportRow]:
+        """Busiest first."""
+        return sorted(self._rows.values(), key=lambda r: (-r.count, r.sub, r.rule, r.code))
+
+
 def summarise(lines: Iterable[bytes]) -> Report:
     """Count would-deny findings per (agent sub, rule, code), busiest first, each call once."""
-    rows: dict[tuple[str, str, str], ReportRow] = {}
-    # Only calls with findings are remembered, so memory grows with what is reported, not the log.
-    counted: dict[str, set[tuple[str, str, str]]] = {}
+    tally = Tally()
     records = skipped = 0
     for raw in lines:
         if not raw.strip():
@@ -53,18 +81,8 @@ def summarise(lines: Iterable[bytes]) -> Report:
             skipped += 1
             continue
         records += 1
-        decision_id = rec.get("decision_id")
-        seen = counted.setdefault(str(decision_id), set()) if decision_id else set()
-        for finding in rec.get("would_deny") or []:
-            if not isinstance(finding, dict):
-                continue
-            key = (str(rec.get("sub", "?")), str(finding.get("rule") or DEFAULT_DENY), str(finding.get("code", "?")))
-            if key in seen:
-                continue
-            seen.add(key)
-            _count(rows, key, rec.get("ts"))
-    ordered = sorted(rows.values(), key=lambda r: (-r.count, r.sub, r.rule, r.code))
-    return Report(ordered, records, skipped)
+        tally.add(rec)
+    return Report(tally.rows(), records, skipped)
 
 
 def _count(rows: dict[tuple[str, str, str], ReportRow], key: tuple[str, str, str], ts: str | None) -> None:

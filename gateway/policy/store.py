@@ -64,8 +64,8 @@ class PolicyStore:
             return False
         digest = content_digest(contents.items())
         version = digest[:16]
-        if version == self._current.version:
-            self._seen = None
+        if version == self._current.version:  # unchanged, or a rejected change undone: nothing is wrong now
+            self._seen, self._rejected, self.last_error = None, None, None
             return False
         if version != self._seen:
             self._seen = version

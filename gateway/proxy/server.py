@@ -200,6 +200,7 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
                 log.info("mTLS proxy on %s", rt.config.listen_tls.address)
             await master.run()
     finally:
+        rt.live.close()  # live decision streams end within a second, or they would hold the API server open
         api.should_exit = True
         for task in (*watchers, *helpers):
             task.cancel()

@@ -178,8 +178,9 @@ def test_agents_page_lists_recent_agents_and_revokes_one(browser: Any, gw: Gatew
     row = wait_for(browser, lambda d: next((r for r in rows() if r.get("Agent") == "revoke-me"), None))
     assert (row["Tenant"], row["Role"], row["Calls"], row["Denials"]) == ("acme", "courier", "1", "0")
     headers = wait_for(browser, lambda d: [th.text for th in d.find_elements(by().CSS_SELECTOR, "#agents thead th")])
-    # Baseline, anomaly score and quarantine columns appear only when the API provides those fields.
-    assert headers == ["Agent", "Tenant", "Role", "Last seen", "Calls", "Denials", "Actions"]
+    # Baseline and anomaly score columns appear only when the API provides them (no `anomaly:` here);
+    # quarantine always.
+    assert headers == ["Agent", "Tenant", "Role", "Last seen", "Calls", "Denials", "Quarantined", "Actions"]
     hostile = wait_for(browser, lambda d: next(r for r in rows() if r.get("Role") == HOSTILE_ROLE))
     assert (hostile["Agent"], hostile["Tenant"]) == (HOSTILE_SUB, HOSTILE_TENANT)
     no_markup_ran(browser)
@@ -191,6 +192,33 @@ def test_agents_page_lists_recent_agents_and_revokes_one(browser: Any, gw: Gatew
     with client(gw, token) as c:
         r = c.post(PAY, data=GOOD)
     assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
+
+
+def test_agents_page_quarantines_then_releases_an_agent(browser: Any, gw: GatewayProcess) -> None:
+    token = agent_token(gw, "quarantine-me", "acme")
+    with client(gw, token) as c:
+        assert c.post(PAY, data=GOOD).status_code == 200
+    go(browser, "agents")
+
+    def row() -> dict[str, str] | None:
+        found = [cells(r) for r in browser.find_elements(by().CSS_SELECTOR, "#agents tbody tr")]
+        return next((r for r in found if r.get("Agent") == "quarantine-me"), None)
+
+    assert wait_for(browser, lambda d: row())["Quarantined"] == "no"
+    for verb, status, code in (("Quarantine", 403, "quarantined"), ("Release", 200, None)):
+        wait_for(browser, lambda d: d.find_element(by().CSS_SELECTOR, f'button[aria-label="{verb} quarantine-me"]')).click()
+        prompt = wait_for(browser, lambda d: d.switch_to.alert)
+        prompt.send_keys(f"{verb.lower()} from the console test")
+        prompt.accept()
+        wait_for(browser, lambda d: d.find_element(by().ID, "status").text == f"{verb}d quarantine-me.")
+        assert wait_for(browser, lambda d: row())["Quarantined"] == ("yes" if code else "no")
+        time.sleep(0.5)  # every gateway process reads quarantines every 0.25 s
+        with client(gw, token) as c:
+            r = c.post(PAY, data=GOOD)
+        assert r.status_code == status and (code is None or error_of(r)["code"] == code), r.text
+    changes = [r for r in gw.audit() if r.get("phase") == "quarantine" and r.get("value") == "quarantine-me"]
+    assert [(c["decision"], c["reason"]) for c in changes] == [
+        ("quarantine", "quarantine from the console test"), ("release", "release from the console test")]
 
 
 def test_policies_page_shows_version_rules_and_shadow_counts(browser: Any, gw: GatewayProcess) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from connectors.model import canonical_host
 from dlp.config import DlpConfig
@@ -64,6 +64,11 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     if not m or not 0 <= int(m.group(2)) <= 65535:
         raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
     return m.group(1), int(m.group(2))
+
+
+def is_document_path(entry: str) -> bool:
+    """Whether a `connectors:` entry names a declarative document's file rather than `module:object`."""
+    return entry.lower().endswith((".yaml", ".yml", ".json"))
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -142,7 +147,12 @@ class Config(_Strict):
     timeouts: Timeouts = Timeouts()
     egress: Egress = Egress()
     breaker: BreakerSettings = BreakerSettings()
-    connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
+    # Extra connectors: `module:object`, a declarative document's file (.yaml, .yml, .json), or
+    # the document itself as a mapping (connectors/declarative.py).
+    connectors: tuple[str | dict[str, Any], ...] = ()
+    # The secrets a connector registered through `POST /v1/connectors` may present, each with the
+    # only hosts it may be presented to: an API token must never be able to send a key elsewhere.
+    connector_secrets: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     dlp: DlpConfig = DlpConfig()
     sandbox: SandboxSettings = SandboxSettings()
 
@@ -161,6 +171,18 @@ class Config(_Strict):
                 raise ValueError(f"upstreams.{host}: expected https://HOST[:PORT], got {target!r}")
         return {canonical_host(h): t for h, t in v.items()}
 
+    @field_validator("connector_secrets")
+    @classmethod
+    def _connector_secrets(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return {name: tuple(canonical_host(h) for h in hosts) for name, hosts in v.items()}
+
+    @model_validator(mode="after")
+    def _offered_secrets_exist(self) -> Config:
+        missing = sorted(set(self.connector_secrets) - set(self.secrets))
+        if missing:
+            raise ValueError(f"connector_secrets.{missing[0]}: not in secrets: (offer only a configured secret)")
+        return self
+
     @field_validator("secrets")
     @classmethod
     def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
@@ -172,7 +194,7 @@ class Config(_Strict):
     def check_secrets(self, credentials: Iterable[str]) -> None:
         """A `secrets:` entry no connector's credential uses is a typo (`strpe:`) that leaves the
         real connector without its key, or a leftover: either way, refuse to start."""
-        known = set(credentials)
+        known = set(credentials) | set(self.connector_secrets)
         unknown = sorted(set(self.secrets) - known)
         if unknown:
             names = ", ".join(f"secrets.{n}" for n in unknown)
@@ -211,6 +233,12 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
             if isinstance(section, dict) and isinstance(section.get(key), str):
                 if not os.path.isabs(os.path.expanduser(section[key])):
                     section[key] = str(base / section[key])
+        if isinstance(data.get("connectors"), list):  # a document's file, like the keys above
+            data["connectors"] = [
+                str(base / c) if isinstance(c, str) and is_document_path(c) and not os.path.isabs(os.path.expanduser(c))
+                else c
+                for c in data["connectors"]
+            ]
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

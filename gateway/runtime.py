@@ -11,13 +11,14 @@ from typing import Any
 
 import certifi
 
-from connectors import registry as connector_registry
 from connectors.model import canonical_host
 from connectors.registry import Registry
 from gateway import access_log
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
+from gateway.connector_admin import ConnectorAdmin, build_registry
+from gateway.connector_store import ConnectorStore
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import SigningKey, Verifier, load_or_create_key
@@ -55,6 +56,7 @@ class Runtime:
     approvals: ApprovalStore
     dlp: Dlp
     tools: Tools
+    connectors: ConnectorAdmin
     webhook: ApprovalWebhook | None = None
     metrics: Metrics = field(default_factory=Metrics)
     noise: UnauthenticatedNoise = field(default_factory=UnauthenticatedNoise)
@@ -106,6 +108,7 @@ class Runtime:
 
     def close(self) -> None:
         self.tools.close()
+        self.connectors.store.close()
         self.approvals.close()
         try:
             for summary in self.noise.flush():
@@ -128,7 +131,8 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 
 def build(config: Config) -> Runtime:
     state = StateDir.open(config.state_path)
-    registry = connector_registry.load(config.connectors)
+    store = ConnectorStore(state.connectors)
+    registry = build_registry(config, store)
     config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
@@ -164,6 +168,7 @@ def build(config: Config) -> Runtime:
         webhook=webhook,
         dlp=build_dlp(config, state, policies),
         tools=Tools.build(config, state, key, registry),
+        connectors=ConnectorAdmin(config, registry, store, policies),
     )
     for name, why in rt.credentials_not_ready().items():
         log.error("connector %s is NOT READY: %s; its calls are refused and /readyz answers 503", name, why)

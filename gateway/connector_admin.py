@@ -54,13 +54,16 @@ def build_registry(config: Config, store: ConnectorStore | None) -> Registry:
     return registry
 
 
-def registry_of(config: Config, state: StateDir) -> Registry:
-    """What `run` would serve, for a command that is not the gateway (the store opened, read, closed)."""
-    store = ConnectorStore(state.connectors)
+def registry_of(config: Config) -> Registry:
+    """What `run` would serve, for a command that is not the gateway: the state dir's store is read
+    if there is one (a listing never creates a state dir), then closed."""
+    path = StateDir(config.state_path).connectors
+    store = ConnectorStore(path) if path.exists() else None
     try:
         return build_registry(config, store)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
 def config_connectors(index: int, entry: str | dict[str, Any]) -> list[Connector]:

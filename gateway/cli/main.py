@@ -85,7 +85,7 @@ def _registry(args: argparse.Namespace) -> Registry:
     from gateway.connector_admin import registry_of
 
     try:
-        return registry_of(_config(args), _state(args))
+        return registry_of(_config(args))
     except GatewayError as e:
         raise CliError(str(e)) from None
 

@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config, state_dir: StateDir) -> int:
     sender: HttpRequest = make_proxy_sender(args.proxy, args.ca, args.token, args.timeout) if args.proxy else refuse_all
     with progress("loading the tools (a first run compiles them: seconds for a Python tool)"):
         registry, _ = load_tools(cfg, state_dir, args.tools)
-    resolve = connector_resolver(registry_of(cfg, state_dir))
+    resolve = connector_resolver(registry_of(cfg))
     runner = SandboxRunner(cache_dir=args.cache_dir or cache_dir(state_dir), max_workers=1)
     decision_id = new_decision_id()
     try:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from connectors import fieldpath
 from connectors.declarative import MAX_DEPTH, DocumentError, parse
 from connectors.model import BodyEncoding, UnknownFields
-from gateway.connector_admin import read_document
+from gateway.connector_admin import config_connectors, read_document
 from gateway.errors import ConfigError, Refusal
 from gateway.pipeline.dlp import scanned_fields
 from gateway.pipeline.steps import validate
@@ -151,6 +151,14 @@ def test_a_file_with_a_mistake_names_its_file_and_line(tmp_path: Path) -> None:
     assert str(e.value) == f"{path}:8: actions[0].fields.amount.maximum: unknown key"
     path.write_text(json.dumps(document()))  # JSON is read by the same loader
     assert read_document(path).name == "acme"
+
+
+def test_an_inline_config_entry_names_its_index_and_field() -> None:
+    with pytest.raises(ConfigError) as e:
+        config_connectors(2, document(credential={"secret": "acme"}))
+    assert str(e.value) == "connectors[2].credential: set exactly one of header (with an optional scheme, e.g. Bearer) or query_param"
+    assert [c.name for c in config_connectors(0, document())] == ["acme"]
+    assert [c.name for c in config_connectors(1, "tests.connectors.weather:CONNECTOR")] == ["weather"]
 
 
 JSON = st.recursive(

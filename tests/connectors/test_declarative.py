@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 from connectors import fieldpath
 from connectors.declarative import MAX_DEPTH, DocumentError, parse
 from connectors.model import BodyEncoding, UnknownFields
-from gateway.connector_admin import config_connectors, read_document
+from gateway.config import Config
+from gateway.config import load as load_config
+from gateway.connector_admin import ConnectorAdmin, build_registry, config_connectors, read_document
+from gateway.connector_store import ConnectorStore
 from gateway.errors import ConfigError, Refusal
 from gateway.pipeline.dlp import scanned_fields
 from gateway.pipeline.steps import validate
@@ -175,3 +178,28 @@ def test_any_json_is_a_document_or_a_document_error(data: Any) -> None:
     with pytest.raises(DocumentError) as e:
         parse(data)
     assert e.value.problems and all(reason for _, reason in e.value.problems)
+
+
+def test_connector_secrets_must_name_a_configured_secret(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text("connector_secrets: {acme: [api.acme.test]}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "gateway.yaml")
+    assert "connector_secrets.acme: not in secrets:" in str(e.value)
+    cfg = Config.model_validate({"secrets": {"acme": "env:X"}, "connector_secrets": {"acme": ["API.Acme.Test."]}})
+    assert cfg.connector_secrets == {"acme": ("api.acme.test",)}
+    cfg.check_secrets([])  # offered to registered connectors: not an unused secret
+
+
+def test_registering_never_takes_an_egress_allow_host_and_a_store_failure_registers_nothing(tmp_path: Path) -> None:
+    cfg = Config.model_validate({"egress": {"allow": ["API.acme.test"]}, "secrets": {"acme": "env:X"},
+                                 "connector_secrets": {"acme": [ACME_HOST]}})
+    store = ConnectorStore(tmp_path / "connectors.sqlite")
+    admin = ConnectorAdmin(cfg, build_registry(cfg, store), store, None)
+    with pytest.raises(Refusal) as e:
+        admin.register(document(), "ops")
+    assert (e.value.code, e.value.message) == ("conflict", "hosts[0]: api.acme.test is an egress.allow pass-through host")
+    admin.config = Config.model_validate({"secrets": {"acme": "env:X"}, "connector_secrets": {"acme": [ACME_HOST]}})
+    store.close()  # the store is down: nothing may be half registered
+    with pytest.raises(Refusal) as e:
+        admin.register(document(), "ops")
+    assert e.value.code == "store_unavailable" and admin.registry.get("acme") is None

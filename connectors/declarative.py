@@ -32,6 +32,7 @@ from gateway.errors import ConfigError
 
 MAX_DEPTH = 5  # levels of objects, arrays and maps below an action's top-level fields
 MAX_FIELDS = 200  # fields of one object
+MAX_TOTAL_FIELDS = 1000  # fields of the whole document, at every depth: compiling costs ~1 ms each
 MAX_ACTIONS = 100
 MAX_HOSTS = 16
 MAX_PATTERN = 500
@@ -290,6 +291,10 @@ def _nested_dlp_paths(spec: FieldSpec, path: str) -> Iterator[str]:
 
 
 def _problems(doc: ConnectorDocument) -> Iterator[tuple[Loc, str]]:
+    total = sum(_count(spec) for action in doc.actions for spec in action.fields.values())
+    if total > MAX_TOTAL_FIELDS:
+        yield ("actions",), f"declares {total} fields in all; at most {MAX_TOTAL_FIELDS}"
+        return
     yield from _check_hosts(doc.hosts)
     if doc.credential is not None:
         yield from _check_credential(doc.credential)
@@ -302,6 +307,11 @@ def _problems(doc: ConnectorDocument) -> Iterator[tuple[Loc, str]]:
         yield ("idempotency_header",), "the credential step strips this header"
     for i, action in enumerate(doc.actions):
         yield from _check_action(action, ("actions", i))
+
+
+def _count(spec: FieldSpec) -> int:
+    below = [*(spec.fields or {}).values(), *(s for s in (spec.items, spec.values) if s is not None)]
+    return 1 + sum(_count(s) for s in below)
 
 
 def _check_hosts(hosts: list[str]) -> Iterator[tuple[Loc, str]]:

@@ -7,6 +7,7 @@ cannot hold a token, and none of them reveals anything secret.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -224,7 +225,8 @@ def admin_routes(rt: Runtime) -> list[Route]:
         global_admin(call)
         assert call.identity is not None
         document = codecs.decode_json(await read_body(rt, request))
-        connector = rt.connectors.register(document, call.identity.sub)
+        # Compiling a large document takes a while (up to a second): off the loop the proxy serves on.
+        connector = await asyncio.to_thread(rt.connectors.register, document, call.identity.sub)
         call.connector, call.action = connector.name, "register_connector"
         rt.record(call.record("allow", phase="connector_register", hosts=list(connector.hosts),
                               actions=[a.name for a in connector.actions], sha256=document_digest(document)))

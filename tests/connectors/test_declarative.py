@@ -203,3 +203,10 @@ def test_registering_never_takes_an_egress_allow_host_and_a_store_failure_regist
     with pytest.raises(Refusal) as e:
         admin.register(document(), "ops")
     assert e.value.code == "store_unavailable" and admin.registry.get("acme") is None
+
+
+def test_a_document_declares_a_bounded_number_of_fields() -> None:
+    wide = {f"f{i}": {"type": "object", "fields": {f"g{j}": {"type": "boolean"} for j in range(9)}} for i in range(101)}
+    with pytest.raises(DocumentError) as e:
+        parse(document(actions=[_action(**wide)]))
+    assert e.value.first() == "actions: declares 1010 fields in all; at most 1000"

@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,15 @@ def test_a_registered_host_is_not_routed_anywhere_by_registering_it(api: httpx.C
     assert (r.status_code, error_of(r)["code"]) == (403, "host_denied")
 
 
+def test_racing_registrations_of_one_name_register_it_once(api: httpx.Client, gw: GatewayProcess) -> None:
+    race = {"name": "race", "hosts": ["race.acme.test"], "actions": [{"name": "ping", "method": "POST", "path": "/ping"}]}
+    token = ops(gw)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(lambda _: register(api, gw, race, token).status_code, range(8)))
+    assert statuses == [201] + [409] * 7
+    assert delete(api, "race", token).status_code == 200 and "race" not in listed(api, gw)
+
+
 def test_registered_connectors_survive_a_restart_and_deleting_one_needs_its_rules_gone(api: httpx.Client, gw: GatewayProcess, acme: FakeVendor) -> None:
     gw.stop()
     gw.start()
@@ -303,7 +313,7 @@ def test_registered_connectors_survive_a_restart_and_deleting_one_needs_its_rule
     r = until(lambda: (resp := delete(api, "acme", ops(gw))).status_code == 200 and resp)
     assert r and r.json() == {"deleted": "acme"}
     assert "acme" not in listed(api, gw)
-    assert [rec["connector"] for rec in gw.audit() if rec.get("phase") == "connector_delete"] == ["ghost", "acme"]
+    assert [rec["connector"] for rec in gw.audit() if rec.get("phase") == "connector_delete"] == ["ghost", "race", "acme"]
     assert "acme  (" not in gw.cli("connectors").stdout  # the CLI reads the store a restart would load
 
 

@@ -67,6 +67,11 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     return m.group(1), int(m.group(2))
 
 
+def is_document_path(entry: str) -> bool:
+    """Whether a `connectors:` entry names a declarative document's file rather than `module:object`."""
+    return entry.lower().endswith((".yaml", ".yml", ".json"))
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
@@ -519,7 +524,12 @@ class Config(_Strict):
     timeouts: Timeouts = Timeouts()
     egress: Egress = Egress()
     breaker: BreakerSettings = BreakerSettings()
-    connectors: tuple[str, ...] = ()  # extra connectors as `module:object`
+    # Extra connectors: `module:object`, a declarative document's file (.yaml, .yml, .json), or
+    # the document itself as a mapping (connectors/declarative.py).
+    connectors: tuple[str | dict[str, Any], ...] = ()
+    # The secrets a connector registered through `POST /v1/connectors` may present, each with the
+    # only hosts it may be presented to: an API token must never be able to send a key elsewhere.
+    connector_secrets: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     dlp: DlpConfig = DlpConfig()
     sandbox: SandboxSettings = SandboxSettings()
     telemetry: Telemetry = Telemetry()
@@ -571,6 +581,18 @@ class Config(_Strict):
                 raise ValueError(f"upstreams.{host}: expected https://HOST[:PORT], got {target!r}")
         return {canonical_host(h): t for h, t in v.items()}
 
+    @field_validator("connector_secrets")
+    @classmethod
+    def _connector_secrets(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return {name: tuple(canonical_host(h) for h in hosts) for name, hosts in v.items()}
+
+    @model_validator(mode="after")
+    def _offered_secrets_exist(self) -> Config:
+        missing = sorted(set(self.connector_secrets) - set(self.secrets))
+        if missing:
+            raise ValueError(f"connector_secrets.{missing[0]}: not in secrets: (offer only a configured secret)")
+        return self
+
     @field_validator("secrets")
     @classmethod
     def _secrets(cls, v: dict[str, str]) -> dict[str, str]:
@@ -593,7 +615,7 @@ class Config(_Strict):
     def check_secrets(self, credentials: Iterable[str]) -> None:
         """A `secrets:` entry no connector's credential uses is a typo (`strpe:`) that leaves the
         real connector without its key, or a leftover: either way, refuse to start."""
-        known = set(credentials)
+        known = set(credentials) | set(self.connector_secrets)
         unknown = sorted(set(self.secrets) - known)
         if unknown:
             names = ", ".join(f"secrets.{n}" for n in unknown)
@@ -624,6 +646,10 @@ class Config(_Strict):
             if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
                 raise ValueError(f"mcp_servers.{name}: use lowercase letters, digits, _ and - (it names a connector)")
         return v
+
+    def module_connectors(self) -> list[str]:
+        """The `connectors:` entries that are `module:object` references (not declarative documents)."""
+        return [e for e in self.connectors if isinstance(e, str) and not is_document_path(e)]
 
     def mcp_connectors(self) -> list[McpConnector]:
         return [server.connector(name) for name, server in sorted(self.mcp_servers.items())]
@@ -667,6 +693,12 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
             if isinstance(section, dict) and isinstance(section.get(key), str):
                 if not os.path.isabs(os.path.expanduser(section[key])):
                     section[key] = str(base / section[key])
+        if isinstance(data.get("connectors"), list):  # a document's file, like the keys above
+            data["connectors"] = [
+                str(base / c) if isinstance(c, str) and is_document_path(c) and not os.path.isabs(os.path.expanduser(c))
+                else c
+                for c in data["connectors"]
+            ]
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

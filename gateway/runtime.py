@@ -18,6 +18,8 @@ from gateway.audit.feed import AuditChainsFeed
 from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
+from gateway.connector_admin import ConnectorAdmin, build_registry
+from gateway.connector_store import ConnectorStore
 from gateway.errors import ConfigError, Refusal
 from gateway.identity import keys as keyring
 from gateway.identity.issuers import TrustedIssuers
@@ -72,6 +74,7 @@ class Runtime:
     tools: Tools
     attested: dict[str, str]  # artifact -> sha256:HEX at start (gateway.attest)
     mcp: McpStore
+    connectors: ConnectorAdmin
     keys: KeyRing | None = None  # every key that verifies (JWKS); None: `key` alone
     webhook: ApprovalWebhook | None = None
     tracing: Tracing | None = None  # telemetry.otlp_endpoint set
@@ -182,6 +185,7 @@ class Runtime:
             self.siem.stop()
         self.secrets.close()
         self.tools.close()
+        self.connectors.store.close()
         self.approvals.close()
         self.mcp.close()
         try:
@@ -206,7 +210,8 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 def build(config: Config, worker: int | None = None) -> Runtime:
     """The runtime of the only process (`worker` None) or of one of `run --workers N`'s workers."""
     state = StateDir.open(config.state_path)
-    registry = connector_registry.load(config.connectors, config.mcp_connectors())
+    store = ConnectorStore(state.connectors)
+    registry = build_registry(config, store)
     config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
@@ -230,7 +235,7 @@ def build(config: Config, worker: int | None = None) -> Runtime:
     # Before the DLP models load (seconds), the audit log opens and the secret store is read: a
     # gateway that fails attestation says so at once and leaves no trace of having served.
     attested = attest.collect(
-        policies.current.digest if policies else None, connector_registry.references(config.connectors), config.dlp, tools.registry
+        policies.current.digest if policies else None, connector_registry.references(config.module_connectors()), config.dlp, tools.registry
     )
     attest.check(config.attest.pin, attested)
     attest.record(state, attested)
@@ -264,6 +269,7 @@ def build(config: Config, worker: int | None = None) -> Runtime:
         **telemetry(config, state),
         mcp=open_store(config, state),
         live=LiveDecisions(config.console.max_streams, config.console.stream_queue),
+        connectors=ConnectorAdmin(config, registry, store, policies),
     )
     if rt.siem is not None:
         siem = rt.siem

@@ -81,6 +81,11 @@ class StateDir:
         return self.root / "mcp.sqlite"
 
     @property
+    def connectors(self) -> Path:
+        """Connectors registered through `POST /v1/connectors` (gateway/connector_store.py)."""
+        return self.root / "connectors.sqlite"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 

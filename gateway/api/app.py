@@ -8,6 +8,7 @@ is served here too; the admin routes it uses also take its session cookie (`gate
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from connectors import codecs
+from connectors.model import Connector
+from connectors.registry import API
 from dlp.api import detokenize_request
 from dlp.vault import StoreUnavailable
 from gateway.api.agents import agent_routes as agents_view_routes
@@ -35,6 +38,7 @@ from gateway.api.policies import policy_routes
 from gateway.api.response import response_routes
 from gateway.api.sessions import Sessions
 from gateway.api.stream import stream_routes
+from gateway.connector_admin import document_digest
 from gateway.errors import Refusal, describe
 from gateway.identity.tokens import METRICS_ROLE
 from gateway.pipeline.call import Call
@@ -167,7 +171,27 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
 
     @endpoint(rt, admin=True)
     async def connectors(_: Request, __: Call) -> dict[str, Any]:
-        return {"connectors": [describe_connector(c) for c in rt.registry]}
+        return {"connectors": [describe_connector(c, rt.registry.origin(c.name)) for c in rt.registry]}
+
+    @endpoint(rt, admin=True)
+    async def register_connector(request: Request, call: Call) -> Response:
+        global_admin(call)
+        assert call.identity is not None
+        document = codecs.decode_json(await read_body(rt, request))
+        # Compiling a large document takes a while (up to a second): off the loop the proxy serves on.
+        connector = await asyncio.to_thread(rt.connectors.register, document, call.identity.sub)
+        call.connector, call.action = connector.name, "register_connector"
+        rt.record(call.record("allow", phase="connector_register", hosts=list(connector.hosts),
+                              actions=[a.name for a in connector.actions], sha256=document_digest(document)))
+        return JSONResponse(describe_connector(connector, API), status_code=201)
+
+    @endpoint(rt, admin=True)
+    async def delete_connector(request: Request, call: Call) -> dict[str, Any]:
+        global_admin(call)
+        connector = rt.connectors.unregister(request.path_params["name"])
+        call.connector, call.action = connector.name, "delete_connector"
+        rt.record(call.record("allow", phase="connector_delete", hosts=list(connector.hosts)))
+        return {"deleted": connector.name}
 
     @endpoint(rt, admin=True, sessions=sessions)
     async def decisions(request: Request, call: Call) -> dict[str, Any]:
@@ -250,6 +274,8 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     return [
         Route("/metrics", metrics),
         Route("/v1/connectors", connectors, methods=["GET"]),
+        Route("/v1/connectors", register_connector, methods=["POST"]),
+        Route("/v1/connectors/{name}", delete_connector, methods=["DELETE"]),
         Route("/v1/decisions", decisions, methods=["GET"]),
         Route("/v1/tools", register_tool, methods=["POST"]),
         Route("/v1/approvals", approvals, methods=["GET"]),
@@ -277,9 +303,10 @@ async def decision_reason(rt: Runtime, request: Request) -> str | None:
     return reason
 
 
-def describe_connector(c: Any) -> dict[str, Any]:
+def describe_connector(c: Connector, origin: str | None) -> dict[str, Any]:
     return {
         "name": c.name,
+        "origin": origin,
         "hosts": list(c.hosts),
         "actions": [{"name": a.name, "method": a.method, "path": a.path, "encoding": a.encoding.value} for a in c.actions],
     }

@@ -91,13 +91,13 @@ def _approvals(args: argparse.Namespace) -> ApprovalStore:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    """What `run` registers: the entry points and the config's `connectors:`."""
-    from connectors import registry
+    """What `run` registers: the entry points, the config's `connectors:` and those registered
+    through the API (kept in the state dir)."""
+    from gateway.connector_admin import registry_of
 
     try:
-        cfg = _config(args)
-        return registry.load(cfg.connectors, cfg.mcp_connectors())
-    except registry.RegistryError as e:
+        return registry_of(_config(args))
+    except GatewayError as e:
         raise CliError(str(e)) from None
 
 
@@ -223,8 +223,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_connectors(args: argparse.Namespace) -> int:
-    for c in _registry(args):
-        print(f"{c.name}  ({', '.join(c.hosts)})")
+    registry = _registry(args)
+    for c in registry:
+        print(f"{c.name}  ({', '.join(c.hosts)})  [{registry.origin(c.name)}]")
         for a in c.actions:
             print(f"  {a.name:<26} {a.method:<6} {a.path}  [{a.encoding.value}]")
     return 0

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from connectors import registry as connectors_registry
 from gateway.cli.progress import progress
 from gateway.config import Config
+from gateway.connector_admin import registry_of
 from gateway.errors import Refusal
 from gateway.pipeline.call import new_decision_id
 from gateway.sandbox_service import cache_dir, load_tools
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config, state_dir: StateDir) -> int:
     sender: HttpRequest = make_proxy_sender(args.proxy, args.ca, args.token, args.timeout) if args.proxy else refuse_all
     with progress("loading the tools (a first run compiles them: seconds for a Python tool)"):
         registry, _ = load_tools(cfg, state_dir, args.tools)
-    resolve = connector_resolver(connectors_registry.load(cfg.connectors, cfg.mcp_connectors()))
+    resolve = connector_resolver(registry_of(cfg))
     runner = SandboxRunner(cache_dir=args.cache_dir or cache_dir(state_dir), max_workers=1)
     decision_id = new_decision_id()
     try:

@@ -16,7 +16,7 @@ the rule's actions must have the path);
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,16 +98,24 @@ def content_digest(contents: Iterable[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-def parse_file(name: str, text: bytes, lookup: ConnectorLookup) -> tuple[LoadedFile | None, list[Problem]]:
-    """One file's text to a checked `LoadedFile`, or the problems found in it."""
+def read_yaml(name: str, text: bytes) -> tuple[Any, list[Problem]]:
+    """YAML (or JSON) text whose mappings are `LineDict`s, or the problem that stops it loading;
+    also what declarative connector files are read with (`gateway.connector_admin`)."""
     try:
-        data = yaml.load(text, Loader=_LineLoader)
+        return yaml.load(text, Loader=_LineLoader), []
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         return None, [Problem(name, line, f"bad YAML: {e.problem or e.context}")]
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         return None, [Problem(name, None, f"bad YAML: {e}")]
+
+
+def parse_file(name: str, text: bytes, lookup: ConnectorLookup) -> tuple[LoadedFile | None, list[Problem]]:
+    """One file's text to a checked `LoadedFile`, or the problems found in it."""
+    data, problems = read_yaml(name, text)
+    if problems:
+        return None, problems
     if not isinstance(data, LineDict):
         return None, [Problem(name, 1, "a policy file must be a mapping (version, subjects, rules, ...)")]
     try:
@@ -125,8 +133,9 @@ def parse_file(name: str, text: bytes, lookup: ConnectorLookup) -> tuple[LoadedF
     return LoadedFile(name=name, policy=model, rule_lines=rule_lines), []
 
 
-def _from_pydantic(name: str, data: LineDict, err: Any) -> Problem:
-    loc = err["loc"]
+def locate(data: LineDict, loc: Sequence[Any]) -> tuple[int, list[str]]:
+    """The line of the deepest part of `loc` present in `data`, and the parts found on the way
+    (keys a model's union or validator adds to `loc` are not in the data and are skipped)."""
     line, node = data.line, data
     where: list[str] = []
     for key in loc:
@@ -141,6 +150,12 @@ def _from_pydantic(name: str, data: LineDict, err: Any) -> Problem:
                 where.append(key)
             continue
         where.append(str(key))
+    return line, where
+
+
+def _from_pydantic(name: str, data: LineDict, err: Any) -> Problem:
+    loc = err["loc"]
+    line, where = locate(data, loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = f"unknown field {str(loc[-1])!r}"

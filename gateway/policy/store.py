@@ -88,6 +88,11 @@ class PolicyStore:
         log.info("policies reloaded: version %s -> %s (%d rules)", old.version, new.version, new.rule_count)
         return True
 
+    def forget_rejection(self) -> None:
+        """The connectors changed (one registered through the API): a rejected version that named
+        it may load now, so the next poll tries it again instead of skipping it as rejected."""
+        self._rejected = None
+
     def _reject(self, version: str | None, reason: str) -> None:
         if version is not None and version == self._rejected:
             return

@@ -206,11 +206,13 @@ def test_agents_page_quarantines_then_releases_an_agent(browser: Any, gw: Gatewa
 
     assert wait_for(browser, lambda d: row())["Quarantined"] == "no"
     for verb, status, code in (("Quarantine", 403, "quarantined"), ("Release", 200, None)):
-        wait_for(browser, lambda d: d.find_element(by().CSS_SELECTOR, f'button[aria-label="{verb} quarantine-me"]')).click()
+        button = f'button[aria-label="{verb} quarantine-me"]'
+        wait_for(browser, lambda d, button=button: d.find_element(by().CSS_SELECTOR, button)).click()
         prompt = wait_for(browser, lambda d: d.switch_to.alert)
         prompt.send_keys(f"{verb.lower()} from the console test")
         prompt.accept()
-        wait_for(browser, lambda d: d.find_element(by().ID, "status").text == f"{verb}d quarantine-me.")
+        done = f"{verb}d quarantine-me."
+        wait_for(browser, lambda d, done=done: d.find_element(by().ID, "status").text == done)
         assert wait_for(browser, lambda d: row())["Quarantined"] == ("yes" if code else "no")
         time.sleep(0.5)  # every gateway process reads quarantines every 0.25 s
         with client(gw, token) as c:

@@ -363,13 +363,13 @@ def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_
 
 def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:
     """A tool name is accepted at load for a server without `pin:`, and only pinned names with it."""
-    from connectors import registry
     from gateway.config import Config
+    from gateway.connector_admin import build_registry
     from gateway.policy.load import PolicyLoadError, build_policy_set
 
     pinned = {"url": "https://mcp.example/mcp", "pin": {"create_refund": "sha256:" + "0" * 64}}
     cfg = Config.model_validate({"mcp_servers": {"open": {"url": "https://mcp2.example/mcp"}, "pinned": pinned}})
-    reg = registry.load((), cfg.mcp_connectors())
+    reg = build_registry(cfg, None)
     rule = "version: 1\nsubjects: {roles: [r]}\nrules:\n  - connector: %s\n    actions: [%s]\n    params: {amount: {max: 5}}\n"
     build_policy_set({"a.yaml": (rule % ("open", "anything_at_all")).encode()}, reg.get)
     build_policy_set({"a.yaml": (rule % ("pinned", "create_refund")).encode()}, reg.get)

@@ -23,6 +23,7 @@ A connection that reaches the listener without TLS has no certificate: its CONNE
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from mitmproxy import connection, tls
 from mitmproxy.proxy.layers import ClientTLSLayer
@@ -62,7 +63,8 @@ def listener_context(settings: ListenTls) -> SSL.Context:
         except SSL.Error:
             raise ConfigError(f"listen_tls.{name}: {path} is not {expected}") from None
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda _c, _x, _n, _d, ok: bool(ok))
-    ctx.set_alpn_select_callback(_alpn)
+    # pyOpenSSL 24's own annotation of the callback's type is wrong (it says it returns None).
+    ctx.set_alpn_select_callback(cast(Any, _alpn))
     return ctx
 
 

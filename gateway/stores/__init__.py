@@ -41,12 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import Config
+from gateway.connector_store import ConnectorStore
 from gateway.errors import ConfigError
 from gateway.identity.quarantine import Quarantines
 from gateway.identity.revocation import Revocations
+from gateway.mcp.store import McpStore, config_pins
 from gateway.policy.approvals import Approval, ApprovalStore
 from gateway.state import StateDir
 from gateway.stores.feed import DecisionFeed, MemoryFeed
+from gateway.stores.sessions import SessionStore
 from gateway.stores.tools import LocalShelf, ToolShelf
 
 
@@ -57,6 +60,9 @@ class StateStores:
     approvals: ApprovalStore
     decisions: DecisionFeed
     tools: ToolShelf
+    mcp: McpStore
+    connectors: ConnectorStore
+    console_sessions: SessionStore
 
 
 def backend(config: Config) -> str:
@@ -79,6 +85,9 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
             approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=on_new_approval),
             decisions=MemoryFeed(),
             tools=LocalShelf(),
+            mcp=McpStore(state.mcp, config_pins(config)),
+            connectors=ConnectorStore(state.connectors),
+            console_sessions=SessionStore(state.console_sessions),
         )
     from gateway.stores import redis_state
 
@@ -90,4 +99,20 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
         approvals=redis_state.RedisApprovals(client, ttl=config.approval_ttl, on_new=on_new_approval),
         decisions=redis_state.RedisFeed(client),
         tools=redis_state.RedisToolShelf(client),
+        mcp=redis_state.RedisMcpStore(client, config_pins(config)),
+        connectors=redis_state.RedisConnectorStore(client),
+        console_sessions=redis_state.RedisSessionStore(client),
     )
+
+
+def read_connectors(config: Config) -> ConnectorStore | None:
+    """The registered connectors' store for a command that only lists them (`connectors`,
+    `sandbox run`): the fleet's on Redis, else the state dir's file if there is one (a listing
+    never creates a state dir). The caller closes it."""
+    if backend(config) == "redis":
+        from gateway.stores import redis_state
+
+        assert config.stores.state is not None
+        return redis_state.RedisConnectorStore(redis_state.connect(config.stores.state))
+    path = StateDir(config.state_path).connectors
+    return ConnectorStore(path) if path.exists() else None

@@ -88,6 +88,29 @@ def _pay_once(gw: GatewayProcess, token: str) -> None:
         assert pay(c).status_code == 200
 
 
+def test_a_console_session_is_every_workers_without_a_shared_store(fleet: GatewayProcess) -> None:
+    """Sessions live in the state dir's SQLite file, not in a worker's memory: signed in through
+    one worker, a session signs out through the other (both audited with their worker), and is
+    then refused by both."""
+    crossed = []
+    for n in range(20):  # until a sign-in and its sign-out were answered by different workers
+        token = fleet.token(sub=f"console-{n}", role="admin")
+        r = httpx.post(f"{fleet.api_url}/console/session", json={"token": token}, timeout=20)
+        assert r.status_code == 200, r.text
+        cookie = {"Cookie": f"egress_console={r.cookies['egress_console']}", "X-CSRF-Token": r.json()["csrf"]}
+        assert httpx.get(f"{fleet.api_url}/v1/approvals", headers=cookie, timeout=20).status_code == 200
+        out = httpx.delete(f"{fleet.api_url}/console/session", headers=cookie, timeout=20)
+        assert out.status_code == 200, out.text
+        ended = [httpx.get(f"{fleet.api_url}/v1/approvals", headers=cookie, timeout=20) for _ in range(4)]
+        assert [(e.status_code, e.json()["error"]["code"]) for e in ended] == [(401, "identity_expired")] * 4
+        workers = {r["phase"]: r["worker"] for r in fleet.audit() if r.get("sub") == f"console-{n}"
+                   and r.get("phase") in ("console_sign_in", "console_sign_out")}
+        if workers["console_sign_in"] != workers["console_sign_out"]:
+            crossed.append(n)
+            break
+    assert crossed, "every sign-out was answered by the worker that signed in; sharing was not exercised"
+
+
 def test_memory_rate_limits_with_workers_are_refused_naming_the_fix(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path / "gw", {})
     for how in (("--workers", "2"),):

@@ -10,7 +10,6 @@ its first call. One fleet serves the module; every test ends the sessions it sta
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -273,8 +272,8 @@ def test_a_console_session_signed_in_on_a_works_on_b_and_signing_out_on_b_ends_i
 
     # Redis holds the session under its id's hash only: no key and no value holds the id itself.
     store = Redis.from_url(fleet.redis.url)
-    dump = [(k, store.dump(k) or b"") for k in store.keys("*")]
-    assert all(session_id.encode() not in k + v for k, v in dump)
+    dumped = [(k, store.dump(k)) for k in store.keys("*")]
+    assert all(session_id.encode() not in k + (v if isinstance(v, bytes) else b"") for k, v in dumped)
     assert store.exists(redis_state.PREFIX + "console:session:" + hash_id(session_id)) == 1
     ttl = store.pttl(redis_state.PREFIX + "console:session:" + hash_id(session_id))
     assert 0 < ttl <= 600_000  # expires with the session (its token's ttl: 600 s)

@@ -313,3 +313,29 @@ def test_the_session_bounds_hold_across_replicas(fleet: Fleet) -> None:
         assert sign_out(fleet.a, session_id, csrf).status_code == 200
     store = Redis.from_url(fleet.redis.url)
     assert store.zcard(redis_state.CONSOLE_SESSIONS) == 0 and store.keys(redis_state.PREFIX + "console:session:*") == []
+
+
+# --- Redis down (last: the module's Redis comes back empty) --------------------------------------
+
+
+def test_with_redis_down_the_ported_stores_refuse_503_never_500(fleet: Fleet) -> None:
+    session_id, csrf, _ = signed_in(fleet.a, "outage-ops")
+    stores = redis_state.connect(fleet.redis.url)
+    mcp, connectors = redis_state.RedisMcpStore(stores), redis_state.RedisConnectorStore(stores)
+    fleet.redis.kill()
+    console = console_get(fleet.b, session_id, csrf)
+    pins = httpx.get(f"{fleet.a.api_url}/v1/mcp/pins", headers=bearer(fleet.a))
+    registered = httpx.post(f"{fleet.b.api_url}/v1/connectors", json=document(), headers=bearer(fleet.b))
+    for r in (console, pins, registered):
+        assert (r.status_code, error_of(r)["code"]) == (503, "store_unavailable"), r.text
+    for read in (lambda: mcp.session_agent("s"), lambda: mcp.observe("s", "t", "d"), connectors.version):
+        with pytest.raises(redis_state.StateStoreDown):
+            read()
+    fleet.redis.start()
+    for gw in (fleet.a, fleet.b):  # Redis came back empty: what was registered there is gone, and nothing else
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{gw.api_url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, f"{gw} never became ready"
+            time.sleep(0.1)
+    gone = console_get(fleet.a, session_id, csrf)
+    assert (gone.status_code, error_of(gone)["code"]) == (401, "identity_expired")

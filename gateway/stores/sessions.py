@@ -113,8 +113,14 @@ class SessionStore:
         return True
 
     def get(self, id_hash: str, now: float) -> StoredSession | None:
-        with self._tx() as db:
-            row = db.execute("SELECT record FROM console_sessions WHERE id_hash = ? AND expires_at > ?", (id_hash, now)).fetchone()
+        """A read, on every console request: no write lock taken (the workers' reads never queue)."""
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT record FROM console_sessions WHERE id_hash = ? AND expires_at > ?", (id_hash, now)
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"console session store: {e}") from None
         return StoredSession.from_json(row[0]) if row else None
 
     def delete(self, id_hash: str) -> None:

@@ -16,12 +16,19 @@ addresses refused unless `upstreams:` routes the host).
 Deleting a registered connector that the current policy set names is refused: the policies would
 no longer reload (they name an unknown connector). Remove the rules, let the policies reload, then
 delete.
+
+Every process serving the same store (the workers of a host on the state dir's file, the replicas
+of a fleet on Redis) applies what the others registered and deleted: `watch` polls the store's
+version every `POLL_SECONDS` and, when it changed, makes the registry's API connectors what the
+store holds (`sync`), so a registration through one process serves through all within a second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +40,12 @@ from connectors.registry import API, CONFIG, Registry, RegistryError, entry_poin
 from gateway.config import Config, is_document_path
 from gateway.connector_store import AlreadyStored, ConnectorStore
 from gateway.errors import ConfigError, Refusal, StoreUnavailable
+from gateway.identity.revocation import POLL_SECONDS
 from gateway.policy.load import LineDict, locate, read_yaml
 from gateway.policy.store import PolicyStore
-from gateway.state import StateDir
+from gateway.stores import read_connectors
+
+log = logging.getLogger(__name__)
 
 
 def build_registry(config: Config, store: ConnectorStore | None) -> Registry:
@@ -57,10 +67,8 @@ def build_registry(config: Config, store: ConnectorStore | None) -> Registry:
 
 
 def registry_of(config: Config) -> Registry:
-    """What `run` would serve, for a command that is not the gateway: the state dir's store is read
-    if there is one (a listing never creates a state dir), then closed."""
-    path = StateDir(config.state_path).connectors
-    store = ConnectorStore(path) if path.exists() else None
+    """What `run` would serve, for a command that is not the gateway (`gateway.stores.read_connectors`)."""
+    store = read_connectors(config)
     try:
         return build_registry(config, store)
     finally:
@@ -114,6 +122,9 @@ class ConnectorAdmin:
     store: ConnectorStore
     policies: PolicyStore | None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # name -> the stored registration this registry serves (its time): a connector deleted and
+    # registered again elsewhere between two polls is replaced, not kept as it was
+    _applied: dict[str, float] = field(default_factory=dict, repr=False)
 
     def register(self, document: Any, registered_by: str) -> Connector:
         """Check, store, and add to the running registry in one step; refuses with a `Refusal`."""
@@ -125,7 +136,7 @@ class ConnectorAdmin:
         with self._lock:
             self._check_clashes(connector)
             try:
-                self.store.add(connector.name, document, registered_by)
+                stored = self.store.add(connector.name, document, registered_by)
             except AlreadyStored:
                 raise Refusal("conflict", f"a connector named {connector.name!r} is registered already") from None
             except StoreUnavailable:
@@ -135,6 +146,7 @@ class ConnectorAdmin:
             except RegistryError as e:
                 self.store.remove(connector.name)
                 raise Refusal("conflict", str(e)) from None
+            self._applied[connector.name] = stored.registered_at
         if self.policies is not None:
             self.policies.forget_rejection()
         return connector
@@ -157,8 +169,64 @@ class ConnectorAdmin:
             except StoreUnavailable:
                 raise Refusal("store_unavailable", "the connector store cannot be written; nothing was deleted") from None
             gone = self.registry.remove(name)
+            self._applied.pop(name, None)
         assert gone is not None
         return gone
+
+    async def watch(self) -> None:
+        """Apply other processes' registrations and deletions while the gateway runs; a store that
+        does not answer is logged once and polled again (what is served stays as it was)."""
+        seen: int | None = None
+        down = False
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                version = await asyncio.to_thread(self.store.version)
+                if version != seen:
+                    await asyncio.to_thread(self.sync)
+                    seen = version
+            except StoreUnavailable as e:
+                if not down:
+                    log.warning("cannot read registered connectors: %s", e)
+                down = True
+                continue
+            if down:
+                log.warning("the connector store answers again")
+            down = False
+
+    def sync(self) -> None:
+        """Make the registry's API connectors the store's: remove those deleted (or replaced)
+        elsewhere, add those registered elsewhere. Raises `StoreUnavailable`."""
+        added = False
+        with self._lock:
+            stored = {s.name: s for s in self.store.all()}
+            for connector in list(self.registry):
+                name = connector.name
+                if self.registry.origin(name) != API:
+                    continue
+                found = stored.get(name)
+                if found is None or self._applied.setdefault(name, found.registered_at) != found.registered_at:
+                    self.registry.remove(name)
+                    self._applied.pop(name, None)
+                    log.info("connector %r was deleted through another gateway process; no longer served", name)
+                    if self.policies is not None and name in self.policies.current.connectors:
+                        log.warning("the current policies name connector %r, deleted elsewhere: its calls are refused", name)
+            for name, found in stored.items():
+                origin = self.registry.origin(name)
+                if origin == API:
+                    continue
+                try:
+                    if origin is not None:
+                        raise RegistryError(f"a {origin} connector is named {name!r} here")
+                    self.registry.add(parse(found.document), API)
+                except (DocumentError, RegistryError) as e:
+                    log.error("connector %r registered through another gateway process is not served here: %s", name, e)
+                    continue
+                self._applied[name] = found.registered_at
+                added = True
+                log.info("connector %r registered through another gateway process by %s; served", name, found.registered_by)
+        if added and self.policies is not None:
+            self.policies.forget_rejection()
 
     def _check_credential(self, connector: Connector) -> None:
         """The key goes to every host of the connector: each must be one the config offers it to."""

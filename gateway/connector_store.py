@@ -1,7 +1,8 @@
 """Where connectors registered through `POST /v1/connectors` are kept: one SQLite file in the state dir.
 
-The interface is deliberately narrow (add, remove, all) and speaks only in names and JSON documents,
-so another backend (Redis) can stand in without the callers changing. What is stored is the
+The interface is deliberately narrow (add, remove, all, version) and speaks only in names and JSON
+documents, so the fleet's store (`gateway.stores.redis_state.RedisConnectorStore`, with
+`stores.state` on Redis) stands in without the callers changing. What is stored is the
 document as the admin sent it, never the compiled connector: a restart compiles it again with the
 code of the day, and a document that no longer compiles stops start-up naming it, like a bad config.
 """
@@ -86,6 +87,16 @@ class ConnectorStore:
         except sqlite3.Error as e:
             raise StoreUnavailable(f"connector store: {e}") from None
         return [StoredConnector(name, json.loads(doc), by, at) for name, doc, by, at in rows]
+
+    def version(self) -> int:
+        """Changes when another process (a worker of this host) registered or deleted one since the
+        last call; what `ConnectorAdmin.watch` polls before reading them all."""
+        try:
+            with self._lock:
+                (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"connector store: {e}") from None
+        return int(version)
 
     def close(self) -> None:
         with self._lock:

@@ -19,7 +19,6 @@ from gateway.audit.log import AuditError, AuditLog
 from gateway.audit.noise import UnauthenticatedNoise
 from gateway.config import Config
 from gateway.connector_admin import ConnectorAdmin, build_registry
-from gateway.connector_store import ConnectorStore
 from gateway.errors import ConfigError, Refusal
 from gateway.identity import keys as keyring
 from gateway.identity.issuers import TrustedIssuers
@@ -28,7 +27,7 @@ from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier
 from gateway.live_decisions import LiveDecisions
-from gateway.mcp.store import McpStore, open_store
+from gateway.mcp.store import McpStore
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
 from gateway.pipeline.dlp import Dlp
@@ -43,6 +42,7 @@ from gateway.secrets import Secrets, not_ready
 from gateway.state import StateDir
 from gateway.stores import open_state
 from gateway.stores.feed import DecisionFeed, MemoryFeed
+from gateway.stores.sessions import SessionStore
 from gateway.telemetry import traceparent_ids
 from gateway.telemetry.baseline import BaselineFile, Baselines, agent_key
 from gateway.telemetry.export import SiemExport
@@ -75,6 +75,7 @@ class Runtime:
     attested: dict[str, str]  # artifact -> sha256:HEX at start (gateway.attest)
     mcp: McpStore
     connectors: ConnectorAdmin
+    console_sessions: SessionStore  # the console's sessions, shared by every process (`gateway.api.sessions`)
     keys: KeyRing | None = None  # every key that verifies (JWKS); None: `key` alone
     webhook: ApprovalWebhook | None = None
     tracing: Tracing | None = None  # telemetry.otlp_endpoint set
@@ -188,6 +189,7 @@ class Runtime:
         self.connectors.store.close()
         self.approvals.close()
         self.mcp.close()
+        self.console_sessions.close()
         try:
             for summary in self.noise.flush():
                 self.audit.write(summary)
@@ -210,8 +212,11 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 def build(config: Config, worker: int | None = None) -> Runtime:
     """The runtime of the only process (`worker` None) or of one of `run --workers N`'s workers."""
     state = StateDir.open(config.state_path)
-    store = ConnectorStore(state.connectors)
-    registry = build_registry(config, store)
+    webhook = None
+    if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
+        webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
+    stores = open_state(config, state, on_new_approval=webhook.submit if webhook else None)
+    registry = build_registry(config, stores.connectors)
     config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
@@ -227,10 +232,6 @@ def build(config: Config, worker: int | None = None) -> Runtime:
             policies = PolicyStore(config.policies, registry.get, pin=_pinned(config, "policies"))
         except PolicyLoadError as e:
             raise ConfigError(f"policies in {config.policies} do not load:\n" + "\n".join(map(str, e.problems))) from None
-    webhook = None
-    if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
-        webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
-    stores = open_state(config, state, on_new_approval=webhook.submit if webhook else None)
     tools = Tools.build(config, state, key, registry, stores.tools)
     # Before the DLP models load (seconds), the audit log opens and the secret store is read: a
     # gateway that fails attestation says so at once and leaves no trace of having served.
@@ -267,9 +268,10 @@ def build(config: Config, worker: int | None = None) -> Runtime:
         tools=tools,
         attested=attested,
         **telemetry(config, state),
-        mcp=open_store(config, state),
+        mcp=stores.mcp,
+        console_sessions=stores.console_sessions,
         live=LiveDecisions(config.console.max_streams, config.console.stream_queue),
-        connectors=ConnectorAdmin(config, registry, store, policies),
+        connectors=ConnectorAdmin(config, registry, stores.connectors, policies),
     )
     if rt.siem is not None:
         siem = rt.siem

@@ -81,6 +81,11 @@ class StateDir:
         return self.root / "mcp.sqlite"
 
     @property
+    def console_sessions(self) -> Path:
+        """The operator console's sessions, shared by the host's workers (`gateway.stores.sessions`)."""
+        return self.root / "console.sqlite"
+
+    @property
     def connectors(self) -> Path:
         """Connectors registered through `POST /v1/connectors` (gateway/connector_store.py)."""
         return self.root / "connectors.sqlite"

@@ -61,7 +61,7 @@ def create_app(rt: Runtime) -> Starlette:
             refusal = Refusal("not_found", "no such API endpoint")
         return refusal_response(refusal, call.decision_id)
 
-    sessions = Sessions(rt.config.console, rt.verifier)
+    sessions = Sessions(rt.config.console, rt.verifier, rt.console_sessions)
     routes: list[BaseRoute] = [
         *open_routes(rt),
         *agent_routes(rt),

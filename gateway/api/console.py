@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from gateway.api.endpoint import read_body, refusal_response, verify_token
 from gateway.api.sessions import COOKIE, CSRF_HEADER, Sessions
-from gateway.errors import DECISION_HEADER, Refusal, describe
+from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable, describe
 from gateway.pipeline.call import Call
 from gateway.pipeline.steps import audit_method, redact_path
 from gateway.runtime import Runtime
@@ -83,6 +83,11 @@ def console_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
                 response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure(rt, request))
                 return response
             return await sign_in(request, call)
+        except StoreUnavailable as e:  # the session store (Redis) is down: 503, as every API call
+            log.warning("console session: %s", e)
+            refusal = Refusal("store_unavailable", "the console session store is unavailable; try again")
+            rt.record_after(call.record("deny", refusal, phase="api", client=request.client.host if request.client else None))
+            return refusal_response(refusal, call.decision_id)
         except Refusal as r:
             rt.record_after(call.record("deny", r, phase="api", client=request.client.host if request.client else None))
             return refusal_response(r, call.decision_id)

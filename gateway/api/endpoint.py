@@ -83,10 +83,10 @@ def endpoint(
         async def handler(request: Request) -> Response:
             call = Call(host="api", method=audit_method(request.method), path=redact_path(request.url.path))
             try:
-                call.identity = await authenticate(rt, request, admin=admin, sessions=sessions)
                 try:
+                    call.identity = await authenticate(rt, request, admin=admin, sessions=sessions)
                     result = await fn(request, call)
-                except StoreUnavailable as e:  # a state store (Redis) is down: 503, never a 500
+                except StoreUnavailable as e:  # a state store (Redis: the sessions too) is down: 503, never a 500
                     raise Refusal("store_unavailable", str(e)) from None
             except Refusal as r:
                 if r.connector is None:  # as the proxy's refusals do: name what the call was for, once known

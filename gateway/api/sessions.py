@@ -14,21 +14,22 @@ the cookie from another site at all: two independent reasons a forged request fa
 
 Bounded: at most `sessions_per_admin` per admin (sub and tenant; the oldest ends for a new one) and
 `max_sessions` in all (a new sign-in past it is refused until some expire), so repeated sign-ins
-cost a fixed amount of memory and one admin cannot sign the others out.
+cost a fixed amount of storage and one admin cannot sign the others out. The sessions are kept
+where every process of the gateway reads them (`gateway.stores.sessions`), ids only hashed.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import ConsoleSettings
-from gateway.errors import Refusal
+from gateway.errors import Refusal, StoreUnavailable
 from gateway.identity.tokens import Identity, Verifier
+from gateway.stores.sessions import SessionStore, StoredSession, hash_id
 
 COOKIE = "egress_console"
 CSRF_HEADER = "x-csrf-token"
@@ -48,51 +49,45 @@ class Session:
 
 
 class Sessions:
-    """The live sessions of one gateway process, in memory (a restart signs everyone out)."""
+    """The live sessions of a gateway, kept in a `SessionStore` every process of it shares (the
+    state dir's SQLite file, or the fleet's Redis), so a browser signed in through one worker or
+    replica is signed in on all of them, and signing out on one ends it everywhere."""
 
-    def __init__(self, settings: ConsoleSettings, verifier: Verifier, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: ConsoleSettings, verifier: Verifier, store: SessionStore, clock: Callable[[], float] = time.time
+    ) -> None:
         self._settings = settings
         self._verifier = verifier
+        self._store = store
         self._clock = clock
-        self._by_id: dict[str, Session] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._by_id)
 
     def start(self, identity: Identity) -> Session:
         """A new session for a verified admin identity."""
         now = self._clock()
-        with self._lock:
-            self._prune(now)
-            mine = sorted(
-                (s for s in self._by_id.values() if (s.identity.sub, s.identity.tenant) == (identity.sub, identity.tenant)),
-                key=lambda s: s.created_at,
-            )
-            for old in mine[: max(0, len(mine) - self._settings.sessions_per_admin + 1)]:
-                del self._by_id[old.id]
-            if len(self._by_id) >= self._settings.max_sessions:
-                raise Refusal("rate_limited", "too many console sessions are open; try again later",
-                              headers={"Retry-After": "60"})
-            session = Session(
-                id=secrets.token_urlsafe(32),
-                csrf=secrets.token_urlsafe(32),
-                identity=identity,
-                created_at=now,
-                expires_at=min(identity.exp, now + self._settings.session_ttl),
-            )
-            self._by_id[session.id] = session
+        session = Session(
+            id=secrets.token_urlsafe(32),
+            csrf=secrets.token_urlsafe(32),
+            identity=identity,
+            created_at=now,
+            expires_at=min(identity.exp, now + self._settings.session_ttl),
+        )
+        stored = StoredSession(session.csrf, identity, session.created_at, session.expires_at)
+        if not self._store.put(hash_id(session.id), stored, now, self._settings.sessions_per_admin, self._settings.max_sessions):
+            raise Refusal("rate_limited", "too many console sessions are open; try again later",
+                          headers={"Retry-After": "60"})
         return session
 
     def resume(self, session_id: str | None) -> Session:
         """The live session behind a cookie; refused when there is none, it expired, or its token
-        expired or was revoked since (the session is then forgotten)."""
-        session = self._by_id.get(session_id or "")
-        if session is None:
+        expired or was revoked since (the session is then forgotten). Raises `StoreUnavailable`
+        when the store cannot be read."""
+        if not session_id:
             raise Refusal("identity_expired", "the console session has ended; sign in again")
+        stored = self._store.get(hash_id(session_id), self._clock())
+        if stored is None:
+            raise Refusal("identity_expired", "the console session has ended; sign in again")
+        session = Session(session_id, stored.csrf, stored.identity, stored.created_at, stored.expires_at)
         try:
-            if self._clock() >= session.expires_at:
-                raise Refusal("identity_expired", "the console session has expired; sign in again")
             self._verifier.check(session.identity)
         except Refusal:
             self.end(session.id)
@@ -107,17 +102,13 @@ class Sessions:
         return session
 
     def alive(self, session_id: str) -> bool:
-        """For long-lived streams: whether the session still stands (checked every second)."""
+        """For long-lived streams: whether the session still stands (checked every second); a
+        store that cannot say ends the stream (fail closed)."""
         try:
             self.resume(session_id)
-        except Refusal:
+        except (Refusal, StoreUnavailable):
             return False
         return True
 
     def end(self, session_id: str) -> None:
-        with self._lock:
-            self._by_id.pop(session_id, None)
-
-    def _prune(self, now: float) -> None:
-        for sid in [sid for sid, s in self._by_id.items() if s.expires_at <= now]:
-            del self._by_id[sid]
+        self._store.delete(hash_id(session_id))

@@ -31,7 +31,6 @@ from gateway.config import Config, ConfigError, parse_duration, parse_hostport
 from gateway.errors import CliError, GatewayError
 from gateway.identity import keys as keyring
 from gateway.identity import tokens as identity
-from gateway.mcp.store import open_store
 from gateway.policy.approvals import ApprovalStore
 from gateway.policy.load import ConnectorLookup
 from gateway.proxy import ca
@@ -304,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, lookup=_lookup, policies_dir=_policies_dir, audit_dir=lambda a: _state(a).root, parents=[common]
     )
     policy_cli.add_approvals_commands(sub, open_store=_approvals, parents=[common])
-    add_mcp_commands(sub, open_store=lambda a: open_store(_config(a), _state(a)), parents=[common])
+    add_mcp_commands(sub, open_store=lambda a: open_state(_config(a), _state(a)).mcp, parents=[common])
     policy_cli.add_audit_commands(sub, audit_dir=lambda a: _state(a).root, public_keys=_public_keys, parents=[common])
     sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
     telemetry_cli.add_commands(sub, state=_state, parents=[common])

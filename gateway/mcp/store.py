@@ -1,7 +1,8 @@
 """The MCP state a fleet must share: pinned tool definitions and which agent opened each session.
 
 One SQLite file in the state directory (like approvals and revocations), behind this one narrow
-interface, so a shared (Redis) store can replace it without touching its callers:
+interface, so the fleet's store (`gateway.stores.redis_state.RedisMcpStore`, with `stores.state` on
+Redis) replaces it without touching its callers; both are opened by `gateway.stores.open_state`:
 
 - `observe(server, tool, digest)`: a listed definition; pinned if the tool has no pin yet
   (`Seen.NEW`), else `SAME`, or `CHANGED` (kept as the pending definition until accepted);
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.state import StateDir
 
 SESSION_TTL = 7 * 86400.0  # a binding older than this is forgotten (its session refused)
 
@@ -175,23 +175,23 @@ class McpStore:
             db.execute("DELETE FROM mcp_sessions WHERE at < ?", (now - SESSION_TTL,))
             db.execute(
                 "INSERT INTO mcp_sessions (id_hash, agent, server, at) VALUES (?,?,?,?) ON CONFLICT (id_hash) DO NOTHING",
-                (_hash(session), agent, server, now),
+                (session_hash(session), agent, server, now),
             )
-            (owner,) = db.execute("SELECT agent FROM mcp_sessions WHERE id_hash=?", (_hash(session),)).fetchone()
+            (owner,) = db.execute("SELECT agent FROM mcp_sessions WHERE id_hash=?", (session_hash(session),)).fetchone()
         return bool(owner == agent)
 
     def session_agent(self, session: str) -> str | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT agent FROM mcp_sessions WHERE id_hash=? AND at >= ?", (_hash(session), self._clock() - SESSION_TTL)
+                "SELECT agent FROM mcp_sessions WHERE id_hash=? AND at >= ?", (session_hash(session), self._clock() - SESSION_TTL)
             ).fetchone()
         return row[0] if row else None
 
 
-def open_store(config: Config, state: StateDir) -> McpStore:
-    """The gateway's MCP store, with the config's `pin:` values written in."""
-    return McpStore(state.mcp, {name: server.pin for name, server in config.mcp_servers.items() if server.pin})
+def config_pins(config: Config) -> dict[str, dict[str, str]]:
+    """The config's `pin:` values by server, which a store writes in when it opens."""
+    return {name: server.pin for name, server in config.mcp_servers.items() if server.pin}
 
 
-def _hash(session: str) -> str:
+def session_hash(session: str) -> str:
     return hashlib.sha256(session.encode()).hexdigest()

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from connectors import codecs
 from connectors.model import MCP_PROTOCOL, BodyEncoding, canonical_host
 from connectors.registry import Route
-from gateway.errors import DECISION_HEADER, Refusal
+from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable
 from gateway.identity.issuers import narrow
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, token_from_proxy_authorization
 from gateway.pipeline import steps
@@ -423,12 +423,16 @@ def refused(rt: Runtime, call: Call, refusal: Refusal, client: str | None = None
 
 
 async def _failing_closed(rt: Runtime, call: Call, client: str | None, work: Awaitable[T]) -> tuple[T | None, Refusal | None]:
-    """`work`'s result, or the refusal it raised; anything unexpected refuses as `internal_error`
-    (fail closed). A refusal is audited here."""
+    """`work`'s result, or the refusal it raised; a store that is down refuses as
+    `store_unavailable`, anything unexpected as `internal_error` (fail closed). A refusal is
+    audited here."""
     try:
         return await work, None
     except Refusal as r:
         return None, refused(rt, call, r, client)
+    except StoreUnavailable as e:  # a state store a step reads (MCP pins and sessions on Redis)
+        log.warning("%s decision refused: %s", call.method, e)
+        return None, refused(rt, call, Refusal("store_unavailable", "a state store the decision needs is unavailable"), client)
     except Exception:
         log.exception("%s decision failed", call.method)
         return None, refused(rt, call, Refusal("internal_error", "the gateway failed while deciding"), client)

@@ -28,7 +28,7 @@ import httpx
 from mitmproxy import http
 
 from connectors.model import MCP_SERVER_REQUESTS, McpConnector
-from gateway.errors import DECISION_HEADER, Refusal
+from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable
 from gateway.identity.tokens import Identity
 from gateway.mcp import jsonrpc
 from gateway.mcp.answer import AnswerEditor
@@ -213,7 +213,11 @@ class McpDoor:
         if connector.action(name) is None or name in MCP_SERVER_REQUESTS:
             return False
         digest = definition_digest(tool)
-        seen = self.rt.mcp.observe(connector.name, name, digest)
+        try:
+            seen = self.rt.mcp.observe(connector.name, name, digest)
+        except StoreUnavailable as e:  # a definition that cannot be checked against its pin is not shown
+            log.warning("MCP server %s tool %s hidden: %s", connector.name, name, e)
+            return False
         if seen in (Seen.NEW, Seen.CHANGED):
             event = "mcp_tool_pinned" if seen is Seen.NEW else "mcp_tool_changed"
             self.rt.record_after({"type": event, "server": connector.name, "tool": name, "definition": digest})
@@ -270,9 +274,15 @@ class McpDoor:
         session = flow.response.headers.get(SESSION_HEADER)
         server = call.connector or ""
         if session is not None and flow.response.status_code < 400 and call.agent is not None:
-            if not self.rt.mcp.bind_session(session, call.agent, server):
-                # The server gave this agent a session another agent opened: never pass it on.
-                log.warning("MCP server %s issued a session id bound to another agent; removed", server)
+            try:
+                bound = self.rt.mcp.bind_session(session, call.agent, server)
+            except StoreUnavailable as e:  # a session that is not bound would be refused anyway
+                log.warning("MCP server %s issued a session id that cannot be bound (%s); removed", server, e)
+                bound = False
+            else:
+                if not bound:  # the server gave this agent a session another agent opened: never pass it on
+                    log.warning("MCP server %s issued a session id bound to another agent; removed", server)
+            if not bound:
                 del flow.response.headers[SESSION_HEADER]
         if is_event_stream(flow):
             flow.metadata[STREAM_EDIT] = editor.stream()

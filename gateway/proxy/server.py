@@ -180,6 +180,7 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
         asyncio.create_task(rt.revocations.watch()),
         asyncio.create_task(rt.quarantine.watch(rt.quarantine_changed)),
         asyncio.create_task(rt.decisions.run()),
+        asyncio.create_task(rt.connectors.watch()),
     ]
     if rt.baselines is not None and rt.baseline_file is not None:
         watchers.append(asyncio.create_task(keep_in_sync(rt.baselines, rt.baseline_file)))

@@ -16,6 +16,13 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
 - `quarantines`: a list of `{"scope", "value", "released", "reason", "by", "at"}` changes, only ever
   appended to (a release is a change too), read like the revocations.
 - `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
+- `mcp:pins`: a hash of MCP tool pins, JSON `[server, tool]` -> the pin's row; `mcp:session:<sha256>`:
+  the agent (and server) a session id is bound to, expiring `SESSION_TTL` after the binding.
+- `connectors`: a hash of connectors registered through the API, name -> document, who and when;
+  `connectors:version`: bumped by every add and delete, polled by every replica.
+- `console:session:<sha256 of the id>`: one console session, expiring with it; `console:sessions`:
+  every live one by expiry (`max_sessions`); `console:admin:<sha256>`: an admin's by creation
+  (`sessions_per_admin`).
 """
 
 from __future__ import annotations
@@ -40,11 +47,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from gateway.connector_store import AlreadyStored, ConnectorStore, StoredConnector
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
 from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import POLL_SECONDS, Revocations
+from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, session_hash
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
 from gateway.stores.feed import RECENT_DECISIONS
+from gateway.stores.sessions import SessionStore, StoredSession
 
 log = logging.getLogger(__name__)
 
@@ -459,3 +469,258 @@ class RedisToolShelf:
             return None
         entry = json.loads(raw)
         return entry["manifest"], base64.b64decode(entry["module"])
+
+
+# --- MCP pins and sessions -----------------------------------------------------------------------
+
+MCP_PINS = PREFIX + "mcp:pins"
+_MCP_SESSION = PREFIX + "mcp:session:"
+
+# A pin is one field of MCP_PINS, named by the JSON of [server, tool], holding the JSON of the row
+# the SQLite table has (absent fields are NULL; times as strings, exact). Each script is one of the
+# SQLite store's statements, so two replicas observing, seeding or accepting at once are serialized.
+
+# ARGV: field, digest, now. The config's pin, unless an admin accepted a change since this value.
+_MCP_SEED = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw then
+  local p = cjson.decode(raw)
+  if p.source == 'admin' and p.config == ARGV[2] then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pinned=ARGV[2], source='config', config=ARGV[2], pinned_at=ARGV[3]}))
+return 1
+"""
+
+# ARGV: field, digest, now. Returns a `Seen` value.
+_MCP_OBSERVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pinned=ARGV[2], source='listed', pinned_at=ARGV[3]}))
+  return 'new'
+end
+local p = cjson.decode(raw)
+if p.pinned == ARGV[2] then return 'same' end
+if p.pending == ARGV[2] then return 'still_changed' end
+p.pending = ARGV[2]
+p.changed_at = ARGV[3]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
+return 'changed'
+"""
+
+# ARGV: field, now. Returns the accepted row, or false when nothing was pending.
+_MCP_ACCEPT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return false end
+local p = cjson.decode(raw)
+if not p.pending then return false end
+p.pinned = p.pending
+p.pending = nil
+p.changed_at = nil
+p.source = 'admin'
+p.pinned_at = ARGV[2]
+local row = cjson.encode(p)
+redis.call('HSET', KEYS[1], ARGV[1], row)
+return row
+"""
+
+# KEYS: the session's key. ARGV: the binding, its lifetime in ms. Returns the binding that holds.
+_MCP_BIND = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return redis.call('GET', KEYS[1])
+"""
+
+
+class RedisMcpStore(McpStore):
+    """MCP pins and session bindings in Redis: one script per read-modify-write, so an `observe`
+    racing on two replicas pins exactly one definition, and an accept on one is the pin on all
+    at once (every call reads the pin from Redis). Bindings expire `SESSION_TTL` after they are made."""
+
+    def __init__(self, client: redis.Redis, config_pins: dict[str, dict[str, str]] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._redis, self._clock = client, clock
+        self._seed_script = client.register_script(_MCP_SEED)
+        self._observe = client.register_script(_MCP_OBSERVE)
+        self._accept = client.register_script(_MCP_ACCEPT)
+        self._bind = client.register_script(_MCP_BIND)
+        for server, pins in (config_pins or {}).items():
+            for tool, digest in pins.items():
+                self._seed(server, tool, digest)
+
+    def close(self) -> None:
+        """Nothing to close: the shared client's connections end with the process."""
+
+    def _seed(self, server: str, tool: str, digest: str) -> None:
+        with _store("MCP"):
+            self._seed_script(keys=[MCP_PINS], args=[_pin_field(server, tool), digest, repr(self._clock())])
+
+    def observe(self, server: str, tool: str, digest: str) -> Seen:
+        with _store("MCP"):
+            seen = self._observe(keys=[MCP_PINS], args=[_pin_field(server, tool), digest, repr(self._clock())])
+        return Seen(_text(seen))
+
+    def state(self, server: str, tool: str) -> Pin | None:
+        with _store("MCP"):
+            raw = self._redis.hget(MCP_PINS, _pin_field(server, tool))
+        return _pin(server, tool, raw) if raw is not None else None
+
+    def accept(self, server: str, tool: str) -> Pin | None:
+        with _store("MCP"):
+            row = self._accept(keys=[MCP_PINS], args=[_pin_field(server, tool), repr(self._clock())])
+        return _pin(server, tool, row) if row is not None else None
+
+    def pins(self, server: str | None = None) -> list[Pin]:
+        with _store("MCP"):
+            rows = self._redis.hgetall(MCP_PINS)
+        found = []
+        for field, raw in rows.items():
+            server_name, tool = json.loads(field)
+            found.append(_pin(server_name, tool, raw))
+        return sorted((p for p in found if server is None or p.server == server), key=lambda p: (p.server, p.tool))
+
+    def bind_session(self, session: str, agent: str, server: str) -> bool:
+        binding = json.dumps({"agent": agent, "server": server, "at": self._clock()})
+        with _store("MCP"):
+            held = self._bind(keys=[_MCP_SESSION + session_hash(session)], args=[binding, math.ceil(SESSION_TTL * 1000)])
+        return bool(json.loads(held)["agent"] == agent)
+
+    def session_agent(self, session: str) -> str | None:
+        with _store("MCP"):
+            held = self._redis.get(_MCP_SESSION + session_hash(session))
+        return None if held is None else str(json.loads(held)["agent"])
+
+
+def _pin_field(server: str, tool: str) -> str:
+    return json.dumps([server, tool])
+
+
+def _pin(server: str, tool: str, raw: bytes | str) -> Pin:
+    p = json.loads(raw)
+    changed = p.get("changed_at")
+    return Pin(server, tool, p["pinned"], p.get("pending"), p["source"], float(p["pinned_at"]),
+               None if changed is None else float(changed))
+
+
+# --- registered connectors -----------------------------------------------------------------------
+
+CONNECTORS = PREFIX + "connectors"
+CONNECTORS_VERSION = PREFIX + "connectors:version"
+
+# KEYS: the connectors hash, the version. ARGV: name, entry. 1 when stored, 0 when the name is taken.
+_CONNECTOR_ADD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+# KEYS: the connectors hash, the version. ARGV: name. 1 when deleted.
+_CONNECTOR_REMOVE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+
+class RedisConnectorStore(ConnectorStore):
+    """Registered connectors' documents in one Redis hash, with a version every change bumps: the
+    replicas poll it (`ConnectorAdmin.watch`) and apply what changed to their own registry."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._add = client.register_script(_CONNECTOR_ADD)
+        self._remove = client.register_script(_CONNECTOR_REMOVE)
+
+    def add(self, name: str, document: dict[str, Any], registered_by: str) -> StoredConnector:
+        stored = StoredConnector(name, document, registered_by, time.time())
+        entry = json.dumps({"document": document, "registered_by": registered_by, "registered_at": stored.registered_at},
+                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        with _store("connector"):
+            added = self._add(keys=[CONNECTORS, CONNECTORS_VERSION], args=[name, entry])
+        if not added:
+            raise AlreadyStored(name)
+        return stored
+
+    def remove(self, name: str) -> bool:
+        with _store("connector"):
+            return bool(self._remove(keys=[CONNECTORS, CONNECTORS_VERSION], args=[name]))
+
+    def all(self) -> list[StoredConnector]:
+        with _store("connector"):
+            rows = self._redis.hgetall(CONNECTORS)
+        found = []
+        for name, raw in rows.items():
+            e = json.loads(raw)
+            found.append(StoredConnector(_text(name), e["document"], e["registered_by"], float(e["registered_at"])))
+        return sorted(found, key=lambda s: (s.registered_at, s.name))
+
+    def version(self) -> int:
+        with _store("connector"):
+            return int(self._redis.get(CONNECTORS_VERSION) or 0)
+
+    def close(self) -> None:
+        """Nothing to close: the shared client's connections end with the process."""
+
+
+# --- console sessions ----------------------------------------------------------------------------
+
+_CONSOLE = PREFIX + "console:"
+CONSOLE_SESSIONS = _CONSOLE + "sessions"  # every live session's id hash, by expiry
+
+# KEYS: all sessions (by expiry), the admin's sessions (by creation). ARGV: now, per admin, limit,
+# id hash, record, created_at, expires_at, session key prefix. Returns 1 when stored, 0 when full.
+_CONSOLE_PUT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, h in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if not redis.call('ZSCORE', KEYS[1], h) then redis.call('ZREM', KEYS[2], h) end
+end
+local mine = redis.call('ZRANGE', KEYS[2], 0, -1)
+for i = 1, #mine - tonumber(ARGV[2]) + 1 do
+  redis.call('ZREM', KEYS[2], mine[i])
+  redis.call('ZREM', KEYS[1], mine[i])
+  redis.call('DEL', ARGV[8] .. mine[i])
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+local ttl = math.max(1, math.ceil((tonumber(ARGV[7]) - now) * 1000))
+redis.call('SET', ARGV[8] .. ARGV[4], ARGV[5], 'PX', ttl)
+redis.call('ZADD', KEYS[1], ARGV[7], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], math.max(ttl, redis.call('PTTL', KEYS[2])))
+return 1
+"""
+
+# KEYS: all sessions, the session's key. ARGV: id hash.
+_CONSOLE_DELETE = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class RedisSessionStore(SessionStore):
+    """Console sessions in Redis: each record under its id's hash, expiring with the session; the
+    bounds are one script, so two replicas signing in at once cannot pass `max_sessions`."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._put = client.register_script(_CONSOLE_PUT)
+        self._delete = client.register_script(_CONSOLE_DELETE)
+
+    def put(self, id_hash: str, session: StoredSession, now: float, per_admin: int, limit: int) -> bool:
+        keys = [CONSOLE_SESSIONS, _CONSOLE + "admin:" + session.admin()]
+        args: list[str | int] = [repr(now), per_admin, limit, id_hash, session.to_json(), repr(session.created_at),
+                repr(session.expires_at), _CONSOLE + "session:"]
+        with _store("console session"):
+            return bool(self._put(keys=keys, args=args))
+
+    def get(self, id_hash: str, now: float) -> StoredSession | None:
+        with _store("console session"):
+            raw = self._redis.get(_CONSOLE + "session:" + id_hash)
+        found = None if raw is None else StoredSession.from_json(raw)
+        return found if found is not None and found.expires_at > now else None
+
+    def delete(self, id_hash: str) -> None:
+        with _store("console session"):
+            self._delete(keys=[CONSOLE_SESSIONS, _CONSOLE + "session:" + id_hash], args=[id_hash])
+
+    def close(self) -> None:
+        """Nothing to close: the shared client's connections end with the process."""

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,65 @@ def test_two_workers_serve_one_proxy_port_and_one_api_port(fleet: GatewayProcess
 def _pay_once(gw: GatewayProcess, token: str) -> None:
     with client(gw, token) as c:
         assert pay(c).status_code == 200
+
+
+def test_a_console_session_is_every_workers_without_a_shared_store(fleet: GatewayProcess) -> None:
+    """Sessions live in the state dir's SQLite file, not in a worker's memory: signed in through
+    one worker, a session signs out through the other (both audited with their worker), and is
+    then refused by both."""
+    crossed = []
+    for n in range(20):  # until a sign-in and its sign-out were answered by different workers
+        token = fleet.token(sub=f"console-{n}", role="admin")
+        r = httpx.post(f"{fleet.api_url}/console/session", json={"token": token}, timeout=20)
+        assert r.status_code == 200, r.text
+        cookie = {"Cookie": f"egress_console={r.cookies['egress_console']}", "X-CSRF-Token": r.json()["csrf"]}
+        assert httpx.get(f"{fleet.api_url}/v1/approvals", headers=cookie, timeout=20).status_code == 200
+        out = httpx.delete(f"{fleet.api_url}/console/session", headers=cookie, timeout=20)
+        assert out.status_code == 200, out.text
+        ended = [httpx.get(f"{fleet.api_url}/v1/approvals", headers=cookie, timeout=20) for _ in range(4)]
+        assert [(e.status_code, e.json()["error"]["code"]) for e in ended] == [(401, "identity_expired")] * 4
+        workers = {r["phase"]: r["worker"] for r in fleet.audit() if r.get("sub") == f"console-{n}"
+                   and r.get("phase") in ("console_sign_in", "console_sign_out")}
+        if workers["console_sign_in"] != workers["console_sign_out"]:
+            crossed.append(n)
+            break
+    assert crossed, "every sign-out was answered by the worker that signed in; sharing was not exercised"
+
+
+def test_a_connector_registered_through_one_worker_is_served_by_every_worker(fleet: GatewayProcess) -> None:
+    """Registered through whichever worker took the request, kept in the state dir's file: every
+    worker claims its host within a second (the name resolves nowhere, so a claimed host's call
+    fails upstream, audited by the worker that decided), and after a delete none does (`host_denied`)."""
+    admin = {"Authorization": f"Bearer {fleet.token(sub='ops', role='admin')}"}
+    doc = {"name": "ping", "hosts": ["ping.workers.test"], "actions": [{"name": "ping", "method": "POST", "path": "/ping"}]}
+    assert httpx.post(f"{fleet.api_url}/v1/connectors", json=doc, headers=admin, timeout=20).status_code == 201
+    time.sleep(1.0)
+
+    def codes(sub: str) -> tuple[list[str], set[int]]:
+        """Calls on new connections, 8 at once, until both workers decided some (or 5 rounds)."""
+        token = fleet.token(sub=sub, scopes=("ping:*",))
+
+        def one(_: int) -> str:
+            with client(fleet, token) as c:
+                return str(c.post("https://ping.workers.test/ping").json()["error"]["code"])
+
+        found: list[str] = []
+        deciders: set[int] = set()
+        for _ in range(5):
+            with ThreadPoolExecutor(8) as pool:
+                found += pool.map(one, range(8))
+            deciders = {r["worker"] for r in fleet.audit() if r.get("sub") == sub and r.get("phase") == "decision"}
+            if deciders == {0, 1}:
+                break
+        return found, deciders
+
+    before, deciders = codes("ping-before")
+    assert len(set(before)) == 1 and before[0] in ("upstream_failed", "address_denied"), before  # as the resolver answers
+    assert deciders == {0, 1}, deciders
+    assert httpx.delete(f"{fleet.api_url}/v1/connectors/ping", headers=admin, timeout=20).status_code == 200
+    time.sleep(1.0)
+    after, deciders = codes("ping-after")
+    assert set(after) == {"host_denied"} and deciders == {0, 1}, (after, deciders)
 
 
 def test_memory_rate_limits_with_workers_are_refused_naming_the_fix(tmp_path: Path) -> None:

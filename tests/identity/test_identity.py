@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 import jwt
@@ -46,17 +47,18 @@ def test_connect_without_a_usable_token_is_407(gateway: GatewayProcess, auth: st
 @pytest.mark.parametrize(
     ("claims", "code"),
     [
-        ({"exp": int(time.time()) - 120}, "identity_expired"),
-        ({"nbf": int(time.time()) + 600, "exp": int(time.time()) + 900}, "identity_expired"),
-        ({"aud": "someone-else"}, "identity_invalid"),
-        ({"iss": "evil"}, "identity_invalid"),
-        ({"jti": None}, "identity_invalid"),
-        ({"role": None}, "identity_invalid"),
-        ({"exp": int(time.time()) + 7200}, "identity_expired"),  # lifetime above max_token_ttl
+        (lambda now: {"exp": now - 120}, "identity_expired"),
+        (lambda now: {"nbf": now + 600, "exp": now + 900}, "identity_expired"),
+        (lambda now: {"aud": "someone-else"}, "identity_invalid"),
+        (lambda now: {"iss": "evil"}, "identity_invalid"),
+        (lambda now: {"jti": None}, "identity_invalid"),
+        (lambda now: {"role": None}, "identity_invalid"),
+        (lambda now: {"exp": now + 7200}, "identity_expired"),  # lifetime above max_token_ttl
     ],
 )
-def test_bad_claims_are_refused_at_connect(gateway: GatewayProcess, claims: dict, code: str) -> None:
-    sock, resp = raw_connect(gateway, "api.stripe.com", basic(_signed(gateway, **claims)))
+def test_bad_claims_are_refused_at_connect(gateway: GatewayProcess, claims: Callable[[int], dict], code: str) -> None:
+    # Times from when the test runs, not when it was collected: a long suite would let nbf pass.
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(_signed(gateway, **claims(int(time.time())))))
     sock.close()
     assert (resp.status, resp.error()["code"]) == (407, code)
 

@@ -76,11 +76,13 @@ class GatewayProcess:
 
     `env` is added to the test vendor keys. `start` may be called again after a stop or a kill
     (same ports, same state dir: a restart); as a context manager the process is stopped on exit.
+    `checkout` is the source tree whose gateway runs (another commit's, for a benchmark comparing them).
     """
 
     root: Path
     settings: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
+    checkout: Path = REPO
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,8 @@ class GatewayProcess:
         cmd = [sys.executable, "-m", "gateway.cli", *args]
         if args and args[0] not in ("--help",):
             cmd += ["--config", str(self.config_file), "--state-dir", str(self.state_dir)]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=REPO, env=self._environ(), timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=self.checkout, env=self._environ(),
+                              timeout=60)
 
     def start(self) -> GatewayProcess:
         with self.log_file.open("ab") as log:
@@ -110,7 +113,7 @@ class GatewayProcess:
                 [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=self.checkout,
                 env=self._environ(),
                 preexec_fn=_die_with_the_test_run,
             )

@@ -9,7 +9,7 @@ import time
 from mitmproxy import http
 
 from gateway.pipeline import decide, request_call
-from gateway.proxy.flows import CALL, DLP, FORWARDED, UPSTREAM_SPAN, Tunnels, apply, request_view, respond
+from gateway.proxy.flows import CALL, DLP, FORWARDED, UPSTREAM_TRACE, Tunnels, apply, request_view, respond
 from gateway.runtime import Runtime
 
 
@@ -31,6 +31,6 @@ class Decide:
         apply(flow.request, verdict.forward)
         flow.metadata[DLP] = verdict.forward.dlp
         open_tunnel.in_flight = flow
-        if self.rt.tracing is not None and call.span is not None:
-            flow.metadata[UPSTREAM_SPAN] = self.rt.tracing.upstream(call.span, call.record("allow", phase="outcome"))
+        if self.rt.tracing is not None and call.trace is not None:
+            flow.metadata[UPSTREAM_TRACE] = self.rt.tracing.upstream(call.trace)
         flow.metadata[FORWARDED] = time.monotonic()

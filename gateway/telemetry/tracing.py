@@ -5,34 +5,46 @@ the upstream call (`egress.upstream`, from forwarding to the vendor's answer or 
 `telemetry.otlp_endpoint` unset this module is never imported: the SDK is not loaded and the
 pipeline does one `is None` test per call.
 
+Cheap by construction (issue 16's target: at most 5% of a call's cost). While a decision runs,
+tracing only notes numbers: the pipeline appends each step's end time (`time.time_ns()`) to a list.
+When the decision is over, all its spans are built at once as the SDK's finished spans
+(`ReadableSpan`, with explicit start and end times) and handed to the SDK's `BatchSpanProcessor`,
+whose worker thread encodes and exports them off the event loop. Going
+through `Tracer.start_span`/`Span.end` instead costs ~20 µs per span (a sampler call, a lock,
+attribute bounding, processor callbacks at start and end, a context to attach per step), which for
+16 spans was alone more than the budget; the spans exported are the same.
+
 Attributes are read from the call's audit record (`Call.record`, the one projection), so a span can
 never hold more than the audit does, and each value is bounded and held to a safe alphabet
 (`safe`): subjects, roles and tenants come from signed tokens, but every string is treated as
 untrusted all the same. The `egress.*` names are the README's table; the GenAI semantic
 conventions (`gen_ai.provider.name`, `gen_ai.operation.name`) are added for model vendors.
 
-Every decision is sampled: an agent's `traceparent` chooses the parent, never whether the gateway
-records (a flag of 00 must not hide a call from the trace). The SDK's batch processor keeps its own
-bounded queue and drops spans when the collector is slow; the request path never waits for it.
+Which decisions are traced is the gateway's choice alone (`telemetry.sample_ratio`, default every
+one): an agent's `traceparent` chooses the parent, never whether the gateway records (neither a
+flag of 00 nor a chosen trace id can hide a call from the trace). The batch processor's queue is
+bounded (`MAX_QUEUED_SPANS`) and drops spans when the collector is slow; the request path never
+waits for it.
 """
 
 from __future__ import annotations
 
+import random
 import re
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from time import time_ns
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from gateway.config import Telemetry
-from gateway.errors import Refusal
 from gateway.telemetry import traceparent_ids
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+\-]")
@@ -65,8 +77,6 @@ def safe(value: Any) -> str:
     return _UNSAFE.sub("_", str(value)[:MAX_ATTRIBUTE])
 
 
-
-
 def attributes(rec: Mapping[str, Any]) -> dict[str, Any]:
     """The span attributes of an audit record: names and codes only, bounded and sanitized."""
     out: dict[str, Any] = {name: safe(rec[key]) for key, name in ATTRIBUTES.items() if rec.get(key) is not None}
@@ -82,65 +92,105 @@ def attributes(rec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Spans waiting for the exporter: ~1000 decisions (16 spans each), a few seconds of a busy
+# gateway's traffic, ~10 MB at most. The SDK's default (2048) is 128 decisions, under a second.
+MAX_QUEUED_SPANS = 16_384
+EXPORT_TIMEOUT = 5.0  # seconds for one batch, retries included
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
+
+
+@dataclass(slots=True)
+class DecisionTrace:
+    """A decision being traced: its span's identity, and plain numbers until it ends."""
+
+    context: SpanContext  # the decision span's: the agent's trace id when continued, its own span id
+    parent: SpanContext | None  # the agent's span, from a valid traceparent
+    start: int  # time.time_ns()
+    ends: list[int] = field(default_factory=list)  # each finished step's end, in step order
+
+
+@dataclass(slots=True)
+class UpstreamTrace:
+    """The upstream call of a traced decision, from forwarding until its outcome."""
+
+    decision: DecisionTrace
+    start: int
+
+
 class Tracing:
-    """The tracer of one gateway process, with its exporter and batch processor."""
+    """The traces of one gateway process: its resource, the SDK's batch processor and the exporter."""
 
     def __init__(self, settings: Telemetry) -> None:
         assert settings.otlp_endpoint is not None
         endpoint = settings.otlp_endpoint.rstrip("/")
         if not endpoint.endswith("/v1/traces"):
             endpoint += "/v1/traces"
-        self.provider = TracerProvider(resource=Resource.create({"service.name": settings.service_name}), sampler=ALWAYS_ON)
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5)))
-        self.tracer = self.provider.get_tracer("egress-gateway")
+        self.resource = Resource.create({"service.name": settings.service_name})
+        self.scope = InstrumentationScope("egress-gateway")
+        self.exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT)
+        # Batch size and schedule delay are the SDK's (512 spans, 5 s; OTEL_BSP_* can change them):
+        # a busy gateway fills a batch well before the delay, an idle one has nothing to hurry.
+        self.processor = BatchSpanProcessor(self.exporter, max_queue_size=MAX_QUEUED_SPANS)
+        self.sample_ratio = settings.sample_ratio
+        self._ids = RandomIdGenerator()
 
-    def decision(self, traceparent: str | None) -> Span:
-        """The decision's span, continuing the agent's trace when it sent a valid traceparent."""
+    def decision(self, traceparent: str | None) -> DecisionTrace | None:
+        """A decision's trace, continuing the agent's trace when it sent a valid traceparent; None
+        when `sample_ratio` leaves this decision out (drawn by the gateway, not the agent)."""
+        if self.sample_ratio < 1.0 and random.random() >= self.sample_ratio:
+            return None
         ids = traceparent_ids(traceparent)
-        context = None
-        if ids is not None:
-            parent = SpanContext(ids[0], ids[1], is_remote=True, trace_flags=TraceFlags(ids[2]))
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
-        return self._start("egress.decision", context, SpanKind.SERVER)
+        parent = SpanContext(ids[0], ids[1], is_remote=True, trace_flags=TraceFlags(ids[2])) if ids else None
+        trace_id = ids[0] if ids else self._ids.generate_trace_id()
+        return DecisionTrace(SpanContext(trace_id, self._ids.generate_span_id(), False, _SAMPLED), parent, time_ns())
 
-    @contextmanager
-    def step(self, parent: Span, name: str) -> Iterator[None]:
-        """A child span for one pipeline step; a refusal marks it with its code, never its message."""
-        span = self._start(f"egress.step.{name}", trace.set_span_in_context(parent), SpanKind.INTERNAL)
-        try:
-            yield
-        except Refusal as r:
-            span.set_status(Status(StatusCode.ERROR, r.code))
-            raise
-        except Exception:
-            span.set_status(Status(StatusCode.ERROR, "internal_error"))
-            raise
-        finally:
-            span.end()
+    def end_decision(self, trace: DecisionTrace, steps: Sequence[str], rec: Mapping[str, Any]) -> None:
+        """The decision's span and one child per step that ran (`steps` are their names, in order;
+        `trace.ends` has the end of each that finished). A refusing step, the one after the last
+        finished, ends with the decision and is marked with the code, never the message."""
+        end = time_ns()
+        ctx, code = trace.context, rec.get("code")
+        status = Status(StatusCode.ERROR, safe(code)) if code else _UNSET
+        spans = [self._span("egress.decision", ctx, trace.parent, SpanKind.SERVER, trace.start, end, attributes(rec), status)]
+        start = trace.start
+        for name, step_end in zip(steps, trace.ends, strict=False):
+            spans.append(self._child(f"egress.step.{name}", ctx, SpanKind.INTERNAL, start, step_end, None, _UNSET))
+            start = step_end
+        if code and len(trace.ends) < len(steps):
+            spans.append(self._child(f"egress.step.{steps[len(trace.ends)]}", ctx, SpanKind.INTERNAL, start, end, None, status))
+        for span in spans:
+            self.processor.on_end(span)
 
     @staticmethod
-    def traceparent(span: Span) -> str:
+    def traceparent(trace: DecisionTrace) -> str:
         """What the vendor gets when `propagate` is on: the decision's span as its parent."""
-        ctx = span.get_span_context()
-        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+        return f"00-{trace.context.trace_id:032x}-{trace.context.span_id:016x}-01"
 
-    def upstream(self, parent: Span, rec: Mapping[str, Any]) -> Span:
-        span = self._start("egress.upstream", trace.set_span_in_context(parent), SpanKind.CLIENT)
-        span.set_attributes(attributes(rec))
-        return span
+    @staticmethod
+    def upstream(trace: DecisionTrace) -> UpstreamTrace:
+        return UpstreamTrace(trace, time_ns())
 
-    def finish(self, span: Span, rec: Mapping[str, Any], status: int | None = None) -> None:
-        """End a span with its audit record's attributes (and the vendor's status, if any)."""
-        span.set_attributes(attributes(rec))
+    def end_upstream(self, up: UpstreamTrace, rec: Mapping[str, Any], status: int | None = None) -> None:
+        """The upstream call's span, with its outcome record's attributes (and the vendor's status)."""
+        attrs = attributes(rec)
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
-        if rec.get("code"):
-            span.set_status(Status(StatusCode.ERROR, safe(rec["code"])))
-        span.end()
+            attrs["http.response.status_code"] = status
+        code = rec.get("code")
+        span_status = Status(StatusCode.ERROR, safe(code)) if code else _UNSET
+        self.processor.on_end(self._child("egress.upstream", up.decision.context, SpanKind.CLIENT, up.start, time_ns(), attrs,
+                                          span_status))
 
-    def _start(self, name: str, context: Any, kind: SpanKind) -> Span:
-        return self.tracer.start_span(name, context, kind, record_exception=False, set_status_on_exception=False)
+    def _child(self, name: str, parent: SpanContext, kind: SpanKind, start: int, end: int, attrs: dict[str, Any] | None,
+               status: Status) -> ReadableSpan:
+        ctx = SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED)
+        return self._span(name, ctx, parent, kind, start, end, attrs, status)
+
+    def _span(self, name: str, ctx: SpanContext, parent: SpanContext | None, kind: SpanKind, start: int, end: int,
+              attrs: dict[str, Any] | None, status: Status) -> ReadableSpan:
+        return ReadableSpan(name, ctx, parent, self.resource, attrs, kind=kind, status=status, start_time=start, end_time=end,
+                            instrumentation_scope=self.scope)
 
     def close(self) -> None:
-        """Flush what is queued (bounded by the exporter's timeout) and stop the exporter."""
-        self.provider.shutdown()
+        """Export what is queued (bounded by the exporter's timeout) and stop the exporter."""
+        self.processor.shutdown()

@@ -9,7 +9,7 @@ Cheap by construction (issue 16's target: at most 5% of a call's cost). While a 
 tracing only notes numbers: the pipeline appends each step's end time (`time.time_ns()`) to a list.
 When the decision is over, all its spans are built at once as the SDK's finished spans
 (`ReadableSpan`, with explicit start and end times) and handed to the SDK's `BatchSpanProcessor`,
-whose worker thread encodes and exports them off the event loop. Going
+whose worker thread encodes and exports them off the event loop (`gateway.telemetry.otlp`). Going
 through `Tracer.start_span`/`Span.end` instead costs ~20 µs per span (a sampler call, a lock,
 attribute bounding, processor callbacks at start and end, a context to attach per step), which for
 16 spans was alone more than the budget; the spans exported are the same.
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from time import time_ns
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -46,6 +45,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from gateway.config import Telemetry
 from gateway.telemetry import traceparent_ids
+from gateway.telemetry.otlp import OtlpHttpExporter
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+\-]")
 MAX_ATTRIBUTE = 128
@@ -128,7 +128,7 @@ class Tracing:
             endpoint += "/v1/traces"
         self.resource = Resource.create({"service.name": settings.service_name})
         self.scope = InstrumentationScope("egress-gateway")
-        self.exporter = OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT)
+        self.exporter = OtlpHttpExporter(endpoint, EXPORT_TIMEOUT)
         # Batch size and schedule delay are the SDK's (512 spans, 5 s; OTEL_BSP_* can change them):
         # a busy gateway fills a batch well before the delay, an idle one has nothing to hurry.
         self.processor = BatchSpanProcessor(self.exporter, max_queue_size=MAX_QUEUED_SPANS)

@@ -7,12 +7,14 @@ pipeline does one `is None` test per call.
 
 Cheap by construction (issue 16's target: at most 5% of a call's cost). While a decision runs,
 tracing only notes numbers: the pipeline appends each step's end time (`time.time_ns()`) to a list.
-When the decision is over, all its spans are built at once as the SDK's finished spans
-(`ReadableSpan`, with explicit start and end times) and handed to the SDK's `BatchSpanProcessor`,
-whose worker thread encodes and exports them off the event loop (`gateway.telemetry.otlp`). Going
-through `Tracer.start_span`/`Span.end` instead costs ~20 µs per span (a sampler call, a lock,
-attribute bounding, processor callbacks at start and end, a context to attach per step), which for
-16 spans was alone more than the budget; the spans exported are the same.
+When the decision is over, its span is built once as the SDK's finished span (`ReadableSpan`, with
+explicit start and end times), carrying the steps' names and end times (`otlp.StepsSpan`), and
+handed to the SDK's `BatchSpanProcessor`; its worker thread writes each step as a child span while
+encoding the batch (`gateway.telemetry.otlp`), off the event loop. The upstream call is a second
+finished span. Going through `Tracer.start_span`/`Span.end` instead cost ~20 µs per span in the
+event loop (a sampler call, a lock, attribute bounding, processor callbacks at start and end, a
+context to attach per step) and the SDK's exporter ~20 µs more to encode it: for 16 spans, several
+times the budget. What the collector receives is the same spans.
 
 Attributes are read from the call's audit record (`Call.record`, the one projection), so a span can
 never hold more than the audit does, and each value is bounded and held to a safe alphabet
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from time import time_ns
 from typing import Any
@@ -45,7 +47,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 
 from gateway.config import Telemetry
 from gateway.telemetry import traceparent_ids
-from gateway.telemetry.otlp import OtlpHttpExporter
+from gateway.telemetry.otlp import OtlpHttpExporter, StepsSpan
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+\-]")
 MAX_ATTRIBUTE = 128
@@ -92,9 +94,9 @@ def attributes(rec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Spans waiting for the exporter: ~1000 decisions (16 spans each), a few seconds of a busy
-# gateway's traffic, ~10 MB at most. The SDK's default (2048) is 128 decisions, under a second.
-MAX_QUEUED_SPANS = 16_384
+# Spans waiting for the exporter (a decision's with its steps, an upstream call's): ~2000 decisions,
+# several seconds of a busy gateway's traffic, a few MB at most.
+MAX_QUEUED_SPANS = 4096
 EXPORT_TIMEOUT = 5.0  # seconds for one batch, retries included
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _UNSET = Status(StatusCode.UNSET)
@@ -134,6 +136,7 @@ class Tracing:
         self.processor = BatchSpanProcessor(self.exporter, max_queue_size=MAX_QUEUED_SPANS)
         self.sample_ratio = settings.sample_ratio
         self._ids = RandomIdGenerator()
+        self._step_spans: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def decision(self, traceparent: str | None) -> DecisionTrace | None:
         """A decision's trace, continuing the agent's trace when it sent a valid traceparent; None
@@ -145,22 +148,20 @@ class Tracing:
         trace_id = ids[0] if ids else self._ids.generate_trace_id()
         return DecisionTrace(SpanContext(trace_id, self._ids.generate_span_id(), False, _SAMPLED), parent, time_ns())
 
-    def end_decision(self, trace: DecisionTrace, steps: Sequence[str], rec: Mapping[str, Any]) -> None:
-        """The decision's span and one child per step that ran (`steps` are their names, in order;
-        `trace.ends` has the end of each that finished). A refusing step, the one after the last
-        finished, ends with the decision and is marked with the code, never the message."""
-        end = time_ns()
-        ctx, code = trace.context, rec.get("code")
-        status = Status(StatusCode.ERROR, safe(code)) if code else _UNSET
-        spans = [self._span("egress.decision", ctx, trace.parent, SpanKind.SERVER, trace.start, end, attributes(rec), status)]
-        start = trace.start
-        for name, step_end in zip(steps, trace.ends, strict=False):
-            spans.append(self._child(f"egress.step.{name}", ctx, SpanKind.INTERNAL, start, step_end, None, _UNSET))
-            start = step_end
-        if code and len(trace.ends) < len(steps):
-            spans.append(self._child(f"egress.step.{steps[len(trace.ends)]}", ctx, SpanKind.INTERNAL, start, end, None, status))
-        for span in spans:
-            self.processor.on_end(span)
+    def end_decision(self, trace: DecisionTrace, steps: tuple[str, ...], rec: Mapping[str, Any]) -> None:
+        """The decision's span and one child per step that ran (`steps` are the pipeline's step
+        names, in order; `trace.ends` has the end of each that finished). A refusing step, the one
+        after the last finished, ends with the decision and is marked with the code, never the message."""
+        names = self._step_spans.get(steps)
+        if names is None:
+            names = self._step_spans[steps] = tuple(f"egress.step.{name}" for name in steps)
+        code = rec.get("code")
+        error = safe(code) if code else None
+        self.processor.on_end(StepsSpan(
+            "egress.decision", trace.context, trace.parent, self.resource, attributes(rec), kind=SpanKind.SERVER,
+            status=Status(StatusCode.ERROR, error) if error else _UNSET, start_time=trace.start, end_time=time_ns(),
+            instrumentation_scope=self.scope, step_names=names, step_ends=trace.ends, step_error=error,
+        ))
 
     @staticmethod
     def traceparent(trace: DecisionTrace) -> str:
@@ -177,19 +178,12 @@ class Tracing:
         if status is not None:
             attrs["http.response.status_code"] = status
         code = rec.get("code")
-        span_status = Status(StatusCode.ERROR, safe(code)) if code else _UNSET
-        self.processor.on_end(self._child("egress.upstream", up.decision.context, SpanKind.CLIENT, up.start, time_ns(), attrs,
-                                          span_status))
-
-    def _child(self, name: str, parent: SpanContext, kind: SpanKind, start: int, end: int, attrs: dict[str, Any] | None,
-               status: Status) -> ReadableSpan:
-        ctx = SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED)
-        return self._span(name, ctx, parent, kind, start, end, attrs, status)
-
-    def _span(self, name: str, ctx: SpanContext, parent: SpanContext | None, kind: SpanKind, start: int, end: int,
-              attrs: dict[str, Any] | None, status: Status) -> ReadableSpan:
-        return ReadableSpan(name, ctx, parent, self.resource, attrs, kind=kind, status=status, start_time=start, end_time=end,
-                            instrumentation_scope=self.scope)
+        parent = up.decision.context
+        self.processor.on_end(ReadableSpan(
+            "egress.upstream", SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED), parent,
+            self.resource, attrs, kind=SpanKind.CLIENT, status=Status(StatusCode.ERROR, safe(code)) if code else _UNSET,
+            start_time=up.start, end_time=time_ns(), instrumentation_scope=self.scope,
+        ))
 
     def close(self) -> None:
         """Export what is queued (bounded by the exporter's timeout) and stop the exporter."""

@@ -57,14 +57,19 @@ class Span:
 
 @dataclass
 class OtlpReceiver:
-    """An OTLP/HTTP collector on a free loopback port: POST /v1/traces, protobuf."""
+    """An OTLP/HTTP collector on a free loopback port: POST /v1/traces, protobuf.
+
+    `deferred`: keep the payloads and decode them only at `decode_deferred` (a benchmark's
+    receiver must not take the CPU the gateway it measures runs on)."""
 
     spans: list[Span] = field(default_factory=list)
     requests: int = 0
+    deferred: bool = False
 
     def __post_init__(self) -> None:
         receiver = self
         self._lock = threading.Lock()
+        self._payloads: list[bytes] = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -77,7 +82,9 @@ class OtlpReceiver:
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 ok = self.path == "/v1/traces" and self.headers.get("content-type") == "application/x-protobuf"
-                if ok:
+                if ok and receiver.deferred:
+                    receiver._payloads.append(body)
+                elif ok:
                     receiver._take(ExportTraceServiceRequest.FromString(body))
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200 if ok else 404)
@@ -104,6 +111,12 @@ class OtlpReceiver:
                             status_code=s.status.code, status_message=s.status.message, service=service,
                             events=len(s.events),
                         ))
+
+    def decode_deferred(self) -> None:
+        """Decode the payloads kept so far (`deferred`) into `spans`."""
+        payloads, self._payloads = self._payloads, []
+        for body in payloads:
+            self._take(ExportTraceServiceRequest.FromString(body))
 
     @property
     def url(self) -> str:

@@ -31,6 +31,7 @@ waits for it.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Mapping
@@ -76,7 +77,13 @@ GENAI: dict[str, tuple[str, dict[str, str]]] = {
 
 def safe(value: Any) -> str:
     """An attribute value from an untrusted string: a safe alphabet, at most MAX_ATTRIBUTE characters."""
-    return _UNSAFE.sub("_", str(value)[:MAX_ATTRIBUTE])
+    return _sanitized(str(value)[:MAX_ATTRIBUTE])
+
+
+@functools.lru_cache(maxsize=4096)
+def _sanitized(text: str) -> str:
+    """Remembered: most values (role, connector, action, host, policy version) recur call after call."""
+    return _UNSAFE.sub("_", text)
 
 
 def attributes(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,6 +117,7 @@ class DecisionTrace:
     parent: SpanContext | None  # the agent's span, from a valid traceparent
     start: int  # time.time_ns()
     ends: list[int] = field(default_factory=list)  # each finished step's end, in step order
+    attributes: dict[str, Any] = field(default_factory=dict)  # the decision span's, once it ended
 
 
 @dataclass(slots=True)
@@ -157,8 +165,9 @@ class Tracing:
             names = self._step_spans[steps] = tuple(f"egress.step.{name}" for name in steps)
         code = rec.get("code")
         error = safe(code) if code else None
+        trace.attributes = attributes(rec)
         self.processor.on_end(StepsSpan(
-            "egress.decision", trace.context, trace.parent, self.resource, attributes(rec), kind=SpanKind.SERVER,
+            "egress.decision", trace.context, trace.parent, self.resource, trace.attributes, kind=SpanKind.SERVER,
             status=Status(StatusCode.ERROR, error) if error else _UNSET, start_time=trace.start, end_time=time_ns(),
             instrumentation_scope=self.scope, step_names=names, step_ends=trace.ends, step_error=error,
         ))
@@ -173,11 +182,18 @@ class Tracing:
         return UpstreamTrace(trace, time_ns())
 
     def end_upstream(self, up: UpstreamTrace, rec: Mapping[str, Any], status: int | None = None) -> None:
-        """The upstream call's span, with its outcome record's attributes (and the vendor's status)."""
-        attrs = attributes(rec)
+        """The upstream call's span, with its outcome record's attributes (and the vendor's status).
+        The record is the decision's call's, so only its decision and code can differ from the
+        decision span's attributes, which are reused rather than sanitized again."""
+        attrs = dict(up.decision.attributes)
+        attrs["egress.decision"] = safe(rec["decision"])
+        code = rec.get("code")
+        if code:
+            attrs["egress.code"] = safe(code)
+        else:
+            attrs.pop("egress.code", None)
         if status is not None:
             attrs["http.response.status_code"] = status
-        code = rec.get("code")
         parent = up.decision.context
         self.processor.on_end(ReadableSpan(
             "egress.upstream", SpanContext(parent.trace_id, self._ids.generate_span_id(), False, _SAMPLED), parent,

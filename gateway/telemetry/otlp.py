@@ -20,6 +20,7 @@ never holds a call (the processor's queue is bounded and drops when full).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import struct
 import threading
@@ -35,6 +36,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace import Status as SdkStatus
+from opentelemetry.util.re import parse_env_headers
 
 log = logging.getLogger(__name__)
 
@@ -257,11 +259,20 @@ class Encoder:
         return b"".join(resource_spans)
 
 
+def env_headers() -> dict[str, str]:
+    """Headers for the collector (its API key, say) from `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or
+    `OTEL_EXPORTER_OTLP_HEADERS` (`name=value,...`, URL-encoded), as the SDK's exporter reads them:
+    from the environment, so a collector's key stays out of the config file."""
+    raw = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.environ.get("OTEL_EXPORTER_OTLP_HEADERS") or ""
+    return dict(parse_env_headers(raw, liberal=True))
+
+
 class OtlpHttpExporter(SpanExporter):
     """POST batches of spans to an OTLP/HTTP collector (`endpoint` ends in /v1/traces)."""
 
     def __init__(self, endpoint: str, timeout: float) -> None:
         self.endpoint, self.timeout = endpoint, timeout
+        self._headers = {**env_headers(), "content-type": "application/x-protobuf"}
         self._client = httpx.Client(timeout=timeout, follow_redirects=False)
         self._encoder = Encoder()
         self._stopping = threading.Event()
@@ -274,7 +285,7 @@ class OtlpHttpExporter(SpanExporter):
         why = ""
         for delay in (*BACKOFF, None):
             try:
-                r = self._client.post(self.endpoint, content=body, headers={"content-type": "application/x-protobuf"})
+                r = self._client.post(self.endpoint, content=body, headers=self._headers)
                 if r.status_code < 300:
                     self._failing = False
                     return SpanExportResult.SUCCESS

@@ -1,6 +1,7 @@
 """`telemetry.sample_ratio`: the gateway traces a share of its decisions, each one whole or not at
 all, chosen by itself: an agent's traceparent (its sampled flag) never decides. An untraced decision
-forwards the agent's own traceparent (with `propagate`), as a gateway without tracing does."""
+forwards the agent's own traceparent (with `propagate`), as a gateway without tracing does. The same
+gateway sends its collector the headers of `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (an API key)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from tests.telemetry.receivers import OtlpReceiver
 CHAT = "https://api.openai.com/v1/chat/completions"
 AGENT_TRACE, AGENT_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 CALLS = 24
+# A collector's API key, as an operator gives it: in the environment, URL-encoded
+COLLECTOR_HEADERS = "authorization=Bearer%20collector-key-1,x-scope=team%3Dgw"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,8 @@ def half_sampled(tmp_path_factory: pytest.TempPathFactory, pki: PKI, vendor_serv
     settings = vendor_settings(pki, vendor_server, telemetry={
         "otlp_endpoint": otlp.url, "service_name": "egress-sampled", "propagate": True, "sample_ratio": 0.5,
     })
-    with GatewayProcess(tmp_path_factory.mktemp("sampled"), settings, FAST_BATCHES).start() as gw:
+    env = {**FAST_BATCHES, "OTEL_EXPORTER_OTLP_TRACES_HEADERS": COLLECTOR_HEADERS}
+    with GatewayProcess(tmp_path_factory.mktemp("sampled"), settings, env).start() as gw:
         yield gw
 
 
@@ -62,6 +66,10 @@ def test_a_share_of_decisions_is_traced_whole_whatever_the_agent_asks(half_sampl
     # At 0.5 over 24 decisions, all or none traced has a chance of 1 in 8 million: either would
     # mean the ratio was not applied.
     assert 0 < len(traced) < CALLS
+    # Every POST of this gateway carried the collector's headers (no other gateway sends them).
+    ours = [headers for headers, services in otlp.posts if "egress-sampled" in services]
+    assert ours and all(h.get("authorization") == "Bearer collector-key-1" and h.get("x-scope") == "team=gw" for h in ours)
+    assert not [h for h, services in otlp.posts if "egress-sampled" not in services and "authorization" in h]
 
 
 @pytest.mark.parametrize("ratio", [0, -0.5, 1.5, "half"])

@@ -1,7 +1,7 @@
 """What seeing costs (issue 16): gateway throughput with telemetry off, with traces on, and with
 everything on, measured in one run with the gateways taking turns (not a test).
 
-    python -m bench.telemetry_bench [--runs N] [--clients C] [--rounds R] [--compare REF ...]
+    python -m bench.telemetry_bench [--runs N] [--clients C] [--rounds R] [--compare REF ...] [--noise]
 
 Three gateways in front of one fake vendor, each sent the same small Stripe form POST by the
 benchmark's load generator (`bench.loadgen`, its own process):
@@ -10,7 +10,8 @@ benchmark's load generator (`bench.loadgen`, its own process):
   (`tests.telemetry.receivers.OtlpReceiver`, which decodes every payload);
 - "all on": traces, an OCSF export to a file, and `anomaly` baselines with a rule;
 - with `--compare REF`, "traces@REF": the "traces" config run by another commit's gateway (a
-  temporary git worktree of REF), so a change's before and after are measured in the same run.
+  temporary git worktree of REF), so a change's before and after are measured in the same run;
+- with `--noise`, "off again": a second gateway like "off", whose difference from it is the noise.
 Target (reported, not asserted): "traces" and "all on" at >= 95% of "off"'s requests per second.
 Off costs nothing by construction: no OpenTelemetry import and one `is None` test per call
 (`tests/telemetry/test_traces.py` checks that the default gateway loads no OpenTelemetry module).
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="rounds, the gateways taking turns")
     p.add_argument("--compare", action="append", default=[], metavar="REF",
                    help="also run the traces config with this commit's gateway (repeatable)")
+    p.add_argument("--noise", action="store_true", help="also run a second off gateway: the measurement's noise")
     args = p.parse_args(argv)
     request = loadgen.Request(decision.HOST, decision.METHOD, decision.PATH, "application/x-www-form-urlencoded",
                               decision.PAYMENT_FORM)
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(otlp.close)
         gateways: dict[str, GatewayProcess] = {}
         runs = [(name, extra, REPO) for name, extra in configs(root, otlp.url).items()]
+        if args.noise:
+            runs.insert(1, ("off again", {}, REPO))
         for i, ref in enumerate(args.compare):
             where = checkout(ref, root / f"ref-{i}")
             stack.callback(remove_checkout, where)

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"spans received by the OTLP receiver: {spans}")
     for name in [n for n in rows if n != "off"]:
         share, cpu = rows[name][0] / off_rps, rows[name][3]
-        cpu_cost = f", CPU per request +{cpu / off_cpu - 1:.1%}" if cpu is not None and off_cpu else ""
+        cpu_cost = f", CPU per request {cpu / off_cpu - 1:+.1%}" if cpu is not None and off_cpu else ""
         ratios = [a / b for a, b in zip(per_round[name], per_round["off"], strict=True) if a is not None and b]
         if ratios:
             cpu_cost += f" (median of rounds {statistics.median(ratios) - 1:+.1%}, rounds {min(ratios) - 1:+.0%}..{max(ratios) - 1:+.0%})"

@@ -101,6 +101,14 @@ def _field(number: int, payload: bytes) -> bytes:
     return _TAGS[number] + _varint(len(payload)) + payload
 
 
+_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64 each
+_KIND_INTERNAL_FLAGS_LOCAL = b"\x30" + _varint(Span.SPAN_KIND_INTERNAL) + b"\x85\x01" + struct.pack("<I", _LOCAL)
+_WIRE_UNSET = _field(15, b"")  # the SDK's encoder always writes a status, empty when unset
+# A step span's bytes besides its name, kind and flags: trace id (2+16), parent span id (2+8),
+# span id (2+8), times (2 x 9), an empty status (2)
+_STEP_FIXED = 18 + 10 + 10 + 18 + 2
+
+
 # (key, string value) -> its encoded Span.attributes field. Most of a decision's attributes repeat
 # from call to call (role, connector, action, host, policy version); the cache is emptied when full.
 _ATTRIBUTES: dict[tuple[str, str], bytes] = {}
@@ -170,14 +178,6 @@ class StepsSpan(ReadableSpan):
         self.step_names, self.step_ends, self.step_error = step_names, step_ends, step_error
 
 
-_TIMES = struct.Struct("<BQBQ")  # start_time_unix_nano (7) and end_time_unix_nano (8), fixed64 each
-_KIND_INTERNAL_FLAGS_LOCAL = b"\x30" + _varint(Span.SPAN_KIND_INTERNAL) + b"\x85\x01" + struct.pack("<I", _LOCAL)
-_WIRE_UNSET = _field(15, b"")  # the SDK's encoder always writes a status, empty when unset
-# A step span's bytes besides its name, kind and flags: trace id (2+16), parent span id (2+8),
-# span id (2+8), times (2 x 9), an empty status (2)
-_STEP_FIXED = 18 + 10 + 10 + 18 + 2
-
-
 class Encoder:
     """Spans to one serialized ExportTraceServiceRequest, grouped by resource and scope as the
     SDK's encoder does; each distinct resource and scope object is encoded once and remembered
@@ -213,17 +213,18 @@ class Encoder:
         is the parent's ids and the step's name, its kind and flags (`_step`, once per name)."""
         ctx = s.get_span_context()
         assert ctx is not None
-        ids = _field(1, ctx.trace_id.to_bytes(16, "big")) + _field(4, ctx.span_id.to_bytes(8, "big")) + b"\x12\x08"
+        # trace id, parent span id, and the tag and length of the span id that follows them
+        head = _field(1, ctx.trace_id.to_bytes(16, "big")) + _field(4, ctx.span_id.to_bytes(8, "big")) + b"\x12\x08"
         names, ends = s.step_names, s.step_ends
         start = s.start_time or 0
         pack, span_id = _TIMES.pack, self._span_id
         for i, end in enumerate(ends):
             frame, name = self._step(names[i])
-            out.append(b"".join((frame, ids, span_id().to_bytes(8, "big"), name, pack(0x39, start, 0x41, end), _WIRE_UNSET)))
+            out.append(b"".join((frame, head, span_id().to_bytes(8, "big"), name, pack(0x39, start, 0x41, end), _WIRE_UNSET)))
             start = end
         if s.step_error is not None and len(ends) < len(names):
             status = _field(15, Status(code=Status.STATUS_CODE_ERROR, message=s.step_error).SerializeToString())
-            body = b"".join((ids, span_id().to_bytes(8, "big"), self._step(names[len(ends)])[1],
+            body = b"".join((head, span_id().to_bytes(8, "big"), self._step(names[len(ends)])[1],
                              pack(0x39, start, 0x41, s.end_time or 0), status))
             out.append(_field(2, body))
 

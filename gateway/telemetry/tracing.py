@@ -140,7 +140,8 @@ class Tracing:
         self.scope = InstrumentationScope("egress-gateway")
         self.exporter = OtlpHttpExporter(endpoint, EXPORT_TIMEOUT)
         # Batch size and schedule delay are the SDK's (512 spans, 5 s; OTEL_BSP_* can change them):
-        # a busy gateway fills a batch well before the delay, an idle one has nothing to hurry.
+        # a busy gateway fills a batch well before the delay, an idle one has nothing to hurry. A
+        # decision's span counts once with its steps: a POST of 512 is ~600 KB at most.
         self.processor = BatchSpanProcessor(self.exporter, max_queue_size=MAX_QUEUED_SPANS)
         self.sample_ratio = settings.sample_ratio
         self._ids = RandomIdGenerator()

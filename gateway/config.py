@@ -163,6 +163,9 @@ class Telemetry(_Strict):
     # The agent's W3C `traceparent` is continued either way; only with this true does the vendor get
     # one (the decision's span), else trace headers are stripped from what leaves.
     propagate: bool = False
+    # The share of decisions traced, drawn by the gateway for each decision (never by the agent's
+    # traceparent): an operator's knob for a collector's volume; every decision by default.
+    sample_ratio: float = Field(default=1.0, gt=0, le=1)
 
 
 class AuditExport(_Strict):

@@ -164,9 +164,9 @@ class Runtime:
 
     def traceparent(self, call: Call, agent_header: str | None) -> str | None:
         """What the vendor gets as `traceparent` with `telemetry.propagate`: the decision's span,
-        or without tracing the agent's own header when it is well formed."""
-        if self.tracing is not None and call.span is not None:
-            return self.tracing.traceparent(call.span)
+        or when the decision is not traced the agent's own header when it is well formed."""
+        if self.tracing is not None and call.trace is not None:
+            return self.tracing.traceparent(call.trace)
         return agent_header.strip() if agent_header and traceparent_ids(agent_header) else None
 
     def attestation(self) -> dict[str, str]:

@@ -78,12 +78,14 @@ class GatewayProcess:
 
     `env` is added to the test vendor keys. `start` may be called again after a stop or a kill
     (same ports, same state dir: a restart); as a context manager the process is stopped on exit.
+    `checkout` is the source tree whose gateway runs (another commit's, for a benchmark comparing them).
     """
 
     root: Path
     settings: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     launcher: tuple[str, ...] = ("-m", "gateway.cli")  # what `run ...` is given to (the bench's variants)
+    checkout: Path = REPO
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,7 +107,8 @@ class GatewayProcess:
         cmd = [sys.executable, "-m", "gateway.cli", *args]
         if args and args[0] not in ("--help",):
             cmd += ["--config", str(self.config_file), "--state-dir", str(self.state_dir)]
-        return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=REPO, env=self._environ(), timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, cwd=self.checkout, env=self._environ(),
+                              timeout=60)
 
     def start(self) -> GatewayProcess:
         with self.log_file.open("ab") as log:
@@ -113,7 +116,7 @@ class GatewayProcess:
                 [sys.executable, *self.launcher, "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=self.checkout,
                 env=self._environ(),
                 preexec_fn=_die_with_the_test_run,
             )

@@ -34,8 +34,8 @@ class Call:
     connector: str | None = None
     action: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # The decision's trace span when tracing is on (`gateway.telemetry.tracing`); never recorded.
-    span: Any = field(default=None, repr=False, compare=False)
+    # The decision's trace when tracing is on and samples it (`gateway.telemetry.tracing`); never recorded.
+    trace: Any = field(default=None, repr=False, compare=False)
 
     @property
     def agent(self) -> str | None:

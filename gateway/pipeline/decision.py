@@ -346,6 +346,7 @@ REQUEST_STEPS: tuple[Step, ...] = tuple(
         audit,
     )
 )
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in REQUEST_STEPS)
 # What `policy test` runs: the same judging as a live call, for a given action, without services.
 JUDGE_STEPS: tuple[Step, ...] = tuple(s for s in REQUEST_STEPS if s.run in (validate, authorize))
 
@@ -356,26 +357,26 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
     address = view.tunnel.address if view.tunnel else ("", 0)
     # One policy version judges the whole call, however a reload lands meanwhile.
     ctx = Ctx(rt, view, call, Forward(address), policies=rt.policies.current if rt.policies else None)
-    tracing = rt.tracing
+    trace = call.trace = rt.tracing.decision(view.header("traceparent")) if rt.tracing is not None else None
 
     async def run() -> Forward:
         for step in REQUEST_STEPS:
             await step.run(ctx)
         return ctx.forward
 
-    async def run_traced() -> Forward:
-        assert tracing is not None
+    async def run_traced(ends: list[int]) -> Forward:
+        # Only a number per step while deciding; the spans are built once it is over.
         for step in REQUEST_STEPS:
-            with tracing.step(call.span, step.name):
-                await step.run(ctx)
+            await step.run(ctx)
+            ends.append(time.time_ns())
         return ctx.forward
 
-    if tracing is None:
+    if trace is None:
         forward, refusal = await _failing_closed(rt, call, view.client, run())
     else:
-        call.span = tracing.decision(view.header("traceparent"))
-        forward, refusal = await _failing_closed(rt, call, view.client, run_traced())
-        tracing.finish(call.span, call.record("deny" if refusal else "allow", refusal))
+        assert rt.tracing is not None
+        forward, refusal = await _failing_closed(rt, call, view.client, run_traced(trace.ends))
+        rt.tracing.end_decision(trace, STEP_NAMES, call.record("deny" if refusal else "allow", refusal))
     return Verdict(call, refusal, forward)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from gateway.pipeline import decide, request_call
-from gateway.proxy.flows import CALL, UPSTREAM_SPAN, Tunnels, request_view, respond, send
+from gateway.proxy.flows import CALL, UPSTREAM_TRACE, Tunnels, request_view, respond, send
 from gateway.runtime import Runtime
 
 
@@ -27,5 +27,5 @@ class Decide:
             return
         assert verdict.forward is not None and open_tunnel is not None  # no tunnel is always refused
         send(flow, open_tunnel, verdict.forward)
-        if self.rt.tracing is not None and call.span is not None:
-            flow.metadata[UPSTREAM_SPAN] = self.rt.tracing.upstream(call.span, call.record("allow", phase="outcome"))
+        if self.rt.tracing is not None and call.trace is not None:
+            flow.metadata[UPSTREAM_TRACE] = self.rt.tracing.upstream(call.trace)

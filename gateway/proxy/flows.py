@@ -21,7 +21,7 @@ DLP = "egress.dlp"  # the CallDlp its response needs to restore tokens
 FORWARDED = "egress.forwarded"  # monotonic time the request left for the vendor
 TIMED_OUT = "egress.timed_out"  # set by the upstream deadline before it cancels the connection
 CUT = "egress.cut"  # the refusal that cut a stream (its identity was revoked or expired)
-UPSTREAM_SPAN = "egress.upstream_span"  # the upstream call's trace span, when tracing is on
+UPSTREAM_TRACE = "egress.upstream_trace"  # the upstream call's trace, when its decision is traced
 MCP = "egress.mcp"  # the AnswerEditor of a forwarded MCP request (gateway.proxy.mcp)
 STREAM_EDIT = "egress.stream_edit"  # a front door's edit of an SSE answer, run before the scrubber
 

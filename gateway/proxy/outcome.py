@@ -24,7 +24,7 @@ from gateway.proxy.flows import (
     FORWARDED,
     STREAM_EDIT,
     TIMED_OUT,
-    UPSTREAM_SPAN,
+    UPSTREAM_TRACE,
     Tunnels,
     flow_call,
     is_event_stream,
@@ -112,9 +112,9 @@ class Outcome:
         self.tunnels.done(flow)
 
     def _end_span(self, flow: http.HTTPFlow, rec: dict[str, object], status: int | None) -> None:
-        span = flow.metadata.pop(UPSTREAM_SPAN, None)
-        if span is not None and self.rt.tracing is not None:
-            self.rt.tracing.finish(span, rec, status)
+        up = flow.metadata.pop(UPSTREAM_TRACE, None)
+        if up is not None and self.rt.tracing is not None:
+            self.rt.tracing.end_upstream(up, rec, status)
 
     def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
         if (cut := flow.metadata.get(CUT)) is not None:

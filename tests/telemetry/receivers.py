@@ -57,14 +57,21 @@ class Span:
 
 @dataclass
 class OtlpReceiver:
-    """An OTLP/HTTP collector on a free loopback port: POST /v1/traces, protobuf."""
+    """An OTLP/HTTP collector on a free loopback port: POST /v1/traces, protobuf.
+
+    `deferred`: keep the payloads and decode them only at `decode_deferred` (a benchmark's
+    receiver must not take the CPU the gateway it measures runs on)."""
 
     spans: list[Span] = field(default_factory=list)
     requests: int = 0
+    deferred: bool = False
+    # Each accepted POST: its headers (lower-case names) and the services its spans came from
+    posts: list[tuple[dict[str, str], set[str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         receiver = self
         self._lock = threading.Lock()
+        self._payloads: list[tuple[bytes, dict[str, str]]] = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -77,8 +84,11 @@ class OtlpReceiver:
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 ok = self.path == "/v1/traces" and self.headers.get("content-type") == "application/x-protobuf"
-                if ok:
-                    receiver._take(ExportTraceServiceRequest.FromString(body))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if ok and receiver.deferred:
+                    receiver._payloads.append((body, headers))
+                elif ok:
+                    receiver._take(ExportTraceServiceRequest.FromString(body), headers)
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200 if ok else 404)
                 self.send_header("content-type", "application/x-protobuf")
@@ -90,11 +100,14 @@ class OtlpReceiver:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def _take(self, req: ExportTraceServiceRequest) -> None:
+    def _take(self, req: ExportTraceServiceRequest, headers: dict[str, str]) -> None:
         with self._lock:
             self.requests += 1
+            services: set[str] = set()
+            self.posts.append((headers, services))
             for rs in req.resource_spans:
                 service = next((_value(a.value) for a in rs.resource.attributes if a.key == "service.name"), "")
+                services.add(service)
                 for ss in rs.scope_spans:
                     for s in ss.spans:
                         self.spans.append(Span(
@@ -104,6 +117,12 @@ class OtlpReceiver:
                             status_code=s.status.code, status_message=s.status.message, service=service,
                             events=len(s.events),
                         ))
+
+    def decode_deferred(self) -> None:
+        """Decode the payloads kept so far (`deferred`) into `spans`."""
+        payloads, self._payloads = self._payloads, []
+        for body, headers in payloads:
+            self._take(ExportTraceServiceRequest.FromString(body), headers)
 
     @property
     def url(self) -> str:

@@ -62,6 +62,7 @@ def test_an_allowed_call_is_one_trace_continuing_the_agents(observed: GatewayPro
     assert all(len(by_name[n]) == 1 and by_name[n][0].parent_span_id == decision.span_id for n in STEPS)
     (upstream,) = by_name["egress.upstream"]
     assert upstream.parent_span_id == decision.span_id and upstream.attributes["http.response.status_code"] == 200
+    assert {k: v for k, v in upstream.attributes.items() if k != "http.response.status_code"} == decision.attributes
     # propagate: true -> the vendor gets the decision's span as its parent, and no agent tracestate.
     sent = vendor.received[-1].headers
     assert sent["traceparent"] == f"00-{AGENT_TRACE}-{decision.span_id}-01" and "tracestate" not in sent

@@ -10,7 +10,7 @@ PIP    := python -m pip --disable-pip-version-check
 TOOLS       := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-.PHONY: setup run lint test chaos bench demo fleet clean tools lock sbom
+.PHONY: setup run lint test chaos full bench demo fleet clean tools lock sbom
 
 # Every dependency, the test and python-guest extras' included, comes from the lock with its sha256
 # (pip refuses a file whose hash is not listed); the project itself then installs without resolving
@@ -60,11 +60,18 @@ test: lint
 
 ## Every fault of the chaos suite (tests/chaos), then its table: fault, expected, observed, result,
 ## and the totals (requests sent, refused, succeeded, leaked, lost audit records); with it, the
-## availability cases that live beside the code they test (one agent against the others).
+## availability cases that live beside the code they test (one agent against the others), then the
+## long cases of the other suites (marked chaos_full: workers killed again and again, the HAProxy
+## fleet, a stuck SIEM, each kill-switch scope through its second door).
 AVAILABILITY := tests/proxy/test_admission.py::test_six_large_bodies_at_once_barely_grow_the_gateway \
 	tests/policy/test_policies.py::test_approval_floods_are_rate_limited_and_capped_per_agent
 chaos: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos $(AVAILABILITY) $(ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos_full --ignore=tests/chaos tests $(ARGS)
+
+## Every test, the long ones (chaos_full) included: `make test` and `make chaos` together.
+full: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 ## Throughput and latency ratios against direct and bare-mitmproxy baselines, measured in one run.
 bench: setup

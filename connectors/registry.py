@@ -69,8 +69,8 @@ class Registry:
                                     f"connectors {other.name!r} ({b.name}) and {connector.name!r} ({a.name}) "
                                     f"both serve {a.method} {host}{a.path}"
                                 )
-                if isinstance(connector, McpConnector) and isinstance(other, McpConnector) and other.endpoint == connector.endpoint:
-                    raise RegistryError(f"two MCP servers serve {host}{connector.endpoint}")
+                    if isinstance(connector, McpConnector) and isinstance(other, McpConnector) and other.endpoint == connector.endpoint:
+                        raise RegistryError(f"two MCP servers serve {host}{connector.endpoint}")
             by_host = dict(index.by_host)
             for host in connector.hosts:
                 by_host[host] = (*by_host.get(host, ()), connector)

@@ -15,7 +15,7 @@ PYTHON312 ?= python3.12
 VENV312   := .venv312
 STAMP312  := $(VENV312)/.installed-stamp
 
-.PHONY: setup run lint test test312 chaos bench demo fleet clean tools lock sbom
+.PHONY: setup run lint test chaos bench demo fleet clean tools lock sbom
 
 # Every dependency, the test and python-guest extras' included, comes from the lock with its sha256
 # (pip refuses a file whose hash is not listed); the project itself then installs without resolving
@@ -74,6 +74,7 @@ test: lint
 ## The same suite on Python 3.12+ and mitmproxy 12 (PYTHON312=/path/to/python3.12 if it is not on
 ## PATH), from .venv312 built from the same lock; ARGS narrows it, e.g. ARGS=tests/proxy. Lint stays
 ## with `make test`: one configuration of mypy and ruff (Python 3.11) is the project's.
+.PHONY: test312
 test312: $(STAMP312)
 	$(VENV312)/bin/python -m pytest -q -p no:cacheprovider -m "not chaos_full" $(ARGS)
 

@@ -10,11 +10,6 @@ PIP    := python -m pip --disable-pip-version-check
 TOOLS       := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 
-# The suite on Python 3.12+ (mitmproxy 12 by the lock's markers), in a venv of its own: `make test312`.
-PYTHON312 ?= python3.12
-VENV312   := .venv312
-STAMP312  := $(VENV312)/.installed-stamp
-
 .PHONY: setup run lint test chaos bench demo fleet clean tools lock sbom
 
 # Every dependency, the test and python-guest extras' included, comes from the lock with its sha256
@@ -32,6 +27,11 @@ endef
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(call install_venv,$(PYTHON),$(VENV))
+
+# The suite on Python 3.12+ (mitmproxy 12 by the lock's markers), in a venv of its own: `make test312`.
+PYTHON312 ?= python3.12
+VENV312   := .venv312
+STAMP312  := $(VENV312)/.installed-stamp
 
 $(STAMP312): pyproject.toml $(LOCK)
 	$(call install_venv,$(PYTHON312),$(VENV312))

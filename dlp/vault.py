@@ -19,6 +19,7 @@ Messages carry the store's error class, never a value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -97,7 +98,7 @@ def sqlite_stats(path: Path, ttl: float) -> VaultStats:
         return VaultStats(0, 0, None)
     now = time.time()
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
             live, oldest = db.execute("SELECT COUNT(*), MIN(expires_at) FROM dlp_tokens WHERE expires_at > ?", (now,)).fetchone()
             (expired,) = db.execute("SELECT COUNT(*) FROM dlp_tokens WHERE expires_at <= ?", (now,)).fetchone()
     except sqlite3.Error as exc:

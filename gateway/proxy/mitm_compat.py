@@ -20,14 +20,26 @@
 4. The messages of mitmproxy's flow errors that must still be read (`CLIENT_GONE`,
    `BODY_OVER_LIMIT`): mitmproxy reports them as text only. tests/proxy/test_mitm_messages.py pins
    each against mitmproxy's source, so an upgrade that rewords one fails loudly.
+5. Lazy tasks. On Python 3.12+ `Master.run` makes every task of the loop eager
+   (`asyncio.eager_task_factory`): a hook's task then runs inside the event that started it and,
+   when it finishes at once, queues on the handler's `_server_event_lock` behind it. The
+   connection's reader can then be waiting for that lock, outside the `try` of
+   `ConnectionHandler.handle_connection`, when a `CloseConnection` from the hook cancels it: the
+   task ends without closing the socket or telling the layers, and an agent still sending a body
+   (refused at its head, `Connection: close`) stalls writing into a connection nobody reads or
+   closes. With lazy tasks, as on 3.11, no task holds that lock across an await, so none waits for
+   it. So the loop gets back its default task factory (the gateway sets none of its own): one
+   behaviour on every Python the gateway runs on.
 
-The `MitmCompat` addon installs 1 and 3 when mitmproxy is running and removes them when it is done.
+The `MitmCompat` addon installs 1, 3 and 5 when mitmproxy is running and removes 1 and 3 when it is
+done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from mitmproxy import connection, ctx
@@ -95,7 +107,7 @@ def _over_head_limit(conn: _http1.Http1Server, event: events.Event) -> layer.Com
 
 
 class MitmCompat:
-    """The addon that installs points 1 and 3 while mitmproxy runs."""
+    """The addon that installs points 1, 3 and 5 while mitmproxy runs."""
 
     def __init__(self, pages: ErrorPages) -> None:
         self.pages = pages
@@ -103,6 +115,7 @@ class MitmCompat:
         self._handle_event = _http1.Http1Server._handle_event
 
     def running(self) -> None:
+        asyncio.get_running_loop().set_task_factory(None)  # point 5
         original, pages = self._handle_event, self.pages
 
         def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:

@@ -377,3 +377,19 @@ def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:
         build_policy_set({"a.yaml": (rule % ("pinned", "create_refunds")).encode()}, reg.get)
     with pytest.raises(PolicyLoadError, match="unknown action"):
         build_policy_set({"a.yaml": (rule % ("open", "'(protocol)'")).encode()}, reg.get)
+
+
+def test_two_mcp_servers_share_a_host_only_on_different_endpoints() -> None:
+    """The first MCP server of a host must not break the check (it did: a misplaced line read the
+    loop variable of an empty loop); a second on the same endpoint is refused, on another one not."""
+    from connectors.registry import RegistryError
+    from gateway.config import Config
+    from gateway.connector_admin import build_registry
+
+    def servers(*urls: str) -> Config:
+        return Config.model_validate({"mcp_servers": {f"s{i}": {"url": url} for i, url in enumerate(urls)}})
+
+    assert build_registry(servers("https://mcp.example/mcp"), None).get("s0") is not None
+    assert build_registry(servers("https://mcp.example/a", "https://mcp.example/b"), None).get("s1") is not None
+    with pytest.raises(RegistryError, match=r"two MCP servers serve mcp\.example/mcp"):
+        build_registry(servers("https://mcp.example/mcp", "https://mcp.example/mcp"), None)

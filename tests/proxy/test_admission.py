@@ -100,6 +100,35 @@ def test_agents_sdks_read_the_refusal_of_a_large_body(gateway: GatewayProcess, v
     assert not vendor.received
 
 
+def _rest(sock: socket.socket | ssl.SSLSocket) -> bytes:
+    """What the gateway sends after its answer, until it closes the connection (a timeout if never)."""
+    rest = b""
+    while chunk := sock.recv(65536):
+        rest += chunk
+    return rest
+
+
+@pytest.mark.parametrize("framing", ["declared", "chunked", "outside_a_tunnel"])
+def test_a_refusal_with_body_bytes_behind_its_head_still_closes_the_connection(gateway: GatewayProcess, vendor: FakeVendor, framing: str) -> None:
+    """The agent's first write carries part of the body (as SDKs do): the refusal comes, then the
+    close, while the agent is still sending. On Python 3.12 mitmproxy runs its tasks eagerly, and
+    then its connection task ended without closing: the agent stalled writing (see mitm_compat)."""
+    body = b"a" * (4 * MAX_BODY)
+    if framing == "outside_a_tunnel":
+        sock: socket.socket | ssl.SSLSocket = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+        head = f"POST http://api.stripe.com/v1/payment_intents HTTP/1.1\r\nHost: api.stripe.com\r\nContent-Length: {60 * MiB}\r\n\r\n"
+    else:
+        sock = tunnel_tls(gateway, gateway.token(scopes=("stripe:*",)), "api.stripe.com")
+        head = f"{PAYMENT}Content-Length: {60 * MiB}\r\n\r\n" if framing == "declared" else f"{PAYMENT}Transfer-Encoding: chunked\r\n\r\n"
+        body = _chunked(len(body), 16 * 1024) if framing == "chunked" else body
+    resp = _answer(sock, head.encode() + body)
+    assert (resp.status, resp.headers["connection"]) == ((407, "close") if framing == "outside_a_tunnel" else (413, "close"))
+    assert _rest(sock) == b""
+    sock.close()
+    _audited(gateway, resp, "identity_missing" if framing == "outside_a_tunnel" else "body_too_large")
+    assert not vendor.received
+
+
 def test_a_revoked_identity_is_refused_before_its_body(gateway: GatewayProcess, vendor: FakeVendor) -> None:
     tls = tunnel_tls(gateway, gateway.token(sub="revoked-before-body", scopes=("stripe:*",)), "api.stripe.com")
     gateway.cli("token", "revoke", "--sub", "revoked-before-body")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 
+from mitmproxy.master import Master
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tls
@@ -41,3 +42,11 @@ def test_error_pages_are_made_by_make_error_response_inside_the_http1_servers_ev
 
 def test_upstream_tls_failures_have_their_own_hook() -> None:
     assert tls.TlsFailedServerHook.name == "tls_failed_server"
+
+
+def test_eager_tasks_are_set_before_the_running_hook_that_undoes_them() -> None:
+    """`MitmCompat.running` gives the loop back lazy tasks (mitm_compat point 5); that only holds
+    while `Master.run` sets its eager task factory before it triggers `running`, on 11 and 12."""
+    run = inspect.getsource(Master.run)
+    assert "asyncio_utils.set_eager_task_factory()" in run and "await self.running()" in run
+    assert run.index("set_eager_task_factory()") < run.index("await self.running()")

@@ -20,6 +20,11 @@ from tests.processes import GatewayProcess
 
 INTERVAL = 0.05
 EVENTS = 400  # 20 s of stream at INTERVAL
+# A chat of EVENTS sends 2,800 characters, past `dlp.inline_chars` (2,000): the first such chat a
+# fresh gateway sees starts its DLP child processes (2 to 10 s measured on a busy machine, on 3.11
+# and 3.12 alike) before the stream's first event. A token living for seconds then expired before
+# its stream began. 250 events (1,750 characters, scanned inline) still stream for 12.5 s.
+INLINE_EVENTS = 250
 
 
 def chat(events: int) -> dict:
@@ -92,7 +97,7 @@ def test_a_token_expiring_mid_stream_cuts_the_stream(make_gateway, pki: PKI, ven
     vendor.stream_interval = INTERVAL
     token = gw.token(sub="short-lived", role="research", scopes=("openai:*",), ttl=4)
     exp = jwt.decode(token, options={"verify_signature": False})["exp"]
-    decision_id, times, done = _stream_events(gw, token, lambda n: None)
+    decision_id, times, done = _stream_events(gw, token, lambda n: None, INLINE_EVENTS)
     assert times and times[0] < exp  # the stream was flowing while the token was valid
     late = [t for t in times if t > exp + 1]  # expired, past the leeway
     assert not done and len(late) < MAX_LATE_EVENTS, (len(times), len(late))

@@ -212,6 +212,8 @@ def upstream_bundle(state: StateDir, extra: Path | None) -> Path:
 def build(config: Config, worker: int | None = None) -> Runtime:
     """The runtime of the only process (`worker` None) or of one of `run --workers N`'s workers."""
     state = StateDir.open(config.state_path)
+    # Keys first: a fleet without shared keys is refused for that, whatever else is wrong.
+    ring = keyring.load(config, state)
     webhook = None
     if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
         webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
@@ -221,7 +223,6 @@ def build(config: Config, worker: int | None = None) -> Runtime:
     for host in config.upstreams:
         if not registry.claims(host) and host not in config.egress.allow:
             log.warning("upstreams: %s is claimed by no connector or egress.allow entry", host)
-    ring = keyring.load(config, state)
     key = ring.signing
     routes = {h: a for h in config.upstreams if (a := config.upstream_address(h)) is not None}
     policies = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreUnavailable
+from gateway.state import open_db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS connectors (
@@ -47,8 +48,7 @@ class ConnectorStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_db(path)
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"connector store {path}: {e}") from None

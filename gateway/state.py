@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +152,26 @@ def _walk(root: Path) -> list[Path]:
     for top, dirs, files in os.walk(root, followlinks=False):
         found += [p for name in (*dirs, *files) if not (p := Path(top) / name).is_symlink()]
     return found
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    """A store's one connection to its SQLite file: autocommit (writes take `write_transaction`),
+    shared by the event loop and worker threads under the store's lock, and in WAL mode so that
+    readers in other processes (the CLI, other workers) never wait for a writer."""
+    db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+@contextmanager
+def write_transaction(db: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite3.Connection]:
+    """One write transaction on a store's shared connection, taken immediately, so concurrent
+    writers (threads here, processes on the same file) queue instead of racing."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

@@ -22,12 +22,13 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
+from gateway.state import open_db, write_transaction
 
 SESSION_TTL = 7 * 86400.0  # a binding older than this is forgotten (its session refused)
 
@@ -78,8 +79,7 @@ class McpStore:
     def __init__(self, path: Path, config_pins: dict[str, dict[str, str]] | None = None, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._clock = clock
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = open_db(path)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         for server, pins in (config_pins or {}).items():
@@ -90,16 +90,8 @@ class McpStore:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_transaction(self._db, self._lock)
 
     def _seed(self, server: str, tool: str, digest: str) -> None:
         """The config's pin, unless an admin accepted a change since this very config value."""

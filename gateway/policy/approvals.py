@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 from connectors.fieldpath import PATH_PARAMS
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
 from gateway.policy.engine import Decision
+from gateway.state import open_db, write_transaction
 
 DEFAULT_TTL = 15 * 60.0
 STATES = ("pending", "approved", "denied", "expired", "used")
@@ -120,9 +121,8 @@ class ApprovalStore:
         self._clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db = open_db(path)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(approvals)")}
@@ -135,17 +135,9 @@ class ApprovalStore:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction, taken immediately so concurrent writers queue instead of racing."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return write_transaction(self._db, self._lock)
 
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         db.execute(

@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway.errors import StoreUnavailable
 from gateway.identity.tokens import Identity
+from gateway.state import open_db, write_transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS console_sessions (
@@ -75,25 +76,18 @@ class SessionStore:
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_db(path)
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"console session store {path}: {e}") from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise StoreUnavailable(f"console session store: {e}") from None
+        try:
+            with write_transaction(self._db, self._lock) as db:
+                yield db
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"console session store: {e}") from None
 
     def put(self, id_hash: str, session: StoredSession, now: float, per_admin: int, limit: int) -> bool:
         """Store a new session within the bounds; False (nothing stored) when `limit` are open."""

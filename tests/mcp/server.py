@@ -41,6 +41,7 @@ class McpVendor:
         self.app = FastMCP(
             "payments",
             json_response=self.json_response,
+            log_level="WARNING",  # its INFO line per request, through rich, costs the server more than the call
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
         self._tools()

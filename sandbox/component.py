@@ -37,6 +37,7 @@ from wasmtime import component
 
 from gateway.errors import Refusal
 from sandbox.cache import ComponentCache
+from sandbox.epoch import EpochTicker
 from sandbox.hostcall import AbiError, EgressSession, HttpRequest, ResolveAction, bound, current
 from sandbox.outcome import Ending, RunResult, error_line, judge
 from sandbox.registry import Tool
@@ -65,6 +66,11 @@ class ComponentRunner:
             http.add_func("request", _request)
         self._checked: set[str] = set()
         self._check_lock = threading.Lock()
+        self._ticker = EpochTicker(engine, tick_ms / 1000)
+        self._ticker.start()
+
+    def close(self) -> None:
+        self._ticker.stop()
 
     def prepare(self, tool: Tool) -> component.Component:
         """The compiled component, refused if it imports anything but our http interface."""
@@ -89,7 +95,7 @@ class ComponentRunner:
             manifest=tool.manifest, http_request=http_request, resolve_action=resolve_action,
             deadline=started + limits.timeout_ms / 1000, clock=time.monotonic, decision_id=decision_id,
         )
-        with bound(session):
+        with bound(session), self._ticker.running():
             ending = self._execute(compiled, tool, input_json.decode())
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         output = judge(f"tool {tool.name!r}", limits, ending)

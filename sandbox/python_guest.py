@@ -34,11 +34,12 @@ from wasmtime import component
 
 from sandbox.cache import COMPONENT_FLAGS, engine_fingerprint
 from sandbox.component import make_component_engine
+from sandbox.epoch import EpochTicker
 from sandbox.hostcall import AbiError, EgressSession, HttpRequest, ResolveAction, bound, current
 from sandbox.manifest import Limits, ToolManifest
 from sandbox.outcome import STDERR_TAIL_BYTES, Ending, RunResult, fail
 from sandbox.precompile import compile_in_child
-from sandbox.runner import MAX_CONCURRENT_RUNS, EpochTicker
+from sandbox.runner import MAX_CONCURRENT_RUNS
 
 GUEST_FLAGS = COMPONENT_FLAGS
 DEFAULT_LIMITS = Limits(fuel=2_000_000_000, memory_pages=1024, timeout_ms=5000, max_output_bytes=65536)
@@ -95,7 +96,7 @@ class PythonGuest:
             manifest=ceiling, http_request=http_request, resolve_action=resolve_action,
             deadline=started + limits.timeout_ms / 1000, clock=time.monotonic, decision_id=decision_id,
         )
-        with bound(session):
+        with bound(session), self._ticker.running():
             result, ending = self._execute(source, limits)
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         fail("python", limits, ending)

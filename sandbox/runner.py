@@ -41,6 +41,7 @@ from wasmtime import _ffi as wasmtime_ffi
 from gateway.errors import Refusal
 from sandbox.cache import ModuleCache
 from sandbox.component import ComponentRunner, make_component_engine
+from sandbox.epoch import EpochTicker
 from sandbox.hostcall import EgressSession, HttpRequest, ResolveAction, bound, define_import
 from sandbox.manifest import PAGE_BYTES
 from sandbox.outcome import STDERR_TAIL_BYTES, Ending, RunResult, error_line, judge
@@ -85,21 +86,6 @@ class _Capture:
         return len(chunk)
 
 
-class EpochTicker(threading.Thread):
-    def __init__(self, engine: wasmtime.Engine, interval: float):
-        super().__init__(name="sandbox-epoch", daemon=True)
-        self._engine = engine
-        self._interval = interval
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._engine.increment_epoch()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 class SandboxRunner:
     """Compiles, caches and runs tool modules; `run` is blocking, `run_async` uses the worker pool."""
 
@@ -121,12 +107,10 @@ class SandboxRunner:
         self._ticker = EpochTicker(self.engine, tick_ms / 1000)
         self._ticker.start()
         self.components = ComponentRunner(make_component_engine(), cache_dir, tick_ms)
-        self._component_ticker = EpochTicker(self.components.engine, tick_ms / 1000)
-        self._component_ticker.start()
 
     def close(self) -> None:
         self._ticker.stop()
-        self._component_ticker.stop()
+        self.components.close()
         self._executor.shutdown(wait=True)
 
     def prepare(self, tool: Tool) -> None:
@@ -172,7 +156,7 @@ class SandboxRunner:
         )
         stdout = _Capture(limits.max_output_bytes, keep_tail=False)
         stderr = _Capture(STDERR_TAIL_BYTES, keep_tail=True)
-        with bound(session):
+        with bound(session), self._ticker.running():
             ending = self._execute(prepared, tool, input_json, stdout, stderr)
         duration_ms = (time.monotonic() - started) * 1000
         output = judge(f"tool {tool.name!r}", limits, ending)

@@ -9,7 +9,9 @@ Redis) replaces it without touching its callers; both are opened by `gateway.sto
 - `state(server, tool)`: the pin and any pending change, for a call;
 - `accept(server, tool)`: an admin accepts the pending definition; `pins()` lists them;
 - `bind_session` / `session_agent`: a session id is bound to the agent whose initialize the server
-  answered with it. Ids are stored hashed: the table is no list of live sessions to hijack.
+  answered with it. Ids are stored hashed: the table is no list of live sessions to hijack. A
+  binding never changes owner, so each process remembers the ones it has seen (`SessionOwners`): a
+  session's calls and answers then cost no store round trip each (every answer carries the id).
 
 The config's `pin:` values are written at start for tools whose pin came from the config or is
 missing; a change an admin accepted since stays accepted until the config's value changes.
@@ -22,6 +24,7 @@ import hashlib
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from gateway.config import Config
 from gateway.state import open_db, write_transaction
 
 SESSION_TTL = 7 * 86400.0  # a binding older than this is forgotten (its session refused)
+OWNERS_KEPT = 10_000  # session owners a process remembers (about 1 MB)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS mcp_pins (
@@ -75,10 +79,44 @@ class Pin:
         return dict(self.__dict__)
 
 
+def awaits_admin(pin: Pin | None) -> bool:
+    """Whether a call of the tool must wait for an admin: no pin, or a pending change."""
+    return pin is None or pin.pending is not None
+
+
+class SessionOwners:
+    """The session owners this process has seen in the store, until their bindings expire; the
+    least recently used are forgotten beyond `OWNERS_KEPT`. Thread-safe (the CLI and API threads)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._seen: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, id_hash: str) -> str | None:
+        with self._lock:
+            seen = self._seen.get(id_hash)
+            if seen is None:
+                return None
+            if seen[1] < self._clock() - SESSION_TTL:
+                del self._seen[id_hash]
+                return None
+            self._seen.move_to_end(id_hash)
+            return seen[0]
+
+    def remember(self, id_hash: str, agent: str, bound_at: float) -> None:
+        with self._lock:
+            self._seen[id_hash] = (agent, bound_at)
+            self._seen.move_to_end(id_hash)
+            while len(self._seen) > OWNERS_KEPT:
+                self._seen.popitem(last=False)
+
+
 class McpStore:
     def __init__(self, path: Path, config_pins: dict[str, dict[str, str]] | None = None, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._clock = clock
+        self._owners = SessionOwners(clock)
         self._db = open_db(path)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -135,9 +173,8 @@ class McpStore:
         return self.state(server, tool) is not None
 
     def changed(self, server: str, tool: str) -> bool:
-        """Whether a call of the tool must wait for an admin: no pin, or a pending change."""
-        pin = self.state(server, tool)
-        return pin is None or pin.pending is not None
+        """Whether a call of the tool must wait for an admin (`awaits_admin`)."""
+        return awaits_admin(self.state(server, tool))
 
     def accept(self, server: str, tool: str) -> Pin | None:
         """Make the pending definition the pin; None when the tool has no pending change."""
@@ -162,22 +199,39 @@ class McpStore:
 
     def bind_session(self, session: str, agent: str, server: str) -> bool:
         """Bind a session id the server issued to the agent; False if another agent holds it."""
+        id_hash = session_hash(session)
+        owner = self._owners.get(id_hash)
+        if owner is None:
+            owner, bound_at = self._bind(id_hash, agent, server)
+            self._owners.remember(id_hash, owner, bound_at)
+        return owner == agent
+
+    def session_agent(self, session: str) -> str | None:
+        id_hash = session_hash(session)
+        owner = self._owners.get(id_hash)
+        if owner is None and (held := self._owner(id_hash)) is not None:
+            owner = held[0]
+            self._owners.remember(id_hash, *held)
+        return owner
+
+    def _bind(self, id_hash: str, agent: str, server: str) -> tuple[str, float]:
+        """The binding's owner and time after binding it to `agent` unless it is bound already."""
         now = self._clock()
         with self._tx() as db:
             db.execute("DELETE FROM mcp_sessions WHERE at < ?", (now - SESSION_TTL,))
             db.execute(
                 "INSERT INTO mcp_sessions (id_hash, agent, server, at) VALUES (?,?,?,?) ON CONFLICT (id_hash) DO NOTHING",
-                (session_hash(session), agent, server, now),
+                (id_hash, agent, server, now),
             )
-            (owner,) = db.execute("SELECT agent FROM mcp_sessions WHERE id_hash=?", (session_hash(session),)).fetchone()
-        return bool(owner == agent)
+            owner, at = db.execute("SELECT agent, at FROM mcp_sessions WHERE id_hash=?", (id_hash,)).fetchone()
+        return str(owner), float(at)
 
-    def session_agent(self, session: str) -> str | None:
+    def _owner(self, id_hash: str) -> tuple[str, float] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT agent FROM mcp_sessions WHERE id_hash=? AND at >= ?", (session_hash(session), self._clock() - SESSION_TTL)
+                "SELECT agent, at FROM mcp_sessions WHERE id_hash=? AND at >= ?", (id_hash, self._clock() - SESSION_TTL)
             ).fetchone()
-        return row[0] if row else None
+        return (str(row[0]), float(row[1])) if row else None
 
 
 def config_pins(config: Config) -> dict[str, dict[str, str]]:

@@ -25,6 +25,7 @@ from connectors.registry import Route
 from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable
 from gateway.identity.issuers import narrow
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, token_from_proxy_authorization
+from gateway.mcp.store import Pin, awaits_admin
 from gateway.pipeline import steps
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp, scope_of
@@ -57,6 +58,7 @@ class Ctx:
     judged: dict[str, Any] = field(default_factory=dict)
     policies: PolicySet | None = None
     decision: Decision | None = None
+    pin: Pin | None = None  # an MCP tool's pin, read once by `route` for `mcp`
 
     @property
     def services(self) -> Runtime:
@@ -126,7 +128,11 @@ async def route(c: Ctx) -> None:
     steps.check_path(path)
     host = c.host
     if c.view.mcp is not None:
-        listed = c.services.mcp.listed
+
+        def listed(server: str, tool: str) -> bool:
+            c.pin = c.services.mcp.state(server, tool)
+            return c.pin is not None
+
         c.route = steps.route_mcp(c.services.registry, listed, host, c.view.method, path, c.view.mcp.tool)
     else:
         c.route = steps.route(c.services.registry, c.services.allow_hosts, host, c.view.method, path)
@@ -148,7 +154,7 @@ async def mcp(c: Ctx) -> None:
     if session is not None and c.services.mcp.session_agent(session) != c.call.agent:
         raise Refusal("mcp_session_foreign", "this MCP session was not opened through the gateway by this agent")
     server, tool = c.route.connector.name, c.view.mcp.tool
-    if tool is not None and c.services.mcp.changed(server, tool):
+    if tool is not None and awaits_admin(c.pin):
         raise Refusal(
             "mcp_tool_changed",
             f"the definition of {server} tool {tool} changed since it was pinned; an admin must accept it"

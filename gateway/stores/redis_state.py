@@ -51,7 +51,7 @@ from gateway.connector_store import AlreadyStored, ConnectorStore, StoredConnect
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
 from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import POLL_SECONDS, Revocations
-from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, session_hash
+from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, SessionOwners
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
 from gateway.stores.feed import RECENT_DECISIONS
 from gateway.stores.sessions import SessionStore, StoredSession
@@ -538,10 +538,11 @@ class RedisMcpStore(McpStore):
     def __init__(self, client: redis.Redis, config_pins: dict[str, dict[str, str]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._redis, self._clock = client, clock
+        self._owners = SessionOwners(clock)
         self._seed_script = client.register_script(_MCP_SEED)
         self._observe = client.register_script(_MCP_OBSERVE)
         self._accept = client.register_script(_MCP_ACCEPT)
-        self._bind = client.register_script(_MCP_BIND)
+        self._bind_script = client.register_script(_MCP_BIND)
         for server, pins in (config_pins or {}).items():
             for tool, digest in pins.items():
                 self._seed(server, tool, digest)
@@ -577,16 +578,19 @@ class RedisMcpStore(McpStore):
             found.append(_pin(server_name, tool, raw))
         return sorted((p for p in found if server is None or p.server == server), key=lambda p: (p.server, p.tool))
 
-    def bind_session(self, session: str, agent: str, server: str) -> bool:
+    def _bind(self, id_hash: str, agent: str, server: str) -> tuple[str, float]:
         binding = json.dumps({"agent": agent, "server": server, "at": self._clock()})
         with _store("MCP"):
-            held = self._bind(keys=[_MCP_SESSION + session_hash(session)], args=[binding, math.ceil(SESSION_TTL * 1000)])
-        return bool(json.loads(held)["agent"] == agent)
+            held = json.loads(self._bind_script(keys=[_MCP_SESSION + id_hash], args=[binding, math.ceil(SESSION_TTL * 1000)]))
+        return str(held["agent"]), float(held["at"])
 
-    def session_agent(self, session: str) -> str | None:
+    def _owner(self, id_hash: str) -> tuple[str, float] | None:
         with _store("MCP"):
-            held = self._redis.get(_MCP_SESSION + session_hash(session))
-        return None if held is None else str(json.loads(held)["agent"])
+            held = self._redis.get(_MCP_SESSION + id_hash)
+        if held is None:
+            return None
+        binding = json.loads(held)
+        return str(binding["agent"]), float(binding["at"])
 
 
 def _pin_field(server: str, tool: str) -> str:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.errors import Refusal
 from gateway.mcp import jsonrpc
 from gateway.mcp.answer import AnswerEditor
-from gateway.mcp.store import McpStore, Seen
+from gateway.mcp.store import SESSION_TTL, McpStore, Seen
 from gateway.mcp.tools import definition_digest, filter_list
 
 TOOLS: list[dict[str, Any]] = [
@@ -210,3 +210,19 @@ def test_any_server_answer_is_edited_without_error(value: Any) -> None:
     modify = _editor(server_request=lambda m: False).stream()
     modify(b"data: " + body + b"\n\n")
     modify(b"")
+
+
+def test_session_owners_are_remembered_and_still_expire(tmp_path: Path) -> None:
+    """A binding never changes owner, so a process answers from memory after the first round trip;
+    another process on the same store learns it from the store, and an old binding still expires."""
+    now = [1000.0]
+    path = tmp_path / "mcp.sqlite"
+    one, other = McpStore(path, clock=lambda: now[0]), McpStore(path, clock=lambda: now[0])
+    assert one.bind_session("sid-1", "t/alice", "s")
+    one.close()  # what it answers now comes from memory: a store access would fail on a closed database
+    assert one.bind_session("sid-1", "t/alice", "s") and not one.bind_session("sid-1", "t/mallory", "s")
+    assert one.session_agent("sid-1") == "t/alice"
+    assert other.session_agent("sid-1") == "t/alice" and not other.bind_session("sid-1", "t/mallory", "s")
+    now[0] += SESSION_TTL + 1
+    assert other.session_agent("sid-1") is None  # expired in memory and in the store
+    other.close()

@@ -84,6 +84,17 @@ def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
 
 
+def hashed_line(record: dict[str, Any]) -> tuple[bytes, str]:
+    """The canonical JSON of `record` with its `hash` (`record_hash`) set, and that hash, from one
+    encoding: the keys sort around "hash", so the line is the unhashed encoding with the field put
+    in its place. Two encodings of every record were a tenth of the audit log's cost."""
+    head = canonical({k: v for k, v in record.items() if k < "hash"})[:-1]  # '{' and what sorts before
+    tail = canonical({k: v for k, v in record.items() if k > "hash"})[1:]  # what sorts after, and '}'
+    before, after = (b"," if len(head) > 1 else b""), (b"," if len(tail) > 1 else b"")
+    digest = hashlib.sha256(head + (b"," if before and after else b"") + tail).hexdigest()
+    return head + before + b'"hash":"' + digest.encode() + b'"' + after + tail, digest
+
+
 def key_id(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
@@ -120,6 +131,7 @@ class AuditLog:
         except BaseException:
             os.close(self._fd)
             raise
+        self._size = os.fstat(self._fd).st_size  # the one writer of the file: kept, not asked each record
         self._seq = int(last["seq"]) if last else 0
         self._prev = str(last["hash"]) if last else GENESIS
         self._unsigned = 0
@@ -185,9 +197,9 @@ class AuditLog:
     def _append(self, body: dict[str, Any]) -> None:
         body["seq"] = self._seq + 1
         body["prev"] = self._prev
-        body["hash"] = record_hash(body)
-        data = canonical(body) + b"\n"
-        size = os.fstat(self._fd).st_size
+        line, body["hash"] = hashed_line(body)
+        data = line + b"\n"
+        size = self._size
         try:
             view = memoryview(data)
             while view:
@@ -198,6 +210,7 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, size)
             raise
+        self._size = size + len(data)
         self._seq, self._prev = body["seq"], body["hash"]
 
 

@@ -100,8 +100,9 @@ def apply(req: http.Request, forward: Forward) -> None:
         req.query.pop(name, None)
     for name, value in forward.set_query.items():
         req.query[name] = value
-    for name in forward.drop_headers:
-        req.headers.pop(name, None)
+    if forward.drop_headers:  # in one pass: a pop per name scanned every header each (a dozen names a call)
+        drop = {name.lower().encode("latin-1") for name in forward.drop_headers}
+        req.headers.fields = tuple(f for f in req.headers.fields if f[0].lower() not in drop)
     for name, value in forward.set_headers.items():
         req.headers[name] = value
     if forward.body is not None:

@@ -13,6 +13,7 @@ leaves (`store_unavailable`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from connectors.registry import Route
 from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable
 from gateway.identity.issuers import narrow
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, token_from_proxy_authorization
+from gateway.mcp.schema import ArgumentsSchema, SchemaRefused
 from gateway.pipeline import steps
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp, scope_of
@@ -57,6 +59,7 @@ class Ctx:
     judged: dict[str, Any] = field(default_factory=dict)
     policies: PolicySet | None = None
     decision: Decision | None = None
+    input_schema: ArgumentsSchema | None = None  # an MCP tool's pinned input schema, compiled
 
     @property
     def services(self) -> Runtime:
@@ -140,7 +143,8 @@ async def route(c: Ctx) -> None:
 
 async def mcp(c: Ctx) -> None:
     """An MCP request: its session is one this agent opened, and a tool it calls still has the
-    definition that was pinned (a changed one waits for an admin: `mcp_tool_changed`)."""
+    definition that was pinned (a changed one waits for an admin: `mcp_tool_changed`), whose input
+    schema the arguments will be checked against."""
     if c.view.mcp is None:
         return
     assert c.route is not None
@@ -148,11 +152,24 @@ async def mcp(c: Ctx) -> None:
     if session is not None and c.services.mcp.session_agent(session) != c.call.agent:
         raise Refusal("mcp_session_foreign", "this MCP session was not opened through the gateway by this agent")
     server, tool = c.route.connector.name, c.view.mcp.tool
-    if tool is not None and c.services.mcp.changed(server, tool):
+    if tool is None:
+        return
+    pin = c.services.mcp.state(server, tool)
+    if pin is None or pin.pending is not None:
         raise Refusal(
             "mcp_tool_changed",
             f"the definition of {server} tool {tool} changed since it was pinned; an admin must accept it"
             f" (egress-gateway mcp accept {server} {tool})",
+        )
+    stored = c.services.mcp.schema
+    try:
+        c.input_schema = c.services.mcp_schemas.get(pin.pinned, lambda: None if (s := stored(pin.pinned)) is None else json.loads(s))
+    except SchemaRefused as e:
+        raise Refusal("schema_violation", f"the input schema of {server} tool {tool} cannot be checked, so the tool is refused: {e}") from None
+    if c.input_schema is None:
+        raise Refusal(
+            "mcp_tool_changed",
+            f"the gateway has not read the definition of {server} tool {tool} yet; list the tools (tools/list) before calling it",
         )
 
 
@@ -176,7 +193,10 @@ async def validate(c: Ctx) -> None:
     if c.route is None:
         return
     if c.view.mcp is not None:
-        # The tool's arguments, already read from the JSON-RPC message: a copy, as DLP rewrites it.
+        # The tool's arguments, already read from the JSON-RPC message: first against the tool's
+        # pinned input schema, then a copy, as DLP rewrites it.
+        if c.input_schema is not None:
+            steps.check_arguments(c.input_schema, c.view.mcp.arguments)
         c.params = c.judged = steps.validate_arguments(c.route.action, c.view.mcp.arguments)
         return
     cred, c.query = c.route.connector.credential, c.view.query

@@ -60,6 +60,13 @@ dlp:
   tokenize: [EMAIL_ADDRESS]
   reveal: []
 """
+TREASURY = """
+version: 1
+subjects: {roles: [treasury]}
+rules:
+  - connector: payments_json
+    actions: [transfer, lookup]
+"""
 SAMPLER = """
 version: 1
 subjects: {roles: [sampler]}
@@ -86,6 +93,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVen
     (policies / "finance.yaml").write_text(FINANCE)
     (policies / "support.yaml").write_text(SUPPORT)
     (policies / "sampler.yaml").write_text(SAMPLER)
+    (policies / "treasury.yaml").write_text(TREASURY)
     sse, plain = servers
     settings = {
         "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url},
@@ -359,6 +367,65 @@ def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_
     assert isinstance(result, types.CallToolResult) and result.structuredContent is not None
     assert result.structuredContent["refunded"] == 5
     assert [r["phase"] for r in gw.audit() if r.get("phase") == "mcp_accept"] == ["mcp_accept"]
+
+
+def test_arguments_are_checked_against_the_pinned_input_schema_before_any_policy(
+    gw: GatewayProcess, finance: Exports, servers: Any
+) -> None:
+    """`transfer`'s listed schema is stricter than the server's own check: every call that breaks
+    it is refused by the gateway (schema_violation, no value quoted) and never reaches the server;
+    `lookup`'s schema refers to another document, so it is hidden and its calls refused."""
+    _, plain = servers
+    treasury = _agent(gw, finance, "treasury-agent", "treasury")
+    secret = "jane.doe@example.com"
+    bad: list[dict[str, Any]] = [
+        {"amount": "100", "currency": "usd"},  # wrong type
+        {"currency": "usd"},  # missing required
+        {"amount": 5, "currency": "usd", secret: 1},  # a property the tool does not declare
+        {"amount": 0, "currency": "usd"},  # under the minimum
+        {"amount": 5, "currency": secret},  # not in the enum
+        {"amount": 5, "currency": "usd", "memo": "a" * 200_000 + "!"},  # backtracking bait, huge
+        {"amount": 5, "currency": "usd", "memo": [[[[[[[[secret]]]]]]]]},  # nested where a string is due
+    ]
+
+    async def run() -> tuple[list[str], list[Any], Any, Any]:
+        async with mcp_session(treasury, JSON_URL) as (s, _):
+            names = _names(await s.list_tools())
+            refused = []
+            for arguments in bad:
+                with pytest.raises(McpError) as e:
+                    await s.call_tool("transfer", arguments)
+                refused.append(_refusal(e))
+            ok = await s.call_tool("transfer", {"amount": 5, "currency": "eur", "memo": "rent due"})
+            with pytest.raises(McpError) as hostile:
+                await s.call_tool("lookup", {"q": "x"})
+            return names, refused, ok, _refusal(hostile)
+
+    start = len(plain.received)
+    names, refused, ok, hostile = asyncio.run(run())
+    assert names == ["transfer"]  # lookup's schema cannot be checked: not shown
+    assert [data["code"] for _, data in refused] == ["schema_violation"] * len(bad)
+    assert [message.removeprefix("the arguments do not fit the tool's input schema: ") for message, _ in refused] == [
+        "arguments.amount must be of type integer",
+        "arguments lacks the required property amount",
+        "arguments has 1 property the tool does not declare",
+        "arguments.amount fails the input schema's minimum (1)",
+        "arguments.currency fails the input schema's enum",
+        "arguments.memo fails the input schema's pattern",
+        "arguments.memo must be of type string",
+    ]
+    assert isinstance(ok.content[0], types.TextContent) and ok.content[0].text == "moved 5 eur"
+    assert hostile[1]["code"] == "schema_violation"
+    assert hostile[0] == (
+        "the input schema of payments_json tool lookup cannot be checked, so the tool is refused:"
+        " the tool's input schema refers outside itself ($ref to another document)"
+    )
+    assert plain.received[start:] == [("transfer", {"amount": 5, "currency": "eur", "memo": "rent due"})]
+    records = {r["decision_id"]: r for r in gw.audit() if "decision_id" in r}
+    for _, data in refused:
+        record = records[data["decision_id"]]
+        assert (record["action"], record["code"], record["mcp"]["arguments"][:12]) == ("transfer", "schema_violation", "hmac-sha256:")
+    assert secret not in gw.audit_file.read_text()
 
 
 def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:

@@ -165,10 +165,14 @@ def test_pins_sessions_and_their_acceptance(tmp_path: Path) -> None:
     assert not store.changed("s", "t") and store.changed("s", "never_listed")
     assert store.observe("s", "pinned_tool", "sha256:" + "b" * 64) is Seen.CHANGED  # the config's pin holds
     assert store.accept("s", "pinned_tool") is not None
+    store.remember_schema("sha256:1", '{"type":"object"}')
+    store.remember_schema("sha256:1", '{"type":"string"}')  # equal digests are equal definitions: the first stays
+    assert store.schema("sha256:1") == '{"type":"object"}' and store.schema("sha256:2") is None
     store.close()
     again = McpStore(path, {"s": {"pinned_tool": "sha256:" + "a" * 64}})  # restart, same config: the acceptance stays
     state = again.state("s", "pinned_tool")
     assert state is not None and state.pinned == "sha256:" + "b" * 64
+    assert again.schema("sha256:1") == '{"type":"object"}'
     assert again.bind_session("sid-1", "t/alice", "s") and again.bind_session("sid-1", "t/alice", "s")
     assert not again.bind_session("sid-1", "t/mallory", "s")
     assert again.session_agent("sid-1") == "t/alice" and again.session_agent("sid-2") is None

@@ -401,11 +401,13 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
 
 
 async def judge(
-    view: RequestView, call: Call, route: Route, identity: Identity, policies: PolicySet | None
+    view: RequestView, call: Call, route: Route, identity: Identity, policies: PolicySet | None,
+    input_schema: ArgumentsSchema | None = None,
 ) -> tuple[Ctx, Refusal | None]:
     """A dry run of `JUDGE_STEPS` (validate, authorize) on a known action: what `policy test` shows
-    is decided by the very functions a live call goes through."""
-    ctx = Ctx(None, view, call, Forward(("", 0)), identity=identity, route=route, policies=policies)
+    is decided by the very functions a live call goes through (an MCP tool's arguments against
+    `input_schema`, its pinned one, when the caller could read it)."""
+    ctx = Ctx(None, view, call, Forward(("", 0)), identity=identity, route=route, policies=policies, input_schema=input_schema)
     call.identity, call.connector, call.action = identity, route.connector.name, route.action.name
     try:
         for step in JUDGE_STEPS:

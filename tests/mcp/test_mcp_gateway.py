@@ -428,6 +428,37 @@ def test_arguments_are_checked_against_the_pinned_input_schema_before_any_policy
     assert secret not in gw.audit_file.read_text()
 
 
+def test_policy_test_answers_for_an_mcp_tool_call(gw: GatewayProcess, finance: Exports, tmp_path: Path) -> None:
+    """`policy test --mcp-server --tool --arguments` goes through the same judging as a live call:
+    the pinned input schema first (read from the gateway's store), then the policy and its params."""
+    async def listed() -> list[str]:
+        async with mcp_session(_agent(gw, finance, "treasury-lister", "treasury"), JSON_URL) as (s, _):
+            return _names(await s.list_tools())
+
+    assert asyncio.run(listed()) == ["transfer"]
+
+    def test(role: str, server: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        out = gw.cli("policy", "test", "--as", role, "--mcp-server", server, "--tool", tool, "--arguments", json.dumps(arguments), check=False)
+        return out.returncode, json.loads(out.stdout)
+
+    status, ok = test("treasury", "payments_json", "transfer", {"amount": 5, "currency": "usd"})
+    assert (status, ok["decision"], ok["connector"], ok["action"]) == (0, "allow", "payments_json", "transfer")
+    assert ok["mcp"]["input_schema"] == "checked" and ok["mcp"]["pin"].startswith("sha256:")
+    status, bad = test("treasury", "payments_json", "transfer", {"amount": "5", "currency": "usd"})
+    assert (status, bad["decision"], bad["code"]) == (1, "deny", "schema_violation")
+    assert bad["message"] == "the arguments do not fit the tool's input schema: arguments.amount must be of type integer"
+    status, held = test("finance", "payments", "create_refund", {"amount": 150000, "customer_email": "r@example.org"})
+    assert (status, held["decision"]) == (1, "approval_required")
+    status, unlisted = test("finance", "payments", "never_listed", {})
+    assert status == 1 and unlisted["code"] == "policy_denied" and unlisted["mcp"]["input_schema"].startswith("not checked")
+    req = tmp_path / "refund.json"
+    req.write_text(json.dumps({"connector": "payments_json", "action": "transfer", "params": {"amount": 5, "currency": "gbp"}}))
+    from_file = gw.cli("policy", "test", "--as", "treasury", str(req), check=False)
+    assert from_file.returncode == 1 and json.loads(from_file.stdout)["code"] == "schema_violation"
+    both = gw.cli("policy", "test", "--as", "treasury", str(req), "--mcp-server", "payments_json", "--tool", "transfer", check=False)
+    assert both.returncode == 2 and "either REQUEST.json or --mcp-server with --tool" in both.stderr
+
+
 def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:
     """A tool name is accepted at load for a server without `pin:`, and only pinned names with it."""
     from gateway.config import Config

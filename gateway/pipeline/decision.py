@@ -260,7 +260,8 @@ async def anomaly(c: Ctx) -> None:
 
 
 async def approval(c: Ctx) -> None:
-    """A call that needs approval is held, bound to these parameters; an approved retry passes.
+    """A call that needs approval is held, bound to these parameters; an approved retry passes
+    (the id in `X-Egress-Approval`, or in an MCP tools/call's `params._meta`).
 
     Asking for an approval is a call too: it counts against the rule's rates (60 such calls
     against a 20/minute rule must not leave 60 approvals pending), and one agent holds at most
@@ -269,7 +270,9 @@ async def approval(c: Ctx) -> None:
     d = c.decision
     if d is None or d.outcome != "approval_required" or c.route is None:
         return
-    approvals, presented = c.services.approvals, c.view.header(steps.APPROVAL_HEADER)
+    approvals = c.services.approvals
+    in_message = c.view.mcp.approval if c.view.mcp is not None else None
+    presented = in_message if in_message is not None else c.view.header(steps.APPROVAL_HEADER)
     if presented and approvals.use(d, c.judged, presented):
         c.call.extra["approval_id"] = presented
         return

@@ -152,12 +152,13 @@ class McpDoor:
         call = self._call(view, connector, methods=[jsonrpc.TOOLS_CALL])
         try:
             tool, arguments = m.tool_call()
+            approval = m.approval()
         except jsonrpc.Malformed as e:
             refusal = refused(self.rt, call, Refusal("mcp_malformed", str(e)), view.client)
             done.answers.append(jsonrpc.refusal_answer(m.id, refusal, call.decision_id))
             return
         call.extra["mcp"]["arguments"] = jsonrpc.arguments_digest(arguments, self._digest_key)
-        verdict = await decide(self.rt, replace(view, mcp=McpRequest(tool, arguments)), call)
+        verdict = await decide(self.rt, replace(view, mcp=McpRequest(tool, arguments, approval)), call)
         if verdict.refusal is not None:
             done.answers.append(jsonrpc.refusal_answer(m.id, verdict.refusal, call.decision_id))
             return

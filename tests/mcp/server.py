@@ -47,6 +47,7 @@ class McpVendor:
     json_response: bool = False
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     authorizations: set[str] = field(default_factory=set)  # every Authorization header that reached it
+    bodies: list[bytes] = field(default_factory=list)  # every request body that reached it, as received
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -63,6 +64,15 @@ class McpVendor:
             if scope["type"] == "http":
                 headers = dict(scope["headers"])
                 self.authorizations.add(headers.get(b"authorization", b"").decode())
+
+                async def reading() -> Any:
+                    message = await receive()
+                    if message.get("body"):
+                        self.bodies.append(message["body"])
+                    return message
+
+                await app(scope, reading, send)
+                return
             await app(scope, receive, send)
 
         config = uvicorn.Config(

@@ -244,6 +244,43 @@ def test_an_approval_is_bound_to_the_arguments(gw: GatewayProcess, finance: Expo
     ]
 
 
+def test_an_approval_presented_in_meta_is_bound_single_use_and_never_forwarded(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    """The id in `params._meta["egress/approval"]` works as the header does: for these arguments
+    only, once; the refusal tells the model where it goes; the server never sees it."""
+    sse, _ = servers
+    agent = _agent(gw, finance, "meta-approver")
+    args = {"amount": 160000, "customer_email": "meta@example.org"}
+
+    async def call(arguments: dict[str, Any], meta: dict[str, Any] | None) -> types.CallToolResult | tuple[str, dict[str, Any]]:
+        async with mcp_session(agent, SSE_URL) as (s, _):
+            await s.list_tools()
+            try:
+                return await s.call_tool("create_refund", arguments, meta=meta)
+            except McpError as e:
+                assert e.error.code == -32003 and isinstance(e.error.data, dict)
+                return e.error.message, e.error.data
+
+    held = asyncio.run(call(args, None))
+    assert isinstance(held, tuple) and held[1]["code"] == "approval_required"
+    approval = held[1]["approval_id"]
+    assert held[0].endswith(f'; once it is approved, call the tool again with the same arguments and params._meta {{"egress/approval": "{approval}"}}')
+    admin = gw.token(sub="ops", role="admin")
+    assert httpx.post(f"{gw.api_url}/v1/approvals/{approval}/approve", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    presented = {"egress/approval": approval}
+    other = asyncio.run(call({**args, "amount": 160001}, presented))
+    assert isinstance(other, tuple) and other[1]["code"] == "approval_required" and other[1]["approval_id"] != approval
+    bodies = len(sse.bodies)
+    same = asyncio.run(call(args, presented))
+    assert isinstance(same, types.CallToolResult) and not same.isError and same.structuredContent is not None
+    assert same.structuredContent["refunded"] == 160000
+    assert not any(approval.encode() in b or b"egress/approval" in b for b in sse.bodies[bodies:])
+    again = asyncio.run(call(args, presented))
+    assert isinstance(again, tuple) and again[1]["code"] == "approval_required"
+    malformed = asyncio.run(call(args, {"egress/approval": 7}))
+    assert isinstance(malformed, tuple) and malformed[1]["code"] == "mcp_malformed"
+    assert [a["amount"] for t, a in sse.received if t == "create_refund" and a["amount"] >= 160000] == [160000]
+
+
 def test_string_arguments_leave_tokenized_and_come_back_restored_only_for_revealers(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
     sse, _ = servers
     support = _agent(gw, finance, "support-agent", "support")

@@ -57,12 +57,30 @@ def test_a_tools_call_is_read_and_its_arguments_replaced() -> None:
         bad.tool_call()
 
 
-def test_a_refusal_answer_carries_the_id_code_and_decision() -> None:
+def test_a_refusal_answer_carries_the_id_code_and_decision_and_says_where_an_approval_goes() -> None:
     refusal = Refusal("approval_required", "needs approval", details={"approval_id": "apr_1"})
+    hint = '; once it is approved, call the tool again with the same arguments and params._meta {"egress/approval": "apr_1"}'
     assert jsonrpc.refusal_answer(7, refusal, "dec_1") == {
         "jsonrpc": "2.0", "id": 7,
-        "error": {"code": -32003, "message": "needs approval", "data": {"code": "approval_required", "decision_id": "dec_1", "approval_id": "apr_1"}},
+        "error": {"code": -32003, "message": "needs approval" + hint,
+                  "data": {"code": "approval_required", "decision_id": "dec_1", "approval_id": "apr_1"}},
     }
+    assert jsonrpc.refusal_answer(8, Refusal("policy_denied", "no"), "dec_2")["error"]["message"] == "no"
+
+
+def test_an_approval_in_meta_is_read_and_never_forwarded() -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "t", "arguments": {}, "_meta": {"egress/approval": "apr_x", "progressToken": "p1"}}}
+    (m,), _ = jsonrpc.parse(json.dumps(body).encode())
+    assert m.approval() == "apr_x"
+    assert m.as_forwarded({}).raw["params"] == {"name": "t", "arguments": {}, "_meta": {"progressToken": "p1"}}
+    for meta in ({}, {"other/key": "apr_x"}, None):
+        (plain,), _ = jsonrpc.parse(json.dumps({**body, "params": {"name": "t", "_meta": meta}}).encode())
+        assert plain.approval() is None
+    for wrong in (1, ["apr_x"], {"id": "apr_x"}):
+        (bad,), _ = jsonrpc.parse(json.dumps({**body, "params": {"name": "t", "_meta": {"egress/approval": wrong}}}).encode())
+        with pytest.raises(jsonrpc.Malformed, match="must be an approval id"):
+            bad.approval()
 
 
 def test_the_argument_digest_is_keyed_and_order_free() -> None:

@@ -141,14 +141,25 @@ async def route(c: Ctx) -> None:
         c.services.check_quarantine(c.identity, c.route.connector.name)
 
 
+# Streamable HTTP clients GET the server's stream only within a session. A GET without one opens
+# the legacy HTTP+SSE transport, whose answers to POSTed calls arrive on that GET stream, apart
+# from the requests they answer: refused, never passed unchecked.
+LEGACY_SSE_REFUSED = (
+    "a GET without an Mcp-Session-Id opens the legacy HTTP+SSE transport (MCP 2024-11-05), which the gateway"
+    " does not carry; use the Streamable HTTP transport (POST JSON-RPC to this endpoint)"
+)
+
+
 async def mcp(c: Ctx) -> None:
-    """An MCP request: its session is one this agent opened, and a tool it calls still has the
-    definition that was pinned (a changed one waits for an admin: `mcp_tool_changed`), whose input
-    schema the arguments will be checked against."""
+    """An MCP request: Streamable HTTP (a GET only within a session), its session one this agent
+    opened, and a tool it calls still has the definition that was pinned (a changed one waits for
+    an admin: `mcp_tool_changed`), whose input schema the arguments will be checked against."""
     if c.view.mcp is None:
         return
     assert c.route is not None
     session = c.view.header("mcp-session-id")
+    if session is None and c.view.method == "GET":
+        raise Refusal("unknown_action", LEGACY_SSE_REFUSED)
     if session is not None and c.services.mcp.session_agent(session) != c.call.agent:
         raise Refusal("mcp_session_foreign", "this MCP session was not opened through the gateway by this agent")
     server, tool = c.route.connector.name, c.view.mcp.tool

@@ -45,9 +45,11 @@ class McpVendor:
 
     cert: tuple[Path, Path]
     json_response: bool = False
+    legacy: bool = False  # the legacy HTTP+SSE transport (GET /sse, POST /messages/) instead
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     authorizations: set[str] = field(default_factory=set)  # every Authorization header that reached it
     bodies: list[bytes] = field(default_factory=list)  # every request body that reached it, as received
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -58,10 +60,11 @@ class McpVendor:
         )
         self._tools()
         cert, key = self.cert
-        app = self.app.streamable_http_app()
+        app = self.app.sse_app() if self.legacy else self.app.streamable_http_app()
 
         async def recording(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "http":
+                self.requests.append((scope["method"], scope["path"]))
                 headers = dict(scope["headers"])
                 self.authorizations.add(headers.get(b"authorization", b"").decode())
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from mcp import types
+from mcp import ClientSession, types
+from mcp.client.sse import sse_client
 from mcp.shared.exceptions import McpError
 
 from dlp.tokens import TOKEN_RE
@@ -25,8 +26,8 @@ from tests.mcp.agents import Exports, agent_exports, http_client, mcp_session, s
 from tests.mcp.server import CHANGED_DOC, McpVendor
 from tests.processes import GatewayProcess
 
-SSE_HOST, JSON_HOST = "mcp.payments.test", "mcp-json.payments.test"
-SSE_URL, JSON_URL = f"https://{SSE_HOST}/mcp", f"https://{JSON_HOST}/mcp"
+SSE_HOST, JSON_HOST, LEGACY_HOST = "mcp.payments.test", "mcp-json.payments.test", "mcp-legacy.payments.test"
+SSE_URL, JSON_URL, LEGACY_URL = f"https://{SSE_HOST}/mcp", f"https://{JSON_HOST}/mcp", f"https://{LEGACY_HOST}/sse"
 MCP_TOKEN = "mcp-server-token-0004"
 EMAIL = "jane.doe@example.com"
 ACCEPT = {"accept": "application/json, text/event-stream"}
@@ -45,6 +46,8 @@ rules:
     actions: [create_refund]
     budget: {field: amount, limit: 2000, per: day}
   - connector: payments_json
+    actions: [get_balance]
+  - connector: legacy
     actions: [get_balance]
 dlp:
   tokenize: [EMAIL_ADDRESS]
@@ -86,7 +89,17 @@ def servers(pki: PKI) -> Iterator[tuple[McpVendor, McpVendor]]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVendor, McpVendor]) -> Iterator[GatewayProcess]:
+def legacy(pki: PKI) -> Iterator[McpVendor]:
+    """A server of the legacy HTTP+SSE transport only (GET /sse, then POST /messages/)."""
+    vendor = McpVendor(pki.leaf("mcp-legacy", (LEGACY_HOST,)), legacy=True)
+    yield vendor
+    vendor.close()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVendor, McpVendor], legacy: McpVendor
+) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("mcp-gateway")
     policies = root / "policies"
     policies.mkdir()
@@ -96,12 +109,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVen
     (policies / "treasury.yaml").write_text(TREASURY)
     sse, plain = servers
     settings = {
-        "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url},
+        "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url, LEGACY_HOST: legacy.url},
         "upstream_ca": str(pki.ca_file),
         "policies": str(policies),
         "mcp_servers": {
             "payments": {"url": SSE_URL, "credential": "env:TEST_MCP_TOKEN"},
             "payments_json": {"url": JSON_URL, "credential": "env:TEST_MCP_TOKEN"},
+            "legacy": {"url": LEGACY_URL, "credential": "env:TEST_MCP_TOKEN"},
         },
     }
     with GatewayProcess(root, settings, {"TEST_MCP_TOKEN": MCP_TOKEN}).start() as g:
@@ -110,7 +124,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVen
 
 @pytest.fixture(scope="module")
 def finance(gw: GatewayProcess) -> Exports:
-    return agent_exports(gw, "finance-agent", "finance", "payments:*", "payments_json:*")
+    return agent_exports(gw, "finance-agent", "finance", "payments:*", "payments_json:*", "legacy:*")
 
 
 def _agent(gw: GatewayProcess, finance: Exports, sub: str, role: str = "finance") -> Exports:
@@ -494,6 +508,35 @@ def test_policy_test_answers_for_an_mcp_tool_call(gw: GatewayProcess, finance: E
     assert from_file.returncode == 1 and json.loads(from_file.stdout)["code"] == "schema_violation"
     both = gw.cli("policy", "test", "--as", "treasury", str(req), "--mcp-server", "payments_json", "--tool", "transfer", check=False)
     assert both.returncode == 2 and "either REQUEST.json or --mcp-server with --tool" in both.stderr
+
+
+def test_the_legacy_sse_transport_is_refused_clearly_and_never_reaches_the_server(
+    gw: GatewayProcess, finance: Exports, legacy: McpVendor
+) -> None:
+    """The SDK's `sse_client` against FastMCP's `sse_app`: its GET opening the stream is refused with
+    a message naming Streamable HTTP (no stream, so no answer can pass unchecked), and a POST to the
+    server's message path is no action of it; the server sees neither."""
+    def factory(headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+        return http_client(finance, headers)
+
+    async def run() -> tuple[BaseException, httpx.Response, httpx.Response]:
+        with pytest.raises(BaseException) as e:  # the SDK raises it inside task groups: unwrapped below
+            async with sse_client(LEGACY_URL, httpx_client_factory=factory) as (read, write), ClientSession(read, write) as s:
+                await s.initialize()
+        async with http_client(finance) as c:
+            get = await c.get(LEGACY_URL, headers={"accept": "text/event-stream"})
+            post = await c.post(f"https://{LEGACY_HOST}/messages/?session_id=0123", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        return e.value, get, post
+
+    caught, get, post = asyncio.run(run())
+    while isinstance(caught, BaseExceptionGroup) and len(caught.exceptions) == 1:
+        caught = caught.exceptions[0]
+    assert isinstance(caught, httpx.HTTPStatusError) and caught.response.status_code == 403
+    assert get.status_code == 403 and get.json()["error"]["code"] == "unknown_action"
+    assert get.json()["error"]["message"].startswith("a GET without an Mcp-Session-Id opens the legacy HTTP+SSE transport (MCP 2024-11-05)")
+    assert "use the Streamable HTTP transport" in get.json()["error"]["message"]
+    assert post.status_code == 403 and post.json()["error"]["code"] == "unknown_action"
+    assert legacy.requests == []
 
 
 def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ from connectors.registry import Route
 from gateway.audit.log import verify
 from gateway.errors import CliError, GatewayError
 from gateway.identity.tokens import Identity
-from gateway.mcp.schema import ArgumentsSchema, SchemaRefused, compile_schema
+from gateway.mcp.schema import ArgumentsSchema, SchemaCache, SchemaRefused
 from gateway.mcp.store import McpStore
 from gateway.pipeline.call import Call
 from gateway.pipeline.request import McpRequest, RequestView
@@ -243,7 +243,7 @@ def _pinned_schema(open_store: Callable[[], McpStore] | None, server: str, tool:
     if pin.pending is not None:
         shown["changed"] = "the server changed this tool's definition; a live call is refused mcp_tool_changed until accepted"
     try:
-        schema = compile_schema(json.loads(stored))
+        schema = SchemaCache().get(pin.pinned, lambda: stored)
     except SchemaRefused as e:
         shown["input_schema"] = f"cannot be checked, so a live call is refused: {e}"
         return shown, None

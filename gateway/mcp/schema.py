@@ -241,19 +241,21 @@ class SchemaCache:
     def __contains__(self, digest: str) -> bool:
         return digest in self._compiled
 
-    def get(self, digest: str, schema: Callable[[], Any]) -> ArgumentsSchema | None:
-        """The compiled schema of `digest`; `schema()` gives its JSON the first time (None: not
+    def get(self, digest: str, schema: Callable[[], str | None]) -> ArgumentsSchema | None:
+        """The compiled schema of `digest`; `schema()` gives its JSON text the first time (None: not
         known yet, nothing cached, None returned). Raises `SchemaRefused` for one that cannot be
         compiled."""
         found = self._compiled.get(digest)
         if found is None:
-            raw = schema()
-            if raw is None:
+            text = schema()
+            if text is None:
                 return None
             try:
-                found = compile_schema(raw)
+                found = compile_schema(json.loads(text))
             except SchemaRefused as e:
                 found = e
+            except (ValueError, RecursionError):
+                found = SchemaRefused("the tool's input schema is not JSON")
             self._compiled[digest] = found
             if len(self._compiled) > self._size:
                 self._compiled.popitem(last=False)

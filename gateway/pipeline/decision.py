@@ -13,7 +13,6 @@ leaves (`store_unavailable`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -172,9 +171,8 @@ async def mcp(c: Ctx) -> None:
             f"the definition of {server} tool {tool} changed since it was pinned; an admin must accept it"
             f" (egress-gateway mcp accept {server} {tool})",
         )
-    stored = c.services.mcp.schema
     try:
-        c.input_schema = c.services.mcp_schemas.get(pin.pinned, lambda: None if (s := stored(pin.pinned)) is None else json.loads(s))
+        c.input_schema = c.services.mcp_schemas.get(pin.pinned, lambda: c.services.mcp.schema(pin.pinned))
     except SchemaRefused as e:
         raise Refusal("schema_violation", f"the input schema of {server} tool {tool} cannot be checked, so the tool is refused: {e}") from None
     if c.input_schema is None:

@@ -230,17 +230,18 @@ class McpDoor:
     def _schema_known(self, connector: McpConnector, name: str, digest: str, tool: dict[str, Any]) -> bool:
         """The pinned definition's input schema, compiled (once per process) and stored by its
         digest for every process's calls; a schema the gateway cannot check hides the tool."""
-        schema, known = tool.get("inputSchema"), digest in self.rt.mcp_schemas
+        known = digest in self.rt.mcp_schemas
+        text = None if known else json.dumps(tool.get("inputSchema"), ensure_ascii=False, separators=(",", ":"))
         try:
-            self.rt.mcp_schemas.get(digest, lambda: schema)
+            self.rt.mcp_schemas.get(digest, lambda: text)
         except SchemaRefused as e:
             if not known:
                 log.warning("MCP server %s tool %s hidden: %s", connector.name, name, e)
             return False
-        if known:
+        if text is None:
             return True
         try:
-            self.rt.mcp.remember_schema(digest, json.dumps(schema, ensure_ascii=False, separators=(",", ":")))
+            self.rt.mcp.remember_schema(digest, text)
         except StoreUnavailable as e:
             log.warning("MCP server %s tool %s hidden: its input schema cannot be stored (%s)", connector.name, name, e)
             return False

@@ -5,6 +5,7 @@ arguments judged as jsonschema judges them, messages that never quote a value, a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -188,10 +189,10 @@ def test_the_cache_compiles_once_keeps_refusals_and_forgets_the_oldest() -> None
     cache = SchemaCache(size=2)
     reads: list[str] = []
 
-    def reader(digest: str, schema: Any) -> Any:
-        def read() -> Any:
+    def reader(digest: str, schema: Any) -> Callable[[], str | None]:
+        def read() -> str | None:
             reads.append(digest)
-            return schema
+            return None if schema is None else json.dumps(schema)
         return read
 
     assert cache.get("sha256:unknown", reader("sha256:unknown", None)) is None
@@ -204,3 +205,5 @@ def test_the_cache_compiles_once_keeps_refusals_and_forgets_the_oldest() -> None
     assert reads == ["sha256:unknown", "sha256:a", "sha256:bad"]
     cache.get("sha256:c", reader("sha256:c", {}))  # the oldest, sha256:a, leaves
     assert "sha256:a" not in cache and "sha256:bad" in cache and "sha256:c" in cache
+    with pytest.raises(SchemaRefused, match="not JSON"):
+        cache.get("sha256:garbled", lambda: '{"type": ')

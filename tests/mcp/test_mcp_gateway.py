@@ -413,6 +413,18 @@ def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_
     admin = gw.token(sub="ops", role="admin")
     accepted = httpx.post(f"{gw.api_url}/v1/mcp/payments_json/tools/create_refund/accept", headers={"Authorization": f"Bearer {admin}"})
     assert accepted.status_code == 200 and accepted.json()["pinned"] == changed["pending"]
+
+    async def call_unlisted() -> tuple[str, dict[str, Any]]:
+        async with mcp_session(finance, JSON_URL) as (s, _):
+            with pytest.raises(McpError) as e:
+                await s.call_tool("create_refund", {"amount": 5, "customer_email": "c@example.net"})
+            return _refusal(e)
+
+    # The accepted definition's input schema is read when the server next lists it: until then, no
+    # call goes out unchecked.
+    message, data = asyncio.run(call_unlisted())
+    assert data["code"] == "mcp_tool_changed"
+    assert message == "the gateway has not read the definition of payments_json tool create_refund yet; list the tools (tools/list) before calling it"
     names, result = asyncio.run(listing_and_call())
     assert names == ["create_refund", "get_balance"]
     assert isinstance(result, types.CallToolResult) and result.structuredContent is not None

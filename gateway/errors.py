@@ -46,7 +46,7 @@ CODES: dict[str, tuple[int, str]] = {
     # 400: the request itself is malformed or does not fit the action
     "bad_request": (400, "the proxy request is malformed (bad CONNECT target, headers, framing)"),
     "malformed_body": (400, "the body could not be decoded as the action's encoding (JSON, form, query)"),
-    "schema_violation": (400, "the decoded body does not fit the action's request model"),
+    "schema_violation": (400, "the decoded body does not fit the action's request model (an MCP tool call: its pinned input schema, or that schema cannot be checked)"),
     "mcp_malformed": (400, "the MCP request is not JSON-RPC 2.0 the gateway can check (or a tools/call without a tool name)"),
     # 401/407: who is calling
     "identity_missing": (407, "no agent token in Proxy-Authorization (nor a client certificate on listen_tls)"),

@@ -27,6 +27,7 @@ from gateway.identity.quarantine import Change, Quarantines
 from gateway.identity.revocation import Revocations
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, SigningKey, Verifier
 from gateway.live_decisions import LiveDecisions
+from gateway.mcp.schema import SchemaCache
 from gateway.mcp.store import McpStore
 from gateway.metrics import Metrics
 from gateway.pipeline.breaker import Breaker
@@ -87,6 +88,7 @@ class Runtime:
     decisions: DecisionFeed = field(default_factory=MemoryFeed)  # GET /v1/decisions
     worker: int | None = None  # this process's index under `run --workers N`; None: the only process
     live: LiveDecisions = field(default_factory=LiveDecisions)  # the live decision streams (`/v1/decisions/stream`)
+    mcp_schemas: SchemaCache = field(default_factory=SchemaCache)  # pinned input schemas, compiled once per process
 
     @cached_property
     def allow_hosts(self) -> frozenset[str]:

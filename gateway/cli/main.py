@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_connectors
     )
     policy_cli.add_policy_commands(
-        sub, lookup=_lookup, policies_dir=_policies_dir, audit_dir=lambda a: _state(a).root, parents=[common]
+        sub, lookup=_lookup, policies_dir=_policies_dir, audit_dir=lambda a: _state(a).root,
+        mcp_store=lambda a: open_state(_config(a), _state(a)).mcp, parents=[common],
     )
     policy_cli.add_approvals_commands(sub, open_store=_approvals, parents=[common])
     add_mcp_commands(sub, open_store=lambda a: open_state(_config(a), _state(a)).mcp, parents=[common])

@@ -7,6 +7,7 @@ resolver functions of `args` (which carry `--config`/`--state-dir`).
 
     egress-gateway policy check [--policies DIR] [PATH ...]   exit 1 with file:line: reason
     egress-gateway policy test [--policies DIR] --as ROLE [--sub ID] [--tenant T] [--confidence X] REQUEST.json
+    egress-gateway policy test ... --mcp-server NAME --tool TOOL [--arguments JSON]
     egress-gateway policy report [DIR_OR_FILE ...]
     egress-gateway approvals list [--all] [--json]
     egress-gateway approvals approve|deny ID [--by NAME]
@@ -18,7 +19,11 @@ else the config's `policies:`), so they never disagree with the running gateway 
 
 `policy test` reads `{"connector": ..., "action": ..., "params": {...}}` and prints the decision
 the policy gives, without sending anything and without charging rates or budgets (it lists them).
-It exits 0 for allow and 1 for deny or approval_required.
+It exits 0 for allow and 1 for deny or approval_required. An MCP tool call is the same question
+(the server is the connector, the tool its action, the arguments its params), asked with
+`--mcp-server/--tool/--arguments` or in the file; its arguments are first checked against the
+input schema the gateway pinned for the tool (read from the state dir's store, as `mcp pins`
+does), and what was checked is shown under `mcp`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import getpass
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,12 +42,15 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from connectors import codecs
-from connectors.model import BodyEncoding
+from connectors.model import BodyEncoding, McpConnector
 from connectors.registry import Route
 from gateway.audit.log import verify
+from gateway.errors import CliError, GatewayError
 from gateway.identity.tokens import Identity
+from gateway.mcp.schema import ArgumentsSchema, SchemaCache, SchemaRefused
+from gateway.mcp.store import McpStore
 from gateway.pipeline.call import Call
-from gateway.pipeline.request import RequestView
+from gateway.pipeline.request import McpRequest, RequestView
 from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
 from gateway.policy.engine import Subject
@@ -58,6 +67,7 @@ def add_policy_commands(
     lookup: FromArgs[ConnectorLookup],
     policies_dir: FromArgs[Path],
     audit_dir: FromArgs[Path],
+    mcp_store: FromArgs[McpStore] | None = None,
     parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
     group = subparsers.add_parser("policy", help="check, test and report on policy files")
@@ -74,10 +84,14 @@ def add_policy_commands(
     test.add_argument("--tenant", default=None)
     test.add_argument("--confidence", type=float, default=None, help="as X-Agent-Confidence")
     test.add_argument("--policies", type=Path, help="the policy directory (default: the config's)")
-    test.add_argument("request", type=Path, help='JSON: {"connector", "action", "params"}')
+    test.add_argument("request", type=Path, nargs="?", help='JSON: {"connector", "action", "params"}')
+    test.add_argument("--mcp-server", help="an MCP server of mcp_servers: (instead of REQUEST.json)")
+    test.add_argument("--tool", help="the MCP tool called (with --mcp-server)")
+    test.add_argument("--arguments", default="{}", help="the tool's arguments, a JSON object (with --mcp-server)")
     test.set_defaults(
         func=lambda a: policy_test(
-            policies_dir(a), lookup(a), Subject(a.sub, a.role, a.tenant), a.request, a.confidence
+            policies_dir(a), lookup(a), Subject(a.sub, a.role, a.tenant), _probe(a), a.confidence,
+            (lambda: mcp_store(a)) if mcp_store is not None else None,
         )
     )
 
@@ -134,8 +148,39 @@ def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What `policy test` asks about: a request file, or an MCP tool call given on the command line."""
+
+    request: Path | None
+    mcp: tuple[str, str, str] | None = None  # server, tool, arguments (JSON)
+
+    def read(self) -> tuple[str, str, dict[str, Any]]:
+        """(connector, action, params); ValueError and the like for what cannot be read."""
+        if self.mcp is not None:
+            server, tool, arguments = self.mcp
+            params = json.loads(arguments)
+            if not isinstance(params, dict):
+                raise ValueError("--arguments must be a JSON object")
+            return server, tool, params
+        assert self.request is not None
+        req = json.loads(self.request.read_text())
+        return req["connector"], req["action"], dict(req.get("params", {}))
+
+
+def _probe(a: argparse.Namespace) -> Probe:
+    if (a.request is None) == (a.mcp_server is None) or (a.mcp_server is None) != (a.tool is None):
+        raise CliError("give either REQUEST.json or --mcp-server with --tool")
+    return Probe(a.request, (a.mcp_server, a.tool, a.arguments) if a.mcp_server is not None else None)
+
+
 def policy_test(
-    directory: Path, lookup: ConnectorLookup, subject: Subject, request: Path, confidence: float | None
+    directory: Path,
+    lookup: ConnectorLookup,
+    subject: Subject,
+    probe: Probe,
+    confidence: float | None,
+    mcp_store: Callable[[], McpStore] | None = None,
 ) -> int:
     """The decision a request would get, from the very steps a live call is judged by (the
     action's schema and coercion, then the policy: `gateway.pipeline.decision.judge`), as the audit
@@ -147,21 +192,28 @@ def policy_test(
             print(p, file=sys.stderr)
         return 2
     try:
-        req = json.loads(request.read_text())
-        params = dict(req.get("params", {}))
+        connector, action, params = probe.read()
         # The path's parameters, as policies name them (`_path.id`), are not body parameters.
-        route = _route(lookup, req["connector"], req["action"], params.pop(PATH_PARAMS, {}))
+        route = _route(lookup, connector, action, {} if isinstance(lookup(connector), McpConnector) else params.pop(PATH_PARAMS, {}))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"{request}: expected JSON with connector, action and params ({e})", file=sys.stderr)
+        print(f"{probe.request or '--arguments'}: expected JSON with connector, action and params ({e})", file=sys.stderr)
         return 2
     from gateway.pipeline.decision import judge  # loads the DLP models: only for this command
 
-    view = _view(route, params, confidence)
+    mcp: dict[str, Any] | None = None
+    schema: ArgumentsSchema | None = None
+    if isinstance(route.connector, McpConnector):
+        view = _mcp_view(route.connector, action, params)
+        mcp, schema = _pinned_schema(mcp_store, route.connector.name, action)
+    else:
+        view = _view(route, params, confidence)
     agent = Identity(subject.sub, subject.role, subject.tenant, ("*",), "policy-test", 0, 0, 0)
     call = Call(host=view.host, method=view.method, path=view.path)
-    ctx, refusal = asyncio.run(judge(view, call, route, agent, policies))
+    ctx, refusal = asyncio.run(judge(view, call, route, agent, policies, schema))
     decision = ctx.decision
     out = call.record(decision.outcome if decision else "deny", refusal or (decision.refusal if decision else None))
+    if mcp is not None:
+        out["mcp"] = mcp
     if decision is not None:
         out["quota"] = [
             {"rule": m.ref.id, "rate": m.rule.rate, "budget": m.rule.budget.model_dump() if m.rule.budget else None}
@@ -173,12 +225,47 @@ def policy_test(
     return 0 if decision is not None and decision.outcome == "allow" and refusal is None else 1
 
 
+def _pinned_schema(open_store: Callable[[], McpStore] | None, server: str, tool: str) -> tuple[dict[str, Any], ArgumentsSchema | None]:
+    """The tool's pinned input schema, compiled as a live call compiles it, and what `policy test`
+    says of it: which pin was checked, or why none was (a live call would then be refused)."""
+    shown: dict[str, Any] = {"server": server, "tool": tool}
+    try:
+        store = open_store() if open_store is not None else None
+        pin = store.state(server, tool) if store is not None else None
+        stored = store.schema(pin.pinned) if store is not None and pin is not None else None
+    except GatewayError as e:
+        shown["input_schema"] = f"not checked: the MCP store cannot be read ({type(e).__name__})"
+        return shown, None
+    if pin is None or stored is None:
+        shown["input_schema"] = "not checked: the gateway has not listed this tool yet (a live call is refused mcp_tool_changed)"
+        return shown, None
+    shown["pin"] = pin.pinned
+    if pin.pending is not None:
+        shown["changed"] = "the server changed this tool's definition; a live call is refused mcp_tool_changed until accepted"
+    try:
+        schema = SchemaCache().get(pin.pinned, lambda: stored)
+    except SchemaRefused as e:
+        shown["input_schema"] = f"cannot be checked, so a live call is refused: {e}"
+        return shown, None
+    shown["input_schema"] = "checked"
+    return shown, schema
+
+
 def _route(lookup: ConnectorLookup, connector: str, action: str, path: dict[str, str]) -> Route:
     found = lookup(connector)
     act = found.action(action) if found else None
     if found is None or act is None:
         raise ValueError(f"no action {connector}:{action}")
     return Route(found, act, {str(k): str(v) for k, v in path.items()})
+
+
+def _mcp_view(connector: McpConnector, tool: str, arguments: dict[str, Any]) -> RequestView:
+    """The tools/call an agent would POST, as the MCP door reads it: the tool and its arguments."""
+    host = connector.hosts[0] if connector.hosts else "?"
+    return RequestView(
+        tunnel=None, method="POST", raw_method=b"POST", scheme="https", host=host, port=443, authority=None,
+        host_header=None, sni=None, path=connector.endpoint, query="", headers=(), body=b"", mcp=McpRequest(tool, arguments),
+    )
 
 
 def _view(route: Route, params: dict[str, Any], confidence: float | None) -> RequestView:

@@ -28,6 +28,10 @@ MAX_BATCH = 64  # elements of one batch: each tools/call in it is one decision
 # Methods a client sends that need no tool decision; anything else a client asks is refused.
 PROTOCOL_METHODS = frozenset({"initialize", "ping", TOOLS_LIST, "logging/setLevel"})
 
+# Where a tools/call presents an approved approval inside the message (as `X-Egress-Approval` does
+# outside it): `params._meta["egress/approval"]`. Read by the gateway, never forwarded.
+APPROVAL_META = "egress/approval"
+
 RequestId = str | int
 _PROGRESS_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -70,6 +74,14 @@ class Message:
         if not isinstance(arguments, dict):
             raise Malformed("a tools/call's params.arguments must be an object")
         return params["name"], arguments
+
+    def approval(self) -> str | None:
+        """The approval id a tools/call presents in `params._meta` (`APPROVAL_META`), if any."""
+        meta = self.raw["params"].get("_meta")
+        presented = meta.get(APPROVAL_META) if isinstance(meta, dict) else None
+        if presented is not None and not isinstance(presented, str):
+            raise Malformed(f'params._meta["{APPROVAL_META}"] must be an approval id, a string')
+        return presented
 
     def as_forwarded(self, arguments: dict[str, Any]) -> Message:
         """This tools/call as it goes on: the tool, the (tokenized) arguments, and of `_meta` only
@@ -136,7 +148,11 @@ def refusal_answer(request_id: RequestId | None, refusal: Refusal, decision_id: 
     """The JSON-RPC error answering a refused request: the MCP SDKs raise it with `message`, so
     the model reads why; `data` carries the gateway's code and decision id (and an approval id)."""
     data: dict[str, Any] = {"code": refusal.code, "decision_id": decision_id, **refusal.details}
-    return {"jsonrpc": JSONRPC, "id": request_id, "error": {"code": REFUSED, "message": refusal.message, "data": data}}
+    message = refusal.message
+    if refusal.code == "approval_required" and isinstance(approval := refusal.details.get("approval_id"), str):
+        # The model reads this: where the id goes once a person has approved the call.
+        message += f'; once it is approved, call the tool again with the same arguments and params._meta {{"{APPROVAL_META}": "{approval}"}}'
+    return {"jsonrpc": JSONRPC, "id": request_id, "error": {"code": REFUSED, "message": message, "data": data}}
 
 
 def error_answer(request_id: RequestId | None, code: int, message: str) -> dict[str, Any]:

@@ -8,6 +8,9 @@ Redis) replaces it without touching its callers; both are opened by `gateway.sto
   (`Seen.NEW`), else `SAME`, or `CHANGED` (kept as the pending definition until accepted);
 - `state(server, tool)`: the pin and any pending change, for a call;
 - `accept(server, tool)`: an admin accepts the pending definition; `pins()` lists them;
+- `remember_schema` / `schema`: the input schema of a pinned definition, by the definition's
+  digest, so a call is checked against the schema its pin stands for on any process or replica
+  (`gateway.mcp.schema`); only the gateway's own compiled, size-bounded schemas are written;
 - `bind_session` / `session_agent`: a session id is bound to the agent whose initialize the server
   answered with it. Ids are stored hashed: the table is no list of live sessions to hijack. A
   binding never changes owner, so each process remembers the ones it has seen (`SessionOwners`): a
@@ -55,6 +58,10 @@ CREATE TABLE IF NOT EXISTS mcp_sessions (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS mcp_sessions_at ON mcp_sessions (at);
+CREATE TABLE IF NOT EXISTS mcp_schemas (
+    digest TEXT PRIMARY KEY,
+    schema TEXT NOT NULL
+);
 """
 
 
@@ -172,10 +179,6 @@ class McpStore:
         """Whether the tool has a pin (the server listed it, or the config named it)."""
         return self.state(server, tool) is not None
 
-    def changed(self, server: str, tool: str) -> bool:
-        """Whether a call of the tool must wait for an admin (`awaits_admin`)."""
-        return awaits_admin(self.state(server, tool))
-
     def accept(self, server: str, tool: str) -> Pin | None:
         """Make the pending definition the pin; None when the tool has no pending change."""
         with self._tx() as db:
@@ -196,6 +199,17 @@ class McpStore:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY server, tool", args).fetchall()
         return [Pin(*row) for row in rows]
+
+    def remember_schema(self, digest: str, schema: str) -> None:
+        """The input schema (JSON) of the definition whose digest is `digest`; the first one stays
+        (equal digests are equal definitions)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO mcp_schemas (digest, schema) VALUES (?,?) ON CONFLICT (digest) DO NOTHING", (digest, schema))
+
+    def schema(self, digest: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT schema FROM mcp_schemas WHERE digest=?", (digest,)).fetchone()
+        return str(row[0]) if row else None
 
     def bind_session(self, session: str, agent: str, server: str) -> bool:
         """Bind a session id the server issued to the agent; False if another agent holds it."""

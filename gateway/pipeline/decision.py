@@ -25,6 +25,7 @@ from connectors.registry import Route
 from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable
 from gateway.identity.issuers import narrow
 from gateway.identity.tokens import ADMIN_ROLE, METRICS_ROLE, Identity, token_from_proxy_authorization
+from gateway.mcp.schema import ArgumentsSchema, SchemaRefused
 from gateway.mcp.store import Pin, awaits_admin
 from gateway.pipeline import steps
 from gateway.pipeline.call import Call
@@ -59,6 +60,7 @@ class Ctx:
     policies: PolicySet | None = None
     decision: Decision | None = None
     pin: Pin | None = None  # an MCP tool's pin, read once by `route` for `mcp`
+    input_schema: ArgumentsSchema | None = None  # an MCP tool's pinned input schema, compiled
 
     @property
     def services(self) -> Runtime:
@@ -144,21 +146,45 @@ async def route(c: Ctx) -> None:
         c.services.check_quarantine(c.identity, c.route.connector.name)
 
 
+# Streamable HTTP clients GET the server's stream only within a session. A GET without one opens
+# the legacy HTTP+SSE transport, whose answers to POSTed calls arrive on that GET stream, apart
+# from the requests they answer: refused, never passed unchecked.
+LEGACY_SSE_REFUSED = (
+    "a GET without an Mcp-Session-Id opens the legacy HTTP+SSE transport (MCP 2024-11-05), which the gateway"
+    " does not carry; use the Streamable HTTP transport (POST JSON-RPC to this endpoint)"
+)
+
+
 async def mcp(c: Ctx) -> None:
-    """An MCP request: its session is one this agent opened, and a tool it calls still has the
-    definition that was pinned (a changed one waits for an admin: `mcp_tool_changed`)."""
+    """An MCP request: Streamable HTTP (a GET only within a session), its session one this agent
+    opened, and a tool it calls still has the definition that was pinned (a changed one waits for
+    an admin: `mcp_tool_changed`), whose input schema the arguments will be checked against."""
     if c.view.mcp is None:
         return
     assert c.route is not None
     session = c.view.header("mcp-session-id")
+    if session is None and c.view.method == "GET":
+        raise Refusal("unknown_action", LEGACY_SSE_REFUSED)
     if session is not None and c.services.mcp.session_agent(session) != c.call.agent:
         raise Refusal("mcp_session_foreign", "this MCP session was not opened through the gateway by this agent")
     server, tool = c.route.connector.name, c.view.mcp.tool
-    if tool is not None and awaits_admin(c.pin):
+    if tool is None:
+        return
+    pin = c.pin
+    if pin is None or awaits_admin(pin):  # (`route` read the pin of every tool it routed)
         raise Refusal(
             "mcp_tool_changed",
             f"the definition of {server} tool {tool} changed since it was pinned; an admin must accept it"
             f" (egress-gateway mcp accept {server} {tool})",
+        )
+    try:
+        c.input_schema = c.services.mcp_schemas.get(pin.pinned, lambda: c.services.mcp.schema(pin.pinned))
+    except SchemaRefused as e:
+        raise Refusal("schema_violation", f"the input schema of {server} tool {tool} cannot be checked, so the tool is refused: {e}") from None
+    if c.input_schema is None:
+        raise Refusal(
+            "mcp_tool_changed",
+            f"the gateway has not read the definition of {server} tool {tool} yet; list the tools (tools/list) before calling it",
         )
 
 
@@ -182,7 +208,10 @@ async def validate(c: Ctx) -> None:
     if c.route is None:
         return
     if c.view.mcp is not None:
-        # The tool's arguments, already read from the JSON-RPC message: a copy, as DLP rewrites it.
+        # The tool's arguments, already read from the JSON-RPC message: first against the tool's
+        # pinned input schema, then a copy, as DLP rewrites it.
+        if c.input_schema is not None:
+            steps.check_arguments(c.input_schema, c.view.mcp.arguments)
         c.params = c.judged = steps.validate_arguments(c.route.action, c.view.mcp.arguments)
         return
     cred, c.query = c.route.connector.credential, c.view.query
@@ -246,7 +275,8 @@ async def anomaly(c: Ctx) -> None:
 
 
 async def approval(c: Ctx) -> None:
-    """A call that needs approval is held, bound to these parameters; an approved retry passes.
+    """A call that needs approval is held, bound to these parameters; an approved retry passes
+    (the id in `X-Egress-Approval`, or in an MCP tools/call's `params._meta`).
 
     Asking for an approval is a call too: it counts against the rule's rates (60 such calls
     against a 20/minute rule must not leave 60 approvals pending), and one agent holds at most
@@ -255,7 +285,9 @@ async def approval(c: Ctx) -> None:
     d = c.decision
     if d is None or d.outcome != "approval_required" or c.route is None:
         return
-    approvals, presented = c.services.approvals, c.view.header(steps.APPROVAL_HEADER)
+    approvals = c.services.approvals
+    in_message = c.view.mcp.approval if c.view.mcp is not None else None
+    presented = in_message if in_message is not None else c.view.header(steps.APPROVAL_HEADER)
     if presented and approvals.use(d, c.judged, presented):
         c.call.extra["approval_id"] = presented
         return
@@ -387,11 +419,13 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
 
 
 async def judge(
-    view: RequestView, call: Call, route: Route, identity: Identity, policies: PolicySet | None
+    view: RequestView, call: Call, route: Route, identity: Identity, policies: PolicySet | None,
+    input_schema: ArgumentsSchema | None = None,
 ) -> tuple[Ctx, Refusal | None]:
     """A dry run of `JUDGE_STEPS` (validate, authorize) on a known action: what `policy test` shows
-    is decided by the very functions a live call goes through."""
-    ctx = Ctx(None, view, call, Forward(("", 0)), identity=identity, route=route, policies=policies)
+    is decided by the very functions a live call goes through (an MCP tool's arguments against
+    `input_schema`, its pinned one, when the caller could read it)."""
+    ctx = Ctx(None, view, call, Forward(("", 0)), identity=identity, route=route, policies=policies, input_schema=input_schema)
     call.identity, call.connector, call.action = identity, route.connector.name, route.action.name
     try:
         for step in JUDGE_STEPS:

@@ -51,6 +51,7 @@ class McpRequest:
 
     tool: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
+    approval: str | None = None  # an approval id the tools/call presents in its `params._meta`
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from connectors.model import MCP_TOOL_NAME, Action, Connector, Credential, Unkno
 from connectors.registry import Registry, Route
 from gateway.errors import Refusal, describe
 from gateway.identity.tokens import Identity
+from gateway.mcp.schema import ArgumentsInvalid, ArgumentsSchema, SchemaRefused
 from gateway.policy.engine import Decision, PolicySet, RequestContext, Subject
 
 if TYPE_CHECKING:
@@ -232,6 +233,16 @@ def validate_arguments(action: Action, arguments: dict[str, Any]) -> dict[str, A
         return action.request.model_validate(arguments).model_dump(mode="json")
     except ValidationError as e:
         raise Refusal("schema_violation", describe(e, "arguments")) from None
+
+
+def check_arguments(schema: ArgumentsSchema, arguments: dict[str, Any]) -> None:
+    """Step 4 for an MCP tool call, first: its arguments against the tool's pinned input schema."""
+    try:
+        schema.check(arguments)
+    except ArgumentsInvalid as e:
+        raise Refusal("schema_violation", f"the arguments do not fit the tool's input schema: {e}") from None
+    except SchemaRefused as e:
+        raise Refusal("schema_violation", f"the tool's input schema cannot be checked, so the call is refused: {e}") from None
 
 
 def subject(identity: Identity) -> Subject:

@@ -32,6 +32,7 @@ from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable
 from gateway.identity.tokens import Identity
 from gateway.mcp import jsonrpc
 from gateway.mcp.answer import AnswerEditor
+from gateway.mcp.schema import SchemaRefused
 from gateway.mcp.store import Seen
 from gateway.mcp.tools import definition_digest
 from gateway.pipeline import McpRequest, RequestView, Verdict, decide, may_call, request_call
@@ -151,12 +152,13 @@ class McpDoor:
         call = self._call(view, connector, methods=[jsonrpc.TOOLS_CALL])
         try:
             tool, arguments = m.tool_call()
+            approval = m.approval()
         except jsonrpc.Malformed as e:
             refusal = refused(self.rt, call, Refusal("mcp_malformed", str(e)), view.client)
             done.answers.append(jsonrpc.refusal_answer(m.id, refusal, call.decision_id))
             return
         call.extra["mcp"]["arguments"] = jsonrpc.arguments_digest(arguments, self._digest_key)
-        verdict = await decide(self.rt, replace(view, mcp=McpRequest(tool, arguments)), call)
+        verdict = await decide(self.rt, replace(view, mcp=McpRequest(tool, arguments, approval)), call)
         if verdict.refusal is not None:
             done.answers.append(jsonrpc.refusal_answer(m.id, verdict.refusal, call.decision_id))
             return
@@ -223,7 +225,27 @@ class McpDoor:
             self.rt.record_after({"type": event, "server": connector.name, "tool": name, "definition": digest})
             if seen is Seen.CHANGED:
                 log.warning("MCP server %s changed tool %s; hidden and refused until accepted", connector.name, name)
-        return seen in (Seen.NEW, Seen.SAME) and may_call(identity, policies, connector.name, name)
+        return seen in (Seen.NEW, Seen.SAME) and self._schema_known(connector, name, digest, tool) and may_call(identity, policies, connector.name, name)
+
+    def _schema_known(self, connector: McpConnector, name: str, digest: str, tool: dict[str, Any]) -> bool:
+        """The pinned definition's input schema, compiled (once per process) and stored by its
+        digest for every process's calls; a schema the gateway cannot check hides the tool."""
+        known = digest in self.rt.mcp_schemas
+        text = None if known else json.dumps(tool.get("inputSchema"), ensure_ascii=False, separators=(",", ":"))
+        try:
+            self.rt.mcp_schemas.get(digest, lambda: text)
+        except SchemaRefused as e:
+            if not known:
+                log.warning("MCP server %s tool %s hidden: %s", connector.name, name, e)
+            return False
+        if text is None:
+            return True
+        try:
+            self.rt.mcp.remember_schema(digest, text)
+        except StoreUnavailable as e:
+            log.warning("MCP server %s tool %s hidden: its input schema cannot be stored (%s)", connector.name, name, e)
+            return False
+        return True
 
     def _server_request(self, flow: http.HTTPFlow, open_tunnel: OpenTunnel, connector: McpConnector, msg: dict[str, Any]) -> bool:
         """A request of the server's own: passed if a policy names its method for this agent, else

@@ -475,6 +475,7 @@ class RedisToolShelf:
 
 MCP_PINS = PREFIX + "mcp:pins"
 _MCP_SESSION = PREFIX + "mcp:session:"
+MCP_SCHEMAS = PREFIX + "mcp:schemas"  # definition digest -> its input schema (JSON)
 
 # A pin is one field of MCP_PINS, named by the JSON of [server, tool], holding the JSON of the row
 # the SQLite table has (absent fields are NULL; times as strings, exact). Each script is one of the
@@ -577,6 +578,15 @@ class RedisMcpStore(McpStore):
             server_name, tool = json.loads(field)
             found.append(_pin(server_name, tool, raw))
         return sorted((p for p in found if server is None or p.server == server), key=lambda p: (p.server, p.tool))
+
+    def remember_schema(self, digest: str, schema: str) -> None:
+        with _store("MCP"):
+            self._redis.hsetnx(MCP_SCHEMAS, digest, schema)
+
+    def schema(self, digest: str) -> str | None:
+        with _store("MCP"):
+            raw = self._redis.hget(MCP_SCHEMAS, digest)
+        return None if raw is None else _text(raw)
 
     def _bind(self, id_hash: str, agent: str, server: str) -> tuple[str, float]:
         binding = json.dumps({"agent": agent, "server": server, "at": self._clock()})

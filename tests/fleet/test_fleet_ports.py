@@ -185,6 +185,10 @@ def test_observe_racing_on_two_clients_pins_exactly_one_definition(fleet: Fleet)
         pin = stores[1 - winner].state("race-server", tool)
         assert pin is not None and (pin.pinned, pin.pending) == (f"sha256:{winner}", f"sha256:{1 - winner}")
     assert len(stores[0].pins("race-server")) == 40
+    # A pinned definition's input schema, stored by one replica, is read by the other; the first stays.
+    stores[0].remember_schema("sha256:race-schema", '{"type":"object"}')
+    stores[1].remember_schema("sha256:race-schema", '{"type":"string"}')
+    assert stores[1].schema("sha256:race-schema") == '{"type":"object"}' and stores[0].schema("sha256:none") is None
 
 
 # --- registered connectors ----------------------------------------------------------------------

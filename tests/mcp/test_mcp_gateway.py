@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from mcp import types
+from mcp import ClientSession, types
+from mcp.client.sse import sse_client
 from mcp.shared.exceptions import McpError
 
 from dlp.tokens import TOKEN_RE
@@ -25,8 +26,8 @@ from tests.mcp.agents import Exports, agent_exports, http_client, mcp_session, s
 from tests.mcp.server import CHANGED_DOC, McpVendor
 from tests.processes import GatewayProcess
 
-SSE_HOST, JSON_HOST = "mcp.payments.test", "mcp-json.payments.test"
-SSE_URL, JSON_URL = f"https://{SSE_HOST}/mcp", f"https://{JSON_HOST}/mcp"
+SSE_HOST, JSON_HOST, LEGACY_HOST = "mcp.payments.test", "mcp-json.payments.test", "mcp-legacy.payments.test"
+SSE_URL, JSON_URL, LEGACY_URL = f"https://{SSE_HOST}/mcp", f"https://{JSON_HOST}/mcp", f"https://{LEGACY_HOST}/sse"
 MCP_TOKEN = "mcp-server-token-0004"
 EMAIL = "jane.doe@example.com"
 ACCEPT = {"accept": "application/json, text/event-stream"}
@@ -46,6 +47,8 @@ rules:
     budget: {field: amount, limit: 2000, per: day}
   - connector: payments_json
     actions: [get_balance]
+  - connector: legacy
+    actions: [get_balance]
 dlp:
   tokenize: [EMAIL_ADDRESS]
   reveal: [EMAIL_ADDRESS]
@@ -59,6 +62,13 @@ rules:
 dlp:
   tokenize: [EMAIL_ADDRESS]
   reveal: []
+"""
+TREASURY = """
+version: 1
+subjects: {roles: [treasury]}
+rules:
+  - connector: payments_json
+    actions: [transfer, lookup]
 """
 SAMPLER = """
 version: 1
@@ -79,21 +89,33 @@ def servers(pki: PKI) -> Iterator[tuple[McpVendor, McpVendor]]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVendor, McpVendor]) -> Iterator[GatewayProcess]:
+def legacy(pki: PKI) -> Iterator[McpVendor]:
+    """A server of the legacy HTTP+SSE transport only (GET /sse, then POST /messages/)."""
+    vendor = McpVendor(pki.leaf("mcp-legacy", (LEGACY_HOST,)), legacy=True)
+    yield vendor
+    vendor.close()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVendor, McpVendor], legacy: McpVendor
+) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("mcp-gateway")
     policies = root / "policies"
     policies.mkdir()
     (policies / "finance.yaml").write_text(FINANCE)
     (policies / "support.yaml").write_text(SUPPORT)
     (policies / "sampler.yaml").write_text(SAMPLER)
+    (policies / "treasury.yaml").write_text(TREASURY)
     sse, plain = servers
     settings = {
-        "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url},
+        "upstreams": {SSE_HOST: sse.url, JSON_HOST: plain.url, LEGACY_HOST: legacy.url},
         "upstream_ca": str(pki.ca_file),
         "policies": str(policies),
         "mcp_servers": {
             "payments": {"url": SSE_URL, "credential": "env:TEST_MCP_TOKEN"},
             "payments_json": {"url": JSON_URL, "credential": "env:TEST_MCP_TOKEN"},
+            "legacy": {"url": LEGACY_URL, "credential": "env:TEST_MCP_TOKEN"},
         },
     }
     with GatewayProcess(root, settings, {"TEST_MCP_TOKEN": MCP_TOKEN}).start() as g:
@@ -102,7 +124,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, servers: tuple[McpVen
 
 @pytest.fixture(scope="module")
 def finance(gw: GatewayProcess) -> Exports:
-    return agent_exports(gw, "finance-agent", "finance", "payments:*", "payments_json:*")
+    return agent_exports(gw, "finance-agent", "finance", "payments:*", "payments_json:*", "legacy:*")
 
 
 def _agent(gw: GatewayProcess, finance: Exports, sub: str, role: str = "finance") -> Exports:
@@ -236,6 +258,43 @@ def test_an_approval_is_bound_to_the_arguments(gw: GatewayProcess, finance: Expo
     ]
 
 
+def test_an_approval_presented_in_meta_is_bound_single_use_and_never_forwarded(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    """The id in `params._meta["egress/approval"]` works as the header does: for these arguments
+    only, once; the refusal tells the model where it goes; the server never sees it."""
+    sse, _ = servers
+    agent = _agent(gw, finance, "meta-approver")
+    args = {"amount": 160000, "customer_email": "meta@example.org"}
+
+    async def call(arguments: dict[str, Any], meta: dict[str, Any] | None) -> types.CallToolResult | tuple[str, dict[str, Any]]:
+        async with mcp_session(agent, SSE_URL) as (s, _):
+            await s.list_tools()
+            try:
+                return await s.call_tool("create_refund", arguments, meta=meta)
+            except McpError as e:
+                assert e.error.code == -32003 and isinstance(e.error.data, dict)
+                return e.error.message, e.error.data
+
+    held = asyncio.run(call(args, None))
+    assert isinstance(held, tuple) and held[1]["code"] == "approval_required"
+    approval = held[1]["approval_id"]
+    assert held[0].endswith(f'; once it is approved, call the tool again with the same arguments and params._meta {{"egress/approval": "{approval}"}}')
+    admin = gw.token(sub="ops", role="admin")
+    assert httpx.post(f"{gw.api_url}/v1/approvals/{approval}/approve", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    presented = {"egress/approval": approval}
+    other = asyncio.run(call({**args, "amount": 160001}, presented))
+    assert isinstance(other, tuple) and other[1]["code"] == "approval_required" and other[1]["approval_id"] != approval
+    bodies = len(sse.bodies)
+    same = asyncio.run(call(args, presented))
+    assert isinstance(same, types.CallToolResult) and not same.isError and same.structuredContent is not None
+    assert same.structuredContent["refunded"] == 160000
+    assert not any(approval.encode() in b or b"egress/approval" in b for b in sse.bodies[bodies:])
+    again = asyncio.run(call(args, presented))
+    assert isinstance(again, tuple) and again[1]["code"] == "approval_required"
+    malformed = asyncio.run(call(args, {"egress/approval": 7}))
+    assert isinstance(malformed, tuple) and malformed[1]["code"] == "mcp_malformed"
+    assert [a["amount"] for t, a in sse.received if t == "create_refund" and a["amount"] >= 160000] == [160000]
+
+
 def test_string_arguments_leave_tokenized_and_come_back_restored_only_for_revealers(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
     sse, _ = servers
     support = _agent(gw, finance, "support-agent", "support")
@@ -354,11 +413,142 @@ def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_
     admin = gw.token(sub="ops", role="admin")
     accepted = httpx.post(f"{gw.api_url}/v1/mcp/payments_json/tools/create_refund/accept", headers={"Authorization": f"Bearer {admin}"})
     assert accepted.status_code == 200 and accepted.json()["pinned"] == changed["pending"]
+
+    async def call_unlisted() -> tuple[str, dict[str, Any]]:
+        async with mcp_session(finance, JSON_URL) as (s, _):
+            with pytest.raises(McpError) as e:
+                await s.call_tool("create_refund", {"amount": 5, "customer_email": "c@example.net"})
+            return _refusal(e)
+
+    # The accepted definition's input schema is read when the server next lists it: until then, no
+    # call goes out unchecked.
+    message, data = asyncio.run(call_unlisted())
+    assert data["code"] == "mcp_tool_changed"
+    assert message == "the gateway has not read the definition of payments_json tool create_refund yet; list the tools (tools/list) before calling it"
     names, result = asyncio.run(listing_and_call())
     assert names == ["create_refund", "get_balance"]
     assert isinstance(result, types.CallToolResult) and result.structuredContent is not None
     assert result.structuredContent["refunded"] == 5
     assert [r["phase"] for r in gw.audit() if r.get("phase") == "mcp_accept"] == ["mcp_accept"]
+
+
+def test_arguments_are_checked_against_the_pinned_input_schema_before_any_policy(
+    gw: GatewayProcess, finance: Exports, servers: Any
+) -> None:
+    """`transfer`'s listed schema is stricter than the server's own check: every call that breaks
+    it is refused by the gateway (schema_violation, no value quoted) and never reaches the server;
+    `lookup`'s schema refers to another document, so it is hidden and its calls refused."""
+    _, plain = servers
+    treasury = _agent(gw, finance, "treasury-agent", "treasury")
+    secret = "jane.doe@example.com"
+    bad: list[dict[str, Any]] = [
+        {"amount": "100", "currency": "usd"},  # wrong type
+        {"currency": "usd"},  # missing required
+        {"amount": 5, "currency": "usd", secret: 1},  # a property the tool does not declare
+        {"amount": 0, "currency": "usd"},  # under the minimum
+        {"amount": 5, "currency": secret},  # not in the enum
+        {"amount": 5, "currency": "usd", "memo": "a" * 200_000 + "!"},  # backtracking bait, huge
+        {"amount": 5, "currency": "usd", "memo": [[[[[[[[secret]]]]]]]]},  # nested where a string is due
+    ]
+
+    async def run() -> tuple[list[str], list[Any], Any, Any]:
+        async with mcp_session(treasury, JSON_URL) as (s, _):
+            names = _names(await s.list_tools())
+            refused = []
+            for arguments in bad:
+                with pytest.raises(McpError) as e:
+                    await s.call_tool("transfer", arguments)
+                refused.append(_refusal(e))
+            ok = await s.call_tool("transfer", {"amount": 5, "currency": "eur", "memo": "rent due"})
+            with pytest.raises(McpError) as hostile:
+                await s.call_tool("lookup", {"q": "x"})
+            return names, refused, ok, _refusal(hostile)
+
+    start = len(plain.received)
+    names, refused, ok, hostile = asyncio.run(run())
+    assert names == ["transfer"]  # lookup's schema cannot be checked: not shown
+    assert [data["code"] for _, data in refused] == ["schema_violation"] * len(bad)
+    assert [message.removeprefix("the arguments do not fit the tool's input schema: ") for message, _ in refused] == [
+        "arguments.amount must be of type integer",
+        "arguments lacks the required property amount",
+        "arguments has 1 property the tool does not declare",
+        "arguments.amount fails the input schema's minimum (1)",
+        "arguments.currency fails the input schema's enum",
+        "arguments.memo fails the input schema's pattern",
+        "arguments.memo must be of type string",
+    ]
+    assert isinstance(ok.content[0], types.TextContent) and ok.content[0].text == "moved 5 eur"
+    assert hostile[1]["code"] == "schema_violation"
+    assert hostile[0] == (
+        "the input schema of payments_json tool lookup cannot be checked, so the tool is refused:"
+        " the tool's input schema refers outside itself ($ref to another document)"
+    )
+    assert plain.received[start:] == [("transfer", {"amount": 5, "currency": "eur", "memo": "rent due"})]
+    records = {r["decision_id"]: r for r in gw.audit() if "decision_id" in r}
+    for _, data in refused:
+        record = records[data["decision_id"]]
+        assert (record["action"], record["code"], record["mcp"]["arguments"][:12]) == ("transfer", "schema_violation", "hmac-sha256:")
+    assert secret not in gw.audit_file.read_text()
+
+
+def test_policy_test_answers_for_an_mcp_tool_call(gw: GatewayProcess, finance: Exports, tmp_path: Path) -> None:
+    """`policy test --mcp-server --tool --arguments` goes through the same judging as a live call:
+    the pinned input schema first (read from the gateway's store), then the policy and its params."""
+    async def listed() -> list[str]:
+        async with mcp_session(_agent(gw, finance, "treasury-lister", "treasury"), JSON_URL) as (s, _):
+            return _names(await s.list_tools())
+
+    assert asyncio.run(listed()) == ["transfer"]
+
+    def test(role: str, server: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        out = gw.cli("policy", "test", "--as", role, "--mcp-server", server, "--tool", tool, "--arguments", json.dumps(arguments), check=False)
+        return out.returncode, json.loads(out.stdout)
+
+    status, ok = test("treasury", "payments_json", "transfer", {"amount": 5, "currency": "usd"})
+    assert (status, ok["decision"], ok["connector"], ok["action"]) == (0, "allow", "payments_json", "transfer")
+    assert ok["mcp"]["input_schema"] == "checked" and ok["mcp"]["pin"].startswith("sha256:")
+    status, bad = test("treasury", "payments_json", "transfer", {"amount": "5", "currency": "usd"})
+    assert (status, bad["decision"], bad["code"]) == (1, "deny", "schema_violation")
+    assert bad["message"] == "the arguments do not fit the tool's input schema: arguments.amount must be of type integer"
+    status, held = test("finance", "payments", "create_refund", {"amount": 150000, "customer_email": "r@example.org"})
+    assert (status, held["decision"]) == (1, "approval_required")
+    status, unlisted = test("finance", "payments", "never_listed", {})
+    assert status == 1 and unlisted["code"] == "policy_denied" and unlisted["mcp"]["input_schema"].startswith("not checked")
+    req = tmp_path / "refund.json"
+    req.write_text(json.dumps({"connector": "payments_json", "action": "transfer", "params": {"amount": 5, "currency": "gbp"}}))
+    from_file = gw.cli("policy", "test", "--as", "treasury", str(req), check=False)
+    assert from_file.returncode == 1 and json.loads(from_file.stdout)["code"] == "schema_violation"
+    both = gw.cli("policy", "test", "--as", "treasury", str(req), "--mcp-server", "payments_json", "--tool", "transfer", check=False)
+    assert both.returncode == 2 and "either REQUEST.json or --mcp-server with --tool" in both.stderr
+
+
+def test_the_legacy_sse_transport_is_refused_clearly_and_never_reaches_the_server(
+    gw: GatewayProcess, finance: Exports, legacy: McpVendor
+) -> None:
+    """The SDK's `sse_client` against FastMCP's `sse_app`: its GET opening the stream is refused with
+    a message naming Streamable HTTP (no stream, so no answer can pass unchecked), and a POST to the
+    server's message path is no action of it; the server sees neither."""
+    def factory(headers: dict[str, str] | None = None, timeout: httpx.Timeout | None = None, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+        return http_client(finance, headers)
+
+    async def run() -> tuple[BaseException, httpx.Response, httpx.Response]:
+        with pytest.raises(BaseException) as e:  # the SDK raises it inside task groups: unwrapped below
+            async with sse_client(LEGACY_URL, httpx_client_factory=factory) as (read, write), ClientSession(read, write) as s:
+                await s.initialize()
+        async with http_client(finance) as c:
+            get = await c.get(LEGACY_URL, headers={"accept": "text/event-stream"})
+            post = await c.post(f"https://{LEGACY_HOST}/messages/?session_id=0123", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        return e.value, get, post
+
+    caught, get, post = asyncio.run(run())
+    while isinstance(caught, BaseExceptionGroup) and len(caught.exceptions) == 1:
+        caught = caught.exceptions[0]
+    assert isinstance(caught, httpx.HTTPStatusError) and caught.response.status_code == 403
+    assert get.status_code == 403 and get.json()["error"]["code"] == "unknown_action"
+    assert get.json()["error"]["message"].startswith("a GET without an Mcp-Session-Id opens the legacy HTTP+SSE transport (MCP 2024-11-05)")
+    assert "use the Streamable HTTP transport" in get.json()["error"]["message"]
+    assert post.status_code == 403 and post.json()["error"]["code"] == "unknown_action"
+    assert legacy.requests == []
 
 
 def test_policies_name_mcp_tools_and_pins_bound_them(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gateway.errors import Refusal
 from gateway.mcp import jsonrpc
 from gateway.mcp.answer import AnswerEditor
-from gateway.mcp.store import SESSION_TTL, McpStore, Seen
+from gateway.mcp.store import SESSION_TTL, McpStore, Seen, awaits_admin
 from gateway.mcp.tools import definition_digest, filter_list
 
 TOOLS: list[dict[str, Any]] = [
@@ -57,12 +57,30 @@ def test_a_tools_call_is_read_and_its_arguments_replaced() -> None:
         bad.tool_call()
 
 
-def test_a_refusal_answer_carries_the_id_code_and_decision() -> None:
+def test_a_refusal_answer_carries_the_id_code_and_decision_and_says_where_an_approval_goes() -> None:
     refusal = Refusal("approval_required", "needs approval", details={"approval_id": "apr_1"})
+    hint = '; once it is approved, call the tool again with the same arguments and params._meta {"egress/approval": "apr_1"}'
     assert jsonrpc.refusal_answer(7, refusal, "dec_1") == {
         "jsonrpc": "2.0", "id": 7,
-        "error": {"code": -32003, "message": "needs approval", "data": {"code": "approval_required", "decision_id": "dec_1", "approval_id": "apr_1"}},
+        "error": {"code": -32003, "message": "needs approval" + hint,
+                  "data": {"code": "approval_required", "decision_id": "dec_1", "approval_id": "apr_1"}},
     }
+    assert jsonrpc.refusal_answer(8, Refusal("policy_denied", "no"), "dec_2")["error"]["message"] == "no"
+
+
+def test_an_approval_in_meta_is_read_and_never_forwarded() -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "t", "arguments": {}, "_meta": {"egress/approval": "apr_x", "progressToken": "p1"}}}
+    (m,), _ = jsonrpc.parse(json.dumps(body).encode())
+    assert m.approval() == "apr_x"
+    assert m.as_forwarded({}).raw["params"] == {"name": "t", "arguments": {}, "_meta": {"progressToken": "p1"}}
+    for meta in ({}, {"other/key": "apr_x"}, None):
+        (plain,), _ = jsonrpc.parse(json.dumps({**body, "params": {"name": "t", "_meta": meta}}).encode())
+        assert plain.approval() is None
+    for wrong in (1, ["apr_x"], {"id": "apr_x"}):
+        (bad,), _ = jsonrpc.parse(json.dumps({**body, "params": {"name": "t", "_meta": {"egress/approval": wrong}}}).encode())
+        with pytest.raises(jsonrpc.Malformed, match="must be an approval id"):
+            bad.approval()
 
 
 def test_the_argument_digest_is_keyed_and_order_free() -> None:
@@ -158,17 +176,21 @@ def test_pins_sessions_and_their_acceptance(tmp_path: Path) -> None:
     assert store.observe("s", "t", "sha256:1") is Seen.NEW
     assert store.observe("s", "t", "sha256:1") is Seen.SAME
     assert store.observe("s", "t", "sha256:2") is Seen.CHANGED
-    assert store.observe("s", "t", "sha256:2") is Seen.STILL_CHANGED and store.changed("s", "t")
+    assert store.observe("s", "t", "sha256:2") is Seen.STILL_CHANGED and awaits_admin(store.state("s", "t"))
     assert store.accept("s", "nope") is None
     accepted = store.accept("s", "t")
     assert accepted is not None and (accepted.pinned, accepted.pending, accepted.source) == ("sha256:2", None, "admin")
-    assert not store.changed("s", "t") and store.changed("s", "never_listed")
+    assert not awaits_admin(store.state("s", "t")) and awaits_admin(store.state("s", "never_listed"))
     assert store.observe("s", "pinned_tool", "sha256:" + "b" * 64) is Seen.CHANGED  # the config's pin holds
     assert store.accept("s", "pinned_tool") is not None
+    store.remember_schema("sha256:1", '{"type":"object"}')
+    store.remember_schema("sha256:1", '{"type":"string"}')  # equal digests are equal definitions: the first stays
+    assert store.schema("sha256:1") == '{"type":"object"}' and store.schema("sha256:2") is None
     store.close()
     again = McpStore(path, {"s": {"pinned_tool": "sha256:" + "a" * 64}})  # restart, same config: the acceptance stays
     state = again.state("s", "pinned_tool")
     assert state is not None and state.pinned == "sha256:" + "b" * 64
+    assert again.schema("sha256:1") == '{"type":"object"}'
     assert again.bind_session("sid-1", "t/alice", "s") and again.bind_session("sid-1", "t/alice", "s")
     assert not again.bind_session("sid-1", "t/mallory", "s")
     assert again.session_agent("sid-1") == "t/alice" and again.session_agent("sid-2") is None

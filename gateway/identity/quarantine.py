@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.identity.revocation import POLL_SECONDS
+from gateway.state import open_db, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,11 @@ class Quarantines:
         self._active: dict[tuple[str, str], Change] = {}
         self._seen = -1
         self._lock = threading.Lock()  # the API's `set` and the watcher's reload: each change reported once
-        with self._connect() as db:
+        self._db_lock = threading.Lock()  # the one connection (as `Revocations`: not one per poll)
+        self._db = open_db(path)
+        with write_transaction(self._db, self._db_lock) as db:
             db.execute(_SCHEMA)
         self.refresh()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, timeout=5)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
 
     def set(self, scope: str, value: str, *, release: bool, reason: str, by: str) -> list[Change]:
         """Quarantine (or release) one scope; returns the changes this process had not yet seen,
@@ -92,7 +90,7 @@ class Quarantines:
 
     def _append(self, scope: str, value: str, release: bool, reason: str, by: str) -> None:
         """The storage primitive `set` uses (the fleet's store replaces it and `refresh`)."""
-        with self._connect() as db:
+        with write_transaction(self._db, self._db_lock) as db:
             db.execute(
                 "INSERT INTO quarantines (scope, value, released, reason, by, at) VALUES (?, ?, ?, ?, ?, ?)",
                 (scope, value, int(release), reason, by, time.time()),
@@ -101,11 +99,12 @@ class Quarantines:
     def refresh(self) -> list[Change]:
         """Reload when the table has grown; returns the new changes (none at the first load).
         Raises on a store error (the caller decides)."""
-        with self._lock, self._connect() as db:
-            (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM quarantines").fetchone()
-            if last == self._seen:
-                return []
-            rows = db.execute("SELECT id, scope, value, released, reason, by, at FROM quarantines ORDER BY id").fetchall()
+        with self._lock:
+            with self._db_lock:
+                (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM quarantines").fetchone()
+                if last == self._seen:
+                    return []
+                rows = self._db.execute("SELECT id, scope, value, released, reason, by, at FROM quarantines ORDER BY id").fetchall()
             return self._load(rows, last)
 
     def _load(self, rows: list[tuple[Any, ...]], last: int) -> list[Change]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
+
+from gateway.state import open_db, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -38,30 +41,28 @@ class Revocations:
         self._jtis: set[str] = set()
         self._subs: dict[str, float] = {}
         self._seen = -1
-        with self._connect() as db:
+        # One connection, not one per poll: four polls a second each opened the file anew.
+        self._lock = threading.Lock()
+        self._db = open_db(path)
+        with write_transaction(self._db, self._lock) as db:
             db.execute(_SCHEMA)
         self.refresh()
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, timeout=5)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
 
     def revoke(self, *, jti: str | None = None, sub: str | None = None) -> None:
         if (jti is None) == (sub is None):
             raise ValueError("revoke exactly one of jti or sub")
         kind, value = ("jti", jti) if jti is not None else ("sub", sub)
-        with self._connect() as db:
+        with write_transaction(self._db, self._lock) as db:
             db.execute("INSERT INTO revocations (kind, value, at) VALUES (?, ?, ?)", (kind, value, time.time()))
         self.refresh()
 
     def refresh(self) -> None:
         """Reload when the table has grown; raises on a store error (the caller decides)."""
-        with self._connect() as db:
-            (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM revocations").fetchone()
+        with self._lock:
+            (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM revocations").fetchone()
             if last == self._seen:
                 return
-            rows = db.execute("SELECT kind, value, at FROM revocations").fetchall()
+            rows = self._db.execute("SELECT kind, value, at FROM revocations").fetchall()
         jtis = {v for k, v, _ in rows if k == "jti"}
         subs: dict[str, float] = {}
         for k, v, at in rows:

@@ -137,7 +137,9 @@ def test_a_first_seen_action_waits_for_approval_then_ratify_and_reset(watched: G
             "shapes:openai:chat_completions"]  # the action, and its parameters' shape (hashed names)
         # Ratified from the CLI: what it did since is normal now.
         watched.cli("baseline", "ratify", sub)
-        wait_for(lambda: c.post(CHAT, json=chat("hi")).status_code == 200, "the ratification to apply", 10)
+        # Waited for through the API: polling with calls would itself be a rate far above the baseline.
+        wait_for(lambda: not _baseline(watched, sub)["novel"], "the ratification to apply", 10)
+        assert c.post(CHAT, json=chat("hi")).status_code == 200
         assert _baseline(watched, sub)["actions"] == ["openai:chat_completions", "openai:embeddings"]
         # Reset from the API: observed again from its next call, so nothing is unusual.
         reset = httpx.post(f"{watched.api_url}/v1/agents/{sub}/baseline/reset", headers=admin)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
+
 from tests.clients import basic, chat, client, raw_connect
 from tests.processes import GatewayProcess
 from tests.telemetry.receivers import OtlpReceiver, Span, wait_for
@@ -78,3 +80,25 @@ def test_an_allowed_connect_adds_no_span_to_its_requests(observed: GatewayProces
     mine = [s for s in list(otlp.spans) if s.attributes.get("egress.agent.sub") == sub]
     assert sorted((s.name, s.attributes.get("http.request.method")) for s in mine) == [
         ("egress.decision", "POST"), ("egress.upstream", "POST")]
+
+
+def test_a_quarantined_agents_connect_is_one_span_with_its_agent(observed: GatewayProcess, otlp: OtlpReceiver) -> None:
+    sub = f"stopped-{uuid.uuid4().hex[:8]}"
+    admin = {"authorization": f"Bearer {observed.token(role='admin')}"}
+    url = f"{observed.api_url}/v1/quarantine"
+    assert httpx.post(url, json={"sub": sub, "reason": "connect trace"}, headers=admin).status_code == 200
+    try:
+        token = observed.token(sub=sub, role="research", scopes=("openai:*",))
+        sock, refusal = raw_connect(observed, "api.openai.com", basic(token))
+        sock.close()
+    finally:
+        assert httpx.post(url, json={"sub": sub, "reason": "over", "release": True}, headers=admin).status_code == 200
+    err = refusal.error()
+    assert err["code"] == "quarantined"
+    (span,) = _spans_of(otlp, err["decision_id"])
+    assert span.parent_span_id == "" and (span.status_code, span.status_message) == (2, "quarantined")
+    assert span.attributes == {
+        "egress.decision_id": err["decision_id"], "egress.agent.sub": sub, "egress.agent.role": "research",
+        "egress.decision": "deny", "egress.code": "quarantined", "server.address": "api.openai.com",
+        "http.request.method": "CONNECT",
+    }

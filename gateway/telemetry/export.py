@@ -7,15 +7,15 @@ no lock and no wake-up: the thread is never woken per record, it wakes every `FL
 what has queued, turns it into events and sends them in one batch (one file write, one POST). A
 record's events are built and serialized once, by the first destination thread that needs them,
 and shared by the others (`Entry`). When a queue is full the record is dropped, counted
-(`egress_siem_events_dropped_total`) and logged (once per burst, not once per record), and the call
-goes on: a slow or dead SIEM never holds a call. An HTTPS batch is retried with backoff (`RETRIES`)
+(`egress_siem_events_dropped_total`) and logged (once until the thread has caught up, not once per
+record), and the call goes on: a slow or dead SIEM never holds a call. An HTTPS batch is retried with backoff (`RETRIES`)
 before it is given up as failed (`egress_siem_export_failures_total`). A SIEM is told what the
 audit log holds, never more.
 
-Why batches on a timer: with one wake-up per record, the thread took ~150 µs of CPU per record on a
-busy gateway (waking, taking the GIL from the event loop, a file open per record), ~300 µs per call
-(`bench/telemetry_bench.py`); building the same events in batches of a fifth of a second costs a
-fraction of it, at the price of events reaching the SIEM up to `FLUSH_SECONDS` later.
+Why batches on a timer: woken for each record, the thread took ~150 µs of CPU per record on a busy
+gateway (waking, taking the GIL from the event loop, building, a file open per record), 320-390 µs
+per call of `bench/telemetry_bench.py`'s load; in batches of a fifth of a second it takes ~45 µs per
+call, at the price of events reaching the SIEM up to `FLUSH_SECONDS` later.
 """
 
 from __future__ import annotations

@@ -102,3 +102,15 @@ def test_a_quarantined_agents_connect_is_one_span_with_its_agent(observed: Gatew
         "egress.decision": "deny", "egress.code": "quarantined", "server.address": "api.openai.com",
         "http.request.method": "CONNECT",
     }
+
+
+def test_a_hostile_traceparent_on_a_connect_parents_nothing_and_leaks_nothing(observed: GatewayProcess,
+                                                                             otlp: OtlpReceiver) -> None:
+    hostile = {"traceparent": f"00-{AGENT_TRACE}-{AGENT_SPAN}-01;jane.doe@example.com", "tracestate": "a=jane.doe"}
+    sock, refusal = raw_connect(observed, "api.openai.com", None, headers=hostile)
+    sock.close()
+    err = refusal.error()
+    assert err["code"] == "identity_missing"
+    (span,) = _spans_of(otlp, err["decision_id"])
+    assert span.parent_span_id == "" and span.trace_id != AGENT_TRACE and span.status_message == "identity_missing"
+    assert not _leaked(otlp, "jane.doe")

@@ -10,7 +10,8 @@ benchmark's load generator (`bench.loadgen`, its own process):
   (`tests.telemetry.receivers.OtlpReceiver`, which decodes every payload);
 - "all on": traces, an OCSF export to a file, and `anomaly` baselines with a rule;
 - with `--compare REF`, "traces@REF": the "traces" config run by another commit's gateway (a
-  temporary git worktree of REF), so a change's before and after are measured in the same run;
+  temporary git worktree of REF), so a change's before and after are measured in the same run
+  (`--compare-config "all on"`: that config instead, "all on@REF");
 - with `--noise`, "off again": a second gateway like "off", whose difference from it is the noise.
 Target (reported, not asserted): "traces" and "all on" at >= 95% of "off"'s requests per second.
 Off costs nothing by construction: no OpenTelemetry import and one `is None` test per call
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="rounds, the gateways taking turns")
     p.add_argument("--compare", action="append", default=[], metavar="REF",
                    help="also run the traces config with this commit's gateway (repeatable)")
+    p.add_argument("--compare-config", default="traces", choices=("traces", "all on"),
+                   help="the config --compare runs with another commit's gateway")
     p.add_argument("--noise", action="store_true", help="also run a second off gateway: the measurement's noise")
     args = p.parse_args(argv)
     request = loadgen.Request(decision.HOST, decision.METHOD, decision.PATH, "application/x-www-form-urlencoded",
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, ref in enumerate(args.compare):
             where = checkout(ref, root / f"ref-{i}")
             stack.callback(remove_checkout, where)
-            runs.append((f"traces@{ref}", configs(root, otlp.url)["traces"], where))
+            runs.append((f"{args.compare_config}@{ref}", configs(root, otlp.url)[args.compare_config], where))
         for i, (name, extra, code) in enumerate(runs):
             gw = GatewayProcess(root / f"gw-{i}", vendor_settings(pki, vendor, dlp={"tokenize": []}, **extra), checkout=code)
             stack.callback(gw.stop)

@@ -45,7 +45,7 @@ from gateway.stores import open_state
 from gateway.stores.feed import DecisionFeed, MemoryFeed
 from gateway.stores.sessions import SessionStore
 from gateway.telemetry import traceparent_ids
-from gateway.telemetry.baseline import BaselineFile, Baselines, agent_key
+from gateway.telemetry.baseline import BaselineFile, BaselineRequest, Baselines, agent_key
 from gateway.telemetry.export import SiemExport
 
 if TYPE_CHECKING:
@@ -155,13 +155,32 @@ class Runtime:
             self.quarantine_changed(change)
 
     def quarantine_changed(self, change: Change) -> None:
-        """Every quarantine and release is audited once, by the gateway that first sees it."""
+        """Every quarantine and release is logged by each gateway process that learns of it, and
+        audited, and so exported to the SIEM, by exactly one: the first to claim it in the store
+        (whichever door made it: the CLI only writes the store, the API and an anomaly rule are
+        one process among several). A store that cannot be asked gets it recorded here all the same:
+        a duplicate is better than a kill switch without a record."""
         log.warning("%s %s by %s: %s", change.describe(), "released" if change.released else "quarantined", change.by,
                     change.reason)
+        try:
+            mine = self.quarantine.claim(change)
+        except self.quarantine.store_errors as e:
+            log.warning("cannot claim quarantine change %d for the audit (%s); recording it here", change.id, e)
+            mine = True
+        if not mine:
+            return
         self.record_after({
             "decision_id": f"qua_{change.id}", "time": round(change.at, 6), "phase": "quarantine",
             "decision": "release" if change.released else "quarantine", "scope": change.scope,
             "value": change.value, "reason": change.reason, "by": change.by,
+        })
+
+    def baseline_requested(self, request: BaselineRequest) -> None:
+        """A baseline reset or ratify asked for by the CLI, applied by every gateway process on the
+        state dir and audited (and exported) by the one that claimed it (`BaselineFile.take_requests`)."""
+        self.record_after({
+            "decision_id": f"bln_{request.id}", "time": round(request.at, 6), "phase": "baseline",
+            "decision": request.verb, "agent": request.agent, "by": "cli",
         })
 
     def traceparent(self, call: Call, agent_header: str | None) -> str | None:

@@ -79,7 +79,7 @@ def basic(token: str, user: str = "agent") -> str:
 
 
 def raw_connect(
-    gw: GatewayProcess, host: str, auth: str | None, port: int = 443
+    gw: GatewayProcess, host: str, auth: str | None, port: int = 443, headers: dict[str, str] | None = None
 ) -> tuple[socket.socket | ssl.SSLSocket, RawResponse]:
     """Send a CONNECT by hand; returns the socket (a tunnel if the status is 200) and the refusal or
     the tunnel's 200. A refused CONNECT is answered 200 with `X-Egress-Error`, and the refusal is
@@ -89,6 +89,7 @@ def raw_connect(
     lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
     if auth is not None:
         lines.append(f"Proxy-Authorization: {auth}")
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     answer = read_response(sock)
     if answer.status != 200 or "x-egress-error" not in answer.headers:

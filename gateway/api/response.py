@@ -94,7 +94,8 @@ def response_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
             key = baseline_key(request, call)
             if rt.baselines is None or not rt.baselines.apply(key, verb):
                 raise Refusal("not_found", "no baseline for this agent")
-            rt.record(call.record(verb, phase="baseline", agent=key))
+            assert call.identity is not None
+            rt.record(call.record(verb, phase="baseline", agent=key, by=f"api:{call.identity.sub}"))
             return {"agent": key, verb: True}
 
         return handler

@@ -6,7 +6,7 @@ same shape: `quarantine` (the CLI, the API, an anomaly rule) appends a row (in a
 Redis: `gateway.stores.redis_state.RedisQuarantines`), and each gateway keeps
 what is in force in memory, so the per-request check is a few dict lookups; a background task
 reloads it when the table grows (`POLL_SECONDS`). A release is a row too, never a delete: the table
-is the history of who stopped what, when and why. The interface is the five methods below, so a
+is the history of who stopped what, when and why. The interface is the six methods below, so a
 shared store (Redis, as for revocations in a fleet) can take its place.
 """
 
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS quarantines (
     reason TEXT NOT NULL,
     by TEXT NOT NULL,
     at REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS quarantine_audits (id INTEGER PRIMARY KEY)
 """
 
 
@@ -73,8 +74,8 @@ class Quarantines:
         self._lock = threading.Lock()  # the API's `set` and the watcher's reload: each change reported once
         self._db_lock = threading.Lock()  # the one connection (as `Revocations`: not one per poll)
         self._db = open_db(path)
-        with write_transaction(self._db, self._db_lock) as db:
-            db.execute(_SCHEMA)
+        with self._db_lock:
+            self._db.executescript(_SCHEMA)
         self.refresh()
 
     def set(self, scope: str, value: str, *, release: bool, reason: str, by: str) -> list[Change]:
@@ -95,6 +96,13 @@ class Quarantines:
                 "INSERT INTO quarantines (scope, value, released, reason, by, at) VALUES (?, ?, ?, ?, ?, ?)",
                 (scope, value, int(release), reason, by, time.time()),
             )
+
+    def claim(self, change: Change) -> bool:
+        """Whether this process is the first to claim `change` for the audit log and the SIEM: every
+        gateway process on the store learns of every change, and exactly one of them records it.
+        Raises on a store error (the caller decides)."""
+        with write_transaction(self._db, self._db_lock) as db:
+            return db.execute("INSERT OR IGNORE INTO quarantine_audits (id) VALUES (?)", (change.id,)).rowcount == 1
 
     def refresh(self) -> list[Change]:
         """Reload when the table has grown; returns the new changes (none at the first load).

@@ -483,9 +483,14 @@ async def _failing_closed(rt: Runtime, call: Call, client: str | None, work: Awa
 
 
 async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
-    """Whether a tunnel opens: a valid agent (not an admin), a claimed host on 443, a public address."""
+    """Whether a tunnel opens: a valid agent (not an admin), a claimed host on 443, a public address.
+
+    A refusal is a decision with an audit record, so it is traced like a request's: one span, from
+    the same record, continuing the agent's traceparent. A tunnel that opens has no record (each
+    request inside is decided, recorded and traced), so it has no span either."""
     host = canonical_host(view.host)
     call = Call(host=steps.audit_host(rt.registry, rt.allow_hosts, host), method="CONNECT", path=None)
+    trace = rt.tracing.decision(view.traceparent) if rt.tracing is not None else None
 
     async def run() -> Tunnel:
         call.identity = await connect_identity(rt, view, call)
@@ -499,6 +504,9 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
         return Tunnel(call.identity, host, view.port, await rt.resolver.resolve(host, view.port))
 
     tunnel, refusal = await _failing_closed(rt, call, view.client, run())
+    if trace is not None and refusal is not None:
+        assert rt.tracing is not None
+        rt.tracing.end_decision(trace, (), call.record("deny", refusal))
     return ConnectVerdict(call, refusal, tunnel)
 
 

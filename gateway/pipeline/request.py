@@ -32,6 +32,7 @@ class ConnectView:
     client: str | None = None  # the agent's address: unauthenticated refusals are aggregated by it
     mtls: bool = False  # arrived on `listen_tls`, where a client certificate is required
     certificate: PeerCertificate | None = None  # the verified client certificate, on `listen_tls`
+    traceparent: str | None = None  # the agent's W3C header, if any: a refused CONNECT's span continues it
 
 
 @dataclass(frozen=True)

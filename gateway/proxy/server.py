@@ -183,7 +183,7 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
         asyncio.create_task(rt.connectors.watch()),
     ]
     if rt.baselines is not None and rt.baseline_file is not None:
-        watchers.append(asyncio.create_task(keep_in_sync(rt.baselines, rt.baseline_file)))
+        watchers.append(asyncio.create_task(keep_in_sync(rt.baselines, rt.baseline_file, rt.baseline_requested)))
     if rt.siem is not None:
         rt.siem.start()
     rt.secrets.start()

@@ -31,7 +31,7 @@ class Authenticate:
         view = ConnectView(
             req.host, req.port, req.headers.get("proxy-authorization"), peer(flow),
             mtls=certs is not None and certs.on_listener(client),
-            certificate=certs.peer(client) if certs is not None else None,
+            certificate=certs.peer(client) if certs is not None else None, traceparent=req.headers.get("traceparent"),
         )
         verdict = await decide_connect(self.rt, view)
         decision_id = verdict.call.decision_id

@@ -14,7 +14,8 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
   script, so an approval is single-use across the fleet. Records are kept `RETENTION_SECONDS`.
 - `decisions`: a list capped at `RECENT_DECISIONS` audit records, newest first.
 - `quarantines`: a list of `{"scope", "value", "released", "reason", "by", "at"}` changes, only ever
-  appended to (a release is a change too), read like the revocations.
+  appended to (a release is a change too), read like the revocations; `quarantines:audited`: the set
+  of change ids (positions) a gateway has claimed to audit and export, so that each is recorded once.
 - `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
 - `mcp:pins`: a hash of MCP tool pins, JSON `[server, tool]` -> the pin's row; `mcp:session:<sha256>`:
   the agent (and server) a session id is bound to, expiring `SESSION_TTL` after the binding.
@@ -186,6 +187,7 @@ class RedisRevocations(Revocations):
 # --- quarantine ------------------------------------------------------------------------------
 
 QUARANTINES = PREFIX + "quarantines"
+QUARANTINES_AUDITED = PREFIX + "quarantines:audited"  # the ids of changes a gateway has claimed to audit
 
 
 class RedisQuarantines(Quarantines):
@@ -209,6 +211,10 @@ class RedisQuarantines(Quarantines):
         entry = json.dumps({"scope": scope, "value": value, "released": release, "reason": reason, "by": by, "at": time.time()})
         with _store("quarantine"):
             self._redis.rpush(QUARANTINES, entry)
+
+    def claim(self, change: Change) -> bool:
+        with _store("quarantine"):
+            return bool(self._redis.sadd(QUARANTINES_AUDITED, change.id))
 
     def refresh(self) -> list[Change]:
         with self._lock, _store("quarantine"):

@@ -29,6 +29,7 @@ import logging
 import sqlite3
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,15 +205,19 @@ class Baselines:
         return self.reset(key) if verb == "reset" else self.ratify(key)
 
 
-async def keep_in_sync(baselines: Baselines, file: BaselineFile, interval: float = 1.0) -> None:
-    """Mirror the baselines into the state dir and apply the CLI's requests, every `interval`;
-    a store error is logged and retried, never fatal."""
+async def keep_in_sync(baselines: Baselines, file: BaselineFile, on_request: Callable[[BaselineRequest], None],
+                       interval: float = 1.0) -> None:
+    """Mirror the baselines into the state dir and apply the CLI's requests, every `interval`
+    (`on_request` is told of those this process claimed, to audit them); a store error is logged
+    and retried, never fatal."""
     while True:
         await asyncio.sleep(interval)
         try:
-            for key, verb in await asyncio.to_thread(file.take_requests):
-                log.info("baseline of %s: %s (from the command line)", key, verb)
-                baselines.apply(key, verb)
+            for request in await asyncio.to_thread(file.take_requests):
+                log.info("baseline of %s: %s (from the command line)", request.agent, request.verb)
+                baselines.apply(request.agent, request.verb)
+                if request.mine:
+                    on_request(request)
             changed, forgotten = baselines.take_changes(time.time())
             if changed or forgotten:
                 await asyncio.to_thread(file.save, changed, forgotten)
@@ -224,7 +229,20 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS baselines (agent TEXT PRIMARY KEY, profile TEXT NOT NULL, at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS baseline_requests (id INTEGER PRIMARY KEY AUTOINCREMENT, agent TEXT NOT NULL,"
     " verb TEXT NOT NULL CHECK (verb IN ('reset', 'ratify')), at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS baseline_request_audits (id INTEGER PRIMARY KEY)",
 )
+
+
+@dataclass(frozen=True)
+class BaselineRequest:
+    """A reset or ratify the CLI asked for; `mine`: this process claimed it for the audit log and
+    the SIEM (every gateway process on the state dir applies it, one records it)."""
+
+    id: int
+    agent: str
+    verb: str
+    at: float
+    mine: bool
 
 
 class BaselineFile:
@@ -264,11 +282,14 @@ class BaselineFile:
         with self._connect() as db:
             db.execute("INSERT INTO baseline_requests (agent, verb, at) VALUES (?, ?, ?)", (key, verb, time.time()))
 
-    def take_requests(self) -> list[tuple[str, str]]:
-        """Requests made since the last call (none at the first: those were for an earlier run)."""
+    def take_requests(self) -> list[BaselineRequest]:
+        """Requests made since the last call (none at the first: those were for an earlier run),
+        each claimed for the audit if no other process has yet."""
         with self._connect() as db:
             (last,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM baseline_requests").fetchone()
             seen, self._seen = self._seen, last
             if seen is None or last == seen:
                 return []
-            return db.execute("SELECT agent, verb FROM baseline_requests WHERE id > ? ORDER BY id", (seen,)).fetchall()
+            rows = db.execute("SELECT id, agent, verb, at FROM baseline_requests WHERE id > ? ORDER BY id", (seen,)).fetchall()
+            claim = "INSERT OR IGNORE INTO baseline_request_audits (id) VALUES (?)"
+            return [BaselineRequest(i, agent, verb, at, db.execute(claim, (i,)).rowcount == 1) for i, agent, verb, at in rows]

@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from tests.clients import chat, client
-from tests.fakes import PKI, FakeVendor, vendor_settings
+from tests.fakes import PKI, VENDOR_ENV, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 from tests.telemetry.receivers import wait_for
+from tests.telemetry.test_ocsf import check_event, exported
 
 CHAT = "https://api.openai.com/v1/chat/completions"
 EMBEDDINGS = "https://api.openai.com/v1/embeddings"
@@ -39,9 +40,25 @@ ANOMALY = {
 
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory: pytest.TempPathFactory, pki: PKI, vendor_server: FakeVendor) -> Iterator[GatewayProcess]:
-    settings = vendor_settings(pki, vendor_server, anomaly=ANOMALY)
-    with GatewayProcess(tmp_path_factory.mktemp("watched"), settings).start() as gw:
+    root = tmp_path_factory.mktemp("watched")
+    settings = vendor_settings(pki, vendor_server, anomaly=ANOMALY,
+                               audit={"export": [{"kind": "ocsf", "to": f"file:{root / 'siem' / 'ocsf.jsonl'}"}]})
+    with GatewayProcess(root, settings).start() as gw:
         yield gw
+
+
+def _siem(gw: GatewayProcess, later: str, **unmapped: str) -> list[dict[str, Any]]:
+    """The OCSF file export's events with these `unmapped` fields, each checked against its audit
+    record, once the event of `later` (a decision made after them) is written: one thread writes
+    the file in order, so every earlier record's events are in it by then."""
+    siem_file = gw.root / "siem" / "ocsf.jsonl"
+    wait_for(lambda: exported(siem_file, decision_id=later), "a later decision's event")
+    events, audit = exported(siem_file, **unmapped), gw.audit()
+    for event in events:
+        check_event(event, audit)
+    text = json.dumps(events)
+    assert not [secret for secret in VENDOR_ENV.values() if secret in text] and "Bearer" not in text
+    return events
 
 
 def _admin(gw: GatewayProcess) -> dict[str, str]:
@@ -117,6 +134,18 @@ def test_a_new_connector_at_20x_the_rate_is_quarantined_and_its_stream_cut(watch
     agents = httpx.get(f"{watched.api_url}/v1/agents", headers=_admin(watched)).json()["agents"]
     (seen,) = [a for a in agents if a["agent"] == f"/{sub}"]
     assert seen["quarantined"] and seen["anomaly_score"] >= 2 and seen["signals"]["rate_above_baseline"] > 10
+    # The SIEM: the quarantine once (Entity Management, Suspend, by the rule), and a Detection
+    # Finding beside each flagged call's HTTP Activity: held for approval (Delayed), then quarantined.
+    last = [r for r in audit if r.get("sub") == sub and r.get("phase") == "decision"][-1]["decision_id"]
+    (stopped,) = _siem(watched, last, phase="quarantine", value=sub)
+    assert (stopped["class_uid"], stopped["activity_id"], stopped["actor"]["user"]["name"]) == (3004, 12, "anomaly")
+    assert stopped["entity"] == {"type": "sub", "type_id": 2, "name": sub} and stopped["comment"] == quarantine["reason"]
+    findings = [e for e in _siem(watched, last, phase="decision", connector="stripe") if e["class_uid"] == 2004
+                and e["actor"]["user"]["uid"] == sub]
+    assert [(f["finding_info"]["types"], f["disposition_id"], f["severity_id"]) for f in findings] == [
+        (["new_action_or_host", "new_connector"], 14, 3)] * held + [
+        (["new_action_or_host", "new_connector", "rate_above_baseline"], 3, 4)]
+    assert [f["finding_info"]["title"] for f in findings] == ["Agent behaviour unlike its baseline"] * (held + 1)
     watched.cli("quarantine", "--sub", sub, "--release", "--reason", "test over")
 
 
@@ -137,13 +166,25 @@ def test_a_first_seen_action_waits_for_approval_then_ratify_and_reset(watched: G
             "shapes:openai:chat_completions"]  # the action, and its parameters' shape (hashed names)
         # Ratified from the CLI: what it did since is normal now.
         watched.cli("baseline", "ratify", sub)
-        wait_for(lambda: c.post(CHAT, json=chat("hi")).status_code == 200, "the ratification to apply", 10)
+        # Waited for through the API: polling with calls would itself be a rate far above the baseline.
+        wait_for(lambda: not _baseline(watched, sub)["novel"], "the ratification to apply", 10)
+        assert c.post(CHAT, json=chat("hi")).status_code == 200
         assert _baseline(watched, sub)["actions"] == ["openai:chat_completions", "openai:embeddings"]
         # Reset from the API: observed again from its next call, so nothing is unusual.
         reset = httpx.post(f"{watched.api_url}/v1/agents/{sub}/baseline/reset", headers=admin)
         assert reset.json() == {"agent": f"/{sub}", "reset": True}
         assert c.post(CHAT, json={**chat("hi"), "temperature": 0.5}).status_code == 200  # a new shape: learned
         assert _baseline(watched, sub)["observing"] and _baseline(watched, sub)["actions"] == ["openai:chat_completions"]
+        # Reset from the CLI too; then a call, whose event comes after every change's.
+        watched.cli("baseline", "reset", sub)
+        wait_for(lambda: exported(watched.root / "siem" / "ocsf.jsonl", phase="baseline", agent=f"/{sub}", by="cli",
+                                  decision="reset"), "the CLI's reset to be applied and exported")
+        later = c.post(CHAT, json=chat("hi")).headers["x-egress-decision-id"]
+    # Each change once, as Entity Management of the agent's baseline: Update (ratify), Delete (reset).
+    changes = _siem(watched, later, phase="baseline", agent=f"/{sub}")
+    assert [(e["activity_id"], e["entity"], e["actor"]["user"]["name"].partition(":")[0]) for e in changes] == [
+        (3, {"type": "baseline", "name": f"/{sub}"}, "cli"), (4, {"type": "baseline", "name": f"/{sub}"}, "api"),
+        (4, {"type": "baseline", "name": f"/{sub}"}, "cli")]
     missing = httpx.post(f"{watched.api_url}/v1/agents/nobody/baseline/ratify", headers=admin)
     assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
 

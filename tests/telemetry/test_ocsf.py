@@ -20,12 +20,20 @@ from tests.telemetry.receivers import SiemServer, SyslogReceiver, wait_for
 
 CHAT = "https://api.openai.com/v1/chat/completions"
 EMAIL = "jane.doe@example.com"
-# OCSF 1.3.0: the base event's required attributes, and HTTP Activity's (class 4002) enumerations
+# OCSF 1.3.0: the base event's required attributes, and the enumerations every class shares
 REQUIRED = {"activity_id", "category_uid", "class_uid", "metadata", "severity_id", "time", "type_uid"}
-ACTIVITY_IDS = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 99}
 SEVERITY_IDS = {0, 1, 2, 3, 4, 5, 6, 99}
+# Each class the gateway writes: its category, its activity_ids, and what the class (and the
+# security_control profile, where applied) requires besides the base event
+CLASSES: dict[int, tuple[int, set[int]]] = {
+    4002: (4, {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 99}),  # HTTP Activity
+    2004: (2, {0, 1, 2, 3, 99}),  # Detection Finding
+    3004: (3, {0, *range(1, 14), 99}),  # Entity Management
+}
 # What every event says of itself rather than of the call
-CONSTANTS = {"HTTP Activity", "Network Activity", "1.3.0", "egress-gateway", "security_control", "Service", "0.1.0"}
+CONSTANTS = {"HTTP Activity", "Network Activity", "Detection Finding", "Findings", "Entity Management",
+             "Identity & Access Management", "Agent behaviour unlike its baseline", "1.3.0", "egress-gateway",
+             "security_control", "Service", "0.1.0"}
 
 
 def _leaves(value: Any) -> list[Any]:
@@ -36,20 +44,45 @@ def _leaves(value: Any) -> list[Any]:
     return [value]
 
 
-def check_event(event: dict[str, Any], audit: list[dict[str, Any]]) -> None:
-    """A valid HTTP Activity event whose every string is one of its audit record's values."""
+def _class_requirements(event: dict[str, Any]) -> None:
+    """What the event's class requires beyond the base event (OCSF 1.3.0 schema)."""
+    uid = event["class_uid"]
+    if uid in (4002, 2004):  # the security_control profile: action_id required
+        assert event["metadata"]["profiles"] == ["security_control"] and event["action_id"] in {0, 1, 2, 99}
+    if uid == 4002:  # at least one of http_request/http_response, and of src_endpoint/dst_endpoint
+        assert {"http_request", "http_response"} & set(event) and {"src_endpoint", "dst_endpoint"} & set(event)
+    elif uid == 2004:  # finding_info, with its uid and title
+        info = event["finding_info"]
+        assert info["uid"] and info["title"] and all(isinstance(t, str) for t in info["types"])
+    elif uid == 3004:  # entity (a managed entity: at least a name or uid)
+        assert event["entity"].get("name") or event["entity"].get("uid")
+        assert event["entity"].get("type_id", 2) in {1, 2, 3, 4, 5, 6}
+        assert event["actor"]["user"]["name"]  # a user names itself: account, name or uid
+
+
+def check_event(event: dict[str, Any], audit: list[dict[str, Any]]) -> dict[str, Any]:
+    """A valid OCSF event of a class the gateway writes, whose every string is one of its audit
+    record's values; returns that record."""
     assert set(event) >= REQUIRED, REQUIRED - set(event)
-    assert (event["class_uid"], event["category_uid"]) == (4002, 4)
-    assert event["activity_id"] in ACTIVITY_IDS and event["type_uid"] == 4002 * 100 + event["activity_id"]
+    category, activities = CLASSES[event["class_uid"]]
+    assert event["category_uid"] == category
+    assert event["activity_id"] in activities and event["type_uid"] == event["class_uid"] * 100 + event["activity_id"]
     assert event["severity_id"] in SEVERITY_IDS and isinstance(event["time"], int)
-    assert event["metadata"]["version"] and event["metadata"]["product"]["name"]
-    assert {"http_request", "http_response"} & set(event) and {"src_endpoint", "dst_endpoint"} & set(event)
+    assert event["metadata"]["version"] and event["metadata"]["product"]["name"] and event["metadata"]["product"]["vendor_name"]
+    _class_requirements(event)
     phase = event["unmapped"]["phase"]
     (rec,) = [r for r in audit if r["decision_id"] == event["metadata"]["uid"] and r.get("phase") == phase]
     assert event["time"] == int(rec["time"] * 1000)
     record_values = {str(x) for x in _leaves(rec) if x is not None}
     foreign = [v for v in _leaves(event) if isinstance(v, str) and v not in record_values | CONSTANTS]
     assert not foreign, foreign
+    return rec
+
+
+def exported(path: Path, **unmapped: str) -> list[dict[str, Any]]:
+    """The events of an OCSF file export whose `unmapped` fields have these values."""
+    events = [json.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+    return [e for e in events if all(e["unmapped"].get(k) == v for k, v in unmapped.items())]
 
 
 def _calls(gw: GatewayProcess, sub: str) -> tuple[str, str]:

@@ -1,18 +1,22 @@
 """Quarantine and the kill switch (issue 16, item 4): an agent, a tenant, a connector or the whole
 gateway stopped from the CLI or the API, inside already open tunnels, and released on purpose;
-both audited with their reason. (An anomaly rule's quarantine, and the stream it cuts, are in
+both audited with their reason and exported to the SIEM once. (An anomaly rule's quarantine, and the stream it cuts, are in
 test_anomaly.py.)"""
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.clients import chat, client
+from tests.fakes import VENDOR_ENV
 from tests.processes import GatewayProcess
 from tests.telemetry.receivers import wait_for
+from tests.telemetry.test_ocsf import check_event, exported
 
 CHAT = "https://api.openai.com/v1/chat/completions"
 BALANCE = "https://api.stripe.com/v1/balance"
@@ -75,6 +79,25 @@ def test_the_kill_switch_stops_and_releases_each_scope(observed: GatewayProcess,
     ]
     refused = [r for r in observed.audit() if r.get("code") == "quarantined" and r.get("sub") == target_sub]
     assert refused and all(r["decision"] == "deny" for r in refused)
+    (*_, last) = [r for r in observed.audit() if r.get("sub") == target_sub and r.get("phase") == "decision"]
+    _exported_once(observed, audited, last["decision_id"])  # the target's last call: after the release
+
+
+def _exported_once(gw: GatewayProcess, changes: list[dict[str, Any]], later: str) -> None:
+    """Each change is in the gateway's OCSF file export exactly once, as Entity Management (Suspend,
+    then Resume), with nothing its audit record does not hold. `later`: a decision made after both,
+    whose event, once written, means every earlier record's is (one thread writes the file in order)."""
+    siem_file = gw.root / "siem" / "ocsf.jsonl"
+    wait_for(lambda: exported(siem_file, decision_id=later), "a later decision's event")
+    events = [e for e in exported(siem_file, phase="quarantine") if e["metadata"]["uid"] in {c["decision_id"] for c in changes}]
+    audit = gw.audit()
+    assert [check_event(e, audit)["decision_id"] for e in events] == [c["decision_id"] for c in changes]
+    assert [(e["class_uid"], e["activity_id"], e["type_uid"]) for e in events] == [(3004, 12, 300412), (3004, 13, 300413)]
+    for event, change in zip(events, changes, strict=True):
+        assert event["entity"]["name"] == change["value"] and event["entity"]["type"] == change["scope"]
+        assert (event["comment"], event["actor"]["user"]["name"]) == (change["reason"], change["by"])
+    text = json.dumps(events)
+    assert not [secret for secret in VENDOR_ENV.values() if secret in text] and "Bearer" not in text
 
 
 def test_a_tenant_admin_stops_only_its_own_tenant(observed: GatewayProcess) -> None:

@@ -112,27 +112,40 @@ class Runtime:
         """A record of a refusal already given or an outcome already happened: a failed write is
         logged (with the decision id, never the record's content), never raised, because raising
         here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer.
-        Refusals because no token verified are aggregated per source (`gateway.audit.noise`)."""
+        Refusals because no token verified are aggregated per source (`gateway.audit.noise`), and
+        only what the audit log holds goes on to the access log, the decision views and the SIEM:
+        a flood without a token must not fill the SIEM's queue and drop the agents' events."""
+        admitted = self.noise.admit(rec)
         try:
-            for admitted in self.noise.admit(rec):
-                self.audit.write(admitted)
+            for record in admitted:
+                self.audit.write(record)
         except (OSError, AuditError) as e:
             log.error(
                 "audit log write failed (%s); %s record of decision %s lost",
                 type(e).__name__, rec.get("phase"), rec.get("decision_id"),
             )
             self.metrics.audit_failure()
-        self._note(rec)
+        self._count(rec)
+        for record in admitted:
+            self._publish(record)
 
     def _note(self, rec: dict[str, Any]) -> None:
-        self.decisions.append(rec)
-        self.live.publish(rec)
-        access_log.note(rec, self.config.log_format)
+        self._count(rec)
+        self._publish(rec)
+
+    def _count(self, rec: dict[str, Any]) -> None:
+        """Metrics and behaviour baselines: every record, held back or not (counts stay exact)."""
         if rec.get("phase") == "decision":
             self.metrics.decision(rec.get("connector"), rec.get("action"), rec["decision"], rec.get("code"))
             if self.baselines is not None and rec.get("sub") is not None and rec.get("role") is not None:
                 key = agent_key(rec.get("tenant"), rec["sub"], rec["role"], self.baselines.settings.key)
                 self.baselines.count(key, rec["decision"] == "deny")
+
+    def _publish(self, rec: dict[str, Any]) -> None:
+        """The views of what the audit log holds: recent decisions, live streams, access log, SIEM."""
+        self.decisions.append(rec)
+        self.live.publish(rec)
+        access_log.note(rec, self.config.log_format)
         if self.siem is not None:
             self.siem.offer(rec)
 

@@ -4,6 +4,7 @@ so they cannot fill the audit log, while every record of an authenticated call i
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from gateway.audit.noise import IDENTITY_CODES
+from gateway.telemetry.ocsf import PHASES
 from tests.clients import basic, client, raw_connect
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -70,8 +72,11 @@ def test_an_existing_loose_state_dir_is_tightened_and_logged(make_gateway, pki: 
     assert "readable by others" in log and "owner-only" in log, log[-2000:]
 
 
-def test_unauthenticated_refusals_are_aggregated_and_authenticated_ones_all_kept(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
-    gw = make_gateway(vendor_settings(pki, vendor), name="noise")
+def test_unauthenticated_refusals_are_aggregated_and_authenticated_ones_all_kept(
+    make_gateway, pki: PKI, vendor: FakeVendor, tmp_path: Path
+) -> None:
+    siem = tmp_path / "siem" / "ocsf.jsonl"
+    gw = make_gateway(vendor_settings(pki, vendor, audit={"export": [{"kind": "ocsf", "to": f"file:{siem}"}]}), name="noise")
     member = gw.token(sub="member-1", role="finance", scopes=("stripe:*",))
     sent, kept = 0, []
     started = time.monotonic()
@@ -103,3 +108,9 @@ def test_unauthenticated_refusals_are_aggregated_and_authenticated_ones_all_kept
     assert len(written) + len(summaries) <= 2 * (int(elapsed) + 2), (len(written), len(summaries), elapsed)
     assert {r["client"] for r in anonymous} == {"127.0.0.1"}
     assert {"identity_missing", "identity_invalid"} <= {c for r in summaries for c in r["suppressed"]["codes"]}
+    # The SIEM gets what the audit log holds, not the flood: its queue stays the agents'.
+    events = [json.loads(line) for line in siem.read_bytes().splitlines()]
+    exported = {e["unmapped"]["decision_id"] for e in events}
+    assert all(d in exported for d in kept[1::2])  # the refused CONNECTs (API refusals are not HTTP activity)
+    anonymous_events = sorted(e["unmapped"]["decision_id"] for e in events if e["unmapped"].get("code") in IDENTITY_CODES)
+    assert anonymous_events == sorted(r["decision_id"] for r in written if r.get("phase") in PHASES)

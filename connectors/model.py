@@ -8,6 +8,7 @@ connector carries no request-handling code of its own.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import unicodedata
@@ -261,4 +262,11 @@ class McpConnector(Connector):
         return self._action(MCP_PROTOCOL)
 
     def _action(self, name: str) -> Action:
-        return Action(name, "POST", self.endpoint, ToolArguments, BodyEncoding.JSON, detokenize_response=True)
+        return _mcp_action(self.endpoint, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _mcp_action(endpoint: str, name: str) -> Action:
+    """A tool's action, made once per name (frozen, so shared): making one checks its model, which
+    was a tenth of a tool call's routing. Bounded: names come from agents."""
+    return Action(name, "POST", endpoint, ToolArguments, BodyEncoding.JSON, detokenize_response=True)

@@ -194,6 +194,8 @@ class Quotas:
         and its audit record carries it.
         """
         try:
+            if isinstance(self.storage, SweptMemoryStorage):  # `memory://`: nothing to wait for, no timeout
+                return await hit
             return await within_store_time(hit, self.timeout)
         except (StorageError, TimeoutError, OSError) as e:
             self.on_store_error()

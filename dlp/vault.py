@@ -111,7 +111,8 @@ class SqliteVault:
 
     Expired entries are deleted when the vault opens and then every `purge_every` seconds by a
     daemon thread (until `close`), with SQLite's `secure_delete` on so their sealed bytes are
-    overwritten rather than left in free pages: an expired token's PII does not stay on disk.
+    overwritten rather than left in free pages, and the write-ahead log emptied after: an expired
+    token's PII does not stay on disk.
     """
 
     def __init__(self, path: Path, sealer: Sealer, ttl: float, purge_every: float | None = None) -> None:
@@ -228,9 +229,16 @@ class SqliteVault:
         return found
 
     def _purge(self) -> int:
+        """Delete what expired, then fold the write-ahead log into the file and empty it: the log
+        keeps every page version written since the last checkpoint, expired tokens and their sealed
+        values included, until SQLite checkpoints on its own (1000 pages) or the last process closes
+        the file. A checkpoint that other processes' readers hold back is done in a later round."""
         with self._lock:
             try:
-                return self._db.execute("DELETE FROM dlp_tokens WHERE expires_at <= ?", (time.time(),)).rowcount
+                purged = self._db.execute("DELETE FROM dlp_tokens WHERE expires_at <= ?", (time.time(),)).rowcount
+                if purged:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return purged
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"sqlite vault purge failed: {type(exc).__name__}") from None
 

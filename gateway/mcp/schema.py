@@ -8,8 +8,8 @@ The schema is the MCP server's, so it is hostile input: compiling and applying i
 - regular expressions (`pattern`, `patternProperties`) run on a linear-time engine (Rust's `regex`,
   through pydantic-core), never Python's backtracking `re`; a pattern that engine cannot compile
   (look-around, back-references) refuses the tool; `format` is not checked;
-- one call's check may apply at most `MAX_STEPS` keywords (a reference costs `REF_COST`, a
-  `uniqueItems` the square of its array's length unless it holds only strings or only numbers); a schema whose `$ref`s multiply the work, or deep arguments under a recursive
+- one call's check may apply at most `MAX_STEPS` keywords (a reference costs `REF_COST`, a regex
+  match of a property name one, a `uniqueItems` the square of its array's length unless it holds only strings or only numbers); a schema whose `$ref`s multiply the work, or deep arguments under a recursive
   schema, are refused rather than checked at any cost.
 A compiled schema is kept by the pin's digest (`SchemaCache`), so a schema is compiled once per
 process, not per call. What a refusal says names the keyword and the schema's own property names,
@@ -70,7 +70,17 @@ def _regex(pattern: str) -> SchemaValidator:
 
 
 def _matches(pattern: str, text: str) -> bool:
+    """One match, one step of the running check: `patternProperties` and `additionalProperties`
+    match every pattern against every key within one keyword application."""
+    _charge(1)
     return _regex(pattern).isinstance_python(text)
+
+
+def _charge(steps: int) -> None:
+    left = _budget.get()
+    left[0] -= steps
+    if left[0] < 0:
+        raise _OverBudget
 
 
 def _pattern(validator: Validator, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
@@ -115,10 +125,7 @@ def _counted(keyword: str, run: Callable[..., Any]) -> Callable[..., Any]:
         return REF_COST if keyword in _REF_KEYWORDS else 1
 
     def counted(validator: Validator, value: Any, instance: Any, schema: dict[str, Any]) -> Any:
-        left = _budget.get()
-        left[0] -= cost(instance)
-        if left[0] < 0:
-            raise _OverBudget
+        _charge(cost(instance))
         return run(validator, value, instance, schema)
 
     return counted

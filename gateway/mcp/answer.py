@@ -61,7 +61,11 @@ class AnswerEditor:
         if not isinstance(ident, (str, int)) or "result" not in msg:
             return msg
         if ident in self.lists:
-            return {**msg, "result": filter_list(msg["result"], self.keep)}
+            try:
+                return {**msg, "result": filter_list(msg["result"], self.keep)}
+            except Exception as e:  # raised out of the hook, mitmproxy would pass the list unfiltered
+                log.error("an MCP server's tool list could not be checked (%s); answered with an error", type(e).__name__)
+                return jsonrpc.error_answer(ident, jsonrpc.INTERNAL, "the MCP server's tool list could not be checked")
         if ident in self.calls:
             return {**msg, "result": self._restored(msg["result"])}
         return msg if ident in self.others else None

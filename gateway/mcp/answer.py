@@ -63,7 +63,7 @@ class AnswerEditor:
         if ident in self.lists:
             try:
                 return {**msg, "result": filter_list(msg["result"], self.keep)}
-            except Exception as e:  # raised out of the hook, mitmproxy would pass the list unfiltered
+            except Exception as e:  # noqa: BLE001 - out of the hook, mitmproxy would pass the list unfiltered
                 log.error("an MCP server's tool list could not be checked (%s); answered with an error", type(e).__name__)
                 return jsonrpc.error_answer(ident, jsonrpc.INTERNAL, "the MCP server's tool list could not be checked")
         if ident in self.calls:

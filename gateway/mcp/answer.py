@@ -6,7 +6,11 @@ Each JSON-RPC message the server sends is judged on its own:
   content, for the types the caller may see (`restore`);
 - a request of the server's own (sampling, elicitation, roots): passed only if `server_request`
   allows it, else dropped (the glue answers the server with a refusal);
-- anything else (notifications, other answers) passes as sent.
+- the answer to another request this POST carried (initialize, ping, ...): passes as sent;
+- an answer to a request it did not carry is dropped: the client matches answers by id, so a
+  hostile server's `tools/list` answer on another stream (a tools/call's, the session's GET) would
+  otherwise be taken unfiltered;
+- anything else (notifications, errors) passes as sent.
 Refusals of a batch's elements that never went to the server are added to the answer.
 
 An SSE answer is edited event by event as it streams: an event is held only until its blank line
@@ -43,6 +47,7 @@ class AnswerEditor:
     restore: Callable[[Any], Any] = lambda value: value
     server_request: Callable[[dict[str, Any]], bool] = lambda message: False
     max_event: int = 8 * 2**20
+    others: set[jsonrpc.RequestId] = field(default_factory=set)  # the POST's other forwarded requests
 
     def message(self, msg: Any) -> Any | None:
         """One message of the server's, edited; None drops it."""
@@ -56,10 +61,14 @@ class AnswerEditor:
         if not isinstance(ident, (str, int)) or "result" not in msg:
             return msg
         if ident in self.lists:
-            return {**msg, "result": filter_list(msg["result"], self.keep)}
+            try:
+                return {**msg, "result": filter_list(msg["result"], self.keep)}
+            except Exception as e:  # noqa: BLE001 - out of the hook, mitmproxy would pass the list unfiltered
+                log.error("an MCP server's tool list could not be checked (%s); answered with an error", type(e).__name__)
+                return jsonrpc.error_answer(ident, jsonrpc.INTERNAL, "the MCP server's tool list could not be checked")
         if ident in self.calls:
             return {**msg, "result": self._restored(msg["result"])}
-        return msg
+        return msg if ident in self.others else None
 
     def _restored(self, result: Any) -> Any:
         if not isinstance(result, dict):

@@ -8,8 +8,9 @@ The schema is the MCP server's, so it is hostile input: compiling and applying i
 - regular expressions (`pattern`, `patternProperties`) run on a linear-time engine (Rust's `regex`,
   through pydantic-core), never Python's backtracking `re`; a pattern that engine cannot compile
   (look-around, back-references) refuses the tool; `format` is not checked;
-- one call's check may apply at most `MAX_STEPS` keywords (a reference costs `REF_COST`, a
-  `uniqueItems` the square of its array's length unless it holds only strings or only numbers); a schema whose `$ref`s multiply the work, or deep arguments under a recursive
+- one call's check may apply at most `MAX_STEPS` keywords (a reference costs `REF_COST`, a regex
+  match of a property name one, `allOf`/`anyOf`/`oneOf` one per branch, `items` and its kin one per
+  element, `enum`/`required`/`properties` one per `SIZED_PER_STEP` entries, a `uniqueItems` the square of its array's length unless it holds only strings or only numbers); a schema whose `$ref`s multiply the work, or deep arguments under a recursive
   schema, are refused rather than checked at any cost.
 A compiled schema is kept by the pin's digest (`SchemaCache`), so a schema is compiled once per
 process, not per call. What a refusal says names the keyword and the schema's own property names,
@@ -46,6 +47,10 @@ DIALECTS: dict[str, type[Validator]] = {
     for cls in (Draft4Validator, Draft6Validator, Draft7Validator, Draft201909Validator, Draft202012Validator)
 }
 _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+_BRANCHES = frozenset({"allOf", "anyOf", "oneOf"})  # a step per subschema
+_ELEMENTS = frozenset({"items", "prefixItems", "additionalItems", "contains", "unevaluatedItems"})  # a step per element
+_SIZED = frozenset({"enum", "required", "properties", "dependentRequired", "dependentSchemas", "dependencies"})
+SIZED_PER_STEP = 10  # entries of a `_SIZED` keyword's value compared or looked up in one step's time
 _DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})  # values, not schemas: not walked
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
 _budget: ContextVar[list[int]] = ContextVar("mcp_schema_budget")
@@ -70,7 +75,17 @@ def _regex(pattern: str) -> SchemaValidator:
 
 
 def _matches(pattern: str, text: str) -> bool:
+    """One match, one step of the running check: `patternProperties` and `additionalProperties`
+    match every pattern against every key within one keyword application."""
+    _charge(1)
     return _regex(pattern).isinstance_python(text)
+
+
+def _charge(steps: int) -> None:
+    left = _budget.get()
+    left[0] -= steps
+    if left[0] < 0:
+        raise _OverBudget
 
 
 def _pattern(validator: Validator, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
@@ -107,18 +122,23 @@ _OWN_KEYWORDS: dict[str, Callable[..., Iterator[ValidationError]]] = {
 def _counted(keyword: str, run: Callable[..., Any]) -> Callable[..., Any]:
     """A keyword that charges the running check's budget before it applies."""
 
-    def cost(instance: Any) -> int:
+    def cost(value: Any, instance: Any) -> int:
         if keyword == "uniqueItems" and isinstance(instance, list):
             # jsonschema sorts strings or numbers (n log n); anything else is compared pairwise.
             kinds = {str if isinstance(i, str) else float if isinstance(i, (int, float)) and not isinstance(i, bool) else None for i in instance}
             return len(instance) if len(kinds) <= 1 and None not in kinds else len(instance) ** 2
+        # A subschema without keywords (`{}`) charges nothing itself, yet descending into it costs
+        # a keyword's time: the keyword pays for each branch or element it descends into.
+        if keyword in _BRANCHES and isinstance(value, list):
+            return 1 + len(value)
+        if keyword in _ELEMENTS and isinstance(instance, list):
+            return 1 + len(instance)
+        if keyword in _SIZED and isinstance(value, (list, dict)):
+            return 1 + len(value) // SIZED_PER_STEP
         return REF_COST if keyword in _REF_KEYWORDS else 1
 
     def counted(validator: Validator, value: Any, instance: Any, schema: dict[str, Any]) -> Any:
-        left = _budget.get()
-        left[0] -= cost(instance)
-        if left[0] < 0:
-            raise _OverBudget
+        _charge(cost(value, instance))
         return run(validator, value, instance, schema)
 
     return counted

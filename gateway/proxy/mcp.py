@@ -61,6 +61,7 @@ class _Sorted:
     verdicts: list[Verdict] = field(default_factory=list)  # allowed: the protocol action's first
     lists: set[jsonrpc.RequestId] = field(default_factory=set)
     calls: set[jsonrpc.RequestId] = field(default_factory=set)
+    others: set[jsonrpc.RequestId] = field(default_factory=set)  # forwarded protocol requests' ids
     refusal: tuple[Call, Refusal] | None = None  # the protocol action's, if refused
 
 
@@ -105,7 +106,7 @@ class McpDoor:
             return
         done = await self._decide(view, connector, messages)
         if done.forwarded:
-            editor = AnswerEditor(done.lists, done.calls, done.answers, batch)
+            editor = AnswerEditor(done.lists, done.calls, done.answers, batch, others=done.others)
             single = len(done.forwarded) == 1  # sent alone: servers need not take batches
             self._send(flow, open_tunnel, connector, done.verdicts, editor, jsonrpc.encode(done.forwarded, batch and not single))
         elif done.answers:
@@ -146,6 +147,7 @@ class McpDoor:
         done.verdicts.insert(0, verdict)
         done.forwarded += [jsonrpc.Message(raw) for raw in scanned["messages"]] if scanned is not None else protocol
         done.lists |= {m.id for m in protocol if m.is_request and m.method == jsonrpc.TOOLS_LIST and m.id is not None}
+        done.others |= {m.id for m in protocol if m.is_request and m.id is not None} - done.lists
         return done
 
     async def _tool_call(self, view: RequestView, connector: McpConnector, m: jsonrpc.Message, done: _Sorted) -> None:

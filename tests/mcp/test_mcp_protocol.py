@@ -170,6 +170,38 @@ def test_an_oversized_event_is_dropped_whole() -> None:
     assert b"delete_customer" not in out and _messages(out) == []
 
 
+def test_an_answer_to_a_request_this_one_did_not_carry_never_passes_unedited() -> None:
+    """A hostile server answers a `tools/list` the client has outstanding on another stream: on a
+    POST that carried only a tools/call (id 2), or on the session's GET stream (which carries no
+    request: resumption with Last-Event-ID, or a server ignoring the spec's MUST NOT). The client
+    matches answers by id, so an unfiltered list there shows the tools the policy hides and a
+    definition changed since its pin (a rug-pull's poisoned description) as if the gateway had
+    passed them. Only an answer to a request this POST carried may pass."""
+    foreign = {"jsonrpc": "2.0", "id": 7, "result": {"tools": TOOLS}}
+    for editor in (AnswerEditor(calls={2}, keep=lambda t: t["name"] != "delete_customer"), AnswerEditor()):
+        out = editor.stream()(_stream([foreign, SERVER_EVENTS[0]])) + editor.stream()(b"")
+        assert _messages(out) == [SERVER_EVENTS[0]]
+        assert json.loads(editor.body(json.dumps([foreign, SERVER_EVENTS[0]]).encode())) == [SERVER_EVENTS[0]]
+
+
+def test_a_list_whose_filter_fails_is_an_error_never_the_unfiltered_list() -> None:
+    """`keep` (the pin and policy check of each listed tool) can raise: a hostile server's lone
+    surrogate (`"\\ud800"` in a description) fails `definition_digest`'s UTF-8 encoding, and a
+    SQLite store that stays locked raises `sqlite3.OperationalError`, not `StoreUnavailable`.
+    Raised out of the response hook, mitmproxy logs it and forwards the answer as the server sent
+    it: every tool, hidden, changed or not."""
+    poisoned = json.loads('{"name": "create_refund", "description": "\\ud800", "inputSchema": {"type": "object"}}')
+
+    def keep(tool: dict[str, Any]) -> bool:
+        return definition_digest(tool) != ""
+
+    answer = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [poisoned, TOOLS[1]]}}).encode()
+    out = json.loads(AnswerEditor(lists={1}, keep=keep).body(answer))
+    assert out["id"] == 1 and "result" not in out and out["error"]["code"] == jsonrpc.INTERNAL
+    streamed = AnswerEditor(lists={1}, keep=keep).stream()(_stream([json.loads(answer)]))
+    assert b"delete_customer" not in streamed and [m["error"]["code"] for m in _messages(streamed)] == [jsonrpc.INTERNAL]
+
+
 def test_pins_sessions_and_their_acceptance(tmp_path: Path) -> None:
     path = tmp_path / "mcp.sqlite"
     store = McpStore(path, {"s": {"pinned_tool": "sha256:" + "a" * 64}})

@@ -207,8 +207,11 @@ class AuditLog:
         except OSError:
             # A full disk can take part of the line: cut it off, so the file stays whole records
             # and the chain continues from the last one when space returns.
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(self._fd, size)
+            except OSError:
+                with contextlib.suppress(OSError):  # the file is not what was tracked: ask it again
+                    self._size = os.fstat(self._fd).st_size
             raise
         self._size = size + len(data)
         self._seq, self._prev = body["seq"], body["hash"]

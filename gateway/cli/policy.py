@@ -222,7 +222,10 @@ def policy_test(
         ]
         out["approval_summary"] = dict(decision.approval_summary)
     print(json.dumps(out, indent=2))
-    return 0 if decision is not None and decision.outcome == "allow" and refusal is None else 1
+    # A tool the store knows a live call of is refused (a pending change, an uncheckable schema)
+    # fails the test whatever the policy says: a CI gate must not read it as allowed.
+    live_refused = mcp is not None and mcp.get("live_call") == "refused"
+    return 0 if decision is not None and decision.outcome == "allow" and refusal is None and not live_refused else 1
 
 
 def _pinned_schema(open_store: Callable[[], McpStore] | None, server: str, tool: str) -> tuple[dict[str, Any], ArgumentsSchema | None]:
@@ -242,10 +245,12 @@ def _pinned_schema(open_store: Callable[[], McpStore] | None, server: str, tool:
     shown["pin"] = pin.pinned
     if pin.pending is not None:
         shown["changed"] = "the server changed this tool's definition; a live call is refused mcp_tool_changed until accepted"
+        shown["live_call"] = "refused"
     try:
         schema = SchemaCache().get(pin.pinned, lambda: stored)
     except SchemaRefused as e:
         shown["input_schema"] = f"cannot be checked, so a live call is refused: {e}"
+        shown["live_call"] = "refused"
         return shown, None
     shown["input_schema"] = "checked"
     return shown, schema

@@ -261,6 +261,9 @@ class SchemaCache:
     def __contains__(self, digest: str) -> bool:
         return digest in self._compiled
 
+    def forget(self, digest: str) -> None:
+        self._compiled.pop(digest, None)
+
     def get(self, digest: str, schema: Callable[[], str | None]) -> ArgumentsSchema | None:
         """The compiled schema of `digest`; `schema()` gives its JSON text the first time (None: not
         known yet, nothing cached, None returned). Raises `SchemaRefused` for one that cannot be

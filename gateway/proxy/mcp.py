@@ -245,6 +245,9 @@ class McpDoor:
         try:
             self.rt.mcp.remember_schema(digest, text)
         except StoreUnavailable as e:
+            # Not known until stored: a later listing stores it, or the other processes would
+            # refuse the tool for want of its schema as long as this one kept it compiled.
+            self.rt.mcp_schemas.forget(digest)
             log.warning("MCP server %s tool %s hidden: its input schema cannot be stored (%s)", connector.name, name, e)
             return False
         return True

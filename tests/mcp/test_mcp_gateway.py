@@ -405,6 +405,10 @@ def test_a_changed_tool_definition_is_hidden_and_refused_until_an_admin_accepts_
     pins = [json.loads(line) for line in gw.cli("mcp", "pins", "payments_json").stdout.splitlines()]
     changed = next(p for p in pins if p["tool"] == "create_refund")
     assert changed["pending"] == changes[0]["definition"] != changed["pinned"]
+    # `policy test` says so too, and fails whatever the policy allows: a CI gate reads its exit code.
+    probe = gw.cli("policy", "test", "--as", "finance", "--mcp-server", "payments_json", "--tool", "create_refund",
+                   "--arguments", json.dumps({"amount": 5, "customer_email": "c@example.net"}), check=False)
+    assert probe.returncode == 1 and json.loads(probe.stdout)["mcp"]["live_call"] == "refused"
     nothing = gw.cli("mcp", "accept", "payments_json", "get_balance", check=False)
     assert nothing.returncode == 2 and "has no changed definition waiting" in nothing.stderr
     agent_token = gw.token(sub="finance-agent")

@@ -108,13 +108,14 @@ class Runtime:
             raise Refusal("store_unavailable", "the audit log cannot be written; nothing was sent") from None
         self._note(rec)
 
-    def record_after(self, rec: dict[str, Any]) -> None:
+    def record_after(self, rec: dict[str, Any]) -> bool:
         """A record of a refusal already given or an outcome already happened: a failed write is
         logged (with the decision id, never the record's content), never raised, because raising
         here would only turn a JSON refusal into mitmproxy's HTML page or lose a vendor's answer.
         Refusals because no token verified are aggregated per source (`gateway.audit.noise`), and
         only what the audit log holds goes on to the access log, the decision views and the SIEM:
-        a flood without a token must not fill the SIEM's queue and drop the agents' events."""
+        a flood without a token must not fill the SIEM's queue and drop the agents' events.
+        False when `rec` itself was held back (counted into a later summary)."""
         admitted = self.noise.admit(rec)
         try:
             for record in admitted:
@@ -128,6 +129,7 @@ class Runtime:
         self._count(rec)
         for record in admitted:
             self._publish(record)
+        return any(record is rec for record in admitted)
 
     def _note(self, rec: dict[str, Any]) -> None:
         self._count(rec)

@@ -79,13 +79,15 @@ def basic(token: str, user: str = "agent") -> str:
 
 
 def raw_connect(
-    gw: GatewayProcess, host: str, auth: str | None, port: int = 443, headers: dict[str, str] | None = None
+    gw: GatewayProcess, host: str, auth: str | None, port: int = 443, headers: dict[str, str] | None = None,
+    source: str = "127.0.0.1",
 ) -> tuple[socket.socket | ssl.SSLSocket, RawResponse]:
     """Send a CONNECT by hand; returns the socket (a tunnel if the status is 200) and the refusal or
     the tunnel's 200. A refused CONNECT is answered 200 with `X-Egress-Error`, and the refusal is
     the answer to the first request inside the tunnel, as an SDK reads it: this follows it there,
-    after checking the CONNECT answer names the same code and decision."""
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    after checking the CONNECT answer names the same code and decision. `source` (any 127.x.y.z)
+    is the client address refusals without a token are aggregated by."""
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10, source_address=(source, 0))
     lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
     if auth is not None:
         lines.append(f"Proxy-Authorization: {auth}")

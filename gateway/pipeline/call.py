@@ -36,6 +36,8 @@ class Call:
     extra: dict[str, Any] = field(default_factory=dict)
     # The decision's trace when tracing is on and samples it (`gateway.telemetry.tracing`); never recorded.
     trace: Any = field(default=None, repr=False, compare=False)
+    # Its refusal's record was held back as unauthenticated noise (`gateway.audit.noise`): not traced either.
+    held_back: bool = field(default=False, repr=False, compare=False)
 
     @property
     def agent(self) -> str | None:

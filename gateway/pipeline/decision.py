@@ -414,7 +414,8 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
     else:
         assert rt.tracing is not None
         forward, refusal = await _failing_closed(rt, call, view.client, run_traced(trace.ends))
-        rt.tracing.end_decision(trace, STEP_NAMES, call.record("deny" if refusal else "allow", refusal))
+        if not call.held_back:  # traced as the audit log holds it: a flood without a token, per source
+            rt.tracing.end_decision(trace, STEP_NAMES, call.record("deny" if refusal else "allow", refusal))
     return Verdict(call, refusal, forward)
 
 
@@ -459,7 +460,7 @@ def refused(rt: Runtime, call: Call, refusal: Refusal, client: str | None = None
     with the client address that refusals without a valid token are aggregated by."""
     if refusal.connector is None:
         refusal.connector, refusal.action = call.connector, call.action
-    rt.record_after(call.record("deny", refusal, phase="decision", client=client))
+    call.held_back = not rt.record_after(call.record("deny", refusal, phase="decision", client=client))
     return refusal
 
 
@@ -487,7 +488,8 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
 
     A refusal is a decision with an audit record, so it is traced like a request's: one span, from
     the same record, continuing the agent's traceparent. A tunnel that opens has no record (each
-    request inside is decided, recorded and traced), so it has no span either."""
+    request inside is decided, recorded and traced), so it has no span either; nor has a refusal
+    without a token that the audit log holds back as noise (its source's summary stands for it)."""
     host = canonical_host(view.host)
     call = Call(host=steps.audit_host(rt.registry, rt.allow_hosts, host), method="CONNECT", path=None)
     trace = rt.tracing.decision(view.traceparent) if rt.tracing is not None else None
@@ -504,7 +506,7 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
         return Tunnel(call.identity, host, view.port, await rt.resolver.resolve(host, view.port))
 
     tunnel, refusal = await _failing_closed(rt, call, view.client, run())
-    if trace is not None and refusal is not None:
+    if trace is not None and refusal is not None and not call.held_back:
         assert rt.tracing is not None
         rt.tracing.end_decision(trace, (), call.record("deny", refusal))
     return ConnectVerdict(call, refusal, tunnel)

@@ -54,7 +54,8 @@ def test_a_connect_to_a_host_nobody_claims_is_one_span(observed: GatewayProcess,
 
 def test_a_connect_with_a_bad_token_is_one_span_without_the_token(observed: GatewayProcess, otlp: OtlpReceiver) -> None:
     forged = observed.token(sub=f"forger-{uuid.uuid4().hex[:8]}", scopes=("*",))[:-6] + "AAAAAA"  # signature broken
-    sock, refusal = raw_connect(observed, "api.openai.com", basic(forged, user="jane.doe@example.com"), headers=TRACEPARENT)
+    sock, refusal = raw_connect(observed, "api.openai.com", basic(forged, user="jane.doe@example.com"), headers=TRACEPARENT,
+                                source="127.0.0.2")  # a source of its own: refusals without a token are aggregated per source
     sock.close()
     err = refusal.error()
     assert err["code"] == "identity_invalid"
@@ -107,10 +108,30 @@ def test_a_quarantined_agents_connect_is_one_span_with_its_agent(observed: Gatew
 def test_a_hostile_traceparent_on_a_connect_parents_nothing_and_leaks_nothing(observed: GatewayProcess,
                                                                              otlp: OtlpReceiver) -> None:
     hostile = {"traceparent": f"00-{AGENT_TRACE}-{AGENT_SPAN}-01;jane.doe@example.com", "tracestate": "a=jane.doe"}
-    sock, refusal = raw_connect(observed, "api.openai.com", None, headers=hostile)
+    sock, refusal = raw_connect(observed, "api.openai.com", None, headers=hostile, source="127.0.0.3")
     sock.close()
     err = refusal.error()
     assert err["code"] == "identity_missing"
     (span,) = _spans_of(otlp, err["decision_id"])
     assert span.parent_span_id == "" and span.trace_id != AGENT_TRACE and span.status_message == "identity_missing"
     assert not _leaked(otlp, "jane.doe")
+
+
+def test_a_flood_without_a_token_is_traced_as_the_audit_log_holds_it(observed: GatewayProcess, otlp: OtlpReceiver) -> None:
+    """The audit log writes the first refusal without a token of a source's second and counts the
+    rest; the traces follow it, so a flood cannot fill the span queue and push out agents' spans."""
+    flood = []
+    for _ in range(12):
+        sock, refusal = raw_connect(observed, "api.openai.com", None, source="127.0.0.4")
+        sock.close()
+        flood.append(refusal.error()["decision_id"])
+    # A refusal after the flood: once its span is in, everything queued before it was exported.
+    token = observed.token(sub=f"sentinel-{uuid.uuid4().hex[:8]}", role="research", tenant="acme", scopes=("*",))
+    sock, refusal = raw_connect(observed, "unclaimed.example", basic(token))
+    sock.close()
+    _spans_of(otlp, refusal.error()["decision_id"])
+    traced = {s.attributes.get("egress.decision_id") for s in list(otlp.spans)}
+    kept = {r["decision_id"] for r in observed.audit() if r.get("decision_id") in flood}
+    assert flood[0] in kept and len(kept) < len(flood)  # the first written, the rest held back
+    assert [d for d in flood if d in traced] == [d for d in flood if d in kept]
+

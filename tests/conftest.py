@@ -91,7 +91,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     yield make
     for gw in started:
-        gw.stop()
+        gw.stop_soon()
 
 
 def _guest_cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -122,8 +123,10 @@ class Prebuild:
         return PythonTools.under(self.tools_root)
 
     def stop(self) -> None:
+        """At the session's end: a build still running (a run stopped early) goes, componentize-py too."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
 

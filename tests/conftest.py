@@ -9,6 +9,8 @@ imported from `tests.fakes` and `tests.processes`, never from a conftest.
 
 from __future__ import annotations
 
+import compileall
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +23,28 @@ from hypothesis import settings
 settings.register_profile("egress-gateway", deadline=None)
 settings.load_profile("egress-gateway")
 
-from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
+from tests.fakes import PKI, REPO, VENDOR_HOSTS, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess, RedisServer
-from tests.python_tools import BuildError, PythonTools, build_python_tools, componentize_py
+from tests.python_tools import BuildError, Prebuild, PythonTools, componentize_py
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The project's modules byte-compiled once, as a first import would leave them. The suite starts
+    hundreds of gateways and CLI runs; where PYTHONDONTWRITEBYTECODE is set (some CI images and
+    sandboxes set it) each of them would compile the project's ~20 K lines again (~0.3 s of CPU)."""
+    for package in ("gateway", "dlp", "sandbox", "connectors", "tests"):
+        compileall.compile_dir(REPO / package, quiet=2, rx=re.compile(r"sandbox/tools/"))
+
+
+# Fixtures whose artifacts `prebuild` makes in the background: their tests' modules run last.
+PREBUILT = frozenset({"python_tools", "python_guest_cache"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules that need a prebuilt artifact run after the others (the chaos invariants, which
+    check the whole chaos run, stay last), giving the background build the rest of the run."""
+    late = {item.path for item in items if PREBUILT & set(getattr(item, "fixturenames", ()))}
+    items.sort(key=lambda item: 2 if item.path.name == "test_zz_invariants.py" else int(item.path in late))
 
 
 @pytest.fixture(scope="session")
@@ -70,33 +91,56 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     yield make
     for gw in started:
-        gw.stop()
+        gw.stop_soon()
+
+
+def _guest_cache_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """Where the compiled CPython guest lives: pytest's cache dir when it is enabled (reruns load it in
+    milliseconds); None where the python-guest extra is not installed."""
+    try:
+        import sandbox.python_guest  # noqa: F401
+    except ImportError:
+        return None
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("sandbox-cwasm") if cache is not None else tmp_path_factory.mktemp("cwasm")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prebuild(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prebuild]:
+    """Starts, at the session's first test, the background build of what the selected tests need."""
+    wanted = set().union(*(getattr(item, "fixturenames", ()) for item in request.session.items)) & PREBUILT
+    tools_root = None
+    if "python_tools" in wanted:
+        try:
+            componentize_py()
+            tools_root = tmp_path_factory.mktemp("python-tools")
+        except BuildError:
+            pass  # `python_tools` skips, saying why
+    guest = _guest_cache_dir(request, tmp_path_factory) if "python_guest_cache" in wanted else None
+    build = Prebuild(tmp_path_factory.mktemp("prebuild") / "build.log", tools_root, guest)
+    yield build
+    build.stop()
 
 
 @pytest.fixture(scope="session")
-def python_tools(tmp_path_factory: pytest.TempPathFactory) -> PythonTools:
-    """The sample Python tools built with componentize-py and compiled, once per session (~20 s).
-    Skipped only where componentize-py is not installed (the `test` extra installs it)."""
+def python_tools(prebuild: Prebuild) -> PythonTools:
+    """The sample Python tools built with componentize-py and compiled, once per session (~20 s,
+    in the background: `prebuild`). Skipped only where componentize-py is not installed (the `test`
+    extra installs it)."""
     try:
         componentize_py()
     except BuildError as e:
         pytest.skip(str(e))
-    return build_python_tools(tmp_path_factory.mktemp("python-tools"))
+    return prebuild.tools()
 
 
 @pytest.fixture(scope="session")
-def python_guest_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
-    """The CPython guest compiled once per session (~15 s), in pytest's cache dir when it is enabled
-    (reruns load it in milliseconds); None where the python-guest extra is not installed. Gateways
-    start with a copy (`tests.processes.seed_python_guest`) instead of compiling their own."""
-    try:
-        from sandbox.python_guest import PythonGuest
-    except ImportError:
-        return None
-    cache = getattr(request.config, "cache", None)
-    cache_dir = cache.mkdir("sandbox-cwasm") if cache is not None else tmp_path_factory.mktemp("cwasm")
-    PythonGuest(cache_dir=cache_dir).close()
-    return cache_dir
+def python_guest_cache(prebuild: Prebuild) -> Path | None:
+    """The CPython guest compiled once per session (~15 s, in the background: `prebuild`); None where
+    the python-guest extra is not installed. Gateways start with a copy
+    (`tests.processes.seed_python_guest`) instead of compiling their own."""
+    prebuild.wait()
+    return prebuild.guest_cache
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,11 +65,17 @@ def _stop(proc: subprocess.Popen[bytes], sig: int | None = None) -> int:
             proc.terminate()
         else:
             proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
+    return proc.returncode
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for a signalled process; kill it if it has not exited within 15 s."""
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     return proc.returncode
 
 
@@ -77,7 +84,8 @@ class GatewayProcess:
     """`egress-gateway run` in a subprocess with its own config, state dir and ports.
 
     `env` is added to the test vendor keys. `start` may be called again after a stop or a kill
-    (same ports, same state dir: a restart); as a context manager the process is stopped on exit.
+    (same ports, same state dir: a restart); as a context manager the process is sent SIGTERM on
+    exit, and its exit is not waited for (`stop_soon`; `stop` waits).
     `checkout` is the source tree whose gateway runs (another commit's, for a benchmark comparing them).
     """
 
@@ -96,6 +104,7 @@ class GatewayProcess:
         self.config_file.write_text(yaml.safe_dump(cfg))
         self.log_file = self.root / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._terminated: subprocess.Popen[bytes] | None = None  # the process `stop_soon` signalled
 
     def __repr__(self) -> str:  # the environment holds the vendor keys
         return f"GatewayProcess({self.root.name}, port={self.port}, api_port={self.api_port})"
@@ -139,13 +148,28 @@ class GatewayProcess:
         raise TimeoutError(f"{text!r} not logged {count} times within {timeout}s")
 
     def stop(self, sig: int | None = None) -> int:
-        return 0 if self.proc is None else _stop(self.proc, sig)
+        if self.proc is None:
+            return 0
+        if sig is None and self.proc is self._terminated:  # `stop_soon` sent SIGTERM already: only wait
+            return _reap(self.proc)
+        return _stop(self.proc, sig)
+
+    def stop_soon(self) -> None:
+        """SIGTERM, without waiting for the exit: for a fixture's teardown, after which nothing reads
+        the process (or `stop` is called to wait for it). A gateway seals its audit log within a
+        fraction of a second of the signal, then spends about a second of CPU tearing its interpreter
+        down (freeing the DLP models), which the next test's start overlaps. A thread waits for the
+        exit, and kills the process after 15 s, as `stop` does."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self._terminated = self.proc
+            threading.Thread(target=_reap, args=(self.proc,), name=f"stop-{self.root.name}", daemon=True).start()
 
     def __enter__(self) -> GatewayProcess:
         return self if self.proc is not None and self.proc.poll() is None else self.start()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+        self.stop_soon()
 
     @property
     def ca_file(self) -> Path:

@@ -132,13 +132,14 @@ def launch(root: Path, pki: PKI, vendor: FaultVendor, env: dict[str, str] | None
 
 
 def retire(gw: GatewayProcess) -> None:
-    """Scrape its metrics (they are part of what the leak check greps), then stop it."""
+    """Scrape its metrics (they are part of what the leak check greps), then stop it (without
+    waiting for the exit: the leak check waits for every gateway before it reads what they wrote)."""
     if gw.proc is not None and gw.proc.poll() is None:
         try:
             REPORT.scrapes.append(metrics(gw))
         except httpx.HTTPError:
             pass
-    gw.stop()
+    gw.stop_soon()
 
 
 def agent(gw: GatewayProcess, role: str, sub: str | None = None, **kw: Any) -> str:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Iterator
 
 import pytest
 
+from tests.chaos import harness
 from tests.chaos.faults import FaultVendor
 from tests.chaos.harness import BALANCE, agent, code_of, send
 from tests.chaos.report import ChaosReport
 from tests.clients import client
+from tests.fakes import PKI
 from tests.processes import GatewayProcess
 
 FAILURES = 3
@@ -34,6 +37,17 @@ def _after_reset(report: ChaosReport, gw: GatewayProcess) -> str:
             time.sleep(0.2)
 
 
+@pytest.fixture(scope="module")
+def breaker_gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, fault_vendor_server: FaultVendor) -> Iterator[GatewayProcess]:
+    """One gateway for every failure kind (a start costs seconds): each case ends with a probe that
+    succeeds, and a success clears the host's and the agent's breaker state, so the next kind meets
+    a closed circuit with no failures counted, as on a fresh gateway."""
+    gw = harness.launch(tmp_path_factory.mktemp("breaker"), pki, fault_vendor_server,
+                        breaker={"failures": FAILURES, "reset": f"{RESET}s"}, timeouts={"connect": "2s", "read": "1s"})
+    yield gw
+    harness.retire(gw)
+
+
 @pytest.mark.parametrize(
     ("mode", "cert", "first"),
     [
@@ -44,9 +58,9 @@ def _after_reset(report: ChaosReport, gw: GatewayProcess) -> str:
     ],
 )
 def test_breaker_opens_fast_without_dialing_and_a_probe_closes_it(
-    chaos_gateway, fault_vendor: FaultVendor, report: ChaosReport, mode: str, cert: str, first: str
+    breaker_gw: GatewayProcess, fault_vendor: FaultVendor, report: ChaosReport, mode: str, cert: str, first: str
 ) -> None:
-    gw = chaos_gateway(fault_vendor, breaker={"failures": FAILURES, "reset": f"{RESET}s"}, timeouts={"connect": "2s", "read": "1s"})
+    gw = breaker_gw
     fault_vendor.reset(mode)
     fault_vendor.cert = cert
     kind = mode.replace("_", " ") if cert == "good" else f"{cert.replace('_', '-')} cert"

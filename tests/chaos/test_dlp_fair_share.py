@@ -18,14 +18,17 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
+from tests.chaos import harness
 from tests.chaos.faults import FaultVendor
 from tests.chaos.harness import CHAT, EMAIL, agent, code_of, send
 from tests.chaos.report import ChaosReport
 from tests.clients import chat, client
+from tests.fakes import PKI
 from tests.processes import GatewayProcess
 
 MAX_RATIO = 2.0
@@ -129,20 +132,28 @@ def run_case(
         assert loud <= MAX_RATIO * quiet, case.observed
 
 
-def test_dlp_flood_leaves_a_bystander_fast(chaos_gateway, fault_vendor: FaultVendor, report: ChaosReport) -> None:
-    gw = chaos_gateway(fault_vendor)
-    run_case(report, gw, fault_vendor, body_chars=40_000, messages=1, calls=15)
+@pytest.fixture(scope="module")
+def dlp_gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, fault_vendor_server: FaultVendor) -> Iterator[GatewayProcess]:
+    """One gateway for the module (a start costs seconds). Its max_body lets the oversized texts reach
+    DLP's own limit; the floods' bodies are far under either. Every case has agents of its own."""
+    gw = harness.launch(tmp_path_factory.mktemp("dlp-fair-share"), pki, fault_vendor_server, max_body="8MiB")
+    yield gw
+    harness.retire(gw)
+
+
+def test_dlp_flood_leaves_a_bystander_fast(dlp_gw: GatewayProcess, fault_vendor: FaultVendor, report: ChaosReport) -> None:
+    run_case(report, dlp_gw, fault_vendor, body_chars=40_000, messages=1, calls=15)
 
 
 @pytest.mark.chaos_full
-def test_dlp_flood_at_the_call_limit_leaves_a_bystander_fast(chaos_gateway, fault_vendor: FaultVendor, report: ChaosReport) -> None:
-    gw = chaos_gateway(fault_vendor)
+def test_dlp_flood_at_the_call_limit_leaves_a_bystander_fast(dlp_gw: GatewayProcess, fault_vendor: FaultVendor, report: ChaosReport) -> None:
+    gw = dlp_gw
     # One message holds at most dlp.max_field_chars; a call's limit is nearly filled with several.
     run_case(report, gw, fault_vendor, body_chars=95_000, messages=4, calls=40)
 
 
-def test_oversized_dlp_text_is_refused_before_any_work(chaos_gateway, fault_vendor: FaultVendor, report: ChaosReport) -> None:
-    gw = chaos_gateway(fault_vendor, max_body="8MiB")
+def test_oversized_dlp_text_is_refused_before_any_work(dlp_gw: GatewayProcess, fault_vendor: FaultVendor, report: ChaosReport) -> None:
+    gw = dlp_gw
     token = agent(gw, "chatter", sub="dlp-oversize")
     rng = random.Random(7)
     sizes = sorted(rng.randrange(100_001, 2_500_000) for _ in range(4)) + [1_000_001]

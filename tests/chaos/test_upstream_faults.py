@@ -60,6 +60,9 @@ def test_fault_ends_in_its_documented_refusal(
         assert len(fault_vendor.seen()) == (0 if cert != "good" else 1)
 
 
+# A gateway of its own (~5 s) for what tests/proxy/test_upstream.py::test_refused_connection_is_502_upstream_failed
+# checks in the default run (the same fault, the same 502 upstream_failed); this one runs under `make chaos`.
+@pytest.mark.chaos_full
 def test_connection_refused_is_502(chaos_gateway, fault_vendor: FaultVendor, report: ChaosReport) -> None:
     closed = f"https://127.0.0.1:{free_port()}"
     g = chaos_gateway(fault_vendor, upstreams={h: closed for h in VENDOR_HOSTS})

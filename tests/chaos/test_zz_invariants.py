@@ -34,8 +34,11 @@ def _needles(values: tuple[str, ...]) -> set[bytes]:
 
 
 def _written(report: ChaosReport) -> list[tuple[str, bytes]]:
+    """Everything the chaos gateways wrote, each read once it has exited (retired gateways are
+    stopped without waiting)."""
     blobs: list[tuple[str, bytes]] = []
     for gw in report.gateways:
+        gw.stop()
         for path in sorted(Path(gw.root).rglob("*")):
             if path.is_file() and path.name != "gateway.yaml":
                 blobs.append((str(path.relative_to(gw.root.parent)), path.read_bytes()))

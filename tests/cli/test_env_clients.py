@@ -63,12 +63,18 @@ def test_stripe_python_ignores_every_ca_variable_until_ca_bundle_path_is_set(
     assert vendor.received[-1].headers["authorization"] == f"Bearer {VENDOR_ENV['TEST_STRIPE_KEY']}"
 
 
+@pytest.fixture(scope="module")
+def exports(gateway: GatewayProcess) -> dict[str, str]:
+    """What `env` exports, read once for the whole matrix: which variable a client reads depends on
+    the client and the variable, not on the agent, and each `env` run is a CLI start (~1-2 s)."""
+    return exports_of(gateway, _agent("matrix"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variable", CA_VARIABLES)
 @pytest.mark.parametrize("kind", sorted(TRUSTS))
-def test_which_ca_variable_each_client_reads(gateway: GatewayProcess, vendor: FakeVendor, kind: str, variable: str) -> None:
+def test_which_ca_variable_each_client_reads(exports: dict[str, str], vendor: FakeVendor, kind: str, variable: str) -> None:
     _needs(kind)
-    exports = exports_of(gateway, _agent(kind))
     run = run_client(kind, {"HTTPS_PROXY": exports["HTTPS_PROXY"], variable: exports[variable]})
     if variable in TRUSTS[kind]:
         assert run.reached, run

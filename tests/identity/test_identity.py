@@ -128,7 +128,8 @@ def test_token_expiring_inside_an_open_tunnel_stops_working(make_gateway, pki, v
     token = gw.token(scopes=("stripe:*",), ttl=2)
     with client(gw, token, limits=httpx.Limits(keepalive_expiry=60)) as c:
         assert c.get("https://api.stripe.com/v1/balance").status_code == 200
-        time.sleep(4.5)  # past exp plus the 1 s clock-skew leeway
+        expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+        time.sleep(max(0.0, expires + 1 + 0.5 - time.time()))  # past exp plus the 1 s clock-skew leeway (and 0.5 s)
         r = c.get("https://api.stripe.com/v1/balance")
     assert (r.status_code, error_of(r)["code"]) == (407, "identity_expired")
 

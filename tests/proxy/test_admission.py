@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jwt
 import pytest
 
 from tests.clients import (
@@ -144,7 +145,8 @@ def test_an_identity_expired_in_its_tunnel_is_refused_before_its_body(make_gatew
     gw: GatewayProcess = make_gateway(vendor_settings(pki, vendor, token_leeway="1s"))
     token = gw.token(sub="expires-in-tunnel", scopes=("stripe:*",), ttl=2)
     tls = tunnel_tls(gw, token, "api.stripe.com")
-    time.sleep(3.5)  # past exp and the leeway
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires + 1 + 0.5 - time.time()))  # past exp and the 1 s leeway (and 0.5 s)
     resp = _answer(tls, f"{PAYMENT}Content-Length: {MAX_BODY}\r\n\r\n".encode())
     tls.close()
     assert (resp.status, resp.headers["connection"]) == (407, "close")

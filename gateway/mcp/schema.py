@@ -10,7 +10,7 @@ The schema is the MCP server's, so it is hostile input: compiling and applying i
   (look-around, back-references) refuses the tool; `format` is not checked;
 - one call's check may apply at most `MAX_STEPS` keywords (a reference costs `REF_COST`, a regex
   match of a property name one, `allOf`/`anyOf`/`oneOf` one per branch, `items` and its kin one per
-  element, `enum`/`required`/`properties` one per `SIZED_PER_STEP` entries, a `uniqueItems` the square of its array's length unless it holds only strings or only numbers); a schema whose `$ref`s multiply the work, or deep arguments under a recursive
+  element, `additionalProperties`/`propertyNames`/`unevaluatedProperties` one per key of the object, `enum`/`required`/`properties` one per `SIZED_PER_STEP` entries, a `uniqueItems` the square of its array's length unless it holds only strings or only numbers); a schema whose `$ref`s multiply the work, or deep arguments under a recursive
   schema, are refused rather than checked at any cost.
 A compiled schema is kept by the pin's digest (`SchemaCache`), so a schema is compiled once per
 process, not per call. What a refusal says names the keyword and the schema's own property names,
@@ -50,6 +50,7 @@ _REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 _BRANCHES = frozenset({"allOf", "anyOf", "oneOf"})  # a step per subschema
 _ELEMENTS = frozenset({"items", "prefixItems", "additionalItems", "contains", "unevaluatedItems"})  # a step per element
 _SIZED = frozenset({"enum", "required", "properties", "dependentRequired", "dependentSchemas", "dependencies"})
+_KEYED = frozenset({"additionalProperties", "propertyNames", "unevaluatedProperties"})  # a step per key of the object
 SIZED_PER_STEP = 10  # entries of a `_SIZED` keyword's value compared or looked up in one step's time
 _DATA_KEYWORDS = frozenset({"enum", "const", "default", "examples"})  # values, not schemas: not walked
 _TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
@@ -132,6 +133,8 @@ def _counted(keyword: str, run: Callable[..., Any]) -> Callable[..., Any]:
         if keyword in _BRANCHES and isinstance(value, list):
             return 1 + len(value)
         if keyword in _ELEMENTS and isinstance(instance, list):
+            return 1 + len(instance)
+        if keyword in _KEYED and isinstance(instance, dict):
             return 1 + len(instance)
         if keyword in _SIZED and isinstance(value, (list, dict)):
             return 1 + len(value) // SIZED_PER_STEP

@@ -68,7 +68,6 @@ class Quarantines:
     store_errors: tuple[type[Exception], ...] = (sqlite3.Error,)  # what `watch` logs and retries
 
     def __init__(self, path: Path) -> None:
-        self._path = path
         self._active: dict[tuple[str, str], Change] = {}
         self._seen = -1
         self._lock = threading.Lock()  # the API's `set` and the watcher's reload: each change reported once

@@ -37,7 +37,6 @@ class Revocations:
     store_errors: tuple[type[Exception], ...] = (sqlite3.Error,)  # what `watch` logs and retries
 
     def __init__(self, path: Path):
-        self._path = path
         self._jtis: set[str] = set()
         self._subs: dict[str, float] = {}
         self._seen = -1

@@ -336,4 +336,3 @@ async def within_store_time(call: Awaitable[T], timeout: float, tick: float = TI
     finally:
         if not task.done():
             task.cancel()
-

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -104,14 +105,33 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constant(name: str) -> Any:
+    raise Malformed(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise Malformed("a number is too large")
+    return value
+
+
 def parse(body: bytes) -> tuple[list[Message], bool]:
-    """The messages of a client's POST body, and whether they came as a batch."""
+    """The messages of a client's POST body, and whether they came as a batch.
+
+    NaN, Infinity and a number beyond a float (`1e400`) are refused: every comparison with NaN is
+    false and the judged copy of the arguments holds null for them, so a policy's `max` or an
+    approval condition would pass them while the server receives them as sent."""
     try:
-        data = json.loads(body, object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise Malformed("the body is not JSON") from None
+        data = json.loads(body, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite)
+    except Malformed:
+        raise
     except RecursionError:
         raise Malformed("the body nests too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise Malformed("the body is not JSON") from None
+    except ValueError:  # Python's limit on an integer's digits (4300)
+        raise Malformed("a number is too long") from None
     batch = isinstance(data, list)
     items = data if batch else [data]
     if not items or len(items) > MAX_BATCH:

@@ -39,6 +39,12 @@ TOOLS: list[dict[str, Any]] = [
         b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":1,"method":"ping"}]',
         json.dumps([{"jsonrpc": "2.0", "method": "notifications/x"}] * 65).encode(),
         b"[" * 100000,
+        # Not numbers a policy can compare: NaN passes every `max`, and all of them judge as null.
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":NaN}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":Infinity}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":-Infinity}}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":1e400}}}',
+        b'{"jsonrpc":"2.0","id":' + b"9" * 5000 + b',"method":"ping"}',  # over Python's 4300 digits: a ValueError
     ],
 )
 def test_what_cannot_be_checked_is_malformed(body: bytes) -> None:
@@ -280,3 +286,4 @@ def test_session_owners_are_remembered_and_still_expire(tmp_path: Path) -> None:
     now[0] += SESSION_TTL + 1
     assert other.session_agent("sid-1") is None  # expired in memory and in the store
     other.close()
+

@@ -37,6 +37,12 @@ RequestId = str | int
 _PROGRESS_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
+def is_notification(method: str) -> bool:
+    """A client's notification (initialized, cancelled, progress, roots/list_changed): MCP names
+    them all under `notifications/`; any other method without an id is a request in disguise."""
+    return method.startswith("notifications/")
+
+
 class Malformed(ValueError):
     """Not a JSON-RPC message the gateway can check; the message never quotes the body."""
 

@@ -62,7 +62,7 @@ class _Sorted:
     lists: set[jsonrpc.RequestId] = field(default_factory=set)
     calls: set[jsonrpc.RequestId] = field(default_factory=set)
     others: set[jsonrpc.RequestId] = field(default_factory=set)  # forwarded protocol requests' ids
-    refusal: tuple[Call, Refusal] | None = None  # the protocol action's, if refused
+    refusal: tuple[Call, Refusal] | None = None  # the protocol action's (or a disguised notification's), if refused
 
 
 class McpDoor:
@@ -114,7 +114,7 @@ class McpDoor:
             headers = {"content-type": "application/json", DECISION_HEADER: decision_id}
             flow.response = http.Response.make(200, jsonrpc.answers_body(done.answers, batch), headers)
         else:
-            assert done.refusal is not None  # nothing forwarded, nothing answered: the protocol action was refused
+            assert done.refusal is not None  # nothing forwarded, nothing answered: the protocol action (or a notification) was refused
             self._answer_refusal(flow, *done.refusal)
 
     async def _decide(self, view: RequestView, connector: McpConnector, messages: list[jsonrpc.Message]) -> _Sorted:
@@ -124,10 +124,16 @@ class McpDoor:
         for m in messages:
             if m.is_tool_call:
                 await self._tool_call(view, connector, m, done)
-            elif m.is_request and m.method not in jsonrpc.PROTOCOL_METHODS:
-                call = self._call(view, connector, methods=[m.method or ""])
+            elif m.method is not None and m.method not in jsonrpc.PROTOCOL_METHODS and (m.is_request or not jsonrpc.is_notification(m.method)):
+                # A method sent without an id (a tools/call, a resources/read) is no notification:
+                # forwarded, it would reach the server undecided.
+                call = self._call(view, connector, methods=[m.method])
                 refusal = Refusal("unknown_action", "the gateway forwards MCP tools, not this method", connector=connector.name)
-                done.answers.append(jsonrpc.refusal_answer(m.id, refused(self.rt, call, refusal, view.client), call.decision_id))
+                refusal = refused(self.rt, call, refusal, view.client)
+                if m.is_request:
+                    done.answers.append(jsonrpc.refusal_answer(m.id, refusal, call.decision_id))
+                else:  # nothing to answer it with; refused over HTTP if nothing else of the POST goes on
+                    done.refusal = (call, refusal)
             else:
                 protocol.append(m)
         if not protocol:

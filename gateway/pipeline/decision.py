@@ -163,6 +163,10 @@ async def mcp(c: Ctx) -> None:
         return
     assert c.route is not None
     session = c.view.header("mcp-session-id")
+    if sum(k.lower() == b"mcp-session-id" for k, _ in c.view.headers) > 1:
+        # Only the first is checked here, and both would go on: a server reading the last (or
+        # both, joined) would act in a session the check never saw.
+        raise Refusal("mcp_malformed", "a request names one MCP session: send one Mcp-Session-Id header")
     if session is None and c.view.method == "GET":
         raise Refusal("unknown_action", LEGACY_SSE_REFUSED)
     if session is not None and c.services.mcp.session_agent(session) != c.call.agent:

@@ -357,6 +357,48 @@ def test_a_session_id_replayed_by_another_agent_is_refused(gw: GatewayProcess, f
     assert owner == ["ask_model", "create_refund", "get_balance"]
 
 
+def test_what_the_policy_could_not_judge_never_reaches_the_server(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    """Three shapes a check read differently from the server: a number no policy can compare (NaN
+    passes every `max`; it, Infinity and 1e400 judge as null), a method sent without an id as if a
+    notification (it was decided by nothing), and a second Mcp-Session-Id (another agent's,
+    behind the agent's own: only the first was checked, both went on)."""
+    _, plain = servers
+    thief = _agent(gw, finance, "header-smuggler")
+
+    async def run() -> tuple[list[httpx.Response], list[httpx.Response], httpx.Response, httpx.Response]:
+        async with mcp_session(finance, JSON_URL) as (_, victim_session), http_client(thief) as c:
+            init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+            r = await c.post(JSON_URL, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}, headers=ACCEPT)
+            own = r.headers["mcp-session-id"]
+            h = {**ACCEPT, "mcp-session-id": own, "mcp-protocol-version": "2025-06-18", "content-type": "application/json"}
+            await c.post(JSON_URL, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=h)
+            numbers = [
+                await c.post(JSON_URL, headers=h, content=b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":'
+                             b'{"name":"create_refund","arguments":{"amount":' + n + b',"customer_email":"a@b.org"}}}')
+                for n in (b"NaN", b"Infinity", b"-1e400", b"9" * 5000)
+            ]
+            disguised = [
+                await c.post(JSON_URL, headers=h, json={"jsonrpc": "2.0", "method": method, "params": params})
+                for method, params in (("tools/call", {"name": "delete_customer", "arguments": {"customer_id": "c"}}),
+                                       ("resources/read", {"uri": "file:///etc/passwd"}))
+            ]
+            two = [(k, v) for k, v in h.items() if k != "mcp-session-id"] + [("mcp-session-id", own), ("Mcp-Session-Id", victim_session() or "")]
+            smuggled = await c.post(JSON_URL, headers=two, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+            alone = await c.post(JSON_URL, headers=h, json={"jsonrpc": "2.0", "id": 4, "method": "ping"})
+            return numbers, disguised, smuggled, alone
+
+    before = len(plain.bodies)
+    numbers, disguised, smuggled, alone = asyncio.run(run())
+    assert [(r.status_code, r.json()["error"]["code"]) for r in numbers] == [(400, "mcp_malformed")] * 4
+    assert [(r.status_code, r.json()["error"]["code"]) for r in disguised] == [(403, "unknown_action")] * 2
+    assert smuggled.status_code == 200 and smuggled.json()["error"]["data"]["code"] == "mcp_malformed"  # a request's refusal
+    assert alone.status_code == 200 and alone.json() == {"jsonrpc": "2.0", "id": 4, "result": {}}
+    reached = b"".join(plain.bodies[before:])
+    assert b'"method":"ping"' in reached and b'"id":3' not in reached
+    for sent in (b"NaN", b"Infinity", b"1e400", b"9999", b"delete_customer", b"resources/read"):
+        assert sent not in reached
+
+
 def test_a_server_sampling_request_reaches_the_agent_only_if_a_policy_names_it(gw: GatewayProcess, finance: Exports) -> None:
     asked: list[Any] = []
 

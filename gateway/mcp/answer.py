@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE = re.compile(rb"\r\n|\r|\n")
+_BOM = "\ufeff".encode()
 
 
 @dataclass
@@ -57,9 +58,13 @@ class AnswerEditor:
             if "id" in msg and not self.server_request(msg):
                 return None
             return msg
-        ident = msg.get("id")
-        if not isinstance(ident, (str, int)) or "result" not in msg:
+        if "result" not in msg:
             return msg
+        ident = msg.get("id")
+        if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+            # No request carries such an id, yet a JavaScript client reads 9.0 (or 9e0) as 9: a
+            # list answered so would reach it unfiltered.
+            return None
         if ident in self.lists:
             try:
                 return {**msg, "result": filter_list(msg["result"], self.keep)}
@@ -131,6 +136,9 @@ class AnswerEditor:
         return modify
 
     def _event(self, raw: bytes) -> bytes:
+        # A client strips a byte order mark that opens the stream (the SSE spec): unstripped
+        # here, "\ufeffdata: ..." would pass as an event without data, unread.
+        raw = raw.removeprefix(_BOM)
         lines = _LINE.split(raw)
         data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
         if not data:

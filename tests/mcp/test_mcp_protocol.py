@@ -287,3 +287,24 @@ def test_session_owners_are_remembered_and_still_expire(tmp_path: Path) -> None:
     assert other.session_agent("sid-1") is None  # expired in memory and in the store
     other.close()
 
+
+def test_an_answer_whose_id_no_request_carries_never_passes_unedited() -> None:
+    """A hostile server answers the tools/list of id 1 with id 1.0 (or 1e0, true, null): no request
+    the gateway forwards has such an id, so none was matched, yet a JavaScript client (the
+    TypeScript SDK's JSON.parse) reads 1.0 as 1 and takes the list as the answer to its request."""
+    for ident in (b"1.0", b"1e0", b"true", b"null", b"[1]"):
+        answer = b'{"jsonrpc":"2.0","id":' + ident + b',"result":{"tools":' + json.dumps(TOOLS).encode() + b"}}"
+        assert _editor().body(answer) == b""
+        assert _editor().body(b"[" + answer + b"]") == b"[]"
+        modify = _editor().stream()
+        assert modify(b"event: message\ndata: " + answer + b"\n\n") + modify(b"") == b""
+
+
+@given(st.integers(min_value=0, max_value=8))
+def test_a_byte_order_mark_opening_a_stream_hides_no_event(cut: int) -> None:
+    """Clients strip a UTF-8 BOM that opens an SSE stream (the spec says so), so the gateway must
+    read the first event as they do, wherever the chunks split, not pass it as one without data."""
+    data = b"\xef\xbb\xbfdata: " + json.dumps(SERVER_EVENTS[2]).encode() + b"\n\n"
+    modify = _editor().stream()
+    out = modify(data[:cut]) + modify(data[cut:]) + modify(b"")
+    assert b"delete_customer" not in out and _messages(out) == [_expected()[1]]

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE = re.compile(rb"\r\n|\r|\n")
 _BOM = "\ufeff".encode()
+_PASSED_FIELDS = frozenset({b"", b"id", b"event", b"retry"})  # b"": a comment line (":...")
 
 
 @dataclass
@@ -138,18 +139,21 @@ class AnswerEditor:
     def _event(self, raw: bytes) -> bytes:
         # A client strips a byte order mark that opens the stream (the SSE spec): unstripped
         # here, "\ufeffdata: ..." would pass as an event without data, unread.
-        raw = raw.removeprefix(_BOM)
-        lines = _LINE.split(raw)
+        lines = _LINE.split(raw.removeprefix(_BOM))
+        # Only the fields that mean something pass as sent (comments, ids, event names, retry
+        # hints): a server that labels a JSON body `application/json; x=text/event-stream` is
+        # edited here as a stream, yet a client that reads the media type's start (the Python
+        # SDK) parses it as JSON, so a line not understood here must never reach it.
+        kept = [line for line in lines if line.partition(b":")[0] in _PASSED_FIELDS]
         data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
         if not data:
-            return raw + b"\n\n"  # comments, retry hints, ids without data
+            return b"\n".join(kept) + b"\n\n" if kept else b""
         try:
             msg = self.message(json.loads(b"\n".join(data)))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             return b""
         if msg is None:
             return b""
-        kept = [line for line in lines if not line.startswith(b"data:")]
         return b"\n".join([*kept, b"data: " + _dump(msg)]) + b"\n\n"
 
 

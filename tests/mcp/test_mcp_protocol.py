@@ -308,3 +308,19 @@ def test_a_byte_order_mark_opening_a_stream_hides_no_event(cut: int) -> None:
     modify = _editor().stream()
     out = modify(data[:cut]) + modify(data[cut:]) + modify(b"")
     assert b"delete_customer" not in out and _messages(out) == [_expected()[1]]
+
+
+def test_a_json_body_labelled_as_a_stream_passes_no_line_unread() -> None:
+    """A hostile server answers a tools/list with the whole list as JSON, labelled
+    `application/json; profile=text/event-stream` (or with two Content-Type headers): the gateway
+    edits it as a stream, the Python SDK (which reads the media type's start) parses it as JSON.
+    A line that is no SSE field must not pass as sent; comments, ids, event names and retry hints do."""
+    listed = json.dumps(SERVER_EVENTS[2]).encode()
+    notice = b"data: " + json.dumps(SERVER_EVENTS[0], separators=(",", ":")).encode()
+    for body, expected in (
+        (listed + b"\n\n", b""),
+        (b": hello\nid: 4\nretry: 9\n" + listed + b"\n\n", b": hello\nid: 4\nretry: 9\n\n"),
+        (b"event: message\n" + listed + b"\n" + notice + b"\n\n", b"event: message\n" + notice + b"\n\n"),
+    ):
+        modify = _editor().stream()
+        assert modify(body) + modify(b"") == expected

@@ -86,6 +86,8 @@ def endpoint(
                 try:
                     call.identity = await authenticate(rt, request, admin=admin, sessions=sessions)
                     result = await fn(request, call)
+                    # Rendered here, so a value JSON cannot carry fails as the contract's error too.
+                    response = result if isinstance(result, Response) else JSONResponse(result)
                 except StoreUnavailable as e:  # a state store (Redis: the sessions too) is down: 503, never a 500
                     raise Refusal("store_unavailable", str(e)) from None
             except Refusal as r:
@@ -97,10 +99,8 @@ def endpoint(
             except Exception:
                 log.exception("API handler failed")
                 return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
-            if isinstance(result, Response):
-                result.headers[DECISION_HEADER] = call.decision_id
-                return result
-            return JSONResponse(result, headers={DECISION_HEADER: call.decision_id})
+            response.headers[DECISION_HEADER] = call.decision_id
+            return response
 
         return handler
 

@@ -64,6 +64,23 @@ def test_deeply_nested_json_at_detokenize_is_a_clear_400_and_audited(gateway: Ga
     assert any(x["decision_id"] == r.headers["x-egress-decision-id"] and x["code"] == "malformed_body" for x in gateway.audit())
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"text": "a \\ud800 b"}', b'{"json": {"\\udc00": 1}}', b'{"json": ["\\uD83D"]}', b'{"text": "\xed\xa0\x80"}'],
+    ids=["text", "key", "list", "raw-bytes"],
+)
+def test_lone_surrogate_at_detokenize_is_a_clear_400(gateway: GatewayProcess, body: bytes) -> None:
+    """Was a plain-text 500 "Internal Server Error" (the answer could not be written as UTF-8),
+    without a decision id, and a traceback in the log."""
+    r = httpx.post(f"{gateway.api_url}/v1/detokenize", content=body,
+                   headers={"Authorization": f"Bearer {gateway.token()}", "Content-Type": "application/json"})
+    assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
+    assert r.headers["x-egress-decision-id"] == error_of(r)["decision_id"]
+    paired = httpx.post(f"{gateway.api_url}/v1/detokenize", content=b'{"text": "\\ud83d\\ude00"}',
+                        headers={"Authorization": f"Bearer {gateway.token()}"})
+    assert paired.json() == {"text": "\U0001f600"}  # a whole pair is an ordinary character
+
+
 def test_metrics_have_latency_histograms_by_action_and_operator_gauges(gateway: GatewayProcess, vendor: FakeVendor) -> None:
     """Issue 12, item 6: upstream latency as a histogram with connector and action labels, and the
     gauges an operator alerts on (open circuits, pending approvals, connectors not ready)."""

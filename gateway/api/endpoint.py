@@ -123,13 +123,19 @@ async def recent_decisions(rt: Runtime) -> list[dict[str, Any]]:
     return await rt.decisions.latest()
 
 
-def record_filter(request: Request, fields: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
+def only_params(request: Request, allowed: tuple[str, ...] = ()) -> None:
+    """A query parameter the endpoint does not take is refused, never ignored: a mistyped filter
+    would otherwise answer with everything, as if it had matched."""
+    if set(request.query_params) - set(allowed):
+        raise Refusal("bad_request", f"unknown parameter; this endpoint takes {', '.join(allowed) or 'none'}")
+
+
+def record_filter(request: Request, fields: tuple[str, ...], extra: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], bool]:
     """The records a query asks for: each named field equal to its value, and `since` (Unix
-    seconds) at or before the record's time. A parameter it does not know is refused, never ignored."""
+    seconds) at or before the record's time; `extra` are the endpoint's own other parameters.
+    A parameter it does not know is refused, never ignored."""
     params = request.query_params
-    unknown = set(params) - {*fields, "since", "limit", "state"}
-    if unknown:
-        raise Refusal("bad_request", f"unknown filter; use {', '.join((*fields, 'since', 'limit'))}")
+    only_params(request, (*fields, "since", "limit", *extra))
     equal = {name: params[name] for name in fields if name in params}
     try:
         since = float(params["since"]) if "since" in params else None

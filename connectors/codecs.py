@@ -55,7 +55,30 @@ def decode_json(body: bytes) -> dict[str, Any]:
         raise Refusal("malformed_body", "the JSON body must be an object")
     if _depth(data) > MAX_DEPTH:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels")
+    if _lone_surrogate(body, data):
+        raise Refusal("malformed_body", "the body is not valid JSON: a string holds a lone UTF-16 surrogate")
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(body: bytes, data: dict[str, Any]) -> bool:
+    """Whether a string holds half a surrogate pair (`"\\ud800"`, or its raw bytes, which Python's
+    reader lets through). Such a string cannot be written as UTF-8: the audit record, the vault or
+    the answer would fail as a 500 further on. Only a body with a surrogate escape, or one that is
+    not plain UTF-8, is written out again to find one."""
+    if _SURROGATE_ESCAPE.search(body) is None:
+        try:
+            body.decode("utf-8")
+            return False
+        except UnicodeDecodeError:
+            pass
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _no_constant(name: str) -> Any:

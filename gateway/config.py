@@ -681,11 +681,17 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         try:
             loaded = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as e:  # one line, as policy files report theirs: file:line: the problem
+            mark = e.problem_mark or e.context_mark
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 PRIVATE_UMASK = 0o077
@@ -42,10 +44,15 @@ class StateDir:
         """Create the directory owner-only, or tighten an existing one; see the module docstring."""
         root = root.expanduser()
         os.umask(PRIVATE_UMASK)
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except FileExistsError:
+            raise ConfigError(f"state dir {root} is a file, not a directory") from None
+        except OSError as e:  # a file on the path, a read-only parent: the user's to fix, said in one line
+            raise ConfigError(f"cannot use state dir {root}: {e.strerror}") from None
         if root.stat().st_mode & stat.S_ISVTX:
             # /tmp and its kin: tightening a shared directory would break every other user of it.
-            raise ValueError(f"state dir {root} is a shared (sticky) directory; use a directory of its own")
+            raise ConfigError(f"state dir {root} is a shared (sticky) directory; use a directory of its own")
         tightened = tighten(root)
         if tightened:
             shown = ", ".join(str(p.relative_to(root)) or "." for p in tightened[:_SHOWN])

@@ -23,7 +23,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.endpoint import endpoint, recent_decisions
+from gateway.api.endpoint import endpoint, only_params, recent_decisions
 from gateway.api.sessions import Sessions
 from gateway.errors import Refusal
 from gateway.identity.tokens import ALL_TENANTS, Identity
@@ -58,6 +58,7 @@ def agent_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     @endpoint(rt, admin=True, sessions=sessions)
     async def agents(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        only_params(request, ("since",))
         try:
             since = float(request.query_params.get("since", time.time() - RECENT_AGENTS))
         except ValueError:

@@ -30,6 +30,7 @@ from gateway.api.endpoint import (
     Handler,
     endpoint,
     global_admin,
+    only_params,
     read_body,
     record_filter,
     refusal_response,
@@ -136,8 +137,9 @@ def agent_routes(rt: Runtime) -> list[Route]:
                 "host_calls": result.host_calls}
 
     @endpoint(rt, admin=False)
-    async def list_tools(_: Request, call: Call) -> dict[str, Any]:
+    async def list_tools(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        only_params(request)
         await rt.tools.sync()  # tools registered on another replica of the fleet
         return {"tools": rt.tools.visible_to(call.identity.role)}
 
@@ -170,7 +172,8 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @endpoint(rt, admin=True)
-    async def connectors(_: Request, __: Call) -> dict[str, Any]:
+    async def connectors(request: Request, __: Call) -> dict[str, Any]:
+        only_params(request)
         return {"connectors": [describe_connector(c, rt.registry.origin(c.name)) for c in rt.registry]}
 
     @endpoint(rt, admin=True)
@@ -208,7 +211,9 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     @endpoint(rt, admin=True, sessions=sessions)
     async def approvals(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
-        admin, wanted = call.identity, record_filter(request, APPROVAL_FILTERS)
+        admin, wanted = call.identity, record_filter(request, APPROVAL_FILTERS, extra=("state",))
+        if request.query_params.get("state", "pending") not in ("pending", "all"):
+            raise Refusal("bad_request", "state is pending (the default) or all")
         states = APPROVAL_STATES if request.query_params.get("state") == "all" else ("pending",)
         found = [a.public() for a in rt.approvals.list(states) if admin.administers(a.tenant)]
         shown = [a for a in found if wanted(a)]
@@ -235,6 +240,7 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     @endpoint(rt, admin=True)
     async def mcp_pins(request: Request, call: Call) -> dict[str, Any]:
         global_admin(call)
+        only_params(request, ("server",))
         return {"pins": [p.as_dict() for p in rt.mcp.pins(request.query_params.get("server"))]}
 
     @endpoint(rt, admin=True)

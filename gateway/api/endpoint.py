@@ -86,6 +86,8 @@ def endpoint(
                 try:
                     call.identity = await authenticate(rt, request, admin=admin, sessions=sessions)
                     result = await fn(request, call)
+                    # Rendered here, so a value JSON cannot carry fails as the contract's error too.
+                    response = result if isinstance(result, Response) else JSONResponse(result)
                 except StoreUnavailable as e:  # a state store (Redis: the sessions too) is down: 503, never a 500
                     raise Refusal("store_unavailable", str(e)) from None
             except Refusal as r:
@@ -97,10 +99,8 @@ def endpoint(
             except Exception:
                 log.exception("API handler failed")
                 return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
-            if isinstance(result, Response):
-                result.headers[DECISION_HEADER] = call.decision_id
-                return result
-            return JSONResponse(result, headers={DECISION_HEADER: call.decision_id})
+            response.headers[DECISION_HEADER] = call.decision_id
+            return response
 
         return handler
 
@@ -123,13 +123,19 @@ async def recent_decisions(rt: Runtime) -> list[dict[str, Any]]:
     return await rt.decisions.latest()
 
 
-def record_filter(request: Request, fields: tuple[str, ...]) -> Callable[[dict[str, Any]], bool]:
+def only_params(request: Request, allowed: tuple[str, ...] = ()) -> None:
+    """A query parameter the endpoint does not take is refused, never ignored: a mistyped filter
+    would otherwise answer with everything, as if it had matched."""
+    if set(request.query_params) - set(allowed):
+        raise Refusal("bad_request", f"unknown parameter; this endpoint takes {', '.join(allowed) or 'none'}")
+
+
+def record_filter(request: Request, fields: tuple[str, ...], extra: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], bool]:
     """The records a query asks for: each named field equal to its value, and `since` (Unix
-    seconds) at or before the record's time. A parameter it does not know is refused, never ignored."""
+    seconds) at or before the record's time; `extra` are the endpoint's own other parameters.
+    A parameter it does not know is refused, never ignored."""
     params = request.query_params
-    unknown = set(params) - {*fields, "since", "limit", "state"}
-    if unknown:
-        raise Refusal("bad_request", f"unknown filter; use {', '.join((*fields, 'since', 'limit'))}")
+    only_params(request, (*fields, "since", "limit", *extra))
     equal = {name: params[name] for name in fields if name in params}
     try:
         since = float(params["since"]) if "since" in params else None

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.endpoint import endpoint
+from gateway.api.endpoint import endpoint, only_params
 from gateway.api.sessions import Sessions
 from gateway.identity.tokens import Identity
 from gateway.pipeline.call import Call
@@ -114,7 +114,8 @@ def policy_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     follower = ShadowFollower(rt.state.audit_log)
 
     @endpoint(rt, admin=True, sessions=sessions)
-    async def policies(_: Request, call: Call) -> dict[str, Any]:
+    async def policies(request: Request, call: Call) -> dict[str, Any]:
+        only_params(request)
         admin = call.identity
         assert admin is not None
         await asyncio.to_thread(follower.catch_up)

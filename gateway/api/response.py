@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.endpoint import endpoint, global_admin, read_body
+from gateway.api.endpoint import endpoint, global_admin, only_params, read_body
 from gateway.api.sessions import Sessions
 from gateway.errors import Refusal, describe
 from gateway.identity.quarantine import EVERYTHING, MAX_REASON
@@ -65,8 +65,9 @@ def response_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         return changes[-1].public()
 
     @endpoint(rt, admin=True, sessions=sessions)
-    async def quarantines(_: Request, call: Call) -> dict[str, Any]:
+    async def quarantines(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        only_params(request)
         admin = call.identity
         visible = [c.public() for c in rt.quarantine.active() if c.scope != "tenant" or admin.administers(c.value)]
         return {"quarantines": visible}

@@ -192,6 +192,8 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    if not (args.jti or args.sub):
+        raise CliError("name the token to revoke: --jti or --sub must not be empty")
     open_state(_config(args), _state(args)).revocations.revoke(jti=args.jti, sub=args.sub)
     print(f"revoked {'jti ' + args.jti if args.jti else 'sub ' + args.sub}")
     return 0

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from gateway.config import Config, OidcIssuer, OidcMap, SpiffeIssuer, SpiffeMap, file_ref
 from gateway.errors import ConfigError, Refusal
 from gateway.identity.jwks import FileJwks, JwksError, UrlJwks
-from gateway.identity.tokens import Identity, TokenLimits, check_role, token_errors, unverified
+from gateway.identity.tokens import Identity, TokenLimits, check_role, check_times, token_errors, unverified
 
 PRIVILEGED = frozenset({"admin", "metrics"})
 _VALUE = re.compile(r"^[A-Za-z0-9._@+=-]{1,128}$")  # a mapped sub, role or tenant
@@ -148,8 +148,7 @@ class Issuer:
                 options={"require": ["exp", "iat", "aud", "sub"], "verify_exp": False},
             )
         iat, exp, nbf = claims["iat"], claims["exp"], claims.get("nbf", claims["iat"])
-        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (iat, exp, nbf)):
-            raise Refusal("identity_invalid", "the token's times are not numbers")
+        check_times(iat, exp, nbf)
         mapped = self.map_claims(claims)
         self._check(mapped)
         limits.check_lifetime(mapped.role, iat, exp)

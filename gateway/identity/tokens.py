@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -157,6 +158,14 @@ class TokenLimits:
             raise Refusal("identity_expired", f"the token's lifetime exceeds {setting}")
 
 
+def check_times(*times: object) -> None:
+    """iat, nbf and exp must be finite numbers, whoever signed the token: PyJWT leaves `exp` to the
+    per-request check here (`verify_exp` off), where a string would fail as a 500 and a NaN, which
+    every comparison calls false, would never expire."""
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times):
+        raise Refusal("identity_invalid", "the token's times are not numbers")
+
+
 def check_role(role: str, tenant: str | None) -> None:
     """The rules `issue` applies, applied again to every verified token whoever signed it."""
     if role == ADMIN_ROLE and not tenant:
@@ -280,6 +289,7 @@ class Verifier:
                 leeway=self._leeway,
                 options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False},
             )
+        check_times(claims["iat"], claims["nbf"], claims["exp"])
         role, scopes, tenant = claims.get("role"), claims.get("scopes", []), claims.get("tenant")
         if not isinstance(role, str) or not role:
             raise Refusal("identity_invalid", "the agent token lacks a role")

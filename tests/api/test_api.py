@@ -64,6 +64,40 @@ def test_deeply_nested_json_at_detokenize_is_a_clear_400_and_audited(gateway: Ga
     assert any(x["decision_id"] == r.headers["x-egress-decision-id"] and x["code"] == "malformed_body" for x in gateway.audit())
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"text": "a \\ud800 b"}', b'{"json": {"\\udc00": 1}}', b'{"json": ["\\uD83D"]}', b'{"text": "\xed\xa0\x80"}'],
+    ids=["text", "key", "list", "raw-bytes"],
+)
+def test_lone_surrogate_at_detokenize_is_a_clear_400(gateway: GatewayProcess, body: bytes) -> None:
+    """Was a plain-text 500 "Internal Server Error" (the answer could not be written as UTF-8),
+    without a decision id, and a traceback in the log."""
+    r = httpx.post(f"{gateway.api_url}/v1/detokenize", content=body,
+                   headers={"Authorization": f"Bearer {gateway.token()}", "Content-Type": "application/json"})
+    assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
+    assert r.headers["x-egress-decision-id"] == error_of(r)["decision_id"]
+    paired = httpx.post(f"{gateway.api_url}/v1/detokenize", content=b'{"text": "\\ud83d\\ude00"}',
+                        headers={"Authorization": f"Bearer {gateway.token()}"})
+    assert paired.json() == {"text": "\U0001f600"}  # a whole pair is an ordinary character
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["/v1/agents?sub=x", "/v1/agents?limit=5", "/v1/policies?file=x", "/v1/quarantine?sub=x", "/v1/connectors?name=x",
+     "/v1/mcp/pins?tool=x", "/v1/decisions?state=all", "/v1/approvals?state=bogus", "/v1/approvals?sub=a&typo=1"],
+)
+def test_a_query_parameter_an_endpoint_does_not_take_is_a_400(gateway: GatewayProcess, query: str) -> None:
+    """README: an unknown filter is a 400, never ignored. These answered 200 with everything, as if
+    the misspelt or unsupported filter had matched."""
+    admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
+    r = httpx.get(gateway.api_url + query, headers=admin)
+    assert (r.status_code, error_of(r)["code"]) == (400, "bad_request")
+    path = query.partition("?")[0]
+    assert httpx.get(gateway.api_url + path, headers=admin).status_code == 200
+    agent = {"Authorization": f"Bearer {gateway.token()}"}
+    assert httpx.get(f"{gateway.api_url}/v1/tools?role=admin", headers=agent).status_code == 400
+
+
 def test_metrics_have_latency_histograms_by_action_and_operator_gauges(gateway: GatewayProcess, vendor: FakeVendor) -> None:
     """Issue 12, item 6: upstream latency as a histogram with connector and action labels, and the
     gauges an operator alerts on (open circuits, pending approvals, connectors not ready)."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jwt
+import pytest
 
 from tests.fakes import REPO
 from tests.processes import GatewayProcess
@@ -63,6 +64,29 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
     for key in ("listen", "max_body", "secrets.stripe", "bogus"):
         assert key in out.stderr
     assert "sk_live_inline" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("config", "state", "command", "says"),
+    [
+        (b"listen: [\n", "state", ["connectors"], "gateway.yaml:2: not valid YAML: expected the node content"),
+        (b"\xff\xfe\x00listen", "state", ["connectors"], "gateway.yaml: not UTF-8 text"),
+        (b"", "a-file", ["token", "issue", "--sub", "a", "--role", "finance"], "is a file, not a directory"),
+        (b"", "a-file/below", ["ca", "path"], "cannot use state dir"),
+        (b"", "state", ["token", "revoke", "--jti", ""], "--jti or --sub must not be empty"),
+        (b"", "state", ["token", "revoke", "--sub", ""], "--jti or --sub must not be empty"),
+    ],
+    ids=["yaml-syntax", "not-utf8", "state-dir-is-a-file", "state-dir-under-a-file", "revoke-empty-jti", "revoke-empty-sub"],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, config: bytes, state: str, command: list[str], says: str) -> None:
+    """Each of these was a Python traceback (or, for YAML, a five-line parser dump)."""
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_bytes(config)
+    (tmp_path / "a-file").write_text("not a directory")
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", *command, "--config", str(cfg), "--state-dir",
+                          str(tmp_path / state)], capture_output=True, text=True, cwd=REPO)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
 
 
 def test_connector_clash_stops_start_up_naming_both(tmp_path) -> None:

@@ -63,6 +63,26 @@ def test_bad_claims_are_refused_at_connect(gateway: GatewayProcess, claims: Call
     assert (resp.status, resp.error()["code"]) == (407, code)
 
 
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"exp": float("nan")},  # every comparison with NaN is false: it would never expire
+        {"exp": "9999999999"},  # PyJWT leaves exp to the gateway (verify_exp off): was a 500 internal_error
+        {"exp": [1]},
+        {"iat": "1"},  # PyJWT's own check takes int("1")
+        {"exp": True},
+    ],
+    ids=["exp-nan", "exp-string", "exp-list", "iat-string", "exp-bool"],
+)
+def test_signed_token_with_times_that_are_not_numbers_is_refused(gateway: GatewayProcess, times: dict) -> None:
+    token = _signed(gateway, **times)
+    r = httpx.post(f"{gateway.api_url}/v1/detokenize", json={"text": "x"}, headers={"Authorization": f"Bearer {token}"})
+    assert (r.status_code, error_of(r)["code"]) == (401, "identity_invalid")
+    sock, resp = raw_connect(gateway, "api.stripe.com", basic(token))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")
+
+
 def test_token_signed_by_another_key_is_refused(gateway: GatewayProcess) -> None:
     now = int(time.time())
     forged = jwt.encode(

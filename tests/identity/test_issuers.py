@@ -133,6 +133,9 @@ def _cases(w: World) -> dict[str, tuple[str, str]]:
         "oidc role missing": (w.oidc(agent_role=None), "identity_invalid"),
         "oidc token signed with spire's key": (w.spire.sign(claims("u-1", iss=OIDC_ISS, agent_role="x", org="acme")),
                                               "identity_invalid"),
+        # A NaN fails every comparison: neither expired nor over max_token_ttl, it would never expire.
+        "exp NaN": (w.svid("/agent/finance/01", exp=float("nan")), "identity_invalid"),
+        "oidc exp NaN": (w.oidc(exp=float("nan")), "identity_invalid"),
     }
 
 
@@ -140,7 +143,7 @@ CASES = (
     "wrong trust domain", "wrong aud", "no aud", "alg swap HS256 with the public key", "alg none", "expired",
     "over max_token_ttl", "no iat", "unknown kid", "signed by another key", "path outside the template",
     "admin from an issuer without privileged_roles", "oidc wrong aud", "oidc unknown issuer",
-    "oidc tenant * without admin", "oidc role missing", "oidc token signed with spire's key",
+    "oidc tenant * without admin", "oidc role missing", "oidc token signed with spire's key", "exp NaN", "oidc exp NaN",
 )
 
 

@@ -45,6 +45,8 @@ def test_json_schema_violation_in_a_nested_field(gateway: GatewayProcess, vendor
         (b"[1, 2]", "must be an object"),
         (b'{"a":' * 100 + b"1" + b"}" * 100, "nests deeper"),
         (b'{"model": ' + b"9" * 100_00 + b"}", "not valid JSON"),
+        (b'{"model": "m", "input": "hi \\ud800"}', "lone UTF-16 surrogate"),  # was a 500 internal_error
+        (b'{"model": "m", "input": "hi \xed\xa0\x80"}', "lone UTF-16 surrogate"),  # the same, as raw bytes
     ],
 )
 def test_malformed_json_is_refused(gateway: GatewayProcess, vendor: FakeVendor, body: bytes, reason: str) -> None:

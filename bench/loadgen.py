@@ -67,18 +67,31 @@ class Result:
     latencies: list[float]  # seconds, one per measured request
     wall: float  # seconds from the first measured request to the last response
     proxy_cpu: float | None  # CPU seconds the proxy process spent meanwhile (None: no proxy or no /proc)
+    side_cpu: float | None = None  # of which its threads other than the main one (the event loop's)
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of process `pid` so far, from /proc (None where there is none)."""
+def cpu_seconds(pid: int | None, stat: str = "stat") -> float | None:
+    """User + system CPU time of process `pid` so far, from /proc (None where there is none);
+    `stat="task/TID/stat"` for one thread's."""
     if pid is None:
         return None
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/{stat}") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def side_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time so far of the threads of `pid` other than its main one (a gateway's export threads)."""
+    if pid is None:
+        return None
+    try:
+        tids = [tid for tid in os.listdir(f"/proc/{pid}/task") if tid != str(pid)]
+    except OSError:
+        return None
+    return sum(cpu_seconds(pid, f"task/{tid}/stat") or 0.0 for tid in tids)
 
 
 async def _connect(load: Load) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -128,14 +141,16 @@ async def _run(load: Load) -> Result:
     try:
         # Warm every connection (TLS, tunnel, upstream connection, caches) before the clock starts.
         await asyncio.gather(*(_client(s, wire, load.warmup) for s in streams))
-        cpu_start, start = cpu_seconds(load.proxy_pid), time.perf_counter()
+        side_start, cpu_start = side_cpu_seconds(load.proxy_pid), cpu_seconds(load.proxy_pid)
+        start = time.perf_counter()
         per_client = await asyncio.gather(*(_client(s, wire, load.requests) for s in streams))
-        wall, cpu_end = time.perf_counter() - start, cpu_seconds(load.proxy_pid)
+        wall, cpu_end, side_end = time.perf_counter() - start, cpu_seconds(load.proxy_pid), side_cpu_seconds(load.proxy_pid)
     finally:
         for _, writer in streams:
             writer.close()
     cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
-    return Result([x for xs in per_client for x in xs], wall, cpu)
+    side = side_end - side_start if side_start is not None and side_end is not None else None
+    return Result([x for xs in per_client for x in xs], wall, cpu, side)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.config import AuditExport, parse_hostport
 from gateway.errors import ConfigError
@@ -118,8 +119,19 @@ class Entry:
 
     def lines(self, product_version: str) -> list[bytes]:
         if self._lines is None:
-            self._lines = [_ENCODE(e).encode() for e in ocsf.events(self.rec, product_version)]
+            self._lines = [encode(e) for e in ocsf.events(self.rec, product_version)]
         return self._lines
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """One event as a compact JSON line. orjson takes ~1 µs for an OCSF event where json's C
+    encoder takes ~20, and with a decision's two events per call that was a third of the SIEM
+    export's cost. What orjson refuses (an int beyond 64 bits, a string with a lone surrogate) goes
+    through json, which writes them (a lone surrogate as `\\udXXX`); neither is ever dropped."""
+    try:
+        return orjson.dumps(event)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _ENCODE(event).encode()
 
 
 class Destination:

@@ -146,3 +146,17 @@ def test_a_stuck_siem_drops_and_counts_but_never_holds_a_call(make_gateway, pki:
         assert gw.log_file.read_text().count("queue is full") == 1  # one line per burst
     finally:
         stuck.close()
+
+
+@pytest.mark.parametrize("odd", ["\ud800 lone surrogate", 2**70, "müller ✓"], ids=["surrogate", "big-int", "non-ascii"])
+def test_every_event_is_one_json_line_whatever_the_record_holds(odd: Any) -> None:
+    """The fast encoder (orjson) refuses a lone surrogate and an int beyond 64 bits; such an event
+    is written by json instead, never dropped, and each line parses back to the same event."""
+    from gateway.telemetry.export import encode
+    from gateway.telemetry.ocsf import events
+
+    rec = {"phase": "decision", "decision": "allow", "decision_id": "dec_1", "time": 1.5, "method": "POST",
+           "host": "api.stripe.com", "path": "/v1/x", "sub": "a", "role": "r", "tool": odd}
+    (event,) = events(rec, "1.0")
+    line = encode(event)
+    assert b"\n" not in line and json.loads(line) == event

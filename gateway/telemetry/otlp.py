@@ -109,29 +109,65 @@ _WIRE_UNSET = _field(15, b"")  # the SDK's encoder always writes a status, empty
 _STEP_FIXED = 18 + 10 + 10 + 18 + 2
 
 
-# (key, string value) -> its encoded Span.attributes field. Most of a decision's attributes repeat
-# from call to call (role, connector, action, host, policy version); the cache is emptied when full.
-_ATTRIBUTES: dict[tuple[str, str], bytes] = {}
+# (key, value) -> its encoded Span.attributes field. Most of a decision's attributes repeat from
+# call to call (role, connector, action, host, policy version, the rules, the vendor's status); the
+# cache is emptied when full.
+_ATTRIBUTES: dict[tuple[Any, ...], bytes] = {}
 MAX_CACHED_ATTRIBUTES = 4096
 
 
 def _attribute(key: str, v: Any) -> bytes:
-    """One Span.attributes field (a KeyValue); a string value (every attribute of the gateway's)
-    written without building a message, and remembered."""
-    if type(v) is not str:
+    """One Span.attributes field (a KeyValue), remembered: a string value written without building
+    a message; an int, or a list of strings (`egress.rule`), through `value` once (a protobuf
+    message built and serialized was ~4 µs, twice a decision). A non-string's key holds its type:
+    True == 1, but they are encoded apart."""
+    if type(v) is str:
+        found = _ATTRIBUTES.get((key, v))
+        if found is None:
+            found = _remember((key, v), _field(9, _field(1, key.encode()) + _field(2, _field(1, v.encode()))))
+        return found
+    cached = (key, type(v), v) if type(v) in (int, bool) else (key, list, *v) if type(v) is list and all(type(x) is str for x in v) else None
+    if cached is None:
         return _field(9, _field(1, key.encode()) + _field(2, value(v).SerializeToString()))
-    found = _ATTRIBUTES.get((key, v))
+    found = _ATTRIBUTES.get(cached)
     if found is None:
-        if len(_ATTRIBUTES) >= MAX_CACHED_ATTRIBUTES:
-            _ATTRIBUTES.clear()
-        found = _ATTRIBUTES[key, v] = _field(9, _field(1, key.encode()) + _field(2, _field(1, v.encode())))
+        found = _remember(cached, _field(9, _field(1, key.encode()) + _field(2, value(v).SerializeToString())))
     return found
 
 
+def _remember(key: tuple[Any, ...], encoded: bytes) -> bytes:
+    if len(_ATTRIBUTES) >= MAX_CACHED_ATTRIBUTES:
+        _ATTRIBUTES.clear()
+    _ATTRIBUTES[key] = encoded
+    return encoded
+
+
+_FLAGS = {False: b"\x85\x01" + struct.pack("<I", _LOCAL), True: b"\x85\x01" + struct.pack("<I", _REMOTE)}
+_KIND_FIELDS = {kind: b"\x30" + _varint(number) for kind, number in _KINDS.items()}
+_NAMES: dict[str, bytes] = {}  # span name -> its encoded field (a process has a handful)
+_STATUSES: dict[tuple[StatusCode, str], bytes] = {}  # (code, description) -> its encoded field
+
+
 def _status(status: SdkStatus) -> bytes:
-    if status.status_code is StatusCode.UNSET and not status.description:
-        return _WIRE_UNSET
-    return _field(15, Status(code=_STATUS[status.status_code], message=status.description or "").SerializeToString())
+    key = (status.status_code, status.description or "")
+    found = _STATUSES.get(key)
+    if found is None:
+        if key[0] is StatusCode.UNSET and not key[1]:
+            found = _WIRE_UNSET
+        else:
+            found = _field(15, Status(code=_STATUS[key[0]], message=key[1]).SerializeToString())
+        if len(_STATUSES) < MAX_CACHED_ATTRIBUTES:  # descriptions are refusal codes: a few dozen
+            _STATUSES[key] = found
+    return found
+
+
+def _name(name: str) -> bytes:
+    found = _NAMES.get(name)
+    if found is None:
+        found = _field(5, name.encode())
+        if len(_NAMES) < MAX_CACHED_ATTRIBUTES:
+            _NAMES[name] = found
+    return found
 
 
 def _span(s: ReadableSpan) -> bytes:
@@ -139,15 +175,14 @@ def _span(s: ReadableSpan) -> bytes:
     status always, and flags saying whether the parent is remote)."""
     ctx, parent = s.get_span_context(), s.parent
     assert ctx is not None
-    parts = [_field(1, ctx.trace_id.to_bytes(16, "big")), _field(2, ctx.span_id.to_bytes(8, "big"))]
+    parts = [b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"), b"\x12\x08" + ctx.span_id.to_bytes(8, "big")]
     if ctx.trace_state:
         parts.append(_field(3, ",".join(f"{k}={v}" for k, v in ctx.trace_state.items()).encode()))
     if parent is not None:
-        parts.append(_field(4, parent.span_id.to_bytes(8, "big")))
-    parts += (_field(5, s.name.encode()), b"\x30" + _varint(_KINDS[s.kind]),
-              _TIMES.pack(0x39, s.start_time or 0, 0x41, s.end_time or 0))
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+    parts += (_name(s.name), _KIND_FIELDS[s.kind], _TIMES.pack(0x39, s.start_time or 0, 0x41, s.end_time or 0))
     if attributes := s.attributes:
-        parts.extend(_attribute(k, v) for k, v in attributes.items())
+        parts.extend([_attribute(k, v) for k, v in attributes.items()])
     if dropped := s.dropped_attributes:
         parts.append(b"\x50" + _varint(dropped))
     for e in s.events:
@@ -163,7 +198,7 @@ def _span(s: ReadableSpan) -> bytes:
         parts.append(_field(13, encoded.SerializeToString()))
     if dropped := s.dropped_links:
         parts.append(b"\x70" + _varint(dropped))
-    parts += (_status(s.status), b"\x85\x01" + struct.pack("<I", _REMOTE if parent is not None and parent.is_remote else _LOCAL))
+    parts += (_status(s.status), _FLAGS[parent is not None and parent.is_remote])
     return b"".join(parts)
 
 

@@ -77,6 +77,8 @@ GENAI: dict[str, tuple[str, dict[str, str]]] = {
 
 def safe(value: Any) -> str:
     """An attribute value from an untrusted string: a safe alphabet, at most MAX_ATTRIBUTE characters."""
+    if type(value) is str and len(value) <= MAX_ATTRIBUTE:  # nearly every value: no copy to make
+        return _sanitized(value)
     return _sanitized(str(value)[:MAX_ATTRIBUTE])
 
 

@@ -14,6 +14,7 @@ import hmac
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,12 +104,16 @@ class Message:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise Malformed("a JSON object repeats a key")
-        out[key] = value
-    return out
+    """Keys all different, also after NFKC and case folding, as the REST codec requires
+    (`connectors.codecs`): a policy reads `amount` while a server that normalises keys would act
+    on `ａmount` or `Amount`."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        norm = key if key.isascii() and key.islower() else unicodedata.normalize("NFKC", key).casefold()
+        if norm in seen:
+            raise Malformed("a JSON object repeats a key (or a look-alike of it)")
+        seen.add(norm)
+    return dict(pairs)
 
 
 def _no_constant(name: str) -> Any:

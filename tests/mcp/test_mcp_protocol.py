@@ -45,6 +45,11 @@ TOOLS: list[dict[str, Any]] = [
         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":-Infinity}}}',
         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":1e400}}}',
         b'{"jsonrpc":"2.0","id":' + b"9" * 5000 + b',"method":"ping"}',  # over Python's 4300 digits: a ValueError
+        # Look-alike keys: the policy reads `amount`, a server that normalises keys another one.
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":1,"ａmount":9}}}'.encode(),
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":1,"Amount":9}}}',
+        '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"ss":1,"ß":9}}}'.encode(),
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","Name":"u"}}',
     ],
 )
 def test_what_cannot_be_checked_is_malformed(body: bytes) -> None:

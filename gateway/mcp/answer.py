@@ -113,7 +113,10 @@ class AnswerEditor:
             jsonrpc.error_answer(i, jsonrpc.INTERNAL, "the MCP server's answer could not be read")
             for i in sorted(self.lists | self.calls, key=repr)
         ]
-        return _dump(errors + self.refusals) if errors or self.refusals else b""
+        answers = errors + self.refusals
+        if not answers:
+            return b""
+        return _dump(answers) if self.batch or len(answers) > 1 else _dump(answers[0])
 
     def stream(self) -> Callable[[bytes], bytes]:
         """mitmproxy's stream function for an SSE answer: each chunk in, complete edited events out."""

@@ -329,6 +329,8 @@ class McpDoor:
         edited = editor.body(data)
         if edited != data:
             resp.content = edited
+            if edited:  # JSON-RPC now, whatever the server said it sent (a text/plain 500 read as unreadable)
+                resp.headers["content-type"] = "application/json"
         if resp.status_code == 202 and edited:
             resp.status_code = 200
             resp.headers["content-type"] = "application/json"

@@ -50,6 +50,7 @@ class McpVendor:
     authorizations: set[str] = field(default_factory=set)  # every Authorization header that reached it
     bodies: list[bytes] = field(default_factory=list)  # every request body that reached it, as received
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
+    broken: bool = False  # while set, every POST is answered 500 text/plain (a crashing server)
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -68,6 +69,10 @@ class McpVendor:
                 self.requests.append((scope["method"], scope["path"]))
                 headers = dict(scope["headers"])
                 self.authorizations.add(headers.get(b"authorization", b"").decode())
+                if self.broken and scope["method"] == "POST":
+                    await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"text/plain")]})
+                    await send({"type": "http.response.body", "body": b"Internal Server Error"})
+                    return
 
                 async def reading() -> Any:
                     message = await receive()

@@ -399,6 +399,27 @@ def test_what_the_policy_could_not_judge_never_reaches_the_server(gw: GatewayPro
         assert sent not in reached
 
 
+def test_a_crashing_server_s_answer_is_a_json_rpc_error_labelled_json(gw: GatewayProcess, finance: Exports, servers: Any) -> None:
+    """A server's text/plain 500 cannot be checked, so the list asked of it is answered with a
+    JSON-RPC error: labelled application/json, as it now is, not with the server's text/plain."""
+    _, plain = servers
+
+    async def run() -> httpx.Response:
+        async with http_client(finance) as c:
+            init = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+            r = await c.post(JSON_URL, json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}, headers=ACCEPT)
+            h = {**ACCEPT, "mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+            plain.broken = True
+            try:
+                return await c.post(JSON_URL, headers=h, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            finally:
+                plain.broken = False
+
+    r = asyncio.run(run())
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["id"] == 1 and r.json()["error"]["message"] == "the MCP server's answer could not be read"
+
+
 def test_a_server_sampling_request_reaches_the_agent_only_if_a_policy_names_it(gw: GatewayProcess, finance: Exports) -> None:
     asked: list[Any] = []
 

@@ -25,9 +25,10 @@ from gateway.runtime import Runtime
 
 
 class QuarantineRequest(BaseModel):
-    """The CLI's flags as JSON: exactly one of sub, tenant, connector, all."""
+    """The CLI's flags as JSON: exactly one of sub, tenant, connector, all. Strict: lax mode read
+    `"all": "yes"` (or 1) as true, and a string must never stop the whole gateway."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     sub: str | None = Field(default=None, min_length=1, max_length=256)
     tenant: str | None = Field(default=None, min_length=1, max_length=256)
     connector: str | None = Field(default=None, min_length=1, max_length=256)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from connectors.model import MCP_TOOL_NAME, Credential, McpConnector, canonical_host
 from dlp.config import DlpConfig
 from gateway.errors import ConfigError
+from gateway.policy.load import LineLoader
 from gateway.secrets import check_reference
 from sandbox.manifest import Limits
 
@@ -687,7 +688,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=LineLoader)  # a SafeLoader that refuses a duplicate key
         except yaml.MarkedYAMLError as e:  # one line, as policy files report theirs: file:line: the problem
             mark = e.problem_mark or e.context_mark
             where = f"{path}:{mark.line + 1}" if mark else str(path)

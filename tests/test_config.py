@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway import config
@@ -43,6 +45,20 @@ def test_bad_config_is_a_config_error(tmp_path, text: str) -> None:
     f.write_text(text)
     with pytest.raises(ConfigError):
         config.load(f)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("secrets: {a: env:A}\nsecrets: {b: env:B}\n", ":2: not valid YAML: duplicate key 'secrets'"),
+     ("telemetry:\n  service_name: a\n  service_name: b\n", ":3: not valid YAML: duplicate key 'service_name'")],
+)
+def test_a_duplicate_key_is_a_config_error_naming_it_and_its_line(tmp_path: Path, text: str, says: str) -> None:
+    """Was read as its last value: a second `secrets:` block silently replaced the first."""
+    f = tmp_path / "gateway.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert str(e.value) == f"{f}{says}"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from connectors.model import MCP_TOOL_NAME, Credential, McpConnector, canonical_host
 from dlp.config import DlpConfig
 from gateway.errors import ConfigError
+from gateway.policy.load import LineLoader
 from gateway.secrets import check_reference
 from sandbox.manifest import Limits
 
@@ -65,6 +66,23 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     if not m or not 0 <= int(m.group(2)) <= 65535:
         raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
     return m.group(1), int(m.group(2))
+
+
+def plain_url(value: str, what: str, secret_hint: str = "") -> SplitResult:
+    """`value` split, if it is a URL that parses and carries no user or password. A password in a
+    URL is printed wherever the URL is (start-up lines, errors, a proxy's logs), so it is refused,
+    and the messages never repeat the value; a bad port or bracket would otherwise fail later, far
+    from its key. `secret_hint` says where such a secret goes instead."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError(f"{what}: a URL has no space or control character")
+    try:
+        u = urlsplit(value)
+        u.port  # noqa: B018 - parsing the port is what raises on a bad one
+    except ValueError:
+        raise ValueError(f"{what}: the URL does not parse (a bad port or bracket)") from None
+    if "@" in u.netloc:
+        raise ValueError(f"{what}: a URL must not carry a user or password{secret_hint}")
+    return u
 
 
 def is_document_path(entry: str) -> bool:
@@ -158,7 +176,7 @@ class SandboxSettings(_Strict):
 class Telemetry(_Strict):
     """`telemetry:` OpenTelemetry traces, off unless `otlp_endpoint` is set (then the SDK is loaded)."""
 
-    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://[^/?#]+(/[^?#]*)?$")  # spaces: plain_url
     service_name: str = Field(default="egress-gateway", min_length=1, max_length=100)
     # The agent's W3C `traceparent` is continued either way; only with this true does the vendor get
     # one (the decision's span), else trace headers are stripped from what leaves.
@@ -167,6 +185,13 @@ class Telemetry(_Strict):
     # traceparent): an operator's knob for a collector's volume; every decision by default.
     sample_ratio: float = Field(default=1.0, gt=0, le=1)
 
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            plain_url(v, "otlp_endpoint", "; send the collector's credentials as OTEL_EXPORTER_OTLP_HEADERS")
+        return v
+
 
 class AuditExport(_Strict):
     """One SIEM destination of `audit.export`: every decision as an OCSF event (JSON line)."""
@@ -174,6 +199,13 @@ class AuditExport(_Strict):
     kind: Literal["ocsf"] = "ocsf"
     to: str = Field(pattern=r"^(file:|syslog:|https://)")  # file:PATH, syslog:HOST:PORT (UDP), https://URL
     queue: int = Field(default=10_000, ge=1, le=1_000_000)  # events waiting; a full queue drops, never blocks
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        if v.startswith("https://"):
+            plain_url(v, "to")
+        return v
 
 
 class AuditSettings(_Strict):
@@ -345,11 +377,12 @@ class OidcIssuer(_Issuer):
     @field_validator("jwks")
     @classmethod
     def _jwks(cls, v: str) -> str:
-        u = urlsplit(v)
         if v.startswith("file:"):
             file_ref(v, "jwks")
-        elif not u.hostname or u.scheme not in ("http", "https"):
-            raise ValueError(f"jwks: expected file:PATH or an http(s) URL, got {v!r}")
+            return v
+        u = plain_url(v, "jwks")
+        if not u.hostname or u.scheme not in ("http", "https"):
+            raise ValueError("jwks: expected file:PATH or an http(s) URL")
         elif u.scheme == "http" and u.hostname not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError(f"jwks: plain http only on loopback; use https for {u.hostname}")
         return v
@@ -434,9 +467,9 @@ class McpServer(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        u = urlsplit(v)
+        u = plain_url(v, "url", "; a server's credential goes in credential:")
         if u.scheme != "https" or not u.hostname or u.port not in (None, 443) or not u.path.startswith("/") or u.query:
-            raise ValueError(f"expected https://HOST/PATH (port 443, no query), got {v!r}")
+            raise ValueError("expected https://HOST/PATH (port 443, no query)")
         return v
 
     @field_validator("credential")
@@ -575,13 +608,20 @@ class Config(_Strict):
         domains = [i.trust_domain for i in self.identity.issuers if isinstance(i, SpiffeIssuer)]
         return self.listen_tls.trust_domain or domains[0]
 
+    @field_validator("approvals_webhook")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is not None:
+            plain_url(v, "approvals_webhook")
+        return v
+
     @field_validator("upstreams")
     @classmethod
     def _upstreams(cls, v: dict[str, str]) -> dict[str, str]:
         for host, target in v.items():
-            u = urlsplit(target)
+            u = plain_url(target, f"upstreams.{host}")
             if u.scheme != "https" or not u.hostname or u.path not in ("", "/"):
-                raise ValueError(f"upstreams.{host}: expected https://HOST[:PORT], got {target!r}")
+                raise ValueError(f"upstreams.{host}: expected https://HOST[:PORT]")
         return {canonical_host(h): t for h, t in v.items()}
 
     @field_validator("connector_secrets")
@@ -687,7 +727,7 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.load(text, Loader=LineLoader)  # a SafeLoader that refuses a duplicate key
         except yaml.MarkedYAMLError as e:  # one line, as policy files report theirs: file:line: the problem
             mark = e.problem_mark or e.context_mark
             where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -38,7 +38,10 @@ class _Strict(BaseModel):
 
 
 class Limits(_Strict):
-    """Per-run ceilings. The defaults suit a small pure-compute tool; raise them per tool, not globally."""
+    """Per-run ceilings. The defaults suit a small pure-compute tool; raise them per tool, not globally.
+    Whole numbers only: lax mode read `"100000"` or `true` as a number (`POST /v1/tools` takes these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     fuel: int = Field(default=100_000_000, ge=1, le=100_000_000_000)
     memory_pages: int = Field(default=256, ge=1, le=65536)  # 64 KiB pages: 256 = 16 MiB

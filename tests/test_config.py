@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway import config
@@ -46,6 +48,20 @@ def test_bad_config_is_a_config_error(tmp_path, text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "says"),
+    [("secrets: {a: env:A}\nsecrets: {b: env:B}\n", ":2: not valid YAML: duplicate key 'secrets'"),
+     ("telemetry:\n  service_name: a\n  service_name: b\n", ":3: not valid YAML: duplicate key 'service_name'")],
+)
+def test_a_duplicate_key_is_a_config_error_naming_it_and_its_line(tmp_path: Path, text: str, says: str) -> None:
+    """Was read as its last value: a second `secrets:` block silently replaced the first."""
+    f = tmp_path / "gateway.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(f)
+    assert str(e.value) == f"{f}{says}"
+
+
+@pytest.mark.parametrize(
     ("uri", "problem"),
     [("sqlite:///tmp/elsewhere.db", "no path"), ("memcached://x", "expected redis://HOST:PORT/DB")],
 )
@@ -54,3 +70,45 @@ def test_a_state_store_uri_that_would_be_ignored_is_refused(uri: str, problem: s
 
     with pytest.raises(ConfigError, match=problem):
         backend(config.Config.model_validate({"stores": {"state": uri}}))
+
+
+PASSWORD = "hunter2-s3cret"
+URL_KEYS = {
+    "telemetry.otlp_endpoint": lambda url: {"telemetry": {"otlp_endpoint": url}},
+    "approvals_webhook": lambda url: {"approvals_webhook": url},
+    "audit.export.to": lambda url: {"audit": {"export": [{"to": url}]}},
+    "identity.issuers.jwks": lambda url: {"identity": {"issuers": [
+        {"kind": "oidc", "name": "idp", "audience": "gw", "issuer": "https://idp.example", "jwks": url, "algorithms": ["RS256"],
+         "map": {"sub": "sub", "role": "role"}}]}},
+    "mcp_servers.url": lambda url: {"mcp_servers": {"docs": {"url": url.replace(":8443", "")}}},
+    "upstreams": lambda url: {"upstreams": {"api.stripe.com": url}},
+}
+
+
+@pytest.mark.parametrize("key", URL_KEYS)
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [(f"https://user:{PASSWORD}@collector.example/v1/x", "user or password"),
+     (f"https://{PASSWORD}@collector.example/v1/x", "user or password"),
+     (f"https://u:{PASSWORD}@[::1/v1/x", "does not parse"),
+     (f"https://collector.example:{PASSWORD}/v1/x", "does not parse"),
+     (f"https://collector.example/v1/{PASSWORD} x", "space")],
+    ids=["userinfo", "user-only", "open-bracket", "bad-port", "space"],
+)
+def test_a_url_setting_refuses_userinfo_and_what_does_not_parse_never_echoing_it(
+        key: str, url: str, problem: str) -> None:
+    """Was accepted: a password in a URL is printed wherever the URL is (start-up logs, errors),
+    and a URL that does not parse failed later, far from its key."""
+    with pytest.raises(ConfigError) as e:
+        config.load(None, URL_KEYS[key](url))
+    assert problem in str(e.value) and PASSWORD not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("key", URL_KEYS)
+def test_a_plain_url_setting_loads(key: str) -> None:
+    config.load(None, URL_KEYS[key]("https://collector.example:8443/v1/x" if key != "upstreams" else "https://127.0.0.1:9443"))
+
+
+def test_a_password_in_the_otlp_endpoint_points_to_the_headers_variable() -> None:
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_HEADERS"):
+        config.load(None, {"telemetry": {"otlp_endpoint": f"http://u:{PASSWORD}@127.0.0.1:4318"}})

@@ -73,7 +73,12 @@ def create_app(rt: Runtime) -> Starlette:
         *console_routes(rt, sessions),
         *response_routes(rt, sessions),
     ]
-    return Starlette(exception_handlers={404: no_route, 405: no_route}, routes=routes)
+    app = Starlette(exception_handlers={404: no_route, 405: no_route}, routes=routes)
+    # Starlette answers `/v1/decisions/` with a bodiless 307 to `/v1/decisions`: no decision id,
+    # and a client that follows it re-sends its token and body to a URL it did not ask for. A path
+    # is routed exactly as written; anything else is the contract's 404.
+    app.router.redirect_slashes = False
+    return app
 
 
 def open_routes(rt: Runtime) -> list[Route]:

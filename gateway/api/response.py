@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.routing import Route
 
+from connectors import codecs
 from gateway.api.endpoint import endpoint, global_admin, only_params, read_body
 from gateway.api.sessions import Sessions
 from gateway.errors import Refusal, describe
@@ -24,9 +25,10 @@ from gateway.runtime import Runtime
 
 
 class QuarantineRequest(BaseModel):
-    """The CLI's flags as JSON: exactly one of sub, tenant, connector, all."""
+    """The CLI's flags as JSON: exactly one of sub, tenant, connector, all. Strict: lax mode read
+    `"all": "yes"` (or 1) as true, and a string must never stop the whole gateway."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     sub: str | None = Field(default=None, min_length=1, max_length=256)
     tenant: str | None = Field(default=None, min_length=1, max_length=256)
     connector: str | None = Field(default=None, min_length=1, max_length=256)
@@ -52,8 +54,11 @@ def response_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     @endpoint(rt, admin=True, sessions=sessions)
     async def quarantine(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
+        # The proxy's JSON reader, as every endpoint's: an undecodable body (or a duplicate key) is
+        # malformed_body; a decoded one that does not fit the request is schema_violation.
+        payload = codecs.decode_json(await read_body(rt, request))
         try:
-            req = QuarantineRequest.model_validate_json(await read_body(rt, request))
+            req = QuarantineRequest.model_validate(payload)
         except ValidationError as e:
             raise Refusal("schema_violation", describe(e)) from None
         scope, value = req.target()

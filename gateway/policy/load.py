@@ -61,11 +61,12 @@ class LineDict(dict[Any, Any]):
     key_lines: dict[Any, int]
 
 
-class _LineLoader(yaml.SafeLoader):
-    pass
+class LineLoader(yaml.SafeLoader):
+    """The safe loader whose mappings are `LineDict`s and refuse a duplicate key (PyYAML keeps the
+    last one silently); gateway.yaml is read with it too (`gateway.config.load`)."""
 
 
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterable[LineDict]:
+def _construct_map(loader: LineLoader, node: yaml.MappingNode) -> Iterable[LineDict]:
     data = LineDict()
     data.line = node.start_mark.line + 1
     data.key_lines = {}
@@ -81,7 +82,7 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterable[Line
     data.update(loader.construct_mapping(node, deep=True))
 
 
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
 def policy_files(directory: Path) -> list[Path]:
@@ -102,7 +103,7 @@ def read_yaml(name: str, text: bytes) -> tuple[Any, list[Problem]]:
     """YAML (or JSON) text whose mappings are `LineDict`s, or the problem that stops it loading;
     also what declarative connector files are read with (`gateway.connector_admin`)."""
     try:
-        return yaml.load(text, Loader=_LineLoader), []
+        return yaml.load(text, Loader=LineLoader), []
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None

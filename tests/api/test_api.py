@@ -133,3 +133,19 @@ def test_a_metrics_token_scrapes_for_months_and_reaches_nothing_else(gateway: Ga
     sock, resp = raw_connect(gateway, "api.stripe.com", basic(out.stdout.strip()))
     sock.close()
     assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")  # never a proxy credential
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/decisions/"), ("GET", "/healthz/"), ("GET", "/metrics/"), ("GET", "/v1/quarantine/"),
+     ("POST", "/v1/quarantine/"), ("GET", "/v1/decisions/stream/"), ("POST", "/v1/approvals/x/approve/"),
+     ("GET", "/console/"), ("GET", "/console/static/console.js/"), ("GET", "/console/session/"), ("GET", "/v1/nope")],
+)
+def test_a_trailing_slash_is_the_contracts_404_never_a_redirect(gateway: GatewayProcess, method: str, path: str) -> None:
+    """Was Starlette's 307 to the path without the slash: no body and no decision id, and a client
+    following it re-sent its Authorization header and body to a URL it had not asked for."""
+    admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin')}"}
+    r = httpx.request(method, gateway.api_url + path, headers=admin, follow_redirects=False)
+    assert (r.status_code, error_of(r)["code"]) == (404, "not_found")
+    assert r.headers["x-egress-decision-id"] == error_of(r)["decision_id"]
+    assert "location" not in r.headers

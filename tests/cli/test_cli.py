@@ -71,12 +71,14 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
     [
         (b"listen: [\n", "state", ["connectors"], "gateway.yaml:2: not valid YAML: expected the node content"),
         (b"\xff\xfe\x00listen", "state", ["connectors"], "gateway.yaml: not UTF-8 text"),
+        (b"secrets: {a: env:A}\nmax_body: 1MiB\nsecrets: {b: env:B}\n", "state", ["connectors"],
+         "gateway.yaml:3: not valid YAML: duplicate key 'secrets'"),
         (b"", "a-file", ["token", "issue", "--sub", "a", "--role", "finance"], "is a file, not a directory"),
         (b"", "a-file/below", ["ca", "path"], "cannot use state dir"),
         (b"", "state", ["token", "revoke", "--jti", ""], "--jti or --sub must not be empty"),
         (b"", "state", ["token", "revoke", "--sub", ""], "--jti or --sub must not be empty"),
     ],
-    ids=["yaml-syntax", "not-utf8", "state-dir-is-a-file", "state-dir-under-a-file", "revoke-empty-jti", "revoke-empty-sub"],
+    ids=["yaml-syntax", "not-utf8", "duplicate-key", "state-dir-is-a-file", "state-dir-under-a-file", "revoke-empty-jti", "revoke-empty-sub"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, config: bytes, state: str, command: list[str], says: str) -> None:
     """Each of these was a Python traceback (or, for YAML, a five-line parser dump)."""

@@ -64,6 +64,8 @@ def test_registered_tool_runs_and_reloads_from_its_directory(tmp_path, runner, r
     [
         ({"sha256": "0" * 64}, "sandbox_hash_mismatch"),
         ({"limits": {"fuel": 0}}, "schema_violation"),
+        ({"limits": {"fuel": "100000"}}, "schema_violation"),  # lax mode read a string as a number
+        ({"limits": {"max_host_calls": True}}, "schema_violation"),
         ({"surprise": 1}, "schema_violation"),
         ({"module": "../escape.wasm"}, "schema_violation"),
     ],

@@ -117,6 +117,34 @@ def test_a_tenant_admin_stops_only_its_own_tenant(observed: GatewayProcess) -> N
     assert httpx.get(url, headers=acme).json() == {"quarantines": []}  # nothing was switched on
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"tenant": "acme", ', b"not json", b"[1]", b'{"tenant": "acme", "tenant": "globex", "reason": "x"}'],
+    ids=["truncated", "text", "array", "duplicate-key"],
+)
+def test_a_quarantine_body_that_is_not_a_json_object_is_malformed_body(observed: GatewayProcess, body: bytes) -> None:
+    """Was `schema_violation`, where every other endpoint answers an undecodable body `malformed_body`;
+    a duplicate key was read as its last value."""
+    acme = {"authorization": f"Bearer {observed.token(sub='acme-admin', role='admin', tenant='acme')}",
+            "content-type": "application/json"}
+    r = httpx.post(f"{observed.api_url}/v1/quarantine", content=body, headers=acme)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "malformed_body")
+    assert httpx.get(f"{observed.api_url}/v1/quarantine", headers=acme).json() == {"quarantines": []}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"all": "yes", "reason": "x"}, {"all": 1, "reason": "x"}, {"all": "true", "reason": "x"},
+     {"tenant": "acme", "release": "true", "reason": "x"}, {"tenant": "acme", "release": 1, "reason": "x"}],
+)
+def test_a_quarantine_takes_only_json_booleans(observed: GatewayProcess, body: dict[str, Any]) -> None:
+    """Pydantic's lax mode read `"all": "yes"` as true: a string (or a 1) stopped the whole gateway.
+    A tenant admin sends these, so a regression is a 403 here, never a gateway actually stopped."""
+    acme = {"authorization": f"Bearer {observed.token(sub='acme-admin', role='admin', tenant='acme')}"}
+    r = httpx.post(f"{observed.api_url}/v1/quarantine", json=body, headers=acme)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "schema_violation")
+    assert httpx.get(f"{observed.api_url}/v1/quarantine", headers=acme).json() == {"quarantines": []}
+
+
 def test_the_cli_refuses_a_quarantine_without_a_reason_or_scope(observed: GatewayProcess) -> None:
     assert observed.cli("quarantine", "--sub", "x", check=False).returncode == 2
     failed = observed.cli("quarantine", "--sub", "x", "--reason", " ", check=False)

@@ -33,7 +33,7 @@ def decode(encoding: BodyEncoding, body: bytes, query: str) -> dict[str, Any]:
         raise Refusal("malformed_body", "this action takes its parameters in the body, not the query string")
     if encoding is BodyEncoding.FORM:
         try:
-            text = body.decode("utf-8")
+            text = body.decode("utf-8-sig")  # a leading BOM is read past, as json.loads did
         except UnicodeDecodeError:
             raise Refusal("malformed_body", "the form body is not UTF-8") from None
         return decode_form(text)
@@ -44,7 +44,13 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
+        # RFC 8259 §8.1: UTF-8 only. json.loads would read UTF-16 and UTF-32 bytes too, which then
+        # leave as sent, for a vendor that reads them otherwise or not at all.
+        text = body.decode("utf-8-sig")  # a leading BOM is read past, as json.loads did
+    except UnicodeDecodeError:
+        raise Refusal("malformed_body", "the JSON body is not UTF-8") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
     except RecursionError:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
@@ -55,6 +61,8 @@ def decode_json(body: bytes) -> dict[str, Any]:
         raise Refusal("malformed_body", "the JSON body must be an object")
     if _depth(data) > MAX_DEPTH:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels")
+    if _has_lone_surrogate(data):
+        raise Refusal("malformed_body", "the JSON body holds a lone surrogate (\\ud800-\\udfff), which is no character")
     return data
 
 
@@ -93,6 +101,26 @@ def _depth(value: Any) -> int:
         elif isinstance(node, list):
             stack.extend((v, d + 1) for v in node)
     return deepest
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """A `\\ud800` escape without its pair decodes to a str that cannot be written as UTF-8: DLP,
+    the re-encoded body and the audit would each fail on it (a valid pair is one character)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def decode_form(text: str) -> dict[str, Any]:

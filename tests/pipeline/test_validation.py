@@ -45,6 +45,14 @@ def test_json_schema_violation_in_a_nested_field(gateway: GatewayProcess, vendor
         (b"[1, 2]", "must be an object"),
         (b'{"a":' * 100 + b"1" + b"}" * 100, "nests deeper"),
         (b'{"model": ' + b"9" * 100_00 + b"}", "not valid JSON"),
+        # A lone surrogate cannot be written as UTF-8: DLP and re-encoding failed on it (500 internal_error).
+        (b'{"model": "m", "input": "mail jane.doe@example.com \\ud800"}', "lone surrogate"),
+        (b'{"model": "m", "input": ["x", {"\\udfff": 1}]}', "lone surrogate"),
+        # RFC 8259: JSON between systems is UTF-8. json.loads read UTF-16 and UTF-32 too, and the
+        # body left as sent, for a vendor whose parser reads it otherwise (or not at all).
+        ('{"model": "m", "input": "x"}'.encode("utf-16"), "not UTF-8"),
+        ('{"model": "m", "input": "x"}'.encode("utf-32"), "not UTF-8"),
+        (b'{"model": "m", "input": "\xff"}', "not UTF-8"),
     ],
 )
 def test_malformed_json_is_refused(gateway: GatewayProcess, vendor: FakeVendor, body: bytes, reason: str) -> None:
@@ -52,8 +60,17 @@ def test_malformed_json_is_refused(gateway: GatewayProcess, vendor: FakeVendor, 
         r = c.post("https://api.openai.com/v1/embeddings", content=body, headers={"content-type": "application/json"})
     err = error_of(r)
     assert (r.status_code, err["code"]) == (400, "malformed_body")
-    assert reason in err["message"]
+    assert reason in err["message"] and "jane" not in r.text
     assert not vendor.received
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_goes_out(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """What json.dumps writes for an emoji (ensure_ascii): a valid pair, not a lone surrogate."""
+    with client(gateway, gateway.token()) as c:
+        r = c.post("https://api.openai.com/v1/embeddings", content=b'{"model": "m", "input": "ok \\ud83d\\ude00"}',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert len(vendor.received) == 1
 
 
 def test_form_with_too_many_keys_is_refused(gateway: GatewayProcess, vendor: FakeVendor) -> None:

@@ -127,6 +127,10 @@ def decode_form(text: str) -> dict[str, Any]:
     """`a[b][c]=1&l[]=x&l[]=y&i[0][p]=q` -> {"a": {"b": {"c": "1"}}, "l": ["x", "y"], "i": [{"p": "q"}]}."""
     if not text:
         return {}
+    if ";" in text:
+        # Python reads a raw `;` as text (since 3.9.2), Rack 2 and other servers as a separator
+        # like `&`: `description=x;amount=900000` would be judged one parameter and read as two.
+        raise Refusal("malformed_body", "a raw ';' separates parameters for some servers; percent-encode it as %3B")
     try:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=MAX_FIELDS)
     except ValueError as e:

@@ -96,3 +96,29 @@ def test_body_over_max_body_is_413_json(gateway: GatewayProcess, vendor: FakeVen
     assert r.status_code == 413
     assert error_of(r)["code"] == "body_too_large"
     assert not vendor.received
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        # Rack 2 and others also split parameters on `;`: there this body has amount=900000.
+        ("POST", "https://api.stripe.com/v1/payment_intents", b"amount=100&currency=usd&description=x;amount=900000"),
+        ("GET", "https://api.stripe.com/v1/customers?limit=3;email=jane.doe@example.com", b""),
+        ("GET", "https://serpapi.com/search.json?q=coffee;num=500", b""),
+    ],
+)
+def test_a_raw_semicolon_between_parameters_is_refused(gateway: GatewayProcess, vendor: FakeVendor, method: str, url: str, body: bytes) -> None:
+    """The gateway reads `;` as text and would judge one parameter where such a vendor reads two."""
+    with client(gateway, gateway.token()) as c:
+        r = c.request(method, url, content=body, headers={"content-type": "application/x-www-form-urlencoded"} if body else {})
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (400, "malformed_body") and "%3B" in err["message"] and "jane" not in r.text
+    assert not vendor.received
+
+
+def test_a_percent_encoded_semicolon_is_text_and_goes_out(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """What clients send for a `;` in a value (urlencode, stripe-python, httpx's `data=`)."""
+    with client(gateway, gateway.token()) as c:
+        r = c.post("https://api.stripe.com/v1/payment_intents", data={"amount": "100", "currency": "usd", "description": "a;b"})
+    assert r.status_code == 200, r.text
+    assert [x.body for x in vendor.received] == [b"amount=100&currency=usd&description=a%3Bb"]

@@ -132,7 +132,11 @@ def decode_form(text: str) -> dict[str, Any]:
         # like `&`: `description=x;amount=900000` would be judged one parameter and read as two.
         raise Refusal("malformed_body", "a raw ';' separates parameters for some servers; percent-encode it as %3B")
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=MAX_FIELDS)
+        # errors="strict": `%FF` decoded to U+FFFD here, hiding `jane.doe%FF@example.com` from DLP,
+        # and left raw for a vendor that may drop the invalid byte.
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise Refusal("malformed_body", "a percent-encoded parameter is not UTF-8") from None
     except ValueError as e:
         too_many = "Max number of fields" in str(e)
         reason = f"more than {MAX_FIELDS} fields" if too_many else "not valid form encoding"

@@ -122,3 +122,21 @@ def test_a_percent_encoded_semicolon_is_text_and_goes_out(gateway: GatewayProces
         r = c.post("https://api.stripe.com/v1/payment_intents", data={"amount": "100", "currency": "usd", "description": "a;b"})
     assert r.status_code == 200, r.text
     assert [x.body for x in vendor.received] == [b"amount=100&currency=usd&description=a%3Bb"]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body"),
+    [
+        ("POST", "https://api.stripe.com/v1/customers", b"description=mail+jane.doe%FF@example.com"),
+        ("POST", "https://api.stripe.com/v1/customers", b"name=Jos%E9+Garc%EDa"),  # Latin-1, as a charset parameter would claim
+        ("GET", "https://serpapi.com/search.json?q=jane.doe%C0@example.com", b""),
+    ],
+)
+def test_percent_encoded_bytes_that_are_not_utf8_are_refused(gateway: GatewayProcess, vendor: FakeVendor, method: str, url: str, body: bytes) -> None:
+    """They decoded to U+FFFD here, which hid the e-mail address from DLP, and left raw: a vendor
+    that drops invalid bytes reads jane.doe@example.com."""
+    with client(gateway, gateway.token()) as c:
+        r = c.request(method, url, content=body, headers={"content-type": "application/x-www-form-urlencoded"} if body else {})
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (400, "malformed_body") and "UTF-8" in err["message"] and "jane" not in r.text
+    assert not vendor.received

@@ -33,7 +33,7 @@ def decode(encoding: BodyEncoding, body: bytes, query: str) -> dict[str, Any]:
         raise Refusal("malformed_body", "this action takes its parameters in the body, not the query string")
     if encoding is BodyEncoding.FORM:
         try:
-            text = body.decode("utf-8")
+            text = body.decode("utf-8-sig")  # a leading BOM is read past, as json.loads did
         except UnicodeDecodeError:
             raise Refusal("malformed_body", "the form body is not UTF-8") from None
         return decode_form(text)
@@ -44,7 +44,13 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = json.loads(body, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
+        # RFC 8259 §8.1: UTF-8 only. json.loads would read UTF-16 and UTF-32 bytes too, which then
+        # leave as sent, for a vendor that reads them otherwise or not at all.
+        text = body.decode("utf-8-sig")  # a leading BOM is read past, as json.loads did
+    except UnicodeDecodeError:
+        raise Refusal("malformed_body", "the JSON body is not UTF-8") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
     except RecursionError:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
@@ -56,7 +62,7 @@ def decode_json(body: bytes) -> dict[str, Any]:
     if _depth(data) > MAX_DEPTH:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels")
     if _lone_surrogate(body, data):
-        raise Refusal("malformed_body", "the body is not valid JSON: a string holds a lone UTF-16 surrogate")
+        raise Refusal("malformed_body", "the JSON body holds a lone surrogate (\\ud800-\\udfff), which is no character")
     return data
 
 
@@ -64,16 +70,12 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _lone_surrogate(body: bytes, data: dict[str, Any]) -> bool:
-    """Whether a string holds half a surrogate pair (`"\\ud800"`, or its raw bytes, which Python's
-    reader lets through). Such a string cannot be written as UTF-8: the audit record, the vault or
-    the answer would fail as a 500 further on. Only a body with a surrogate escape, or one that is
-    not plain UTF-8, is written out again to find one."""
+    """Whether a string holds half a surrogate pair (`"\\ud800"`): it decodes to a str that cannot
+    be written as UTF-8, so DLP, the re-encoded body, the vault or the audit record would fail on it
+    as a 500 further on (a valid pair is one character). The body is strict UTF-8 by now (no raw
+    surrogate bytes), so only a body with a surrogate escape is written out again to find one."""
     if _SURROGATE_ESCAPE.search(body) is None:
-        try:
-            body.decode("utf-8")
-            return False
-        except UnicodeDecodeError:
-            pass
+        return False
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -122,8 +124,16 @@ def decode_form(text: str) -> dict[str, Any]:
     """`a[b][c]=1&l[]=x&l[]=y&i[0][p]=q` -> {"a": {"b": {"c": "1"}}, "l": ["x", "y"], "i": [{"p": "q"}]}."""
     if not text:
         return {}
+    if ";" in text:
+        # Python reads a raw `;` as text (since 3.9.2), Rack 2 and other servers as a separator
+        # like `&`: `description=x;amount=900000` would be judged one parameter and read as two.
+        raise Refusal("malformed_body", "a raw ';' separates parameters for some servers; percent-encode it as %3B")
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, max_num_fields=MAX_FIELDS)
+        # errors="strict": `%FF` decoded to U+FFFD here, hiding `jane.doe%FF@example.com` from DLP,
+        # and left raw for a vendor that may drop the invalid byte.
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise Refusal("malformed_body", "a percent-encoded parameter is not UTF-8") from None
     except ValueError as e:
         too_many = "Max number of fields" in str(e)
         reason = f"more than {MAX_FIELDS} fields" if too_many else "not valid form encoding"

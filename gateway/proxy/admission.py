@@ -12,7 +12,8 @@ An admitted request's body is counted as it arrives; past `max_body` (a chunked 
 length) it is refused the same way, so at most `max_body` bytes of it are ever held. Chunked
 trailers are refused as `bad_request`: mitmproxy 11 cannot parse them (it raised
 `NotImplementedError` and the request hung until the client deadline), and the pipeline never
-sees them, so forwarding them would be an unchecked way out.
+sees them, so forwarding them would be an unchecked way out. So is a body whose chunked framing
+is broken: mitmproxy closed the connection before its error page, so the agent got no answer.
 
 How: mitmproxy's HTTP/1 server reads a body through an h11 reader (`Http1Server.body_reader`).
 Its `read_body` runs right after the head is parsed, before any hook, and again as body bytes
@@ -45,6 +46,7 @@ from gateway.proxy.flows import CALL, Tunnels, flow_call, peer, request_view, re
 from gateway.runtime import Runtime
 
 TRAILERS_REFUSED = "chunked request trailers are not accepted; send those fields as headers"
+FRAMING_REFUSED = "the request body's framing is broken (a chunked body's sizes or line ends)"
 
 
 @dataclass
@@ -73,7 +75,11 @@ class _GatedReader:
     def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
         if self.ended:
             return h11.EndOfMessage()
-        event = self.inner(buf)
+        try:
+            event = self.inner(buf)
+        except h11.ProtocolError:
+            # mitmproxy closes the connection before it writes its error page: no answer at all.
+            return self.stop(Refusal("bad_request", FRAMING_REFUSED), True)
         if isinstance(event, h11.Data):
             self.seen += len(event.data)
             if self.seen > self.limit:

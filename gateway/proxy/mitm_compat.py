@@ -31,8 +31,16 @@
    it. So the loop gets back its default task factory (the gateway sets none of its own): one
    behaviour on every Python the gateway runs on.
 
-The `MitmCompat` addon installs 1, 3 and 5 when mitmproxy is running and removes 1 and 3 when it is
-done (`Master.run` itself puts the task factory back when it returns).
+6. The agent's ClientHello. mitmproxy reads it before any hook of the gateway runs (for a refused
+   CONNECT too, whose tunnel still ends TLS at the gateway), and buffered as much of it as its
+   length field claims (16 MiB), parsing the whole buffer again on every read: seconds of the
+   event loop for one client without a token. A ClientHello over `MAX_CLIENT_HELLO` fails the
+   handshake. And its failure log line held what the agent sent: the SNI it named, or the whole
+   ClientHello as hex when it could not be parsed. Those lines lose the agent's text
+   (`_WithholdAgentText`).
+
+The `MitmCompat` addon installs 1, 3, 5 and 6 when mitmproxy is running and removes 1, 3 and 6
+when it is done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
@@ -40,12 +48,14 @@ moves them fails loudly in CI instead of silently serving HTML or hanging.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from mitmproxy import connection, ctx
 from mitmproxy import http as mhttp
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 
 from gateway.errors import Refusal
@@ -57,6 +67,11 @@ MAX_HEAD = 64 * 1024  # request line and headers; Node allows 16 KiB, nginx 32 K
 HEAD_TOO_LARGE = f"request head larger than {MAX_HEAD} bytes"
 CLIENT_GONE = "Client disconnected"  # the flow error when the agent hangs up mid-call
 BODY_OVER_LIMIT = "body exceeds mitmproxy's body_size_limit"  # after "Request " or "Response "
+# Point 6. Real ClientHellos are a few KiB (post-quantum key shares included); a TLS record holds 16 KiB.
+MAX_CLIENT_HELLO = 64 * 1024
+CLIENT_HELLO_TOO_LARGE = f"ClientHello larger than {MAX_CLIENT_HELLO} bytes"
+CLIENT_TLS_FAILED = "Client TLS handshake failed."  # mitmproxy's log line, naming the SNI or dumping the hello
+MITM_SERVER_LOGGER = "mitmproxy.proxy.server"  # the logger of mitmproxy's connection handlers
 
 
 class _Page(bytes):
@@ -106,27 +121,57 @@ def _over_head_limit(conn: _http1.Http1Server, event: events.Event) -> layer.Com
     conn.state = conn.done
 
 
+class _WithholdAgentText(logging.Filter):
+    """Point 6: mitmproxy's client handshake failure, without what the agent sent (its SNI, or its
+    ClientHello as hex); what kind of failure it was is kept, from mitmproxy's own words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.msg
+        if isinstance(text, str) and text.startswith(CLIENT_TLS_FAILED):
+            if "does not trust the proxy's certificate" in text:
+                why = "The agent does not trust the gateway CA (see `egress-gateway env`)"
+            elif "Cannot parse ClientHello" in text:
+                why = "The agent's ClientHello could not be parsed"
+            elif CLIENT_HELLO_TOO_LARGE in text:
+                why = f"The agent's ClientHello is larger than {MAX_CLIENT_HELLO} bytes"
+            else:
+                why = "The agent may not trust the gateway CA"
+            record.msg, record.args = f"{CLIENT_TLS_FAILED} {why}; what it sent is not logged", ()
+        return True
+
+
 class MitmCompat:
-    """The addon that installs points 1, 3 and 5 while mitmproxy runs."""
+    """The addon that installs points 1, 3, 5 and 6 while mitmproxy runs."""
 
     def __init__(self, pages: ErrorPages) -> None:
         self.pages = pages
         self._make_error_response = _http1.make_error_response
         self._handle_event = _http1.Http1Server._handle_event
+        self._receive_hello = tls.ClientTLSLayer.receive_handshake_data
+        self._withhold = _WithholdAgentText()
 
     def running(self) -> None:
         asyncio.get_running_loop().set_task_factory(None)  # point 5
-        original, pages = self._handle_event, self.pages
+        original, pages, receive_hello = self._handle_event, self.pages, self._receive_hello
 
         def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
             yield from _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
 
+        def receive_handshake_data(tls_layer: tls.ClientTLSLayer, data: bytes) -> layer.CommandGenerator[tuple[bool, str | None]]:
+            if not tls_layer.client_hello_parsed and len(tls_layer.recv_buffer) + len(data) > MAX_CLIENT_HELLO:
+                return False, CLIENT_HELLO_TOO_LARGE  # point 6
+            return (yield from receive_hello(tls_layer, data))
+
         _http1.make_error_response = _marked_page
         _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign, assignment]
+        tls.ClientTLSLayer.receive_handshake_data = receive_handshake_data  # type: ignore[method-assign, assignment]
+        logging.getLogger(MITM_SERVER_LOGGER).addFilter(self._withhold)
 
     def done(self) -> None:
         _http1.make_error_response = self._make_error_response
         _http1.Http1Server._handle_event = self._handle_event  # type: ignore[method-assign]
+        tls.ClientTLSLayer.receive_handshake_data = self._receive_hello  # type: ignore[method-assign]
+        logging.getLogger(MITM_SERVER_LOGGER).removeFilter(self._withhold)
 
 
 def _swap_pages(gen: layer.CommandGenerator[None], pages: ErrorPages, client_id: str) -> layer.CommandGenerator[None]:

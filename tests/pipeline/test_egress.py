@@ -49,6 +49,29 @@ def test_inner_host_header_must_equal_connect_target(gateway: GatewayProcess, ve
     assert not vendor.received
 
 
+def test_pipelined_requests_in_one_tunnel_are_each_decided(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """Four requests in one write: each is judged on its own, and the fronted one in between is
+    refused without ending what the tunnel allows (nor passing on the others' verdict)."""
+    tls = tunnel_tls(gateway, gateway.token(scopes=("stripe:retrieve_balance",)), "api.stripe.com")
+    tls.sendall(
+        b"GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n"
+        b"GET /v1/balance HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"
+        b"GET /v1/customers HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n"
+        b"GET /v1/balance HTTP/1.0\r\n\r\n"  # HTTP/1.0 without a Host: the tunnel's host, then the end
+    )
+    answers = tls.makefile("rb")
+    codes = []
+    for _ in range(4):
+        head = b"".join(iter(answers.readline, b"\r\n")).decode("latin-1")
+        length = int(next(ln.split(":")[1] for ln in head.splitlines() if ln.lower().startswith("content-length")))
+        body = answers.read(length)
+        codes.append(head.split()[1] + ("" if head.split()[1] == "200" else " " + body.decode().split('"code":"')[1].split('"')[0]))
+    tls.close()
+    assert codes == ["200", "403 domain_fronting", "403 scope_denied", "200"]
+    # (the HTTP/1.0 one leaves as sent, without a Host header; its connection is the checked address)
+    assert [(r.method, r.path, r.host) for r in vendor.received] == [("GET", "/v1/balance", "api.stripe.com"), ("GET", "/v1/balance", "")]
+
+
 def test_absolute_form_target_must_equal_connect_target(gateway: GatewayProcess, vendor: FakeVendor) -> None:
     tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
     tls.sendall(b"GET https://api.openai.com/v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n")

@@ -182,6 +182,17 @@ def test_chunked_trailers_are_refused_and_the_connection_goes_on(gateway: Gatewa
     assert [r.path for r in vendor.received] == ["/v1/balance"]
 
 
+@pytest.mark.parametrize("chunks", [b"zz\r\nabcd\r\n0\r\n\r\n", b"f" * 40 + b"\r\nabcd\r\n", b"4\r\nabcdEFGH\r\n0\r\n\r\n"])
+def test_a_broken_chunked_body_is_answered_with_the_json_refusal(gateway: GatewayProcess, vendor: FakeVendor, chunks: bytes) -> None:
+    """mitmproxy closed the connection before writing its error page: the agent got no answer."""
+    tls = tunnel_tls(gateway, gateway.token(scopes=("stripe:*",)), "api.stripe.com")
+    resp = _answer(tls, f"{PAYMENT}Transfer-Encoding: chunked\r\n\r\n".encode() + chunks)
+    tls.close()
+    assert (resp.status, resp.headers["connection"]) == (400, "close")
+    assert "chunked" in _audited(gateway, resp, "bad_request")["message"]
+    assert not vendor.received
+
+
 # --- memory under large bodies ------------------------------------------------------------------
 
 

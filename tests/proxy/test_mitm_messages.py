@@ -12,12 +12,12 @@ import inspect
 import re
 
 from mitmproxy.master import Master
-from mitmproxy.proxy import layer
+from mitmproxy.proxy import layer, server
 from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 
-from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE
+from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, CLIENT_TLS_FAILED, MITM_SERVER_LOGGER
 
 
 def test_client_gone_is_the_message_of_an_agent_hanging_up() -> None:
@@ -50,3 +50,12 @@ def test_eager_tasks_are_set_before_the_running_hook_that_undoes_them() -> None:
     run = inspect.getsource(Master.run)
     assert "asyncio_utils.set_eager_task_factory()" in run and "await self.running()" in run
     assert run.index("set_eager_task_factory()") < run.index("await self.running()")
+
+
+def test_the_client_handshake_failure_is_one_line_of_the_connection_handlers_logger() -> None:
+    """Point 6 edits that line on that logger, and bounds the buffer this method fills."""
+    layer_source = inspect.getsource(tls.ClientTLSLayer)
+    assert f'f"{CLIENT_TLS_FAILED} {{err}}"' in layer_source and "Cannot parse ClientHello: {self.recv_buffer.hex()}" in layer_source
+    receive = inspect.getsource(tls.ClientTLSLayer.receive_handshake_data)
+    assert "if self.client_hello_parsed:" in receive and "self.recv_buffer.extend(data)" in receive
+    assert server.logger.name == MITM_SERVER_LOGGER and "logger.log(" in inspect.getsource(server.ConnectionHandler.log)

@@ -9,7 +9,7 @@ import pytest
 
 from dlp.config import PATTERN_ENTITIES, CustomPattern, CustomRecognizer, DlpConfig
 from dlp.engine import EngineConfigError, PiiEngine, PiiFinding, build_engine, resolve_overlaps
-from tests.dlp.corpus import clean_samples, luhn_valid, pii_samples
+from tests.dlp.corpus import clean_samples, luhn_valid, non_ascii_addresses, pii_samples
 
 ALL = frozenset(PATTERN_ENTITIES)
 
@@ -93,3 +93,20 @@ def test_false_positives_on_business_text(engine: PiiEngine) -> None:
     rate = bad / len(samples)
     print(f"\nDLP false positives {bad}/{len(samples)} ({rate:.1%}); by type {dict(flagged)}")
     assert rate <= 0.02
+
+
+
+def test_non_ascii_email_addresses_are_found_whole(engine: PiiEngine) -> None:
+    """A mixed-script look-alike or internationalized address is an address: found from its first
+    to its last character (an ASCII-only pattern let it leave raw, or cut it after a look-alike so
+    its first letters leaked), and the text around it is not swallowed."""
+    wanted = frozenset({"EMAIL_ADDRESS"})
+    addresses = non_ascii_addresses(7, 90)
+    missed = []
+    for address in addresses:
+        text = f"Please write to {address}, thanks."
+        found = [(f.start, f.end) for f in engine.analyze(text, wanted)]
+        start = text.index(address)
+        if found != [(start, start + len(address))]:
+            missed.append((address, found))
+    assert missed == [], missed[:5]

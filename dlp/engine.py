@@ -67,17 +67,25 @@ class PiiFinding:
 _OFFLINE_TLD = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
 
+_MARKS = "\u0300-\u036f"  # combining accents (`e` + U+0301), as a decomposed `é` is written
+_LABEL = rf"[^\W_](?:[^\W_]|[{_MARKS}-]){{0,62}}(?<!-)"  # a domain label of any script's letters
+
+
 class OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's email recognizer with its domain check bound to the offline suffix list, and a
     local part of the characters addresses use: Presidio's also takes `/ ? = &`, so in
     `https://shop.example/?m=jane@example.com` the URL's path became part of the "address", which
-    then failed its check, and the address inside the URL left untokenized."""
+    then failed its check, and the address inside the URL left untokenized.
+
+    Letters and digits are those of any script (combining accents allowed after the first one):
+    internationalized addresses (`jürgen@bücher.de`, `почта@пример.рф`) are personal data too, and
+    with ASCII classes a Cyrillic look-alike (`jаne@exаmple.com`) hid an address or cut it after the
+    look-alike, so its first letters left raw."""
 
     PATTERNS = [  # noqa: RUF012 - Presidio reads this class attribute
         Pattern(
             "Email (address characters)",
-            r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+",
+            rf"(?<![\w.%+{_MARKS}-])[^\W_][\w.%+{_MARKS}-]{{0,63}}@{_LABEL}(?:\.{_LABEL})+",
             0.5,
         )
     ]

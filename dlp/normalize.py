@@ -10,10 +10,12 @@ Rules, in order:
 1. each character by NFKC (full-width and compatibility forms), Unicode decimal digits of any
    script to ASCII, any dash (Unicode category Pd) to "-", and format characters (category Cf:
    zero-width spaces and joiners, soft hyphens, bidi marks) and other invisibles removed;
-2. `[at]`, `(at)`, `{at}` and `%40` (with the spaces around the bracketed forms) to "@", and
-   `[dot]`, `(dot)`, `{dot}` to ".";
-3. a run of one repeated separator (space, dash, dot, slash) between two digits to one;
-4. an IBAN-shaped run of lower-case letters and digits upper-cased.
+2. a percent-escape of an ASCII character (`%40`, `%2E`, `%35`) and an HTML character reference
+   (`&#64;`, `&#x40;`, `&commat;`, `&shy;`) to its character, itself normalized by rule 1 (an
+   address or card number pasted from a URL or a web page);
+3. `[at]`, `(at)`, `{at}` (with the spaces around them) to "@", and `[dot]`, `(dot)`, `{dot}` to ".";
+4. a run of one repeated separator (space, dash, dot, slash) between two digits to one;
+5. an IBAN-shaped run of lower-case letters and digits upper-cased.
 
 A position of the copy maps to the span of original characters it came from, so a finding
 `[s, e)` of the copy covers `[starts[s], ends[e - 1])` of the original.
@@ -21,13 +23,15 @@ A position of the copy maps to the span of original characters it came from, so 
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
 _INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0")
-_AT = re.compile(r"\s*[\[({]\s*at\s*[\])}]\s*|%40", re.IGNORECASE)
+_ESCAPED = re.compile(r"%[0-7][0-9A-Fa-f]|&#[0-9]{1,7};|&#[xX][0-9A-Fa-f]{1,6};|&[A-Za-z][A-Za-z0-9]{1,31};")
+_AT = re.compile(r"\s*[\[({]\s*at\s*[\])}]\s*", re.IGNORECASE)
 _DOT = re.compile(r"\s*[\[({]\s*dot\s*[\])}]\s*", re.IGNORECASE)
 _DOUBLED = re.compile(r"(?<=\d)([ ./-])\1+(?=\d)")
 # After the bank code, each group holds a digit: the word after an IBAN is not part of it.
@@ -83,7 +87,15 @@ def _apply(text: str, starts: list[int], ends: list[int], pattern: re.Pattern[st
     return "".join(out), new_s, new_e
 
 
+def _unescape(m: re.Match[str]) -> str:
+    """The character a percent-escape or HTML reference stands for, by rule 1; an unknown name as is."""
+    escaped = m.group(0)
+    decoded = chr(int(escaped[1:], 16)) if escaped[0] == "%" else html.unescape(escaped)
+    return "".join(_char(c) for c in decoded)
+
+
 _RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (_ESCAPED, _unescape),
     (_AT, lambda m: "@"),
     (_DOT, lambda m: "."),
     (_DOUBLED, lambda m: m.group(1)),

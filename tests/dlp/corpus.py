@@ -12,6 +12,7 @@ import string
 from dataclasses import dataclass
 
 import phonenumbers
+from faker import Faker
 
 
 @dataclass(frozen=True)
@@ -225,4 +226,33 @@ def clean_samples(n: int, seed: int = 7) -> list[Sample]:
             date=f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
         )
         out.append(Sample(text, ""))
+    return out
+
+
+# Latin letters with a Cyrillic or Greek look-alike, as a mixed-script address would use them.
+_HOMOGLYPHS = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441", "x": "\u0445", "i": "\u0456"}
+_IDN_DOMAINS = ("bücher.de", "müller-bau.at", "пример.рф", "例え.jp", "ελληνικά.gr", "straße.de")
+
+
+def non_ascii_addresses(seed: int, n: int) -> list[str]:
+    """Generated e-mail addresses holding non-ASCII letters: look-alikes swapped into a Faker
+    address (local part, domain or both), internationalized domains and local parts."""
+    fake, rng = Faker(["en_US", "de_DE", "fr_FR"]), random.Random(seed)
+    Faker.seed(seed)
+    out: list[str] = []
+    while len(out) < n:
+        local, domain = fake.unique.email().split("@")
+        kind = len(out) % 3
+        if kind == 0:  # look-alikes in the local part, the domain or both
+            where = rng.choice(("local", "domain", "both"))
+            swap = lambda s: "".join(_HOMOGLYPHS.get(c, c) if rng.random() < 0.5 else c for c in s)  # noqa: E731
+            local = swap(local) if where != "domain" else local
+            domain = swap(domain.rsplit(".", 1)[0]) + "." + domain.rsplit(".", 1)[1] if where != "local" else domain
+        elif kind == 1:
+            domain = rng.choice(_IDN_DOMAINS)
+        else:
+            local, domain = rng.choice(("josé", "zoë", "jürgen.groß", "δοκιμή", "почта")), rng.choice(_IDN_DOMAINS)
+        address = f"{local}@{domain}"
+        if not address.isascii():
+            out.append(address)
     return out

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.clients import client, error_of
+from tests.dlp.corpus import non_ascii_addresses
 from tests.dlp.user_corpus import corpus, evasions
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -163,3 +164,15 @@ def test_conversation_sent_back_is_scanned_in_every_free_text_field(gateway: Gat
         assert raw not in sent, raw
     out = json.loads(vendor.received[-1].json()["messages"][1]["tool_calls"][0]["function"]["arguments"])
     assert set(out) == {"to", "card"} and all(TOKEN.fullmatch(v) for v in out.values())
+
+
+def test_non_ascii_addresses_never_reach_the_vendor_raw(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """Look-alike and internationalized e-mail addresses, generated, leave whole as tokens: none of
+    their characters reach the vendor, the audit record or the log."""
+    addresses = non_ascii_addresses(11, 30)
+    r = send(gateway, chat(*(f"mail {a} today" for a in addresses)), sub="dlp-idn")
+    assert r.status_code == 200, r.text
+    sent = [m["content"] for m in vendor.received[-1].json()["messages"]]
+    assert [re.sub(r"tok_EMAIL_ADDRESS_[a-z2-7]{20}", "T", s) for s in sent] == ["mail T today"] * len(addresses)
+    written = gateway.audit_file.read_text() + gateway.log_file.read_text()
+    assert [a for a in addresses if a in written or json.dumps(a)[1:-1] in written] == []

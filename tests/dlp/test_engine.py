@@ -9,7 +9,7 @@ import pytest
 
 from dlp.config import PATTERN_ENTITIES, CustomPattern, CustomRecognizer, DlpConfig
 from dlp.engine import EngineConfigError, PiiEngine, PiiFinding, build_engine, resolve_overlaps
-from tests.dlp.corpus import clean_samples, luhn_valid, pii_samples
+from tests.dlp.corpus import clean_samples, luhn_valid, non_ascii_addresses, pii_samples
 
 ALL = frozenset(PATTERN_ENTITIES)
 
@@ -93,3 +93,56 @@ def test_false_positives_on_business_text(engine: PiiEngine) -> None:
     rate = bad / len(samples)
     print(f"\nDLP false positives {bad}/{len(samples)} ({rate:.1%}); by type {dict(flagged)}")
     assert rate <= 0.02
+
+
+
+def test_non_ascii_email_addresses_are_found_whole(engine: PiiEngine) -> None:
+    """A mixed-script look-alike or internationalized address is an address: found from its first
+    to its last character (an ASCII-only pattern let it leave raw, or cut it after a look-alike so
+    its first letters leaked), and the text around it is not swallowed."""
+    wanted = frozenset({"EMAIL_ADDRESS"})
+    addresses = non_ascii_addresses(7, 90)
+    missed = []
+    for address in addresses:
+        text = f"Please write to {address}, thanks."
+        found = [(f.start, f.end) for f in engine.analyze(text, wanted)]
+        start = text.index(address)
+        if found != [(start, start + len(address))]:
+            missed.append((address, found))
+    assert missed == [], missed[:5]
+
+
+_ESCAPES = {
+    "percent": lambda c: f"%{ord(c):02X}",
+    "html decimal": lambda c: f"&#{ord(c)};",
+    "html hex": lambda c: f"&#x{ord(c):x};",
+    "html named": lambda c: {"@": "&commat;", ".": "&period;", "-": "&hyphen;"}.get(c, c),
+}
+
+
+@pytest.mark.parametrize("escape", sorted(_ESCAPES))
+def test_percent_and_html_escapes_do_not_hide_pii(engine: PiiEngine, escape: str) -> None:
+    """An address whose `@` and `.`, or a card whose digits, are written as percent-escapes or HTML
+    character references (`jane%2Edoe%40example%2Ecom`, `jane&#64;example&#46;com`, a pasted
+    page's `&shy;` inside a card number) is found, the escapes included in what is replaced."""
+    from faker import Faker
+
+    fake = Faker()
+    Faker.seed(5)
+    enc = _ESCAPES[escape]
+    values: list[tuple[str, str]] = []
+    for i in range(40):
+        email = fake.unique.email()
+        values.append(("EMAIL_ADDRESS", "".join(enc(c) if c in "@." else c for c in email)))
+        card = fake.credit_card_number(card_type="visa16")
+        if i % 2:
+            values.append(("CREDIT_CARD", "&shy;".join(card[k : k + 4] for k in range(0, 16, 4))))
+        elif escape != "html named":
+            values.append(("CREDIT_CARD", "".join(enc(c) if k % 3 == 0 else c for k, c in enumerate(card))))
+    missed = []
+    for kind, value in values:
+        text = f"on file: {value} (see above)"
+        start = text.index(value)
+        if [(f.start, f.end, f.entity_type) for f in engine.analyze(text, ALL)] != [(start, start + len(value), kind)]:
+            missed.append(value)
+    assert missed == [], missed[:5]

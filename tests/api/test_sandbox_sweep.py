@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.sandbox_service import RUNS_PER_AGENT
 from tests.clients import error_of
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -142,3 +145,33 @@ def test_registering_over_an_existing_name_is_refused_and_audited(gw: GatewayPro
     recs = [x for x in gw.audit() if x.get("decision_id") in (r.headers["x-egress-decision-id"], r2.headers["x-egress-decision-id"])]
     print(recs)
     assert [x["code"] for x in recs] == ["conflict", "conflict"]
+
+
+def test_one_agents_slow_runs_leave_the_workers_to_others(gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """Each of the hog's runs holds a worker ~2 s (fetch_any's timeout; the vendor answers after 3 s).
+    Without a per-agent bound, 20 such runs took every worker and a bystander's 2 ms run waited
+    for them (measured: 2.3 s behind 30 of them)."""
+    vendor.delay = 3.0
+    hog = agent(gw, sub="hog")
+    finished: list[httpx.Response] = []
+
+    def hold() -> None:
+        finished.append(run(gw, hog, {"tool": "fetch_any", "input": {"url": "https://api.stripe.com/v1/balance"}}))
+
+    threads = [threading.Thread(target=hold) for _ in range(RUNS_PER_AGENT + 2)]
+    for t in threads:
+        t.start()
+    for _ in range(400):
+        if len(vendor.received) >= RUNS_PER_AGENT:
+            break
+        time.sleep(0.02)
+    bystander = run(gw, agent(gw, sub="bystander"), {"tool": "stats", "input": {"values": [1, 2]}})
+    assert bystander.status_code == 200 and bystander.json()["output"]["sum"] == 3
+    assert finished == []  # the bystander ran while every one of the hog's runs was still out
+    assert len(vendor.received) == RUNS_PER_AGENT  # the hog's other runs wait for its own slots
+    for t in threads:
+        t.join()
+    # Each ended at fetch_any's 2 s deadline: the host call's own timeout, or the deadline first.
+    ends = [r.json()["output"]["error"] if r.status_code == 200 else error_of(r)["code"] for r in finished]
+    assert len(ends) == RUNS_PER_AGENT + 2 and set(ends) <= {"upstream_timeout", "sandbox_timeout"}, ends
+    assert len(vendor.received) == RUNS_PER_AGENT + 2

@@ -11,6 +11,9 @@ Every run is one decision: its `dec_` id (the API call's) is on the response, in
 every refusal its host calls get inside the run, and it has one audit record naming the tool, the
 caller, the outcome code and the fuel used, never the input or the output.
 
+One agent has at most RUNS_PER_AGENT runs on the runner's workers at once; the rest of its runs
+wait on the event loop for its own slots, so no agent can take every worker from the others.
+
 Tools come from the shipped (or configured) directory and from `<state>/tools/`, where `POST
 /v1/tools` keeps the tools registered through the API (sandbox/registration.py), so they survive a
 restart. A registered name may not shadow a loaded one.

@@ -175,3 +175,22 @@ def test_one_agents_slow_runs_leave_the_workers_to_others(gw: GatewayProcess, ve
     ends = [r.json()["output"]["error"] if r.status_code == 200 else error_of(r)["code"] for r in finished]
     assert len(ends) == RUNS_PER_AGENT + 2 and set(ends) <= {"upstream_timeout", "sandbox_timeout"}, ends
     assert len(vendor.received) == RUNS_PER_AGENT + 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "../escape"), ("name", "tools/x"), ("name", "\uff58tool"), ("name", "x" * 65), ("name", "ok\n"),
+        ("module", "../tool.wat"), ("module", "a\u0000.wat"), ("module", "a/../../tool.wat"), ("module", ".tool.wat"),
+        ("module", "tool.wat\n"), ("allowed", ["stripe:*", "../x"]), ("roles", "finance"), ("limits", {"fuel": "1000"}),
+        ("limits", {"memory_pages": 65537}), ("kind", "python"),
+    ],
+)
+def test_hostile_manifests_are_refused_before_anything_is_written(gw: GatewayProcess, field: str, value: Any) -> None:
+    body = printing_tool("hostile_manifest", b"{}")
+    body["manifest"][field] = value
+    r = register(gw, body)
+    assert (r.status_code, error_of(r)["code"]) == (400, "schema_violation"), r.text
+    assert str(value) not in error_of(r)["message"] or field in ("limits", "kind")
+    assert not any(p.name != ".staging" for p in (gw.state_dir / "tools").glob("*hostile*"))
+    assert not (gw.state_dir / "escape").exists()

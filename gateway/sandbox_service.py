@@ -11,6 +11,9 @@ Every run is one decision: its `dec_` id (the API call's) is on the response, in
 every refusal its host calls get inside the run, and it has one audit record naming the tool, the
 caller, the outcome code and the fuel used, never the input or the output.
 
+One agent has at most RUNS_PER_AGENT runs on the runner's workers at once; the rest of its runs
+wait on the event loop for its own slots, so no agent can take every worker from the others.
+
 Tools come from the shipped (or configured) directory and from `<state>/tools/`, where `POST
 /v1/tools` keeps the tools registered through the API (sandbox/registration.py), so they survive a
 restart. A registered name may not shadow a loaded one.
@@ -23,6 +26,8 @@ import base64
 import logging
 import ssl
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +60,10 @@ from sandbox.registration import register
 
 log = logging.getLogger(__name__)
 HOST_CALL_SLACK = 5.0  # seconds a host-call token outlives the run's own deadline
+# Runs one agent may have on the runner's workers at once (of sandbox.runner.MAX_CONCURRENT_RUNS);
+# its further runs wait for one of its own to end, so a flood of slow runs by one agent leaves the
+# other workers to everyone else.
+RUNS_PER_AGENT = 4
 
 
 class RunRequest(BaseModel):
@@ -90,6 +99,7 @@ class Tools:
     _python_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _register_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _ca_context: ssl.SSLContext | None = field(default=None, repr=False)
+    _turns: dict[tuple[str | None, str], tuple[asyncio.Semaphore, int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -168,13 +178,31 @@ class Tools:
         if request.python is not None:
             may_run_snippets(call, policies)
         try:
-            result = await self._run(call.identity, request, call.decision_id)
+            async with self._turn(call.identity):
+                result = await self._run(call.identity, request, call.decision_id)
         except Refusal as r:
             fuel_used = r.details.get("fuel_used")
             call.extra["fuel_used"] = fuel_used if isinstance(fuel_used, int) else 0
             raise
         call.extra.update(fuel_used=result.fuel_used, host_calls=result.host_calls, duration_ms=result.duration_ms)
         return result
+
+    @asynccontextmanager
+    async def _turn(self, caller: Identity) -> AsyncIterator[None]:
+        """One of the caller's RUNS_PER_AGENT slots, waited for on the event loop (no worker held).
+        An agent's entry lives while it has runs running or waiting, so the map stays bounded."""
+        owner = (caller.tenant, caller.sub)
+        slots, users = self._turns.get(owner) or (asyncio.Semaphore(RUNS_PER_AGENT), 0)
+        self._turns[owner] = (slots, users + 1)
+        try:
+            async with slots:
+                yield
+        finally:
+            slots, users = self._turns[owner]
+            if users == 1:
+                del self._turns[owner]
+            else:
+                self._turns[owner] = (slots, users - 1)
 
     async def _run(self, caller: Identity, request: RunRequest, decision_id: str) -> RunResult:
         if request.tool is not None:

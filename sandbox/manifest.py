@@ -31,6 +31,8 @@ from gateway.errors import ConfigError
 PAGE_BYTES = 65536
 _ACTION = re.compile(r"[a-z][a-z0-9_-]*:(\*|[A-Za-z_][A-Za-z0-9_]*)")
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# No separator and no control character: a NUL failed only at the file's creation, as a 500.
+_MODULE_FILE = re.compile(r"[^/\\\x00-\x1f\x7f]+\.(wasm|wat)")
 
 
 class _Strict(BaseModel):
@@ -80,7 +82,7 @@ class ToolManifest(_Strict):
     @field_validator("module")
     @classmethod
     def _module(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v.startswith(".") or not v.endswith((".wasm", ".wat")):
+        if v.startswith(".") or not _MODULE_FILE.fullmatch(v):
             raise ValueError("a plain .wasm or .wat file name next to the manifest")
         return v
 

@@ -69,13 +69,34 @@ class Ending:
 def judge(subject: str, limits: Limits, ending: Ending) -> dict[str, Any]:
     """A tool's output object, or the `Refusal` that says why there is none."""
     fail(subject, limits, ending)
-    try:
-        output = json.loads(ending.output) if ending.output is not None else None
-    except ValueError:
-        output = None
-    if not isinstance(output, dict):
+    output = _json_object(ending.output)
+    if output is None:
         raise _refusal("sandbox_bad_output", f"{subject} did not print or return one JSON object", limits, ending)
     return output
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any] | None:
+    """`raw` as a JSON object the gateway can send on as its answer, else None.
+
+    Python's reader takes more than JSON: NaN and Infinity, `1e999` (inf), lone surrogate escapes
+    (`"\\ud800"`, not writable as UTF-8), and nesting deep enough to exhaust the stack. Each of
+    those would fail later, in the answer's rendering, as a 500 instead of this refusal; so the
+    output counts only if it parses and writes back as strict UTF-8 JSON.
+    """
+    if raw is None:
+        return None
+    try:
+        output = json.loads(raw, parse_constant=_not_json)
+        if isinstance(output, dict):
+            json.dumps(output, ensure_ascii=False, allow_nan=False).encode()
+            return output
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        pass
+    return None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def fail(subject: str, limits: Limits, ending: Ending) -> None:

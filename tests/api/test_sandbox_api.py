@@ -239,3 +239,16 @@ def test_revoking_the_caller_stops_its_running_tools_host_calls(tools_gw: Gatewa
     assert r.status_code == 200, r.text
     assert json.loads(r.json()["output"]["stdout"]) == [[200, None], [407, "identity_revoked"]]
     assert len(vendor.received) == 1
+
+
+def test_a_vendor_echoing_its_credential_does_not_hand_it_to_the_snippet(tools_gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """The snippet prints the whole answer its host call got; the vendor says back every header."""
+    pytest.importorskip("python_guest", reason="the python-guest extra is not installed")
+    vendor.echo_headers = True
+    code = "r = call_tool('http_request', method='GET', url='https://api.stripe.com/v1/balance')\nprint(r)\n"
+    r = run(tools_gw, finance(tools_gw, scopes=SNIPPETS), {"python": code, "input": {}}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert vendor.received[-1].headers["authorization"].startswith("Bearer sk_test_")
+    stdout = r.json()["output"]["stdout"]
+    assert "/v1/balance" in stdout  # the echo itself did reach the snippet
+    assert "sk_test_" not in stdout and "Bearer ey" not in stdout

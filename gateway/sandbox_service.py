@@ -12,7 +12,9 @@ every refusal its host calls get inside the run, and it has one audit record nam
 caller, the outcome code and the fuel used, never the input or the output.
 
 One agent has at most RUNS_PER_AGENT runs on the runner's workers at once; the rest of its runs
-wait on the event loop for its own slots, so no agent can take every worker from the others.
+wait on the event loop for its own slots, so no agent can take every worker from the others; and
+at most RUNS_WAITING_PER_AGENT wait, each holding its request body (up to `max_body`): beyond them a
+run is refused `rate_limited` at once, so one agent's flood cannot grow the gateway's memory.
 
 Tools come from the shipped (or configured) directory and from `<state>/tools/`, where `POST
 /v1/tools` keeps the tools registered through the API (sandbox/registration.py), so they survive a
@@ -64,6 +66,7 @@ HOST_CALL_SLACK = 5.0  # seconds a host-call token outlives the run's own deadli
 # its further runs wait for one of its own to end, so a flood of slow runs by one agent leaves the
 # other workers to everyone else.
 RUNS_PER_AGENT = 4
+RUNS_WAITING_PER_AGENT = 8  # its runs beyond those, waiting for one of its slots; more are refused
 
 
 class RunRequest(BaseModel):
@@ -193,6 +196,9 @@ class Tools:
         An agent's entry lives while it has runs running or waiting, so the map stays bounded."""
         owner = (caller.tenant, caller.sub)
         slots, users = self._turns.get(owner) or (asyncio.Semaphore(RUNS_PER_AGENT), 0)
+        if users >= RUNS_PER_AGENT + RUNS_WAITING_PER_AGENT:
+            raise Refusal("rate_limited", f"this agent already has {users} sandbox runs running or waiting; "
+                          "send another when one has ended", headers={"Retry-After": "1"})
         self._turns[owner] = (slots, users + 1)
         try:
             async with slots:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.sandbox_service import RUNS_PER_AGENT
+from gateway.sandbox_service import RUNS_PER_AGENT, RUNS_WAITING_PER_AGENT
 from tests.clients import error_of
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -143,7 +143,6 @@ def test_registering_over_an_existing_name_is_refused_and_audited(gw: GatewayPro
     assert (r2.status_code, error_of(r2)["code"]) == (409, "conflict")
     assert run(gw, agent(gw), {"tool": "pinned", "input": {}}).json()["output"] == {"v": 1}
     recs = [x for x in gw.audit() if x.get("decision_id") in (r.headers["x-egress-decision-id"], r2.headers["x-egress-decision-id"])]
-    print(recs)
     assert [x["code"] for x in recs] == ["conflict", "conflict"]
 
 
@@ -175,6 +174,42 @@ def test_one_agents_slow_runs_leave_the_workers_to_others(gw: GatewayProcess, ve
     ends = [r.json()["output"]["error"] if r.status_code == 200 else error_of(r)["code"] for r in finished]
     assert len(ends) == RUNS_PER_AGENT + 2 and set(ends) <= {"upstream_timeout", "sandbox_timeout"}, ends
     assert len(vendor.received) == RUNS_PER_AGENT + 2
+
+
+def test_one_agent_cannot_queue_runs_without_bound(gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """Each waiting run holds its request body (up to max_body): past RUNS_PER_AGENT running and
+    RUNS_WAITING_PER_AGENT waiting, the agent's next run is refused at once (429, Retry-After),
+    audited, and never reaches a worker; another agent is not affected, and once the flood has
+    drained the agent runs again."""
+    vendor.delay = 3.0
+    hog = agent(gw, sub="queue-hog")
+    admitted = RUNS_PER_AGENT + RUNS_WAITING_PER_AGENT
+    finished: list[httpx.Response] = []
+
+    def hold() -> None:
+        finished.append(run(gw, hog, {"tool": "fetch_any", "input": {"url": "https://api.stripe.com/v1/balance"}}))
+
+    threads = [threading.Thread(target=hold) for _ in range(admitted)]
+    for t in threads:
+        t.start()
+    for _ in range(400):
+        if len(vendor.received) >= RUNS_PER_AGENT:
+            break
+        time.sleep(0.02)
+    time.sleep(0.5)  # the waiting ones have reached their queue (they are in the gateway, not sent yet)
+    refused = run(gw, hog, {"tool": "stats", "input": {"values": [1]}})
+    assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limited"), refused.text
+    assert refused.headers["retry-after"] == "1" and finished == []
+    (rec,) = [x for x in gw.audit() if x.get("decision_id") == refused.headers["x-egress-decision-id"]]
+    assert (rec["decision"], rec["code"], rec["sub"]) == ("deny", "rate_limited", "queue-hog")
+    other = run(gw, agent(gw, sub="queue-bystander"), {"tool": "stats", "input": {"values": [1, 2]}})
+    assert other.status_code == 200 and other.json()["output"]["sum"] == 3
+    for t in threads:
+        t.join()
+    assert len(finished) == admitted and len(vendor.received) == admitted
+    vendor.delay = 0.0
+    again = run(gw, hog, {"tool": "stats", "input": {"values": [2]}})
+    assert again.status_code == 200 and again.json()["output"]["sum"] == 2
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,11 @@ class ParamRule(_Strict):
     `max`/`min` take numbers (Stripe amounts are integers in the minor unit); `one_of` a list of
     allowed values; `regex` must match the whole string; `max_length` bounds a string or list;
     `required` means the path must be present (not null); `forbidden` means it must be absent.
+    NaN and infinities are refused: every comparison with NaN is false, so `max: .nan` would pass
+    any amount.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max: int | float | None = None
     min: int | float | None = None

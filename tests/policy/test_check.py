@@ -52,6 +52,10 @@ def test_good_file_has_no_problems(policy_dir: Path) -> None:
         (GOOD.replace("version: 1", "version: 2"), ":1: version: Input should be 1"),
         (GOOD + "timezone: Mars/Olympus\n", ":8: timezone: unknown timezone"),
         ("- just a list\n", ":1: a policy file must be a mapping"),
+        # NaN compares false with everything: `max: .nan` would let any amount through
+        (GOOD.replace("{max: 500}", "{max: .nan}"), ":7: rules.0.params.amount.max: Input should be a finite number"),
+        (GOOD.replace("{max: 500}", "{min: -.inf}"), ":7: rules.0.params.amount.min: Input should be a finite number"),
+        (GOOD.replace("{max: 500}", "{one_of: [.nan]}"), ":7: rules.0.params.amount.one_of.0: Input should be a finite"),
     ],
 )
 def test_reports_file_line_and_reason(policy_dir: Path, text: str, expected: str) -> None:

@@ -256,23 +256,26 @@ def budget_cost(m: MatchedRule, params: Any, d: Decision) -> int:
     """The amount a call charges to its rule's budget: the sum of the numbers at `budget.field`.
 
     Absent field: nothing to charge (e.g. `confirm_payment_intent` carries no amount). A value that
-    is not a non-negative number is refused rather than charged as zero.
+    is not a non-negative number is refused rather than charged as zero. The sum stops just above
+    the limit, where the call is refused anyway: an integer beyond float range (a body may carry
+    any number of digits) made a float sum raise OverflowError.
     """
     budget = m.rule.budget
     assert budget is not None
-    total = 0.0
+    over = budget.limit + 1
+    total: int | float = 0
     for x in fieldpath.select(params, budget.field):
         v = x.value
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or math.isnan(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (isinstance(v, float) and math.isnan(v)):
             raise Refusal(
                 "param_violation",
                 f"{x.path} is not a non-negative number; budget of rule {m.ref.id} cannot be charged",
                 connector=d.connector,
                 action=d.action,
             )
-        total += v
+        total = min(total + min(v, over), over)
     return math.ceil(total)
 
 

@@ -125,6 +125,17 @@ def test_budget_skips_calls_without_the_field_and_refuses_bad_values(load: Calla
     assert too_big is not None and too_big.code == "budget_exceeded" and too_big.headers["Retry-After"] == "3600"
 
 
+@pytest.mark.parametrize("amount", [10**309, 10**4000], ids=["1e309", "4001-digits"])
+def test_budget_refuses_an_amount_too_large_for_a_float(load: Callable[..., PolicySet], amount: int) -> None:
+    """An integer beyond float range (JSON and form bodies carry any number of digits) used to
+    raise OverflowError while the cost was summed: `internal_error` instead of `budget_exceeded`."""
+    ps = load(p=policy("            budget: {field: amount, limit: 100, per: hour}"))
+    d = ps.decide(FIN, "pay", "create", {})
+    refused = asyncio.run(attempt(Quotas.from_uri("memory://"), d, {"amount": amount}))
+    assert refused is not None and refused.code == "budget_exceeded", refused
+    assert refused.headers["Retry-After"] == "3600"
+
+
 def test_shadow_rule_records_instead_of_refusing(load: Callable[..., PolicySet]) -> None:
     ps = load(p=policy("            rate: 1/minute", mode="shadow"))
     d = ps.decide(FIN, "pay", "create", {})

@@ -61,9 +61,62 @@ class LineDict(dict[Any, Any]):
     key_lines: dict[Any, int]
 
 
+# The most nodes a document may have once its aliases are expanded. Aliases are followed, not
+# copied, when a document is read, but everything after (validation, checks) walks the expansion:
+# ten lines of nested aliases ("billion laughs") are 10^9 nodes. 200,000 is some 15,000 rules.
+MAX_YAML_NODES = 200_000
+
+
 class LineLoader(yaml.SafeLoader):
     """The safe loader whose mappings are `LineDict`s and refuse a duplicate key (PyYAML keeps the
-    last one silently); gateway.yaml is read with it too (`gateway.config.load`)."""
+    last one silently); gateway.yaml is read with it too (`gateway.config.load`), and declarative
+    connectors (`gateway.connector_admin`, also from the admin API).
+
+    A document larger than `MAX_YAML_NODES` once expanded, one that refers to itself, or one nested
+    deeper than Python's recursion limit is a YAML error, not a hang or a RecursionError."""
+
+    def get_single_data(self) -> Any:
+        try:
+            node = self.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node)
+            return self.construct_document(node)
+        except RecursionError:
+            raise yaml.YAMLError("the document nests too deeply") from None
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph whose expansion exceeds `MAX_YAML_NODES` or has a cycle (without
+    recursion: a deep document is read iteratively here; each node is sized once)."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_.discard(id(node))
+            size = 1 + sum(sizes[id(c)] for c in _children(node))
+            if size > MAX_YAML_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the document expands to more than {MAX_YAML_NODES} nodes (aliases included)",
+                    node.start_mark,
+                )
+            sizes[id(node)] = size
+        elif id(node) in open_:
+            raise yaml.constructor.ConstructorError(None, None, "an alias refers to itself", node.start_mark)
+        elif id(node) not in sizes:
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node))
 
 
 def _construct_map(loader: LineLoader, node: yaml.MappingNode) -> Iterable[LineDict]:

@@ -210,3 +210,20 @@ def test_a_document_declares_a_bounded_number_of_fields() -> None:
     with pytest.raises(DocumentError) as e:
         parse(document(actions=[_action(**wide)]))
     assert e.value.first() == "actions: declares 1010 fields in all; at most 1000"
+
+
+def test_an_alias_bomb_in_a_connector_file_is_refused_at_once(tmp_path: Path) -> None:
+    """Nested YAML aliases of object fields: 8 short lines are 10^8 field specs once expanded, which
+    pydantic validated before any size check (minutes of CPU); the loader now refuses the expansion."""
+    ladder = ["f0: &f0 {type: string}"] + [
+        f"f{i}: &f{i} {{type: object, fields: {{{', '.join(f'k{j}: *f{i - 1}' for j in range(10))}}}}}"
+        for i in range(1, 9)
+    ]
+    path = tmp_path / "acme.yaml"
+    path.write_text(
+        "name: acme\nhosts: [api.acme.test]\nactions:\n  - name: create\n    method: POST\n    path: /v1/x\n"
+        "    fields:\n" + "".join(f"        {line}\n" for line in ladder)
+    )
+    with pytest.raises(ConfigError) as e:
+        read_document(path)
+    assert str(e.value) == f"{path}:13: bad YAML: the document expands to more than 200000 nodes (aliases included)"

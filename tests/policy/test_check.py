@@ -64,6 +64,27 @@ def test_reports_file_line_and_reason(policy_dir: Path, text: str, expected: str
     assert any(f"p.yaml{expected}" in p for p in found), found
 
 
+LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # ten lines of nested aliases are 10^9 nodes once expanded: a load error, not a hang
+        ("version: 1\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + LAUGHS, ":7: bad YAML: the document expands to more"),
+        (GOOD + "    params: &p {amount: *p}\n", ":8: bad YAML: an alias refers to itself"),
+        ("version: 1\nrules: " + "[" * 5000 + "]" * 5000 + "\n", ":1: bad YAML: the document nests too deeply"),
+        ("version: 1\nrules: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", ":1: bad YAML: the document nests too deeply"),
+    ],
+    ids=["billion-laughs", "self-alias", "deep-list", "deep-map"],
+)
+def test_hostile_yaml_is_a_problem_not_a_hang_or_a_crash(policy_dir: Path, text: str, expected: str) -> None:
+    found = problems(policy_dir, text)
+    assert len(found) == 1 and f"p.yaml{expected}" in found[0], found
+
+
 def test_fail_open_allowed_on_read_actions(policy_dir: Path) -> None:
     text = "version: 1\nsubjects: {sub: [s]}\nrules:\n  - {connector: pay, actions: [get], fail_open: true}\n"
     assert problems(policy_dir, text) == []

@@ -19,8 +19,9 @@ a `test` followed by a `hit`. On Redis a budget charge is also applied exactly o
 decision id), and the client never retries a script blindly (`gateway.pipeline.charges`).
 
 Order and accounting: every covering rule's rates are hit first, then its budget; the first refusal
-stops. A call refused by a later step (or upstream) still counts: limits count attempts that passed
-the policy, which errs on the safe side.
+stops; a budget refusal gives back the budgets this call already charged (a guardrail budget
+composed with a tighter one is not spent by payments never made). A call refused by a later step
+(or upstream) still counts: limits count attempts that passed the policy, which errs on the safe side.
 
 Fail closed: a storage error or a store that takes longer than `timeout` to answer refuses with
 `store_unavailable` (503), unless the rule says `fail_open: true` (read actions only, checked at
@@ -164,6 +165,7 @@ class Quotas:
                 outcome = await self._guard(m, decision, self._hit_rate(m, decision, item))
                 if outcome is not None:
                     findings.append(self._refuse_or_record(m, outcome))
+        charged: list[tuple[MatchedRule, int]] = []
         for m in decision.rules:
             if m.rule.budget is None or not budgets:
                 continue
@@ -173,9 +175,26 @@ class Quotas:
                 unanswered = isinstance(outcome, Refusal) and outcome.code == "store_unavailable"
                 if self._exact is not None and unanswered and not m.shadow:  # refused: give a late charge back
                     self._exact.release_later(*_budget_key(m, decision), cost, call_id)
-                if outcome is not None:
+                if outcome is None:
+                    charged.append((m, cost))
+                elif isinstance(outcome, Refusal) and not m.shadow:
+                    await self._give_back(charged, decision, call_id)
+                    raise outcome
+                else:
                     findings.append(self._refuse_or_record(m, outcome))
         return findings
+
+    async def _give_back(self, charged: list[tuple[MatchedRule, int]], d: Decision, call_id: str) -> None:
+        """A later budget refused the call: the budgets already charged for it are given back, or a
+        guardrail budget composed with a tighter one would be spent by payments never made. Only the
+        current window is credited (a charge made just before the window turned stays: safe side)."""
+        for m, cost in charged:
+            item, ids = _budget_key(m, d)
+            if self._exact is not None:
+                self._exact.release_later(item, ids, cost, call_id)
+            elif isinstance(self.storage, MemoryStorage):
+                key = self.storage.sliding_window_keys(item.key_for(*ids), item.get_expiry(), time.time())[1]
+                await self.storage.decr(key, cost)
 
     @staticmethod
     def _refuse_or_record(m: MatchedRule, outcome: Refusal | Finding) -> Finding:

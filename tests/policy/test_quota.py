@@ -13,6 +13,7 @@ from limits.aio.storage import MemoryStorage
 from gateway.errors import Refusal
 from gateway.pipeline.quota import Quotas, async_storage_uri, budget_retry_after
 from gateway.policy.engine import Decision, PolicySet, Subject
+from gateway.stores import redis_state
 
 FIN = Subject("fin-01", "finance", "acme")
 
@@ -134,6 +135,40 @@ def test_budget_refuses_an_amount_too_large_for_a_float(load: Callable[..., Poli
     refused = asyncio.run(attempt(Quotas.from_uri("memory://"), d, {"amount": amount}))
     assert refused is not None and refused.code == "budget_exceeded", refused
     assert refused.headers["Retry-After"] == "3600"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_payment_refused_by_one_budget_gives_back_what_another_budget_charged(
+    load: Callable[..., PolicySet], request: pytest.FixtureRequest, store: str
+) -> None:
+    """A guardrail file's budget (10000) composes with a role file's (3000). Two 5000 payments the
+    role budget refuses used to keep their charge on the guardrail: its whole 10000 was gone with
+    nothing paid, and a 1000 payment that fits both was refused."""
+    guard = policy("            budget: {field: amount, limit: 10000, per: day}")
+    ps = load(a_guard=guard, b_role=guard.replace("10000", "3000"))
+
+    async def run() -> list[str | None]:
+        q = Quotas.from_uri(uri)
+        out = []
+        for amount in (5000, 5000, 1000, 2000, 1):
+            r = await attempt(q, ps.decide(FIN, "pay", "create", {"amount": amount}), {"amount": amount})
+            out.append(None if r is None else f"{r.code} {r.message.split(' of rule ')[1].split(' ')[0]}")
+            if q._exact is not None:  # Redis gives back in the background: let it finish first
+                await asyncio.gather(*q._exact._releasing)
+        return out
+
+    uri = "memory://"
+    if store == "redis":
+        uri = f"redis://127.0.0.1:{request.getfixturevalue('redis').port}/8"
+        redis_state.connect(uri).flushdb()
+
+    assert asyncio.run(run()) == [
+        "budget_exceeded b_role.yaml#0",
+        "budget_exceeded b_role.yaml#0",
+        None,
+        None,
+        "budget_exceeded b_role.yaml#0",
+    ]
 
 
 def test_shadow_rule_records_instead_of_refusing(load: Callable[..., PolicySet]) -> None:

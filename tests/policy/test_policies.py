@@ -245,6 +245,21 @@ def test_budget_holds_under_50_concurrent_payments(policy_gw: GatewayProcess, ve
     assert (r.status_code, err["code"]) == (429, "budget_exceeded") and int(r.headers["retry-after"]) > 0
 
 
+@pytest.mark.parametrize("amount", ["1" + "0" * 309, "9" * 4000], ids=["1e309", "4000-digits"])
+def test_a_budget_amount_beyond_float_range_is_budget_exceeded(
+    policy_gw: GatewayProcess, vendor: FakeVendor, amount: str
+) -> None:
+    """The rule has a `min` and a budget but no `max`: the budget step alone sees the amount, whose
+    sum as a float raised OverflowError (500 internal_error)."""
+    token = policy_gw.token(sub="budget-huge", role="budgeter", scopes=("stripe:*",))
+    before = len(vendor.received)
+    with client(policy_gw, token) as c:
+        r = c.post(PAY, data={"amount": amount, "currency": "usd"})
+    err = error_of(r)
+    assert (r.status_code, err["code"]) == (429, "budget_exceeded"), err
+    assert amount not in err["message"] and len(vendor.received) == before
+
+
 def test_rate_limit_holds_under_50_concurrent_calls(policy_gw: GatewayProcess, vendor: FakeVendor) -> None:
     token = policy_gw.token(sub="rate-1", role="budgeter", scopes=("stripe:*",))
     statuses = _concurrently(policy_gw, token, 50, lambda c: c.get("https://api.stripe.com/v1/balance"))

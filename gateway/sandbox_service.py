@@ -66,7 +66,7 @@ HOST_CALL_SLACK = 5.0  # seconds a host-call token outlives the run's own deadli
 # its further runs wait for one of its own to end, so a flood of slow runs by one agent leaves the
 # other workers to everyone else.
 RUNS_PER_AGENT = 4
-RUNS_WAITING_PER_AGENT = 8  # its runs beyond those, waiting for one of its slots; more are refused
+RUNS_WAITING_PER_AGENT = 28  # its runs beyond those, waiting for one of its slots (32 in all); more are refused
 
 
 class RunRequest(BaseModel):

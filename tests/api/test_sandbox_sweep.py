@@ -196,7 +196,9 @@ def test_one_agent_cannot_queue_runs_without_bound(gw: GatewayProcess, vendor: F
         if len(vendor.received) >= RUNS_PER_AGENT:
             break
         time.sleep(0.02)
-    time.sleep(0.5)  # the waiting ones have reached their queue (they are in the gateway, not sent yet)
+    # The waiting ones reach their queue meanwhile; well before the first four end (fetch_any's 2 s
+    # deadline), which would let the probe in.
+    time.sleep(0.8)
     refused = run(gw, hog, {"tool": "stats", "input": {"values": [1]}})
     assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limited"), refused.text
     assert refused.headers["retry-after"] == "1" and finished == []
@@ -204,10 +206,15 @@ def test_one_agent_cannot_queue_runs_without_bound(gw: GatewayProcess, vendor: F
     assert (rec["decision"], rec["code"], rec["sub"]) == ("deny", "rate_limited", "queue-hog")
     other = run(gw, agent(gw, sub="queue-bystander"), {"tool": "stats", "input": {"values": [1, 2]}})
     assert other.status_code == 200 and other.json()["output"]["sum"] == 3
+    vendor.delay = 0.0  # the waiting runs' host calls are answered at once: the queue drains fast
     for t in threads:
         t.join()
     assert len(finished) == admitted and len(vendor.received) == admitted
-    vendor.delay = 0.0
+    # The first four met fetch_any's deadline against the slow vendor (its host call's timeout or
+    # the run's, whichever first); every waiting one ran and got the vendor's answer.
+    ends = [r.json()["output"]["error"] if r.status_code == 200 else error_of(r)["code"] for r in finished]
+    assert sorted(ends) == [""] * (admitted - RUNS_PER_AGENT) + sorted(e for e in ends if e), ends
+    assert len([e for e in ends if e]) == RUNS_PER_AGENT and {e for e in ends if e} <= {"upstream_timeout", "sandbox_timeout"}
     again = run(gw, hog, {"tool": "stats", "input": {"values": [2]}})
     assert again.status_code == 200 and again.json()["output"]["sum"] == 2
 

@@ -97,13 +97,20 @@ def _unambiguous_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     (`ｍodel` and `model`) or case folding are refused for the same reason: one normalising
     hop between here and the vendor turns them into duplicates.
     """
+    if repeats_a_key(pairs):
+        raise Refusal("malformed_body", "a JSON object has the same key twice (or a look-alike of it)")
+    return dict(pairs)
+
+
+def repeats_a_key(pairs: list[tuple[str, Any]]) -> bool:
+    """Whether two keys are equal after NFKC and case folding (the MCP door's reader asks too)."""
     seen: set[str] = set()
     for key, _ in pairs:
-        norm = unicodedata.normalize("NFKC", key).casefold()
+        norm = key if key.isascii() and key.islower() else unicodedata.normalize("NFKC", key).casefold()
         if norm in seen:
-            raise Refusal("malformed_body", "a JSON object has the same key twice (or a look-alike of it)")
+            return True
         seen.add(norm)
-    return dict(pairs)
+    return False
 
 
 def _depth(value: Any) -> int:

@@ -14,10 +14,10 @@ import hmac
 import json
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from connectors.codecs import repeats_a_key
 from gateway.errors import Refusal
 
 JSONRPC = "2.0"
@@ -107,12 +107,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Keys all different, also after NFKC and case folding, as the REST codec requires
     (`connectors.codecs`): a policy reads `amount` while a server that normalises keys would act
     on `ａmount` or `Amount`."""
-    seen: set[str] = set()
-    for key, _ in pairs:
-        norm = key if key.isascii() and key.islower() else unicodedata.normalize("NFKC", key).casefold()
-        if norm in seen:
-            raise Malformed("a JSON object repeats a key (or a look-alike of it)")
-        seen.add(norm)
+    if repeats_a_key(pairs):
+        raise Malformed("a JSON object repeats a key (or a look-alike of it)")
     return dict(pairs)
 
 

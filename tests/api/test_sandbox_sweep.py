@@ -146,24 +146,37 @@ def test_registering_over_an_existing_name_is_refused_and_audited(gw: GatewayPro
     assert [x["code"] for x in recs] == ["conflict", "conflict"]
 
 
-def test_one_agents_slow_runs_leave_the_workers_to_others(gw: GatewayProcess, vendor: FakeVendor) -> None:
-    """Each of the hog's runs holds a worker ~2 s (fetch_any's timeout; the vendor answers after 3 s).
-    Without a per-agent bound, 20 such runs took every worker and a bystander's 2 ms run waited
-    for them (measured: 2.3 s behind 30 of them)."""
+def slow_runs(gw: GatewayProcess, vendor: FakeVendor, sub: str, count: int) -> tuple[list[threading.Thread], list[httpx.Response]]:
+    """`count` fetch_any runs of agent `sub` against a vendor that answers after 3 s (each holds a
+    worker until fetch_any's 2 s deadline), started at once; returns when RUNS_PER_AGENT of them
+    have reached the vendor. The threads, and the list their answers land in."""
     vendor.delay = 3.0
-    hog = agent(gw, sub="hog")
+    hog = agent(gw, sub=sub)
     finished: list[httpx.Response] = []
 
     def hold() -> None:
         finished.append(run(gw, hog, {"tool": "fetch_any", "input": {"url": "https://api.stripe.com/v1/balance"}}))
 
-    threads = [threading.Thread(target=hold) for _ in range(RUNS_PER_AGENT + 2)]
+    threads = [threading.Thread(target=hold) for _ in range(count)]
     for t in threads:
         t.start()
     for _ in range(400):
         if len(vendor.received) >= RUNS_PER_AGENT:
             break
         time.sleep(0.02)
+    return threads, finished
+
+
+def outcome(r: httpx.Response) -> str:
+    """A fetch_any run's error code ("" when the host call was answered), or the run's refusal."""
+    return str(r.json()["output"]["error"]) if r.status_code == 200 else str(error_of(r)["code"])
+
+
+def test_one_agents_slow_runs_leave_the_workers_to_others(gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """Each of the hog's runs holds a worker ~2 s (fetch_any's timeout; the vendor answers after 3 s).
+    Without a per-agent bound, 20 such runs took every worker and a bystander's 2 ms run waited
+    for them (measured: 2.3 s behind 30 of them)."""
+    threads, finished = slow_runs(gw, vendor, "hog", RUNS_PER_AGENT + 2)
     bystander = run(gw, agent(gw, sub="bystander"), {"tool": "stats", "input": {"values": [1, 2]}})
     assert bystander.status_code == 200 and bystander.json()["output"]["sum"] == 3
     assert finished == []  # the bystander ran while every one of the hog's runs was still out
@@ -171,7 +184,7 @@ def test_one_agents_slow_runs_leave_the_workers_to_others(gw: GatewayProcess, ve
     for t in threads:
         t.join()
     # Each ended at fetch_any's 2 s deadline: the host call's own timeout, or the deadline first.
-    ends = [r.json()["output"]["error"] if r.status_code == 200 else error_of(r)["code"] for r in finished]
+    ends = [outcome(r) for r in finished]
     assert len(ends) == RUNS_PER_AGENT + 2 and set(ends) <= {"upstream_timeout", "sandbox_timeout"}, ends
     assert len(vendor.received) == RUNS_PER_AGENT + 2
 
@@ -181,25 +194,12 @@ def test_one_agent_cannot_queue_runs_without_bound(gw: GatewayProcess, vendor: F
     RUNS_WAITING_PER_AGENT waiting, the agent's next run is refused at once (429, Retry-After),
     audited, and never reaches a worker; another agent is not affected, and once the flood has
     drained the agent runs again."""
-    vendor.delay = 3.0
-    hog = agent(gw, sub="queue-hog")
     admitted = RUNS_PER_AGENT + RUNS_WAITING_PER_AGENT
-    finished: list[httpx.Response] = []
-
-    def hold() -> None:
-        finished.append(run(gw, hog, {"tool": "fetch_any", "input": {"url": "https://api.stripe.com/v1/balance"}}))
-
-    threads = [threading.Thread(target=hold) for _ in range(admitted)]
-    for t in threads:
-        t.start()
-    for _ in range(400):
-        if len(vendor.received) >= RUNS_PER_AGENT:
-            break
-        time.sleep(0.02)
+    threads, finished = slow_runs(gw, vendor, "queue-hog", admitted)
     # The waiting ones reach their queue meanwhile; well before the first four end (fetch_any's 2 s
     # deadline), which would let the probe in.
     time.sleep(0.8)
-    refused = run(gw, hog, {"tool": "stats", "input": {"values": [1]}})
+    refused = run(gw, agent(gw, sub="queue-hog"), {"tool": "stats", "input": {"values": [1]}})
     assert (refused.status_code, error_of(refused)["code"]) == (429, "rate_limited"), refused.text
     assert refused.headers["retry-after"] == "1" and finished == []
     (rec,) = [x for x in gw.audit() if x.get("decision_id") == refused.headers["x-egress-decision-id"]]
@@ -212,10 +212,10 @@ def test_one_agent_cannot_queue_runs_without_bound(gw: GatewayProcess, vendor: F
     assert len(finished) == admitted and len(vendor.received) == admitted
     # The first four met fetch_any's deadline against the slow vendor (its host call's timeout or
     # the run's, whichever first); every waiting one ran and got the vendor's answer.
-    ends = [r.json()["output"]["error"] if r.status_code == 200 else error_of(r)["code"] for r in finished]
+    ends = [outcome(r) for r in finished]
     assert sorted(ends) == [""] * (admitted - RUNS_PER_AGENT) + sorted(e for e in ends if e), ends
     assert len([e for e in ends if e]) == RUNS_PER_AGENT and {e for e in ends if e} <= {"upstream_timeout", "sandbox_timeout"}
-    again = run(gw, hog, {"tool": "stats", "input": {"values": [2]}})
+    again = run(gw, agent(gw, sub="queue-hog"), {"tool": "stats", "input": {"values": [2]}})
     assert again.status_code == 200 and again.json()["output"]["sum"] == 2
 
 

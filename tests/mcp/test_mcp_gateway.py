@@ -375,7 +375,7 @@ def test_what_the_policy_could_not_judge_never_reaches_the_server(gw: GatewayPro
             numbers = [
                 await c.post(JSON_URL, headers=h, content=b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":'
                              b'{"name":"create_refund","arguments":{"amount":' + n + b',"customer_email":"a@b.org"}}}')
-                for n in (b"NaN", b"Infinity", b"-1e400", b"9" * 5000)
+                for n in (b"NaN", b"Infinity", b"-1e400", b"9" * 5000, b'1,"\xef\xbd\x81mount":900000', b'1,"Amount":900000')
             ]
             disguised = [
                 await c.post(JSON_URL, headers=h, json={"jsonrpc": "2.0", "method": method, "params": params})
@@ -389,13 +389,14 @@ def test_what_the_policy_could_not_judge_never_reaches_the_server(gw: GatewayPro
 
     before = len(plain.bodies)
     numbers, disguised, smuggled, alone = asyncio.run(run())
-    assert [(r.status_code, r.json()["error"]["code"]) for r in numbers] == [(400, "mcp_malformed")] * 4
+    # ...and look-alike keys (a full-width or upper-case `amount` beside the judged one)
+    assert [(r.status_code, r.json()["error"]["code"]) for r in numbers] == [(400, "mcp_malformed")] * 6
     assert [(r.status_code, r.json()["error"]["code"]) for r in disguised] == [(403, "unknown_action")] * 2
     assert smuggled.status_code == 200 and smuggled.json()["error"]["data"]["code"] == "mcp_malformed"  # a request's refusal
     assert alone.status_code == 200 and alone.json() == {"jsonrpc": "2.0", "id": 4, "result": {}}
     reached = b"".join(plain.bodies[before:])
     assert b'"method":"ping"' in reached and b'"id":3' not in reached
-    for sent in (b"NaN", b"Infinity", b"1e400", b"9999", b"delete_customer", b"resources/read"):
+    for sent in (b"NaN", b"Infinity", b"1e400", b"9999", b"900000", b"delete_customer", b"resources/read"):
         assert sent not in reached
 
 

@@ -24,6 +24,7 @@ CUT = "egress.cut"  # the refusal that cut a stream (its identity was revoked or
 UPSTREAM_TRACE = "egress.upstream_trace"  # the upstream call's trace, when its decision is traced
 MCP = "egress.mcp"  # the AnswerEditor of a forwarded MCP request (gateway.proxy.mcp)
 STREAM_EDIT = "egress.stream_edit"  # a front door's edit of an SSE answer, run before the scrubber
+ANSWER_REFUSED = "egress.answer_refused"  # the refusal of a vendor answer the gateway cannot check
 
 
 @dataclass

@@ -41,7 +41,18 @@ from gateway.pipeline.decision import refused
 from gateway.pipeline.dlp import CallDlp
 from gateway.pipeline.steps import credential_edits
 from gateway.policy.engine import PolicySet
-from gateway.proxy.flows import CALL, MCP, STREAM_EDIT, OpenTunnel, Tunnels, is_event_stream, request_view, respond, send
+from gateway.proxy.flows import (
+    ANSWER_REFUSED,
+    CALL,
+    MCP,
+    STREAM_EDIT,
+    OpenTunnel,
+    Tunnels,
+    is_event_stream,
+    request_view,
+    respond,
+    send,
+)
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -323,7 +334,7 @@ class McpDoor:
     def response(self, flow: http.HTTPFlow) -> None:
         editor: AnswerEditor | None = flow.metadata.get(MCP)
         resp = flow.response
-        if editor is None or resp is None or resp.stream:
+        if editor is None or resp is None or resp.stream or ANSWER_REFUSED in flow.metadata:
             return
         data = resp.get_content(strict=False) or b""
         edited = editor.body(data)

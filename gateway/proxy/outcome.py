@@ -18,6 +18,7 @@ from gateway.errors import DECISION_HEADER, Refusal
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp
 from gateway.proxy.flows import (
+    ANSWER_REFUSED,
     CALL,
     CUT,
     DLP,
@@ -54,7 +55,7 @@ class Outcome:
         if removed := sum(n for _, _, n in cleaned):
             flow.response.headers.fields = tuple((name, value) for name, value, _ in cleaned)
             _scrubbed(call, removed)
-        if is_event_stream(flow):
+        if is_event_stream(flow) and ANSWER_REFUSED not in flow.metadata:
             call_dlp: CallDlp | None = flow.metadata.get(DLP)
             # Streams pass through chunk by chunk; with tokens to restore or a secret that may
             # begin at a chunk's end, only that possible prefix is held back. A front door's own
@@ -70,6 +71,13 @@ class Outcome:
         if call is None or started is None or flow.response is None:
             return
         elapsed = time.monotonic() - started
+        if (refused := flow.metadata.get(ANSWER_REFUSED)) is not None:  # answered by `AnswerCheck`
+            self.rt.breaker.failure(call.host or "", call.agent)
+            rec = call.record("deny", refused, phase="outcome", latency_ms=round(elapsed * 1000, 3))
+            self.rt.record_after(rec)
+            self._end_span(flow, rec, None)
+            self.tunnels.done(flow)
+            return
         self._scrub_body(flow, call)
         await self._restore(flow, call)
         status = flow.response.status_code
@@ -119,6 +127,8 @@ class Outcome:
     def _classify(self, flow: http.HTTPFlow, call: Call, msg: str) -> Refusal:
         if (cut := flow.metadata.get(CUT)) is not None:
             return cut  # the gateway cut the stream (gateway.proxy.streams), not the agent or vendor
+        if (refused := flow.metadata.get(ANSWER_REFUSED)) is not None:
+            return refused  # the gateway cut an answer it cannot check (gateway.proxy.answer_check)
         if msg.startswith(CLIENT_GONE):
             # The agent hung up: not the vendor's failure, so the circuit must not count it (any
             # agent could otherwise open it for everyone by hanging up on slow calls).

@@ -26,6 +26,7 @@ from gateway.config import Config, parse_hostport
 from gateway.errors import ConfigError
 from gateway.proxy import ca
 from gateway.proxy.admission import Admission
+from gateway.proxy.answer_check import AnswerCheck
 from gateway.proxy.deadlines import ClientDeadline, UpstreamDeadline
 from gateway.proxy.decision import Decide
 from gateway.proxy.flows import Tunnels
@@ -112,8 +113,8 @@ def check_listen(config: Config) -> None:
 def gateway_addons(rt: Runtime) -> list[object]:
     """The gateway's addons, one concern each, in the order mitmproxy must call them: a request is
     decided before its read deadline starts (an MCP endpoint's by the MCP door, any other by `Decide`);
-    deadlines stop before the outcome awaits DLP; the MCP door edits an answer before the outcome
-    scrubs it."""
+    deadlines stop before the outcome awaits DLP; an answer is decoded (or refused) before the MCP
+    door edits it and the outcome scrubs it."""
     tunnels = Tunnels()
     pages = ErrorPages(unclaimed_pages(rt))
     timeouts = rt.config.timeouts
@@ -125,6 +126,7 @@ def gateway_addons(rt: Runtime) -> list[object]:
         *([certificates] if certificates else []),
         Authenticate(rt, tunnels, pages, certificates),
         Admission(rt, tunnels),
+        AnswerCheck(rt),
         McpDoor(rt, tunnels),
         Decide(rt, tunnels),
         Pinning(tunnels),

@@ -51,9 +51,16 @@ class Outcome:
             return
         flow.response.headers[DECISION_HEADER] = call.decision_id
         scrubber = flow.metadata[SCRUBBER] = self.rt.secrets.scrubber()
-        cleaned = [(name, *scrubber.scrub(value)) for name, value in flow.response.headers.fields]
-        if removed := sum(n for _, _, n in cleaned):
-            flow.response.headers.fields = tuple((name, value) for name, value, _ in cleaned)
+        fields, removed = [], 0
+        for name, value in flow.response.headers.fields:
+            if scrubber.scrub(name)[1]:  # a header named after the secret: no placeholder is a valid name
+                removed += 1
+                continue
+            value, n = scrubber.scrub(value)
+            fields.append((name, value))
+            removed += n
+        if removed:
+            flow.response.headers.fields = tuple(fields)
             _scrubbed(call, removed)
         if is_event_stream(flow) and ANSWER_REFUSED not in flow.metadata:
             call_dlp: CallDlp | None = flow.metadata.get(DLP)

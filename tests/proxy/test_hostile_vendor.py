@@ -1,0 +1,213 @@
+"""A hostile or broken vendor: what it answers never carries the injected credential to the agent,
+never costs the gateway unbounded memory, and an answer the gateway cannot check is a JSON refusal.
+
+The vendor here is a raw-socket HTTPS server (no HTTP library would compress twice, send `x-gzip`,
+name a header after the key or answer 103 before its 200); each test sets what it writes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import ssl
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import brotli
+import pytest
+import requests
+import zstandard
+
+from gateway.pipeline.scrub import REPLACEMENT
+from tests.fakes import PKI, VENDOR_ENV, VENDOR_HOSTS, vendor_settings
+from tests.processes import GatewayProcess
+
+KEY = VENDOR_ENV["TEST_OPENAI_KEY"]
+EMBED = ("https://api.openai.com/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"})
+MAX_RESPONSE_BODY = 8 << 20
+
+Answer = Callable[[ssl.SSLSocket, bytes], None]  # the connection and the request head it answers
+
+
+class RawVendor:
+    """Reads one request per connection, hands its head to `answer`, then closes."""
+
+    def __init__(self, pki: PKI) -> None:
+        self.answer: Answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b"{}")
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(*pki.leaf("raw-vendor", VENDOR_HOSTS))
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(20)
+        try:
+            with self._tls.wrap_socket(raw, server_side=True) as conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next((int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:  # read it all: closing on unread bytes would reset the connection
+                    body += conn.recv(65536)
+                self.answer(conn, head)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _send(conn: ssl.SSLSocket, status: int, headers: list[tuple[str, str]], body: bytes, informational: bytes = b"") -> None:
+    head = "".join(f"{k}: {v}\r\n" for k, v in [*headers, ("Content-Length", str(len(body)))])
+    conn.sendall(informational + f"HTTP/1.1 {status} X\r\n{head}\r\n".encode() + body)
+
+
+def _credential(head: bytes) -> bytes:
+    """The credential the gateway injected, as the vendor received it."""
+    line = next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"authorization:"))
+    return line.split(b":", 1)[1].strip()
+
+
+@pytest.fixture(scope="module")
+def raw_vendor(pki: PKI) -> Iterator[RawVendor]:
+    v = RawVendor(pki)
+    yield v
+    v.close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, raw_vendor: RawVendor) -> Iterator[GatewayProcess]:
+    settings = vendor_settings(pki, raw_vendor, timeouts={"connect": "2s", "read": "3s"}, max_response_body=MAX_RESPONSE_BODY,
+                               breaker={"failures": 100, "reset": "30s"})  # every refusal here counts as a vendor fault
+    with GatewayProcess(tmp_path_factory.mktemp("hostile-vendor"), settings).start() as g:
+        yield g
+
+
+def _call(gw: GatewayProcess) -> requests.Response:
+    """An embeddings call with requests, which decodes what httpx does not (`x-gzip`, stacked codings)."""
+    url, body = EMBED
+    proxies = {"https": gw.proxy_url(gw.token(scopes=("openai:*",)))}
+    return requests.post(url, json=body, proxies=proxies, verify=str(gw.ca_file), timeout=20)
+
+
+def _outcome(gw: GatewayProcess, r: requests.Response) -> dict:
+    [rec] = [x for x in gw.audit() if x["decision_id"] == r.headers["x-egress-decision-id"] and x.get("phase") == "outcome"]
+    return rec
+
+
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "GZip": gzip.compress,
+    "deflate": zlib.compress,
+    "gzip, gzip": lambda b: gzip.compress(gzip.compress(b)),
+    "x-gzip": gzip.compress,
+    "br": brotli.compress,
+    "zstd": zstandard.ZstdCompressor().compress,
+}
+
+
+@pytest.mark.parametrize("encoding", list(ENCODERS))
+def test_an_echo_in_any_content_encoding_never_reaches_the_agent(gw: GatewayProcess, raw_vendor: RawVendor, encoding: str) -> None:
+    """The gateway asks for an uncompressed answer; one gzip or deflate layer sent anyway is decoded
+    (the agent gets it plain, the echoed key scrubbed), any other coding the agent's client would
+    decode and the gateway would not read is refused. Before: `gzip, gzip` and `x-gzip` handed the
+    key to a requests/urllib3 agent."""
+
+    def echo(conn: ssl.SSLSocket, head: bytes) -> None:
+        body = ENCODERS[encoding](json.dumps({"echo": _credential(head).decode()}).encode())
+        _send(conn, 200, [("Content-Type", "application/json"), ("Content-Encoding", encoding)], body)
+
+    raw_vendor.answer = echo
+    r = _call(gw)
+    assert KEY not in r.text + str(r.headers)
+    if encoding.lower() in ("gzip", "deflate"):
+        assert (r.status_code, "content-encoding" in r.headers) == (200, False)
+        assert r.json() == {"echo": f"Bearer {REPLACEMENT.decode()}"}
+        assert _outcome(gw, r)["secrets_scrubbed"] == 1
+    else:
+        assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+        assert "cannot check" in r.json()["error"]["message"]
+        assert _outcome(gw, r)["code"] == "upstream_failed"
+
+
+def test_a_compressed_event_stream_is_refused_before_any_byte_is_relayed(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """A stream passes chunk by chunk through the scrubber, which reads plain bytes: a gzip'ed SSE
+    echo reached the agent whole before."""
+
+    def sse(conn: ssl.SSLSocket, head: bytes) -> None:
+        events = b"data: " + json.dumps({"echo": _credential(head).decode()}).encode() + b"\n\ndata: [DONE]\n\n"
+        _send(conn, 200, [("Content-Type", "text/event-stream"), ("Content-Encoding", "gzip")], gzip.compress(events))
+
+    raw_vendor.answer = sse
+    r = _call(gw)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert KEY not in r.text
+
+
+def test_a_compression_bomb_is_refused_without_inflating_it(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """~100 KiB of gzip that inflate to 100 MiB: decoded only up to max_response_body (8 MiB here).
+    Before, the gateway inflated it whole (a 400 KiB bomb took it from 216 MB to 1 GB of RSS)."""
+    bomb = gzip.compress(b"[" + b"0," * (50 << 20) + b"0]", 9)
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json"), ("Content-Encoding", "gzip")], bomb)
+    assert gw.proc is not None
+    Path(f"/proc/{gw.proc.pid}/clear_refs").write_text("5")  # VmHWM from here
+    r = _call(gw)
+    peak_growth = _kib(gw.proc.pid, "VmHWM:") - _kib(gw.proc.pid, "VmRSS:")
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert f"max_response_body ({MAX_RESPONSE_BODY} bytes) once decoded" in r.json()["error"]["message"]
+    assert peak_growth < 3 * MAX_RESPONSE_BODY // 1024
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"ok": true}')
+    assert _call(gw).json() == {"ok": True}
+
+
+def test_a_header_named_after_the_credential_is_dropped(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """Header values were scrubbed, names were not: `X-<key>: 1` reached the agent."""
+
+    def named(conn: ssl.SSLSocket, head: bytes) -> None:
+        key = _credential(head).split()[-1].decode()
+        _send(conn, 200, [("Content-Type", "application/json"), (f"X-{key}", "1"), ("X-Kept", "yes")], b"{}")
+
+    raw_vendor.answer = named
+    r = _call(gw)
+    assert (r.status_code, r.headers["x-kept"]) == (200, "yes")
+    assert KEY not in str(r.headers)
+    assert _outcome(gw, r)["secrets_scrubbed"] == 1
+
+
+@pytest.mark.parametrize("informational", [
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+])
+def test_an_informational_answer_is_refused_and_its_connection_never_reused(
+    gw: GatewayProcess, raw_vendor: RawVendor, informational: bytes
+) -> None:
+    """mitmproxy took a 103 for the final answer (the agent waited on it until its own timeout, the
+    real 200 left on the vendor connection) and relayed a 101 the agent never asked for."""
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"late": 1}', informational)
+    r = _call(gw)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert "informational" in r.json()["error"]["message"]
+    assert _outcome(gw, r)["code"] == "upstream_failed"
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"ok": true}')
+    assert _call(gw).json() == {"ok": True}
+
+
+def _kib(pid: int, field: str) -> int:
+    line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith(field))
+    return int(line.split()[1])

@@ -20,8 +20,12 @@ decision id), and the client never retries a script blindly (`gateway.pipeline.c
 
 Order and accounting: every covering rule's rates are hit first, then its budget; the first refusal
 stops; a budget refusal gives back the budgets this call already charged (a guardrail budget
-composed with a tighter one is not spent by payments never made). A call refused by a later step
-(or upstream) still counts: limits count attempts that passed the policy, which errs on the safe side.
+composed with a tighter one is not spent by payments never made). Budgets count what is let out:
+a call a later step refuses (DLP, the circuit breaker, the audit write) gets its budget charges
+back too (`Quotas.give_back`, called by `gateway.pipeline.decision.decide`); a call let out keeps
+its charge even if the vendor then fails or cannot be reached, since the vendor may have acted on
+it (the safe side). Rates count attempts that passed the policy: a call refused by its budget or a
+later step keeps its rate hit, so a refused agent cannot retry faster than its rate.
 
 Fail closed: a storage error or a store that takes longer than `timeout` to answer refuses with
 `store_unavailable` (503), unless the rule says `fail_open: true` (read actions only, checked at
@@ -36,6 +40,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
@@ -103,6 +108,17 @@ class SweptMemoryStorage(MemoryStorage):
             await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class Charge:
+    """What one call was charged: the findings for its record, and the budgets to give back
+    (`Quotas.give_back`) if the call is refused after all."""
+
+    decision: Decision
+    call_id: str
+    findings: list[Finding]
+    budgets: list[tuple[MatchedRule, int]]
+
+
 class Quotas:
     """Charges calls against the rates and budgets of the rules that allowed them."""
 
@@ -151,7 +167,7 @@ class Quotas:
 
     async def charge(
         self, decision: Decision, params: Any, budgets: bool = True, call_id: str | None = None
-    ) -> list[Finding]:
+    ) -> Charge:
         """Hit every covering rule's rate and (unless `budgets` is False: nothing is spent yet)
         budget for an allowed call. `call_id` (the decision id) makes a budget charge on Redis
         idempotent: a re-run of the same call's charge never charges twice.
@@ -159,7 +175,7 @@ class Quotas:
         Raises `Refusal` (`rate_limited` / `budget_exceeded` with `Retry-After`, or
         `store_unavailable`) for an enforced rule; returns the would-deny findings of shadow rules,
         whose calls go out anyway, and a `fail_open` finding for each rule whose unavailable store
-        was let through, so the audit record says the limit was not checked.
+        was let through, so the audit record says the limit was not checked; and the budgets charged.
         """
         findings: list[Finding] = []
         call_id = call_id or uuid.uuid4().hex
@@ -181,20 +197,22 @@ class Quotas:
                 if outcome is None:
                     charged.append((m, cost))
                 elif isinstance(outcome, Refusal) and not m.shadow:
-                    await self._give_back(charged, decision, call_id)
+                    await self.give_back(Charge(decision, call_id, findings, charged))
                     raise outcome
                 else:
                     findings.append(self._refuse_or_record(m, outcome))
-        return findings
+        return Charge(decision, call_id, findings, charged)
 
-    async def _give_back(self, charged: list[tuple[MatchedRule, int]], d: Decision, call_id: str) -> None:
-        """A later budget refused the call: the budgets already charged for it are given back, or a
-        guardrail budget composed with a tighter one would be spent by payments never made. Only the
-        current window is credited (a charge made just before the window turned stays: safe side)."""
-        for m, cost in charged:
-            item, key = _budget_key(m, d)
+    async def give_back(self, charge: Charge) -> None:
+        """The call was refused after its budgets were charged (by a later budget, or a later step):
+        what it was charged is given back, or a budget would be spent by payments never made (a
+        guardrail budget composed with a tighter one, a payment DLP blocked). Only the current
+        window is credited (a charge made just before the window turned stays: safe side); on
+        Redis the give-back is keyed by the call id, so it undoes exactly the charge made."""
+        for m, cost in charge.budgets:
+            item, key = _budget_key(m, charge.decision)
             if self._exact is not None:
-                self._exact.release_later(key, cost, call_id)
+                self._exact.release_later(key, cost, charge.call_id)
             elif isinstance(self.storage, MemoryStorage):
                 current = self.storage.sliding_window_keys(key, item.get_expiry(), time.time())[1]
                 await self.storage.decr(current, cost)

@@ -171,7 +171,7 @@ def test_shadow_rule_records_instead_of_refusing(load: Callable[..., PolicySet])
 
     async def run() -> list[Any]:
         q = Quotas.from_uri("memory://")
-        return [await q.charge(d, {}), await q.charge(d, {})]
+        return [(await q.charge(d, {})).findings, (await q.charge(d, {})).findings]
 
     first, second = asyncio.run(run())
     assert first == [] and [f.code for f in second] == ["rate_limited"]

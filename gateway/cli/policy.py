@@ -54,7 +54,7 @@ from gateway.pipeline.request import McpRequest, RequestView
 from gateway.pipeline.steps import CONFIDENCE_HEADER, PATH_PARAMS
 from gateway.policy.approvals import ApprovalError, ApprovalStore
 from gateway.policy.engine import Subject
-from gateway.policy.load import ConnectorLookup, PolicyLoadError, check_paths, load_policy_set
+from gateway.policy.load import ConnectorLookup, PolicyLoadError, check, load_policy_set
 from gateway.policy.report import format_report, report_files
 
 T = TypeVar("T")
@@ -139,10 +139,10 @@ def add_audit_commands(
 
 
 def policy_check(paths: list[Path], lookup: ConnectorLookup) -> int:
-    problems = check_paths(paths, lookup)
-    for p in problems:
+    found = check(paths, lookup)
+    for p in found.warnings + found.problems:
         print(p, file=sys.stderr)
-    if problems:
+    if found.problems:
         return 1
     print(f"ok: {', '.join(str(p) for p in paths)}")
     return 0

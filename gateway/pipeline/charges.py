@@ -103,16 +103,18 @@ class ExactlyOnceBudgets:
         self._release = connection.register_script(_RELEASE)
         self._releasing: set[asyncio.Task[None]] = set()
 
-    def keys(self, item: RateLimitItem, ids: tuple[str, ...], call_id: str) -> list[str]:
-        """The previous window, the current window and the call's charge key, as stored."""
-        key, bridge = item.key_for(*ids), self._storage.bridge
+    def keys(self, key: str, call_id: str) -> list[str]:
+        """The previous window, the current window and the call's charge key, as stored, of the
+        counter `key` (`quota.counter_key`)."""
+        bridge = self._storage.bridge
         current = self._storage._current_window_key(key)
         return [bridge.prefixed_key(self._storage._previous_window_key(key)), bridge.prefixed_key(current),
                 bridge.prefixed_key(f"{current}/charge/{call_id}")]
 
-    async def hit(self, item: RateLimitItem, ids: tuple[str, ...], cost: int, call_id: str) -> bool:
-        """Charge `cost` once for `call_id`; a lost reply is retried, never charged again."""
-        keys = self.keys(item, ids, call_id)
+    async def hit(self, item: RateLimitItem, key: str, cost: int, call_id: str) -> bool:
+        """Charge `cost` once for `call_id` to counter `key` under `item`'s limit; a lost reply is
+        retried, never charged again."""
+        keys = self.keys(key, call_id)
         args = [item.amount, item.get_expiry(), cost, CHARGE_MEMORY_MS]
         try:
             for pause in RETRY_PAUSES:
@@ -123,11 +125,11 @@ class ExactlyOnceBudgets:
         except RedisError as e:
             raise StorageError(e) from None
 
-    def release_later(self, item: RateLimitItem, ids: tuple[str, ...], cost: int, call_id: str) -> None:
+    def release_later(self, key: str, cost: int, call_id: str) -> None:
         """The call is refused because its charge went unanswered (a timeout, Redis gone): give the
         charge back if it was made, in the background, retrying while Redis is away. A charge for a
         refused call would be spend without a payment (the issue's 7-9 of 10)."""
-        task = asyncio.get_running_loop().create_task(self._release_until_done(self.keys(item, ids, call_id), cost))
+        task = asyncio.get_running_loop().create_task(self._release_until_done(self.keys(key, call_id), cost))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 

@@ -9,6 +9,10 @@ found (`Ctx`), refuses by raising `Refusal`, or adds edits to `Ctx.forward`.
 Anything unexpected while deciding is refused as `internal_error` (fail closed), and the last step
 writes the decision's audit record before anything leaves: if it cannot be written, nothing
 leaves (`store_unavailable`).
+
+What a step spends for the call (an approval, budget charges) is spent only if the call is let
+out: the step leaves a give-back in `Ctx.give_back`, and `decide` runs them when a later step
+refuses the call.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Ctx:
     decision: Decision | None = None
     pin: Pin | None = None  # an MCP tool's pin, read once by `route` for `mcp`
     input_schema: ArgumentsSchema | None = None  # an MCP tool's pinned input schema, compiled
+    # What to undo if a later step refuses the call: an approval used, budgets charged.
+    give_back: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def services(self) -> Runtime:
@@ -285,15 +291,22 @@ async def approval(c: Ctx) -> None:
     Asking for an approval is a call too: it counts against the rule's rates (60 such calls
     against a 20/minute rule must not leave 60 approvals pending), and one agent holds at most
     `approval_max_pending`; a retry of the same call waits for the same approval. The approval
-    shows the body tokenized as the vendor would get it (`Dlp.approver_view`)."""
+    shows the body tokenized as the vendor would get it (`Dlp.approver_view`). An approval used
+    by a call a later step refuses (its budget) is given back, for the agent's next try."""
     d = c.decision
     if d is None or d.outcome != "approval_required" or c.route is None:
         return
     approvals = c.services.approvals
     in_message = c.view.mcp.approval if c.view.mcp is not None else None
     presented = in_message if in_message is not None else c.view.header(steps.APPROVAL_HEADER)
-    if presented and approvals.use(d, c.judged, presented):
+    call_id = c.call.decision_id
+    if presented and approvals.use(d, c.judged, presented, call_id):
         c.call.extra["approval_id"] = presented
+
+        async def release() -> None:
+            approvals.release(presented, call_id)
+
+        c.give_back.append(release)
         return
     await c.services.quotas.charge(d, c.judged, budgets=False)
     # The approver sees the body as the vendor would get it: tokenized (a copy; the dlp step
@@ -308,7 +321,11 @@ async def quota(c: Ctx) -> None:
     """Rates and budgets of every rule that allowed the call, charged atomically."""
     if c.decision is None:
         return
-    findings = await c.services.quotas.charge(c.decision, c.judged, call_id=c.call.decision_id)
+    quotas = c.services.quotas
+    charge = await quotas.charge(c.decision, c.judged, call_id=c.call.decision_id)
+    if charge.budgets:
+        c.give_back.append(lambda: quotas.give_back(charge))
+    findings = charge.findings
     c.call.extra["would_deny"] += [f.as_dict() for f in findings if not f.fail_open]
     if opened := [f.as_dict() for f in findings if f.fail_open]:
         c.call.extra["fail_open"] = opened
@@ -420,6 +437,8 @@ async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Ve
         forward, refusal = await _failing_closed(rt, call, view.client, run_traced(trace.ends))
         if not call.held_back:  # traced as the audit log holds it: a flood without a token, per source
             rt.tracing.end_decision(trace, STEP_NAMES, call.record("deny" if refusal else "allow", refusal))
+    if refusal is not None:
+        await _give_back(ctx)
     return Verdict(call, refusal, forward)
 
 
@@ -466,6 +485,19 @@ def refused(rt: Runtime, call: Call, refusal: Refusal, client: str | None = None
         refusal.connector, refusal.action = call.connector, call.action
     call.held_back = not rt.record_after(call.record("deny", refusal, phase="decision", client=client))
     return refusal
+
+
+async def _give_back(ctx: Ctx) -> None:
+    """The call was refused after steps spent something for it: give it back, last spent first.
+    A give-back that fails is logged and the rest still run; the refusal stands either way (what
+    could not be given back stays spent: the safe side)."""
+    for undo in reversed(ctx.give_back):
+        try:
+            await undo()
+        except StoreUnavailable as e:
+            log.warning("what a refused call spent could not be given back: %s", e)
+        except Exception:  # a bug here must not turn the refusal into a dropped connection
+            log.exception("giving back what a refused call spent failed")
 
 
 async def _failing_closed(rt: Runtime, call: Call, client: str | None, work: Awaitable[T]) -> tuple[T | None, Refusal | None]:

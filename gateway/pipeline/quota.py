@@ -20,8 +20,12 @@ decision id), and the client never retries a script blindly (`gateway.pipeline.c
 
 Order and accounting: every covering rule's rates are hit first, then its budget; the first refusal
 stops; a budget refusal gives back the budgets this call already charged (a guardrail budget
-composed with a tighter one is not spent by payments never made). A call refused by a later step
-(or upstream) still counts: limits count attempts that passed the policy, which errs on the safe side.
+composed with a tighter one is not spent by payments never made). Budgets count what is let out:
+a call a later step refuses (DLP, the circuit breaker, the audit write) gets its budget charges
+back too (`Quotas.give_back`, called by `gateway.pipeline.decision.decide`); a call let out keeps
+its charge even if the vendor then fails or cannot be reached, since the vendor may have acted on
+it (the safe side). Rates count attempts that passed the policy: a call refused by its budget or a
+later step keeps its rate hit, so a refused agent cannot retry faster than its rate.
 
 Fail closed: a storage error or a store that takes longer than `timeout` to answer refuses with
 `store_unavailable` (503), unless the rule says `fail_open: true` (read actions only, checked at
@@ -36,19 +40,20 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 from coredis.retry import NoRetryPolicy
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, SlidingWindowCounterSupport, Storage
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from connectors import fieldpath
 from gateway.errors import ConfigError, Refusal, StoreUnavailable
 from gateway.pipeline.charges import ExactlyOnceBudgets
+from gateway.policy.counters import CounterId
 from gateway.policy.engine import Decision, Finding, MatchedRule
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,17 @@ class SweptMemoryStorage(MemoryStorage):
             await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
 
 
+@dataclass(frozen=True)
+class Charge:
+    """What one call was charged: the findings for its record, and the budgets to give back
+    (`Quotas.give_back`) if the call is refused after all."""
+
+    decision: Decision
+    call_id: str
+    findings: list[Finding]
+    budgets: list[tuple[MatchedRule, int]]
+
+
 class Quotas:
     """Charges calls against the rates and budgets of the rules that allowed them."""
 
@@ -110,8 +126,10 @@ class Quotas:
         self.storage = storage
         self.timeout = timeout
         self.on_store_error: Callable[[], None] = lambda: None  # told of each failed store call (metrics)
-        self._rates = MovingWindowRateLimiter(storage)
-        self._budgets = SlidingWindowCounterRateLimiter(storage)
+        # `limits`' strategies key a counter with its limit; ours are called on the storage with
+        # keys without it (`counter_key`), so raising a limit keeps what was spent.
+        self._rates = cast(MovingWindowSupport, storage)
+        self._budgets = cast(SlidingWindowCounterSupport, storage)
         # On Redis a budget charge is idempotent by call id (`gateway.pipeline.charges`).
         self._exact = ExactlyOnceBudgets(storage) if isinstance(storage, RedisStorage) else None
 
@@ -139,16 +157,17 @@ class Quotas:
                         type(e).__name__)
 
     async def _warm(self, item: RateLimitItem, ids: tuple[str, ...]) -> None:
-        await self._rates.hit(item, *ids)
-        await self._rates.get_window_stats(item, *ids)
-        await self._budgets.hit(item, *ids)
+        key = counter_key(item, ids)
+        await self._rates.acquire_entry(key, item.amount, item.get_expiry())
+        await self._rates.get_moving_window(key, item.amount, item.get_expiry())
+        await self._budgets.acquire_sliding_window_entry(key, item.amount, item.get_expiry(), 1)
         if self._exact is not None:
-            await self._exact.hit(item, ids, 1, "warm-up")
-        await self.storage.get_sliding_window(item.key_for(*ids), item.get_expiry())  # type: ignore[attr-defined]
+            await self._exact.hit(item, key, 1, "warm-up")
+        await self._budgets.get_sliding_window(key, item.get_expiry())
 
     async def charge(
         self, decision: Decision, params: Any, budgets: bool = True, call_id: str | None = None
-    ) -> list[Finding]:
+    ) -> Charge:
         """Hit every covering rule's rate and (unless `budgets` is False: nothing is spent yet)
         budget for an allowed call. `call_id` (the decision id) makes a budget charge on Redis
         idempotent: a re-run of the same call's charge never charges twice.
@@ -156,13 +175,13 @@ class Quotas:
         Raises `Refusal` (`rate_limited` / `budget_exceeded` with `Retry-After`, or
         `store_unavailable`) for an enforced rule; returns the would-deny findings of shadow rules,
         whose calls go out anyway, and a `fail_open` finding for each rule whose unavailable store
-        was let through, so the audit record says the limit was not checked.
+        was let through, so the audit record says the limit was not checked; and the budgets charged.
         """
         findings: list[Finding] = []
         call_id = call_id or uuid.uuid4().hex
         for m in decision.rules:
-            for item in m.rule.rate_items:
-                outcome = await self._guard(m, decision, self._hit_rate(m, decision, item))
+            for item, counter in zip(m.rule.rate_items, m.counters.rates, strict=True):
+                outcome = await self._guard(m, decision, self._hit_rate(m, decision, item, counter))
                 if outcome is not None:
                     findings.append(self._refuse_or_record(m, outcome))
         charged: list[tuple[MatchedRule, int]] = []
@@ -174,27 +193,29 @@ class Quotas:
                 outcome = await self._guard(m, decision, self._hit_budget(m, decision, cost, call_id))
                 unanswered = isinstance(outcome, Refusal) and outcome.code == "store_unavailable"
                 if self._exact is not None and unanswered and not m.shadow:  # refused: give a late charge back
-                    self._exact.release_later(*_budget_key(m, decision), cost, call_id)
+                    self._exact.release_later(_budget_key(m, decision)[1], cost, call_id)
                 if outcome is None:
                     charged.append((m, cost))
                 elif isinstance(outcome, Refusal) and not m.shadow:
-                    await self._give_back(charged, decision, call_id)
+                    await self.give_back(Charge(decision, call_id, findings, charged))
                     raise outcome
                 else:
                     findings.append(self._refuse_or_record(m, outcome))
-        return findings
+        return Charge(decision, call_id, findings, charged)
 
-    async def _give_back(self, charged: list[tuple[MatchedRule, int]], d: Decision, call_id: str) -> None:
-        """A later budget refused the call: the budgets already charged for it are given back, or a
-        guardrail budget composed with a tighter one would be spent by payments never made. Only the
-        current window is credited (a charge made just before the window turned stays: safe side)."""
-        for m, cost in charged:
-            item, ids = _budget_key(m, d)
+    async def give_back(self, charge: Charge) -> None:
+        """The call was refused after its budgets were charged (by a later budget, or a later step):
+        what it was charged is given back, or a budget would be spent by payments never made (a
+        guardrail budget composed with a tighter one, a payment DLP blocked). Only the current
+        window is credited (a charge made just before the window turned stays: safe side); on
+        Redis the give-back is keyed by the call id, so it undoes exactly the charge made."""
+        for m, cost in charge.budgets:
+            item, key = _budget_key(m, charge.decision)
             if self._exact is not None:
-                self._exact.release_later(item, ids, cost, call_id)
+                self._exact.release_later(key, cost, charge.call_id)
             elif isinstance(self.storage, MemoryStorage):
-                key = self.storage.sliding_window_keys(item.key_for(*ids), item.get_expiry(), time.time())[1]
-                await self.storage.decr(key, cost)
+                current = self.storage.sliding_window_keys(key, item.get_expiry(), time.time())[1]
+                await self.storage.decr(current, cost)
 
     @staticmethod
     def _refuse_or_record(m: MatchedRule, outcome: Refusal | Finding) -> Finding:
@@ -234,12 +255,12 @@ class Quotas:
                 action=d.action,
             )
 
-    async def _hit_rate(self, m: MatchedRule, d: Decision, item: RateLimitItem) -> Refusal | None:
-        ids = _ids(d.subject.tenant, d.subject.sub, d.connector, d.action, m.ref.id)
-        if await self._rates.hit(item, *ids):
+    async def _hit_rate(self, m: MatchedRule, d: Decision, item: RateLimitItem, counter: CounterId) -> Refusal | None:
+        key = counter_key(item, _ids(d.subject.tenant, d.subject.sub, d.connector, d.action, *counter))
+        if await self._rates.acquire_entry(key, item.amount, item.get_expiry()):
             return None
-        stats = await self._rates.get_window_stats(item, *ids)
-        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        window_start, _ = await self._rates.get_moving_window(key, item.amount, item.get_expiry())
+        retry = max(1, math.ceil(window_start + item.get_expiry() - time.time()))
         return Refusal(
             "rate_limited",
             f"rate limit {item.amount} per {_period(item)} of rule {m.ref.id} is used up; retry in {retry} s",
@@ -251,15 +272,13 @@ class Quotas:
     async def _hit_budget(self, m: MatchedRule, d: Decision, cost: int, call_id: str) -> Refusal | None:
         budget = m.rule.budget
         assert budget is not None
-        item, ids = _budget_key(m, d)
+        item, key = _budget_key(m, d)
         if self._exact is not None:
-            if await self._exact.hit(item, ids, cost, call_id):
+            if await self._exact.hit(item, key, cost, call_id):
                 return None
-        elif await self._budgets.hit(item, *ids, cost=cost):
+        elif await self._budgets.acquire_sliding_window_entry(key, item.amount, item.get_expiry(), cost):
             return None
-        prev, prev_ttl, cur, cur_ttl = await self.storage.get_sliding_window(  # type: ignore[attr-defined]
-            item.key_for(*ids), item.get_expiry()
-        )
+        prev, prev_ttl, cur, cur_ttl = await self._budgets.get_sliding_window(key, item.get_expiry())
         retry = budget_retry_after(budget.limit, item.get_expiry(), cost, prev, prev_ttl, cur, cur_ttl)
         return Refusal(
             "budget_exceeded",
@@ -318,11 +337,18 @@ def budget_retry_after(
     return max(1, min(2 * period, math.ceil(wait)))
 
 
-def _budget_key(m: MatchedRule, d: Decision) -> tuple[RateLimitItem, tuple[str, ...]]:
-    """The budget of rule `m` for the agent of `d`: its limit item and key parts."""
-    budget = m.rule.budget
-    assert budget is not None
-    return parse(f"{budget.limit}/{budget.per}"), _ids(d.subject.tenant, d.subject.sub, "budget", m.ref.id)
+def _budget_key(m: MatchedRule, d: Decision) -> tuple[RateLimitItem, str]:
+    """The budget of rule `m` for the agent of `d`: its limit item and counter key."""
+    budget, counter = m.rule.budget, m.counters.budget
+    assert budget is not None and counter is not None
+    item = parse(f"{budget.limit}/{budget.per}")
+    return item, counter_key(item, _ids(d.subject.tenant, d.subject.sub, "budget", *counter))
+
+
+def counter_key(item: RateLimitItem, ids: tuple[str, ...]) -> str:
+    """The storage key of a counter: `limits`' layout (`LIMITER/<ids>/<window>`) without the
+    limit, which `limits` puts in its keys, so a raised limit counts on from what was spent."""
+    return "/".join([item.namespace, *ids, str(item.multiples), item.GRANULARITY.name])
 
 
 def _ids(*parts: str | None) -> tuple[str, ...]:

@@ -3,9 +3,15 @@
 Flow: a call whose policy says `approval_required` gets a 403 with an `approval_id` (an identical
 call while one is pending gets the same id, so retries do not flood approvers). An approver runs
 `egress-gateway approvals approve ID` (or the admin API). The agent retries the *identical* call with
-`X-Egress-Approval: ID`; `consume` marks the approval used in one conditional UPDATE, so it is
-single-use even with many concurrent retries (SQLite serialises writers; exactly one UPDATE sees
-the row still `approved`).
+`X-Egress-Approval: ID`; `consume` marks the approval used by that call (its decision id) in one
+conditional UPDATE, so it is single-use even with many concurrent retries (SQLite serialises
+writers; exactly one UPDATE sees the row still `approved`).
+
+An approval is spent only by a call that is let out: when a later step refuses the call that used
+it (its budget or rate, DLP, the circuit breaker), `release` gives it back, in one conditional
+UPDATE that only the call that used it can make (`used_by`), so the agent retries with the same
+approval once the refusal's cause is gone (a budget window turned), instead of asking a person
+again. While one call holds it, no other can use it: never twice-usable.
 
 An approval matches only the tenant, agent (sub), connector, action and parameters it was asked
 for: they are bound by `request_digest`, a SHA-256 of their canonical JSON. Pending requests expire
@@ -58,7 +64,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_at REAL,
     used_at REAL,
     decision_reason TEXT,
-    body TEXT
+    body TEXT,
+    used_by TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_digest ON approvals (digest, state);
 """
@@ -82,6 +89,7 @@ class Approval:
     used_at: float | None
     decision_reason: str | None = None  # the approver's words, for the agent and the record
     body: dict[str, Any] | None = None  # the parameters, tokenized; None in a store made before bodies were kept
+    used_by: str | None = None  # the decision id of the call that used it
 
     def public(self) -> dict[str, Any]:
         """The view for `GET /v1/approvals/{id}` and `approvals list --json`."""
@@ -106,7 +114,7 @@ def request_digest(tenant: str | None, sub: str, connector: str, action: str, pa
 class ApprovalStore:
     """The approvals table in one SQLite file (in the state directory); the fleet's store,
     `gateway.stores.redis_state.RedisApprovals`, replaces the storage methods (`request`, `get`,
-    `list`, `_decide`, `consume`) and keeps the rest."""
+    `list`, `_decide`, `consume`, `release`) and keeps the rest."""
 
     def __init__(
         self,
@@ -130,6 +138,8 @@ class ApprovalStore:
             self._db.execute("ALTER TABLE approvals ADD COLUMN decision_reason TEXT")
         if "body" not in columns:  # a store made before approvers saw the body
             self._db.execute("ALTER TABLE approvals ADD COLUMN body TEXT")
+        if "used_by" not in columns:  # a store made before approvals were given back
+            self._db.execute("ALTER TABLE approvals ADD COLUMN used_by TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -227,23 +237,41 @@ class ApprovalStore:
         return _approval(row)
 
     def consume(
-        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str
+        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str,
+        call_id: str | None = None,
     ) -> bool:
-        """Use an approval for this exact request; True for exactly one caller, once."""
+        """Use an approval for this exact request; True for exactly one caller, once (unless the
+        call `call_id` gives it back: `release`)."""
         with self._tx() as db:
             changed = db.execute(
-                "UPDATE approvals SET state='used', used_at=? WHERE id=? AND state='approved' "
+                "UPDATE approvals SET state='used', used_at=?, used_by=? WHERE id=? AND state='approved' "
                 "AND expires_at > ? AND tenant IS ? AND sub=? AND connector=? AND action=? AND digest=?",
-                (self._clock(), approval_id, self._clock(), tenant, sub, connector, action, digest),
+                (self._clock(), call_id, approval_id, self._clock(), tenant, sub, connector, action, digest),
             ).rowcount
         return changed == 1
 
-    def use(self, decision: Decision, params: Any, approval_id: str) -> bool:
-        """Consume the approval the agent presents (`X-Egress-Approval`) for exactly this call."""
+    def release(self, approval_id: str, call_id: str) -> bool:
+        """Give back the approval the call `call_id` used and that was then refused: `approved`
+        again, until its expiry as before. True if it was given back; only that call can.
+        `StoreUnavailable` if the store fails (the approval then stays used: the safe side)."""
+        try:
+            with self._tx() as db:
+                changed = db.execute(
+                    "UPDATE approvals SET state='approved', used_at=NULL, used_by=NULL "
+                    "WHERE id=? AND state='used' AND used_by=?",
+                    (approval_id, call_id),
+                ).rowcount
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"the approval store is unavailable: {type(e).__name__}") from None
+        return changed == 1
+
+    def use(self, decision: Decision, params: Any, approval_id: str, call_id: str) -> bool:
+        """Consume the approval the agent presents (`X-Egress-Approval`) for exactly this call
+        (`call_id`, its decision id)."""
         s = decision.subject
         with self._failing_closed(decision):
             digest = request_digest(s.tenant, s.sub, decision.connector, decision.action, params)
-            return self.consume(approval_id, s.tenant, s.sub, decision.connector, decision.action, digest)
+            return self.consume(approval_id, s.tenant, s.sub, decision.connector, decision.action, digest, call_id)
 
     def hold(
         self, decision: Decision, params: Any, presented: str | None, max_pending: int, body: dict[str, Any] | None = None

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from connectors import fieldpath
 from gateway.errors import Refusal
+from gateway.policy.counters import RuleCounters, counters_of
 from gateway.policy.expr import Env, Unknown, same_value
 from gateway.policy.model import Mode, ParamRule, PolicyFile, Rule
 
@@ -69,6 +70,11 @@ class LoadedFile:
     name: str
     policy: PolicyFile
     rule_lines: tuple[int, ...]
+    counters: tuple[RuleCounters, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Once per load, not per call: the counters each rule charges (gateway.policy.counters).
+        object.__setattr__(self, "counters", tuple(counters_of(self.policy, r) for r in self.policy.rules))
 
     def applies_to(self, subject: Subject) -> bool:
         return self.in_tenant(subject) and self.names(subject)
@@ -83,7 +89,8 @@ class LoadedFile:
 
 @dataclass(frozen=True)
 class RuleRef:
-    """Which rule: file, index in `rules`, line, and the id used in messages and quota keys."""
+    """Which rule: file, index in `rules`, line, and the id used in messages and audit records
+    (quota counters are keyed by what the rule counts instead: `counters`)."""
 
     file: str
     index: int
@@ -107,6 +114,10 @@ class MatchedRule:
     @property
     def shadow(self) -> bool:
         return self.mode == "shadow"
+
+    @property
+    def counters(self) -> RuleCounters:
+        return self.zone_file.counters[self.ref.index]
 
 
 @dataclass(frozen=True)

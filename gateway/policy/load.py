@@ -10,7 +10,9 @@ Checks beyond the model: the connector and each action exist; parameter paths, b
 approval names are whole field paths of the action's request model (`gateway.policy.paths`: a
 misspelt `amont: {max: ...}` or `messages[*].rol` would otherwise constrain nothing; at least one of
 the rule's actions must have the path);
-`fail_open` only on rules whose actions are all reads (GET).
+`fail_open` only on rules whose actions are all reads (GET); a budget field is a number in every
+action that has it (a string one would refuse every call); no two unnamed rules of the set count
+in one counter (`shared_counters`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gateway.errors import ConfigError
 from gateway.policy.engine import LoadedFile, PolicySet
 from gateway.policy.expr import CONTEXT_NAMES
 from gateway.policy.model import PolicyFile, Rule
-from gateway.policy.paths import unknown_path
+from gateway.policy.paths import never_a_number, unknown_path
 
 ConnectorLookup = Callable[[str], Connector | None]
 
@@ -238,7 +240,12 @@ def _check_rule(rule: Rule, raw: LineDict, lookup: ConnectorLookup) -> list[tupl
     for path in rule.params:
         out.extend(_unknown(raw["params"].key_lines.get(path, line), path, actions, "parameter"))
     if rule.budget is not None:
-        out.extend(_unknown(kl.get("budget", line), rule.budget.field, actions, "budget field"))
+        field = rule.budget.field
+        out.extend(_unknown(kl.get("budget", line), field, actions, "budget field"))
+        for a in actions:
+            if (kind := never_a_number(a, field)) is not None:
+                out.append((kl.get("budget", line), f"budget field {field!r} is {kind} in {a.name}, never a number: "
+                            "a budget sums numbers, so every call carrying it would be refused"))
     if rule.approval_expr is not None:
         for name in sorted(rule.approval_expr.names):
             head, _, rest = name.partition(".")
@@ -258,9 +265,61 @@ def _unknown(line: int, path: str, actions: list[Action], what: str) -> list[tup
     return [(line, f"{what} {path!r}: {reasons[0]} ({', '.join(a.name for a in actions)})")]
 
 
-def check_paths(paths: Iterable[Path], lookup: ConnectorLookup) -> list[Problem]:
-    """`policy check`: every problem in the given files or directories (empty list = all good)."""
+def shared_counters(files: Sequence[LoadedFile]) -> list[Problem]:
+    """Unnamed rules of one policy set that would count in one counter (the same tenant, subjects,
+    connector, actions and budget field and period, or rate window: `gateway.policy.counters`).
+    Two limits on one counter would each see the other's spend; which rule was meant is ambiguous,
+    so it is a load error asking for names."""
+    first: dict[tuple[str, str], tuple[str, int]] = {}
     problems: list[Problem] = []
+    for f in files:
+        for i, rule in enumerate(f.policy.rules):
+            if rule.name is not None:
+                continue
+            here = (f.name, f.rule_lines[i] if i < len(f.rule_lines) else 1)
+            counters = f.counters[i]
+            kinds = [("budget", counters.budget)] if counters.budget else []
+            kinds += [("rate", c) for c in counters.rates]
+            for kind, counter in dict.fromkeys(kinds):
+                assert counter is not None
+                seen = first.setdefault((kind, counter[1]), here)
+                if seen != here:
+                    problems.append(Problem(here[0], here[1], (
+                        f"this rule and the rule at {seen[0]}:{seen[1]} count the same {kind} (same tenant, subjects, "
+                        "connector, actions and " + ("field and period" if kind == "budget" else "window")
+                        + ") and neither has a name, so they would share one counter; give each a `name:`"
+                    )))
+    return problems
+
+
+def unnamed_counters(files: Sequence[LoadedFile]) -> list[Problem]:
+    """Warnings (not errors) for rules with a rate or budget but no `name:`: their counters are
+    keyed by what they count, so an edit of their tenant, subjects, connector, actions or budget
+    field starts them afresh; a name keeps them across any edit."""
+    return [
+        Problem(f.name, f.rule_lines[i] if i < len(f.rule_lines) else 1, (
+            "warning: this rule has a " + " and a ".join(k for k in ("rate", "budget") if getattr(rule, k) is not None)
+            + " but no name; naming it (`name:`) keeps its counters across edits of its subjects, actions or fields"
+        ))
+        for f in files
+        for i, rule in enumerate(f.policy.rules)
+        if rule.name is None and (rule.rate is not None or rule.budget is not None)
+    ]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What `policy check` found: problems (exit 1) and warnings (printed, exit 0)."""
+
+    problems: list[Problem]
+    warnings: list[Problem]
+
+
+def check(paths: Iterable[Path], lookup: ConnectorLookup) -> CheckResult:
+    """`policy check`: every problem and warning in the given files or directories. A directory is
+    checked as the set the gateway would load (rules across its files must not share a counter)."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
     for path in paths:
         if path.is_dir():
             files = policy_files(path)
@@ -269,9 +328,20 @@ def check_paths(paths: Iterable[Path], lookup: ConnectorLookup) -> list[Problem]
         else:
             problems.append(Problem(str(path), None, "no such file or directory"))
             continue
+        loaded: list[LoadedFile] = []
         for f in files:
-            problems.extend(parse_file(str(f), f.read_bytes(), lookup)[1])
-    return problems
+            one, found = parse_file(str(f), f.read_bytes(), lookup)
+            problems.extend(found)
+            if one is not None:
+                loaded.append(one)
+        problems.extend(shared_counters(loaded))
+        warnings.extend(unnamed_counters(loaded))
+    return CheckResult(problems, warnings)
+
+
+def check_paths(paths: Iterable[Path], lookup: ConnectorLookup) -> list[Problem]:
+    """The problems `check` finds (empty list = all good)."""
+    return check(paths, lookup).problems
 
 
 def read_directory(directory: Path) -> dict[str, bytes]:
@@ -290,6 +360,7 @@ def build_policy_set(contents: dict[str, bytes], lookup: ConnectorLookup) -> Pol
         problems.extend(found)
         if loaded is not None:
             files.append(loaded)
+    problems.extend(shared_counters(files))
     if problems:
         raise PolicyLoadError(problems)
     return PolicySet(files=tuple(files), digest=content_digest(contents.items()))

@@ -6,7 +6,8 @@ and time zones are compiled while the file loads, so a bad one is a load error, 
 surprise.
 
 Extensions to the format of DESIGN.md (all optional):
-- rule `name`: a stable name used in messages, audit records and quota keys (default `file#index`);
+- rule `name`: a stable name used in messages, audit records and quota counters (default: `file#index`
+  in messages, and counters keyed by what the rule counts; see `gateway.policy.counters`);
 - rule `fail_open: true`: if the quota store is unavailable, let this rule's calls through instead of
   refusing with `store_unavailable`. Only allowed when every action of the rule is a read (HTTP
   GET); the loader checks this against the connector. Payments never fail open;
@@ -101,6 +102,14 @@ class Budget(_Strict):
         fieldpath.parse(v)
         return v
 
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: Any) -> Any:
+        # pydantic reads `true` (or YAML's `yes`) as 1: a budget of one cent, refusing nearly every call.
+        if isinstance(v, bool):
+            raise ValueError("limit must be a number, not a boolean")
+        return v
+
 
 class Rule(_Strict):
     """Allows `actions` of `connector` for the file's subjects, under the rule's constraints."""
@@ -139,9 +148,16 @@ class Rule(_Strict):
     def _rate(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                parse_many(v)
+                items = parse_many(v)
             except ValueError:
                 raise ValueError(f"bad rate {v!r}; use the limits notation, e.g. 20/minute") from None
+            if any(item.amount <= 0 for item in items):
+                # It would refuse every call (`rate_limited`): a deny that reads as a limit.
+                raise ValueError(f"rate {v!r} allows no call at all; to refuse these actions, remove the rule")
+            windows = [(item.multiples, item.GRANULARITY.name) for item in items]
+            if len(set(windows)) != len(windows):
+                # One counter per window (`gateway.policy.counters`): two limits on it would both count each call.
+                raise ValueError(f"rate {v!r} limits one window twice; keep the smaller limit")
         return v
 
     def model_post_init(self, context: Any, /) -> None:

@@ -273,13 +273,24 @@ if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
-# KEYS: the approval. ARGV: now, sub, connector, action, digest. Returns 1 for exactly one caller.
+# KEYS: the approval. ARGV: now, sub, connector, action, digest, the using call's id (optional).
+# Returns 1 for exactly one caller.
 _CONSUME = """
 local now = tonumber(ARGV[1])
 local a = redis.call('HMGET', KEYS[1], 'state', 'expires_at', 'sub', 'connector', 'action', 'digest')
 if a[1] ~= 'approved' or tonumber(a[2]) <= now or a[3] ~= ARGV[2] or a[4] ~= ARGV[3]
    or a[5] ~= ARGV[4] or a[6] ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'used', 'used_at', ARGV[1])
+if ARGV[6] then redis.call('HSET', KEYS[1], 'used_by', ARGV[6]) end
+return 1
+"""
+
+# KEYS: the approval. ARGV: the id of the call that used it. Returns 1 when given back.
+_RELEASE = """
+local state, by = unpack(redis.call('HMGET', KEYS[1], 'state', 'used_by'))
+if state ~= 'used' or by ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'approved')
+redis.call('HDEL', KEYS[1], 'used_at', 'used_by')
 return 1
 """
 
@@ -303,6 +314,7 @@ class RedisApprovals(ApprovalStore):
         self._request = client.register_script(_REQUEST)
         self._decide_script = client.register_script(_DECIDE)
         self._consume = client.register_script(_CONSUME)
+        self._release = client.register_script(_RELEASE)
 
     def close(self) -> None:
         """Nothing to close: the shared client's connections end with the process."""
@@ -373,12 +385,19 @@ class RedisApprovals(ApprovalStore):
         return after
 
     def consume(
-        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str
+        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str,
+        call_id: str | None = None,
     ) -> bool:
         """Single use across the fleet: the script marks it used for exactly one caller. `tenant`
         is bound by `digest` (the digest covers tenant, agent, action and parameters)."""
+        args = [repr(self._clock()), sub, connector, action, digest, *([call_id] if call_id else [])]
         with _store("approval"):
-            return self._consume(keys=[_APPROVAL + approval_id], args=[repr(self._clock()), sub, connector, action, digest]) == 1
+            return self._consume(keys=[_APPROVAL + approval_id], args=args) == 1
+
+    def release(self, approval_id: str, call_id: str) -> bool:
+        """As the SQLite store's: one script, so only the call that used it gives it back."""
+        with _store("approval"):
+            return self._release(keys=[_APPROVAL + approval_id], args=[call_id]) == 1
 
     def _view(self, raw: dict[Any, Any]) -> Approval:
         """The stored hash as an `Approval`; one past its expiry reads as `expired`, as in SQLite."""

@@ -62,7 +62,7 @@ def ask(store: ApprovalStore, ps: PolicySet, params: dict, approval_id: str | No
     if d.outcome != "approval_required":
         return None
     try:
-        if approval_id and store.use(d, params, approval_id):
+        if approval_id and store.use(d, params, approval_id, "dec_test"):
             return approval_id
         return store.hold(d, params, approval_id, max_pending=1000)
     except Refusal as r:  # the store failing
@@ -134,7 +134,7 @@ def test_fifty_concurrent_consumers_exactly_one_wins(tmp_path: Path) -> None:
     path = tmp_path / "approvals.db"
     setup = ApprovalStore(path)
     digest = request_digest("acme", "fin-01", "pay", "create", PARAMS)
-    aid = setup.request("acme", "fin-01", "pay", "create", digest, {}, "r").id
+    aid = setup.request("acme", "fin-01", "pay", "create", digest, {}, "r").id  # type: ignore[union-attr]
     setup.approve(aid, "alice")
     stores = [ApprovalStore(path) for _ in range(50)]  # one connection each, like separate processes
     barrier = threading.Barrier(50)
@@ -197,3 +197,57 @@ def test_the_pending_cap_holds_across_replicas(request: pytest.FixtureRequest) -
     replicas = [redis_state.RedisApprovals(redis_state.connect(url)) for _ in range(2)]
     made = [replicas[i % 2].request("acme", "fin-01", "pay", "create", f"digest-{i}", {}, "r", max_pending=3) for i in range(6)]
     assert [a is not None for a in made] == [True] * 3 + [False] * 3
+
+
+def test_an_approval_is_given_back_only_by_the_call_that_used_it(store: ApprovalStore, clock: Clock) -> None:
+    """A call refused after it used the approval (its budget) gives it back for the agent's next
+    try; no other call can, a second give-back does nothing, and it still expires on time."""
+    digest = request_digest("acme", "fin-01", "pay", "create", PARAMS)
+    approval = store.request("acme", "fin-01", "pay", "create", digest, {}, "r")
+    assert approval is not None
+    aid = approval.id
+    store.approve(aid, "alice")
+    assert store.consume(aid, "acme", "fin-01", "pay", "create", digest, "dec_a")
+    assert store.get(aid).used_by == "dec_a"  # type: ignore[union-attr]
+    assert not store.consume(aid, "acme", "fin-01", "pay", "create", digest, "dec_b")  # held by dec_a
+    assert not store.release(aid, "dec_b")
+    assert store.release(aid, "dec_a") and not store.release(aid, "dec_a")
+    back = store.get(aid)
+    assert back is not None and (back.state, back.used_at, back.used_by) == ("approved", None, None)
+    assert store.consume(aid, "acme", "fin-01", "pay", "create", digest, "dec_b")
+    assert store.get(aid).state == "used"  # type: ignore[union-attr]
+    assert store.release(aid, "dec_b")
+    clock.now += 901  # past the approval's ttl: given back or not, it expires
+    assert store.get(aid).state == "expired"  # type: ignore[union-attr]
+    assert not store.consume(aid, "acme", "fin-01", "pay", "create", digest, "dec_c")
+
+
+def test_a_released_approval_is_never_twice_usable_under_concurrency(tmp_path: Path) -> None:
+    """Twenty calls race for one approval, each winner giving it back: while a call holds it, every
+    other consume (racing, or a deliberate second try) fails, so it is never used twice at once."""
+    path = tmp_path / "approvals.db"
+    setup = ApprovalStore(path)
+    digest = request_digest("acme", "fin-01", "pay", "create", PARAMS)
+    approval = setup.request("acme", "fin-01", "pay", "create", digest, {}, "r")
+    assert approval is not None
+    setup.approve(approval.id, "alice")
+    stores = [ApprovalStore(path) for _ in range(20)]
+    barrier = threading.Barrier(20)
+    wins: list[int] = []
+    second_tries: list[bool] = []
+
+    def call(i: int, s: ApprovalStore) -> None:
+        barrier.wait()
+        for _ in range(5):
+            if s.consume(approval.id, "acme", "fin-01", "pay", "create", digest, f"dec_{i}"):
+                wins.append(i)
+                second_tries.append(s.consume(approval.id, "acme", "fin-01", "pay", "create", digest, f"dec_{i}_again"))
+                assert s.release(approval.id, f"dec_{i}")
+
+    threads = [threading.Thread(target=call, args=(i, s)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) >= 1 and second_tries == [False] * len(wins)
+    assert setup.get(approval.id).state == "approved"  # type: ignore[union-attr]

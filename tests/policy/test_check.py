@@ -56,6 +56,20 @@ def test_good_file_has_no_problems(policy_dir: Path) -> None:
         (GOOD.replace("{max: 500}", "{max: .nan}"), ":7: rules.0.params.amount.max: Input should be a finite number"),
         (GOOD.replace("{max: 500}", "{min: -.inf}"), ":7: rules.0.params.amount.min: Input should be a finite number"),
         (GOOD.replace("{max: 500}", "{one_of: [.nan]}"), ":7: rules.0.params.amount.one_of.0: Input should be a finite"),
+        # rules that would refuse every call are load errors, not deny rules in disguise
+        (GOOD + "    rate: 0/minute\n", ":8: rules.0.rate: rate '0/minute' allows no call at all"),
+        (GOOD + "    rate: 5/minute;0/hour\n", ":8: rules.0.rate: rate '5/minute;0/hour' allows no call at all"),
+        (GOOD + "    rate: 5/minute;10/minute\n", ":8: rules.0.rate: rate '5/minute;10/minute' limits one window twice"),
+        (GOOD + "    budget: {field: amount, limit: 0, per: day}\n", ":8: rules.0.budget.limit: Input should be greater than 0"),
+        (GOOD + "    budget: {field: amount, limit: -5, per: day}\n", ":8: rules.0.budget.limit: Input should be greater than 0"),
+        (GOOD + "    budget: {field: amount, limit: yes, per: day}\n", ":8: rules.0.budget.limit: limit must be a number, not a"),
+        (GOOD + "    budget: {field: description, limit: 10, per: day}\n",
+         ":8: budget field 'description' is a string in create, never a number"),
+        (GOOD + "    budget: {field: confirm, limit: 10, per: day}\n", ":8: budget field 'confirm' is a boolean in create"),
+        (GOOD + "    budget: {field: metadata.x, limit: 10, per: day}\n", ":8: budget field 'metadata.x' is a string in create"),
+        (GOOD + "    budget: {field: 'items[*].sku', limit: 10, per: day}\n", ":8: budget field 'items[*].sku' is a string"),
+        (GOOD.replace("[create]", "[create, get]").replace("amount: {max: 500}", "q: {max_length: 5}")
+         + "    budget: {field: q, limit: 10, per: day}\n", ":8: budget field 'q' is a string in get, never a number"),
     ],
 )
 def test_reports_file_line_and_reason(policy_dir: Path, text: str, expected: str) -> None:

@@ -35,9 +35,10 @@ from gateway.identity.jwks import FileJwks, JwksError, UrlJwks
 from gateway.identity.tokens import Identity, TokenLimits, check_role, check_times, token_errors, unverified
 
 PRIVILEGED = frozenset({"admin", "metrics"})
-_VALUE = re.compile(r"^[A-Za-z0-9._@+=-]{1,128}$")  # a mapped sub, role or tenant
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# Used with fullmatch only: `$` also matches before a final newline, which would let `01\n` through.
+_VALUE = re.compile(r"[A-Za-z0-9._@+=-]{1,128}")  # a mapped sub, role or tenant
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_SPIFFE_ID = 2048
 
 
@@ -74,16 +75,16 @@ def parse_spiffe_id(value: object) -> tuple[str, tuple[str, ...]]:
     trust_domain, _, path = value[len("spiffe://"):].partition("/")
     segments = tuple(path.split("/"))
     if (
-        not _TRUST_DOMAIN.match(trust_domain)
+        not _TRUST_DOMAIN.fullmatch(trust_domain)
         or not path
-        or any(not _SEGMENT.match(s) or s in (".", "..") for s in segments)
+        or any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments)
     ):
         raise Refusal("identity_invalid", "the SPIFFE ID is malformed")
     return trust_domain, segments
 
 
 def _checked(value: object, what: str, issuer: str) -> str:
-    if not isinstance(value, str) or not _VALUE.match(value):
+    if not isinstance(value, str) or not _VALUE.fullmatch(value):
         raise Refusal("identity_invalid", f"issuer {issuer}: the mapped {what} is missing or not a plain name")
     return value
 
@@ -159,7 +160,7 @@ class Issuer:
             role=mapped.role,
             tenant=mapped.tenant,
             scopes=mapped.scopes,
-            jti=f"{self.name}:{jti if isinstance(jti, str) and _VALUE.match(jti) else digest}",
+            jti=f"{self.name}:{jti if isinstance(jti, str) and _VALUE.fullmatch(jti) else digest}",
             iat=float(iat),
             nbf=float(nbf),
             exp=float(exp),

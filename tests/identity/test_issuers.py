@@ -136,6 +136,11 @@ def _cases(w: World) -> dict[str, tuple[str, str]]:
         # A NaN fails every comparison: neither expired nor over max_token_ttl, it would never expire.
         "exp NaN": (w.svid("/agent/finance/01", exp=float("nan")), "identity_invalid"),
         "oidc exp NaN": (w.oidc(exp=float("nan")), "identity_invalid"),
+        # A mapped name is a plain name: a final newline would forge a line in the access log.
+        "svid id ending in a newline": (w.svid("/agent/finance/01\n"), "identity_invalid"),
+        "oidc sub ending in a newline": (w.oidc("u-42\n"), "identity_invalid"),
+        "oidc role ending in a newline": (w.oidc(agent_role="support\n"), "identity_invalid"),
+        "oidc tenant ending in a newline": (w.oidc(org="acme\n"), "identity_invalid"),
     }
 
 
@@ -144,6 +149,8 @@ CASES = (
     "over max_token_ttl", "no iat", "unknown kid", "signed by another key", "path outside the template",
     "admin from an issuer without privileged_roles", "oidc wrong aud", "oidc unknown issuer",
     "oidc tenant * without admin", "oidc role missing", "oidc token signed with spire's key", "exp NaN", "oidc exp NaN",
+    "svid id ending in a newline", "oidc sub ending in a newline", "oidc role ending in a newline",
+    "oidc tenant ending in a newline",
 )
 
 

@@ -179,6 +179,17 @@ def test_a_trusted_certificate_of_another_trust_domain_gets_a_readable_refusal(
     assert vendor.received == []
 
 
+def test_a_certificate_whose_spiffe_id_ends_in_a_newline_maps_to_no_agent(mtls: Mtls, vendor: FakeVendor) -> None:
+    """`spiffe://acme.example/agent/finance/01` plus a newline is not a SPIFFE ID: it would be the
+    agent `spire:01` and a newline, a subject no revocation of `spire:01` reaches and a forged line
+    in the access log."""
+    trailing = mtls.acme.svid("newline-id", "spiffe://acme.example/agent/finance/01\n")
+    with mtls.httpx(trailing) as c:
+        r = c.get(BALANCE)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_invalid")
+    assert vendor.received == []
+
+
 def test_plain_http_on_the_tls_listener_has_no_identity(mtls: Mtls, vendor: FakeVendor) -> None:
     """Even with a valid token: this listener's identity is the certificate. The refusal is readable
     inside the tunnel as on the plain listener (the tunnel's TLS is the gateway CA's, not mTLS)."""

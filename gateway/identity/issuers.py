@@ -50,6 +50,7 @@ class PeerCertificate:
     not_before: float
     not_after: float
     fingerprint: str  # sha256, hex
+    is_ca: bool = False  # a signing certificate, which the SPIFFE spec forbids as a leaf SVID
 
     @classmethod
     def from_x509(cls, cert: x509.Certificate) -> PeerCertificate:
@@ -58,11 +59,16 @@ class PeerCertificate:
             uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
         except x509.ExtensionNotFound:
             uris = ()
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
         return cls(
             uris=uris,
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
             fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+            is_ca=is_ca,
         )
 
 
@@ -325,6 +331,8 @@ class TrustedIssuers:
         return issuer is not None and ident.key_id in issuer.key_set.current()
 
     def from_certificate(self, peer: PeerCertificate) -> Identity:
+        if peer.is_ca:
+            raise Refusal("identity_invalid", "the client certificate is a signing (CA) certificate, not an X.509-SVID")
         if len(peer.uris) != 1:
             raise Refusal("identity_invalid", "the client certificate must carry exactly one SPIFFE ID (URI SAN)")
         trust_domain, _ = parse_spiffe_id(peer.uris[0])

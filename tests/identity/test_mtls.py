@@ -190,6 +190,17 @@ def test_a_certificate_whose_spiffe_id_ends_in_a_newline_maps_to_no_agent(mtls: 
     assert vendor.received == []
 
 
+def test_a_ca_certificate_is_no_agent_even_from_the_trust_domains_ca(mtls: Mtls, vendor: FakeVendor) -> None:
+    """The SPIFFE X.509-SVID spec: a leaf sets cA false. A signing certificate (an intermediate CA
+    carrying an agent's SPIFFE ID) is not an agent's identity, whoever signed it."""
+    signing = mtls.acme.svid("ca-leaf", "spiffe://acme.example/agent/finance/01", ca=True)
+    with mtls.httpx(signing) as c:
+        r = c.get(BALANCE)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_invalid")
+    assert "signing (CA) certificate" in error_of(r)["message"]
+    assert vendor.received == []
+
+
 def test_plain_http_on_the_tls_listener_has_no_identity(mtls: Mtls, vendor: FakeVendor) -> None:
     """Even with a valid token: this listener's identity is the certificate. The refusal is readable
     inside the tunnel as on the plain listener (the tunnel's TLS is the gateway CA's, not mTLS)."""

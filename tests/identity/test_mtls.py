@@ -3,6 +3,7 @@ with an https:// proxy URL, against a real gateway and the fake vendor."""
 
 from __future__ import annotations
 
+import datetime
 import socket
 import ssl
 import subprocess
@@ -43,7 +44,9 @@ class Mtls:
                       "client_ca": f"file:{self.acme.ca_file}", "trust_domain": "acme.example"}
         # The shipped policies decide within the certificate's scopes, by the role its SPIFFE ID maps to.
         identity = {"issuers": [issuer, partner]}
-        settings = vendor_settings(pki, vendor, identity=identity, listen_tls=listen_tls, policies=str(REPO / "policies"))
+        # A 1 s clock leeway: a certificate's expiry inside an open tunnel shows within seconds.
+        settings = vendor_settings(pki, vendor, identity=identity, listen_tls=listen_tls, policies=str(REPO / "policies"),
+                                   token_leeway="1s")
         self.gw = GatewayProcess(root / "gw", settings)
         self.agent = self.acme.svid("agent-01", "spiffe://acme.example/agent/finance/01")
         self.researcher = self.acme.svid("research-01", "spiffe://acme.example/agent/research/r1")
@@ -227,6 +230,19 @@ def test_revoking_the_certificates_subject_closes_its_tunnel(mtls: Mtls) -> None
         while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
+
+
+def test_a_token_on_top_does_not_outlive_the_certificate(mtls: Mtls) -> None:
+    """With a token on top the tunnel's identity is the token's, narrowed to the certificate: its
+    expiry must be the earlier of the two, or an expired certificate serves as long as the token."""
+    short = mtls.acme.svid("short-lived", "spiffe://acme.example/agent/finance/short",
+                           lifetime=datetime.timedelta(minutes=5, seconds=3))  # issued 5 min ago: 3 s left
+    with mtls.httpx(short, token=mtls.jwt_svid("/agent/finance/short")) as c:
+        assert c.get(BALANCE).status_code == 200
+        deadline = time.monotonic() + 15
+        while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.25)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_expired")
 
 
 def _urllib3(m: Mtls) -> tuple[int, str]:

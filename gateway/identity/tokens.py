@@ -117,6 +117,10 @@ def issue(
     """A signed agent token. A TTL above `max_ttl` is refused here and again at use."""
     if not sub or not role:
         raise ValueError("sub and role are required")
+    for name, value in (("sub", sub), ("role", role), ("tenant", tenant)):
+        if value is not None and not value.isprintable():
+            # A line break in a name would forge a line in the access log on every call the agent makes.
+            raise ValueError(f"{name} must be printable (no line break or control character)")
     if ttl <= 0 or ttl > max_ttl:
         raise ValueError(f"ttl {ttl:g}s is outside (0, max_token_ttl={max_ttl:g}s]")
     if role == ADMIN_ROLE and not tenant:

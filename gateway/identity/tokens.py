@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +238,9 @@ class Verifier:
         ident = self._cache.get(token)
         if ident is None:
             ident = self._decode(token)
+            # The token exists now: a later revocation of its subject must cover it, even when its
+            # issuer's clock runs ahead (an iat in the future, within token_leeway).
+            ident = replace(ident, iat=min(ident.iat, time.time()))
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[token] = ident

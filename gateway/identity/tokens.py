@@ -55,6 +55,7 @@ class Identity:
     caller_jti: str | None = None  # on those tokens too: revoking the caller's token stops its tools
     issuer: str | None = None  # the trusted issuer (`identity.issuers`) that vouched; None: the gateway
     key_id: str | None = None  # the issuer's key that signed it, which must stay in its key set
+    certificate_jti: str | None = None  # listen_tls: the client certificate under this token, revocable too
 
     def administers(self, tenant: str | None) -> bool:
         """Whether this admin may see and act on `tenant`'s objects: its own tenant only, unless
@@ -262,8 +263,9 @@ class Verifier:
             raise Refusal("identity_expired", "the agent token has expired")
         if now + self._leeway < ident.nbf:
             raise Refusal("identity_expired", "the agent token is not valid yet")
-        if self._revocations.is_revoked(ident.jti, ident.sub, ident.iat) or (
-            ident.caller_jti is not None and self._revocations.is_revoked(ident.caller_jti, ident.sub, ident.iat)
+        if any(
+            jti is not None and self._revocations.is_revoked(jti, ident.sub, ident.iat)
+            for jti in (ident.jti, ident.caller_jti, ident.certificate_jti)
         ):
             raise Refusal("identity_revoked", "the agent token has been revoked")
         if ident.key_id is not None and (self._issuers is None or not self._issuers.still_trusted(ident)):

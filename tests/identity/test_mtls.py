@@ -4,6 +4,7 @@ with an https:// proxy URL, against a real gateway and the fake vendor."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import socket
 import ssl
 import subprocess
@@ -16,6 +17,8 @@ import httpx
 import pytest
 import requests
 import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from openai import OpenAI
 
 from tests.clients import error_of, read_response, trusting
@@ -243,6 +246,20 @@ def test_a_token_on_top_does_not_outlive_the_certificate(mtls: Mtls) -> None:
         while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.25)
     assert (r.status_code, error_of(r)["code"]) == (407, "identity_expired")
+
+
+def test_revoking_the_certificate_by_its_jti_closes_its_tunnel_under_a_token_too(mtls: Mtls) -> None:
+    """The audit names a certificate `spire:x509:<sha256>`; revoking that jti must stop the tunnel
+    even when a token of the same agent rides on top (the tunnel's identity is then the token's)."""
+    cert = mtls.acme.svid("agent-stolen", "spiffe://acme.example/agent/finance/stolen")
+    der = x509.load_pem_x509_certificate(cert[0].read_bytes()).public_bytes(serialization.Encoding.DER)
+    with mtls.httpx(cert, token=mtls.jwt_svid("/agent/finance/stolen")) as c:
+        assert c.get(BALANCE).status_code == 200
+        mtls.gw.cli("token", "revoke", "--jti", f"spire:x509:{hashlib.sha256(der).hexdigest()[:32]}")
+        deadline = time.monotonic() + 10
+        while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
 
 
 def _urllib3(m: Mtls) -> tuple[int, str]:

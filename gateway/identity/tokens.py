@@ -329,6 +329,10 @@ def token_from_proxy_authorization(header: str | None) -> str:
     scheme, _, value = header.strip().partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and value:
+        if not value.isascii():
+            # A JWT is ASCII. Bytes that are not UTF-8 arrive from mitmproxy as surrogates, which
+            # PyJWT cannot even encode (a 500 internal_error): malformed, like any other bad token.
+            raise Refusal("identity_invalid", "the agent token is malformed or badly signed")
         return value
     if scheme.lower() == "basic" and value:
         try:

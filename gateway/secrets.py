@@ -146,6 +146,8 @@ class Secrets:
         value = self._value(kind, where)
         if not value:
             raise Refusal("store_unavailable", f"the credential for {name!r} is empty or missing ({kind})")
+        if breaks_a_header(value):
+            raise Refusal("store_unavailable", f"the credential for {name!r} holds a line break or NUL ({kind}); refusing it")
         return value
 
     def scrubber(self) -> Scrubber:
@@ -178,7 +180,10 @@ class Secrets:
             if not (cached.value and self._clock() < cached.until):
                 return f"secrets.{name} ({ref}): the cached value is past its time"
             return None
-        return None if self._value(kind, where) else f"secrets.{name} ({ref}) is empty or missing"
+        value = self._value(kind, where)
+        if not value:
+            return f"secrets.{name} ({ref}) is empty or missing"
+        return f"secrets.{name} ({ref}) holds a line break or NUL; refusing it" if breaks_a_header(value) else None
 
     def refresh_due(self) -> float:
         """Read every vault reference whose time has come (blocking: the refresher thread and
@@ -219,7 +224,7 @@ class Secrets:
         start = self._clock()
         try:
             got = self._reader.read(VaultRef.parse(ref.partition(":")[2]))
-            if any(c in got.value for c in "\r\n\0"):  # a credential goes into a header: never a way to add one
+            if breaks_a_header(got.value):
                 raise VaultUnavailable("the value holds a line break or NUL; refusing it")
         except VaultUnavailable as e:
             if old.problem != str(e):
@@ -243,7 +248,8 @@ class Secrets:
 
     def _value(self, kind: str, where: str) -> str | None:
         if kind == "env":
-            return os.environ.get(where)
+            value = os.environ.get(where)
+            return None if value is None else value.strip()  # as file: and vault: values are
         if kind == "file":
             return self._read_file(Path(where).expanduser())
         return self._vault[f"vault:{where}"].value
@@ -261,6 +267,12 @@ class Secrets:
             return cached[1]
         except OSError:
             return None
+
+
+def breaks_a_header(value: str) -> bool:
+    """A credential goes into a header of the vendor request: a line break or NUL inside would add
+    a header of its own (or end the head), whichever store it came from."""
+    return any(c in value for c in "\r\n\0")
 
 
 def _split(ref: str) -> tuple[str, str]:

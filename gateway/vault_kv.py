@@ -154,6 +154,8 @@ class VaultReader:
         if not isinstance(value, str):
             raise VaultUnavailable(f"the secret has no text field {ref.field!r}")
         value = value.strip()  # as file: values are: a pasted key often ends in a newline
+        if not value:  # emptied in the store: a failed read (the last good value serves its time), not a new key
+            raise VaultUnavailable(f"the field {ref.field!r} is empty")
         lease = answer.get("lease_duration")
         version = (answer.get("data") or {}).get("metadata", {}).get("version")
         return VaultValue(value, float(lease) if isinstance(lease, int) and lease > 0 else None,

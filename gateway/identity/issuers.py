@@ -35,9 +35,10 @@ from gateway.identity.jwks import FileJwks, JwksError, UrlJwks
 from gateway.identity.tokens import Identity, TokenLimits, check_role, check_times, token_errors, unverified
 
 PRIVILEGED = frozenset({"admin", "metrics"})
-_VALUE = re.compile(r"^[A-Za-z0-9._@+=-]{1,128}$")  # a mapped sub, role or tenant
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# Used with fullmatch only: `$` also matches before a final newline, which would let `01\n` through.
+_VALUE = re.compile(r"[A-Za-z0-9._@+=-]{1,128}")  # a mapped sub, role or tenant
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_SPIFFE_ID = 2048
 
 
@@ -49,6 +50,7 @@ class PeerCertificate:
     not_before: float
     not_after: float
     fingerprint: str  # sha256, hex
+    is_ca: bool = False  # a signing certificate, which the SPIFFE spec forbids as a leaf SVID
 
     @classmethod
     def from_x509(cls, cert: x509.Certificate) -> PeerCertificate:
@@ -57,11 +59,16 @@ class PeerCertificate:
             uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
         except x509.ExtensionNotFound:
             uris = ()
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
         return cls(
             uris=uris,
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
             fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+            is_ca=is_ca,
         )
 
 
@@ -74,16 +81,16 @@ def parse_spiffe_id(value: object) -> tuple[str, tuple[str, ...]]:
     trust_domain, _, path = value[len("spiffe://"):].partition("/")
     segments = tuple(path.split("/"))
     if (
-        not _TRUST_DOMAIN.match(trust_domain)
+        not _TRUST_DOMAIN.fullmatch(trust_domain)
         or not path
-        or any(not _SEGMENT.match(s) or s in (".", "..") for s in segments)
+        or any(not _SEGMENT.fullmatch(s) or s in (".", "..") for s in segments)
     ):
         raise Refusal("identity_invalid", "the SPIFFE ID is malformed")
     return trust_domain, segments
 
 
 def _checked(value: object, what: str, issuer: str) -> str:
-    if not isinstance(value, str) or not _VALUE.match(value):
+    if not isinstance(value, str) or not _VALUE.fullmatch(value):
         raise Refusal("identity_invalid", f"issuer {issuer}: the mapped {what} is missing or not a plain name")
     return value
 
@@ -159,7 +166,7 @@ class Issuer:
             role=mapped.role,
             tenant=mapped.tenant,
             scopes=mapped.scopes,
-            jti=f"{self.name}:{jti if isinstance(jti, str) and _VALUE.match(jti) else digest}",
+            jti=f"{self.name}:{jti if isinstance(jti, str) and _VALUE.fullmatch(jti) else digest}",
             iat=float(iat),
             nbf=float(nbf),
             exp=float(exp),
@@ -324,6 +331,8 @@ class TrustedIssuers:
         return issuer is not None and ident.key_id in issuer.key_set.current()
 
     def from_certificate(self, peer: PeerCertificate) -> Identity:
+        if peer.is_ca:
+            raise Refusal("identity_invalid", "the client certificate is a signing (CA) certificate, not an X.509-SVID")
         if len(peer.uris) != 1:
             raise Refusal("identity_invalid", "the client certificate must carry exactly one SPIFFE ID (URI SAN)")
         trust_domain, _ = parse_spiffe_id(peer.uris[0])

@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,7 @@ class Identity:
     caller_jti: str | None = None  # on those tokens too: revoking the caller's token stops its tools
     issuer: str | None = None  # the trusted issuer (`identity.issuers`) that vouched; None: the gateway
     key_id: str | None = None  # the issuer's key that signed it, which must stay in its key set
+    certificate_jti: str | None = None  # listen_tls: the client certificate under this token, revocable too
 
     def administers(self, tenant: str | None) -> bool:
         """Whether this admin may see and act on `tenant`'s objects: its own tenant only, unless
@@ -117,6 +118,10 @@ def issue(
     """A signed agent token. A TTL above `max_ttl` is refused here and again at use."""
     if not sub or not role:
         raise ValueError("sub and role are required")
+    for name, value in (("sub", sub), ("role", role), ("tenant", tenant)):
+        if value is not None and not value.isprintable():
+            # A line break in a name would forge a line in the access log on every call the agent makes.
+            raise ValueError(f"{name} must be printable (no line break or control character)")
     if ttl <= 0 or ttl > max_ttl:
         raise ValueError(f"ttl {ttl:g}s is outside (0, max_token_ttl={max_ttl:g}s]")
     if role == ADMIN_ROLE and not tenant:
@@ -234,6 +239,9 @@ class Verifier:
         ident = self._cache.get(token)
         if ident is None:
             ident = self._decode(token)
+            # The token exists now: a later revocation of its subject must cover it, even when its
+            # issuer's clock runs ahead (an iat in the future, within token_leeway).
+            ident = replace(ident, iat=min(ident.iat, time.time()))
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[token] = ident
@@ -255,8 +263,9 @@ class Verifier:
             raise Refusal("identity_expired", "the agent token has expired")
         if now + self._leeway < ident.nbf:
             raise Refusal("identity_expired", "the agent token is not valid yet")
-        if self._revocations.is_revoked(ident.jti, ident.sub, ident.iat) or (
-            ident.caller_jti is not None and self._revocations.is_revoked(ident.caller_jti, ident.sub, ident.iat)
+        if any(
+            jti is not None and self._revocations.is_revoked(jti, ident.sub, ident.iat)
+            for jti in (ident.jti, ident.caller_jti, ident.certificate_jti)
         ):
             raise Refusal("identity_revoked", "the agent token has been revoked")
         if ident.key_id is not None and (self._issuers is None or not self._issuers.still_trusted(ident)):
@@ -320,6 +329,10 @@ def token_from_proxy_authorization(header: str | None) -> str:
     scheme, _, value = header.strip().partition(" ")
     value = value.strip()
     if scheme.lower() == "bearer" and value:
+        if not value.isascii():
+            # A JWT is ASCII. Bytes that are not UTF-8 arrive from mitmproxy as surrogates, which
+            # PyJWT cannot even encode (a 500 internal_error): malformed, like any other bad token.
+            raise Refusal("identity_invalid", "the agent token is malformed or badly signed")
         return value
     if scheme.lower() == "basic" and value:
         try:

@@ -551,7 +551,8 @@ async def decide_connect(rt: Runtime, view: ConnectView) -> ConnectVerdict:
 async def connect_identity(rt: Runtime, view: ConnectView, call: Call) -> Identity:
     """Who opens the tunnel: the token, the client certificate (`listen_tls`), or both, which must
     name the same agent (sub, tenant, role); the token's scopes are then narrowed to the
-    certificate's, so a token on top can only restrict what the certificate allows."""
+    certificate's, and its expiry to the certificate's, so a token on top can only restrict what
+    the certificate allows (and never keeps an expired or revoked certificate's tunnel serving)."""
     if view.certificate is None:
         if view.mtls:
             raise Refusal("identity_missing", "this listener (listen_tls) takes agents with a client certificate")
@@ -562,4 +563,5 @@ async def connect_identity(rt: Runtime, view: ConnectView, call: Call) -> Identi
     by_token = await rt.verifier.authenticate(token_from_proxy_authorization(view.proxy_authorization))
     if (by_token.sub, by_token.tenant, by_token.role) != (by_cert.sub, by_cert.tenant, by_cert.role):
         raise Refusal("identity_invalid", "the token and the client certificate name different agents")
-    return replace(by_token, scopes=narrow(by_token.scopes, by_cert.scopes))
+    return replace(by_token, scopes=narrow(by_token.scopes, by_cert.scopes), exp=min(by_token.exp, by_cert.exp),
+                   certificate_jti=by_cert.jti)

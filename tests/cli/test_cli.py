@@ -77,8 +77,13 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path) -> None:
         (b"", "a-file/below", ["ca", "path"], "cannot use state dir"),
         (b"", "state", ["token", "revoke", "--jti", ""], "--jti or --sub must not be empty"),
         (b"", "state", ["token", "revoke", "--sub", ""], "--jti or --sub must not be empty"),
+        # A newline in a token's sub would forge a line in the access log whenever the agent calls.
+        (b"", "state", ["token", "issue", "--sub", "a\nb", "--role", "finance"], "sub must be printable"),
+        (b"", "state", ["token", "issue", "--sub", "a", "--role", "fin\x1bance"], "role must be printable"),
+        (b"", "state", ["token", "issue", "--sub", "a", "--role", "finance", "--tenant", "acme\n"], "tenant must be printable"),
     ],
-    ids=["yaml-syntax", "not-utf8", "duplicate-key", "state-dir-is-a-file", "state-dir-under-a-file", "revoke-empty-jti", "revoke-empty-sub"],
+    ids=["yaml-syntax", "not-utf8", "duplicate-key", "state-dir-is-a-file", "state-dir-under-a-file", "revoke-empty-jti",
+         "revoke-empty-sub", "issue-sub-newline", "issue-role-escape", "issue-tenant-newline"],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, config: bytes, state: str, command: list[str], says: str) -> None:
     """Each of these was a Python traceback (or, for YAML, a five-line parser dump)."""

@@ -83,6 +83,8 @@ def test_a_failed_env_fails_the_eval(tmp_path: Path) -> None:
     assert out.returncode == 2 and out.stdout == "false\n" and "max_token_ttl" in out.stderr
     bad_config = cli("env", "--sub", "a", "--role", "r", "--config", str(tmp_path / "missing.yaml"), check=False)
     assert bad_config.returncode == 2 and bad_config.stdout == "false\n"
+    crlf = cli("env", "--sub", "a\r\nexport X=1", "--role", "r", "--state-dir", str(tmp_path), check=False)
+    assert crlf.returncode == 2 and crlf.stdout == "false\n" and "sub must be printable" in crlf.stderr
     usage = cli("env", "--role", "r", "--state-dir", str(tmp_path), check=False)  # no --sub
     assert usage.returncode == 2 and usage.stdout == "false\n" and "--sub" in usage.stderr
     assert cli("token", "issue", "--role", "r", check=False).stdout == ""  # only env's output is eval'ed

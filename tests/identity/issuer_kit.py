@@ -152,7 +152,8 @@ class SpiffePki:
         self.ca_file.write_bytes(self._ca.public_bytes(serialization.Encoding.PEM))
 
     def _issue(
-        self, file: str, subject: str, san: list[x509.GeneralName], usage: x509.ObjectIdentifier, lifetime: datetime.timedelta
+        self, file: str, subject: str, san: list[x509.GeneralName], usage: x509.ObjectIdentifier, lifetime: datetime.timedelta,
+        ca: bool = False,
     ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -164,7 +165,7 @@ class SpiffePki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now - datetime.timedelta(minutes=5) + lifetime)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if san:
@@ -180,7 +181,10 @@ class SpiffePki:
         san: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         return self._issue("listener", "localhost", san, ExtendedKeyUsageOID.SERVER_AUTH, datetime.timedelta(days=1))
 
-    def svid(self, file: str, *spiffe_ids: str, lifetime: datetime.timedelta = datetime.timedelta(hours=1)) -> tuple[Path, Path]:
-        """An X.509-SVID: the SPIFFE IDs as URI SANs, for client authentication."""
+    def svid(
+        self, file: str, *spiffe_ids: str, lifetime: datetime.timedelta = datetime.timedelta(hours=1), ca: bool = False
+    ) -> tuple[Path, Path]:
+        """An X.509-SVID: the SPIFFE IDs as URI SANs, for client authentication (`ca`: a signing
+        certificate instead, which the SPIFFE spec forbids as a leaf)."""
         san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(s) for s in spiffe_ids]
-        return self._issue(file, file, san, ExtendedKeyUsageOID.CLIENT_AUTH, lifetime)
+        return self._issue(file, file, san, ExtendedKeyUsageOID.CLIENT_AUTH, lifetime, ca)

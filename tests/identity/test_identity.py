@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.identity import tokens as identity
-from tests.clients import basic, client, error_of, raw_connect
+from tests.clients import basic, client, error_of, raw_connect, read_response
 from tests.fakes import FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
@@ -42,6 +43,22 @@ def test_connect_without_a_usable_token_is_407(gateway: GatewayProcess, auth: st
     assert resp.status == 407
     assert resp.headers["proxy-authenticate"].startswith("Basic")
     assert resp.error()["code"] == code
+
+
+@pytest.mark.parametrize("tail", [b"\xe9\xff", b"\xc3", b"\xed\xa0\x80"])
+def test_a_bearer_token_with_bytes_that_are_not_utf8_is_invalid_not_an_internal_error(
+    gateway: GatewayProcess, tail: bytes
+) -> None:
+    """mitmproxy hands such bytes over as surrogates, which PyJWT could not encode: the CONNECT was
+    refused as 500 internal_error with a traceback in the log. A JWT is ASCII; anything else is a
+    malformed token."""
+    failed = gateway.log_file.read_text().count("decision failed")
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(b"CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443\r\n"
+                     b"Proxy-Authorization: Bearer " + gateway.token().encode() + tail + b"\r\n\r\n")
+        answer = read_response(sock)
+    assert (answer.status, answer.headers["x-egress-error"]) == (200, "identity_invalid")
+    assert gateway.log_file.read_text().count("decision failed") == failed  # no traceback logged
 
 
 @pytest.mark.parametrize(

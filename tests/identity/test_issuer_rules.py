@@ -38,6 +38,8 @@ def test_a_well_formed_spiffe_id_parses() -> None:
         "spiffe://acme.example/agent?role=admin",
         "spiffe://acme.example/agent#x",
         "spiffe://acme.example/agent/fin%2Fance",
+        "spiffe://acme.example/agent/finance/01\n",  # `$` matches before a final newline; fullmatch does not
+        "spiffe://acme.example\n/agent/finance/01",
         "https://acme.example/agent",
         "SPIFFE://acme.example/agent",
         "spiffe://acme.example/" + "a" * 2100,

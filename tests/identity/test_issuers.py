@@ -136,6 +136,11 @@ def _cases(w: World) -> dict[str, tuple[str, str]]:
         # A NaN fails every comparison: neither expired nor over max_token_ttl, it would never expire.
         "exp NaN": (w.svid("/agent/finance/01", exp=float("nan")), "identity_invalid"),
         "oidc exp NaN": (w.oidc(exp=float("nan")), "identity_invalid"),
+        # A mapped name is a plain name: a final newline would forge a line in the access log.
+        "svid id ending in a newline": (w.svid("/agent/finance/01\n"), "identity_invalid"),
+        "oidc sub ending in a newline": (w.oidc("u-42\n"), "identity_invalid"),
+        "oidc role ending in a newline": (w.oidc(agent_role="support\n"), "identity_invalid"),
+        "oidc tenant ending in a newline": (w.oidc(org="acme\n"), "identity_invalid"),
     }
 
 
@@ -144,6 +149,8 @@ CASES = (
     "over max_token_ttl", "no iat", "unknown kid", "signed by another key", "path outside the template",
     "admin from an issuer without privileged_roles", "oidc wrong aud", "oidc unknown issuer",
     "oidc tenant * without admin", "oidc role missing", "oidc token signed with spire's key", "exp NaN", "oidc exp NaN",
+    "svid id ending in a newline", "oidc sub ending in a newline", "oidc role ending in a newline",
+    "oidc tenant ending in a newline",
 )
 
 
@@ -166,6 +173,22 @@ def test_revocation_by_mapped_sub_reaches_an_open_tunnel(world: World) -> None:
             time.sleep(0.1)
         assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
         assert other.get(BALANCE).status_code == 200  # another subject of the same issuer is untouched
+
+
+def test_revocation_reaches_a_token_whose_iat_is_ahead_of_the_gateways_clock(world: World) -> None:
+    """An IdP whose clock runs 8 s fast (within token_leeway): its token's iat is later than the
+    revocation, yet the token was in use before it. Revoking the subject must stop it, in the open
+    tunnel and in a new one."""
+    now = int(time.time())
+    skewed = world.oidc("skew-1", iat=now + 8, exp=now + 300)
+    with client(world.gw, skewed) as c:
+        assert c.get(BALANCE).status_code == 200
+        world.gw.cli("token", "revoke", "--sub", "corp:skew-1")
+        deadline = time.monotonic() + 10
+        while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
+    assert _refusal(world.gw, skewed)["code"] == "identity_revoked"
 
 
 def test_agent_api_takes_issuer_tokens_and_privileged_roles_only_where_declared(world: World) -> None:

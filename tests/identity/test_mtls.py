@@ -3,6 +3,8 @@ with an https:// proxy URL, against a real gateway and the fake vendor."""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import socket
 import ssl
 import subprocess
@@ -15,6 +17,8 @@ import httpx
 import pytest
 import requests
 import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from openai import OpenAI
 
 from tests.clients import error_of, read_response, trusting
@@ -43,7 +47,9 @@ class Mtls:
                       "client_ca": f"file:{self.acme.ca_file}", "trust_domain": "acme.example"}
         # The shipped policies decide within the certificate's scopes, by the role its SPIFFE ID maps to.
         identity = {"issuers": [issuer, partner]}
-        settings = vendor_settings(pki, vendor, identity=identity, listen_tls=listen_tls, policies=str(REPO / "policies"))
+        # A 1 s clock leeway: a certificate's expiry inside an open tunnel shows within seconds.
+        settings = vendor_settings(pki, vendor, identity=identity, listen_tls=listen_tls, policies=str(REPO / "policies"),
+                                   token_leeway="1s")
         self.gw = GatewayProcess(root / "gw", settings)
         self.agent = self.acme.svid("agent-01", "spiffe://acme.example/agent/finance/01")
         self.researcher = self.acme.svid("research-01", "spiffe://acme.example/agent/research/r1")
@@ -179,6 +185,28 @@ def test_a_trusted_certificate_of_another_trust_domain_gets_a_readable_refusal(
     assert vendor.received == []
 
 
+def test_a_certificate_whose_spiffe_id_ends_in_a_newline_maps_to_no_agent(mtls: Mtls, vendor: FakeVendor) -> None:
+    """`spiffe://acme.example/agent/finance/01` plus a newline is not a SPIFFE ID: it would be the
+    agent `spire:01` and a newline, a subject no revocation of `spire:01` reaches and a forged line
+    in the access log."""
+    trailing = mtls.acme.svid("newline-id", "spiffe://acme.example/agent/finance/01\n")
+    with mtls.httpx(trailing) as c:
+        r = c.get(BALANCE)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_invalid")
+    assert vendor.received == []
+
+
+def test_a_ca_certificate_is_no_agent_even_from_the_trust_domains_ca(mtls: Mtls, vendor: FakeVendor) -> None:
+    """The SPIFFE X.509-SVID spec: a leaf sets cA false. A signing certificate (an intermediate CA
+    carrying an agent's SPIFFE ID) is not an agent's identity, whoever signed it."""
+    signing = mtls.acme.svid("ca-leaf", "spiffe://acme.example/agent/finance/01", ca=True)
+    with mtls.httpx(signing) as c:
+        r = c.get(BALANCE)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_invalid")
+    assert "signing (CA) certificate" in error_of(r)["message"]
+    assert vendor.received == []
+
+
 def test_plain_http_on_the_tls_listener_has_no_identity(mtls: Mtls, vendor: FakeVendor) -> None:
     """Even with a valid token: this listener's identity is the certificate. The refusal is readable
     inside the tunnel as on the plain listener (the tunnel's TLS is the gateway CA's, not mTLS)."""
@@ -201,6 +229,33 @@ def test_revoking_the_certificates_subject_closes_its_tunnel(mtls: Mtls) -> None
     with mtls.httpx(revoked) as c:
         assert c.get(BALANCE).status_code == 200
         mtls.gw.cli("token", "revoke", "--sub", "spire:rev")
+        deadline = time.monotonic() + 10
+        while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
+
+
+def test_a_token_on_top_does_not_outlive_the_certificate(mtls: Mtls) -> None:
+    """With a token on top the tunnel's identity is the token's, narrowed to the certificate: its
+    expiry must be the earlier of the two, or an expired certificate serves as long as the token."""
+    short = mtls.acme.svid("short-lived", "spiffe://acme.example/agent/finance/short",
+                           lifetime=datetime.timedelta(minutes=5, seconds=3))  # issued 5 min ago: 3 s left
+    with mtls.httpx(short, token=mtls.jwt_svid("/agent/finance/short")) as c:
+        assert c.get(BALANCE).status_code == 200
+        deadline = time.monotonic() + 15
+        while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.25)
+    assert (r.status_code, error_of(r)["code"]) == (407, "identity_expired")
+
+
+def test_revoking_the_certificate_by_its_jti_closes_its_tunnel_under_a_token_too(mtls: Mtls) -> None:
+    """The audit names a certificate `spire:x509:<sha256>`; revoking that jti must stop the tunnel
+    even when a token of the same agent rides on top (the tunnel's identity is then the token's)."""
+    cert = mtls.acme.svid("agent-stolen", "spiffe://acme.example/agent/finance/stolen")
+    der = x509.load_pem_x509_certificate(cert[0].read_bytes()).public_bytes(serialization.Encoding.DER)
+    with mtls.httpx(cert, token=mtls.jwt_svid("/agent/finance/stolen")) as c:
+        assert c.get(BALANCE).status_code == 200
+        mtls.gw.cli("token", "revoke", "--jti", f"spire:x509:{hashlib.sha256(der).hexdigest()[:32]}")
         deadline = time.monotonic() + 10
         while (r := c.get(BALANCE)).status_code == 200 and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -281,3 +281,30 @@ def test_read_reference_reads_a_key_once_for_start_up(tmp_path: Path) -> None:
             read_reference("env:NOT_SET_ANYWHERE", "keys.signing", {})
     finally:
         server.stop()
+
+
+def test_a_blank_field_is_a_failed_read_and_the_cached_value_serves_its_time(bao: OpenBaoServer) -> None:
+    """A field emptied in the store (or holding only whitespace) is not a rotation to an empty key:
+    it was taken as one, so the last good value stopped at once, the log said nothing, and /readyz
+    blamed a cached value 'past its time'. It is a failed read, like a field that is gone."""
+    if not bao.running:
+        bao.start()
+    key = new_key("blank")
+    bao.put("egress/blank", api_key=key)
+    now = [1000.0]
+    store = Secrets({"stripe": "vault:secret/egress/blank#api_key"}, refresh=10, max_stale=30,
+                    reader=VaultReader(VaultAuth.from_env(bao.env())), clock=lambda: now[0])
+    try:
+        store.refresh_due()
+        assert store.get("stripe") == key
+        bao.put("egress/blank", api_key=" \n")
+        now[0] = 1010.0
+        store.refresh_due()
+        assert store.problem("stripe") == "secrets.stripe (vault:secret/egress/blank#api_key) cannot be read: the field 'api_key' is empty"
+        assert store.get("stripe") == key  # within its time
+        now[0] = 1030.0
+        with pytest.raises(Refusal) as refused:
+            store.get("stripe")
+        assert refused.value.code == "store_unavailable"
+    finally:
+        store.close()

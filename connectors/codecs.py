@@ -113,6 +113,26 @@ def repeats_a_key(pairs: list[tuple[str, Any]]) -> bool:
     return False
 
 
+def refuse_repeated_envelope_key(body: bytes) -> None:
+    """`malformed_body` when the body's outermost JSON object repeats a key (or a look-alike).
+
+    For an API envelope whose inner values another reader takes as they are (a sandbox tool's
+    `input` goes to the tool as pydantic read it): the envelope's own fields must mean one thing,
+    what they hold is not this reader's to judge. Call it on a body already read as one JSON object."""
+    outermost: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        outermost[:] = [pairs]  # objects close innermost first: the outermost is called last
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=keep)
+    except (ValueError, RecursionError):
+        raise Refusal("malformed_body", "the body is not valid JSON") from None
+    if outermost and repeats_a_key(outermost[0]):
+        raise Refusal("malformed_body", "the JSON body has the same key twice (or a look-alike of it)")
+
+
 def _depth(value: Any) -> int:
     stack, deepest = [(value, 1)], 0
     while stack:

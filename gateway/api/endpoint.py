@@ -100,6 +100,10 @@ def endpoint(
                 log.exception("API handler failed")
                 return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
             response.headers[DECISION_HEADER] = call.decision_id
+            # Answers hold agents' decisions, approvals and tokens' subjects: never kept by a
+            # browser or a proxy cache (the console's reads use its session), never sniffed as HTML.
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
             return response
 
         return handler

@@ -84,7 +84,9 @@ def agent_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
 
     return [
         Route("/v1/agents", agents, methods=["GET"]),
-        Route("/v1/agents/{sub}/revoke", revoke, methods=["POST"]),
+        # `path`: a sub may hold "/" (an OIDC subject such as repo:org/repo:ref:...), which the
+        # console sends percent-encoded and the server decodes before routing.
+        Route("/v1/agents/{sub:path}/revoke", revoke, methods=["POST"]),
     ]
 
 

@@ -1,15 +1,20 @@
 """The console's server side as an attacker and a demanding operator see it: what a browser may keep
-of its data answers."""
+of its data answers, and agents whose subject the console's URLs must carry intact."""
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
+from urllib.parse import quote
 
+import httpx
 import pytest
 
+from tests.clients import client, error_of
 from tests.console.setup import sign_in
 from tests.processes import GatewayProcess
 
+BALANCE = "https://api.stripe.com/v1/balance"
 CONSOLE_READS = ("/v1/decisions", "/v1/approvals", "/v1/approvals?state=all", "/v1/agents", "/v1/policies", "/v1/quarantine")
 
 
@@ -22,3 +27,29 @@ def test_data_the_console_reads_is_never_cached_nor_sniffed(gateway: GatewayProc
     assert r.status_code == 200, r.text
     assert (r.headers["cache-control"], r.headers["x-content-type-options"]) == ("no-store", "nosniff")
 
+
+def wait_revoked(gw: GatewayProcess, token: str) -> httpx.Response:
+    """The agent's next calls until the proxy has reloaded its revocations (a failing test's bound)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with client(gw, token) as c:
+            r = c.get(BALANCE)
+        if r.status_code != 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("sub", ["repo:acme/payments:ref:refs/heads/main", "spire:ns/finance/01", "50%/off", "q?x=1#frag"])
+def test_the_console_revokes_an_agent_whose_sub_holds_url_syntax(gateway: GatewayProcess, sub: str) -> None:
+    """An OIDC subject holds "/"; the console's revoke (encodeURIComponent) was a 404 for it, so such
+    an agent could not be stopped from the Agents page."""
+    token = gateway.token(sub=sub, scopes=("stripe:*",))
+    with client(gateway, token) as c:
+        assert c.get(BALANCE).status_code == 200
+    browser, session = sign_in(gateway, gateway.token(sub="ops", role="admin", tenant="*"))
+    with closing(browser):
+        r = browser.post(f"/v1/agents/{quote(sub, safe='')}/revoke", headers={"X-CSRF-Token": session["csrf"]})
+    assert (r.status_code, r.json()) == (200, {"revoked": {"sub": sub}})
+    refused = wait_revoked(gateway, token)
+    assert (refused.status_code, error_of(refused)["code"]) == (407, "identity_revoked")
+    assert any(rec.get("phase") == "revoke" and rec.get("revoked_sub") == sub for rec in gateway.audit())

@@ -9,6 +9,7 @@ the pathological case: a depth bomb, a 10^6-digit number, 10^5 form keys.
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from typing import Any
@@ -50,7 +51,7 @@ def decode_json(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise Refusal("malformed_body", "the JSON body is not UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
+        data = json.loads(text, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
@@ -87,6 +88,15 @@ def _no_constant(name: str) -> Any:
     """NaN and Infinity are not JSON: every comparison with them is false, so a policy's `max`
     would pass them, and the approval digest cannot be written for them."""
     raise Refusal("malformed_body", f"the body is not valid JSON: {name} is not a number")
+
+
+def _finite(text: str) -> float:
+    """A number past a double's range (`1e999`) reads as Infinity, with Infinity's faults, and no
+    JSON answer can carry it back (a 500 where the API echoes it): refused as Infinity is."""
+    value = float(text)
+    if math.isinf(value):
+        raise Refusal("malformed_body", "the body is not valid JSON: a number is beyond the range of a double")
+    return value
 
 
 def _unambiguous_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

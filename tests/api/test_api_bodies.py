@@ -21,6 +21,7 @@ ENDPOINTS = {
 HOSTILE = {
     "duplicate": '{"K": "a", "K": "b"}',
     "nan": '{"K": NaN}',
+    "beyond-double": '{"K": 1e999}',
     "lone-surrogate": '{"K": "\\ud800"}',
     "long-number": '{"K": ' + "9" * 5000 + "}",
     "deep": '{"K": ' + "[" * 3000 + "]" * 3000 + "}",
@@ -77,3 +78,11 @@ def test_console_sign_in_with_two_tokens_is_refused(gateway: GatewayProcess) -> 
     assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
     assert "set-cookie" not in r.headers
     assert post(gateway, "/console/session", f'{{"token": "{admin}"}}'.encode(), None).status_code == 200
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999"])
+def test_detokenize_of_a_number_beyond_a_double_is_malformed_not_a_500(gateway: GatewayProcess, number: str) -> None:
+    """It read as Infinity, restored fine, then could not be written as JSON: 500 and a traceback."""
+    r = post(gateway, "/v1/detokenize", f'{{"json": {{"a": {number}}}}}'.encode(), "agent")
+    assert (r.status_code, error_of(r)["code"]) == (400, "malformed_body")
+    assert "API handler failed" not in gateway.log_file.read_text()

@@ -20,6 +20,9 @@ from gateway.pipeline.call import new_decision_id
 # h11 refuses a request head (request line and headers) that grows past this while incomplete;
 # h11's own default, named here so the bound on one connection's buffered head is explicit.
 MAX_REQUEST_HEAD = 16 * 1024
+# h11 checks that limit only while a head is incomplete: a 100 KB head that arrived in one read
+# was parsed whole. Fed in slices, a head past MAX_REQUEST_HEAD + SLICE is refused however it came.
+SLICE = 4 * 1024
 
 
 def bad_request_bytes(decision_id: str) -> bytes:
@@ -34,6 +37,12 @@ def bad_request_bytes(decision_id: str) -> bytes:
 
 class ApiProtocol(H11Protocol):
     """h11 as uvicorn runs it, with the contract's JSON for what h11 refuses."""
+
+    def data_received(self, data: bytes) -> None:
+        for start in range(0, len(data), SLICE):
+            if self.transport.is_closing():  # refused (or gone) part-way: the rest is not read
+                return
+            super().data_received(data[start : start + SLICE])
 
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn when h11 raises `RemoteProtocolError`; `msg` is uvicorn's plain text."""

@@ -79,6 +79,26 @@ def test_a_head_past_the_limit_is_refused_before_it_is_all_read(gateway: Gateway
         assert sent < 64 * 1024 * 1024
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+     b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Many: a\r\n" * 3000 + b"\r\n"],
+    ids=["100KB-request-line", "100KB-header", "3000-headers"],
+)
+def test_a_head_past_the_limit_is_refused_even_when_it_arrives_whole(gateway: GatewayProcess, data: bytes) -> None:
+    """h11 checks its limit only on an incomplete head: one that arrived in one read was parsed."""
+    answers, rest = exchange(gateway, data)
+    assert len(answers) == 1 and rest == b""
+    assert_json_bad_request(answers[0])
+
+
+def test_a_large_but_reasonable_head_is_served(gateway: GatewayProcess) -> None:
+    """Long JWTs and cookies fit: 12 KB of headers is an ordinary request."""
+    answers, _ = exchange(gateway, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: c=" + b"a" * 12_000 + b"\r\n\r\n")
+    assert (answers[0].status, answers[0].body) == (200, b'{"status":"ok"}')
+
+
 def test_a_websocket_upgrade_is_an_ordinary_request(gateway: GatewayProcess) -> None:
     """The API has no WebSocket route; uvicorn handed upgrades to wsproto, answered a bodiless 403."""
     answers, _ = exchange(gateway, b"GET /v1/decisions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n"

@@ -53,3 +53,30 @@ def test_the_console_revokes_an_agent_whose_sub_holds_url_syntax(gateway: Gatewa
     refused = wait_revoked(gateway, token)
     assert (refused.status_code, error_of(refused)["code"]) == (407, "identity_revoked")
     assert any(rec.get("phase") == "revoke" and rec.get("revoked_sub") == sub for rec in gateway.audit())
+
+
+STATE_CHANGES = [
+    ("POST", "/v1/approvals/apr_0123456789abcdef/deny", {"reason": "no"}),
+    ("POST", "/v1/quarantine", {"all": True, "reason": "forged"}),
+    ("POST", "/v1/agents/victim/revoke", None),
+    ("POST", "/v1/agents/victim/baseline/reset", None),
+    ("POST", "/v1/agents/victim/baseline/ratify", None),
+    ("DELETE", "/console/session", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), STATE_CHANGES, ids=[f"{m} {p}" for m, p, _ in STATE_CHANGES])
+def test_every_state_change_with_the_cookie_needs_this_sessions_csrf_token(
+    gateway: GatewayProcess, method: str, path: str, body: dict[str, object] | None
+) -> None:
+    """No token, an empty one, and another live session's token (a CSRF token is bound to its session)."""
+    admin = gateway.token(sub="ops", role="admin", tenant="*")
+    browser, session = sign_in(gateway, admin)
+    other, other_session = sign_in(gateway, admin)
+    with closing(browser), closing(other):
+        for headers in ({}, {"X-CSRF-Token": ""}, {"X-CSRF-Token": other_session["csrf"]}):
+            r = browser.request(method, path, json=body, headers=headers)
+            assert (r.status_code, error_of(r)["code"]) == (403, "csrf_failed")
+        quarantines = browser.get("/v1/quarantine", headers={"X-CSRF-Token": session["csrf"]}).json()["quarantines"]
+        # the forged kill switch stopped nothing (the session gateway is shared: only this test's reason)
+        assert [q for q in quarantines if q["reason"] == "forged"] == []

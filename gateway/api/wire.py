@@ -5,13 +5,14 @@ uvicorn answers a request h11 refuses (garbage, a bad header name, a head past t
 chunked framing, two Content-Lengths, HTTP/1.1 without Host) with a plain-text 400 that carries no
 decision id; when the framing breaks while the app is already reading the body, the app's own
 answer then fails inside h11 and leaves a traceback in the log. The contract promises the JSON
-refusal for every refusal, so this protocol writes `bad_request` itself, drops whatever the app
-would still send for that request, and closes the connection (the stream cannot be trusted past
-the error). Only this one method of uvicorn's protocol changes; the parsing stays h11's.
+refusal for every refusal, so this protocol writes `bad_request` itself (unless that request was
+already answered), drops whatever the app would still send for it, and closes the connection (the
+stream cannot be trusted past the error). The parsing stays h11's; it is only fed in slices.
 """
 
 from __future__ import annotations
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import Refusal
@@ -47,11 +48,12 @@ class ApiProtocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """Called by uvicorn when h11 raises `RemoteProtocolError`; `msg` is uvicorn's plain text."""
         cycle = self.cycle
-        started = cycle is not None and cycle.response_started and not cycle.response_complete
         if cycle is not None and not cycle.response_complete:
             # The app still running for this request reads a disconnect and its answer is dropped.
             cycle.disconnected = True
             cycle.message_event.set()
-        if not started:  # never a second status line into an answer already under way
+        # Only where no answer to this request has begun: one answered early (a 401 before its
+        # broken body was read) gets no second status line, the connection just closes.
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.transport.write(bad_request_bytes(new_decision_id()))
         self.transport.close()

@@ -26,18 +26,22 @@ GARBLED: dict[str, tuple[bytes, list[int]]] = {
 
 
 def exchange(gw: GatewayProcess, data: bytes) -> tuple[list[RawResponse], bytes]:
-    """Send `data`, read every answer until the server closes; the bytes left over."""
+    """Send `data`, read until the server closes; the answers in order and any bytes after them.
+    (All of it is read first: two answers may arrive in one segment.)"""
+    received = b""
     with socket.create_connection(("127.0.0.1", gw.api_port), timeout=10) as sock:
         sock.sendall(data)
-        answers, rest = [], b""
-        while True:
-            answer = read_response(sock)
-            answers.append(answer)
-            if answer.headers.get("connection", "").lower() == "close":
-                break
         while chunk := sock.recv(65536):
-            rest += chunk
-    return answers, rest
+            received += chunk
+    answers = []
+    while b"\r\n\r\n" in received:
+        head, _, received = received.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        answers.append(RawResponse(int(lines[0].split()[1]), headers, received[:length]))
+        received = received[length:]
+    return answers, received
 
 
 def assert_json_bad_request(answer: RawResponse) -> None:
@@ -65,6 +69,21 @@ def test_broken_chunked_framing_while_the_app_reads_the_body(gateway: GatewayPro
     assert len(answers) == 1 and rest == b""
     assert_json_bad_request(answers[0])
     assert "Exception in ASGI application" not in gateway.log_file.read_text()
+
+
+def test_a_request_answered_before_its_broken_body_gets_one_answer(gateway: GatewayProcess) -> None:
+    """No token: the 401 goes out before the body is read; the broken chunk framing after it must
+    not add a second status line to the connection, only close it."""
+    head = b"POST /v1/detokenize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gateway.api_port), timeout=10) as sock:
+        sock.sendall(head)
+        first = read_response(sock)
+        sock.sendall(b"ZZ\r\nabc\r\n0\r\n\r\n")
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert (first.status, first.error()["code"]) == (401, "identity_missing")
+    assert rest == b""
 
 
 def test_a_head_past_the_limit_is_refused_before_it_is_all_read(gateway: GatewayProcess) -> None:

@@ -10,6 +10,7 @@ nothing at all that the console does not need (`gateway.api.sessions`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -132,6 +133,19 @@ def only_params(request: Request, allowed: tuple[str, ...] = ()) -> None:
     would otherwise answer with everything, as if it had matched."""
     if set(request.query_params) - set(allowed):
         raise Refusal("bad_request", f"unknown parameter; this endpoint takes {', '.join(allowed) or 'none'}")
+    if len(request.query_params.multi_items()) > len(request.query_params):  # `?sub=a&sub=b` read only b
+        raise Refusal("bad_request", "a parameter is given twice")
+
+
+def unix_seconds(value: str) -> float:
+    """A `since` parameter: a finite number (`nan` matched nothing, silently, and `inf` all or none)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise Refusal("bad_request", "since must be Unix seconds")
+    return seconds
 
 
 def record_filter(request: Request, fields: tuple[str, ...], extra: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], bool]:
@@ -141,10 +155,7 @@ def record_filter(request: Request, fields: tuple[str, ...], extra: tuple[str, .
     params = request.query_params
     only_params(request, (*fields, "since", "limit", *extra))
     equal = {name: params[name] for name in fields if name in params}
-    try:
-        since = float(params["since"]) if "since" in params else None
-    except ValueError:
-        raise Refusal("bad_request", "since must be Unix seconds") from None
+    since = unix_seconds(params["since"]) if "since" in params else None
 
     def wanted(rec: dict[str, Any]) -> bool:
         when = rec.get("time", rec.get("created_at", 0.0))

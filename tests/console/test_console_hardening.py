@@ -80,3 +80,20 @@ def test_every_state_change_with_the_cookie_needs_this_sessions_csrf_token(
         quarantines = browser.get("/v1/quarantine", headers={"X-CSRF-Token": session["csrf"]}).json()["quarantines"]
         # the forged kill switch stopped nothing (the session gateway is shared: only this test's reason)
         assert [q for q in quarantines if q["reason"] == "forged"] == []
+
+
+FILTERED_READS = [
+    (path, query)
+    for path in ("/v1/decisions", "/v1/approvals")
+    for query in ("?sub=a&sub=b", "?limit=1&limit=2", "?tenant=acme&tenant=globex", "?since=nan", "?since=inf", "?since=x")
+] + [("/v1/agents", query) for query in ("?since=1&since=2", "?since=nan", "?since=-inf")]
+
+
+@pytest.mark.parametrize(("path", "query"), FILTERED_READS)
+def test_a_repeated_or_non_finite_filter_is_refused_not_half_read(gateway: GatewayProcess, path: str, query: str) -> None:
+    """An unknown filter was already a 400; a repeated one kept its last value and `since=nan`
+    matched nothing, both silently, as if the filter had been applied."""
+    admin = {"Authorization": f"Bearer {gateway.token(sub='ops', role='admin', tenant='*')}"}
+    r = httpx.get(gateway.api_url + path + query, headers=admin)
+    assert (r.status_code, error_of(r)["code"]) == (400, "bad_request")
+    assert httpx.get(gateway.api_url + path + "?since=1", headers=admin).status_code == 200

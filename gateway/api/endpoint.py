@@ -14,7 +14,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.sessions import COOKIE, CSRF_HEADER, Sessions
@@ -116,10 +116,13 @@ async def read_body(rt: Runtime, request: Request, limit: int | None = None, set
     """The request body, refused past `limit` (default `max_body`; checked while reading, not after)."""
     cap = rt.config.max_body if limit is None else limit
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise Refusal("body_too_large", f"the body exceeds {setting} ({cap} bytes)")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise Refusal("body_too_large", f"the body exceeds {setting} ({cap} bytes)")
+    except ClientDisconnect:  # a hang-up (or framing broken mid-body) is audited, not a traceback
+        raise Refusal("client_closed", "the client closed the connection before its body was read") from None
     return bytes(body)
 
 

@@ -9,6 +9,7 @@ the pathological case: a depth bomb, a 10^6-digit number, 10^5 form keys.
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from typing import Any
@@ -50,7 +51,7 @@ def decode_json(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise Refusal("malformed_body", "the JSON body is not UTF-8") from None
     try:
-        data = json.loads(text, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant)
+        data = json.loads(text, object_pairs_hook=_unambiguous_object, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise Refusal("malformed_body", f"the JSON body nests deeper than {MAX_DEPTH} levels") from None
     except ValueError as e:
@@ -89,6 +90,15 @@ def _no_constant(name: str) -> Any:
     raise Refusal("malformed_body", f"the body is not valid JSON: {name} is not a number")
 
 
+def _finite(text: str) -> float:
+    """A number past a double's range (`1e999`) reads as Infinity, with Infinity's faults, and no
+    JSON answer can carry it back (a 500 where the API echoes it): refused as Infinity is."""
+    value = float(text)
+    if math.isinf(value):
+        raise Refusal("malformed_body", "the body is not valid JSON: a number is beyond the range of a double")
+    return value
+
+
 def _unambiguous_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose keys are all different, also after NFKC and case folding.
 
@@ -111,6 +121,26 @@ def repeats_a_key(pairs: list[tuple[str, Any]]) -> bool:
             return True
         seen.add(norm)
     return False
+
+
+def refuse_repeated_envelope_key(body: bytes) -> None:
+    """`malformed_body` when the body's outermost JSON object repeats a key (or a look-alike).
+
+    For an API envelope whose inner values another reader takes as they are (a sandbox tool's
+    `input` goes to the tool as pydantic read it): the envelope's own fields must mean one thing,
+    what they hold is not this reader's to judge. Call it on a body already read as one JSON object."""
+    outermost: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        outermost[:] = [pairs]  # objects close innermost first: the outermost is called last
+        return {}
+
+    try:
+        json.loads(body, object_pairs_hook=keep)
+    except (ValueError, RecursionError):
+        raise Refusal("malformed_body", "the body is not valid JSON") from None
+    if outermost and repeats_a_key(outermost[0]):
+        raise Refusal("malformed_body", "the JSON body has the same key twice (or a look-alike of it)")
 
 
 def _depth(value: Any) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
-from gateway.api.endpoint import endpoint, only_params, recent_decisions
+from gateway.api.endpoint import endpoint, only_params, recent_decisions, unix_seconds
 from gateway.api.sessions import Sessions
 from gateway.errors import Refusal
 from gateway.identity.tokens import ALL_TENANTS, Identity
@@ -59,10 +59,7 @@ def agent_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     async def agents(request: Request, call: Call) -> dict[str, Any]:
         assert call.identity is not None
         only_params(request, ("since",))
-        try:
-            since = float(request.query_params.get("since", time.time() - RECENT_AGENTS))
-        except ValueError:
-            raise Refusal("bad_request", "since must be Unix seconds") from None
+        since = unix_seconds(request.query_params["since"]) if "since" in request.query_params else time.time() - RECENT_AGENTS
         rows = with_baselines(rt, recent_agents(await recent_decisions(rt), call.identity), call.identity, since)
         return {"agents": rows, "anomaly": rt.baselines is not None}
 
@@ -84,7 +81,9 @@ def agent_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
 
     return [
         Route("/v1/agents", agents, methods=["GET"]),
-        Route("/v1/agents/{sub}/revoke", revoke, methods=["POST"]),
+        # `path`: a sub may hold "/" (an OIDC subject such as repo:org/repo:ref:...), which the
+        # console sends percent-encoded and the server decodes before routing.
+        Route("/v1/agents/{sub:path}/revoke", revoke, methods=["POST"]),
     ]
 
 

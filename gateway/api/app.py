@@ -128,10 +128,13 @@ def agent_routes(rt: Runtime) -> list[Route]:
 
     @endpoint(rt, admin=False)
     async def sandbox_run(request: Request, call: Call) -> dict[str, Any]:
+        body = await read_body(rt, request)
         try:
-            run = RunRequest.model_validate_json(await read_body(rt, request))
+            run = RunRequest.model_validate_json(body)
         except ValidationError as e:
             raise Refusal("malformed_body", describe(e)) from None
+        # Pydantic keeps the last of two "tool" keys: strict envelope, the input read as before.
+        codecs.refuse_repeated_envelope_key(body)
         started = time.perf_counter()
         try:
             result = await rt.tools.run(call, run, rt.policies.current if rt.policies else None)
@@ -232,8 +235,8 @@ def admin_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
     async def register_tool(request: Request, call: Call) -> dict[str, Any]:
         global_admin(call)
         body = await read_body(rt, request, rt.config.sandbox.max_tool_body, "sandbox.max_tool_body")
-        try:
-            reg = RegisterRequest.model_validate_json(body)
+        try:  # the proxy's strict JSON reader (duplicate keys, NaN, depth): a manifest means one thing
+            reg = RegisterRequest.model_validate(codecs.decode_json(body))
         except ValidationError as e:
             raise Refusal("malformed_body", describe(e)) from None
         call.connector, call.action = "sandbox", "register_tool"

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from connectors import codecs
 from gateway.api.endpoint import read_body, refusal_response, verify_token
 from gateway.api.sessions import COOKIE, CSRF_HEADER, Sessions
 from gateway.errors import DECISION_HEADER, Refusal, StoreUnavailable, describe
@@ -100,7 +101,8 @@ def console_routes(rt: Runtime, sessions: Sessions) -> list[Route]:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise Refusal("bad_request", 'sign in with Content-Type: application/json and {"token": "..."}')
         try:
-            token = SignIn.model_validate_json(await read_body(rt, request, MAX_SIGN_IN_BODY)).token.strip()
+            # The proxy's strict JSON reader: two "token" keys are malformed, never the last one.
+            token = SignIn.model_validate(codecs.decode_json(await read_body(rt, request, MAX_SIGN_IN_BODY))).token.strip()
         except ValidationError as e:
             raise Refusal("malformed_body", describe(e)) from None
         call.identity = await verify_token(rt, token, admin=True, path=request.url.path)

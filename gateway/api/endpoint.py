@@ -10,10 +10,11 @@ nothing at all that the console does not need (`gateway.api.sessions`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.sessions import COOKIE, CSRF_HEADER, Sessions
@@ -100,6 +101,10 @@ def endpoint(
                 log.exception("API handler failed")
                 return refusal_response(Refusal("internal_error", "the gateway failed; nothing was done"), call.decision_id)
             response.headers[DECISION_HEADER] = call.decision_id
+            # Answers hold agents' decisions, approvals and tokens' subjects: never kept by a
+            # browser or a proxy cache (the console's reads use its session), never sniffed as HTML.
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
             return response
 
         return handler
@@ -111,10 +116,13 @@ async def read_body(rt: Runtime, request: Request, limit: int | None = None, set
     """The request body, refused past `limit` (default `max_body`; checked while reading, not after)."""
     cap = rt.config.max_body if limit is None else limit
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise Refusal("body_too_large", f"the body exceeds {setting} ({cap} bytes)")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise Refusal("body_too_large", f"the body exceeds {setting} ({cap} bytes)")
+    except ClientDisconnect:  # a hang-up (or framing broken mid-body) is audited, not a traceback
+        raise Refusal("client_closed", "the client closed the connection before its body was read") from None
     return bytes(body)
 
 
@@ -128,6 +136,19 @@ def only_params(request: Request, allowed: tuple[str, ...] = ()) -> None:
     would otherwise answer with everything, as if it had matched."""
     if set(request.query_params) - set(allowed):
         raise Refusal("bad_request", f"unknown parameter; this endpoint takes {', '.join(allowed) or 'none'}")
+    if len(request.query_params.multi_items()) > len(request.query_params):  # `?sub=a&sub=b` read only b
+        raise Refusal("bad_request", "a parameter is given twice")
+
+
+def unix_seconds(value: str) -> float:
+    """A `since` parameter: a finite number (`nan` matched nothing, silently, and `inf` all or none)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise Refusal("bad_request", "since must be Unix seconds")
+    return seconds
 
 
 def record_filter(request: Request, fields: tuple[str, ...], extra: tuple[str, ...] = ()) -> Callable[[dict[str, Any]], bool]:
@@ -137,10 +158,7 @@ def record_filter(request: Request, fields: tuple[str, ...], extra: tuple[str, .
     params = request.query_params
     only_params(request, (*fields, "since", "limit", *extra))
     equal = {name: params[name] for name in fields if name in params}
-    try:
-        since = float(params["since"]) if "since" in params else None
-    except ValueError:
-        raise Refusal("bad_request", "since must be Unix seconds") from None
+    since = unix_seconds(params["since"]) if "since" in params else None
 
     def wanted(rec: dict[str, Any]) -> bool:
         when = rec.get("time", rec.get("created_at", 0.0))

@@ -22,6 +22,7 @@ from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyser
 from mitmproxy.master import Master
 
 from gateway.api.app import create_app
+from gateway.api.wire import MAX_REQUEST_HEAD, ApiProtocol
 from gateway.config import Config, parse_hostport
 from gateway.errors import ConfigError
 from gateway.proxy import ca
@@ -145,7 +146,10 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
     master.addons.add(*mitmproxy_addons(), *gateway_addons(rt), *([inflight] if worker else []))
     master.options.update(**proxy_options(rt))
     api_host, api_port = parse_hostport(rt.config.api_listen, "api_listen")
+    # h11 always (httptools, if installed, would answer malformed requests in plain text) and no
+    # WebSocket upgrade (the API has no WebSocket route; an upgrade was a bodiless 403).
     api = _ApiServer(uvicorn.Config(create_app(rt), host=api_host, port=api_port, log_level="warning", lifespan="off",
+                                    http=ApiProtocol, ws="none", h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
                                     timeout_graceful_shutdown=max(1, round(rt.config.drain_timeout))))
     loop = asyncio.get_running_loop()
     accepting: list[asyncio.Server] = []

@@ -44,6 +44,28 @@ def test_json_limits() -> None:
         codecs.decode_json(b'"text"')
 
 
+@pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"1" + b"0" * 400 + b".5", b"[2e308]"])
+def test_a_number_beyond_a_double_is_refused(number: bytes) -> None:
+    """It read as Infinity: past every `max`, and a 500 where the API echoes the body back."""
+    with pytest.raises(Refusal, match="beyond the range of a double"):
+        codecs.decode_json(b'{"n": ' + number + b"}")
+
+
+def test_the_extremes_of_a_double_still_read() -> None:
+    body = b'{"max": 1.7976931348623157e308, "tiny": 5e-324, "under": 1e-999, "int": ' + b"9" * 400 + b"}"
+    assert codecs.decode_json(body) == {"max": 1.7976931348623157e308, "tiny": 5e-324, "under": 0.0, "int": int("9" * 400)}
+
+
+@pytest.mark.parametrize("body", [b'{"a": 1, "a": 2}', b'{"model": 1, "\\uff4dodel": 2}', b'{"x": {"k": 1}, "X": 2}'])
+def test_an_envelope_repeating_a_top_level_key_is_refused(body: bytes) -> None:
+    with pytest.raises(Refusal, match="same key twice"):
+        codecs.refuse_repeated_envelope_key(body)
+
+
+def test_an_envelope_leaves_what_its_values_hold_alone() -> None:
+    codecs.refuse_repeated_envelope_key(b'{"input": {"k": 1, "k": 2, "K": [{"a": 1, "a": 2}]}, "tool": "t"}')
+
+
 _names = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
 _values = st.text(min_size=0, max_size=20)
 _forms = st.dictionaries(

@@ -184,10 +184,17 @@
             if (done) break;
             buffer += decoder.decode(value, { stream: true });
             let end;
-            while ((end = buffer.indexOf("\n\n")) >= 0) {
+            let ended = null;
+            while (ended === null && (end = buffer.indexOf("\n\n")) >= 0) {
               const block = buffer.slice(0, end);
               buffer = buffer.slice(end + 2);
-              if (handleEvent(block, onRecord, onState) === "end") return;
+              ended = handleEvent(block, onRecord, onState);
+            }
+            if (ended !== null) {
+              // A stream also ends when the gateway restarts, which signs no one out: the page
+              // signs out only when the server says the session itself is gone.
+              if (await sessionEnded()) { signedOut(`The live feed ended: ${ended}. Sign in again.`); return; }
+              break;
             }
           }
           onState("Live feed closed; reconnecting.");
@@ -212,8 +219,17 @@
     try { payload = JSON.parse(data.join("\n")); } catch (_) { return null; }
     if (name === "decision") onRecord(payload);
     else if (name === "lost") onState(`Live; ${payload.count} records were dropped while this page was behind.`);
-    else if (name === "end") { signedOut(`The live feed ended: ${payload.reason}. Sign in again.`); return "end"; }
+    else if (name === "end") return String(payload.reason);
     return null;
+  }
+
+  async function sessionEnded() {
+    try {
+      const response = await fetch("/console/session", { credentials: "same-origin", cache: "no-store" });
+      return response.status === 401 || response.status === 403;
+    } catch (_) {
+      return false; // the gateway is away (restarting): the retry finds out
+    }
   }
 
   // --- approvals --------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from pathlib import Path
 import brotli
 import pytest
 import requests
-import zstandard
 
 from gateway.pipeline.scrub import REPLACEMENT
 from tests.fakes import PKI, VENDOR_ENV, VENDOR_HOSTS, vendor_settings
@@ -118,8 +117,13 @@ ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "gzip, gzip": lambda b: gzip.compress(gzip.compress(b)),
     "x-gzip": gzip.compress,
     "br": brotli.compress,
-    "zstd": zstandard.ZstdCompressor().compress,
 }
+try:  # a dependency of mitmproxy 11 (Python 3.11) only; with it, the zstd case sends a real frame
+    import zstandard
+
+    ENCODERS["zstd"] = zstandard.ZstdCompressor().compress
+except ModuleNotFoundError:
+    ENCODERS["zstd"] = lambda b: b"\x28\xb5\x2f\xfd" + b  # the refusal reads the header, never the frame
 
 
 @pytest.mark.parametrize("encoding", list(ENCODERS))

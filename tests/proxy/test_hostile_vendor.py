@@ -190,6 +190,40 @@ def test_a_header_named_after_the_credential_is_dropped(gw: GatewayProcess, raw_
     assert _outcome(gw, r)["secrets_scrubbed"] == 1
 
 
+def _spellings(key: str) -> dict[str, str]:
+    """Echoes of the key no plain search finds: upper-cased (a server normalising headers), every
+    character escaped (percent, JSON, HTML references), and escapes mixed with plain characters."""
+    return {
+        "upper": f"BEARER {key.upper()}",
+        "percent": "".join(f"%{b:02X}" for b in key.encode()),
+        "json": "".join(f"\\u{ord(c):04x}" for c in key),
+        "html": "".join(f"&#{ord(c)};" if i % 2 else f"&#x{ord(c):X};" for i, c in enumerate(key)),
+        "mixed": key.replace("-", "&#45;", 1).replace("-", "%2d", 1).replace("-", "\\u002D", 1),
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_echo_spelled_in_another_case_or_escaped_never_reaches_the_agent(gw: GatewayProcess, raw_vendor: RawVendor, stream: bool) -> None:
+    """Before, only whole forms of the key were scrubbed (as is, URL- or JSON-escaped as a whole,
+    base64): `BEARER SK-FAKE-...`, `&#115;&#107;...` or `sk\\u002dfake-...` reached the agent. A
+    stream framed by Content-Length is re-framed chunked: its scrubbed length is not the vendor's
+    (the agent waited for the missing bytes until its own timeout)."""
+
+    def echo(conn: ssl.SSLSocket, head: bytes) -> None:
+        forms = _spellings(_credential(head).split()[-1].decode())
+        body = b"".join(f"{'data: ' if stream else ''}{name}: {form}\n\n".encode() for name, form in forms.items())
+        _send(conn, 200, [("Content-Type", "text/event-stream" if stream else "text/html"), ("X-Echo", forms["upper"])], body)
+
+    raw_vendor.answer = echo
+    r = _call(gw)
+    assert r.status_code == 200
+    for form in _spellings(KEY).values():
+        assert form not in r.text + str(r.headers)
+    assert r.headers["x-echo"] == f"BEARER {REPLACEMENT.decode()}"
+    assert r.text.count(REPLACEMENT.decode()) == 5
+    assert _outcome(gw, r)["secrets_scrubbed"] == 6
+
+
 @pytest.mark.parametrize("informational", [
     b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",

@@ -71,6 +71,11 @@ class Outcome:
             detok = edit or (self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None)
             modify, flow.metadata[SCRUBBED] = scrubber.stream(detok)
             flow.response.stream = stream_function(modify)
+            if "content-length" in flow.response.headers:
+                # An edited stream's length is not the vendor's: framed by its length, the agent
+                # waited for bytes a scrubbed echo no longer had (or lost its end to a longer one).
+                del flow.response.headers["content-length"]
+                flow.response.headers["transfer-encoding"] = "chunked"
 
     async def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)

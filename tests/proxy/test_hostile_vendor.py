@@ -35,10 +35,11 @@ Answer = Callable[[ssl.SSLSocket, bytes], None]  # the connection and the reques
 class RawVendor:
     """Reads one request per connection, hands its head to `answer`, then closes."""
 
-    def __init__(self, pki: PKI) -> None:
+    def __init__(self, pki: PKI, hosts: tuple[str, ...] = VENDOR_HOSTS) -> None:
         self.answer: Answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b"{}")
+        self.bodies: list[bytes] = []  # every request body, as received
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._tls.load_cert_chain(*pki.leaf("raw-vendor", VENDOR_HOSTS))
+        self._tls.load_cert_chain(*pki.leaf("raw-vendor", hosts))
         self._sock = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -65,6 +66,7 @@ class RawVendor:
                 length = next((int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), 0)
                 while len(body) < length:  # read it all: closing on unread bytes would reset the connection
                     body += conn.recv(65536)
+                self.bodies.append(body)
                 self.answer(conn, head)
         except (OSError, ssl.SSLError):
             pass

@@ -178,6 +178,18 @@ def test_a_compression_bomb_is_refused_without_inflating_it(gw: GatewayProcess, 
     assert _call(gw).json() == {"ok": True}
 
 
+def test_an_event_stream_over_the_limit_is_refused_with_its_own_decision_and_reason(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """mitmproxy refuses a Content-Length over max_response_body at the head, after the headers
+    hook made the answer a stream: the agent got an unclaimed page, `the request failed`, whose
+    decision id no record of the call held."""
+    events = b"data: " + b"x" * (MAX_RESPONSE_BODY + 1) + b"\n\n"
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "text/event-stream")], events)
+    r = _call(gw)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert r.json()["error"]["message"] == f"the vendor's response exceeds max_response_body ({MAX_RESPONSE_BODY} bytes)"
+    assert _outcome(gw, r)["code"] == "upstream_failed"
+
+
 def test_a_header_named_after_the_credential_is_dropped(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
     """Header values were scrubbed, names were not: `X-<key>: 1` reached the agent."""
 

@@ -190,6 +190,26 @@ def test_an_event_stream_over_the_limit_is_refused_with_its_own_decision_and_rea
     assert _outcome(gw, r)["code"] == "upstream_failed"
 
 
+def test_chunked_trailers_from_the_vendor_are_a_prompt_json_refusal_never_a_crash(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """mitmproxy 11 raised NotImplementedError on a vendor's trailers: `mitmproxy has crashed!`
+    and a traceback in the log, and an agent talking to a keep-alive vendor waited for the read
+    timeout's 504."""
+    body = b'{"data": []}'
+
+    def trailers(conn: ssl.SSLSocket, head: bytes) -> None:
+        chunked = b"%x\r\n%s\r\n0\r\nX-Checksum: 1\r\n\r\n" % (len(body), body)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n" + chunked)
+        conn.recv(1)  # a keep-alive vendor: the connection stays open until the gateway closes it
+
+    raw_vendor.answer = trailers
+    r = _call(gw)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert _outcome(gw, r)["code"] == "upstream_failed"
+    assert "has crashed" not in gw.log_file.read_text() and "NotImplementedError" not in gw.log_file.read_text()
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"ok": true}')
+    assert _call(gw).json() == {"ok": True}
+
+
 def test_a_header_named_after_the_credential_is_dropped(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
     """Header values were scrubbed, names were not: `X-<key>: 1` reached the agent."""
 

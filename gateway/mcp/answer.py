@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.mcp import jsonrpc
-from gateway.mcp.tools import filter_list
+from gateway.mcp.tools import TooManyTools, filter_list
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,9 @@ class AnswerEditor:
         if ident in self.lists:
             try:
                 return {**msg, "result": filter_list(msg["result"], self.keep)}
+            except TooManyTools as e:
+                log.warning("an MCP server's tool list was refused: %s", e)
+                return jsonrpc.error_answer(ident, jsonrpc.INTERNAL, str(e))
             except Exception as e:  # noqa: BLE001 - out of the hook, mitmproxy would pass the list unfiltered
                 log.error("an MCP server's tool list could not be checked (%s); answered with an error", type(e).__name__)
                 return jsonrpc.error_answer(ident, jsonrpc.INTERNAL, "the MCP server's tool list could not be checked")

@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import ssl
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,6 +58,11 @@ from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 SESSION_HEADER = "mcp-session-id"
+# Server requests refused one by one (audited, answered to the server) per answer; past them, a
+# server flooding requests down one stream has them dropped and counted in the outcome record: it
+# must not make the gateway write a record and send an answer for each.
+MAX_SERVER_REQUESTS_ANSWERED = 16
+SERVER_REQUESTS_REFUSED = "egress.mcp_server_requests"  # flow metadata: how many this answer held
 # Method names the audit may show; any other is the agent's own string and shows as `…`.
 KNOWN_METHODS = jsonrpc.PROTOCOL_METHODS | {
     "notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/roots/list_changed",
@@ -82,6 +88,7 @@ class McpDoor:
         raw = rt.key.private.private_bytes_raw()
         self._digest_key = hashlib.sha256(b"egress-gateway mcp arguments\0" + raw).digest()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._upstream_tls: ssl.SSLContext | None = None  # made once: loading the CA bundle takes ~0.2 s
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or CALL in flow.metadata:
@@ -277,6 +284,11 @@ class McpDoor:
         policies = self.rt.policies.current if self.rt.policies else None
         if method in MCP_SERVER_REQUESTS and may_call(identity, policies, connector.name, method):
             return True
+        refused_here = flow.metadata[SERVER_REQUESTS_REFUSED] = flow.metadata.get(SERVER_REQUESTS_REFUSED, 0) + 1
+        if refused_here > MAX_SERVER_REQUESTS_ANSWERED:
+            carrier: Call = flow.metadata[CALL]
+            carrier.extra["mcp"]["server_requests_dropped"] = refused_here - MAX_SERVER_REQUESTS_ANSWERED
+            return False
         shown = method if method in MCP_SERVER_REQUESTS else "…"
         call = Call(host=open_tunnel.tunnel.host, method="POST", identity=identity, connector=connector.name, action=shown)
         call.extra["mcp"] = {"server": connector.name, "methods": [shown], "direction": "server-to-client"}
@@ -300,7 +312,9 @@ class McpDoor:
             if (value := flow.request.headers.get(name)) is not None:
                 headers[name] = value
         try:
-            async with httpx.AsyncClient(verify=str(self.rt.state.upstream_bundle), timeout=self.rt.config.timeouts.connect) as client:
+            if self._upstream_tls is None:
+                self._upstream_tls = ssl.create_default_context(cafile=str(self.rt.state.upstream_bundle))
+            async with httpx.AsyncClient(verify=self._upstream_tls, timeout=self.rt.config.timeouts.connect) as client:
                 await client.post(
                     f"https://{host}:{port}{connector.endpoint}",
                     content=json.dumps(answer).encode(),

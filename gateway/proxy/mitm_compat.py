@@ -39,8 +39,15 @@
    ClientHello as hex when it could not be parsed. Those lines lose the agent's text
    (`_WithholdAgentText`).
 
-The `MitmCompat` addon installs 1, 3, 5 and 6 when mitmproxy is running and removes 1, 3 and 6
-when it is done (`Master.run` itself puts the task factory back when it returns).
+7. A vendor's chunked trailers. mitmproxy 11's HTTP/1 reader raises `NotImplementedError` on
+   them ("HTTP trailers are not implemented yet"): a traceback in the log, and the agent's call
+   ended by whatever failed next. The vendor's body reader (`Http1Client.body_reader`) is wrapped
+   so that trailers are the protocol error they are to mitmproxy, which it reports as a flow error
+   (answered 502 `upstream_failed`, or the stream cut if it had begun). An agent's trailers are
+   refused at admission (`gateway.proxy.admission`).
+
+The `MitmCompat` addon installs 1, 3, 5, 6 and 7 when mitmproxy is running and removes 1, 3, 6
+and 7 when it is done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
@@ -51,6 +58,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import h11
+from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, ctx
 from mitmproxy import http as mhttp
 from mitmproxy.net.http import http1
@@ -71,7 +80,8 @@ BODY_OVER_LIMIT = "body exceeds mitmproxy's body_size_limit"  # after "Request "
 MAX_CLIENT_HELLO = 64 * 1024
 CLIENT_HELLO_TOO_LARGE = f"ClientHello larger than {MAX_CLIENT_HELLO} bytes"
 CLIENT_TLS_FAILED = "Client TLS handshake failed."  # mitmproxy's log line, naming the SNI or dumping the hello
-MITM_SERVER_LOGGER = "mitmproxy.proxy.server"  # the logger of mitmproxy's connection handlers
+MITM_SERVER_LOGGER = "mitmproxy.proxy.server"
+TRAILERS_UNREAD = "the vendor sent chunked trailers, which the gateway does not read"  # the logger of mitmproxy's connection handlers
 
 
 class _Page(bytes):
@@ -140,11 +150,28 @@ class _WithholdAgentText(logging.Filter):
         return True
 
 
+class _NoTrailers:
+    """Point 7: a vendor's body reader for which trailers are a protocol error."""
+
+    def __init__(self, inner: Callable[[ReceiveBuffer], h11.Data | h11.EndOfMessage | None]) -> None:
+        self.inner = inner
+
+    def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
+        event = self.inner(buf)
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            raise h11.RemoteProtocolError(TRAILERS_UNREAD)
+        return event
+
+    def read_eof(self) -> h11.EndOfMessage:
+        return self.inner.read_eof()  # type: ignore[attr-defined]
+
+
 class MitmCompat:
-    """The addon that installs points 1, 3, 5 and 6 while mitmproxy runs."""
+    """The addon that installs points 1, 3, 5, 6 and 7 while mitmproxy runs."""
 
     def __init__(self, pages: ErrorPages) -> None:
         self.pages = pages
+        self._read_vendor_body = _http1.Http1Client.read_body
         self._make_error_response = _http1.make_error_response
         self._handle_event = _http1.Http1Server._handle_event
         self._receive_hello = tls.ClientTLSLayer.receive_handshake_data
@@ -162,12 +189,20 @@ class MitmCompat:
                 return False, CLIENT_HELLO_TOO_LARGE  # point 6
             return (yield from receive_hello(tls_layer, data))
 
+        def read_vendor_body(conn: _http1.Http1Client, event: events.Event) -> layer.CommandGenerator[None]:
+            if not isinstance(conn.body_reader, _NoTrailers):
+                conn.body_reader = _NoTrailers(conn.body_reader)  # type: ignore[assignment]
+            return read_body(conn, event)
+
+        read_body = self._read_vendor_body
+        _http1.Http1Client.read_body = read_vendor_body  # type: ignore[method-assign, assignment]
         _http1.make_error_response = _marked_page
         _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign, assignment]
         tls.ClientTLSLayer.receive_handshake_data = receive_handshake_data  # type: ignore[method-assign, assignment]
         logging.getLogger(MITM_SERVER_LOGGER).addFilter(self._withhold)
 
     def done(self) -> None:
+        _http1.Http1Client.read_body = self._read_vendor_body  # type: ignore[method-assign]
         _http1.make_error_response = self._make_error_response
         _http1.Http1Server._handle_event = self._handle_event  # type: ignore[method-assign]
         tls.ClientTLSLayer.receive_handshake_data = self._receive_hello  # type: ignore[method-assign]

@@ -71,6 +71,11 @@ class Outcome:
             detok = edit or (self.rt.dlp.sse_stream(call_dlp) if call_dlp and call_dlp.reveal else None)
             modify, flow.metadata[SCRUBBED] = scrubber.stream(detok)
             flow.response.stream = stream_function(modify)
+            if "content-length" in flow.response.headers:
+                # An edited stream's length is not the vendor's: framed by its length, the agent
+                # waited for bytes a scrubbed echo no longer had (or lost its end to a longer one).
+                del flow.response.headers["content-length"]
+                flow.response.headers["transfer-encoding"] = "chunked"
 
     async def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)
@@ -121,8 +126,12 @@ class Outcome:
         self.rt.record_after(rec)
         self._end_span(flow, rec, None)
         # Claim the error page only when mitmproxy will write one: an unused claim would answer
-        # the connection's next failure.
-        if not response_started(flow) and not msg.startswith(CLIENT_GONE):
+        # the connection's next failure. A stream whose Content-Length is over the limit is
+        # refused at its head, after the headers hook made it a stream but before any byte of it
+        # reached the agent: its page is written, and was answered unclaimed (another decision
+        # id than the audit's, and no reason).
+        over_limit = msg.startswith("Response " + BODY_OVER_LIMIT)
+        if (over_limit or not response_started(flow)) and not msg.startswith(CLIENT_GONE):
             self.pages.claim(flow.client_conn.id, call.decision_id, refusal)
         self.tunnels.done(flow)
 

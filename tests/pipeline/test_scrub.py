@@ -3,6 +3,8 @@ and everything else of the stream arrives unchanged."""
 
 from __future__ import annotations
 
+import base64
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,3 +34,57 @@ def test_a_stream_scrubs_every_form_however_it_is_cut(secret: str, before: bytes
 def test_short_values_are_not_scrubbed_and_nothing_configured_changes_nothing() -> None:
     assert Scrubber.of(["abc"]).scrub(b"abc abc") == (b"abc abc", 0)
     assert Scrubber.of([]).scrub(b"sk_live_x") == (b"sk_live_x", 0)
+
+
+def _spell(c: str, how: int) -> str:
+    """One character of a secret as an echo may spell it (how: 0..8)."""
+    return [
+        c, c.upper(), c.lower(), "".join(f"%{b:02X}" for b in c.encode()), "".join(f"%{b:02x}" for b in c.encode()),
+        f"\\u{ord(c):04x}", f"\\u{ord(c):04X}", f"&#{ord(c)};", f"&#x{ord(c):x};",
+    ][how]
+
+
+@given(
+    secret=_secret, before=_text, after=_text, data=st.data(),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+)
+def test_every_spelling_of_every_character_is_scrubbed_however_the_stream_is_cut(
+    secret: str, before: bytes, after: bytes, data: st.DataObject, cuts: list[int]
+) -> None:
+    """Case changes, percent, JSON `\\u` and HTML references, mixed character by character."""
+    hows = data.draw(st.lists(st.integers(min_value=0, max_value=8), min_size=len(secret), max_size=len(secret)))
+    echo = "".join(_spell(c, how) for c, how in zip(secret, hows)).encode()
+    scrubber = Scrubber.of([secret])
+    body = before + b" " + echo + b" " + after
+    whole, n = scrubber.scrub(body)
+    assert n >= 1 and echo not in whole
+    modify, removed = scrubber.stream()
+    points = sorted({min(c, len(body)) for c in cuts})
+    out = b"".join(modify(body[a:b]) for a, b in zip([0, *points], [*points, len(body)]) if b > a) + modify(b"")
+    assert removed() >= 1
+    assert echo not in out and out.count(REPLACEMENT) >= 1
+
+
+def test_named_echoes_of_a_bearer_credential_are_scrubbed() -> None:
+    secret = "sk-fake-openai_key/0002+x"
+    scrubber = Scrubber.of([secret])
+    echoes = [
+        b"Authorization: BEARER SK-FAKE-OPENAI_KEY/0002+X",
+        b"sk&#45;fake&#x2D;openai&lowbar;key&sol;0002&plus;x",
+        b"sk%2Dfake-openai%5fkey%2F0002%2Bx",
+        b'{"echo": "sk\\u002dfake\\u002Dopenai\\u005fkey\\/0002+x"}',
+        base64.urlsafe_b64encode(b"user:" + secret.encode()),
+        base64.urlsafe_b64encode(secret.encode()),
+    ]
+    for echo in echoes:
+        out, n = scrubber.scrub(b"<pre>" + echo + b"</pre>")
+        assert n == 1, echo
+        assert REPLACEMENT in out
+
+
+def test_text_without_a_secret_passes_unchanged_and_flows_without_holding_back() -> None:
+    scrubber = Scrubber.of(["sk-fake-openai-key-0002"])
+    body = b'data: {"text": "sk-fake and %2D and \\u002d, &#45; &amp; SK-FAKE-OPENAI"}\n\n'
+    assert scrubber.scrub(body) == (body, 0)
+    modify, removed = scrubber.stream()
+    assert modify(body) == body and removed() == 0

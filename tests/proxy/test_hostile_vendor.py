@@ -34,10 +34,11 @@ Answer = Callable[[ssl.SSLSocket, bytes], None]  # the connection and the reques
 class RawVendor:
     """Reads one request per connection, hands its head to `answer`, then closes."""
 
-    def __init__(self, pki: PKI) -> None:
+    def __init__(self, pki: PKI, hosts: tuple[str, ...] = VENDOR_HOSTS) -> None:
         self.answer: Answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b"{}")
+        self.bodies: list[bytes] = []  # every request body, as received
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._tls.load_cert_chain(*pki.leaf("raw-vendor", VENDOR_HOSTS))
+        self._tls.load_cert_chain(*pki.leaf("raw-vendor", hosts))
         self._sock = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -64,6 +65,7 @@ class RawVendor:
                 length = next((int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")), 0)
                 while len(body) < length:  # read it all: closing on unread bytes would reset the connection
                     body += conn.recv(65536)
+                self.bodies.append(body)
                 self.answer(conn, head)
         except (OSError, ssl.SSLError):
             pass
@@ -180,6 +182,38 @@ def test_a_compression_bomb_is_refused_without_inflating_it(gw: GatewayProcess, 
     assert _call(gw).json() == {"ok": True}
 
 
+def test_an_event_stream_over_the_limit_is_refused_with_its_own_decision_and_reason(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """mitmproxy refuses a Content-Length over max_response_body at the head, after the headers
+    hook made the answer a stream: the agent got an unclaimed page, `the request failed`, whose
+    decision id no record of the call held."""
+    events = b"data: " + b"x" * (MAX_RESPONSE_BODY + 1) + b"\n\n"
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "text/event-stream")], events)
+    r = _call(gw)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert r.json()["error"]["message"] == f"the vendor's response exceeds max_response_body ({MAX_RESPONSE_BODY} bytes)"
+    assert _outcome(gw, r)["code"] == "upstream_failed"
+
+
+def test_chunked_trailers_from_the_vendor_are_a_prompt_json_refusal_never_a_crash(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
+    """mitmproxy 11 raised NotImplementedError on a vendor's trailers: `mitmproxy has crashed!`
+    and a traceback in the log, and an agent talking to a keep-alive vendor waited for the read
+    timeout's 504."""
+    body = b'{"data": []}'
+
+    def trailers(conn: ssl.SSLSocket, head: bytes) -> None:
+        chunked = b"%x\r\n%s\r\n0\r\nX-Checksum: 1\r\n\r\n" % (len(body), body)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n" + chunked)
+        conn.recv(1)  # a keep-alive vendor: the connection stays open until the gateway closes it
+
+    raw_vendor.answer = trailers
+    r = _call(gw)
+    assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
+    assert _outcome(gw, r)["code"] == "upstream_failed"
+    assert "has crashed" not in gw.log_file.read_text() and "NotImplementedError" not in gw.log_file.read_text()
+    raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"ok": true}')
+    assert _call(gw).json() == {"ok": True}
+
+
 def test_a_header_named_after_the_credential_is_dropped(gw: GatewayProcess, raw_vendor: RawVendor) -> None:
     """Header values were scrubbed, names were not: `X-<key>: 1` reached the agent."""
 
@@ -192,6 +226,40 @@ def test_a_header_named_after_the_credential_is_dropped(gw: GatewayProcess, raw_
     assert (r.status_code, r.headers["x-kept"]) == (200, "yes")
     assert KEY not in str(r.headers)
     assert _outcome(gw, r)["secrets_scrubbed"] == 1
+
+
+def _spellings(key: str) -> dict[str, str]:
+    """Echoes of the key no plain search finds: upper-cased (a server normalising headers), every
+    character escaped (percent, JSON, HTML references), and escapes mixed with plain characters."""
+    return {
+        "upper": f"BEARER {key.upper()}",
+        "percent": "".join(f"%{b:02X}" for b in key.encode()),
+        "json": "".join(f"\\u{ord(c):04x}" for c in key),
+        "html": "".join(f"&#{ord(c)};" if i % 2 else f"&#x{ord(c):X};" for i, c in enumerate(key)),
+        "mixed": key.replace("-", "&#45;", 1).replace("-", "%2d", 1).replace("-", "\\u002D", 1),
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_echo_spelled_in_another_case_or_escaped_never_reaches_the_agent(gw: GatewayProcess, raw_vendor: RawVendor, stream: bool) -> None:
+    """Before, only whole forms of the key were scrubbed (as is, URL- or JSON-escaped as a whole,
+    base64): `BEARER SK-FAKE-...`, `&#115;&#107;...` or `sk\\u002dfake-...` reached the agent. A
+    stream framed by Content-Length is re-framed chunked: its scrubbed length is not the vendor's
+    (the agent waited for the missing bytes until its own timeout)."""
+
+    def echo(conn: ssl.SSLSocket, head: bytes) -> None:
+        forms = _spellings(_credential(head).split()[-1].decode())
+        body = b"".join(f"{'data: ' if stream else ''}{name}: {form}\n\n".encode() for name, form in forms.items())
+        _send(conn, 200, [("Content-Type", "text/event-stream" if stream else "text/html"), ("X-Echo", forms["upper"])], body)
+
+    raw_vendor.answer = echo
+    r = _call(gw)
+    assert r.status_code == 200
+    for form in _spellings(KEY).values():
+        assert form not in r.text + str(r.headers)
+    assert r.headers["x-echo"] == f"BEARER {REPLACEMENT.decode()}"
+    assert r.text.count(REPLACEMENT.decode()) == 5
+    assert _outcome(gw, r)["secrets_scrubbed"] == 6
 
 
 @pytest.mark.parametrize("informational", [

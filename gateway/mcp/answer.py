@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE = re.compile(rb"\r\n|\r|\n")
 _BOM = "\ufeff".encode()
+UNANSWERED = "the MCP server did not answer this request"
 _PASSED_FIELDS = frozenset({b"", b"id", b"event", b"retry"})  # b"": a comment line (":...")
 
 
@@ -97,17 +98,29 @@ class AnswerEditor:
     def body(self, data: bytes) -> bytes:
         """A JSON answer (or the empty body of a 202) edited, with the refusals added. A batch's
         lone forwarded message went on as a single message (servers need not take batches), so
-        its answer is put back in a batch."""
+        its answer is put back in a batch. A JSON answer is the whole answer: a forwarded request
+        it leaves unanswered (no answer, or one dropped above) gets an error, or the client would
+        wait for it until its own timeout."""
         if not data.strip():
-            return jsonrpc.answers_body(self.refusals, self.batch) if self.refusals else data
+            answers = self._unanswered(set()) + self.refusals
+            return jsonrpc.answers_body(answers, self.batch or len(answers) > 1) if answers else data
         try:
             parsed = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             return self._unreadable()
         edited = [m for m in map(self.message, parsed if isinstance(parsed, list) else [parsed]) if m is not None]
-        if self.batch or isinstance(parsed, list):
+        edited += self._unanswered({m.get("id") for m in edited if ("result" in m or "error" in m) and _an_id(m.get("id"))})
+        if self.batch or isinstance(parsed, list) or len(edited) > 1:
             return _dump(edited + self.refusals)
         return _dump(edited[0]) if edited else b""
+
+    def _unanswered(self, answered: set[Any]) -> list[dict[str, Any]]:
+        """An error for each forwarded request no message of the answer answers."""
+        forwarded = self.lists | self.calls | self.others
+        return [
+            jsonrpc.error_answer(i, jsonrpc.INTERNAL, UNANSWERED)
+            for i in sorted(forwarded - answered, key=repr)
+        ]
 
     def _unreadable(self) -> bytes:
         """An answer that is not JSON: what was asked of it cannot be checked, so each request the
@@ -165,6 +178,11 @@ class AnswerEditor:
 
 def _event(msg: dict[str, Any]) -> bytes:
     return b"event: message\ndata: " + _dump(msg) + b"\n\n"
+
+
+def _an_id(value: Any) -> bool:
+    """Whether `value` can be a forwarded request's id (`true` would equal 1 in a set)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 def _dump(value: Any) -> bytes:

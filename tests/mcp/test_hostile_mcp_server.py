@@ -169,3 +169,25 @@ def test_a_flood_of_server_requests_costs_a_bounded_number_of_records_and_answer
     answers = [json.loads(b) for b in server.bodies[posted + 1:]]
     assert len(answers) == 16 and {a["error"]["data"]["code"] for a in answers} == {"policy_denied"}
     assert "could not tell MCP server" not in gw.log_file.read_text()
+
+
+@pytest.mark.parametrize("answer", ["another id", "a float id", "no message", "empty 202"])
+def test_a_json_answer_that_leaves_the_call_unanswered_is_an_error_at_once(gw: GatewayProcess, server: HostileMcp, answer: str) -> None:
+    """A JSON answer is the whole answer: when it answers another id (dropped: the client matches
+    by id, and 1.0 reads as 1 in JavaScript), or nothing, the client would wait for its call until
+    its own timeout. The agent gets a JSON-RPC error for its id instead."""
+    server.methods["tools/list"] = lambda m: {"tools": [_tool("get_balance")]}
+    rpc(gw, "tools/list")
+    wrong: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "another id": lambda m: ("application/json", b'{"jsonrpc":"2.0","id":999,"result":{"content":[]}}'),
+        "a float id": lambda m: ("application/json", b'{"jsonrpc":"2.0","id":4.0,"result":{"content":[]}}'),
+        "no message": lambda m: ("application/json", b'[{"jsonrpc":"2.0","method":"notifications/progress","params":{}}]'),
+        "empty 202": lambda m: ("application/json", b""),
+    }
+    server.methods["tools/call"] = wrong[answer]
+    r = rpc(gw, "tools/call", {"name": "get_balance", "arguments": {}}, ident=4)
+    messages = r.json() if isinstance(r.json(), list) else [r.json()]
+    assert r.status_code == 200
+    assert [m for m in messages if "id" in m] == [
+        {"jsonrpc": "2.0", "id": 4, "error": {"code": -32603, "message": "the MCP server did not answer this request"}}
+    ]

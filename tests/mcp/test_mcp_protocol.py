@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import Refusal
 from gateway.mcp import jsonrpc
-from gateway.mcp.answer import AnswerEditor
+from gateway.mcp.answer import UNANSWERED, AnswerEditor
 from gateway.mcp.store import SESSION_TTL, McpStore, Seen, awaits_admin
 from gateway.mcp.tools import definition_digest, filter_list
 
@@ -164,8 +164,10 @@ def test_batch_refusals_come_first_in_a_stream_and_last_in_a_json_batch() -> Non
     refusal = jsonrpc.error_answer(3, -32003, "no")
     stream = _editor(refusals=[refusal], batch=True).stream()
     assert _messages(stream(b"")) == [refusal]
-    assert json.loads(_editor(refusals=[refusal], batch=True).body(json.dumps(SERVER_EVENTS[3]).encode()))[1] == refusal
-    assert json.loads(_editor(refusals=[refusal], batch=True).body(b"")) == [refusal]  # a 202 becomes the answer
+    assert json.loads(_editor(refusals=[refusal], batch=True).body(json.dumps(SERVER_EVENTS[3]).encode()))[-1] == refusal
+    assert json.loads(AnswerEditor(refusals=[refusal], batch=True).body(b"")) == [refusal]  # a 202 becomes the answer
+    unanswered = [jsonrpc.error_answer(i, jsonrpc.INTERNAL, UNANSWERED) for i in (1, 2)]
+    assert json.loads(_editor(refusals=[refusal], batch=True).body(b"")) == [*unanswered, refusal]  # and answers what went on
 
 
 def test_an_unreadable_answer_to_a_list_is_an_error_never_the_unfiltered_list() -> None:
@@ -189,10 +191,12 @@ def test_an_answer_to_a_request_this_one_did_not_carry_never_passes_unedited() -
     definition changed since its pin (a rug-pull's poisoned description) as if the gateway had
     passed them. Only an answer to a request this POST carried may pass."""
     foreign = {"jsonrpc": "2.0", "id": 7, "result": {"tools": TOOLS}}
-    for editor in (AnswerEditor(calls={2}, keep=lambda t: t["name"] != "delete_customer"), AnswerEditor()):
+    for editor, unanswered in ((AnswerEditor(calls={2}, keep=lambda t: t["name"] != "delete_customer"), [2]), (AnswerEditor(), [])):
         out = editor.stream()(_stream([foreign, SERVER_EVENTS[0]])) + editor.stream()(b"")
         assert _messages(out) == [SERVER_EVENTS[0]]
-        assert json.loads(editor.body(json.dumps([foreign, SERVER_EVENTS[0]]).encode())) == [SERVER_EVENTS[0]]
+        assert json.loads(editor.body(json.dumps([foreign, SERVER_EVENTS[0]]).encode())) == [SERVER_EVENTS[0]] + [
+            jsonrpc.error_answer(i, jsonrpc.INTERNAL, UNANSWERED) for i in unanswered
+        ]
 
 
 def test_a_list_whose_filter_fails_is_an_error_never_the_unfiltered_list() -> None:
@@ -299,8 +303,9 @@ def test_an_answer_whose_id_no_request_carries_never_passes_unedited() -> None:
     TypeScript SDK's JSON.parse) reads 1.0 as 1 and takes the list as the answer to its request."""
     for ident in (b"1.0", b"1e0", b"true", b"null", b"[1]"):
         answer = b'{"jsonrpc":"2.0","id":' + ident + b',"result":{"tools":' + json.dumps(TOOLS).encode() + b"}}"
-        assert _editor().body(answer) == b""
-        assert _editor().body(b"[" + answer + b"]") == b"[]"
+        unanswered = [jsonrpc.error_answer(i, jsonrpc.INTERNAL, UNANSWERED) for i in (1, 2)]
+        assert json.loads(_editor().body(answer)) == unanswered
+        assert json.loads(_editor().body(b"[" + answer + b"]")) == unanswered
         modify = _editor().stream()
         assert modify(b"event: message\ndata: " + answer + b"\n\n") + modify(b"") == b""
 

@@ -50,7 +50,7 @@ from redis.retry import Retry
 
 from gateway.connector_store import AlreadyStored, ConnectorStore, StoredConnector
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
-from gateway.identity.quarantine import Change, Quarantines
+from gateway.identity.quarantine import SCOPES, Change, Quarantines
 from gateway.identity.revocation import POLL_SECONDS, Revocations
 from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, SessionOwners
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
@@ -85,6 +85,36 @@ def _store(what: str) -> Iterator[None]:
         yield
     except (RedisError, OSError) as e:
         raise StateStoreDown(f"the {what} store (Redis) is unavailable: {type(e).__name__}") from None
+
+
+def _entries(raw: Sequence[bytes | str], what: str, valid: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The entries of an append-only list (revocations, quarantines), each checked to be what a
+    gateway writes. One that is not (another program wrote the key) raises `StateStoreDown`, naming
+    its position, never its bytes: skipping it could drop a revocation, and the JSON or key error
+    it used to raise ended the replica's watcher for good, without a word in the log."""
+    rows = []
+    for position, item in enumerate(raw, start=1):
+        try:
+            row = json.loads(item)
+        except ValueError:
+            row = None
+        if not (isinstance(row, dict) and valid(row)):
+            raise StateStoreDown(f"the {what} list in Redis holds an entry no gateway wrote (position {position})")
+        rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _revocation(row: dict[str, Any]) -> bool:
+    return row.get("kind") in ("jti", "sub") and isinstance(row.get("value"), str) and _number(row.get("at"))
+
+
+def _quarantine(row: dict[str, Any]) -> bool:
+    return (row.get("scope") in SCOPES and isinstance(row.get("released"), bool) and _number(row.get("at"))
+            and all(isinstance(row.get(k), str) for k in ("value", "reason", "by")))
 
 
 # --- revocations -----------------------------------------------------------------------------
@@ -124,8 +154,8 @@ class RedisRevocations(Revocations):
         with _store("revocation"):
             length = self._redis.llen(REVOCATIONS)
             if length != self._seen or now - self._full_at > FULL_READ_SECONDS:
-                rows = [json.loads(raw) for raw in self._redis.lrange(REVOCATIONS, 0, -1)]
-                self._merge(rows)
+                raw = self._redis.lrange(REVOCATIONS, 0, -1)
+                self._merge(_entries(raw, "revocation", _revocation))
                 self._full_at = now
         self._confirmed = time.monotonic()
 
@@ -192,8 +222,10 @@ QUARANTINES_AUDITED = PREFIX + "quarantines:audited"  # the ids of changes a gat
 
 class RedisQuarantines(Quarantines):
     """Quarantines as an append-only list beside the revocations: a change's id is its position.
-    Polled like the SQLite table; a Redis that cannot be read leaves what was in force in force
-    (and the revocation store, on the same Redis, refuses every identity after `STALE_SECONDS`)."""
+    Polled like the SQLite table. A list that has not been read for `STALE_SECONDS` refuses every
+    agent (`store_unavailable`), as the revocations do: a quarantine made meanwhile could not be
+    honoured. (Relying on the revocation store alone to refuse was not enough: an entry no gateway
+    wrote stopped this list's reads while the revocations still read fine.)"""
 
     store_errors = (StateStoreDown,)
 
@@ -201,6 +233,7 @@ class RedisQuarantines(Quarantines):
         self._redis = client
         self._active: dict[tuple[str, str], Change] = {}
         self._seen = -1
+        self._confirmed = -math.inf  # monotonic time of the last successful read
         self._lock = threading.Lock()
         try:
             self.refresh()
@@ -220,14 +253,20 @@ class RedisQuarantines(Quarantines):
         with self._lock, _store("quarantine"):
             length = self._redis.llen(QUARANTINES)
             if length == self._seen:
+                self._confirmed = time.monotonic()
                 return []
             raw = self._redis.lrange(QUARANTINES, 0, -1)
-        rows = []
-        for i, item in enumerate(raw, start=1):
-            d = json.loads(item)
-            rows.append((i, d["scope"], d["value"], d["released"], d["reason"], d["by"], d["at"]))
+        rows = [(i, d["scope"], d["value"], d["released"], d["reason"], d["by"], d["at"])
+                for i, d in enumerate(_entries(raw, "quarantine", _quarantine), start=1)]
         with self._lock:
-            return self._load(rows, len(rows))
+            changes = self._load(rows, len(rows))
+        self._confirmed = time.monotonic()
+        return changes
+
+    def hit(self, sub: str, tenant: str | None, connector: str | None = None) -> Change | None:
+        if time.monotonic() - self._confirmed > STALE_SECONDS:
+            raise Refusal("store_unavailable", "the quarantine list cannot be read; agents are refused until it can")
+        return super().hit(sub, tenant, connector)
 
 
 # --- approvals -------------------------------------------------------------------------------

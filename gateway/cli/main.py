@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mcp_commands(sub, open_store=lambda a: open_state(_config(a), _state(a)).mcp, parents=[common])
     policy_cli.add_audit_commands(sub, audit_dir=lambda a: _state(a).root, public_keys=_public_keys, parents=[common])
     sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
-    telemetry_cli.add_commands(sub, state=_state, parents=[common])
+    telemetry_cli.add_commands(sub, state=_state, quarantines=lambda a: open_state(_config(a), _state(a)).quarantine, parents=[common])
     return parser
 
 

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy.certs import CertStore
 from redis import Redis
 
+from gateway.stores import redis_state
 from gateway.stores.redis_state import STALE_SECONDS
 from tests.api.test_sandbox_tools_api import wat_tool
 from tests.chaos import harness
@@ -144,6 +145,38 @@ def test_revoke_on_a_refuses_inside_an_open_tunnel_on_b(fleet: Fleet, vendor: Fa
     with client(fleet.a, token) as fresh:
         assert code_of(fresh.get(BALANCE)) == "407 identity_revoked"
     assert len(vendor.seen()) == 1
+
+
+def test_entries_no_gateway_wrote_refuse_closed_and_service_resumes_once_gone(fleet: Fleet, vendor: FaultVendor) -> None:
+    """Another program writes the shared lists: a foreign revocation entry used to end every
+    replica's revocation watcher (each then refused every identity until restarted), and a foreign
+    quarantine entry ended the quarantine watcher, so a quarantine made after it was never applied.
+    (And `egress-gateway quarantine` wrote the state dir's SQLite file, which no replica on Redis
+    reads: it said "quarantined" and stopped nothing.)"""
+    victim = agent(fleet.a, "payer", sub="quarantined-later")
+    bystander = agent(fleet.a, "payer", sub="bystander")
+    store = Redis(host="127.0.0.1", port=fleet.redis.port, socket_timeout=5)
+    with client(fleet.b, victim) as c_victim, client(fleet.b, bystander) as c_bystander:
+        assert code_of(c_bystander.get(BALANCE)) == "200"
+        for key in (redis_state.REVOCATIONS, redis_state.QUARANTINES):
+            store.rpush(key, b"{not json")
+            try:
+                if key == redis_state.QUARANTINES:  # written, and the CLI says the list cannot be read back
+                    sub = jwt.decode(victim, options={"verify_signature": False})["sub"]
+                    made = fleet.a.cli("quarantine", "--sub", sub, "--reason", "sweep", check=False)
+                    assert made.returncode == 2 and "holds an entry no gateway wrote (position" in made.stderr
+                time.sleep(STALE_SECONDS + 0.5)
+                assert [code_of(c.get(BALANCE)) for c in (c_victim, c_bystander)] == ["503 store_unavailable"] * 2
+            finally:
+                store.execute_command("LREM", key, 0, b"{not json")
+            fleet.wait_ready()
+            time.sleep(0.5)  # a poll of the quarantine list
+            assert code_of(c_bystander.get(BALANCE)) == "200"
+        assert code_of(c_victim.get(BALANCE)) == "403 quarantined"
+    with client(fleet.a, victim) as on_a:
+        assert code_of(on_a.get(BALANCE)) == "403 quarantined"
+    assert len(vendor.seen()) == 3
+    assert "holds an entry no gateway wrote (position" in fleet.b.log_file.read_text()
 
 
 # --- approvals -----------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +64,7 @@ from gateway.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+MAX_LINE = 16 * 1024 * 1024  # no record comes near: a request head, its path included, is at most 64 KiB
 RESERVED = frozenset({"seq", "prev", "hash"})
 SIGNATURE = "signature"
 _TAIL_CHUNK = 64 * 1024
@@ -293,30 +294,54 @@ class VerifyResult:
                 "the gateway is running, crashed, or the records after it were cut")
 
 
+def _lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """The lines of the log, each with whether it ended in a newline (only a torn last line does
+    not), read one at a time: a log of any size verifies in the memory of one line. A line longer
+    than `MAX_LINE` is returned cut there, with no newline, so the caller names it."""
+    with path.open("rb") as f:
+        while raw := f.readline(MAX_LINE + 1):
+            whole = raw.endswith(b"\n")
+            yield (raw[:-1] if whole else raw), whole
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parsed(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The record of one line and its hash as recomputed, or None for a line that is no record:
+    not JSON, NaN or Infinity (which no record can hold: canonical JSON refuses them), or nested
+    past the parser's recursion limit."""
+    try:
+        rec = json.loads(raw, parse_constant=_reject_constant)
+        return (rec, record_hash(rec)) if isinstance(rec, dict) else (None, None)
+    except (ValueError, RecursionError):
+        return None, None
+
+
 def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> VerifyResult:
     """Check the chain and every signature of the log at `path`; stop at the first bad record."""
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
     by_id = {key_id(k): k for k in keys}
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    torn = lines[-1] != b""
-    lines = lines[:-1]
     prev, seq, signed, records, unsigned = GENESIS, 0, 0, 0, 0
+    torn = False
 
     def fail(lineno: int, bad_seq: int | None, error: str) -> VerifyResult:
         return VerifyResult(False, records, seq, signed, unsigned, torn, error, bad_seq, lineno)
 
     closed = False
-    for lineno, raw in enumerate(lines, 1):
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
+    for lineno, (raw, whole) in enumerate(_lines(path), 1):
+        if len(raw) > MAX_LINE:
+            return fail(lineno, seq + 1, f"line {lineno} is longer than {MAX_LINE} bytes: not an audit record")
+        if not whole:
+            torn = True
+            break
+        rec, digest = _parsed(raw)
+        if rec is None:
             return fail(lineno, seq + 1, f"line {lineno} is not a JSON record")
         rseq = rec.get("seq")
         where = f"record seq {rseq} (line {lineno})"
-        if rec.get("hash") != record_hash(rec):
+        if rec.get("hash") != digest:
             return fail(lineno, rseq, f"{where} was changed: its hash does not match its content")
         if rseq != seq + 1:
             return fail(

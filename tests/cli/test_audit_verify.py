@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.log import AuditError, AuditLog, record_hash, verify
+from gateway.audit.log import MAX_LINE, AuditError, AuditLog, record_hash, verify
+from gateway.identity.tokens import load_or_create_key
 from tests.clients import client
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -102,3 +106,62 @@ def test_a_full_disk_at_shutdown_leaves_the_log_unsealed_without_failing_the_shu
     assert "cannot write the closing signature (OSError)" in caplog.text
     with pytest.raises(AuditError, match="closed"):
         log.write({"type": "decision"})
+
+
+def _cli_verify(state: Path, *paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "verify", "--state-dir", str(state), *map(str, paths)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _signed_chain(state: Path, n: int) -> list[bytes]:
+    """A closed chain of `n` records signed with the state dir's key, as lines."""
+    path = state / "seed.jsonl"
+    log = AuditLog(path, load_or_create_key(state / "signing-key.pem").private)
+    for i in range(n):
+        log.write({"type": "decision", "i": i})
+    log.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.unlink()
+    return lines
+
+
+HOSTILE_LINES = {
+    "NaN": b'{"seq": NaN, "hash": "x"}',
+    "Infinity in a field": b'{"seq": 4, "i": -Infinity}',
+    "array nested 100000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "object nested 100000 deep": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+    "not UTF-8": b'{"seq": 4, "sub": "\xff\xfe"}',
+    "binary": bytes(range(256)) * 4,
+    "a list": b"[1, 2, 3]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_LINES))
+def test_a_hostile_line_is_named_without_a_traceback(tmp_path: Path, name: str) -> None:
+    """A NaN (which canonical JSON refuses) or nesting past the parser's limit raised a ValueError
+    or RecursionError out of `audit verify`: a traceback instead of the line's number."""
+    lines = _signed_chain(tmp_path, 2)  # seq 1, 2, then the signature (3)
+    (tmp_path / "audit.jsonl").write_bytes(b"".join(lines) + HOSTILE_LINES[name] + b"\n" + lines[0])
+    done = _cli_verify(tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.endswith("\nFAILED at line 4: line 4 is not a JSON record\n") and "Traceback" not in done.stderr, \
+        done.stderr  # the line before: the state dir's permissions, tightened
+
+
+def test_a_line_of_100_mib_fails_in_the_memory_of_one_line(tmp_path: Path) -> None:
+    """The whole file was read into memory (twice: the bytes and their split): a log of any size,
+    or one line of 100 MiB, cost its size in RAM. Now one line at most, and past MAX_LINE it is named."""
+    path = tmp_path / "audit.jsonl"
+    lines = _signed_chain(tmp_path, 3)
+    with path.open("wb") as f:
+        f.writelines(lines)
+        f.write(b'{"seq": 5, "pad": "' + b"x" * (100 * 2**20) + b'"}\n')
+    tracemalloc.start()
+    try:
+        result = verify(path, load_or_create_key(tmp_path / "signing-key.pem").public)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not result.ok and result.bad_line == 5 and result.records == 3
+    assert result.error == f"line 5 is longer than {MAX_LINE} bytes: not an audit record"
+    assert peak < 3 * MAX_LINE, peak

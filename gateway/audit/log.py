@@ -15,8 +15,9 @@ gateway stopped.
 moved one breaks `seq` or `prev`; a rewritten suffix (hashes recomputed) breaks the next signature.
 Records after the last signature are only hash-chained: truncating them cannot be detected from
 the records alone, which is why the log is signed often; `VerifyResult.unsigned_tail` says how many
-there are (expected while the gateway runs). For a stopped gateway's log, `strict` also demands the
-closing signature: a tail cut after any earlier signature, or a crash, fails it.
+there are (expected while the gateway runs), and more than `SIGN_EVERY` of them fail: the gateway
+never writes more, so they are a chain re-hashed without the key. For a stopped gateway's log,
+`strict` also demands the closing signature: a tail cut after any earlier signature, or a crash, fails it.
 
 Crashes: each record is one `write(2)` of a whole line on an `O_APPEND` descriptor, so after
 SIGKILL the file holds whole records and at most one torn last line. `open` cuts a torn line off
@@ -64,6 +65,7 @@ from gateway.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+SIGN_EVERY = 100  # records between two signatures of the head
 MAX_LINE = 16 * 1024 * 1024  # no record comes near: a request head, its path included, is at most 64 KiB
 RESERVED = frozenset({"seq", "prev", "hash"})
 SIGNATURE = "signature"
@@ -112,7 +114,7 @@ class AuditLog:
         self,
         path: Path,
         signing_key: Ed25519PrivateKey,
-        sign_every: int = 100,
+        sign_every: int = SIGN_EVERY,
         fsync_each_record: bool = False,
         origin: dict[str, str | int] | None = None,
     ) -> None:
@@ -319,8 +321,12 @@ def _parsed(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, None
 
 
-def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> VerifyResult:
-    """Check the chain and every signature of the log at `path`; stop at the first bad record."""
+def verify(
+    path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey], sign_every: int = SIGN_EVERY
+) -> VerifyResult:
+    """Check the chain and every signature of the log at `path`; stop at the first bad record.
+    More than `sign_every` records after a signed head fail too: the gateway never writes more
+    between two signatures, so such a run is a chain rewritten without the key, its signatures left out."""
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
     by_id = {key_id(k): k for k in keys}
     prev, seq, signed, records, unsigned = GENESIS, 0, 0, 0, 0
@@ -359,6 +365,9 @@ def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey
             closed = False
             records += 1
             unsigned += 1
+            if unsigned > sign_every:
+                return fail(lineno, rseq, f"{where}: more than {sign_every} records after the last signed head "
+                            f"(seq {signed}), which the gateway never writes: records were forged or signatures removed")
         prev, seq = rec["hash"], rseq
     return VerifyResult(True, records, seq, signed, unsigned, torn, closed=closed)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.log import MAX_LINE, AuditError, AuditLog, record_hash, verify
+from gateway.audit.log import GENESIS, MAX_LINE, SIGN_EVERY, AuditError, AuditLog, hashed_line, record_hash, verify
 from gateway.identity.tokens import load_or_create_key
 from tests.clients import client
 from tests.fakes import PKI, FakeVendor, vendor_settings
@@ -165,3 +165,36 @@ def test_a_line_of_100_mib_fails_in_the_memory_of_one_line(tmp_path: Path) -> No
     assert not result.ok and result.bad_line == 5 and result.records == 3
     assert result.error == f"line 5 is longer than {MAX_LINE} bytes: not an audit record"
     assert peak < 3 * MAX_LINE, peak
+
+
+def _forged(n: int, start: int = 0, prev: str = GENESIS) -> list[bytes]:
+    """`n` records chained and hashed as the gateway would, by someone without its key."""
+    out = []
+    for i in range(start, start + n):
+        line, prev = hashed_line({"type": "decision", "decision": "allow", "sub": "forger", "seq": i + 1, "prev": prev})
+        out.append(line + b"\n")
+    return out
+
+
+def test_a_chain_rewritten_without_the_key_fails_past_one_signing_interval(tmp_path: Path) -> None:
+    """A whole chain re-hashed without the key, its signatures left out, passed `audit verify`
+    ("records after the last signed head, expected while running"): the gateway never writes more
+    than SIGN_EVERY records between two signatures, so the record after that many is named. The
+    SIGN_EVERY records after a genuine signature are what no chain can tell from a running log's
+    tail (README: `--strict` on a stopped log)."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(_forged(SIGN_EVERY + 50)))
+    done = _cli_verify(tmp_path, path)
+    assert done.returncode == 1 and f"\nFAILED at line {SIGN_EVERY + 1}: " in done.stderr, done.stderr
+    assert f"more than {SIGN_EVERY} records after the last signed head (seq 0)" in done.stderr
+
+    genuine = _signed_chain(tmp_path, 2 * SIGN_EVERY + 30)  # periodic signatures at 101 and 202
+    cut = genuine.index(next(x for x in genuine[::-1] if b'"type":"signature"' in x and b'"closing"' not in x)) + 1
+    head = json.loads(genuine[cut - 1])
+    path.write_bytes(b"".join(genuine[:cut] + _forged(SIGN_EVERY, head["seq"], head["hash"])))
+    assert _cli_verify(tmp_path, path).returncode == 0  # within one interval: only --strict can tell
+    path.write_bytes(b"".join(genuine[:cut] + _forged(SIGN_EVERY + 1, head["seq"], head["hash"])))
+    over = _cli_verify(tmp_path, path)
+    assert over.returncode == 1 and f"line {cut + SIGN_EVERY + 1}: " in over.stderr, over.stderr
+    path.write_bytes(b"".join(genuine))
+    assert "ok: 230 records" in _cli_verify(tmp_path, path).stdout

@@ -238,7 +238,7 @@ class RedisQuarantines(Quarantines):
         try:
             self.refresh()
         except StateStoreDown as e:
-            log.warning("%s at start: quarantines are read when it answers", e)
+            log.warning("%s at start: agents are refused until it answers", e)
 
     def _append(self, scope: str, value: str, release: bool, reason: str, by: str) -> None:
         entry = json.dumps({"scope": scope, "value": value, "released": release, "reason": reason, "by": by, "at": time.time()})

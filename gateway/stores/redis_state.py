@@ -87,6 +87,17 @@ def _store(what: str) -> Iterator[None]:
         raise StateStoreDown(f"the {what} store (Redis) is unavailable: {type(e).__name__}") from None
 
 
+@contextmanager
+def _foreign(what: str) -> Iterator[None]:
+    """Decoding what a gateway wrote: a value that does not decode (another program wrote the key)
+    makes the store one this gateway cannot use (`StateStoreDown`: `store_unavailable`), not an
+    `internal_error` with a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StateStoreDown(f"the {what} store (Redis) holds a value no gateway wrote: {type(e).__name__}") from None
+
+
 def _entries(raw: Sequence[bytes | str], what: str, valid: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
     """The entries of an append-only list (revocations, quarantines), each checked to be what a
     gateway writes. One that is not (another program wrote the key) raises `StateStoreDown`, naming
@@ -385,7 +396,8 @@ class RedisApprovals(ApprovalStore):
     def get(self, approval_id: str) -> Approval | None:
         with _store("approval"):
             raw = self._redis.hgetall(_APPROVAL + approval_id)
-        return self._view(raw) if raw else None
+        with _foreign("approval"):
+            return self._view(raw) if raw else None
 
     def list(self, states: Sequence[str] = ("pending",)) -> list[Approval]:
         with _store("approval"):
@@ -394,7 +406,8 @@ class RedisApprovals(ApprovalStore):
             for i in ids:
                 pipe.hgetall(_APPROVAL + _text(i))
             rows = pipe.execute()
-        found = (self._view(raw) for raw in rows if raw)
+        with _foreign("approval"):
+            found = [self._view(raw) for raw in rows if raw]
         return [a for a in found if a.state in states]
 
     def _decide(self, approval_id: str, by: str, state: str, reason: str | None) -> Approval:
@@ -432,6 +445,14 @@ class RedisApprovals(ApprovalStore):
         return Approval(**values)
 
 
+def _object(raw: bytes | str) -> dict[str, Any]:
+    """One JSON object, as a gateway writes every record: anything else is a `TypeError`."""
+    found = json.loads(raw)
+    if not isinstance(found, dict):
+        raise TypeError("not a JSON object")
+    return found
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -460,7 +481,8 @@ class RedisFeed:
     async def latest(self) -> list[dict[str, Any]]:
         with _store("decisions"):
             raw = await asyncio.to_thread(self._redis.lrange, DECISIONS, 0, self._size - 1)
-        return [json.loads(r) for r in reversed(raw)]
+        with _foreign("decisions"):
+            return [_object(r) for r in reversed(raw)]
 
     async def run(self) -> None:
         while True:
@@ -512,8 +534,9 @@ class RedisToolShelf:
             raw = self._redis.hget(TOOLS, name)
         if raw is None:
             return None
-        entry = json.loads(raw)
-        return entry["manifest"], base64.b64decode(entry["module"])
+        with _foreign("tool"):
+            entry = json.loads(raw)
+            return entry["manifest"], base64.b64decode(entry["module"])
 
 
 # --- MCP pins and sessions -----------------------------------------------------------------------
@@ -608,20 +631,23 @@ class RedisMcpStore(McpStore):
     def state(self, server: str, tool: str) -> Pin | None:
         with _store("MCP"):
             raw = self._redis.hget(MCP_PINS, _pin_field(server, tool))
-        return _pin(server, tool, raw) if raw is not None else None
+        with _foreign("MCP"):
+            return _pin(server, tool, raw) if raw is not None else None
 
     def accept(self, server: str, tool: str) -> Pin | None:
         with _store("MCP"):
             row = self._accept(keys=[MCP_PINS], args=[_pin_field(server, tool), repr(self._clock())])
-        return _pin(server, tool, row) if row is not None else None
+        with _foreign("MCP"):
+            return _pin(server, tool, row) if row is not None else None
 
     def pins(self, server: str | None = None) -> list[Pin]:
         with _store("MCP"):
             rows = self._redis.hgetall(MCP_PINS)
         found = []
-        for field, raw in rows.items():
-            server_name, tool = json.loads(field)
-            found.append(_pin(server_name, tool, raw))
+        with _foreign("MCP"):
+            for field, raw in rows.items():
+                server_name, tool = json.loads(field)
+                found.append(_pin(server_name, tool, raw))
         return sorted((p for p in found if server is None or p.server == server), key=lambda p: (p.server, p.tool))
 
     def remember_schema(self, digest: str, schema: str) -> None:
@@ -636,16 +662,19 @@ class RedisMcpStore(McpStore):
     def _bind(self, id_hash: str, agent: str, server: str) -> tuple[str, float]:
         binding = json.dumps({"agent": agent, "server": server, "at": self._clock()})
         with _store("MCP"):
-            held = json.loads(self._bind_script(keys=[_MCP_SESSION + id_hash], args=[binding, math.ceil(SESSION_TTL * 1000)]))
-        return str(held["agent"]), float(held["at"])
+            held = self._bind_script(keys=[_MCP_SESSION + id_hash], args=[binding, math.ceil(SESSION_TTL * 1000)])
+        with _foreign("MCP"):
+            bound = json.loads(held)
+            return str(bound["agent"]), float(bound["at"])
 
     def _owner(self, id_hash: str) -> tuple[str, float] | None:
         with _store("MCP"):
             held = self._redis.get(_MCP_SESSION + id_hash)
         if held is None:
             return None
-        binding = json.loads(held)
-        return str(binding["agent"]), float(binding["at"])
+        with _foreign("MCP"):
+            binding = json.loads(held)
+            return str(binding["agent"]), float(binding["at"])
 
 
 def _pin_field(server: str, tool: str) -> str:

@@ -179,6 +179,39 @@ def test_entries_no_gateway_wrote_refuse_closed_and_service_resumes_once_gone(fl
     assert "holds an entry no gateway wrote (position" in fleet.b.log_file.read_text()
 
 
+def test_values_no_gateway_wrote_are_store_unavailable_not_internal_error(fleet: Fleet, vendor: FaultVendor) -> None:
+    """An approval, a decision or an MCP pin that does not decode (another program wrote the key)
+    answered 500 `internal_error` with a traceback in the log; the store cannot be used, which is
+    503 `store_unavailable` (README: what the API answers for a store it cannot use), and nothing is sent."""
+    token = agent(fleet.a, "approvee", sub="foreign-approval")
+    store = Redis(host="127.0.0.1", port=fleet.redis.port, socket_timeout=5)
+    planted = {"approval": redis_state.PREFIX + "apr:apr_foreign", "decision": redis_state.DECISIONS,
+               "pin": redis_state.MCP_PINS}
+    store.hset(planted["approval"], mapping={"state": "approved", "summary": "{not json"})
+    store.zadd(redis_state.PREFIX + "apr:index", {"apr_foreign": time.time()})
+    store.lpush(planted["decision"], b"[1, 2]")
+    store.hset(planted["pin"], '["server", "tool"]', "{not json")
+    try:
+        with client(fleet.b, token) as c:
+            used = c.post(PAY, data={"amount": "500", "currency": "usd"}, headers={"X-Egress-Approval": "apr_foreign"})
+        answers = [
+            code_of(used),
+            code_of(httpx.get(f"{fleet.a.api_url}/v1/approvals/apr_foreign", headers={"Authorization": f"Bearer {token}"},
+                              timeout=20)),
+            code_of(admin_get(fleet.b, "/v1/approvals?state=all")),
+            code_of(admin_get(fleet.a, "/v1/decisions")),
+            code_of(admin_get(fleet.b, "/v1/mcp/pins")),
+        ]
+    finally:
+        store.delete(planted["approval"], planted["pin"])
+        store.zrem(redis_state.PREFIX + "apr:index", "apr_foreign")
+        store.execute_command("LREM", planted["decision"], 0, b"[1, 2]")
+    assert answers == ["503 store_unavailable"] * 5
+    assert len(vendor.seen()) == 0
+    assert code_of(admin_get(fleet.a, "/v1/decisions")) == "200"
+    assert "Traceback" not in fleet.a.log_file.read_text() + fleet.b.log_file.read_text()
+
+
 # --- approvals -----------------------------------------------------------------------------------
 
 

@@ -138,6 +138,7 @@ class AuditLog:
         self._seq = int(last["seq"]) if last else 0
         self._prev = str(last["hash"]) if last else GENESIS
         self._unsigned = 0
+        self._deleted = False
         if last is not None and last.get("type") != SIGNATURE:
             self._sign()
 
@@ -153,6 +154,14 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise AuditError("audit log is closed")
+            if os.fstat(self._fd).st_nlink == 0:
+                # Deleted under the running gateway (a log rotation that removes instead of renaming):
+                # records would go to a file no one can read. A renamed file is still written.
+                if not self._deleted:
+                    log.error("audit log %s was deleted while the gateway runs: every call is refused until "
+                              "it is restarted", self.path)
+                self._deleted = True
+                raise AuditError(f"{self.path} was deleted")
             body = {"ts": _now(), **record, **self._origin}
             self._append(body)
             if self.fsync_each_record:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.log import GENESIS, MAX_LINE, SIGN_EVERY, AuditError, AuditLog, hashed_line, record_hash, verify
 from gateway.identity.tokens import load_or_create_key
-from tests.clients import client
+from tests.clients import client, error_of
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
 
@@ -198,3 +198,22 @@ def test_a_chain_rewritten_without_the_key_fails_past_one_signing_interval(tmp_p
     assert over.returncode == 1 and f"line {cut + SIGN_EVERY + 1}: " in over.stderr, over.stderr
     path.write_bytes(b"".join(genuine))
     assert "ok: 230 records" in _cli_verify(tmp_path, path).stdout
+
+
+def test_a_log_deleted_under_the_running_gateway_refuses_every_call(make_gateway, pki: PKI, vendor: FakeVendor) -> None:  # type: ignore[no-untyped-def]
+    """A rotation that deletes the file (instead of renaming it) left the gateway writing its
+    records into a deleted file: every call let out, its records lost, nothing logged. A renamed
+    log is still written (its records are kept), a deleted one refuses until a restart."""
+    gw: GatewayProcess = make_gateway(vendor_settings(pki, vendor))
+    with client(gw, gw.token(scopes=("stripe:retrieve_balance",))) as c:
+        assert c.get("https://api.stripe.com/v1/balance").status_code == 200
+        rotated = gw.state_dir / "rotated.jsonl"
+        gw.audit_file.rename(rotated)
+        kept = c.get("https://api.stripe.com/v1/balance")
+        assert kept.status_code == 200 and kept.headers["x-egress-decision-id"].encode() in rotated.read_bytes()
+        rotated.unlink()
+        sent = len(vendor.received)
+        refused = [c.get("https://api.stripe.com/v1/balance") for _ in range(3)]
+        assert [(r.status_code, error_of(r)["code"]) for r in refused] == [(503, "store_unavailable")] * 3
+        assert len(vendor.received) == sent
+    assert gw.log_file.read_text().count("was deleted while the gateway runs") == 1

@@ -7,9 +7,13 @@ import json
 import socket
 import subprocess
 import sys
+import time
+import uuid
 
+import jwt
 import pytest
 
+from gateway.identity.tokens import AUDIENCE, ISSUER, load_or_create_key
 from tests.clients import client
 from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess, free_port
@@ -55,6 +59,16 @@ def test_a_busy_port_is_one_line_naming_the_setting(tmp_path) -> None:
 FORGED = "2026-01-01 00:00:00,000 INFO gateway.access: dec_forged decision allow - stripe.create_payment_intent sub=ops"
 
 
+def _signed(gw: GatewayProcess, sub: str, tenant: str) -> str:
+    """A token the gateway's key signed, with names `token issue` now refuses: one issued before that
+    check, or by another tool holding the key, verifies all the same."""
+    key = load_or_create_key(gw.state_dir / "signing-key.pem")
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "tenant": tenant, "role": "finance", "scopes": ["stripe:*"],
+              "iat": now, "nbf": now, "exp": now + 600, "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+
+
 def test_no_string_in_a_token_can_forge_or_colour_a_log_line(make_gateway, pki: PKI, vendor: FakeVendor) -> None:  # type: ignore[no-untyped-def]
     """A token's sub and tenant were written into the plain access line as they were: a newline in
     one forged a whole line, an ANSI escape coloured the operator's terminal, U+2028 and U+202E
@@ -64,7 +78,7 @@ def test_no_string_in_a_token_can_forge_or_colour_a_log_line(make_gateway, pki: 
     hostile = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\x00": "\\x00", "\x7f": "\\x7f", "\x85": "\\x85",
                "\u2028": "\\u2028", "\u202e": "\\u202e"}
     for char in hostile:
-        token = gw.token(sub=f"agent{char}{FORGED}", tenant=f"t{char}x", scopes=("stripe:*",))
+        token = _signed(gw, sub=f"agent{char}{FORGED}", tenant=f"t{char}x")
         with client(gw, token) as c:
             assert c.get("https://api.stripe.com/v1/balance").status_code == 200
     gw.stop()

@@ -245,6 +245,8 @@ def _recover(fd: int, path: Path) -> dict[str, Any] | None:
         begin = buf.rfind(b"\n", 0, end) if end >= 0 else -1
         if begin >= 0 or pos == 0:
             break
+        if size - pos > MAX_LINE + _TAIL_CHUNK:  # each chunk copied the buffer: a huge last line was quadratic
+            raise AuditError(f"{path}: the last line is longer than {MAX_LINE} bytes, not an audit record; rotate the file")
     whole = pos + end + 1 if end >= 0 else 0
     if whole < size:
         log.warning("audit log %s: cutting off a torn last line (%d bytes)", path, size - whole)

@@ -94,6 +94,11 @@ def open_routes(rt: Runtime) -> list[Route]:
             rt.revocations.refresh()
         except Exception:  # noqa: BLE001 - any failure of the store means not ready, never a crash
             return JSONResponse({"status": "unavailable", "store": "revocations", "attestation": attestation}, status_code=503)
+        try:  # a fleet's quarantine list unread for long refuses every agent, as the revocations do
+            for change in rt.quarantine.refresh():
+                rt.quarantine_changed(change)
+        except Exception:  # noqa: BLE001 - as above
+            return JSONResponse({"status": "unavailable", "store": "quarantine", "attestation": attestation}, status_code=503)
         if missing := rt.credentials_not_ready():  # reasons name the reference, never a value
             return JSONResponse({"status": "unavailable", "connectors": missing, "attestation": attestation}, status_code=503)
         return JSONResponse({"status": "ready", "attestation": attestation})

@@ -15,8 +15,9 @@ gateway stopped.
 moved one breaks `seq` or `prev`; a rewritten suffix (hashes recomputed) breaks the next signature.
 Records after the last signature are only hash-chained: truncating them cannot be detected from
 the records alone, which is why the log is signed often; `VerifyResult.unsigned_tail` says how many
-there are (expected while the gateway runs). For a stopped gateway's log, `strict` also demands the
-closing signature: a tail cut after any earlier signature, or a crash, fails it.
+there are (expected while the gateway runs), and more than `SIGN_EVERY` of them fail: the gateway
+never writes more, so they are a chain re-hashed without the key. For a stopped gateway's log,
+`strict` also demands the closing signature: a tail cut after any earlier signature, or a crash, fails it.
 
 Crashes: each record is one `write(2)` of a whole line on an `O_APPEND` descriptor, so after
 SIGKILL the file holds whole records and at most one torn last line. `open` cuts a torn line off
@@ -49,7 +50,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,8 @@ from gateway.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+SIGN_EVERY = 100  # records between two signatures of the head
+MAX_LINE = 16 * 1024 * 1024  # no record comes near: a request head, its path included, is at most 64 KiB
 RESERVED = frozenset({"seq", "prev", "hash"})
 SIGNATURE = "signature"
 _TAIL_CHUNK = 64 * 1024
@@ -111,7 +114,7 @@ class AuditLog:
         self,
         path: Path,
         signing_key: Ed25519PrivateKey,
-        sign_every: int = 100,
+        sign_every: int = SIGN_EVERY,
         fsync_each_record: bool = False,
         origin: dict[str, str | int] | None = None,
     ) -> None:
@@ -135,6 +138,7 @@ class AuditLog:
         self._seq = int(last["seq"]) if last else 0
         self._prev = str(last["hash"]) if last else GENESIS
         self._unsigned = 0
+        self._deleted = False
         if last is not None and last.get("type") != SIGNATURE:
             self._sign()
 
@@ -150,6 +154,14 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 raise AuditError("audit log is closed")
+            if os.fstat(self._fd).st_nlink == 0:
+                # Deleted under the running gateway (a log rotation that removes instead of renaming):
+                # records would go to a file no one can read. A renamed file is still written.
+                if not self._deleted:
+                    log.error("audit log %s was deleted while the gateway runs: every call is refused until "
+                              "it is restarted", self.path)
+                self._deleted = True
+                raise AuditError(f"{self.path} was deleted")
             body = {"ts": _now(), **record, **self._origin}
             self._append(body)
             if self.fsync_each_record:
@@ -233,6 +245,8 @@ def _recover(fd: int, path: Path) -> dict[str, Any] | None:
         begin = buf.rfind(b"\n", 0, end) if end >= 0 else -1
         if begin >= 0 or pos == 0:
             break
+        if size - pos > MAX_LINE + _TAIL_CHUNK:  # each chunk copied the buffer: a huge last line was quadratic
+            raise AuditError(f"{path}: the last line is longer than {MAX_LINE} bytes, not an audit record; rotate the file")
     whole = pos + end + 1 if end >= 0 else 0
     if whole < size:
         log.warning("audit log %s: cutting off a torn last line (%d bytes)", path, size - whole)
@@ -293,30 +307,58 @@ class VerifyResult:
                 "the gateway is running, crashed, or the records after it were cut")
 
 
-def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey]) -> VerifyResult:
-    """Check the chain and every signature of the log at `path`; stop at the first bad record."""
+def _lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """The lines of the log, each with whether it ended in a newline (only a torn last line does
+    not), read one at a time: a log of any size verifies in the memory of one line. A line longer
+    than `MAX_LINE` is returned cut there, with no newline, so the caller names it."""
+    with path.open("rb") as f:
+        while raw := f.readline(MAX_LINE + 1):
+            whole = raw.endswith(b"\n")
+            yield (raw[:-1] if whole else raw), whole
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parsed(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The record of one line and its hash as recomputed, or None for a line that is no record:
+    not JSON, NaN or Infinity (which no record can hold: canonical JSON refuses them), or nested
+    past the parser's recursion limit."""
+    try:
+        rec = json.loads(raw, parse_constant=_reject_constant)
+        return (rec, record_hash(rec)) if isinstance(rec, dict) else (None, None)
+    except (ValueError, RecursionError):
+        return None, None
+
+
+def verify(
+    path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey], sign_every: int = SIGN_EVERY
+) -> VerifyResult:
+    """Check the chain and every signature of the log at `path`; stop at the first bad record.
+    More than `sign_every` records after a signed head fail too: the gateway never writes more
+    between two signatures, so such a run is a chain rewritten without the key, its signatures left out."""
     keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
     by_id = {key_id(k): k for k in keys}
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    torn = lines[-1] != b""
-    lines = lines[:-1]
     prev, seq, signed, records, unsigned = GENESIS, 0, 0, 0, 0
+    torn = False
 
     def fail(lineno: int, bad_seq: int | None, error: str) -> VerifyResult:
         return VerifyResult(False, records, seq, signed, unsigned, torn, error, bad_seq, lineno)
 
     closed = False
-    for lineno, raw in enumerate(lines, 1):
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
+    for lineno, (raw, whole) in enumerate(_lines(path), 1):
+        if len(raw) > MAX_LINE:
+            return fail(lineno, seq + 1, f"line {lineno} is longer than {MAX_LINE} bytes: not an audit record")
+        if not whole:
+            torn = True
+            break
+        rec, digest = _parsed(raw)
+        if rec is None:
             return fail(lineno, seq + 1, f"line {lineno} is not a JSON record")
         rseq = rec.get("seq")
         where = f"record seq {rseq} (line {lineno})"
-        if rec.get("hash") != record_hash(rec):
+        if rec.get("hash") != digest:
             return fail(lineno, rseq, f"{where} was changed: its hash does not match its content")
         if rseq != seq + 1:
             return fail(
@@ -334,6 +376,9 @@ def verify(path: Path, public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey
             closed = False
             records += 1
             unsigned += 1
+            if unsigned > sign_every:
+                return fail(lineno, rseq, f"{where}: more than {sign_every} records after the last signed head "
+                            f"(seq {signed}), which the gateway never writes: records were forged or signatures removed")
         prev, seq = rec["hash"], rseq
     return VerifyResult(True, records, seq, signed, unsigned, torn, closed=closed)
 

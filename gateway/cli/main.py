@@ -104,6 +104,22 @@ def _lookup(args: argparse.Namespace) -> ConnectorLookup:
     return _registry(args).get
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Every character of a log line that is not printable is escaped (`\\n`, `\\x1b`, `\\u2028`):
+    a line holds strings from agents (a token's sub and tenant, a tool's name), and a newline in one
+    forged a whole line, an ANSI escape coloured the operator's terminal, a right-to-left override
+    reversed the line. A traceback is appended after, on lines of its own, as before."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if line.isprintable() else "".join(c if c.isprintable() else _escaped(c) for c in line)
+
+
+def _escaped(char: str) -> str:
+    """`char` as a Python string literal writes it: `\\n`, `\\x1b`, `\\u2028`."""
+    return char.encode("unicode_escape").decode("ascii")
+
+
 def _log_to_stderr(line_format: str) -> None:
     """Log lines on stderr. The gateway's loggers have the handler themselves and stop there: on
     the root logger mitmproxy turns each record into a hook event for every addon, woken through
@@ -112,7 +128,7 @@ def _log_to_stderr(line_format: str) -> None:
     logging._srcfile = None  # the logging HOWTO's "Optimization": no stack walk per record
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(line_format))
+    handler.setFormatter(_OneLineFormatter(line_format))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     ours = logging.getLogger("gateway")
     ours.addHandler(handler)
@@ -324,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mcp_commands(sub, open_store=lambda a: open_state(_config(a), _state(a)).mcp, parents=[common])
     policy_cli.add_audit_commands(sub, audit_dir=lambda a: _state(a).root, public_keys=_public_keys, parents=[common])
     sandbox_cli.add_commands(sub, config=_config, state=_state, parents=[common])
-    telemetry_cli.add_commands(sub, state=_state, parents=[common])
+    telemetry_cli.add_commands(sub, state=_state, quarantines=lambda a: open_state(_config(a), _state(a)).quarantine, parents=[common])
     return parser
 
 

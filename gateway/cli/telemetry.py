@@ -21,8 +21,15 @@ from gateway.telemetry.baseline import BaselineFile
 
 
 def add_commands(
-    subparsers: Any, *, state: Callable[[argparse.Namespace], StateDir], parents: Sequence[argparse.ArgumentParser] = ()
+    subparsers: Any,
+    *,
+    state: Callable[[argparse.Namespace], StateDir],
+    quarantines: Callable[[argparse.Namespace], Quarantines],
+    parents: Sequence[argparse.ArgumentParser] = (),
 ) -> None:
+    """`quarantines` is the running gateway's store (`stores.state`): the state dir's SQLite file
+    was written even with the state on Redis, where no replica reads it (the kill switch said
+    "quarantined" and stopped nothing)."""
     quarantine = subparsers.add_parser(
         "quarantine", parents=list(parents), help="stop (or --release) an agent, a tenant, a connector or everything"
     )
@@ -33,7 +40,7 @@ def add_commands(
     which.add_argument("--all", action="store_true", help="every agent call through this gateway (kill switch)")
     quarantine.add_argument("--release", action="store_true", help="lift the quarantine instead")
     quarantine.add_argument("--reason", required=True, help="why (recorded and audited)")
-    quarantine.set_defaults(func=lambda args: cmd_quarantine(args, state(args)))
+    quarantine.set_defaults(func=lambda args: cmd_quarantine(args, quarantines(args)))
 
     baseline = subparsers.add_parser("baseline", help="agents' behaviour baselines (anomaly:)")
     commands = baseline.add_subparsers(dest="baseline_command", required=True)
@@ -45,11 +52,11 @@ def add_commands(
         cmd.set_defaults(func=lambda args: cmd_baseline(args, state(args)))
 
 
-def cmd_quarantine(args: argparse.Namespace, state_dir: StateDir) -> int:
+def cmd_quarantine(args: argparse.Namespace, store: Quarantines) -> int:
     scope, value = next((s, v) for s, v in (("sub", args.sub), ("tenant", args.tenant), ("connector", args.connector),
                                             ("all", "*" if args.all else None)) if v is not None)
     try:
-        changes = Quarantines(state_dir.revocations).set(scope, value, release=args.release, reason=args.reason, by="cli")
+        changes = store.set(scope, value, release=args.release, reason=args.reason, by="cli")
     except (ValueError, sqlite3.Error) as e:
         raise CliError(str(e)) from None
     print(f"{'released' if args.release else 'quarantined'} {changes[-1].describe()}")

@@ -74,7 +74,7 @@ def summarise(lines: Iterable[bytes]) -> Report:
             continue
         try:
             rec = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's limit
             skipped += 1
             continue
         if not isinstance(rec, dict):

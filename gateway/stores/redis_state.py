@@ -50,7 +50,7 @@ from redis.retry import Retry
 
 from gateway.connector_store import AlreadyStored, ConnectorStore, StoredConnector
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
-from gateway.identity.quarantine import Change, Quarantines
+from gateway.identity.quarantine import SCOPES, Change, Quarantines
 from gateway.identity.revocation import POLL_SECONDS, Revocations
 from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, SessionOwners
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
@@ -85,6 +85,47 @@ def _store(what: str) -> Iterator[None]:
         yield
     except (RedisError, OSError) as e:
         raise StateStoreDown(f"the {what} store (Redis) is unavailable: {type(e).__name__}") from None
+
+
+@contextmanager
+def _foreign(what: str) -> Iterator[None]:
+    """Decoding what a gateway wrote: a value that does not decode (another program wrote the key)
+    makes the store one this gateway cannot use (`StateStoreDown`: `store_unavailable`), not an
+    `internal_error` with a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StateStoreDown(f"the {what} store (Redis) holds a value no gateway wrote: {type(e).__name__}") from None
+
+
+def _entries(raw: Sequence[bytes | str], what: str, valid: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The entries of an append-only list (revocations, quarantines), each checked to be what a
+    gateway writes. One that is not (another program wrote the key) raises `StateStoreDown`, naming
+    its position, never its bytes: skipping it could drop a revocation, and the JSON or key error
+    it used to raise ended the replica's watcher for good, without a word in the log."""
+    rows = []
+    for position, item in enumerate(raw, start=1):
+        try:
+            row = json.loads(item)
+        except ValueError:
+            row = None
+        if not (isinstance(row, dict) and valid(row)):
+            raise StateStoreDown(f"the {what} list in Redis holds an entry no gateway wrote (position {position})")
+        rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _revocation(row: dict[str, Any]) -> bool:
+    return row.get("kind") in ("jti", "sub") and isinstance(row.get("value"), str) and _number(row.get("at"))
+
+
+def _quarantine(row: dict[str, Any]) -> bool:
+    return (row.get("scope") in SCOPES and isinstance(row.get("released"), bool) and _number(row.get("at"))
+            and all(isinstance(row.get(k), str) for k in ("value", "reason", "by")))
 
 
 # --- revocations -----------------------------------------------------------------------------
@@ -124,8 +165,8 @@ class RedisRevocations(Revocations):
         with _store("revocation"):
             length = self._redis.llen(REVOCATIONS)
             if length != self._seen or now - self._full_at > FULL_READ_SECONDS:
-                rows = [json.loads(raw) for raw in self._redis.lrange(REVOCATIONS, 0, -1)]
-                self._merge(rows)
+                raw = self._redis.lrange(REVOCATIONS, 0, -1)
+                self._merge(_entries(raw, "revocation", _revocation))
                 self._full_at = now
         self._confirmed = time.monotonic()
 
@@ -192,8 +233,10 @@ QUARANTINES_AUDITED = PREFIX + "quarantines:audited"  # the ids of changes a gat
 
 class RedisQuarantines(Quarantines):
     """Quarantines as an append-only list beside the revocations: a change's id is its position.
-    Polled like the SQLite table; a Redis that cannot be read leaves what was in force in force
-    (and the revocation store, on the same Redis, refuses every identity after `STALE_SECONDS`)."""
+    Polled like the SQLite table. A list that has not been read for `STALE_SECONDS` refuses every
+    agent (`store_unavailable`), as the revocations do: a quarantine made meanwhile could not be
+    honoured. (Relying on the revocation store alone to refuse was not enough: an entry no gateway
+    wrote stopped this list's reads while the revocations still read fine.)"""
 
     store_errors = (StateStoreDown,)
 
@@ -201,11 +244,12 @@ class RedisQuarantines(Quarantines):
         self._redis = client
         self._active: dict[tuple[str, str], Change] = {}
         self._seen = -1
+        self._confirmed = -math.inf  # monotonic time of the last successful read
         self._lock = threading.Lock()
         try:
             self.refresh()
         except StateStoreDown as e:
-            log.warning("%s at start: quarantines are read when it answers", e)
+            log.warning("%s at start: agents are refused until it answers", e)
 
     def _append(self, scope: str, value: str, release: bool, reason: str, by: str) -> None:
         entry = json.dumps({"scope": scope, "value": value, "released": release, "reason": reason, "by": by, "at": time.time()})
@@ -220,14 +264,20 @@ class RedisQuarantines(Quarantines):
         with self._lock, _store("quarantine"):
             length = self._redis.llen(QUARANTINES)
             if length == self._seen:
+                self._confirmed = time.monotonic()
                 return []
             raw = self._redis.lrange(QUARANTINES, 0, -1)
-        rows = []
-        for i, item in enumerate(raw, start=1):
-            d = json.loads(item)
-            rows.append((i, d["scope"], d["value"], d["released"], d["reason"], d["by"], d["at"]))
+        rows = [(i, d["scope"], d["value"], d["released"], d["reason"], d["by"], d["at"])
+                for i, d in enumerate(_entries(raw, "quarantine", _quarantine), start=1)]
         with self._lock:
-            return self._load(rows, len(rows))
+            changes = self._load(rows, len(rows))
+        self._confirmed = time.monotonic()
+        return changes
+
+    def hit(self, sub: str, tenant: str | None, connector: str | None = None) -> Change | None:
+        if time.monotonic() - self._confirmed > STALE_SECONDS:
+            raise Refusal("store_unavailable", "the quarantine list cannot be read; agents are refused until it can")
+        return super().hit(sub, tenant, connector)
 
 
 # --- approvals -------------------------------------------------------------------------------
@@ -358,7 +408,8 @@ class RedisApprovals(ApprovalStore):
     def get(self, approval_id: str) -> Approval | None:
         with _store("approval"):
             raw = self._redis.hgetall(_APPROVAL + approval_id)
-        return self._view(raw) if raw else None
+        with _foreign("approval"):
+            return self._view(raw) if raw else None
 
     def list(self, states: Sequence[str] = ("pending",)) -> list[Approval]:
         with _store("approval"):
@@ -367,7 +418,8 @@ class RedisApprovals(ApprovalStore):
             for i in ids:
                 pipe.hgetall(_APPROVAL + _text(i))
             rows = pipe.execute()
-        found = (self._view(raw) for raw in rows if raw)
+        with _foreign("approval"):
+            found = [self._view(raw) for raw in rows if raw]
         return [a for a in found if a.state in states]
 
     def _decide(self, approval_id: str, by: str, state: str, reason: str | None) -> Approval:
@@ -412,6 +464,14 @@ class RedisApprovals(ApprovalStore):
         return Approval(**values)
 
 
+def _object(raw: bytes | str) -> dict[str, Any]:
+    """One JSON object, as a gateway writes every record: anything else is a `TypeError`."""
+    found = json.loads(raw)
+    if not isinstance(found, dict):
+        raise TypeError("not a JSON object")
+    return found
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -440,7 +500,8 @@ class RedisFeed:
     async def latest(self) -> list[dict[str, Any]]:
         with _store("decisions"):
             raw = await asyncio.to_thread(self._redis.lrange, DECISIONS, 0, self._size - 1)
-        return [json.loads(r) for r in reversed(raw)]
+        with _foreign("decisions"):
+            return [_object(r) for r in reversed(raw)]
 
     async def run(self) -> None:
         while True:
@@ -492,8 +553,9 @@ class RedisToolShelf:
             raw = self._redis.hget(TOOLS, name)
         if raw is None:
             return None
-        entry = json.loads(raw)
-        return entry["manifest"], base64.b64decode(entry["module"])
+        with _foreign("tool"):
+            entry = json.loads(raw)
+            return entry["manifest"], base64.b64decode(entry["module"])
 
 
 # --- MCP pins and sessions -----------------------------------------------------------------------
@@ -588,20 +650,23 @@ class RedisMcpStore(McpStore):
     def state(self, server: str, tool: str) -> Pin | None:
         with _store("MCP"):
             raw = self._redis.hget(MCP_PINS, _pin_field(server, tool))
-        return _pin(server, tool, raw) if raw is not None else None
+        with _foreign("MCP"):
+            return _pin(server, tool, raw) if raw is not None else None
 
     def accept(self, server: str, tool: str) -> Pin | None:
         with _store("MCP"):
             row = self._accept(keys=[MCP_PINS], args=[_pin_field(server, tool), repr(self._clock())])
-        return _pin(server, tool, row) if row is not None else None
+        with _foreign("MCP"):
+            return _pin(server, tool, row) if row is not None else None
 
     def pins(self, server: str | None = None) -> list[Pin]:
         with _store("MCP"):
             rows = self._redis.hgetall(MCP_PINS)
         found = []
-        for field, raw in rows.items():
-            server_name, tool = json.loads(field)
-            found.append(_pin(server_name, tool, raw))
+        with _foreign("MCP"):
+            for field, raw in rows.items():
+                server_name, tool = json.loads(field)
+                found.append(_pin(server_name, tool, raw))
         return sorted((p for p in found if server is None or p.server == server), key=lambda p: (p.server, p.tool))
 
     def remember_schema(self, digest: str, schema: str) -> None:
@@ -616,16 +681,19 @@ class RedisMcpStore(McpStore):
     def _bind(self, id_hash: str, agent: str, server: str) -> tuple[str, float]:
         binding = json.dumps({"agent": agent, "server": server, "at": self._clock()})
         with _store("MCP"):
-            held = json.loads(self._bind_script(keys=[_MCP_SESSION + id_hash], args=[binding, math.ceil(SESSION_TTL * 1000)]))
-        return str(held["agent"]), float(held["at"])
+            held = self._bind_script(keys=[_MCP_SESSION + id_hash], args=[binding, math.ceil(SESSION_TTL * 1000)])
+        with _foreign("MCP"):
+            bound = json.loads(held)
+            return str(bound["agent"]), float(bound["at"])
 
     def _owner(self, id_hash: str) -> tuple[str, float] | None:
         with _store("MCP"):
             held = self._redis.get(_MCP_SESSION + id_hash)
         if held is None:
             return None
-        binding = json.loads(held)
-        return str(binding["agent"]), float(binding["at"])
+        with _foreign("MCP"):
+            binding = json.loads(held)
+            return str(binding["agent"]), float(binding["at"])
 
 
 def _pin_field(server: str, tool: str) -> str:

@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.log import AuditLog, record_hash, verify
+from gateway.audit.log import MAX_LINE, AuditError, AuditLog, record_hash, verify
 from gateway.policy.report import format_report, report_file
 
 KEY = Ed25519PrivateKey.generate()
@@ -199,3 +200,23 @@ def test_many_writes_with_periodic_signatures_verify(tmp_path: Path) -> None:
     # every 100, and the closing one at close (which follows the 20th with nothing between)
     assert sum('"type":"signature"' in line for line in lines) == 21
     assert verify(tmp_path / "a.jsonl", KEY.public_key()).ok
+
+
+def test_a_huge_last_line_is_refused_at_open_in_bounded_memory(tmp_path: Path) -> None:
+    """Opening the log reads back to the last whole record, one chunk at a time, each read copying
+    what was read so far: a 40 MiB last line cost ~80 MiB and seconds (a 1 GiB one, hours). Past
+    MAX_LINE the open stops and names the file."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, KEY)
+    log.write({"type": "decision"})
+    log.close()
+    with path.open("ab") as f:
+        f.write(b'{"seq": 4, "pad": "' + b"x" * (40 * 2**20) + b'"}\n')
+    tracemalloc.start()
+    try:
+        with pytest.raises(AuditError, match=f"the last line is longer than {MAX_LINE} bytes"):
+            AuditLog(path, KEY)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_LINE, peak

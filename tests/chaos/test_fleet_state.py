@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy.certs import CertStore
 from redis import Redis
 
+from gateway.stores import redis_state
 from gateway.stores.redis_state import STALE_SECONDS
 from tests.api.test_sandbox_tools_api import wat_tool
 from tests.chaos import harness
@@ -144,6 +145,71 @@ def test_revoke_on_a_refuses_inside_an_open_tunnel_on_b(fleet: Fleet, vendor: Fa
     with client(fleet.a, token) as fresh:
         assert code_of(fresh.get(BALANCE)) == "407 identity_revoked"
     assert len(vendor.seen()) == 1
+
+
+def test_entries_no_gateway_wrote_refuse_closed_and_service_resumes_once_gone(fleet: Fleet, vendor: FaultVendor) -> None:
+    """Another program writes the shared lists: a foreign revocation entry used to end every
+    replica's revocation watcher (each then refused every identity until restarted), and a foreign
+    quarantine entry ended the quarantine watcher, so a quarantine made after it was never applied.
+    (And `egress-gateway quarantine` wrote the state dir's SQLite file, which no replica on Redis
+    reads: it said "quarantined" and stopped nothing.)"""
+    victim = agent(fleet.a, "payer", sub="quarantined-later")
+    bystander = agent(fleet.a, "payer", sub="bystander")
+    store = Redis(host="127.0.0.1", port=fleet.redis.port, socket_timeout=5)
+    with client(fleet.b, victim) as c_victim, client(fleet.b, bystander) as c_bystander:
+        assert code_of(c_bystander.get(BALANCE)) == "200"
+        for key in (redis_state.REVOCATIONS, redis_state.QUARANTINES):
+            store.rpush(key, b"{not json")
+            try:
+                if key == redis_state.QUARANTINES:  # written, and the CLI says the list cannot be read back
+                    sub = jwt.decode(victim, options={"verify_signature": False})["sub"]
+                    made = fleet.a.cli("quarantine", "--sub", sub, "--reason", "sweep", check=False)
+                    assert made.returncode == 2 and "holds an entry no gateway wrote (position" in made.stderr
+                time.sleep(STALE_SECONDS + 0.5)
+                assert [code_of(c.get(BALANCE)) for c in (c_victim, c_bystander)] == ["503 store_unavailable"] * 2
+            finally:
+                store.execute_command("LREM", key, 0, b"{not json")
+            fleet.wait_ready()
+            time.sleep(0.5)  # a poll of the quarantine list
+            assert code_of(c_bystander.get(BALANCE)) == "200"
+        assert code_of(c_victim.get(BALANCE)) == "403 quarantined"
+    with client(fleet.a, victim) as on_a:
+        assert code_of(on_a.get(BALANCE)) == "403 quarantined"
+    assert len(vendor.seen()) == 3
+    assert "holds an entry no gateway wrote (position" in fleet.b.log_file.read_text()
+
+
+def test_values_no_gateway_wrote_are_store_unavailable_not_internal_error(fleet: Fleet, vendor: FaultVendor) -> None:
+    """An approval, a decision or an MCP pin that does not decode (another program wrote the key)
+    answered 500 `internal_error` with a traceback in the log; the store cannot be used, which is
+    503 `store_unavailable` (README: what the API answers for a store it cannot use), and nothing is sent."""
+    token = agent(fleet.a, "approvee", sub="foreign-approval")
+    store = Redis(host="127.0.0.1", port=fleet.redis.port, socket_timeout=5)
+    planted = {"approval": redis_state.PREFIX + "apr:apr_foreign", "decision": redis_state.DECISIONS,
+               "pin": redis_state.MCP_PINS}
+    store.hset(planted["approval"], mapping={"state": "approved", "summary": "{not json"})
+    store.zadd(redis_state.PREFIX + "apr:index", {"apr_foreign": time.time()})
+    store.lpush(planted["decision"], b"[1, 2]")
+    store.hset(planted["pin"], '["server", "tool"]', "{not json")
+    try:
+        with client(fleet.b, token) as c:
+            used = c.post(PAY, data={"amount": "500", "currency": "usd"}, headers={"X-Egress-Approval": "apr_foreign"})
+        answers = [
+            code_of(used),
+            code_of(httpx.get(f"{fleet.a.api_url}/v1/approvals/apr_foreign", headers={"Authorization": f"Bearer {token}"},
+                              timeout=20)),
+            code_of(admin_get(fleet.b, "/v1/approvals?state=all")),
+            code_of(admin_get(fleet.a, "/v1/decisions")),
+            code_of(admin_get(fleet.b, "/v1/mcp/pins")),
+        ]
+    finally:
+        store.delete(planted["approval"], planted["pin"])
+        store.zrem(redis_state.PREFIX + "apr:index", "apr_foreign")
+        store.execute_command("LREM", planted["decision"], 0, b"[1, 2]")
+    assert answers == ["503 store_unavailable"] * 5
+    assert len(vendor.seen()) == 0
+    assert code_of(admin_get(fleet.a, "/v1/decisions")) == "200"
+    assert "Traceback" not in fleet.a.log_file.read_text() + fleet.b.log_file.read_text()
 
 
 # --- approvals -----------------------------------------------------------------------------------

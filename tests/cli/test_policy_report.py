@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import uuid
@@ -78,3 +79,14 @@ def test_shadow_calls_through_the_gateway_are_counted_once(make_gateway, pki: PK
     out = gw.cli("policy", "report").stdout
     row = next(line for line in out.splitlines() if "support-customers" in line)
     assert re.split(r"\s+", row)[:4] == ["support-7", "support-customers", "param_violation", str(n)], out
+
+
+def test_a_line_nested_past_the_parser_limit_is_skipped_not_a_traceback(tmp_path: Path) -> None:
+    """`policy report` raised RecursionError out of json.loads on a line nested 100000 deep."""
+    path = tmp_path / "audit.jsonl"
+    finding = {"sub": "a", "decision_id": "dec_1", "would_deny": [FINDINGS[0]]}
+    path.write_text(json.dumps(finding) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n" + '{"a":' * 100_000 + "1" + "}" * 100_000
+                    + "\n")
+    report = report_file(path)
+    assert (report.records, report.skipped) == (1, 2)
+    assert [(r.sub, r.rule, r.count) for r in report.rows] == [("a", "capped", 1)]

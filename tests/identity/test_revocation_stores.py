@@ -63,3 +63,52 @@ def test_a_list_that_cannot_be_read_refuses_every_identity() -> None:
     assert refused.value.code == "store_unavailable"
     with pytest.raises(redis_state.StateStoreDown):
         store.refresh()
+
+
+# Entries no gateway writes, planted by another program with write access to the Redis: not JSON,
+# not an object, a missing or mistyped field, NaN, bytes that are not UTF-8.
+FOREIGN_ENTRIES = [
+    b"not json", b"\xff\xfe", b"[]", b'"jti"', b'{"kind": "jti"}', b'{"kind": "jti", "value": ["x"], "at": 1}',
+    b'{"kind": "sub", "value": "x", "at": "soon"}', b'{"kind": "sub", "value": "x", "at": NaN}',
+    b'{"kind": "sub", "value": "x", "at": true}', b'{"kind": "group", "value": "x", "at": 1}',
+]
+
+
+@pytest.mark.parametrize("entry", FOREIGN_ENTRIES)
+def test_an_entry_no_gateway_wrote_refuses_until_it_is_gone(redis: RedisServer, entry: bytes) -> None:
+    """It used to raise out of `refresh` (a JSON or key error), which ended the replica's watcher
+    without a log line: every identity refused until a restart, even after the entry was removed."""
+    store = _redis_revocations(redis)
+    store.revoke(jti="kept")
+    raw = redis_state.connect(f"redis://127.0.0.1:{redis.port}/{REDIS_DB}")
+    raw.rpush(redis_state.REVOCATIONS, entry)
+    with pytest.raises(redis_state.StateStoreDown) as down:
+        store.refresh()
+    assert str(down.value) == "the revocation list in Redis holds an entry no gateway wrote (position 2)"
+    raw.rpop(redis_state.REVOCATIONS)
+    store.refresh()
+    assert store.is_revoked("kept", "x", time.time()) and not store.is_revoked("other", "x", time.time())
+
+
+@pytest.mark.parametrize("entry", [b"{bad", b"{}", b'{"scope": "sub", "value": "a", "released": 0, "reason": "r", "by": "b", "at": 1}',
+                                   b'{"scope": "galaxy", "value": "a", "released": false, "reason": "r", "by": "b", "at": 1}'])
+def test_a_quarantine_list_that_cannot_be_read_refuses_every_agent(redis: RedisServer, entry: bytes) -> None:
+    """A quarantine list this replica cannot read must not leave agents let through: a quarantine
+    made after the foreign entry was silently never applied (the watcher died on the entry)."""
+    url = f"redis://127.0.0.1:{redis.port}/{REDIS_DB}"
+    raw = redis_state.connect(url)
+    raw.flushdb()
+    writer = redis_state.RedisQuarantines(redis_state.connect(url))
+    writer.set("sub", "earlier", release=False, reason="probe", by="test")
+    raw.rpush(redis_state.QUARANTINES, entry)
+    reader = redis_state.RedisQuarantines(redis_state.connect(url))  # starts with the entry in place: logged
+    with pytest.raises(Refusal) as refused:
+        reader.hit("bystander", "t")
+    assert refused.value.code == "store_unavailable"
+    with pytest.raises(redis_state.StateStoreDown, match=r"quarantine list .* \(position 2\)$"):
+        reader.refresh()
+    raw.rpop(redis_state.QUARANTINES)
+    reader.refresh()
+    assert reader.hit("bystander", "t") is None
+    found = reader.hit("earlier", "t")
+    assert found is not None and found.scope == "sub"

@@ -34,7 +34,8 @@ def chat(content: str, **extra: Any) -> dict[str, Any]:
 
 def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(event name, data) from a text/event-stream, comments and `retry:` skipped."""
-    name, data = "message", []
+    name = "message"
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:

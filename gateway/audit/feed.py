@@ -91,7 +91,7 @@ class ChainFollower:
 
     def __init__(self, own: Path, chunk: int = FOLLOW_BYTES) -> None:
         self._own, self._chunk = own, chunk
-        self._at: dict[Path, _Position] = {}
+        self._at: dict[Path, _Position] | None = None  # None: not following (no stream open)
         self._lock = threading.Lock()
 
     def start(self, paths: Iterable[Path]) -> None:
@@ -102,28 +102,31 @@ class ChainFollower:
 
     def stop(self) -> None:
         with self._lock:
-            self._at = {}
+            self._at = None
 
     def poll(self, paths: Iterable[Path]) -> list[dict[str, Any]]:
         """The new records of every other chain, each chain's in its order. A chain that appeared
         after `start` is new since then: read from its start."""
         with self._lock:
-            lines = [line for p in paths if p != self._own for line in self._read(p)]
+            at = self._at
+            if at is None:
+                return []
+            lines = [line for p in paths if p != self._own for line in self._read(p, at)]
         return [r for r in map(_record, lines) if r is not None]
 
-    def _read(self, path: Path) -> list[bytes]:
+    def _read(self, path: Path, positions: dict[Path, _Position]) -> list[bytes]:
         try:
             with path.open("rb") as f:
                 st = os.fstat(f.fileno())
-                at = self._at.get(path)
+                at = positions.get(path)
                 if at is None or at.inode != st.st_ino:
-                    at = self._at[path] = _Position(st.st_ino, 0)
+                    at = positions[path] = _Position(st.st_ino, 0)
                 elif st.st_size < at.offset:  # cut back in place: go on from its new end
                     at.offset, at.skipping = st.st_size, False
                 f.seek(at.offset)
                 data = f.read(self._chunk)
         except FileNotFoundError:
-            self._at.pop(path, None)
+            positions.pop(path, None)
             return []
         end = data.rfind(b"\n")
         if end < 0:  # no whole line yet, or the middle of an overlong one

@@ -5,6 +5,10 @@ browser, a stalled network) never makes the gateway hold more than `capacity` re
 what does not fit is counted and the reader is told how many it lost, so one watcher cannot grow
 the gateway's memory or slow the calls it watches. Publishing never blocks and never raises.
 
+The records are this process's, as its audit log holds them (`Runtime._publish`), and the other
+workers' and replicas' records, handed over by the decisions feed (`gateway.stores.feed`) in the
+same form: a stream cannot tell which process wrote a record but by its `replica`/`worker`.
+
 Records are noted from the event loop and, rarely, from worker threads (the audit log is written
 from both): a record published off the loop's thread is handed to the loop first, since an
 asyncio queue is not thread-safe.

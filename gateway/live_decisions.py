@@ -5,6 +5,10 @@ browser, a stalled network) never makes the gateway hold more than `capacity` re
 what does not fit is counted and the reader is told how many it lost, so one watcher cannot grow
 the gateway's memory or slow the calls it watches. Publishing never blocks and never raises.
 
+The records are this process's, as its audit log holds them (`Runtime._publish`), and the other
+workers' and replicas' records, handed over by the decisions feed (`gateway.stores.feed`) in the
+same form: a stream cannot tell which process wrote a record but by its `replica`/`worker`.
+
 Records are noted from the event loop and, rarely, from worker threads (the audit log is written
 from both): a record published off the loop's thread is handed to the loop first, since an
 asyncio queue is not thread-safe.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +49,10 @@ class LiveDecisions:
     limit: int = 32
     capacity: int = 500
     closed: bool = False  # the gateway is shutting down: streams end, none start
+    # Called (on the subscriber's loop) when the first stream opens: a feed that only looks for
+    # the other processes' records while a stream is open marks where "from now on" starts, before
+    # the reader gets its first byte (`gateway.audit.feed.ChainFollower`).
+    on_first: Callable[[], None] | None = None
     _subs: set[Subscription] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,9 +62,12 @@ class LiveDecisions:
         with self._lock:
             if self.closed or len(self._subs) >= self.limit:
                 return None
+            first = not self._subs
             sub = Subscription(asyncio.Queue(self.capacity), asyncio.get_running_loop())
             self._subs.add(sub)
-            return sub
+        if first and self.on_first is not None:
+            self.on_first()
+        return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:

@@ -102,11 +102,12 @@ class Runtime:
         records that can no longer change what happens.
         """
         try:
-            self.audit.write(rec)
+            held = self.audit.write(rec)
         except (OSError, AuditError) as e:
             log.error("audit log write failed (%s); decision %s refused", type(e).__name__, rec.get("decision_id"))
             raise Refusal("store_unavailable", "the audit log cannot be written; nothing was sent") from None
-        self._note(rec)
+        self._count(rec)
+        self._publish(held)
 
     def record_after(self, rec: dict[str, Any]) -> bool:
         """A record of a refusal already given or an outcome already happened: a failed write is
@@ -117,9 +118,10 @@ class Runtime:
         a flood without a token must not fill the SIEM's queue and drop the agents' events.
         False when `rec` itself was held back (counted into a later summary)."""
         admitted = self.noise.admit(rec)
+        shown = list(admitted)  # as the audit log holds each, once written
         try:
-            for record in admitted:
-                self.audit.write(record)
+            for i, record in enumerate(admitted):
+                shown[i] = self.audit.write(record)
         except (OSError, AuditError) as e:
             log.error(
                 "audit log write failed (%s); %s record of decision %s lost",
@@ -127,13 +129,9 @@ class Runtime:
             )
             self.metrics.audit_failure()
         self._count(rec)
-        for record in admitted:
+        for record in shown:
             self._publish(record)
         return any(record is rec for record in admitted)
-
-    def _note(self, rec: dict[str, Any]) -> None:
-        self._count(rec)
-        self._publish(rec)
 
     def _count(self, rec: dict[str, Any]) -> None:
         """Metrics and behaviour baselines: every record, held back or not (counts stay exact)."""
@@ -144,7 +142,9 @@ class Runtime:
                 self.baselines.count(key, rec["decision"] == "deny")
 
     def _publish(self, rec: dict[str, Any]) -> None:
-        """The views of what the audit log holds: recent decisions, live streams, access log, SIEM."""
+        """The views of what the audit log holds: recent decisions, live streams, access log, SIEM.
+        Only this process's records: the other processes' reach the live streams through the
+        decisions feed (`DecisionFeed.run`), never these counters and exports a second time."""
         self.decisions.append(rec)
         self.live.publish(rec)
         access_log.note(rec, self.config.log_format)
@@ -253,7 +253,7 @@ def build(config: Config, worker: int | None = None) -> Runtime:
     webhook = None
     if config.approvals_webhook:  # trusts what upstream calls trust: the system CAs and upstream_ca
         webhook = ApprovalWebhook(config.approvals_webhook, upstream_bundle(state, config.upstream_ca))
-    stores = open_state(config, state, on_new_approval=webhook.submit if webhook else None)
+    stores = open_state(config, state, on_new_approval=webhook.submit if webhook else None, worker=worker)
     registry = build_registry(config, stores.connectors)
     config.check_secrets(c.credential.secret for c in registry if c.credential)
     for host in config.upstreams:
@@ -278,6 +278,7 @@ def build(config: Config, worker: int | None = None) -> Runtime:
     attest.check(config.attest.pin, attested)
     attest.record(state, attested)
     dlp = build_dlp(config, state, policies)
+    audit = audit_log(config, state, key, worker)
     rt = Runtime(
         config=config,
         state=state,
@@ -292,14 +293,14 @@ def build(config: Config, worker: int | None = None) -> Runtime:
         ),
         resolver=Resolver(routes),
         secrets=Secrets.from_config(config.secret_refs, config.secrets_refresh, config.secrets_max_stale),
-        audit=audit_log(config, state, key, worker),
+        audit=audit,
         worker=worker,
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),
         policies=policies,
         quotas=Quotas.from_uri(config.stores.rate_limits),
         approvals=stores.approvals,
         # Workers on one host without a shared store read the feed back from every worker's chain.
-        decisions=AuditChainsFeed(state) if worker is not None and config.stores.state is None else stores.decisions,
+        decisions=AuditChainsFeed(state, audit.path) if worker is not None and config.stores.state is None else stores.decisions,
         webhook=webhook,
         dlp=dlp,
         tools=tools,

@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,34 @@ def client(gw: GatewayProcess, token: str, timeout: float = 20, **kw: Any) -> ht
 def chat(content: str, **extra: Any) -> dict[str, Any]:
     """An OpenAI chat completion request with one user message (the DLP and chaos suites' staple)."""
     return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, data) from a text/event-stream, comments and `retry:` skipped."""
+    name = "message"
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def stream_decisions(stream: httpx.Response) -> list[dict[str, Any]]:
+    """The records on an open decisions stream until it stays quiet for its read timeout (any
+    other event, `lost` or `end`, fails: the caller expected only records)."""
+    seen = []
+    try:
+        for name, data in sse_events(stream.iter_lines()):
+            assert name == "decision", (name, data)
+            seen.append(data)
+    except httpx.ReadTimeout:
+        return seen
+    raise AssertionError("the stream ended while it was read")
 
 
 def error_of(r: httpx.Response) -> dict[str, Any]:

@@ -146,8 +146,12 @@ class AuditLog:
     def seq(self) -> int:
         return self._seq
 
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (a JSON object); adds `ts` if absent, then `seq`, `prev`, `hash`."""
+    def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append one record (a JSON object); adds `ts` if absent, then `seq`, `prev`, `hash`.
+
+        Returns the record as the chain holds it without the chain's own fields (`ts` and the
+        origin added): what every view shows, so a record read back from a chain (another worker's,
+        `gateway.audit.feed`) and one this process wrote look the same."""
         bad = RESERVED & record.keys()
         if bad or record.get("type") == SIGNATURE:
             raise ValueError(f"audit record uses reserved fields: {sorted(bad) or ['type']}")
@@ -173,6 +177,7 @@ class AuditLog:
                 except OSError as e:
                     # The record is written; the signature is tried again with the next record.
                     log.warning("audit log %s: cannot sign the head (%s); retrying later", self.path, type(e).__name__)
+        return {k: v for k, v in body.items() if k not in RESERVED}
 
     def close(self) -> None:
         """Write the closing signature (even right after a periodic one, or with no records at all:

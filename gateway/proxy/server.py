@@ -185,7 +185,7 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
     watchers = [
         asyncio.create_task(rt.revocations.watch()),
         asyncio.create_task(rt.quarantine.watch(rt.quarantine_changed)),
-        asyncio.create_task(rt.decisions.run()),
+        asyncio.create_task(rt.decisions.run(rt.live)),
         asyncio.create_task(rt.connectors.watch()),
     ]
     if rt.baselines is not None and rt.baseline_file is not None:

@@ -91,7 +91,10 @@ def backend(config: Config) -> str:
     raise ConfigError(f"stores.state: expected redis://HOST:PORT/DB or sqlite://, got scheme {uri.partition('://')[0]!r}")
 
 
-def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Approval], None] | None = None) -> StateStores:
+def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Approval], None] | None = None,
+               worker: int | None = None) -> StateStores:
+    """The stores of `config`; `worker` is the calling process's index under `run --workers N`
+    (it names the process in the decisions feed it shares)."""
     if backend(config) == "sqlite":
         return StateStores(
             revocations=Revocations(state.revocations),
@@ -111,7 +114,7 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
         revocations=redis_state.RedisRevocations(client, config.stores.state),
         quarantine=redis_state.RedisQuarantines(client),
         approvals=redis_state.RedisApprovals(client, ttl=config.approval_ttl, on_new=on_new_approval),
-        decisions=redis_state.RedisFeed(client),
+        decisions=redis_state.RedisFeed(client, config.stores.state, config.replica, worker),
         tools=redis_state.RedisToolShelf(client),
         mcp=redis_state.RedisMcpStore(client, config_pins(config)),
         connectors=redis_state.RedisConnectorStore(client),

@@ -12,7 +12,9 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
   the agent's pending approvals by expiry (the `approval_max_pending` cap); `apr:index`: every
   approval by creation time (`approvals list`). Creating, deciding and consuming are each one Lua
   script, so an approval is single-use across the fleet. Records are kept `RETENTION_SECONDS`.
-- `decisions`: a list capped at `RECENT_DECISIONS` audit records, newest first.
+- `decisions`: a list capped at `RECENT_DECISIONS` audit records, newest first; every batch pushed
+  is also published on `decisions:live` as `{"origin": ..., "records": [...]}`, for the other
+  processes' live streams.
 - `quarantines`: a list of `{"scope", "value", "released", "reason", "by", "at"}` changes, only ever
   appended to (a release is a change too), read like the revocations; `quarantines:audited`: the set
   of change ids (positions) a gateway has claimed to audit and export, so that each is recorded once.
@@ -38,7 +40,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,6 +54,7 @@ from gateway.connector_store import AlreadyStored, ConnectorStore, StoredConnect
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
 from gateway.identity.quarantine import SCOPES, Change, Quarantines
 from gateway.identity.revocation import POLL_SECONDS, Revocations
+from gateway.live_decisions import LiveDecisions
 from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, SessionOwners
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
 from gateway.stores.feed import RECENT_DECISIONS
@@ -66,6 +69,7 @@ FULL_READ_SECONDS = 5.0
 STALE_SECONDS = 2.0
 RETENTION_SECONDS = 30 * 86400
 DECISIONS = PREFIX + "decisions"
+DECISIONS_CHANNEL = PREFIX + "decisions:live"
 FLUSH_SECONDS = 0.1
 TIMEOUT = 0.5  # per command: a hung Redis stalls a call at most this long, then it is refused
 
@@ -128,6 +132,25 @@ def _quarantine(row: dict[str, Any]) -> bool:
             and all(isinstance(row.get(k), str) for k in ("value", "reason", "by")))
 
 
+async def listen(url: str, channel: str, on_message: Callable[[bytes], Awaitable[None]]) -> None:
+    """Every message on `channel` until cancelled, on a connection of its own (a subscribed
+    connection can do nothing else); after Redis goes away, subscribes again every
+    `POLL_SECONDS` until it answers. What was published meanwhile is not seen: pub/sub is a hint
+    or a view here, never the only copy."""
+    while True:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=TIMEOUT)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await on_message(message["data"])
+        except (RedisError, OSError):
+            await asyncio.sleep(POLL_SECONDS)
+        finally:
+            await client.aclose()
+
+
 # --- revocations -----------------------------------------------------------------------------
 
 
@@ -188,7 +211,7 @@ class RedisRevocations(Revocations):
         return super().is_revoked(jti, sub, iat)
 
     async def watch(self) -> None:
-        listener = asyncio.create_task(self._listen())
+        listener = asyncio.create_task(listen(self._url, REVOKED_CHANNEL, self._revoked))
         try:
             while True:  # a first read at once: the one at start-up is old by the time calls come
                 await self._refresh_logged()
@@ -209,20 +232,9 @@ class RedisRevocations(Revocations):
             log.warning("the revocation store (Redis) answers again")
         self._down = False
 
-    async def _listen(self) -> None:
-        """Re-read at once when any replica revokes; reconnect after Redis goes away."""
-        while True:
-            client = aioredis.Redis.from_url(self._url, socket_connect_timeout=TIMEOUT)
-            try:
-                async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(REVOKED_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            await self._refresh_logged()
-            except (RedisError, OSError):
-                await asyncio.sleep(POLL_SECONDS)
-            finally:
-                await client.aclose()
+    async def _revoked(self, _kind: bytes) -> None:
+        """Re-read at once when any replica revokes."""
+        await self._refresh_logged()
 
 
 # --- quarantine ------------------------------------------------------------------------------
@@ -488,10 +500,15 @@ def _to_hash(a: Approval) -> dict[str, str]:
 
 
 class RedisFeed:
-    """The fleet's recent decisions: queued here, pushed by `run` to a list capped in Redis."""
+    """The fleet's recent decisions: queued here, pushed by `run` to a list capped in Redis and
+    published on `DECISIONS_CHANNEL`, from which `run` hands the other processes' records to this
+    one's live streams. `origin` names this process (replica, worker, and a random id: two
+    single-process replicas on one host share a replica name and no worker)."""
 
-    def __init__(self, client: redis.Redis, size: int = RECENT_DECISIONS) -> None:
-        self._redis, self._size = client, size
+    def __init__(self, client: redis.Redis, url: str, replica: str, worker: int | None,
+                 size: int = RECENT_DECISIONS) -> None:
+        self._redis, self._url, self._size = client, url, size
+        self.origin = f"{replica}/{'-' if worker is None else worker}/{secrets.token_hex(6)}"
         self._queue: deque[dict[str, Any]] = deque(maxlen=size)  # a Redis outage drops the oldest
 
     def append(self, rec: dict[str, Any]) -> None:
@@ -503,24 +520,49 @@ class RedisFeed:
         with _foreign("decisions"):
             return [_object(r) for r in reversed(raw)]
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            if not self._queue:
-                continue
-            batch = list(self._queue)
-            self._queue.clear()
-            try:
-                await asyncio.to_thread(self._push, batch)
-            except StateStoreDown as e:
-                log.warning("%s: %d recent decisions not shared", e, len(batch))
+    async def run(self, live: LiveDecisions) -> None:
+        relay = asyncio.create_task(listen(self._url, DECISIONS_CHANNEL, lambda data: self._relay(data, live)))
+        try:
+            while True:
+                await asyncio.sleep(FLUSH_SECONDS)
+                if not self._queue:
+                    continue
+                batch = list(self._queue)
+                self._queue.clear()
+                try:
+                    await asyncio.to_thread(self._push, batch)
+                except StateStoreDown as e:
+                    log.warning("%s: %d recent decisions not shared", e, len(batch))
+        finally:
+            relay.cancel()
 
     def _push(self, batch: list[dict[str, Any]]) -> None:
+        encoded = [json.dumps(r, default=str) for r in batch]
+        origin, records = json.dumps(self.origin), ",".join(encoded)  # each record encoded once
+        message = f'{{"origin":{origin},"records":[{records}]}}'
         with _store("decisions"):
             pipe = self._redis.pipeline(transaction=False)
-            pipe.lpush(DECISIONS, *(json.dumps(r, default=str) for r in batch))
+            pipe.lpush(DECISIONS, *encoded)
             pipe.ltrim(DECISIONS, 0, self._size - 1)
+            pipe.publish(DECISIONS_CHANNEL, message)
             pipe.execute()
+
+    async def _relay(self, data: bytes, live: LiveDecisions) -> None:
+        """Another process's batch to the open streams, in its order; not even parsed when no
+        stream is open, and never this process's own (its streams had those as they were written)."""
+        if not live.open:
+            return
+        try:
+            batch = json.loads(data)
+            origin, records = batch["origin"], batch["records"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("a message on %s is not a batch of decisions; dropped", DECISIONS_CHANNEL)
+            return
+        if origin == self.origin or not isinstance(records, list):
+            return
+        for rec in records:
+            if isinstance(rec, dict):
+                live.publish(rec)
 
 
 # --- registered tools ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from gateway.live_decisions import LiveDecisions
-from tests.clients import client, error_of
+from tests.clients import client, error_of, sse_events
 from tests.console.setup import BIG, GOOD, PAY, agent_token, ask_approval, policy_dir, sign_in
 from tests.fakes import PKI, VENDOR_ENV, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -49,20 +49,6 @@ def admin_token(gw: GatewayProcess, tenant: str, sub: str = "ops") -> str:
 
 def csrf(session: dict[str, Any]) -> dict[str, str]:
     return {"X-CSRF-Token": session["csrf"]}
-
-
-def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event name, data) from a text/event-stream, comments and `retry:` skipped."""
-    name, data = "message", []
-    for line in lines:
-        if line == "":
-            if data:
-                yield name, json.loads("\n".join(data))
-            name, data = "message", []
-        elif line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
 
 
 def test_the_page_is_plain_files_under_a_strict_csp(gw: GatewayProcess) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,12 @@ from mcp import types
 from mcp.shared.exceptions import McpError
 from redis import Redis
 
+from gateway.audit.log import RESERVED
 from gateway.mcp.store import Seen
 from gateway.stores import redis_state
 from gateway.stores.sessions import hash_id
 from tests.chaos.test_fleet_state import shared_keys
-from tests.clients import client, error_of
+from tests.clients import client, error_of, stream_decisions
 from tests.connectors.acme import ACME_HOST, ACME_KEY, document
 from tests.console.setup import sign_in
 from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
@@ -319,6 +321,53 @@ def test_the_session_bounds_hold_across_replicas(fleet: Fleet) -> None:
     assert store.zcard(redis_state.CONSOLE_SESSIONS) == 0 and store.keys(redis_state.PREFIX + "console:session:*") == []
 
 
+# --- the live decision stream --------------------------------------------------------------------
+
+PAY = ("https://api.stripe.com/v1/payment_intents", {"amount": "1500", "currency": "usd"})
+
+
+def pay_as(gw: GatewayProcess, sub: str, tenant: str) -> str:
+    """One payment through `gw` by `sub` of `tenant`; its decision id."""
+    with client(gw, gw.token(sub=sub, scopes=("stripe:*",), tenant=tenant)) as c:
+        r = c.post(PAY[0], data=PAY[1])
+    assert r.status_code == 200, r.text
+    return r.headers["x-egress-decision-id"]
+
+
+def open_stream(gw: GatewayProcess, tenant: str) -> AbstractContextManager[httpx.Response]:
+    """A decisions stream on `gw` of an admin of `tenant`, read until it is quiet for SHARED_BOUND."""
+    token = gw.token(sub=f"{tenant}-watcher", role="admin", tenant=tenant)
+    return httpx.stream("GET", f"{gw.api_url}/v1/decisions/stream", headers={"Authorization": f"Bearer {token}"},
+                        timeout=httpx.Timeout(20, read=SHARED_BOUND))
+
+
+def held(fleet: Fleet, subs: set[str]) -> list[dict[str, Any]]:
+    """The records of `subs` as both replicas' audit logs hold them, less the chain's own fields."""
+    return sorted(({k: v for k, v in r.items() if k not in RESERVED} for r in every_audit(fleet) if r.get("sub") in subs),
+                  key=lambda r: (r["decision_id"], r["phase"]))
+
+
+def shown(records: list[dict[str, Any]], subs: set[str]) -> list[dict[str, Any]]:
+    return sorted((r for r in records if r.get("sub") in subs), key=lambda r: (r["decision_id"], r["phase"]))
+
+
+def test_a_stream_on_b_shows_calls_through_a_once_as_local_records_in_the_admins_tenant_only(fleet: Fleet) -> None:
+    """Calls of two tenants through A and one through B, watched on B by a global admin and by
+    acme's admin: each record once (B's own not echoed back through Redis), equal to what the audit
+    logs hold less seq/prev/hash, within SHARED_BOUND of the call; acme's admin sees acme's only."""
+    with open_stream(fleet.b, "*") as everyone, open_stream(fleet.b, "acme") as acme:
+        assert (everyone.status_code, acme.status_code) == (200, 200)
+        calls = [pay_as(fleet.a, "live-acme", "acme"), pay_as(fleet.a, "live-globex", "globex"),
+                 pay_as(fleet.b, "live-acme", "acme")]
+        on_everyone, on_acme = stream_decisions(everyone), stream_decisions(acme)
+    subs = {"live-acme", "live-globex"}
+    audited = held(fleet, subs)
+    assert [(r["decision_id"], r["phase"]) for r in audited] == sorted((d, p) for d in calls for p in ("decision", "outcome"))
+    assert shown(on_everyone, subs) == audited
+    assert shown(on_acme, subs) == [r for r in audited if r["tenant"] == "acme"]
+    assert {r["tenant"] for r in on_acme} == {"acme"}
+
+
 # --- Redis down (last: the module's Redis comes back empty) --------------------------------------
 
 
@@ -343,3 +392,16 @@ def test_with_redis_down_the_ported_stores_refuse_503_never_500(fleet: Fleet) ->
             time.sleep(0.1)
     gone = console_get(fleet.a, session_id, csrf)
     assert (gone.status_code, error_of(gone)["code"]) == (401, "identity_expired")
+
+
+def test_after_redis_comes_back_a_stream_on_b_shows_calls_through_a_again(fleet: Fleet) -> None:
+    """Both replicas subscribe again by themselves (no restart), and the relay goes on."""
+    store = Redis.from_url(fleet.redis.url)
+    deadline = time.monotonic() + 30
+    while store.pubsub_numsub(redis_state.DECISIONS_CHANNEL) != [(redis_state.DECISIONS_CHANNEL.encode(), 2)]:
+        assert time.monotonic() < deadline, store.pubsub_numsub(redis_state.DECISIONS_CHANNEL)
+        time.sleep(0.1)
+    with open_stream(fleet.b, "*") as stream:
+        call = pay_as(fleet.a, "live-after-outage", "acme")
+        seen = stream_decisions(stream)
+    assert [(r["decision_id"], r["phase"]) for r in shown(seen, {"live-after-outage"})] == [(call, "decision"), (call, "outcome")]

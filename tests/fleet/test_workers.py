@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.audit.log import AuditLog
+from gateway.audit.log import RESERVED, AuditLog
 from gateway.cli.main import main as cli_main
 from gateway.identity.tokens import load_or_create_key
-from tests.clients import chat, client
+from tests.clients import chat, client, stream_decisions
 from tests.fakes import PKI, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess, RedisServer
 
@@ -87,6 +87,36 @@ def test_two_workers_serve_one_proxy_port_and_one_api_port(fleet: GatewayProcess
 def _pay_once(gw: GatewayProcess, token: str) -> None:
     with client(gw, token) as c:
         assert pay(c).status_code == 200
+
+
+def test_a_stream_on_one_worker_shows_every_workers_decisions_once(fleet: GatewayProcess) -> None:
+    """One worker serves the stream, both serve the calls (the chains say which): every record of
+    every call is on the stream exactly once, exactly as its chain holds it less the chain's own
+    fields, whichever worker wrote it (the other's read from its chain, not relayed twice)."""
+    sub = "live-watched"
+    token = fleet.token(sub=sub, scopes=("stripe:*",))
+    admin = {"Authorization": f"Bearer {fleet.token(sub='ops', role='admin')}"}
+    # Quiet for 1.5 s means done: the other worker's chain is read every 0.25 s.
+    with httpx.stream("GET", f"{fleet.api_url}/v1/decisions/stream?sub={sub}", headers=admin,
+                      timeout=httpx.Timeout(20, read=1.5)) as stream:
+        assert stream.status_code == 200
+        calls = 0
+        while calls < 80:  # batches of new connections at once, until both workers served some
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda _: _pay_once(fleet, token), range(8)))
+            calls += 8
+            if {r["worker"] for r in fleet.audit() if r.get("sub") == sub} == {0, 1}:
+                break
+        seen = stream_decisions(stream)
+    written = [{k: v for k, v in r.items() if k not in RESERVED} for r in fleet.audit() if r.get("sub") == sub]
+    assert {r["worker"] for r in written} == {0, 1}
+    assert sorted(r["phase"] for r in written) == ["decision"] * calls + ["outcome"] * calls
+    assert len({(r["decision_id"], r["phase"]) for r in seen}) == len(seen)  # none twice
+    assert sorted(seen, key=_record_key) == sorted(written, key=_record_key)
+
+
+def _record_key(rec: dict[str, Any]) -> tuple[str, str]:
+    return rec["decision_id"], rec["phase"]
 
 
 def test_a_console_session_is_every_workers_without_a_shared_store(fleet: GatewayProcess) -> None:

@@ -1,0 +1,64 @@
+"""The DLP evasion classes on generated corpora, at the engine: values split by any separator,
+spaced and worded e-mail addresses, and the PII-free text none of that may touch. The same
+classes through the real proxy are in `test_evasion_proxy.py`."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlp.cards import find_cards
+from dlp.engine import PiiEngine
+from tests.dlp.evasion_corpus import NUMERIC, clean_samples, email_samples, split_samples
+
+DEFAULT = frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON"})
+
+
+@pytest.mark.parametrize("seed", [101, 102])
+def test_split_values_are_found_whole_whatever_separates_their_groups(engine: PiiEngine, seed: int) -> None:
+    """Tabs, newlines, Unicode spaces, every dash, dots, slashes, mixed in one value: each value is
+    one finding of its type covering exactly its original characters."""
+    samples = split_samples(seed, 200)
+    missed = []
+    for s in samples:
+        (g,) = s.gold
+        got = [(f.start, f.end, f.entity_type) for f in engine.analyze(s.text, DEFAULT)]
+        if got != [(g.start, g.end, g.entity_type)]:
+            missed.append((g.entity_type, s.text[g.start : g.end], got))
+    assert missed == []
+    assert {s.gold[0].entity_type for s in samples} == NUMERIC
+
+
+@pytest.mark.parametrize("seed", [103, 104])
+def test_spaced_and_worded_addresses_are_found_whole(engine: PiiEngine, seed: int) -> None:
+    samples = email_samples(seed, 150)
+    missed = []
+    for s in samples:
+        (g,) = s.gold
+        got = [(f.start, f.end) for f in engine.analyze(s.text, DEFAULT) if f.entity_type == "EMAIL_ADDRESS"]
+        if got != [(g.start, g.end)]:
+            missed.append(s.text)
+    assert missed == []
+
+
+@pytest.mark.parametrize("seed", [105, 106])
+def test_numbers_dates_ids_and_prose_about_places_stay_untouched(engine: PiiEngine, seed: int) -> None:
+    """Dates in every order and separator, times, timestamps, order ids, UUIDs, versions, IPs with
+    ports, amounts, tab- and newline-separated tables, `at` and `@` as words: zero findings."""
+    texts = clean_samples(seed, 400)
+    found = {t: [(t[f.start : f.end], f.entity_type) for f in engine.analyze(t, DEFAULT)] for t in texts}
+    assert {t: f for t, f in found.items() if f} == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "cards"),
+    [
+        ("card 4111-1111-1111-1111 12 items", ["4111-1111-1111-1111"]),  # a number after it is not part of it
+        ("on 2024-01-15 4111 1111 1111 1111 at 10.30", ["4111 1111 1111 1111"]),
+        ("host 10.0.0.1 4111 1111 1111 1111", ["4111 1111 1111 1111"]),
+        ("pay 4111 1111-1111.1111 now", ["4111 1111-1111.1111"]),
+        ("x 6011 1111 1111 1117 3 y", []),  # space-separated run: a card whole or not at all
+        ("order 4111-1111-1111-1111-12", []),  # a dash binds: the middle of an identifier is no card
+    ],
+)
+def test_card_found_among_the_groups_of_a_longer_run(text: str, cards: list[str]) -> None:
+    assert [text[s:e] for s, e in find_cards(text)] == cards

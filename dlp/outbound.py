@@ -133,22 +133,18 @@ class _Leaf:
     findings: tuple[PiiFinding, ...] = ()
 
 
-def _string_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple[tuple[fieldpath.Key, ...], str]]:
-    """Every string under `node`: a field may hold a string, a list of strings or content parts.
-
-    Numbers are read as their text too: a card number sent as a JSON number is still a card
-    number (if it is PII, its token, a string, takes its place).
-    """
-    if isinstance(node, str):
+def _field_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple[tuple[fieldpath.Key, ...], str | float]]:
+    """Every string and number under `node`: a field may hold a string, a list of strings or
+    content parts. Numbers are PII too (a card number sent as a JSON number): `_numbers` reads
+    them, and in a DLP field a number that is PII becomes its token, a string."""
+    if isinstance(node, str) or (isinstance(node, (int, float)) and not isinstance(node, bool)):
         yield keys, node
-    elif isinstance(node, (int, float)) and not isinstance(node, bool):
-        yield keys, str(node)
     elif isinstance(node, list):
         for i, item in enumerate(node):
-            yield from _string_leaves(item, keys + (i,))
+            yield from _field_leaves(item, keys + (i,))
     elif isinstance(node, dict):
         for k, item in node.items():
-            yield from _string_leaves(item, keys + (k,))
+            yield from _field_leaves(item, keys + (k,))
 
 
 # Numbers of 9 (an SSN) to 19 (the longest card) digits can be PII; shorter or longer ones cannot.
@@ -227,63 +223,79 @@ class Tokenizer:
         """
         seen: set[tuple[fieldpath.Key, ...]] = set()
         leaves: list[_Leaf] = []
+        in_fields: set[tuple[fieldpath.Key, ...]] = set()  # numbers inside DLP fields
         names: set[str] = set()
         for path in fields:
             for match in fieldpath.select(body, path):
                 names.update(_names(match, path))
-                for keys, text in _string_leaves(match.value, match.keys):
+                for keys, value in _field_leaves(match.value, match.keys):
                     if keys not in seen:
                         seen.add(keys)
-                        leaves.append(_Leaf(keys, text, path))
-        numbers = [n for n in _numbers(body, ()) if n.keys not in seen]
+                        if isinstance(value, str):
+                            leaves.append(_Leaf(keys, value, path))
+                        else:
+                            in_fields.add(keys)
+        numbers = list(_numbers(body, ()))
         self._check_size(leaves + numbers, names)
-        summary = TokenizeSummary(fields_scanned=len(leaves))
+        summary = TokenizeSummary(fields_scanned=len(leaves) + len(in_fields))
         actions = _Actions(entities, block, mask)
         if not actions.scanned:
             return summary
-        masked = await self._check_numbers(body, numbers, actions, scope)
-        if not leaves:
-            summary.counts = dict(sorted(masked.items()))
+        numeric = await self._pii_numbers(numbers, in_fields, actions, scope)
+        if not leaves and not numeric:
             return summary
         if names and any(await self._analyze_all(sorted(names), actions.scanned, scope, TokenizeSummary())):
             # A token cannot stand in for a name without changing the body's shape; refuse instead.
             raise Refusal("malformed_body", "a parameter name in a DLP field holds personal data; send it as a value")
         texts = [leaf.text for leaf in leaves]
         labels = [fieldpath.format_keys(leaf.keys) for leaf in leaves]
-        replaced = await self._tokenize_texts(texts, actions, scope, summary, issued, labels)
+        replaced = await self._tokenize_texts(texts, actions, scope, summary, issued, labels) if leaves else []
         for leaf, new_text in zip(leaves, replaced, strict=True):
             if new_text != leaf.text:
                 fieldpath.assign(body, leaf.keys, new_text)
-        summary.counts = dict(sorted((Counter(summary.counts) + masked).items()))
+        counts = Counter(summary.counts)
+        for keys, kind, digits in numeric:
+            if kind in actions.mask:
+                stand_in = mask_value(kind, digits)
+            else:
+                stand_in = await self._token_for(scope, kind, digits)
+                if issued is not None:
+                    issued[stand_in] = Entry(kind, digits, math.inf)
+            fieldpath.assign(body, keys, stand_in)
+            counts[kind] += 1
+        summary.counts = dict(sorted(counts.items()))
         return summary
 
-    async def _check_numbers(self, body: Any, numbers: list[_Leaf], actions: _Actions, scope: str) -> Counter[str]:
-        """Refuse (`pii_blocked`) a call with PII as a number outside the text fields (`seed`,
-        `amount`), of a type to tokenize or block: a token is a string, and a string where the vendor
-        expects a number changes the call, so refusing is the one answer that neither sends the
-        value nor sends something else. A type to mask leaves as its mask, the policy's choice of
-        an irreversible string. Each number is read with its key as context (`ssn: 536904399`), as
-        Presidio reads a value with the words before it. Returns the masked counts per type."""
-        masked: Counter[str] = Counter()
+    async def _pii_numbers(
+        self, numbers: list[_Leaf], in_fields: set[tuple[fieldpath.Key, ...]], actions: _Actions, scope: str
+    ) -> list[tuple[tuple[fieldpath.Key, ...], str, str]]:
+        """The JSON numbers that are PII, as (keys, entity type, digits), each read with its key as
+        context (`ssn: 536904399`), as Presidio reads a value with the words before it.
+
+        Refuses (`pii_blocked`) one of a type the policy blocks, and one of a type to tokenize
+        outside the DLP fields (`seed`, `amount`): a token is a string, and a string where the
+        vendor expects a number changes the call, so refusing is the one answer that neither sends
+        the value nor sends something else. Inside a DLP field (the field holds text) it becomes its
+        token; a type to mask leaves as its mask, the policy's choice of an irreversible string."""
         if not numbers:
-            return masked
+            return []
         findings = await self._analyze_all([n.text for n in numbers], actions.scanned, scope, TokenizeSummary())
+        found = []
         for number, fs in zip(numbers, findings, strict=True):
             digits_at = number.text.rindex(" ") + 1
             hit = next((f for f in fs if f.end > digits_at), None)
             if hit is None:
                 continue
             label = fieldpath.format_keys(number.keys)
-            if hit.entity_type not in actions.mask:
+            if hit.entity_type in actions.block or (hit.entity_type in actions.tokenize and number.keys not in in_fields):
+                why = "which the policy blocks" if hit.entity_type in actions.block else "and a number cannot carry a token"
                 raise Refusal(
                     "pii_blocked",
-                    f"the number {label} is a {hit.entity_type}, which the policy does not let leave as it is, "
-                    "and a number cannot carry a token; nothing was sent",
+                    f"the number {label} is a {hit.entity_type}, {why}; nothing was sent",
                     details={"entity_type": hit.entity_type, "field": label},
                 )
-            fieldpath.assign(body, number.keys, mask_value(hit.entity_type, number.text[digits_at:]))
-            masked[hit.entity_type] += 1
-        return masked
+            found.append((number.keys, hit.entity_type, number.text[digits_at:]))
+        return found
 
     def _check_size(self, leaves: list[_Leaf], names: set[str]) -> None:
         """Refuse (413 `body_too_large`) a call whose DLP text exceeds the limits, before any work.

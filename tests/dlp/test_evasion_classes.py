@@ -4,10 +4,15 @@ classes through the real proxy are in `test_evasion_proxy.py`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from dlp.cards import find_cards
 from dlp.engine import PiiEngine
+from dlp.outbound import Tokenizer, scope_key
+from dlp.vault import SqliteVault
+from gateway.errors import Refusal
 from tests.dlp.evasion_corpus import NUMERIC, clean_samples, email_samples, split_samples
 
 DEFAULT = frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON"})
@@ -62,3 +67,25 @@ def test_numbers_dates_ids_and_prose_about_places_stay_untouched(engine: PiiEngi
 )
 def test_card_found_among_the_groups_of_a_longer_run(text: str, cards: list[str]) -> None:
     assert [text[s:e] for s, e in find_cards(text)] == cards
+
+
+def test_numbers_are_read_with_their_key_as_context(engine: PiiEngine, sqlite_vault: SqliteVault) -> None:
+    """`ssn: 536904399` is an SSN, `n: 536904399` is not; in a DLP field PII becomes its token,
+    outside one (`seed`) it refuses the call, whatever the number's JSON form."""
+    tok = Tokenizer(engine, sqlite_vault, memo_size=0, workers=1)
+    scope = scope_key("acme", "numbers")
+    try:
+        body = {"metadata": {"customer_ssn": 536904399, "n": 536904399, "phone": 2125550199, "card": -4111111111111111}, "seed": 7}
+        summary = asyncio.run(tok.tokenize_body(body, ("metadata.*",), DEFAULT, scope))
+        meta = body["metadata"]
+        assert summary.counts == {"CREDIT_CARD": 1, "PHONE_NUMBER": 1, "US_SSN": 1}
+        assert [str(meta[k])[:len(f"tok_{t}_")] for k, t in (("customer_ssn", "US_SSN"), ("phone", "PHONE_NUMBER"), ("card", "CREDIT_CARD"))] == [
+            "tok_US_SSN_", "tok_PHONE_NUMBER_", "tok_CREDIT_CARD_"]
+        assert (meta["n"], body["seed"]) == (536904399, 7)
+        for outside in ({"seed": 4111111111111111}, {"seed": 5555555555554444.0}, {"limits": [1, {"ssn": 536904399}]}):
+            with pytest.raises(Refusal) as refused:
+                asyncio.run(tok.tokenize_body({"metadata": {}, **outside}, ("metadata.*",), DEFAULT, scope))
+            assert refused.value.code == "pii_blocked"
+            assert "4111111111111111" not in str(refused.value) and "536904399" not in str(refused.value)
+    finally:
+        tok.close()

@@ -170,6 +170,17 @@ def test_numbers_that_are_no_pii_and_masked_numbers(gw: GatewayProcess, vendor: 
     assert vendor.received[-1].json()["seed"] == "****4444"
 
 
+def test_a_float_card_number_inside_a_text_field_becomes_its_token(gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """Read as text, `4111111111111111.0` was no card (the `.0` glued a digit to it) and left raw."""
+    content = [{"type": "text", "text": "pay with"}, {"type": "text", "text": 4111111111111111.0}]
+    with agent(gw) as c:
+        r = c.post(CHAT, json={"model": "m", "messages": [{"role": "user", "content": content}]})
+    assert r.status_code == 200, r.text
+    sent = vendor.received[-1].json()["messages"][0]["content"][1]["text"]
+    assert sent.startswith("tok_CREDIT_CARD_") and "4111111111111111" not in vendor.received[-1].body.decode()
+    assert detokenize(gw, sent) == "4111111111111111"
+
+
 def test_form_bodies_and_query_strings_are_read_as_text(gw: GatewayProcess, vendor: FakeVendor) -> None:
     """There every value is a string already: split and encoded values leave as tokens."""
     gen = Gen(207)

@@ -75,12 +75,12 @@ def test_numbers_are_read_with_their_key_as_context(engine: PiiEngine, sqlite_va
     tok = Tokenizer(engine, sqlite_vault, memo_size=0, workers=1)
     scope = scope_key("acme", "numbers")
     try:
-        body = {"metadata": {"customer_ssn": 536904399, "n": 536904399, "phone": 2125550199, "card": -4111111111111111}, "seed": 7}
+        meta: dict[str, object] = {"customer_ssn": 536904399, "n": 536904399, "phone": 2125550199, "card": -4111111111111111}
+        body = {"metadata": meta, "seed": 7}
         summary = asyncio.run(tok.tokenize_body(body, ("metadata.*",), DEFAULT, scope))
-        meta = body["metadata"]
         assert summary.counts == {"CREDIT_CARD": 1, "PHONE_NUMBER": 1, "US_SSN": 1}
-        assert [str(meta[k])[:len(f"tok_{t}_")] for k, t in (("customer_ssn", "US_SSN"), ("phone", "PHONE_NUMBER"), ("card", "CREDIT_CARD"))] == [
-            "tok_US_SSN_", "tok_PHONE_NUMBER_", "tok_CREDIT_CARD_"]
+        kinds = {"customer_ssn": "US_SSN", "phone": "PHONE_NUMBER", "card": "CREDIT_CARD"}
+        assert [str(meta[k])[: len(f"tok_{t}_")] for k, t in kinds.items()] == [f"tok_{t}_" for t in kinds.values()]
         assert (meta["n"], body["seed"]) == (536904399, 7)
         for outside in ({"seed": 4111111111111111}, {"seed": 5555555555554444.0}, {"limits": [1, {"ssn": 536904399}]}):
             with pytest.raises(Refusal) as refused:

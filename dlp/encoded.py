@@ -6,6 +6,9 @@ is decoded; if the bytes are UTF-8 text (every character printable or a line bre
 like any other text, and the caller re-encodes the text with its PII replaced in the same scheme,
 padding and case, so the vendor still gets a well-formed value and never the raw one.
 
+A block of lines of one width (MIME wraps base64 at 76 characters, PEM at 64) is one value, written
+back in lines of the same width.
+
 Bounded: one level only (the decoded text is not searched for further encodings), and images,
 PDFs and other binary blobs are recognized as not text by their first invalid byte. The decoded
 text counts toward the call's DLP budget (`dlp.max_call_chars`), so encoding a body doubles no work
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 # 16 characters of base64 hold 12 bytes: the shortest SSN or phone with separators. The lookarounds
 # keep the run whole (a run glued to more of the alphabet is part of a longer value).
 _RUN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/_=-])")
+# MIME and PEM wrap base64 in lines of one width (76, 64): such a block is one value.
+_WRAPPED = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{16,}(?:\r?\n[A-Za-z0-9+/_-]+)+={0,2}(?![A-Za-z0-9+/_=-])")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2}){8,}")
 _LINE_BREAKS = frozenset("\t\n\r")
 
@@ -36,25 +41,61 @@ class Blob:
     text: str
     padded: bool = True
     upper: bool = False
+    width: int = 0  # the line width of a wrapped block, 0 for one line
+    newline: str = "\n"
 
     def encode(self, text: str) -> str:
         """`text` written the way this blob was."""
         raw = text.encode("utf-8")
         if self.scheme == "hex":
-            out = raw.hex()
-            return out.upper() if self.upper else out
-        out = (base64.b64encode(raw) if self.scheme == "base64" else base64.urlsafe_b64encode(raw)).decode("ascii")
-        return out if self.padded else out.rstrip("=")
+            out = raw.hex().upper() if self.upper else raw.hex()
+        else:
+            out = (base64.b64encode(raw) if self.scheme == "base64" else base64.urlsafe_b64encode(raw)).decode("ascii")
+            out = out if self.padded else out.rstrip("=")
+        if not self.width:
+            return out
+        return self.newline.join(out[i : i + self.width] for i in range(0, len(out), self.width))
 
 
 def find_blobs(text: str) -> list[Blob]:
-    """The encoded runs of `text` that decode to text, in order."""
+    """The encoded runs of `text` that decode to text, in order: a block of lines of one width
+    whole, any other run on its own line."""
+    found: list[Blob] = []
+    pos = 0
+    for block in _WRAPPED.finditer(text):
+        whole = _wrapped(block.group(0), block.start())
+        if whole is not None:
+            found += _lines(text, pos, block.start())
+            found.append(whole)
+            pos = block.end()
+    return found + _lines(text, pos, len(text))
+
+
+def _lines(text: str, start: int, end: int) -> list[Blob]:
     found = []
-    for m in _RUN.finditer(text):
+    for m in _RUN.finditer(text, start, end):
         blob = _decode(m.group(0), m.start())
         if blob is not None:
             found.append(blob)
     return found
+
+
+def _wrapped(block: str, start: int) -> Blob | None:
+    """The lines of one width at the start of `block` (and a last, shorter one) decoded as one
+    value, or None: what follows the last line (a word on the next line) is not part of it."""
+    newline = "\r\n" if "\r\n" in block else "\n"
+    lines = block.split(newline)
+    width = len(lines[0])
+    full = next((i for i, line in enumerate(lines) if len(line) != width), len(lines))
+    for count in (full + 1, full):
+        if count < 2 or count > len(lines) or len(lines[count - 1]) > width:
+            continue
+        taken = lines[:count]
+        blob = _decode("".join(taken), start)
+        if blob is not None:
+            end = start + len(newline.join(taken))
+            return Blob(start, end, blob.scheme, blob.text, blob.padded, blob.upper, width, newline)
+    return None
 
 
 def _decode(run: str, start: int) -> Blob | None:

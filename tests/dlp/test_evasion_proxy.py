@@ -126,6 +126,27 @@ def test_encoded_text_is_tokenized_inside_its_encoding(gw: GatewayProcess, vendo
     assert [m["content"] for m in vendor.received[-1].json()["messages"]] == [image, plain]
 
 
+def test_wrapped_base64_block_is_one_value_written_back_in_lines_of_its_width(gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """A MIME-wrapped attachment (76-character lines, CRLF or LF): values cut across a line break
+    are found, and the block leaves as lines of the same width holding tokens."""
+    gen = Gen(208)
+    letters = [
+        "\n".join(f"Customer record: mail {gen.email()}, card {gen.card()}, phone {gen.phone()}, ssn {gen.ssn()}." for _ in range(6))
+        for _ in range(2)
+    ]
+    blocks = [base64.encodebytes(letters[0].encode()).decode(), base64.encodebytes(letters[1].encode()).decode().replace("\n", "\r\n")]
+    with agent(gw) as c:
+        r = c.post(CHAT, json=chat(*(f"attachment:\n{b}end" for b in blocks)))
+    assert r.status_code == 200, r.text
+    for letter, block, out in zip(letters, blocks, [m["content"] for m in vendor.received[-1].json()["messages"]], strict=True):
+        newline = "\r\n" if "\r\n" in block else "\n"
+        lines = out.removeprefix("attachment:\n").removesuffix("end").split(newline)[:-1]
+        assert {len(line) for line in lines[:-1]} == {76} and 0 < len(lines[-1]) <= 76
+        inner = base64.b64decode("".join(lines)).decode()
+        assert len(TOKEN.findall(inner)) == 6 * 4
+        assert detokenize(gw, inner) == letter
+
+
 def test_encoded_value_of_a_blocked_type_refuses_the_call(gw: GatewayProcess, vendor: FakeVendor) -> None:
     sent = len(vendor.received)
     with agent(gw, "masker") as c:

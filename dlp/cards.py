@@ -2,7 +2,7 @@
 
 Presidio's own card recognizer knows the prefixes of 2015 (no Mastercard 2-series, no 19-digit
 Visa, no UnionPay or Maestro), so a third of today's cards left the gateway raw. This one reads any
-run of 12 to 19 digits, whole or in groups joined by separators (space, dash, dot or slash, mixed
+run of 12 to 19 digits, whole or in groups joined by separators (space, dash, dot, slash or underscore, mixed
 as a hurried hand or a careless paste mixes them: `4111 1111-1111.1111`), and accepts it only if
 the prefix and length belong to a network (`NETWORKS`) and the Luhn check digit is right: about
 one random digit string in ten passes Luhn, and a network's prefix cuts that further, so order ids
@@ -60,7 +60,7 @@ NETWORKS: tuple[Network, ...] = (
 
 # A run of digit groups joined by single separators (normalization made every run of separators
 # one); digits or letters around it would make it part of a longer identifier, so they end it.
-_RUN = re.compile(r"(?<![\w.,/-])\d+(?:[ ./-]\d+)*(?![\w]|[.,/-]\d)")
+_RUN = re.compile(r"(?<![\w.,/-])\d+(?:[ ./_-]\d+)*(?![\w]|[.,/-]\d)")
 _GROUP = re.compile(r"\d+")
 # A card's first group holds at least 2 digits, each later one at most 15 (an Amex's last two
 # groups, 6 and 5, whose separator was an invisible character removed by normalization).

@@ -16,15 +16,16 @@ Rules, in order:
    address or card number pasted from a URL or a web page);
 3. `[at]`, `(at)`, `{at}` (with the spaces around them) to "@", and `[dot]`, `(dot)`, `{dot}` to ".";
    spaces around an "@" between an address-shaped local part and a domain removed, and spaces
-   before a dot of that domain (`jane @ example .com`; a space only after a dot is a sentence's
-   end, left alone); and `local at domain dot tld` written with the words (at least one ` dot `:
+   around a dot of the local part and before a dot of that domain (`jane @ example .com`; a space only after a dot is a sentence's
+   end, left alone); and `local dot part at domain dot tld` written with the words (at least one ` dot `:
    "meet me at the office" has none), or with an "@" and ` dot `, to `local@domain.tld`;
 4. between two digits (or a `)` and a digit), a run of whitespace of any kind (tab, newline) with
    at most one kind of separator (dash, dot, slash), repeated or not, to that one separator, or to
    one space if there is none (`4111 - 1111`, `4111\t1111`, `4111--1111`); between a digit and a
    letter, a whitespace run other than one space to one space (`DE89\tABCD`); a US SSN shape
    (3-2-4 digits) or US phone shape (3-3-4) whose separators differ or are slashes to dashes
-   (`536 90-4399`, `536/90/4399`, `212/555/1234`);
+   (`536 90-4399`, `536/90/4399`, `212/555/1234`), and a US phone with its area code in
+   parentheses to `(919) 274-1078` whatever joins its groups;
    an IBAN's groups (country code, check digits, groups of up to 4) joined by any of these to
    single spaces (`DE89/3704.0044`, `NL80 – ABNA`);
 5. an IBAN-shaped run of lower-case letters and digits upper-cased.
@@ -49,12 +50,14 @@ _ESCAPED = re.compile(r"%[0-7][0-9A-Fa-f]|&#[0-9]{1,7};|&#[xX][0-9A-Fa-f]{1,6};|
 _AT = re.compile(r"\s*[\[({]\s*at\s*[\])}]\s*", re.IGNORECASE)
 _DOT = re.compile(r"\s*[\[({]\s*dot\s*[\])}]\s*", re.IGNORECASE)
 _LABEL = r"[^\W_][\w-]{0,62}"
+# Spaces around a dot of the local part just before an "@" (`jane . doe @`).
+_LOCAL_DOT = re.compile(r"(?<=[^\W_])(?:[ \t]{1,3}\.[ \t]{0,3}|\.[ \t]{1,3})(?=[^\W_][\w.%+-]{0,63}[ \t]{0,3}@)")
 # A space around "@" (not both sides bare), after a local part's last letter or digit.
 _AT_SPACED = re.compile(r"(?<=[^\W_])(?:[ \t]{1,3}@[ \t]{0,3}|@[ \t]{1,3})(?=[^\W_])")
 # After "@", a domain whose dots have spaces before them (`example .com`, `example . com`).
 _DOMAIN_SPACED = re.compile(rf"(?<=@){_LABEL}(?:(?:[ \t]{{1,3}}\.[ \t]{{0,3}}|\.){_LABEL})*[ \t]{{1,3}}\.[ \t]{{0,3}}{_LABEL}(?:\.{_LABEL})*")
 _WORDY = re.compile(
-    rf"(?<![\w.%+-])[^\W_][\w.%+-]{{0,63}}(?:[ \t]+at[ \t]+|@){_LABEL}(?:\.{_LABEL})*(?:[ \t]+dot[ \t]+{_LABEL}(?:\.{_LABEL})*)+(?![\w@])",
+    rf"(?<![\w.%+-])[^\W_][\w.%+-]{{0,63}}(?:[ \t]+dot[ \t]+[^\W_][\w.%+-]{{0,63}})*(?:[ \t]+at[ \t]+|@){_LABEL}(?:\.{_LABEL})*(?:[ \t]+dot[ \t]+{_LABEL}(?:\.{_LABEL})*)+(?![\w@])",
     re.IGNORECASE,
 )
 _WORDY_PARTS = re.compile(r"[ \t]+(at|dot)[ \t]+", re.IGNORECASE)
@@ -63,13 +66,15 @@ _SEPARATOR = re.compile(r"(?<=[\d)])(?![ ./-]\d)(?:\s*(-+|\.+|/+)\s*|\s+)(?=\d)"
 _LETTER_GAP = re.compile(r"(?<=\d)(?! [A-Za-z])\s+(?=[A-Za-z])|(?<=[A-Za-z])(?! \d)\s+(?=\d)")
 # A 3-2-4 (SSN) or 3-3-4 (US phone) shape whose separators are not one kind of space, dash or dot.
 _SSN_MIXED = re.compile(r"(?<![\w.,/-])\d{3}(?!-\d{2,3}-|\.\d{2,3}\.| \d{2,3} )[ ./-]\d{2,3}[ ./-]\d{4}(?![\w]|[.,/-]\d)")
+# A US phone with its area code in parentheses, its groups joined by anything (`(919)/274/1078`).
+_AREA_CODE = re.compile(r"(?<![\w.,/-])\((\d{3})\)(?:\s*[./_-]+\s*|\s+)?(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{4})(?![\w]|[.,/-]\d)")
 # An IBAN's groups joined by anything but single spaces and dashes (`DE89/3704.0044`, `NL80 – ABNA`):
 # after a bank code of letters, each group holds a digit (the word after an IBAN is not part of it).
 _IBAN_SPLIT = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Za-z0-9]{1,8}|(?:\s*[./-]+\s*|\s+)[A-Za-z]{4})?"
-    r"(?:(?:\s*[./-]+\s*|\s+)(?=[A-Za-z]{0,7}\d)[A-Za-z0-9]{1,8}){2,8}(?![A-Za-z0-9])"
+    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Za-z0-9]{1,8}|(?:\s*[./_-]+\s*|\s+)[A-Za-z]{4})?"
+    r"(?:(?:\s*[./_-]+\s*|\s+)(?=[A-Za-z]{0,7}\d)[A-Za-z0-9]{1,8}){2,8}(?![A-Za-z0-9])"
 )
-_IBAN_GAP = re.compile(r"\s*[./-]+\s*|\s+")
+_IBAN_GAP = re.compile(r"\s*[./_-]+\s*|\s+")
 # After the bank code, each group holds a digit: the word after an IBAN is not part of it.
 _IBAN_LOWER = re.compile(r"\b[a-z]{2}\d{2}[ ]?[a-z0-9]{4}(?:[ ]?(?=[a-z]{0,3}\d)[a-z0-9]{1,4}){1,7}\b")
 
@@ -136,12 +141,14 @@ _RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (_ESCAPED, _unescape),
     (_AT, lambda m: "@"),
     (_DOT, lambda m: "."),
+    (_LOCAL_DOT, lambda m: "."),
     (_AT_SPACED, lambda m: "@"),
     (_DOMAIN_SPACED, lambda m: re.sub(r"[ \t]+", "", m.group(0))),
     (_WORDY, lambda m: _WORDY_PARTS.sub(lambda p: "@" if p.group(1).lower() == "at" else ".", m.group(0))),
     (_SEPARATOR, lambda m: m.group(1)[0] if m.group(1) else " "),
     (_LETTER_GAP, lambda m: " "),
     (_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0))),
+    (_AREA_CODE, lambda m: f"({m.group(1)}) {m.group(2)}-{m.group(3)}"),
     (_IBAN_SPLIT, lambda m: _IBAN_GAP.sub(" ", m.group(0))),
     (_IBAN_LOWER, lambda m: m.group(0).upper()),
 )

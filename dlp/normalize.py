@@ -142,27 +142,53 @@ def _unescape(m: re.Match[str]) -> str:
     return "".join(_char(c) for c in decoded)
 
 
-_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
-    (_ESCAPED, _unescape),
-    (_AT, lambda m: "@"),
-    (_DOT, lambda m: "."),
-    (_LOCAL_DOT, lambda m: "."),
-    (_AT_SPACED, lambda m: "@"),
-    (_DOMAIN_SPACED, lambda m: re.sub(r"[ \t]+", "", m.group(0))),
-    (_WORDY, lambda m: _WORDY_PARTS.sub(lambda p: "@" if p.group(1).lower() == "at" else ".", m.group(0))),
-    (_SEPARATOR, lambda m: m.group(1)[0] if m.group(1) else " "),
-    (_LETTER_GAP, lambda m: " "),
-    (_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0))),
-    (_AREA_CODE, lambda m: f"({m.group(1)}) {m.group(2)}-{m.group(3)}"),
-    (_IBAN_SPLIT, lambda m: _IBAN_GAP.sub(" ", m.group(0))),
-    (_IBAN_LOWER, lambda m: m.group(0).upper()),
+@dataclass(frozen=True)
+class _Rule:
+    """A rewrite; `gate` is a substring test that is false whenever the pattern cannot match, so a
+    text without an `@` or a bracket skips the rule's regex (a scan at every position) entirely."""
+
+    pattern: re.Pattern[str]
+    repl: Callable[[re.Match[str]], str]
+    gate: Callable[[str], bool] = lambda t: True
+
+    def applies(self, text: str) -> bool:
+        return self.gate(text) and self.pattern.search(text) is not None
+
+
+_BRACKETED = re.compile(r"[\[({]")
+_WORD_DOT = re.compile(r"dot", re.IGNORECASE)
+_ODD_SPACE = re.compile(r"[^\S ]|  ")
+
+
+def _has_at(t: str) -> bool:
+    return "@" in t
+
+
+_RULES: tuple[_Rule, ...] = (
+    _Rule(_ESCAPED, _unescape),
+    _Rule(_AT, lambda m: "@", lambda t: _BRACKETED.search(t) is not None),
+    _Rule(_DOT, lambda m: ".", lambda t: _BRACKETED.search(t) is not None),
+    _Rule(_LOCAL_DOT, lambda m: ".", _has_at),
+    _Rule(_AT_SPACED, lambda m: "@", _has_at),
+    _Rule(_DOMAIN_SPACED, lambda m: re.sub(r"[ \t]+", "", m.group(0)), _has_at),
+    _Rule(
+        _WORDY,
+        lambda m: _WORDY_PARTS.sub(lambda p: "@" if p.group(1).lower() == "at" else ".", m.group(0)),
+        lambda t: _WORD_DOT.search(t) is not None,
+    ),
+    _Rule(_SEPARATOR, lambda m: m.group(1)[0] if m.group(1) else " "),
+    _Rule(_LETTER_GAP, lambda m: " ", lambda t: _ODD_SPACE.search(t) is not None),
+    _Rule(_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0))),
+    _Rule(_AREA_CODE, lambda m: f"({m.group(1)}) {m.group(2)}-{m.group(3)}", lambda t: "(" in t),
+    _Rule(_IBAN_SPLIT, lambda m: _IBAN_GAP.sub(" ", m.group(0))),
+    _Rule(_IBAN_LOWER, lambda m: m.group(0).upper()),
 )
 
 
 def normalize(text: str) -> Normalized:
     """The matchable copy of `text` (see the module docstring); cheap when there is nothing to do."""
     ascii_only = text.isascii()
-    if ascii_only and not any(p.search(text) for p, _ in _RULES):
+    if ascii_only and not any(rule.applies(text) for rule in _RULES):
         return Normalized(text, None, None)
     if ascii_only:
         copy, starts, ends = text, list(range(len(text))), list(range(1, len(text) + 1))
@@ -174,9 +200,9 @@ def normalize(text: str) -> Normalized:
             starts += [i] * len(n)
             ends += [i + 1] * len(n)
         copy = "".join(pieces)
-    for pattern, repl in _RULES:
-        if pattern.search(copy):
-            copy, starts, ends = _apply(copy, starts, ends, pattern, repl)
+    for rule in _RULES:
+        if rule.applies(copy):
+            copy, starts, ends = _apply(copy, starts, ends, rule.pattern, rule.repl)
     if copy == text:
         return Normalized(text, None, None)
     return Normalized(copy, tuple(starts), tuple(ends))

@@ -342,7 +342,8 @@ class Tokenizer:
         every = texts + [blob.text for _, blob in inner]
         where = (labels or ["text"] * len(texts)) + [f"{labels[i] if labels else 'text'} (encoded)" for i, _ in inner]
         real = await self._real_tokens(every, scope)
-        findings = await self._analyze_all([_blank(t, real) for t in every], actions.scanned, scope, summary)
+        scanned = [encoded.blank_encodings(_blank(t, real), found) for t, found in zip(texts, blobs, strict=True)]
+        findings = await self._analyze_all(scanned + [_blank(b.text, real) for _, b in inner], actions.scanned, scope, summary)
         for label, fs in zip(where, findings, strict=True):
             hit = next((f for f in fs if f.entity_type in actions.block), None)
             if hit is not None:

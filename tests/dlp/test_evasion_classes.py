@@ -9,11 +9,13 @@ import asyncio
 import pytest
 
 from dlp.cards import find_cards
+from dlp.encoded import Blob, blank_encodings, find_blobs
 from dlp.engine import PiiEngine
 from dlp.outbound import Tokenizer, scope_key
 from dlp.vault import SqliteVault
 from gateway.errors import Refusal
-from tests.dlp.evasion_corpus import NUMERIC, clean_samples, email_samples, split_samples
+from tests.dlp.evasion_corpus import NUMERIC, clean_samples, email_samples, encoded, split_samples
+from tests.dlp.user_corpus import Gen
 
 DEFAULT = frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON"})
 
@@ -89,3 +91,19 @@ def test_numbers_are_read_with_their_key_as_context(engine: PiiEngine, sqlite_va
             assert "4111111111111111" not in str(refused.value) and "536904399" not in str(refused.value)
     finally:
         tok.close()
+
+
+def test_an_encoding_is_scanned_decoded_and_only_runs_that_could_spell_pii_stay_in_the_clear() -> None:
+    """Base64 of generated text is wholly blanked for the scan of the outer text (its decoded text
+    is scanned instead), but a run of its own characters that could be a card, an SSN, a phone or
+    an IBAN stays, whatever the blob decodes to."""
+    gen = Gen(107)
+    for kind in ("EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER"):
+        clear = f"Customer record: {gen.value(kind)}, verified on the call."
+        text = f"see {encoded(clear, 'base64')} end"
+        (blob,) = find_blobs(text)
+        assert (blob.text, text[blob.start : blob.end]) == (clear, encoded(clear, "base64"))
+        assert blank_encodings(text, [blob]) == "see " + " " * (blob.end - blob.start) + " end"
+    spelled = "abcd4111/1111/1111/1111xyzGB82WEST12345698765432q"
+    blob = Blob(0, len(spelled), "base64", "made up")
+    assert blank_encodings(spelled, [blob]) == "    4111/1111/1111/1111   GB82WEST12345698765432 "

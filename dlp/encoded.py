@@ -71,11 +71,13 @@ def find_blobs(text: str) -> list[Blob]:
     return found + _lines(text, pos, len(text))
 
 
-# What PII an encoding's own characters can spell: digits grouped by `/` or `-` (a card, an SSN, a
-# phone; base64 has no space, `@` or `.`) and upper-case IBANs, so at least 9 digits in a run of
-# digits, capitals, slashes and dashes. Random base64 of text holds such a run about once in
-# 5,000,000 characters.
-_SPELLED = re.compile(r"[0-9A-Z/-]*(?:\d[A-Z/-]*){9,}")
+# What PII an encoding's own characters can spell where a recognizer would see it: digits grouped
+# by `/` or `-` (a card, an SSN, a phone; base64 has no space, `@` or `.`) or an IBAN in capitals,
+# as a run of digits, capitals, `/` and `-`; or a lower-case IBAN, as a run of letters and digits.
+# Such a run is a value only if it is short (48 characters: an IBAN with separators, a grouped
+# card) and holds 9 digits or more; base64 of text holds one about once in 5,000,000 characters.
+_SPELLING = (re.compile(r"[0-9A-Z/-]+"), re.compile(r"[0-9A-Za-z]+"))
+_SPELLED_MAX = 48
 
 
 def blank_encodings(text: str, blobs: list[Blob]) -> str:
@@ -89,8 +91,10 @@ def blank_encodings(text: str, blobs: list[Blob]) -> str:
         parts.append(text[pos : blob.start])
         run = text[blob.start : blob.end]
         kept = [" "] * len(run)
-        for m in _SPELLED.finditer(run):
-            kept[m.start() : m.end()] = m.group(0)
+        for shape in _SPELLING:
+            for m in shape.finditer(run):
+                if len(m.group(0)) <= _SPELLED_MAX and sum(c.isdigit() for c in m.group(0)) >= 9:
+                    kept[m.start() : m.end()] = m.group(0)
         parts.append("".join(kept))
         pos = blob.end
     parts.append(text[pos:])

@@ -13,7 +13,8 @@ the card is looked for among its consecutive groups, the longest first, starting
 at the run's ends or at a space: a dash, dot or slash binds its groups into one identifier (an
 order id, a date, an IP address) whose middle is never read as a card. A part of a run is read
 only if it holds no space (one identifier), or if what it leaves out on either side is an
-identifier of several groups (`10.0.0.1`, `2024-01-15`): in a run of space-separated groups
+identifier of several groups (`10.0.0.1`, `2024-01-15`) and its groups but the last hold 3 digits
+or more (a row of a table of small numbers is no card): in a run of space-separated groups
 (`6011 1234 5678 9012 3`) which of them would be the card is a guess, and about one guess in ten
 passes Luhn, so such a run is a card whole or not at all.
 """
@@ -128,7 +129,9 @@ def _stands_alone(text: str, groups: list[tuple[int, int]], i: int, j: int) -> b
         return True
     before = i == 0 or (i >= 2 and sep(i - 2) != " ")
     after = j == len(groups) - 1 or (j + 2 < len(groups) and sep(j + 1) != " ")
-    return before and after
+    whole = i == 0 and j == len(groups) - 1
+    # Cut from a longer run, it must be grouped as cards are (4-4-4-4, 4-6-5), not a table's row.
+    return whole or (before and after and all(groups[k][1] - groups[k][0] >= 3 for k in range(i, j)))
 
 
 class CardRecognizer(EntityRecognizer):

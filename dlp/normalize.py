@@ -21,11 +21,12 @@ Rules, in order:
    "meet me at the office" has none), or with an "@" and ` dot `, to `local@domain.tld`;
 4. between two digits (or a `)` and a digit), a run of whitespace of any kind (tab, newline) with
    at most one kind of separator (dash, dot, slash), repeated or not, to that one separator, or to
-   one space if there is none (`4111 - 1111`, `4111\t1111`, `4111--1111`); between a digit and a
+   one space if there is none (a dot with spaces only after it ends a sentence, and stays) (`4111 - 1111`, `4111\t1111`, `4111--1111`); between a digit and a
    letter, a whitespace run other than one space to one space (`DE89\tABCD`); a US SSN shape
    (3-2-4 digits) or US phone shape (3-3-4) whose separators differ or are slashes to dashes
    (`536 90-4399`, `536/90/4399`, `212/555/1234`), and a US phone with its area code in
-   parentheses to `(919) 274-1078` whatever joins its groups;
+   parentheses or its country code to `(919) 274-1078` or `+1 330 640 8653` whatever joins its
+   groups;
    an IBAN's groups (country code, check digits, groups of up to 4) joined by any of these to
    single spaces (`DE89/3704.0044`, `NL80 – ABNA`);
 5. an IBAN-shaped run of lower-case letters and digits upper-cased.
@@ -67,12 +68,17 @@ _WORDY = re.compile(
 )
 _WORDY_PARTS = re.compile(r"[ \t]+(at|dot)[ \t]+", re.IGNORECASE)
 # Whitespace and one kind of separator between digits, unless it is already one separator.
-_SEPARATOR = re.compile(r"(?<=[\d)])(?![ ./-]\d)(?:\s*(-+|\.+|/+)\s*|\s+)(?=\d)")
+# A dot with a space after it only ends a sentence (`Total 39. 65 people`): not a separator.
+_SEPARATOR = re.compile(r"(?<=[\d)])(?![ ./-]\d)(?:\s*(-+|/+)\s*|\s+(\.+)\s*|(\.{2,})\s*|\s+)(?=\d)")
 _LETTER_GAP = re.compile(r"(?<=\d)(?! [A-Za-z])\s+(?=[A-Za-z])|(?<=[A-Za-z])(?! \d)\s+(?=\d)")
 # A 3-2-4 (SSN) or 3-3-4 (US phone) shape whose separators are not one kind of space, dash or dot.
 _SSN_MIXED = re.compile(r"(?<![\w.,/-])\d{3}(?!-\d{2,3}-|\.\d{2,3}\.| \d{2,3} )[ ./-]\d{2,3}[ ./-]\d{4}(?![\w]|[.,/-]\d)")
 # A US phone with its area code in parentheses, its groups joined by anything (`(919)/274/1078`).
 _AREA_CODE = re.compile(r"(?<![\w.,/-])\((\d{3})\)(?:\s*[./_-]+\s*|\s+)?(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{4})(?![\w]|[.,/-]\d)")
+# A US phone with its country code, its groups joined by anything (`+1 - 330/640 / 8653`).
+_PLUS_ONE = re.compile(
+    r"\+1(?:\s*[./_-]+\s*|\s+)?(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{4})(?![\w]|[.,/-]\d)"
+)
 # An IBAN's groups joined by anything but single spaces and dashes (`DE89/3704.0044`, `NL80 – ABNA`):
 # after a bank code of letters, each group holds a digit (the word after an IBAN is not part of it).
 _IBAN_SPLIT = re.compile(
@@ -124,7 +130,11 @@ def _apply(text: str, starts: list[int], ends: list[int], pattern: re.Pattern[st
         new_s += starts[pos : m.start()]
         new_e += ends[pos : m.start()]
         rep = repl(m)
-        if rep and m.end() > m.start():
+        if rep and len(rep) == m.end() - m.start():  # same length (upper-cased): character for character
+            out.append(rep)
+            new_s += starts[m.start() : m.end()]
+            new_e += ends[m.start() : m.end()]
+        elif rep and m.end() > m.start():
             out.append(rep)
             new_s += [starts[m.start()]] * len(rep)
             new_e += [ends[m.end() - 1]] * len(rep)
@@ -150,9 +160,27 @@ class _Rule:
     pattern: re.Pattern[str]
     repl: Callable[[re.Match[str]], str]
     gate: Callable[[str], bool] = lambda t: True
+    # If set, `repl` rewrites the matches of `inner` within each match of `pattern`, so each
+    # character keeps its own original span (a card inside an IBAN is not stretched over it).
+    inner: re.Pattern[str] | None = None
 
     def applies(self, text: str) -> bool:
         return self.gate(text) and self.pattern.search(text) is not None
+
+    def apply(self, text: str, starts: list[int], ends: list[int]) -> tuple[str, list[int], list[int]]:
+        if self.inner is None:
+            return _apply(text, starts, ends, self.pattern, self.repl)
+        inner = self.inner
+        out, new_s, new_e, pos = [], [], [], 0
+        for m in self.pattern.finditer(text):
+            a, b = m.start(), m.end()
+            part, part_s, part_e = _apply(text[a:b], starts[a:b], ends[a:b], inner, self.repl)
+            out += [text[pos:a], part]
+            new_s += starts[pos:a] + part_s
+            new_e += ends[pos:a] + part_e
+            pos = b
+        out.append(text[pos:])
+        return "".join(out), new_s + starts[pos:], new_e + ends[pos:]
 
 
 _BRACKETED = re.compile(r"[\[({]")
@@ -176,11 +204,12 @@ _RULES: tuple[_Rule, ...] = (
         lambda m: _WORDY_PARTS.sub(lambda p: "@" if p.group(1).lower() == "at" else ".", m.group(0)),
         lambda t: _WORD_DOT.search(t) is not None,
     ),
-    _Rule(_SEPARATOR, lambda m: m.group(1)[0] if m.group(1) else " "),
+    _Rule(_SEPARATOR, lambda m: next((g[0] for g in m.groups() if g), " ")),
     _Rule(_LETTER_GAP, lambda m: " ", lambda t: _ODD_SPACE.search(t) is not None),
     _Rule(_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0))),
     _Rule(_AREA_CODE, lambda m: f"({m.group(1)}) {m.group(2)}-{m.group(3)}", lambda t: "(" in t),
-    _Rule(_IBAN_SPLIT, lambda m: _IBAN_GAP.sub(" ", m.group(0))),
+    _Rule(_PLUS_ONE, lambda m: f"+1 {m.group(1)} {m.group(2)} {m.group(3)}", lambda t: "+1" in t),
+    _Rule(_IBAN_SPLIT, lambda m: " ", inner=_IBAN_GAP),
     _Rule(_IBAN_LOWER, lambda m: m.group(0).upper()),
 )
 
@@ -202,7 +231,7 @@ def normalize(text: str) -> Normalized:
         copy = "".join(pieces)
     for rule in _RULES:
         if rule.applies(copy):
-            copy, starts, ends = _apply(copy, starts, ends, rule.pattern, rule.repl)
+            copy, starts, ends = rule.apply(copy, starts, ends)
     if copy == text:
         return Normalized(text, None, None)
     return Normalized(copy, tuple(starts), tuple(ends))

@@ -20,11 +20,14 @@ from tests.dlp.user_corpus import Gen
 DEFAULT = frozenset({"EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PERSON"})
 
 
-@pytest.mark.parametrize("seed", [101, 102])
-def test_split_values_are_found_whole_whatever_separates_their_groups(engine: PiiEngine, seed: int) -> None:
+LONG = pytest.mark.chaos_full
+
+
+@pytest.mark.parametrize(("seed", "n"), [(101, 200), (102, 200), pytest.param(111, 2000, marks=LONG), pytest.param(112, 2000, marks=LONG)])
+def test_split_values_are_found_whole_whatever_separates_their_groups(engine: PiiEngine, seed: int, n: int) -> None:
     """Tabs, newlines, Unicode spaces, every dash, dots, slashes, mixed in one value: each value is
     one finding of its type covering exactly its original characters."""
-    samples = split_samples(seed, 200)
+    samples = split_samples(seed, n)
     missed = []
     for s in samples:
         (g,) = s.gold
@@ -35,9 +38,9 @@ def test_split_values_are_found_whole_whatever_separates_their_groups(engine: Pi
     assert {s.gold[0].entity_type for s in samples} == NUMERIC
 
 
-@pytest.mark.parametrize("seed", [103, 104])
-def test_spaced_and_worded_addresses_are_found_whole(engine: PiiEngine, seed: int) -> None:
-    samples = email_samples(seed, 150)
+@pytest.mark.parametrize(("seed", "n"), [(103, 150), (104, 150), pytest.param(113, 2000, marks=LONG)])
+def test_spaced_and_worded_addresses_are_found_whole(engine: PiiEngine, seed: int, n: int) -> None:
+    samples = email_samples(seed, n)
     missed = []
     for s in samples:
         (g,) = s.gold
@@ -47,11 +50,11 @@ def test_spaced_and_worded_addresses_are_found_whole(engine: PiiEngine, seed: in
     assert missed == []
 
 
-@pytest.mark.parametrize("seed", [105, 106])
-def test_numbers_dates_ids_and_prose_about_places_stay_untouched(engine: PiiEngine, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "n"), [(105, 400), (106, 400), pytest.param(115, 4000, marks=LONG), pytest.param(116, 4000, marks=LONG)])
+def test_numbers_dates_ids_and_prose_about_places_stay_untouched(engine: PiiEngine, seed: int, n: int) -> None:
     """Dates in every order and separator, times, timestamps, order ids, UUIDs, versions, IPs with
     ports, amounts, tab- and newline-separated tables, `at` and `@` as words: zero findings."""
-    texts = clean_samples(seed, 400)
+    texts = clean_samples(seed, n)
     found = {t: [(t[f.start : f.end], f.entity_type) for f in engine.analyze(t, DEFAULT)] for t in texts}
     assert {t: f for t, f in found.items() if f} == {}
 

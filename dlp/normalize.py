@@ -14,7 +14,8 @@ Rules, in order:
 2. a percent-escape of an ASCII character (`%40`, `%2E`, `%35`) and an HTML character reference
    (`&#64;`, `&#x40;`, `&commat;`, `&shy;`) to its character, itself normalized by rule 1 (an
    address or card number pasted from a URL or a web page);
-3. `[at]`, `(at)`, `{at}` (with the spaces around them) to "@", and `[dot]`, `(dot)`, `{dot}` to ".";
+3. `[at]`, `(at)`, `{at}`, `<at>` (with the spaces around them) to "@", and `[dot]`, `(dot)`,
+   `{dot}`, `<dot>` to ".";
    spaces around an "@" between an address-shaped local part and a domain removed, and spaces
    around a dot of the local part and before a dot of that domain (`jane @ example .com`; a space only after a dot is a sentence's
    end, left alone); and `local dot part at domain dot tld` written with the words (at least one ` dot `:
@@ -26,7 +27,8 @@ Rules, in order:
    (3-2-4 digits) or US phone shape (3-3-4) whose separators differ or are slashes to dashes
    (`536 90-4399`, `536/90/4399`, `212/555/1234`), and a US phone with its area code in
    parentheses or its country code to `(919) 274-1078` or `+1 330 640 8653` whatever joins its
-   groups;
+   groups; 9 to 19 digits written one by one with one kind of gap (`4 1 1 1 …`) to one number
+   (9 as `ddd-dd-dddd`, 10 as `ddd-ddd-dddd`);
    an IBAN's groups (country code, check digits, groups of up to 4) joined by any of these to
    single spaces (`DE89/3704.0044`, `NL80 – ABNA`);
 5. an IBAN-shaped run of lower-case letters and digits upper-cased.
@@ -50,8 +52,8 @@ _INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0")
 _ESCAPED = re.compile(r"%[0-7][0-9A-Fa-f]|&#[0-9]{1,7};|&#[xX][0-9A-Fa-f]{1,6};|&[A-Za-z][A-Za-z0-9]{1,31};")
 # Each starts at the first space of a run (`(?<!\s)`): from every space of a long run of spaces,
 # `\s*` would scan to its end, quadratic in the run (0.7 s for 4,000 spaces).
-_AT = re.compile(r"(?<!\s)\s*[\[({]\s*at\s*[\])}]\s*", re.IGNORECASE)
-_DOT = re.compile(r"(?<!\s)\s*[\[({]\s*dot\s*[\])}]\s*", re.IGNORECASE)
+_AT = re.compile(r"(?<!\s)\s*[\[({<]\s*at\s*[\])}>]\s*", re.IGNORECASE)
+_DOT = re.compile(r"(?<!\s)\s*[\[({<]\s*dot\s*[\])}>]\s*", re.IGNORECASE)
 _LABEL = r"[^\W_][\w-]{0,62}"
 # Spaces around a dot of the local part just before an "@" (`jane . doe @`).
 _LOCAL_DOT = re.compile(r"(?<=[^\W_])(?:[ \t]{1,3}\.[ \t]{0,3}|\.[ \t]{1,3})(?=[^\W_][\w.%+-]{0,63}[ \t]{0,3}@)")
@@ -75,6 +77,19 @@ _LETTER_GAP = re.compile(r"(?<=\d)(?! [A-Za-z])\s+(?=[A-Za-z])|(?<=[A-Za-z])(?! 
 _SSN_MIXED = re.compile(r"(?<![\w.,/-])\d{3}(?!-\d{2,3}-|\.\d{2,3}\.| \d{2,3} )[ ./-]\d{2,3}[ ./-]\d{4}(?![\w]|[.,/-]\d)")
 # A US phone with its area code in parentheses, its groups joined by anything (`(919)/274/1078`).
 _AREA_CODE = re.compile(r"(?<![\w.,/-])\((\d{3})\)(?:\s*[./_-]+\s*|\s+)?(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{4})(?![\w]|[.,/-]\d)")
+# Digits written one by one (`4 1 1 1 1 1 1 1 …`, one kind of gap): 9 to 19 of them are read as one
+# number, 9 in an SSN's grouping and 10 in a US phone's (a bare 9-digit number is an SSN only with
+# the word "SSN" before it; spelled out digit by digit, it was meant to hide one).
+_ONE_BY_ONE = re.compile(r"(?<![\w.,/-])\d([ .-])\d(?:\1\d){7,17}(?![\w]|[.,/-]\d)")
+
+
+def _one_number(m: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", m.group(0))
+    if len(digits) == 9:
+        return f"{digits[:3]}-{digits[3:5]}-{digits[5:]}"
+    if len(digits) == 10:
+        return f"{digits[:3]}-{digits[3:6]}-{digits[6:]}"
+    return digits
 # A US phone with its country code, its groups joined by anything (`+1 - 330/640 / 8653`).
 _PLUS_ONE = re.compile(
     r"\+1(?:\s*[./_-]+\s*|\s+)?(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{3})(?:\s*[./_-]+\s*|\s+)(\d{4})(?![\w]|[.,/-]\d)"
@@ -183,7 +198,7 @@ class _Rule:
         return "".join(out), new_s + starts[pos:], new_e + ends[pos:]
 
 
-_BRACKETED = re.compile(r"[\[({]")
+_BRACKETED = re.compile(r"[\[({<]")
 _WORD_DOT = re.compile(r"dot", re.IGNORECASE)
 _ODD_SPACE = re.compile(r"[^\S ]|  ")
 
@@ -206,6 +221,7 @@ _RULES: tuple[_Rule, ...] = (
     ),
     _Rule(_SEPARATOR, lambda m: next((g[0] for g in m.groups() if g), " ")),
     _Rule(_LETTER_GAP, lambda m: " ", lambda t: _ODD_SPACE.search(t) is not None),
+    _Rule(_ONE_BY_ONE, _one_number),
     _Rule(_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0))),
     _Rule(_AREA_CODE, lambda m: f"({m.group(1)}) {m.group(2)}-{m.group(3)}", lambda t: "(" in t),
     _Rule(_PLUS_ONE, lambda m: f"+1 {m.group(1)} {m.group(2)} {m.group(3)}", lambda t: "+1" in t),

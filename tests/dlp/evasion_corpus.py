@@ -3,7 +3,8 @@ and worded e-mail addresses, encoded values, and the PII-free text they must not
 
 Values come from `user_corpus.Gen` (every card network, issued-range SSNs, IBANs of five countries,
 valid US phones); only their digits are kept and regrouped here, each gap drawn on its own from
-`GAPS`, so one value mixes tabs, newlines, Unicode spaces and dashes as no template did.
+`GAPS`, so one value mixes tabs, newlines, Unicode spaces and dashes as no template did; one in ten
+is written digit by digit.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def split_value(gen: Gen, kind: str) -> str:
     """A `kind` value with each gap between its groups drawn from `GAPS` (SSNs: `SSN_GAPS`)."""
     rng = gen.rng
     raw = "".join(c for c in gen.value(kind) if c.isalnum())
+    if kind != "IBAN_CODE" and rng.random() < 0.1:  # digit by digit, one kind of gap
+        return rng.choice([" ", "-", "."]).join(raw[-10:] if kind == "PHONE_NUMBER" else raw)
     if kind == "CREDIT_CARD":
         n = len(raw)
         sizes = [4, 6, 5] if n == 15 else [4] * (n // 4) + ([n % 4] if n % 4 else [])
@@ -90,7 +93,7 @@ def spaced_email(gen: Gen) -> str:
     local, domain = gen.email().split("@")
     labels = domain.split(".")
     rng = gen.rng
-    style = rng.choice(["spaced_at", "spaced_dot", "spaced_local", "brackets", "parens", "words", "words_upper", "mixed"])
+    style = rng.choice(["spaced_at", "spaced_dot", "spaced_local", "brackets", "parens", "words", "words_upper", "angles", "mixed"])
     if style == "spaced_local":
         return local.replace(".", rng.choice([" . ", " .", ". "])) + rng.choice([" @ ", "@", "@ "]) + domain
     if style == "spaced_at":
@@ -105,6 +108,8 @@ def spaced_email(gen: Gen) -> str:
         return local.replace(".", " dot ") + " at " + " dot ".join(labels)
     if style == "words_upper":
         return f"{local} AT " + " DOT ".join(labels)
+    if style == "angles":
+        return f"{local} <at> " + " <dot> ".join(labels)
     return f"{local} {{at}} " + " dot ".join(labels)
 
 

@@ -201,6 +201,15 @@ class _Rule:
 _BRACKETED = re.compile(r"[\[({<]")
 _WORD_DOT = re.compile(r"dot", re.IGNORECASE)
 _ODD_SPACE = re.compile(r"[^\S ]|  ")
+# Necessary conditions, each a cheaper scan than its rule's pattern.
+_SEPARATOR_GATE = re.compile(r"[^\S ]|  | [-./]|[-./] |--|\.\.|//")
+_ONE_BY_ONE_GATE = re.compile(r"\d([ .-])\d\1\d\1\d")
+_SSN_GATE = re.compile(r"\d{3}[ ./-]\d{2,3}[ ./-]\d{4}")
+_IBAN_GATE = re.compile(r"[A-Z]{2}\d\d")
+
+
+def _gate(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda t: pattern.search(t) is not None
 
 
 def _has_at(t: str) -> bool:
@@ -209,23 +218,23 @@ def _has_at(t: str) -> bool:
 
 _RULES: tuple[_Rule, ...] = (
     _Rule(_ESCAPED, _unescape),
-    _Rule(_AT, lambda m: "@", lambda t: _BRACKETED.search(t) is not None),
-    _Rule(_DOT, lambda m: ".", lambda t: _BRACKETED.search(t) is not None),
+    _Rule(_AT, lambda m: "@", _gate(_BRACKETED)),
+    _Rule(_DOT, lambda m: ".", _gate(_BRACKETED)),
     _Rule(_LOCAL_DOT, lambda m: ".", _has_at),
     _Rule(_AT_SPACED, lambda m: "@", _has_at),
     _Rule(_DOMAIN_SPACED, lambda m: re.sub(r"[ \t]+", "", m.group(0)), _has_at),
     _Rule(
         _WORDY,
         lambda m: _WORDY_PARTS.sub(lambda p: "@" if p.group(1).lower() == "at" else ".", m.group(0)),
-        lambda t: _WORD_DOT.search(t) is not None,
+        _gate(_WORD_DOT),
     ),
-    _Rule(_SEPARATOR, lambda m: next((g[0] for g in m.groups() if g), " ")),
-    _Rule(_LETTER_GAP, lambda m: " ", lambda t: _ODD_SPACE.search(t) is not None),
-    _Rule(_ONE_BY_ONE, _one_number),
-    _Rule(_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0))),
+    _Rule(_SEPARATOR, lambda m: next((g[0] for g in m.groups() if g), " "), _gate(_SEPARATOR_GATE)),
+    _Rule(_LETTER_GAP, lambda m: " ", _gate(_ODD_SPACE)),
+    _Rule(_ONE_BY_ONE, _one_number, _gate(_ONE_BY_ONE_GATE)),
+    _Rule(_SSN_MIXED, lambda m: re.sub(r"\D", "-", m.group(0)), _gate(_SSN_GATE)),
     _Rule(_AREA_CODE, lambda m: f"({m.group(1)}) {m.group(2)}-{m.group(3)}", lambda t: "(" in t),
     _Rule(_PLUS_ONE, lambda m: f"+1 {m.group(1)} {m.group(2)} {m.group(3)}", lambda t: "+1" in t),
-    _Rule(_IBAN_SPLIT, lambda m: " ", inner=_IBAN_GAP),
+    _Rule(_IBAN_SPLIT, lambda m: " ", _gate(_IBAN_GATE), inner=_IBAN_GAP),
     _Rule(_IBAN_LOWER, lambda m: m.group(0).upper()),
 )
 

@@ -87,7 +87,13 @@ def test_numbers_are_read_with_their_key_as_context(engine: PiiEngine, sqlite_va
         kinds = {"customer_ssn": "US_SSN", "phone": "PHONE_NUMBER", "card": "CREDIT_CARD"}
         assert [str(meta[k])[: len(f"tok_{t}_")] for k, t in kinds.items()] == [f"tok_{t}_" for t in kinds.values()]
         assert (meta["n"], body["seed"]) == (536904399, 7)
-        for outside in ({"seed": 4111111111111111}, {"seed": 5555555555554444.0}, {"limits": [1, {"ssn": 536904399}]}):
+        # A 10-digit seed that is a valid US number is a seed: outside the text fields only a key
+        # that names a phone makes it one.
+        body = {"metadata": {}, "seed": 2125550199, "n": 3000000000}
+        asyncio.run(tok.tokenize_body(body, ("metadata.*",), DEFAULT, scope))
+        assert body == {"metadata": {}, "seed": 2125550199, "n": 3000000000}
+        outsiders = ({"seed": 4111111111111111}, {"seed": 5555555555554444.0}, {"limits": [1, {"ssn": 536904399}]}, {"x": {"mobile_phone": 2125550199}})
+        for outside in outsiders:
             with pytest.raises(Refusal) as refused:
                 asyncio.run(tok.tokenize_body({"metadata": {}, **outside}, ("metadata.*",), DEFAULT, scope))
             assert refused.value.code == "pii_blocked"

@@ -178,10 +178,10 @@ def test_pii_as_a_json_number_outside_the_text_fields_is_refused(
 
 
 def test_numbers_that_are_no_pii_and_masked_numbers(gw: GatewayProcess, vendor: FakeVendor) -> None:
-    """Ordinary seeds (small, 20-digit, Luhn-invalid) leave as they are; under a mask policy a card
-    number as `seed` leaves as its mask, never raw."""
+    """Ordinary seeds (small, 32-bit ones that look like US phones, 20-digit, Luhn-invalid) leave as
+    they are; under a mask policy a card number as `seed` leaves as its mask, never raw."""
     with agent(gw) as c:
-        for seed in (42, 1733480000, 4111111111111112, 12345678901234567890):
+        for seed in (42, 1733480000, 2125550199, 3000000000, 4111111111111112, 12345678901234567890):
             r = c.post(CHAT, json=chat("hi", seed=seed))
             assert r.status_code == 200, r.text
             assert vendor.received[-1].json()["seed"] == seed

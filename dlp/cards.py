@@ -2,10 +2,21 @@
 
 Presidio's own card recognizer knows the prefixes of 2015 (no Mastercard 2-series, no 19-digit
 Visa, no UnionPay or Maestro), so a third of today's cards left the gateway raw. This one reads any
-run of 12 to 19 digits, whole or grouped with one kind of separator (space, dash, dot or slash),
-and accepts it only if the prefix and length belong to a network (`NETWORKS`) and the Luhn check
-digit is right: about one random digit string in ten passes Luhn, and a network's prefix cuts that
-further, so order ids and timestamps of the same length stay text.
+run of 12 to 19 digits, whole or in groups joined by separators (space, dash, dot, slash or underscore, mixed
+as a hurried hand or a careless paste mixes them: `4111 1111-1111.1111`), and accepts it only if
+the prefix and length belong to a network (`NETWORKS`) and the Luhn check digit is right: about
+one random digit string in ten passes Luhn, and a network's prefix cuts that further, so order ids
+and timestamps of the same length stay text.
+
+A run of groups can hold more than the card (`4111-1111-1111-1111 12 items`, a date before it), so
+the card is looked for among its consecutive groups, the longest first, starting and ending only
+at the run's ends or at a space: a dash, dot or slash binds its groups into one identifier (an
+order id, a date, an IP address) whose middle is never read as a card. A part of a run is read
+only if it holds no space (one identifier), or if what it leaves out on either side is an
+identifier of several groups (`10.0.0.1`, `2024-01-15`) and its groups but the last hold 3 digits
+or more (a row of a table of small numbers is no card): in a run of space-separated groups
+(`6011 1234 5678 9012 3`) which of them would be the card is a guess, and about one guess in ten
+passes Luhn, so such a run is a card whole or not at all.
 """
 
 from __future__ import annotations
@@ -48,10 +59,13 @@ NETWORKS: tuple[Network, ...] = (
     Network("mir", (("2200", "2204"),), (16, 17, 18, 19)),
 )
 
-# 12-19 digits, whole or in groups of 1-8 joined by one kind of separator (a group of 8 is two
-# groups of 4 whose separator was an invisible character, removed by normalization); digits or
-# letters around it would make it part of a longer identifier, so they are excluded.
-_CANDIDATE = re.compile(r"(?<![\w.,/-])\d{2,19}(?:([ ./-])\d{1,8}(?:\1\d{1,8}){0,8})?(?![\w]|[.,/-]\d)")
+# A run of digit groups joined by single separators (normalization made every run of separators
+# one); digits or letters around it would make it part of a longer identifier, so they end it.
+_RUN = re.compile(r"(?<![\w.,/-])\d+(?:[ ./_-]\d+)*(?![\w]|[.,/-]\d)")
+_GROUP = re.compile(r"\d+")
+# A card's first group holds at least 2 digits, each later one at most 15 (an Amex's last two
+# groups, 6 and 5, whose separator was an invisible character removed by normalization).
+_LAST_GROUP_MAX = 15
 
 
 def luhn_ok(digits: str) -> bool:
@@ -74,12 +88,50 @@ def network_of(digits: str) -> str | None:
 
 def find_cards(text: str) -> list[tuple[int, int]]:
     """Spans of card numbers in `text`."""
-    found = []
-    for m in _CANDIDATE.finditer(text):
-        digits = re.sub(r"\D", "", m.group(0))
-        if network_of(digits) is not None:
-            found.append(m.span())
+    found: list[tuple[int, int]] = []
+    for run in _RUN.finditer(text):
+        found += _cards_in_run(text, [g.span() for g in _GROUP.finditer(text, run.start(), run.end())])
     return found
+
+
+def _cards_in_run(text: str, groups: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Card numbers among consecutive `groups` (spans of one run), left to right, longest first."""
+    edges = {0} | {i for i in range(1, len(groups)) if text[groups[i][0] - 1] == " "}
+    ends = {len(groups) - 1} | {i - 1 for i in edges if i > 0}
+    found: list[tuple[int, int]] = []
+    i = 0
+    while i < len(groups):
+        hit = None
+        if i in edges and groups[i][1] - groups[i][0] >= 2:
+            digits = ""
+            for j in range(i, len(groups)):
+                start, end = groups[j]
+                if len(digits) + end - start > 19 or (j > i and end - start > _LAST_GROUP_MAX):
+                    break
+                digits += text[start:end]
+                if j in ends and _stands_alone(text, groups, i, j) and network_of(digits) is not None:
+                    hit = j
+        if hit is None:
+            i += 1
+            continue
+        found.append((groups[i][0], groups[hit][1]))
+        i = hit + 1
+    return found
+
+
+def _stands_alone(text: str, groups: list[tuple[int, int]], i: int, j: int) -> bool:
+    """Whether groups `i..j` of a run can be read apart from the rest (see the module docstring)."""
+
+    def sep(k: int) -> str:  # the separator between groups k and k + 1
+        return text[groups[k][1] : groups[k + 1][0]]
+
+    if all(sep(k) != " " for k in range(i, j)):
+        return True
+    before = i == 0 or (i >= 2 and sep(i - 2) != " ")
+    after = j == len(groups) - 1 or (j + 2 < len(groups) and sep(j + 1) != " ")
+    whole = i == 0 and j == len(groups) - 1
+    # Cut from a longer run, it must be grouped as cards are (4-4-4-4, 4-6-5), not a table's row.
+    return whole or (before and after and all(groups[k][1] - groups[k][0] >= 3 for k in range(i, j)))
 
 
 class CardRecognizer(EntityRecognizer):

@@ -130,6 +130,7 @@ class Secrets:
             reader = VaultReader(VaultAuth.from_env())
         secrets = cls(refs, refresh=refresh, max_stale=max_stale, reader=reader)
         secrets.refresh_due()
+        secrets.scrubber()
         return secrets
 
     def get(self, name: str) -> str:
@@ -162,6 +163,9 @@ class Secrets:
             values = tuple(sorted(current | set(self._retired)))
         if self._scrubber is None or self._scrubbed != values:
             self._scrubber, self._scrubbed = Scrubber.of(values), values
+            # Its spelled-form patterns take tens of milliseconds per hundred characters of secret
+            # to compile: done beside the event loop, not in the answer that first needs them.
+            threading.Thread(target=self._scrubber.prepare, name="scrubber-compile", daemon=True).start()
         return self._scrubber
 
     def configured(self, name: str) -> bool:

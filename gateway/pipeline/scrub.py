@@ -9,8 +9,11 @@ forms an echo takes:
   `\\/`) or as an HTML character reference (`&#95;`, `&#x5F;`, `&lowbar;`), mixed freely: one
   pattern per secret covers every mix, where a list of spellings would grow with each combination;
 - base64 and base64url, of itself and inside longer base64 (`user:key` as in HTTP Basic).
-The search is one compiled regular expression whose start is guarded by the set of bytes a match
-can begin with, so a body costs about twice the plain search of the secret (README).
+The common whole forms are one compiled regular expression, searched in every body. The
+spelled forms (one pattern per secret, a few hundred bytes of pattern per character) are searched
+only in a body that shows a sign of them, and compiled the first time one is needed: a pattern
+compiles in tens of milliseconds per hundred characters of secret, too long to spend on the event
+loop for every credential at the first answer.
 A stream holds back only the tail of a chunk that could be the start of a secret, so it keeps
 flowing event by event.
 """
@@ -31,10 +34,11 @@ _ENTITIES: dict[str, list[str]] = {}
 for _name, _char in html.entities.html5.items():
     if len(_char) == 1 and _name.endswith(";"):
         _ENTITIES.setdefault(_char, []).append(_name)
-# The unfinished escape a chunk may end in (`%2`, `\u00`, `&#x5`, `&lowb`): held for the next one.
-_PARTIAL_ESCAPE = rb"(?:%[0-9a-fA-F]?|\\(?:u[0-9a-fA-F]{0,3})?|&[#A-Za-z0-9]{0,31})"
+# Every byte an escape of a character is written with (`%2D`, `\u002d`, `\/`, `&#x2D;`, `&lowbar;`).
+_ESCAPE_BYTES = frozenset(b"%\\&#;/\"" + bytes(range(ord("0"), ord("9") + 1)) + bytes(range(ord("A"), ord("Z") + 1))
+                          + bytes(range(ord("a"), ord("z") + 1)))
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
-_LONGEST_SPELLING = 40  # bytes one character can take above (`&#x00005f;`, `&VerticalLine;`)
+_LONGEST_SPELLING = 40  # bytes a stream holds back per character of a secret at most (`&#x00005f;`, `&VerticalLine;`)
 
 
 def _hex(value: int, width: int) -> str:
@@ -51,18 +55,28 @@ def _forms(c: str) -> list[str]:
         forms.append(r"\\" + re.escape(c))
     if c == " ":
         forms.append(r"\+")
-    forms += [f"&#0{{0,4}}{ord(c)};", f"&#[xX]0{{0,4}}{_hex(ord(c), 1)};", *("&" + re.escape(n) for n in _ENTITIES.get(c, []))]
+    # A numeric reference decodes with any number of leading zeros, and without its `;` (HTML5).
+    forms += [f"&#0*{ord(c)};?", f"&#[xX]0*{_hex(ord(c), 1)};?", *("&" + re.escape(n) for n in _ENTITIES.get(c, []))]
     return forms
 
 
-def spellings(secret: str) -> tuple[str, str]:
-    """The pattern of every character-by-character spelling of `secret`, and the pattern of any
-    beginning of one (each character optional after the first, an unfinished escape at the end)."""
-    chars = ["(?:" + "|".join(_forms(c)) + ")" for c in secret]
-    prefix = ""
-    for c in reversed(chars[1:]):
-        prefix = f"(?:{c}{prefix})?"
-    return "".join(chars), f"(?:{chars[0]}{prefix}{_PARTIAL_ESCAPE.decode()}?|{_PARTIAL_ESCAPE.decode()})"
+def spelled_pattern(secret: str) -> re.Pattern[bytes]:
+    """The pattern of every character-by-character spelling of `secret`: one group per character
+    in a row (never nested: the parser recurses per nesting level, and a credential of 500
+    characters would exceed its limit), guarded by the bytes a spelling can begin with."""
+    guard = "(?=[" + "".join(re.escape(chr(b)) for b in _first_bytes(secret)) + "])"
+    return re.compile((guard + "".join("(?:" + "|".join(_forms(c)) + ")" for c in secret)).encode())
+
+
+def _first_bytes(secret: str) -> bytes:
+    """The bytes a spelling of `secret` can begin with: its first character in either case, or an
+    escape's opening byte."""
+    return bytes(sorted({*secret[0].lower().encode(), *secret[0].upper().encode(), *b"%\\&"}))
+
+
+def _spelling_bytes(secret: str) -> bytes:
+    """Every byte a spelling of `secret` can hold: its characters' in either case, and escapes'."""
+    return bytes(sorted({*secret.lower().encode(), *secret.upper().encode(), *_ESCAPE_BYTES}))
 
 
 def encodings(secret: str) -> set[bytes]:
@@ -99,7 +113,7 @@ def _escapes(chars: set[str]) -> bytes:
     json_escaped = "".join(re.escape(c) for c in sorted(chars & set('/"\\'))) or "~"
     return (
         rf"[%\\&](?:(?<=%)(?:{hexes})|(?<=\\)(?:u(?:{wide})|[{json_escaped}])"
-        rf"|(?<=&)(?:#(?:x0*(?:{hexes}|{wide})|0*(?:{codes}));|(?:{names})))"
+        rf"|(?<=&)(?:#(?:x0*(?:{hexes}|{wide})|0*(?:{codes}))|(?:{names})))"
     ).encode()
 
 
@@ -108,24 +122,26 @@ class Scrubber:
     needles: tuple[bytes, ...]  # the common whole forms (`encodings`), searched for first
     spelled: tuple[str, ...] = ()  # the secrets whose every spelling is searched for when suspected
     _pattern: re.Pattern[bytes] | None = field(init=False, repr=False)
-    _spelled: re.Pattern[bytes] | None = field(init=False, repr=False)
+    _spelled: tuple[re.Pattern[bytes], ...] | None = field(init=False, repr=False)  # compiled when first needed
     _escaped: re.Pattern[bytes] | None = field(init=False, repr=False)
-    _beginning: re.Pattern[bytes] | None = field(init=False, repr=False)
-    _window: int = field(init=False, repr=False)
+    _starts: tuple[tuple[bytes, bytes, int], ...] = field(init=False, repr=False)  # per secret: `_held_spelling`
 
     def __post_init__(self) -> None:
         ordered = sorted(set(self.needles), key=len, reverse=True)  # longest first: no partial hit
         self._pattern = re.compile(b"|".join(map(re.escape, ordered))) if ordered else None
-        self._spelled = self._escaped = self._beginning = None
-        self._window = max((len(s.encode()) * _LONGEST_SPELLING for s in self.spelled), default=0)
-        if not self.spelled:
-            return
-        first = sorted({b for s in self.spelled for b in (*s[0].lower().encode(), *s[0].upper().encode(), *b"%\\&")})
-        guard = "(?=[" + "".join(re.escape(chr(b)) for b in first) + "])"
-        self._spelled = re.compile((guard + "(?:" + "|".join(spellings(s)[0] for s in self.spelled) + ")").encode())
+        self._spelled = None
         # `re` skips at C speed to the bytes an escape begins with.
-        self._escaped = re.compile(_escapes({c for s in self.spelled for c in s}))
-        self._beginning = re.compile(b"(?:" + b"|".join(spellings(s)[1].encode() for s in self.spelled) + rb")\Z")
+        self._escaped = re.compile(_escapes({c for s in self.spelled for c in s})) if self.spelled else None
+        self._starts = tuple((_first_bytes(s), _spelling_bytes(s), len(s.encode()) * _LONGEST_SPELLING) for s in self.spelled)
+
+    def prepare(self) -> None:
+        """Compile the spelled-form patterns now (they are compiled when first needed otherwise)."""
+        self._spelled_patterns()
+
+    def _spelled_patterns(self) -> tuple[re.Pattern[bytes], ...]:
+        if self._spelled is None:
+            self._spelled = tuple(map(spelled_pattern, self.spelled))
+        return self._spelled
 
     @classmethod
     def of(cls, secrets: Iterable[str]) -> Scrubber:
@@ -148,18 +164,15 @@ class Scrubber:
         if self._pattern is None:
             return data, 0
         out, n = self._pattern.subn(REPLACEMENT, data)
-        if self._spelled is not None and self._suspected(out):
-            out, more = self._spelled.subn(REPLACEMENT, out)
-            n += more
+        if self.spelled and self._suspected(out):
+            for pattern in self._spelled_patterns():
+                out, more = pattern.subn(REPLACEMENT, out)
+                n += more
         return out, n
 
     def held_back(self, data: bytes) -> int:
         """How many trailing bytes of `data` could begin a secret (to wait for the next chunk)."""
-        held = 0
-        if self._beginning is not None:
-            tail = data[-self._window:]
-            m = self._beginning.search(tail)
-            held = len(tail) - m.start() if m is not None else 0
+        held = max((self._held_spelling(data, *start) for start in self._starts), default=0)
         longest = max((len(n) for n in self.needles), default=0)
         for k in range(min(longest - 1, len(data)), held, -1):
             tail = data[-k:]
@@ -167,11 +180,23 @@ class Scrubber:
                 return k
         return held
 
+    @staticmethod
+    def _held_spelling(data: bytes, first: bytes, allowed: bytes, window: int) -> int:
+        """How many trailing bytes of `data` could begin a spelling of one secret, over-counted
+        and in linear time: the tail made only of bytes a spelling can hold, from the first byte
+        in it a spelling can begin with. A spelled secret never holds a line break, so an SSE
+        chunk that ends its events is held back not at all."""
+        tail = data[-window:]
+        run = tail[len(tail.rstrip(allowed)):]
+        starts = [i for i in (run.find(b) for b in first) if i >= 0]
+        return len(run) - min(starts) if starts else 0
+
     def _safe_cut(self, data: bytes) -> int:
         """Where `data` may be cut: before any tail that could begin a secret, and never inside a
         secret that is whole in `data` (it is carried, and replaced with what follows)."""
         cut = len(data) - self.held_back(data)
-        found = [p for p in (self._pattern, self._spelled if self._suspected(data) else None) if p is not None]
+        found = [*([self._pattern] if self._pattern is not None else []),
+                 *(self._spelled_patterns() if self.spelled and self._suspected(data) else ())]
         for pattern in found:
             for m in pattern.finditer(data):
                 if m.start() < cut < m.end():

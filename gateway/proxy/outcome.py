@@ -31,7 +31,14 @@ from gateway.proxy.flows import (
     is_event_stream,
     response_started,
 )
-from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, ErrorPages, Unclaimed, stream_function
+from gateway.proxy.mitm_compat import (
+    BODY_OVER_LIMIT,
+    CLIENT_GONE,
+    ErrorPages,
+    Unclaimed,
+    abort_server_connection,
+    stream_function,
+)
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,16 @@ class Outcome:
         if call is None or flow.response is None:
             return
         flow.response.headers[DECISION_HEADER] = call.decision_id
+        try:
+            self._scrub_head(flow, call)
+        except Exception as e:  # noqa: BLE001 - raised out of the hook, mitmproxy would relay the answer unscrubbed
+            log.error("a vendor's answer could not be scrubbed (%s); refused", type(e).__name__)
+            flow.metadata[ANSWER_REFUSED] = Refusal("internal_error", "the gateway could not check the vendor's answer")
+            abort_server_connection(flow.client_conn, flow.server_conn, "egress-gateway: an answer the gateway cannot check")
+
+    def _scrub_head(self, flow: http.HTTPFlow, call: Call) -> None:
+        """Scrub the answer's headers, and set up the scrubbing (and restoring) of a streamed body."""
+        assert flow.response is not None
         scrubber = flow.metadata[SCRUBBER] = self.rt.secrets.scrubber()
         fields, removed = [], 0
         for name, value in flow.response.headers.fields:

@@ -37,10 +37,12 @@ def test_short_values_are_not_scrubbed_and_nothing_configured_changes_nothing() 
 
 
 def _spell(c: str, how: int) -> str:
-    """One character of a secret as an echo may spell it (how: 0..8)."""
+    """One character of a secret as an echo may spell it (how: 0..11): HTML5 decodes a numeric
+    reference without its `;` and with any number of leading zeros."""
     return [
         c, c.upper(), c.lower(), "".join(f"%{b:02X}" for b in c.encode()), "".join(f"%{b:02x}" for b in c.encode()),
         f"\\u{ord(c):04x}", f"\\u{ord(c):04X}", f"&#{ord(c)};", f"&#x{ord(c):x};",
+        f"&#{ord(c)}", f"&#0000000{ord(c)};", f"&#X{ord(c):07X}",
     ][how]
 
 
@@ -52,7 +54,7 @@ def test_every_spelling_of_every_character_is_scrubbed_however_the_stream_is_cut
     secret: str, before: bytes, after: bytes, data: st.DataObject, cuts: list[int]
 ) -> None:
     """Case changes, percent, JSON `\\u` and HTML references, mixed character by character."""
-    hows = data.draw(st.lists(st.integers(min_value=0, max_value=8), min_size=len(secret), max_size=len(secret)))
+    hows = data.draw(st.lists(st.integers(min_value=0, max_value=11), min_size=len(secret), max_size=len(secret)))
     echo = "".join(_spell(c, how) for c, how in zip(secret, hows)).encode()
     scrubber = Scrubber.of([secret])
     body = before + b" " + echo + b" " + after
@@ -88,3 +90,23 @@ def test_text_without_a_secret_passes_unchanged_and_flows_without_holding_back()
     assert scrubber.scrub(body) == (body, 0)
     modify, removed = scrubber.stream()
     assert modify(body) == body and removed() == 0
+
+
+def test_a_credential_of_thousands_of_characters_is_scrubbed_in_every_form() -> None:
+    """Long credentials are common (service JWTs, cloud access tokens run to 1-2 KB). The pattern
+    of a spelling's possible beginning nested one group per character, and the regular expression
+    parser's recursion limit failed at about 490: the scrubber could not be built, and every answer
+    went to the agent unscrubbed."""
+    secret = "".join("abcdefghijklmnopqrstuvwxyz0123456789-_."[(i * 7 + i // 13) % 39] for i in range(3000))
+    scrubber = Scrubber.of([secret])
+    echoes = [
+        secret.encode(), secret.upper().encode(), "".join(f"%{b:02X}" for b in secret.encode()).encode(),
+        "".join(f"\\u{ord(c):04x}" for c in secret).encode(), base64.b64encode(b"user:" + secret.encode()),
+    ]
+    for echo in echoes:
+        body = b'{"echo": "' + echo + b'"}'
+        out, n = scrubber.scrub(body)
+        assert n >= 1 and echo not in out
+        modify, removed = scrubber.stream()
+        streamed = b"".join(modify(body[i : i + 997]) for i in range(0, len(body), 997)) + modify(b"")
+        assert removed() >= 1 and echo not in streamed

@@ -5,14 +5,19 @@ above the rule or its file renamed, and counters keyed with the limit (as `limit
 lost whenever the limit was raised: each such edit gave every agent a fresh budget (20000 spent
 against a 10000/day budget). So a counter is named by:
 
-- the rule's `name:`, for a named rule: the name is the author's word that it is the same rule;
+- the rule's `name:`, for a named rule, within its file's tenant and subjects: the name is the
+  author's word that it is the same rule whatever else changes; the tenant and subjects keep two
+  files' rules of one name apart (a per-tenant file made from one template, or a team file beside a
+  guardrail covering the same agent, each with its own limit): sharing one counter, a call both
+  rules cover would be charged twice;
 - a digest of what the rule counts, for an unnamed one: the file's tenant and subjects, the
   connector, the actions (sorted), and for a budget its field and period, for a rate its window.
   Moving the rule, renaming its file, or changing its limit, params, approval or mode keeps the
   counters; changing what it counts starts new ones, which is what such a change means.
 
-The limit is never part of a key (`gateway.pipeline.quota` builds the keys). Two unnamed rules
-counting the same thing would share a counter; the loader refuses that (`gateway.policy.load`).
+The limit is never part of a key (`gateway.pipeline.quota` builds the keys). Two rules that would
+share a counter (unnamed and counting the same thing, or of one name for one tenant and subjects)
+are refused by the loader (`gateway.policy.load`).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def counters_of(policy: PolicyFile, rule: Rule) -> RuleCounters:
     """The counters `rule` of `policy` charges."""
     budget = rule.budget
     if rule.name is not None:
-        named: CounterId = ("name", rule.name)
+        named: CounterId = ("name", _hash({**_whose(policy), "name": rule.name}))
         return RuleCounters(tuple(named for _ in rule.rate_items), named if budget else None)
     return RuleCounters(
         tuple(_digest(policy, rule, ["rate", window(item)]) for item in rule.rate_items),
@@ -56,13 +61,14 @@ def counters_of(policy: PolicyFile, rule: Rule) -> RuleCounters:
 
 
 def _digest(policy: PolicyFile, rule: Rule, counts: list[str]) -> CounterId:
-    what = {
-        "tenant": policy.tenant,
-        "roles": sorted(set(policy.subjects.roles)),
-        "sub": sorted(set(policy.subjects.sub)),
-        "connector": rule.connector,
-        "actions": sorted(set(rule.actions)),
-        "counts": counts,
-    }
+    return ("what", _hash({**_whose(policy), "connector": rule.connector, "actions": sorted(set(rule.actions)), "counts": counts}))
+
+
+def _whose(policy: PolicyFile) -> dict[str, object]:
+    """Whose calls a file's rules count: its tenant and subjects."""
+    return {"tenant": policy.tenant, "roles": sorted(set(policy.subjects.roles)), "sub": sorted(set(policy.subjects.sub))}
+
+
+def _hash(what: dict[str, object]) -> str:
     canonical = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return ("what", hashlib.sha256(canonical.encode()).hexdigest()[:32])
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]

@@ -266,16 +266,15 @@ def _unknown(line: int, path: str, actions: list[Action], what: str) -> list[tup
 
 
 def shared_counters(files: Sequence[LoadedFile]) -> list[Problem]:
-    """Unnamed rules of one policy set that would count in one counter (the same tenant, subjects,
-    connector, actions and budget field and period, or rate window: `gateway.policy.counters`).
-    Two limits on one counter would each see the other's spend; which rule was meant is ambiguous,
-    so it is a load error asking for names."""
+    """Rules of one policy set that would count in one counter (`gateway.policy.counters`): unnamed
+    ones counting the same thing (the same tenant, subjects, connector, actions and budget field and
+    period, or rate window), or two of one name for the same tenant and subjects. Two limits on one
+    counter would each see the other's spend, and a call both cover would be charged twice; which
+    rule was meant is ambiguous, so it is a load error asking for (distinct) names."""
     first: dict[tuple[str, str], tuple[str, int]] = {}
     problems: list[Problem] = []
     for f in files:
         for i, rule in enumerate(f.policy.rules):
-            if rule.name is not None:
-                continue
             here = (f.name, f.rule_lines[i] if i < len(f.rule_lines) else 1)
             counters = f.counters[i]
             kinds = [("budget", counters.budget)] if counters.budget else []
@@ -283,12 +282,16 @@ def shared_counters(files: Sequence[LoadedFile]) -> list[Problem]:
             for kind, counter in dict.fromkeys(kinds):
                 assert counter is not None
                 seen = first.setdefault((kind, counter[1]), here)
-                if seen != here:
-                    problems.append(Problem(here[0], here[1], (
-                        f"this rule and the rule at {seen[0]}:{seen[1]} count the same {kind} (same tenant, subjects, "
-                        "connector, actions and " + ("field and period" if kind == "budget" else "window")
-                        + ") and neither has a name, so they would share one counter; give each a `name:`"
-                    )))
+                if seen == here:
+                    continue
+                if rule.name is not None:
+                    why = (f"this rule and the rule at {seen[0]}:{seen[1]} are both named {rule.name!r} for the same tenant "
+                           f"and subjects, so their {kind} would share one counter; give each its own `name:`")
+                else:
+                    why = (f"this rule and the rule at {seen[0]}:{seen[1]} count the same {kind} (same tenant, subjects, "
+                           "connector, actions and " + ("field and period" if kind == "budget" else "window")
+                           + ") and neither has a name, so they would share one counter; give each a `name:`")
+                problems.append(Problem(here[0], here[1], why))
     return problems
 
 

@@ -98,7 +98,7 @@ def test_an_unnamed_rate_survives_the_same_edits(policy_dir: Path, quota_uri: st
 
 def test_what_a_rule_counts_names_its_counter(policy_dir: Path) -> None:
     """Another tenant, subject set, action set or budget field is another counter; a named rule's
-    counters follow its name whatever else changes."""
+    counters follow its name within its tenant and subjects whatever else changes."""
     base = only(policy_dir, "p.yaml", policy(PAY_RULE)).files[0].counters[0]
     variants = [
         policy(PAY_RULE, tenant="globex"),
@@ -113,8 +113,30 @@ def test_what_a_rule_counts_names_its_counter(policy_dir: Path) -> None:
     assert same.files[0].counters[0] == base
     named = PAY_RULE.replace("  - connector: pay", "  - name: fin-pay\n    connector: pay")
     a = only(policy_dir, "p.yaml", policy(named)).files[0].counters[0]
-    b = only(policy_dir, "p.yaml", policy(named.replace("[create, refund]", "[create]"), tenant="globex")).files[0].counters[0]
-    assert a == b and a.budget == ("name", "fin-pay")
+    b = only(policy_dir, "p.yaml", policy(named.replace("[create, refund]", "[create]").replace("per: day", "per: hour"))).files[0]
+    assert a == b.counters[0] and a.budget is not None and a.budget[0] == "name"
+    for text in (policy(named, tenant="globex"), policy(named).replace("[finance]", "[finance, audit]")):
+        assert only(policy_dir, "p.yaml", text).files[0].counters[0] != a, text
+
+
+def test_two_rules_of_one_name_for_the_same_subjects_are_a_load_error_and_for_others_apart(policy_dir: Path) -> None:
+    """A guardrail and a team file each naming a rule `daily-cap` (limits 10000 and 5000) covered
+    one agent: sharing the name's counter, each payment was charged twice and the second of two
+    2000 payments was refused. Files for other subjects keep their own counters; the same subjects
+    twice is ambiguous."""
+    named = PAY_RULE.replace("  - connector: pay", "  - name: daily-cap\n    connector: pay")
+    write(policy_dir, "guard.yaml", policy(named))
+    write(policy_dir, "team.yaml", policy(named, limit=500).replace("[finance]", "[finance, audit]"))
+    ps = load_policy_set(policy_dir, lookup)
+    assert ps.files[0].counters[0] != ps.files[1].counters[0]
+    write(policy_dir, "team.yaml", policy(named, limit=500))
+    with pytest.raises(PolicyLoadError) as e:
+        load_policy_set(policy_dir, lookup)
+    assert [str(p) for p in e.value.problems] == [
+        f"team.yaml:5: this rule and the rule at guard.yaml:5 are both named 'daily-cap' for the same tenant and subjects, "
+        f"so their {kind} would share one counter; give each its own `name:`"
+        for kind in ("budget", "rate")
+    ]
 
 
 def test_two_unnamed_rules_counting_the_same_thing_are_a_load_error(policy_dir: Path) -> None:

@@ -16,7 +16,8 @@ moved one breaks `seq` or `prev`; a rewritten suffix (hashes recomputed) breaks 
 Records after the last signature are only hash-chained: truncating them cannot be detected from
 the records alone, which is why the log is signed often; `VerifyResult.unsigned_tail` says how many
 there are (expected while the gateway runs), and more than `SIGN_EVERY` of them fail: the gateway
-never writes more, so they are a chain re-hashed without the key. For a stopped gateway's log,
+never writes more (a record that would go past them waits for a signature that is written), so
+they are a chain re-hashed without the key. For a stopped gateway's log,
 `strict` also demands the closing signature: a tail cut after any earlier signature, or a crash, fails it.
 
 Crashes: each record is one `write(2)` of a whole line on an `O_APPEND` descriptor, so after
@@ -166,6 +167,14 @@ class AuditLog:
                               "it is restarted", self.path)
                 self._deleted = True
                 raise AuditError(f"{self.path} was deleted")
+            if self._unsigned >= self.sign_every:
+                # The last signature failed (disk full, a file size limit): no record goes past
+                # `sign_every` unsigned ones, the bound `verify` holds a chain to, so this one waits
+                # for a signature that is written (its call is refused until then).
+                try:
+                    self._sign()
+                except OSError as e:
+                    raise AuditError(f"{self.path}: cannot sign the head ({type(e).__name__})") from None
             body = {"ts": _now(), **record, **self._origin}
             self._append(body)
             if self.fsync_each_record:
@@ -175,7 +184,7 @@ class AuditLog:
                 try:
                     self._sign()
                 except OSError as e:
-                    # The record is written; the signature is tried again with the next record.
+                    # The record is written; the signature is tried again before the next record.
                     log.warning("audit log %s: cannot sign the head (%s); retrying later", self.path, type(e).__name__)
         return {k: v for k, v in body.items() if k not in RESERVED}
 

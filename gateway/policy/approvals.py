@@ -237,8 +237,7 @@ class ApprovalStore:
         return _approval(row)
 
     def consume(
-        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str,
-        call_id: str | None = None,
+        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str, call_id: str,
     ) -> bool:
         """Use an approval for this exact request; True for exactly one caller, once (unless the
         call `call_id` gives it back: `release`)."""

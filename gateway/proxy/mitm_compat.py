@@ -57,9 +57,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import h11
-from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, ctx
 from mitmproxy import http as mhttp
 from mitmproxy.net.http import http1
@@ -68,6 +68,9 @@ from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 
 from gateway.errors import Refusal
+
+if TYPE_CHECKING:
+    from h11._receivebuffer import ReceiveBuffer
 
 # status, message -> (decision_id, refusal) for errors that no flow hook saw (malformed requests).
 Unclaimed = Callable[[int, str], tuple[str, Refusal]]
@@ -80,8 +83,8 @@ BODY_OVER_LIMIT = "body exceeds mitmproxy's body_size_limit"  # after "Request "
 MAX_CLIENT_HELLO = 64 * 1024
 CLIENT_HELLO_TOO_LARGE = f"ClientHello larger than {MAX_CLIENT_HELLO} bytes"
 CLIENT_TLS_FAILED = "Client TLS handshake failed."  # mitmproxy's log line, naming the SNI or dumping the hello
-MITM_SERVER_LOGGER = "mitmproxy.proxy.server"
-TRAILERS_UNREAD = "the vendor sent chunked trailers, which the gateway does not read"  # the logger of mitmproxy's connection handlers
+MITM_SERVER_LOGGER = "mitmproxy.proxy.server"  # the logger of mitmproxy's connection handlers
+TRAILERS_UNREAD = "the vendor sent chunked trailers, which the gateway does not read"
 
 
 class _Page(bytes):

@@ -449,12 +449,11 @@ class RedisApprovals(ApprovalStore):
         return after
 
     def consume(
-        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str,
-        call_id: str | None = None,
+        self, approval_id: str, tenant: str | None, sub: str, connector: str, action: str, digest: str, call_id: str,
     ) -> bool:
         """Single use across the fleet: the script marks it used for exactly one caller. `tenant`
         is bound by `digest` (the digest covers tenant, agent, action and parameters)."""
-        args = [repr(self._clock()), sub, connector, action, digest, *([call_id] if call_id else [])]
+        args = [repr(self._clock()), sub, connector, action, digest, call_id]
         with _store("approval"):
             return self._consume(keys=[_APPROVAL + approval_id], args=args) == 1
 

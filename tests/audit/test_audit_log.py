@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -220,3 +221,30 @@ def test_a_huge_last_line_is_refused_at_open_in_bounded_memory(tmp_path: Path) -
     finally:
         tracemalloc.stop()
     assert peak < 3 * MAX_LINE, peak
+
+
+def test_a_signature_the_disk_refuses_holds_the_next_record_until_one_is_written(tmp_path: Path) -> None:
+    """The gateway kept writing records past a failed signature (a moment of disk full), so its own
+    log could hold more unsigned records than `verify` accepts and be called forged. Now a record
+    that would go past `sign_every` unsigned ones is refused until the signature is written: a
+    moment of no space costs no verifiable record, a lasting one refuses calls."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(path, KEY, sign_every=10)
+    for i in range(9):
+        log.write({"type": "decision", "i": i})
+    line = path.stat().st_size // 9
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + line + 8, hard))  # the 10th record, not its signature
+    try:
+        log.write({"type": "decision", "i": 9})
+        with pytest.raises(AuditError, match="cannot sign the head"):
+            log.write({"type": "decision", "i": 10})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    for i in range(10, 25):
+        log.write({"type": "decision", "i": i})
+    log.close()
+    result = verify(path, KEY.public_key())
+    assert result.ok, result
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["i"] for r in records if r.get("type") == "decision"] == list(range(25))

@@ -142,7 +142,7 @@ def test_fifty_concurrent_consumers_exactly_one_wins(tmp_path: Path) -> None:
 
     def consume(s: ApprovalStore) -> None:
         barrier.wait()
-        wins.append(s.consume(aid, "acme", "fin-01", "pay", "create", digest))
+        wins.append(s.consume(aid, "acme", "fin-01", "pay", "create", digest, f"dec_{threading.get_ident()}"))
 
     threads = [threading.Thread(target=consume, args=(s,)) for s in stores]
     for t in threads:
@@ -172,7 +172,7 @@ def test_fifty_replicas_consuming_one_approval_on_redis_exactly_one_wins(request
 
     def consume(s: ApprovalStore) -> None:
         barrier.wait()
-        wins.append(s.consume(aid, "acme", "fin-01", "pay", "create", digest))
+        wins.append(s.consume(aid, "acme", "fin-01", "pay", "create", digest, f"dec_{threading.get_ident()}"))
 
     threads = [threading.Thread(target=consume, args=(s,)) for s in stores]
     for t in threads:

@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -239,9 +239,6 @@ class Verifier:
         ident = self._cache.get(token)
         if ident is None:
             ident = self._decode(token)
-            # The token exists now: a later revocation of its subject must cover it, even when its
-            # issuer's clock runs ahead (an iat in the future, within token_leeway).
-            ident = replace(ident, iat=min(ident.iat, time.time()))
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
             self._cache[token] = ident
@@ -263,8 +260,13 @@ class Verifier:
             raise Refusal("identity_expired", "the agent token has expired")
         if now + self._leeway < ident.nbf:
             raise Refusal("identity_expired", "the agent token is not valid yet")
+        # A trusted issuer's clock may run ahead of ours by up to the leeway: a token it issued
+        # before a revocation of its subject can carry an iat after it, so its iat counts as that
+        # much earlier (a token it issues right after a revocation waits out the leeway). Held in no
+        # cache, so it holds on every replica and after any restart. The gateway's own iat is ours.
+        issued = ident.iat - (self._leeway if ident.issuer is not None else 0.0)
         if any(
-            jti is not None and self._revocations.is_revoked(jti, ident.sub, ident.iat)
+            jti is not None and self._revocations.is_revoked(jti, ident.sub, issued)
             for jti in (ident.jti, ident.caller_jti, ident.certificate_jti)
         ):
             raise Refusal("identity_revoked", "the agent token has been revoked")

@@ -178,9 +178,11 @@ def test_revocation_by_mapped_sub_reaches_an_open_tunnel(world: World) -> None:
 def test_revocation_reaches_a_token_whose_iat_is_ahead_of_the_gateways_clock(world: World) -> None:
     """An IdP whose clock runs 8 s fast (within token_leeway): its token's iat is later than the
     revocation, yet the token was in use before it. Revoking the subject must stop it, in the open
-    tunnel and in a new one."""
+    tunnel and in a new one; and a token of that IdP the gateway never saw before the revocation
+    (so nothing remembered of it, as after a restart or on another replica) is stopped too."""
     now = int(time.time())
     skewed = world.oidc("skew-1", iat=now + 8, exp=now + 300)
+    unseen = world.oidc("skew-1", iat=now + 8, exp=now + 300)
     with client(world.gw, skewed) as c:
         assert c.get(BALANCE).status_code == 200
         world.gw.cli("token", "revoke", "--sub", "corp:skew-1")
@@ -189,6 +191,7 @@ def test_revocation_reaches_a_token_whose_iat_is_ahead_of_the_gateways_clock(wor
             time.sleep(0.1)
     assert (r.status_code, error_of(r)["code"]) == (407, "identity_revoked")
     assert _refusal(world.gw, skewed)["code"] == "identity_revoked"
+    assert _refusal(world.gw, unseen)["code"] == "identity_revoked"
 
 
 def test_agent_api_takes_issuer_tokens_and_privileged_roles_only_where_declared(world: World) -> None:

@@ -7,6 +7,7 @@ a security setting must not be silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable
@@ -138,10 +139,32 @@ class Keys(_Strict):
         return tuple(_reference("keys.previous_signing", r) for r in v)
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+
+
 class Egress(_Strict):
     """Hosts let out without a connector (pass-through: identity, egress rules and audit still apply)."""
 
     allow: tuple[str, ...] = ()
+
+    @field_validator("allow")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        """Each entry is compared whole with the CONNECT host, so anything but a bare name or address
+        (a wildcard, a port, a scheme, a Unicode name a client sends as xn--) would never match and
+        load as a silent no-op; the message names the index, never the value (it may be a URL with a
+        password in it)."""
+        for i, entry in enumerate(v):
+            host = canonical_host(entry)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(host):
+                    raise ValueError(
+                        f"egress.allow[{i}]: expected a host name or IP address such as files.example: no scheme,"
+                        " port, path, wildcard or brackets (list each host; write an IDN as xn--)"
+                    ) from None
+        return v
 
 
 class BreakerSettings(_Strict):

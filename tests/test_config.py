@@ -112,3 +112,32 @@ def test_a_plain_url_setting_loads(key: str) -> None:
 def test_a_password_in_the_otlp_endpoint_points_to_the_headers_variable() -> None:
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_HEADERS"):
         config.load(None, {"telemetry": {"otlp_endpoint": f"http://u:{PASSWORD}@127.0.0.1:4318"}})
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["*.stripe.com", "*", "api.stripe.com:443", "https://files.example", f"https://u:{PASSWORD}@files.example",
+     "files.example/v1", "[::1]", "bücher.example", "files..example", "-files.example", "", ".", "files example"],
+)
+def test_an_egress_allow_entry_that_could_never_match_is_a_config_error(entry: str) -> None:
+    """Was loaded silently: an entry is compared whole with the CONNECT host, so `*.stripe.com`
+    (meant as a wildcard), a port, a scheme or a Unicode name let nothing out, and the operator
+    learnt it from agents' host_denied. The message names the index, never the value."""
+    with pytest.raises(ConfigError) as e:
+        config.load(None, {"egress": {"allow": ["files.example", entry]}})
+    assert "egress.allow[1]: expected a host name or IP address" in str(e.value)
+    assert PASSWORD not in str(e.value)
+
+
+@pytest.mark.parametrize("entry", ["files.example", "FILES.Example.", "localhost", "xn--bcher-kva.example", "169.254.169.254", "::1", "fe80::1%lo"])
+def test_an_egress_allow_host_name_or_address_loads(entry: str) -> None:
+    assert config.load(None, {"egress": {"allow": [entry]}}).egress.allow == (entry,)
+
+
+def test_the_gateway_does_not_start_on_a_wildcard_egress_allow_entry(tmp_path: Path) -> None:
+    from tests.processes import GatewayProcess
+
+    gw = GatewayProcess(tmp_path / "gw", {"egress": {"allow": ["*.example.com"]}})
+    out = gw.cli("connectors", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "egress.allow[0]: expected a host name or IP address such as files.example" in out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import httpx
@@ -156,3 +157,64 @@ def test_egress_allow_pass_through_needs_its_scope_and_no_policy_engine(make_gat
         assert len(files.received) == 1
     finally:
         files.close()
+
+
+# Every spelling of a loopback, private, link-local or metadata address an operator (or a typo) could
+# put in egress.allow: each is resolved as the gateway's resolver reads it, never trusted as written.
+NON_PUBLIC_SPELLINGS = (
+    "2130706433", "0177.0.0.1", "0x7f.1", "0x7f000001", "127.1", "127.000.000.001", "127.0.0.1.", "0", "0.0.0.0",
+    "::1", "::ffff:127.0.0.1", "::ffff:7f00:1", "0:0:0:0:0:ffff:127.0.0.1", "64:ff9b::7f00:1", "::", "fd00::1",
+    "fe80::1%lo", "LOCALHOST.", "vm", "169.254.169.254", "0251.0376.0251.0376", "0xa9fea9fe", "2852039166",
+    "100.100.100.200", "fd00:ec2::254", "10.0.0.1",
+)
+
+
+def test_every_spelling_of_a_non_public_address_is_refused_and_no_other_port_opens(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
+    settings = vendor_settings(pki, vendor, egress={"allow": list(NON_PUBLIC_SPELLINGS)})
+    gw = make_gateway(settings)
+    token = basic(gw.token())
+    before = vendor.connections
+    codes = {}
+    for host in NON_PUBLIC_SPELLINGS:
+        sock, resp = raw_connect(gw, f"[{host}]" if ":" in host else host, token)
+        sock.close()
+        codes[host] = (resp.status, resp.error()["code"])
+    assert codes == {host: (403, "address_denied") for host in NON_PUBLIC_SPELLINGS}
+    # A claimed host's other ports (ssh, smtp, redis, http): never a tunnel to smuggle a protocol through.
+    for port in (22, 25, 80, 6379, 8443):
+        sock, resp = raw_connect(gw, "api.stripe.com", token, port=port)
+        sock.close()
+        assert (resp.status, resp.error()["code"]) == (403, "host_denied")
+    assert vendor.connections == before and not vendor.received
+
+
+def test_a_connect_or_absolute_form_inside_a_tunnel_dials_nothing(gateway: GatewayProcess, vendor: FakeVendor) -> None:
+    """A tunnel is to the checked address only: a nested CONNECT, an absolute-form target or a Host
+    naming another address never makes the gateway dial it (a listener there sees no connection)."""
+    canary = socket.socket()
+    canary.bind(("127.0.0.1", 0))
+    canary.listen(8)
+    canary.setblocking(False)
+    port = canary.getsockname()[1]
+    asks = {
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n": (400, "bad_request"),
+        f"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n": (403, "domain_fronting"),
+        f"GET https://api.stripe.com:{port}/v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n": (403, "domain_fronting"),
+        f"GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com:{port}\r\n\r\n": (403, "domain_fronting"),
+        "GET /v1/balance HTTP/1.1\r\nHost: api.stripe.com@127.0.0.1\r\n\r\n": (403, "domain_fronting"),
+        "GET /v1/balance HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: api.stripe.com\r\n\r\n": (403, "domain_fronting"),
+    }
+    got = {}
+    try:
+        for ask in asks:
+            tls = tunnel_tls(gateway, gateway.token(), "api.stripe.com")
+            tls.sendall(ask.encode())
+            resp = read_response(tls)
+            tls.close()
+            got[ask] = (resp.status, resp.error()["code"])
+        with pytest.raises(BlockingIOError):
+            canary.accept()
+    finally:
+        canary.close()
+    assert got == asks
+    assert not vendor.received

@@ -21,7 +21,8 @@ The rule reads capitalized words, the way names are written:
   drive", "Will", "Chase", "Hope"), while "Christophe" or "Donatella" are not;
 - lower-case particles may sit inside ("Jacob van de Weterink"), a suffix may end it ("Jr", "II");
 - never: a first word that is an English stop word ("The", "Will") or opens place names ("San",
-  "New"), or a run followed by a weekday or month ("April Black Friday" is a sale);
+  "New"), or a run followed by a weekday or month ("April Black Friday" is a sale) or a street
+  type ("Oak St", "Grant Avenue");
 - a title (Mr, Mrs, Ms, Dr, Prof) followed by a capitalized word: score 0.85.
 
 What it does not find: single given names alone ("thanks, Ana"), names written in lower case,
@@ -58,6 +59,12 @@ SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv"})
 PLACE_PREFIXES = frozenset({"san", "santa", "santo", "sao", "saint", "st", "fort", "port", "mount", "new", "los", "las", "el"})
 CALENDAR = frozenset(
     ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+)
+# Street types: a given name before one names a street ("Oak St", "Grant Ave", "Jackson Square"),
+# as in a local search or a shipping address. Types that are common surnames (Lane, Park, Way,
+# Court, Hill) are left out, so "Diane Lane" is still a name.
+STREET_TYPES = frozenset(
+    ["st", "street", "ave", "avenue", "rd", "road", "blvd", "boulevard", "dr", "drive", "hwy", "highway", "pkwy", "parkway", "ln", "ct", "pl", "plaza", "sq", "square", "ter", "terrace"]
 )
 STRONG, WEAK = 0.85, 0.6
 
@@ -177,12 +184,12 @@ def _suffix(word: str) -> bool:
 
 def _tail(text: str, words: list[_Word], i: int) -> list[int] | None:
     """Indexes of the words after word `i` that could continue a name; None if a calendar word
-    follows (an event's name, "April Black Friday", is no person's)."""
+    follows (an event's name, "April Black Friday", is no person's) or a street type does."""
     tail: list[int] = []
     j = i
     while j + 1 < len(words) and len(tail) < 4 and _adjacent(text, words[j], words[j + 1]):
         nxt = words[j + 1].text
-        if nxt.lower() in CALENDAR and _capitalized(nxt):
+        if (nxt.lower() in CALENDAR or nxt.rstrip(".").lower() in STREET_TYPES) and _capitalized(nxt):
             return None
         if tail and _suffix(nxt):
             tail.append(j + 1)

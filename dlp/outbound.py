@@ -149,8 +149,9 @@ def _field_leaves(node: Any, keys: tuple[fieldpath.Key, ...]) -> Iterator[tuple[
 
 # Numbers of 9 (an SSN) to 19 (the longest card) digits can be PII; shorter or longer ones cannot.
 _PII_DIGITS = range(9, 20)
-# Outside the text fields a 10-digit number is a phone only if its key says so: about 40% of bare
-# 10-digit numbers are valid US numbers, so 24% of random 32-bit `seed`s (measured) were refused.
+# A 10-digit JSON number is a phone only if its key says so, inside the scanned fields too: about
+# 40% of bare 10-digit numbers are valid US numbers, so 24% of random 32-bit `seed`s (measured) were
+# refused, and half of a JSON schema's 10-digit bounds (`maximum: 2147483647`) left as string tokens.
 _PHONE_KEYS = frozenset({"phone", "telephone", "tel", "mobile", "cell", "cellphone", "fax", "msisdn", "sms", "whatsapp"})
 
 
@@ -273,8 +274,8 @@ class Tokenizer:
         self, numbers: list[_Leaf], in_fields: set[tuple[fieldpath.Key, ...]], actions: _Actions, scope: str
     ) -> list[tuple[tuple[fieldpath.Key, ...], str, str]]:
         """The JSON numbers that are PII, as (keys, entity type, digits), each read with its key as
-        context (`ssn: 536904399`), as Presidio reads a value with the words before it; outside the
-        DLP fields a phone number only under a key that names one (`phone`, `mobile`).
+        context (`ssn: 536904399`), as Presidio reads a value with the words before it; a phone
+        number only under a key that names one (`phone`, `mobile`), in the DLP fields or not.
 
         Refuses (`pii_blocked`) one of a type the policy blocks, and one of a type to tokenize
         outside the DLP fields (`seed`, `amount`): a token is a string, and a string where the
@@ -287,7 +288,7 @@ class Tokenizer:
         found = []
         for number, fs in zip(numbers, findings, strict=True):
             digits_at = number.text.rindex(" ") + 1
-            named_phone = number.keys in in_fields or not _PHONE_KEYS.isdisjoint(number.text[:digits_at].lower().split())
+            named_phone = not _PHONE_KEYS.isdisjoint(number.text[:digits_at].lower().rstrip(": ").split())
             hit = next((f for f in fs if f.end > digits_at and (f.entity_type != "PHONE_NUMBER" or named_phone)), None)
             if hit is None:
                 continue

@@ -5,6 +5,7 @@ classes through the real proxy are in `test_evasion_proxy.py`."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_numbers_are_read_with_their_key_as_context(engine: PiiEngine, sqlite_va
         body = {"metadata": {}, "seed": 2125550199, "n": 3000000000}
         asyncio.run(tok.tokenize_body(body, ("metadata.*",), DEFAULT, scope))
         assert body == {"metadata": {}, "seed": 2125550199, "n": 3000000000}
-        outsiders = ({"seed": 4111111111111111}, {"seed": 5555555555554444.0}, {"limits": [1, {"ssn": 536904399}]}, {"x": {"mobile_phone": 2125550199}})
+        outsiders = ({"seed": 4111111111111111}, {"seed": 5555555555554444.0}, {"limits": [1, {"ssn": 536904399}]}, {"x": {"mobile_phone": 2125550199}}, {"phone": 2125550199}, {"customer_phone": 2125550199})
         for outside in outsiders:
             with pytest.raises(Refusal) as refused:
                 asyncio.run(tok.tokenize_body({"metadata": {}, **outside}, ("metadata.*",), DEFAULT, scope))
@@ -118,3 +119,30 @@ def test_an_encoding_is_scanned_decoded_and_only_runs_that_could_spell_pii_stay_
     kept = blank_encodings(spelled, [blob])
     assert len(kept) == len(spelled) and kept.split() == ["4111/1111/1111/1111", "GB82WEST12345698765432", "gb82west12345698765432"]
     assert [kept[i] for i in range(len(kept)) if kept[i] != " "] == [spelled[i] for i in range(len(kept)) if kept[i] != " "]
+
+
+def test_numbers_inside_objects_that_hold_text_keep_their_type_unless_their_key_names_a_phone(
+    engine: PiiEngine, sqlite_vault: SqliteVault
+) -> None:
+    """A JSON number is read with its key as context wherever it sits. An object that holds text
+    (a JSON schema in `tools` or `response_format`, an MCP tool's nested arguments) is scanned, but
+    its numbers are numbers: `maximum: 2147483647` (a valid Dallas number) left as a string token,
+    and the vendor got a schema whose bound is a string. Generated: 10-digit numbers of which
+    about 40% are valid US numbers, under the keys schemas and ids use; none may change, and the
+    same numbers under a key that names a phone still leave as tokens."""
+    tok = Tokenizer(engine, sqlite_vault, memo_size=0, workers=1)
+    scope = scope_key("acme", "schema-numbers")
+    rng = random.Random(113)
+    numbers = [2147483647, 4294967295] + [rng.randrange(2_000_000_000, 9_999_999_999) for _ in range(78)]
+    keys = ("maximum", "minimum", "default", "order_id", "customer_id", "const")
+    try:
+        schema = {"type": "object", "description": "an order", "properties": {f"p{i}": {"type": "integer", keys[i % len(keys)]: n} for i, n in enumerate(numbers)}}
+        body = {"tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}], "filter": {"note": "x", "ids": numbers}}
+        before = repr(body)
+        summary = asyncio.run(tok.tokenize_body(body, ("tools", "filter"), DEFAULT, scope))
+        assert (summary.counts, repr(body)) == ({}, before)
+        contact = {"note": "call", "phone": 2125550199, "mobile": 4155550123, "customer_id": 2125550199}
+        asyncio.run(tok.tokenize_body({"contact": contact}, ("contact",), DEFAULT, scope))
+        assert [str(v)[:17] for v in contact.values()] == ["call", "tok_PHONE_NUMBER_", "tok_PHONE_NUMBER_", "2125550199"]
+    finally:
+        tok.close()

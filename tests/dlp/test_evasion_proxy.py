@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
 from tests.clients import client, error_of
@@ -189,6 +190,24 @@ def test_numbers_that_are_no_pii_and_masked_numbers(gw: GatewayProcess, vendor: 
         r = c.post(CHAT, json=chat("hi", seed=5555555555554444))
     assert r.status_code == 200, r.text
     assert vendor.received[-1].json()["seed"] == "****4444"
+
+
+def test_openai_sdk_json_schemas_keep_their_numeric_bounds(gw: GatewayProcess, vendor: FakeVendor) -> None:
+    """The openai SDK's `tools` and `response_format` schemas are scanned (they hold text), but a
+    bound such as INT32_MAX (2147483647, a valid US number) is a number: it reached the vendor as a
+    string token, which the vendor refuses as a schema. A key that names a phone still tokenizes."""
+    sdk = openai.OpenAI(api_key="sk-agent-holds-none", http_client=agent(gw), max_retries=0)
+    bounded = {"type": "object", "properties": {"order_id": {"type": "integer", "minimum": 1000000000, "maximum": 2147483647}}}
+    tools: list[dict] = [{"type": "function", "function": {"name": "get_order", "description": "Look up an order", "parameters": bounded}}]
+    response_format: dict = {"type": "json_schema", "json_schema": {"name": "order", "schema": bounded}}
+    sdk.chat.completions.with_raw_response.create(  # type: ignore[call-overload]  # plain dicts, as users write them
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], tools=tools, response_format=response_format,
+    )
+    sent = vendor.received[-1].json()
+    assert (sent["tools"], sent["response_format"]) == (tools, response_format)
+    tools[0]["function"]["parameters"] = {"type": "object", "properties": {}, "x-support-phone": 2125550199}
+    sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], tools=tools)  # type: ignore[arg-type]
+    assert str(vendor.received[-1].json()["tools"][0]["function"]["parameters"]["x-support-phone"]).startswith("tok_PHONE_NUMBER_")
 
 
 def test_a_float_card_number_inside_a_text_field_becomes_its_token(gw: GatewayProcess, vendor: FakeVendor) -> None:

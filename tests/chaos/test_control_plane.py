@@ -87,6 +87,7 @@ def _decisions(gw: GatewayProcess) -> list[dict]:
     return [r for r in gw.audit() if r.get("phase") == "decision" and r.get("policy_version")]
 
 
+@pytest.mark.chaos_full  # a revocation inside an open tunnel is in the default run (tests/chaos/test_fleet_state.py, tests/proxy/test_stream_cutoff.py)
 def test_revoked_token_stops_inside_a_busy_tunnel(chaos_gateway, fault_vendor: FaultVendor, report: ChaosReport) -> None:
     gw = chaos_gateway(fault_vendor)
     token = agent(gw, "reader", sub="to-revoke")

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.chaos.faults import FaultVendor
 from tests.chaos.harness import CHAT, EMAIL, PAY, agent, code_of, send
@@ -41,6 +42,7 @@ def _call(report: ChaosReport, gw: GatewayProcess, n: int) -> str:
         return "cut"
 
 
+@pytest.mark.chaos_full  # ~10 s; a worker SIGKILLed under load is in the default run (tests/fleet/test_workers.py)
 def test_sigkill_with_100_calls_in_flight(chaos_gateway, fault_vendor: FaultVendor, redis: RedisServer, report: ChaosReport) -> None:
     gw = chaos_gateway(fault_vendor, stores={"rate_limits": redis.url})
     with client(gw, agent(gw, "payer", sub="budget-keeper")) as c:

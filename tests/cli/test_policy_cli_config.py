@@ -9,6 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.clients import client, error_of
 from tests.fakes import PKI, REPO, FakeVendor, vendor_settings
 from tests.processes import GatewayProcess
@@ -47,6 +49,7 @@ def test_check_and_test_use_the_configs_connectors(tmp_path: Path) -> None:
     assert denied.returncode == 1 and json.loads(denied.stdout)["code"] == "param_violation"
 
 
+@pytest.mark.chaos_full  # ~10 s of CLI runs; `policy check`/`test` against the config are in the default run above and below
 def test_policies_flag_points_check_and_test_at_another_directory(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path / "gw", {"policies": str(REPO / "policies")})
     other = tmp_path / "other"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.clients import client
 from tests.console.setup import GOOD, PAY, agent_token
@@ -20,6 +21,7 @@ def feed_subs(driver: Any) -> list[str]:
     return [cells(row)["Agent"] for row in driver.find_elements(by().CSS_SELECTOR, "#feed tbody tr")]
 
 
+@pytest.mark.chaos_full  # restarts the gateway under Chromium (~9 s)
 def test_a_restart_keeps_the_page_signed_in_and_the_feed_comes_back(browser: Any, gw: GatewayProcess) -> None:
     sign_in(browser, gw, gw.token(sub="ops", role="admin", tenant="*"))
     go(browser, "decisions")

@@ -99,6 +99,7 @@ def test_calls_over_the_field_or_call_limit_are_refused_and_the_rest_pass(small_
     assert min(outcomes.values()) >= 3, outcomes  # the generator hit every branch
 
 
+@pytest.mark.chaos_full  # ~9 s; windows and their edges are in the default run in-process (tests/dlp/test_chunks.py)
 def test_text_over_a_million_characters_is_scanned_in_windows(make_gateway, pki: PKI, vendor: FakeVendor) -> None:
     dlp = {"max_field_chars": 2_000_000, "max_call_chars": 2_000_000}
     gw = make_gateway(vendor_settings(pki, vendor, max_body="8MiB", dlp=dlp))

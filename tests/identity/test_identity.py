@@ -160,6 +160,7 @@ def test_revocation_stops_an_open_tunnel_within_a_second(gateway: GatewayProcess
         assert bystander.get("https://api.stripe.com/v1/balance").status_code == 200
 
 
+@pytest.mark.chaos_full  # waits out a token (~8 s); expiry inside a tunnel is in the default run (tests/proxy/test_admission.py, test_stream_cutoff.py)
 def test_token_expiring_inside_an_open_tunnel_stops_working(make_gateway, pki, vendor: FakeVendor) -> None:
     gw = make_gateway(vendor_settings(pki, vendor, token_leeway="1s"))
     token = gw.token(scopes=("stripe:*",), ttl=2)

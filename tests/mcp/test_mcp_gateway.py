@@ -559,6 +559,7 @@ def test_arguments_are_checked_against_the_pinned_input_schema_before_any_policy
     assert secret not in gw.audit_file.read_text()
 
 
+@pytest.mark.chaos_full  # ~8 s of CLI runs; `policy test` is in the default run for REST (tests/cli/test_policy_cli_config.py)
 def test_policy_test_answers_for_an_mcp_tool_call(gw: GatewayProcess, finance: Exports, tmp_path: Path) -> None:
     """`policy test --mcp-server --tool --arguments` goes through the same judging as a live call:
     the pinned input schema first (read from the gateway's store), then the policy and its params."""

@@ -70,7 +70,9 @@ class Quarantines:
     def __init__(self, path: Path) -> None:
         self._active: dict[tuple[str, str], Change] = {}
         self._seen = -1
-        self._lock = threading.Lock()  # the API's `set` and the watcher's reload: each change reported once
+        # The API's `set` and the watcher's reload: each change reported once, and a `set`'s own
+        # change reported to it (re-entrant: `set` holds it across its write and its reload).
+        self._lock = threading.RLock()
         self._db_lock = threading.Lock()  # the one connection (as `Revocations`: not one per poll)
         self._db = open_db(path)
         with self._db_lock:
@@ -85,8 +87,9 @@ class Quarantines:
         value = EVERYTHING if scope == "all" else value
         if not value or not reason.strip() or len(reason) > MAX_REASON:
             raise ValueError(f"a quarantine needs a value and a reason of 1 to {MAX_REASON} characters")
-        self._append(scope, value, release, reason.strip(), by)
-        return self.refresh()
+        with self._lock:  # else the watcher's reload could report this change and `set` none
+            self._append(scope, value, release, reason.strip(), by)
+            return self.refresh()
 
     def _append(self, scope: str, value: str, release: bool, reason: str, by: str) -> None:
         """The storage primitive `set` uses (the fleet's store replaces it and `refresh`)."""

@@ -257,7 +257,7 @@ class RedisQuarantines(Quarantines):
         self._active: dict[tuple[str, str], Change] = {}
         self._seen = -1
         self._confirmed = -math.inf  # monotonic time of the last successful read
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # as `Quarantines._lock`
         try:
             self.refresh()
         except StateStoreDown as e:

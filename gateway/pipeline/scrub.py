@@ -81,7 +81,7 @@ def _spelling_bytes(secret: str) -> bytes:
 
 def encodings(secret: str) -> set[bytes]:
     """The forms in which `secret` commonly comes back whole: as is, URL- and JSON-escaped, and
-    base64 and base64url of itself and of `key:` (the spelled forms, `spellings`, cover the rest)."""
+    base64 and base64url of itself and of `key:` (the spelled forms, `spelled_pattern`, cover the rest)."""
     raw = secret.encode()
     quoted = quote(secret, safe="")
     forms = {

@@ -31,8 +31,7 @@ class AnswerCheck:
             return
         refusal = refused_head(resp.status_code, resp.headers.get("content-encoding", ""), is_event_stream(flow))
         if refusal is not None:
-            flow.metadata[ANSWER_REFUSED] = refusal
-            abort_server_connection(flow.client_conn, flow.server_conn, "egress-gateway: an answer the gateway cannot check")
+            refuse_answer(flow, refusal)
 
     def response(self, flow: http.HTTPFlow) -> None:
         call: Call | None = flow.metadata.get(CALL)
@@ -53,3 +52,11 @@ class AnswerCheck:
             respond(flow, call.decision_id, refusal)
             assert flow.response is not None
             flow.response.headers["connection"] = "close"
+
+
+def refuse_answer(flow: http.HTTPFlow, refusal: Refusal) -> None:
+    """Refuse the vendor's answer from its head: its connection is cut at once, so nothing more of
+    it is read or relayed; `AnswerCheck.response` answers the agent with `refusal` and the outcome
+    records it."""
+    flow.metadata[ANSWER_REFUSED] = refusal
+    abort_server_connection(flow.client_conn, flow.server_conn, "egress-gateway: an answer the gateway cannot check")

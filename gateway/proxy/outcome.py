@@ -17,6 +17,7 @@ from mitmproxy import connection, http, tls
 from gateway.errors import DECISION_HEADER, Refusal
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp
+from gateway.proxy.answer_check import refuse_answer
 from gateway.proxy.flows import (
     ANSWER_REFUSED,
     CALL,
@@ -36,7 +37,6 @@ from gateway.proxy.mitm_compat import (
     CLIENT_GONE,
     ErrorPages,
     Unclaimed,
-    abort_server_connection,
     stream_function,
 )
 from gateway.runtime import Runtime
@@ -61,8 +61,7 @@ class Outcome:
             self._scrub_head(flow, call)
         except Exception as e:  # noqa: BLE001 - raised out of the hook, mitmproxy would relay the answer unscrubbed
             log.error("a vendor's answer could not be scrubbed (%s); refused", type(e).__name__)
-            flow.metadata[ANSWER_REFUSED] = Refusal("internal_error", "the gateway could not check the vendor's answer")
-            abort_server_connection(flow.client_conn, flow.server_conn, "egress-gateway: an answer the gateway cannot check")
+            refuse_answer(flow, Refusal("internal_error", "the gateway could not check the vendor's answer"))
 
     def _scrub_head(self, flow: http.HTTPFlow, call: Call) -> None:
         """Scrub the answer's headers, and set up the scrubbing (and restoring) of a streamed body."""

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 from gateway import runtime
 from gateway.config import Config
 from gateway.identity import tokens as identity
-from gateway.pipeline import REQUEST_STEPS, Ctx, Forward, RequestView, Step, Tunnel, request_call
+from gateway.pipeline import REQUEST_STEPS, Ctx, RequestView, Step, Tunnel, new_ctx, request_call
 from tests.fakes import VENDOR_ENV
 
 HOST, METHOD, PATH = "api.stripe.com", "POST", "/v1/payment_intents"
@@ -120,8 +120,7 @@ class StripePayment:
         self.rules = self.rt.policies.current.rule_count if self.rt.policies else 0
 
     def context(self) -> Ctx:
-        assert self.view.tunnel is not None
-        return Ctx(self.rt, self.view, request_call(self.rt, self.view), Forward(self.view.tunnel.address))
+        return new_ctx(self.rt, self.view, request_call(self.rt, self.view))
 
     def close(self) -> None:
         self.rt.close()

@@ -21,7 +21,7 @@ from gateway.faces import lazy_face
 _FACE = {
     "Call": "call", "new_decision_id": "call",
     "REQUEST_STEPS": "decision", "JUDGE_STEPS": "decision", "Ctx": "decision", "Step": "decision",
-    "decide": "decision", "decide_connect": "decision", "judge": "decision", "request_call": "decision",
+    "decide": "decision", "decide_connect": "decision", "new_ctx": "decision", "judge": "decision", "request_call": "decision",
     "may_call": "decision", "McpRequest": "request",
     "ConnectVerdict": "request", "ConnectView": "request", "Forward": "request", "RequestView": "request",
     "Tunnel": "request", "Verdict": "request",

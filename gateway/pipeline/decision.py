@@ -410,12 +410,16 @@ STEP_NAMES: tuple[str, ...] = tuple(s.name for s in REQUEST_STEPS)
 JUDGE_STEPS: tuple[Step, ...] = tuple(s for s in REQUEST_STEPS if s.run in (validate, authorize))
 
 
+def new_ctx(rt: Runtime, view: RequestView, call: Call) -> Ctx:
+    """A decision's start: one policy version judges the whole call, however a reload lands meanwhile."""
+    address = view.tunnel.address if view.tunnel else ("", 0)
+    return Ctx(rt, view, call, Forward(address), policies=rt.policies.current if rt.policies else None)
+
+
 async def decide(rt: Runtime, view: RequestView, call: Call | None = None) -> Verdict:
     """Run `REQUEST_STEPS` over one request; a refusal is audited here, an allow by the last step."""
-    call = call or request_call(rt, view)
-    address = view.tunnel.address if view.tunnel else ("", 0)
-    # One policy version judges the whole call, however a reload lands meanwhile.
-    ctx = Ctx(rt, view, call, Forward(address), policies=rt.policies.current if rt.policies else None)
+    ctx = new_ctx(rt, view, call or request_call(rt, view))
+    call = ctx.call
     trace = call.trace = rt.tracing.decision(view.header("traceparent")) if rt.tracing is not None else None
 
     async def run() -> Forward:

@@ -70,6 +70,25 @@ class Result:
     side_cpu: float | None = None  # of which its threads other than the main one (the event loop's)
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time so far of `pid` and its descendants (a supervisor and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu_seconds(p) or 0.0
+        todo += children.get(p, [])
+    return total
+
+
 def cpu_seconds(pid: int | None, stat: str = "stat") -> float | None:
     """User + system CPU time of process `pid` so far, from /proc (None where there is none);
     `stat="task/TID/stat"` for one thread's."""
@@ -151,6 +170,46 @@ async def _run(load: Load) -> Result:
     cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
     side = side_end - side_start if side_start is not None and side_end is not None else None
     return Result([x for xs in per_client for x in xs], wall, cpu, side)
+
+
+async def _paced_client(
+    stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], wire: bytes, n: int, first: float, interval: float
+) -> list[float]:
+    reader, writer = stream
+    out = []
+    for k in range(n):
+        due = first + k * interval
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await _exchange(reader, writer, wire)
+        # From when the request was due, not when it went: a slow answer delays the next request,
+        # and that wait is latency the agent sees (no coordinated omission).
+        out.append(time.perf_counter() - due)
+    return out
+
+
+async def _run_paced(load: Load, rate: float) -> Result:
+    wire = load.request.wire()
+    streams = await asyncio.gather(*(_connect(load) for _ in range(load.clients)))
+    try:
+        await asyncio.gather(*(_client(s, wire, load.warmup) for s in streams))
+        interval = load.clients / rate
+        start = time.perf_counter()
+        # The clients' schedules are spread over one interval, so the offered load is even.
+        per_client = await asyncio.gather(*(
+            _paced_client(s, wire, load.requests, start + i * interval / load.clients, interval)
+            for i, s in enumerate(streams)
+        ))
+        wall = time.perf_counter() - start
+    finally:
+        for _, writer in streams:
+            writer.close()
+    return Result([x for xs in per_client for x in xs], wall, None)
+
+
+def run_paced(load: Load, rate: float) -> Result:
+    """`load.clients` keep-alive connections offering `rate` requests per second between them,
+    each sending on a fixed schedule (an open-loop load, unlike `run`'s back-to-back requests)."""
+    return asyncio.run(asyncio.wait_for(_run_paced(load, rate), load.timeout))
 
 
 @dataclass(frozen=True)

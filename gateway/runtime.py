@@ -216,6 +216,7 @@ class Runtime:
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
 
     def close(self) -> None:
+        self.resolver.close()
         if self.tracing is not None:
             self.tracing.close()
         if self.siem is not None:

@@ -486,6 +486,7 @@ class McpServer(_Strict):
     url: str  # https://HOST/PATH: the host is claimed, the path is the MCP endpoint
     credential: str | None = None  # env:NAME, file:PATH or vault:..., sent as Authorization: Bearer <value>
     pin: dict[str, str] = Field(default_factory=dict)  # tool -> "sha256:<hex>" of its definition
+    max_pinned_tools: int = Field(5000, ge=1, le=1_000_000)  # tool names pinned for this server; new ones past it are hidden
 
     @field_validator("url")
     @classmethod
@@ -524,6 +525,7 @@ class McpServer(_Strict):
             headers=MCP_HEADERS,
             endpoint=u.path,
             pins=tuple(sorted(self.pin.items())),
+            max_pinned_tools=self.max_pinned_tools,
         )
 
 

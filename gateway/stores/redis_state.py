@@ -19,7 +19,8 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
   appended to (a release is a change too), read like the revocations; `quarantines:audited`: the set
   of change ids (positions) a gateway has claimed to audit and export, so that each is recorded once.
 - `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
-- `mcp:pins`: a hash of MCP tool pins, JSON `[server, tool]` -> the pin's row; `mcp:session:<sha256>`:
+- `mcp:pins`: a hash of MCP tool pins, JSON `[server, tool]` -> the pin's row; `mcp:pin_counts`: server
+  -> how many pins it has (recounted from `mcp:pins` at start, kept by the scripts); `mcp:session:<sha256>`:
   the agent (and server) a session id is bound to, expiring `SESSION_TTL` after the binding.
 - `connectors`: a hash of connectors registered through the API, name -> document, who and when;
   `connectors:version`: bumped by every add and delete, polled by every replica.
@@ -602,6 +603,7 @@ class RedisToolShelf:
 # --- MCP pins and sessions -----------------------------------------------------------------------
 
 MCP_PINS = PREFIX + "mcp:pins"
+MCP_PIN_COUNTS = PREFIX + "mcp:pin_counts"  # server -> its pins, so a bound is checked without a scan
 _MCP_SESSION = PREFIX + "mcp:session:"
 MCP_SCHEMAS = PREFIX + "mcp:schemas"  # definition digest -> its input schema (JSON)
 
@@ -609,21 +611,38 @@ MCP_SCHEMAS = PREFIX + "mcp:schemas"  # definition digest -> its input schema (J
 # the SQLite table has (absent fields are NULL; times as strings, exact). Each script is one of the
 # SQLite store's statements, so two replicas observing, seeding or accepting at once are serialized.
 
-# ARGV: field, digest, now. The config's pin, unless an admin accepted a change since this value.
+# KEYS: pins, counts. Every server's pins counted again (a store written before the counts existed).
+_MCP_RECOUNT = """
+local counts = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local server = cjson.decode(field)[1]
+  counts[server] = (counts[server] or 0) + 1
+end
+redis.call('DEL', KEYS[2])
+for server, n in pairs(counts) do redis.call('HSET', KEYS[2], server, n) end
+return 1
+"""
+
+# KEYS: pins, counts. ARGV: field, digest, now, server. The config's pin, unless an admin accepted a
+# change since this value.
 _MCP_SEED = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if raw then
   local p = cjson.decode(raw)
   if p.source == 'admin' and p.config == ARGV[2] then return 0 end
+else
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
 end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pinned=ARGV[2], source='config', config=ARGV[2], pinned_at=ARGV[3]}))
 return 1
 """
 
-# ARGV: field, digest, now. Returns a `Seen` value.
+# KEYS: pins, counts. ARGV: field, digest, now, server, the server's bound. Returns a `Seen` value.
 _MCP_OBSERVE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
+  if tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0') >= tonumber(ARGV[5]) then return 'over_limit' end
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
   redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pinned=ARGV[2], source='listed', pinned_at=ARGV[3]}))
   return 'new'
 end
@@ -672,6 +691,8 @@ class RedisMcpStore(McpStore):
         self._observe = client.register_script(_MCP_OBSERVE)
         self._accept = client.register_script(_MCP_ACCEPT)
         self._bind_script = client.register_script(_MCP_BIND)
+        with _store("MCP"):
+            client.register_script(_MCP_RECOUNT)(keys=[MCP_PINS, MCP_PIN_COUNTS])
         for server, pins in (config_pins or {}).items():
             for tool, digest in pins.items():
                 self._seed(server, tool, digest)
@@ -681,11 +702,12 @@ class RedisMcpStore(McpStore):
 
     def _seed(self, server: str, tool: str, digest: str) -> None:
         with _store("MCP"):
-            self._seed_script(keys=[MCP_PINS], args=[_pin_field(server, tool), digest, repr(self._clock())])
+            self._seed_script(keys=[MCP_PINS, MCP_PIN_COUNTS], args=[_pin_field(server, tool), digest, repr(self._clock()), server])
 
-    def observe(self, server: str, tool: str, digest: str) -> Seen:
+    def observe(self, server: str, tool: str, digest: str, limit: int) -> Seen:
         with _store("MCP"):
-            seen = self._observe(keys=[MCP_PINS], args=[_pin_field(server, tool), digest, repr(self._clock())])
+            seen = self._observe(keys=[MCP_PINS, MCP_PIN_COUNTS],
+                                 args=[_pin_field(server, tool), digest, repr(self._clock()), server, limit])
         return Seen(_text(seen))
 
     def state(self, server: str, tool: str) -> Pin | None:

@@ -245,10 +245,14 @@ class McpConnector(Connector):
     `pins` are the tool-definition hashes the config fixes; when given, they also bound which tool
     names policies may name (a typo in a policy is then caught at load). Without them any name of a
     tool's form is accepted at load, and a tool is callable only once the server has listed it.
+    `max_pinned_tools` bounds the names the gateway pins for it (a hostile server listing new names
+    on every call would otherwise grow the pins and the audit log forever); past it, new names are
+    hidden and not callable.
     """
 
     endpoint: str = "/"
     pins: tuple[tuple[str, str], ...] = ()
+    max_pinned_tools: int = 5000
 
     def action(self, name: str) -> Action | None:
         if name in MCP_SERVER_REQUESTS:

@@ -23,6 +23,7 @@ from dlp.config import DlpConfig
 from gateway.errors import ConfigError
 from gateway.policy.load import LineLoader
 from gateway.secrets import check_reference
+from gateway.transport import plaintext_hosts
 from sandbox.manifest import Limits
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -109,6 +110,9 @@ class Stores(_Strict):
     rate_limits: str = "memory://"
     vault: str | None = None
     state: str | None = None
+    # redis:// (no TLS) to a host other than loopback is refused unless this says it is intended
+    # (`gateway.transport`); it covers dlp.vault too.
+    allow_plaintext: bool = False
 
 
 def _reference(setting: str, ref: str) -> str:
@@ -486,6 +490,7 @@ class McpServer(_Strict):
     url: str  # https://HOST/PATH: the host is claimed, the path is the MCP endpoint
     credential: str | None = None  # env:NAME, file:PATH or vault:..., sent as Authorization: Bearer <value>
     pin: dict[str, str] = Field(default_factory=dict)  # tool -> "sha256:<hex>" of its definition
+    max_pinned_tools: int = Field(5000, ge=1, le=1_000_000)  # tool names pinned for this server; new ones past it are hidden
 
     @field_validator("url")
     @classmethod
@@ -524,6 +529,7 @@ class McpServer(_Strict):
             headers=MCP_HEADERS,
             endpoint=u.path,
             pins=tuple(sorted(self.pin.items())),
+            max_pinned_tools=self.max_pinned_tools,
         )
 
 
@@ -576,6 +582,8 @@ class Config(_Strict):
     # store cannot be read (then calls needing it are refused); see gateway/secrets.py.
     secrets_refresh: Duration = 30.0
     secrets_max_stale: Duration = 120.0
+    # VAULT_ADDR over http:// to a host other than loopback is refused unless this says it is intended.
+    secrets_allow_plaintext: bool = False
     stores: Stores = Stores()
     keys: Keys = Keys()
     max_body: Size = 2**20  # requests; the gateway refuses larger ones with 413 body_too_large
@@ -686,6 +694,22 @@ class Config(_Strict):
         if unknown:
             names = ", ".join(f"secrets.{n}" for n in unknown)
             raise ConfigError(f"{names}: no connector uses this credential (connectors' credentials: {', '.join(sorted(known)) or 'none'})")
+
+    @model_validator(mode="after")
+    def _redis_in_clear(self) -> Config:
+        """State, counters and DLP tokens in clear over the network can be read and changed on the
+        way (`gateway.transport`); the message names the host, never the URI (it may hold a password)."""
+        if self.stores.allow_plaintext:
+            return self
+        for setting, uri in (("stores.state", self.stores.state), ("stores.rate_limits", self.stores.rate_limits),
+                             ("dlp.vault", self.dlp.vault)):
+            hosts = plaintext_hosts(uri or "")
+            if hosts:
+                raise ValueError(
+                    f"{setting}: plain redis:// to {hosts[0]} (not loopback) sends the gateway's state in clear over the network;"
+                    " use rediss:// (TLS), a loopback address, or set stores.allow_plaintext: true if that is intended"
+                )
+        return self
 
     @model_validator(mode="after")
     def _shared_limits(self) -> Config:

@@ -148,7 +148,9 @@ class Refusal(GatewayError):
     """A decision to refuse the call, raised by any pipeline step.
 
     `headers` carries extras such as `Retry-After`; `details` carries extra JSON fields of the error
-    object such as `approval_id`.
+    object such as `approval_id`. `gateway_side` marks the refusal of a well-formed vendor answer
+    the gateway will not relay (over a size limit, a form it does not carry): the vendor did not
+    fail, so the circuit breaker does not count it (`gateway.pipeline.breaker.blames_vendor`).
     """
 
     code: str
@@ -157,6 +159,7 @@ class Refusal(GatewayError):
     action: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     details: dict[str, object] = field(default_factory=dict)
+    gateway_side: bool = False
 
     def __post_init__(self) -> None:
         if self.code not in CODES:

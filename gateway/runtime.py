@@ -216,6 +216,7 @@ class Runtime:
         return not_ready(self.registry, self.secrets, self.policies.current.connectors if self.policies else frozenset())
 
     def close(self) -> None:
+        self.resolver.close()
         if self.tracing is not None:
             self.tracing.close()
         if self.siem is not None:
@@ -292,7 +293,8 @@ def build(config: Config, worker: int | None = None) -> Runtime:
             issuers=TrustedIssuers.build(config),
         ),
         resolver=Resolver(routes),
-        secrets=Secrets.from_config(config.secret_refs, config.secrets_refresh, config.secrets_max_stale),
+        secrets=Secrets.from_config(config.secret_refs, config.secrets_refresh, config.secrets_max_stale,
+                                    config.secrets_allow_plaintext),
         audit=audit,
         worker=worker,
         breaker=Breaker(config.breaker.failures, config.breaker.reset, config.breaker.agents),

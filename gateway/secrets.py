@@ -56,7 +56,7 @@ def check_reference(ref: str) -> None:
         VaultRef.parse(where)
 
 
-def read_reference(ref: str, what: str, environ: Mapping[str, str] = os.environ) -> str:
+def read_reference(ref: str, what: str, environ: Mapping[str, str] = os.environ, *, allow_plaintext: bool = False) -> str:
     """The value `ref` names, read once now (blocking); ConfigError naming `what` and the
     reference (never a value) when it cannot be read or is empty. For start-up only."""
     try:
@@ -73,7 +73,7 @@ def read_reference(ref: str, what: str, environ: Mapping[str, str] = os.environ)
         except OSError as e:
             raise ConfigError(f"{what} ({ref}): {e.strerror}") from None
     else:
-        reader = VaultReader(VaultAuth.from_env(environ))
+        reader = VaultReader(VaultAuth.from_env(environ, allow_plaintext=allow_plaintext))
         try:
             value = reader.read(VaultRef.parse(where)).value
         except VaultUnavailable as e:
@@ -122,12 +122,13 @@ class Secrets:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_config(cls, refs: dict[str, str], refresh: float, max_stale: float) -> Secrets:
+    def from_config(cls, refs: dict[str, str], refresh: float, max_stale: float, allow_plaintext: bool = False) -> Secrets:
         """The config's `secrets:`; a vault: reference needs the store's address and login in the
-        environment (ConfigError otherwise). Vault values are read once here, before serving."""
+        environment, over TLS unless loopback or `allow_plaintext` (ConfigError otherwise). Vault
+        values are read once here, before serving."""
         reader = None
         if any(ref.startswith("vault:") for ref in refs.values()):
-            reader = VaultReader(VaultAuth.from_env())
+            reader = VaultReader(VaultAuth.from_env(allow_plaintext=allow_plaintext))
         secrets = cls(refs, refresh=refresh, max_stale=max_stale, reader=reader)
         secrets.refresh_due()
         secrets.scrubber()

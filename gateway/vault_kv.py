@@ -11,6 +11,10 @@ store itself is ever written in gateway.yaml:
   refuses the token: an AppRole token expires, and a fresh login is the way to renew it);
 - optional `VAULT_CACERT` (a CA bundle for the store's TLS) and `VAULT_NAMESPACE`.
 
+`VAULT_ADDR` over plain http:// to a host other than loopback is refused (the store's token and
+every secret would cross the network in clear) unless the config's `secrets_allow_plaintext` says
+it is intended (`gateway.transport`).
+
 The HTTP session ignores the proxy variables (`HTTPS_PROXY`...): they may well point at this very
 gateway, and a store reached through a proxy is a store whose answers anyone on the way can change.
 
@@ -33,6 +37,7 @@ import hvac.exceptions
 import requests
 
 from gateway.errors import ConfigError
+from gateway.transport import plaintext_hosts
 
 _REF = re.compile(r"^(?P<mount>[A-Za-z0-9_.-]+)/(?P<path>[A-Za-z0-9_.\-/]+)#(?P<field>[A-Za-z0-9_.\-]+)$")
 DEFAULT_TIMEOUT = 5.0
@@ -84,13 +89,21 @@ class VaultAuth:
         return f"VaultAuth(addr={self.addr!r}, approle={self.role_id is not None})"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> VaultAuth:
-        """Raises ConfigError naming the missing variable: a vault: reference cannot work without them."""
+    def from_env(cls, environ: Mapping[str, str] = os.environ, *, allow_plaintext: bool = False) -> VaultAuth:
+        """Raises ConfigError naming the missing variable or the fix: a vault: reference cannot
+        work without them, and must not send the store's token in clear (`allow_plaintext`:
+        the config's `secrets_allow_plaintext`)."""
         addr = environ.get("VAULT_ADDR", "").strip()
         if not addr:
             raise ConfigError("a vault: secret reference needs VAULT_ADDR (and VAULT_TOKEN, or VAULT_ROLE_ID + VAULT_SECRET_ID)")
         if not addr.startswith(("http://", "https://")):
             raise ConfigError(f"VAULT_ADDR must be an http:// or https:// URL, got {addr!r}")
+        if not allow_plaintext and (hosts := plaintext_hosts(addr)):
+            raise ConfigError(
+                f"VAULT_ADDR is plain http:// to {hosts[0]} (not loopback): the store's token and every secret would cross"
+                " the network in clear; use https:// (VAULT_CACERT for a private CA), a loopback address, or set"
+                " secrets_allow_plaintext: true in the config if that is intended"
+            )
         token = environ.get("VAULT_TOKEN") or None
         role_id, secret_id = environ.get("VAULT_ROLE_ID") or None, environ.get("VAULT_SECRET_ID") or None
         if (role_id is None) != (secret_id is None):

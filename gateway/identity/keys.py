@@ -75,17 +75,18 @@ def load(config: Config, state: StateDir) -> KeyRing:
                 f"stores.state is shared ({_scheme(config.stores.state)}), so every replica must load the same keys: "
                 f"set {', '.join(missing)} (e.g. file:/run/egress/...); per-replica keys would split the fleet"
             )
-    signing = _signing_key("keys.signing", keys.signing) if keys.signing else load_or_create_key(state.signing_key)
-    previous = tuple(_signing_key(f"keys.previous_signing[{i}]", ref) for i, ref in enumerate(keys.previous_signing))
-    return KeyRing(signing, previous, _ca(keys.ca) if keys.ca else None)
+    plain = config.secrets_allow_plaintext
+    signing = _signing_key("keys.signing", keys.signing, plain) if keys.signing else load_or_create_key(state.signing_key)
+    previous = tuple(_signing_key(f"keys.previous_signing[{i}]", ref, plain) for i, ref in enumerate(keys.previous_signing))
+    return KeyRing(signing, previous, _ca(keys.ca, plain) if keys.ca else None)
 
 
-def _read(setting: str, ref: str) -> bytes:
-    return read_reference(ref, setting).encode()
+def _read(setting: str, ref: str, allow_plaintext: bool) -> bytes:
+    return read_reference(ref, setting, allow_plaintext=allow_plaintext).encode()
 
 
-def _signing_key(setting: str, ref: str) -> SigningKey:
-    pem = _read(setting, ref)
+def _signing_key(setting: str, ref: str, allow_plaintext: bool) -> SigningKey:
+    pem = _read(setting, ref, allow_plaintext)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except ValueError:
@@ -95,9 +96,9 @@ def _signing_key(setting: str, ref: str) -> SigningKey:
     return SigningKey(key)
 
 
-def _ca(ref: str) -> bytes:
+def _ca(ref: str, allow_plaintext: bool) -> bytes:
     """The CA as mitmproxy's store wants it: the private key, then the certificate, in one PEM."""
-    pem = _read("keys.ca", ref)
+    pem = _read("keys.ca", ref, allow_plaintext)
     try:
         key = serialization.load_pem_private_key(pem, password=None)
         cert = x509.load_pem_x509_certificates(pem)[0]

@@ -1,7 +1,8 @@
 """The server's answer to one MCP request, edited on its way to the agent, as JSON or as SSE.
 
 Each JSON-RPC message the server sends is judged on its own:
-- the answer to a `tools/list` request: cut to the tools the caller may call (`keep`);
+- the answer to a `tools/list` request: cut to the tools the caller may call (`keep`), then
+  `listed` is told the page was judged (what one listing costs is reported once, not per tool);
 - the answer to a forwarded `tools/call`: tokens restored in its text content and structured
   content, for the types the caller may see (`restore`);
 - a request of the server's own (sampling, elicitation, roots): passed only if `server_request`
@@ -47,6 +48,7 @@ class AnswerEditor:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     batch: bool = False
     keep: Callable[[dict[str, Any]], bool] = lambda tool: False
+    listed: Callable[[], None] = lambda: None
     restore: Callable[[Any], Any] = lambda value: value
     server_request: Callable[[dict[str, Any]], bool] = lambda message: False
     max_event: int = 8 * 2**20
@@ -69,7 +71,9 @@ class AnswerEditor:
             return None
         if ident in self.lists:
             try:
-                return {**msg, "result": filter_list(msg["result"], self.keep)}
+                shown = filter_list(msg["result"], self.keep)
+                self.listed()
+                return {**msg, "result": shown}
             except TooManyTools as e:
                 log.warning("an MCP server's tool list was refused: %s", e)
                 return jsonrpc.error_answer(ident, jsonrpc.INTERNAL, str(e))

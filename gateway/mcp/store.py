@@ -4,8 +4,9 @@ One SQLite file in the state directory (like approvals and revocations), behind 
 interface, so the fleet's store (`gateway.stores.redis_state.RedisMcpStore`, with `stores.state` on
 Redis) replaces it without touching its callers; both are opened by `gateway.stores.open_state`:
 
-- `observe(server, tool, digest)`: a listed definition; pinned if the tool has no pin yet
-  (`Seen.NEW`), else `SAME`, or `CHANGED` (kept as the pending definition until accepted);
+- `observe(server, tool, digest, limit)`: a listed definition; pinned if the tool has no pin yet
+  (`Seen.NEW`), unless the server already has `limit` pins (`Seen.OVER_LIMIT`: nothing written),
+  else `SAME`, or `CHANGED` (kept as the pending definition until accepted);
 - `state(server, tool)`: the pin and any pending change, for a call;
 - `accept(server, tool)`: an admin accepts the pending definition; `pins()` lists them;
 - `remember_schema` / `schema`: the input schema of a pinned definition, by the definition's
@@ -70,6 +71,7 @@ class Seen(enum.Enum):
     SAME = "same"
     CHANGED = "changed"  # a definition differing from the pin, seen for the first time
     STILL_CHANGED = "still_changed"  # the pending change, seen again (audited once)
+    OVER_LIMIT = "over_limit"  # a new name from a server that has its `max_pinned_tools`: not pinned
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,13 @@ class McpStore:
                 (server, tool, digest, digest, self._clock()),
             )
 
-    def observe(self, server: str, tool: str, digest: str) -> Seen:
+    def observe(self, server: str, tool: str, digest: str, limit: int) -> Seen:
         now = self._clock()
         with self._tx() as db:
             row = db.execute("SELECT pinned, pending FROM mcp_pins WHERE server=? AND tool=?", (server, tool)).fetchone()
             if row is None:
+                if db.execute("SELECT COUNT(*) FROM mcp_pins WHERE server=?", (server,)).fetchone()[0] >= limit:
+                    return Seen.OVER_LIMIT
                 db.execute(
                     "INSERT INTO mcp_pins (server, tool, pinned, source, pinned_at) VALUES (?,?,?,'listed',?)",
                     (server, tool, digest, now),

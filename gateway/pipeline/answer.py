@@ -11,6 +11,9 @@ Brotli and zstd are refused too: their decoders here cannot stop at a size.
 An informational answer (1xx, 101 included) is refused as well: the gateway carries no protocol
 switch, and mitmproxy would take a 103 for the final answer and leave the real one on the
 connection for the agent's next request.
+
+Each refusal says whose it is for the circuit breaker: a compressed body that does not decode is
+the vendor's failure; an answer refused for its form or size is the gateway's (`gateway_side`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ _READ = 64 * 1024
 def refused_head(status: int, content_encoding: str, streamed: bool) -> Refusal | None:
     """The refusal of an answer whose head already shows it cannot be checked, or None."""
     if status < 200:
-        return _failed("answered with an informational or protocol-switching status, which the gateway does not carry")
+        return _unread("answered with an informational or protocol-switching status, which the gateway does not carry")
     encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
         return None
     if streamed or encoding not in DECODED:
-        return _failed("compressed its answer in a way the gateway cannot check (it asks for an uncompressed one)")
+        return _unread("compressed its answer in a way the gateway cannot check (it asks for an uncompressed one)")
     return None
 
 
@@ -51,7 +54,7 @@ def decoded(raw: bytes, content_encoding: str, limit: int) -> bytes | Refusal:
     except (OSError, EOFError, zlib.error):
         return _failed("sent a compressed answer that does not decode")
     if body is None:
-        return _failed(f"sent an answer that exceeds max_response_body ({limit} bytes) once decoded")
+        return _unread(f"sent an answer that exceeds max_response_body ({limit} bytes) once decoded")
     return body
 
 
@@ -77,4 +80,10 @@ def _inflate(raw: bytes, limit: int) -> bytes | None:
 
 
 def _failed(what: str) -> Refusal:
+    """The vendor broke HTTP: the circuit breaker counts it."""
     return Refusal("upstream_failed", f"the vendor {what}")
+
+
+def _unread(what: str) -> Refusal:
+    """A well-formed answer the gateway does not relay: not the vendor's failure (`gateway_side`)."""
+    return Refusal("upstream_failed", f"the vendor {what}", gateway_side=True)

@@ -10,6 +10,14 @@ One agent must not open the circuit for everyone: an agent can provoke failures 
 (calls that run past the read timeout, inputs the vendor chokes on). So the shared circuit opens
 only when the failing streak spans at least `agents` distinct agents; an agent's own streak opens
 its own circuit, which throttles that agent alone.
+
+Only the vendor's failures count (`blames_vendor`): no connection, a TLS failure, a timeout, a reset
+or broken HTTP, a 5xx, a compressed answer that does not decode. The gateway's refusal of an answer
+the vendor gave correctly (over `max_response_body`, raw or decoded; an informational or 101
+status; trailers; an encoding it does not decode; its own failure to scrub) is not the vendor's:
+an agent asking for a huge page must not open the circuit for every agent. Such an outcome, like
+the agent hanging up, is neutral (`release`): it neither counts nor clears a streak, since a
+success would let an agent reset everyone's streak by interleaving it with real failures.
 """
 
 from __future__ import annotations
@@ -18,6 +26,13 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.errors import Refusal
+
+VENDOR_FAULTS = frozenset({"upstream_failed", "upstream_tls", "upstream_timeout"})
+
+
+def blames_vendor(refusal: Refusal) -> bool:
+    """Whether a refused forwarded call counts as the vendor's failure (see the module docstring)."""
+    return refusal.code in VENDOR_FAULTS and not refusal.gateway_side
 
 
 @dataclass
@@ -47,8 +62,9 @@ class Breaker:
         self._own.pop((key, agent), None)
 
     def release(self, key: str, agent: str | None = None) -> None:
-        """A call whose outcome says nothing about the vendor (the agent hung up): if it was a
-        half-open probe, the next call may probe at once; counts are left as they were."""
+        """A call whose outcome says nothing about the vendor (the agent hung up, the gateway refused
+        a well-formed answer): if it was a half-open probe, the next call may probe at once; counts
+        are left as they were."""
         for st in (self._shared.get(key), self._own.get((key, agent))):
             if st is not None:
                 st.probe_at = None

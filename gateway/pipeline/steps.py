@@ -180,7 +180,12 @@ def route_mcp(registry: Registry, listed: Callable[[str, str], bool], host: str,
         return Route(connector, connector.protocol(), {})
     action = connector.action(tool) if MCP_TOOL_NAME.fullmatch(tool) else None
     if action is None or not listed(connector.name, tool):
-        raise Refusal("unknown_action", f"the MCP server {connector.name} never listed a tool of that name", connector=connector.name)
+        raise Refusal(
+            "unknown_action",
+            f"the MCP server {connector.name} never listed a tool of that name the gateway pinned"
+            " (past the server's max_pinned_tools, new tools are not pinned)",
+            connector=connector.name,
+        )
     return Route(connector, action, {})
 
 

@@ -223,7 +223,9 @@ class McpDoor:
         forward.dlp = _merged_dlp([v.forward.dlp for v in verdicts if v.forward is not None])
         identity = open_tunnel.tunnel.identity
         policies = self.rt.policies.current if self.rt.policies else None
-        editor.keep = lambda tool: self._keep(identity, policies, connector, tool)
+        over_limit: list[str] = []  # this answer's new tool names past the server's max_pinned_tools
+        editor.keep = lambda tool: self._keep(identity, policies, connector, tool, over_limit)
+        editor.listed = lambda: self._report_over_limit(connector, over_limit)
         editor.server_request = lambda msg: self._server_request(flow, open_tunnel, connector, msg)
         editor.max_event = self.rt.config.max_response_body
         if forward.dlp is not None and forward.dlp.reveal:
@@ -234,17 +236,22 @@ class McpDoor:
         if body is not None:
             flow.request.content = body
 
-    def _keep(self, identity: Identity, policies: PolicySet | None, connector: McpConnector, tool: dict[str, Any]) -> bool:
+    def _keep(self, identity: Identity, policies: PolicySet | None, connector: McpConnector, tool: dict[str, Any],
+              over_limit: list[str]) -> bool:
         """Whether a listed tool is shown: a tool name of this server (pinned in the config, if it
-        pins), its definition the pinned one (a new one is pinned now), and callable by this agent."""
+        pins), its definition the pinned one (a new one is pinned now, unless the server has its
+        `max_pinned_tools`: then it is hidden, noted in `over_limit`), and callable by this agent."""
         name: str = tool["name"]
         if connector.action(name) is None or name in MCP_SERVER_REQUESTS:
             return False
         digest = definition_digest(tool)
         try:
-            seen = self.rt.mcp.observe(connector.name, name, digest)
+            seen = self.rt.mcp.observe(connector.name, name, digest, connector.max_pinned_tools)
         except StoreUnavailable as e:  # a definition that cannot be checked against its pin is not shown
             log.warning("MCP server %s tool %s hidden: %s", connector.name, name, e)
+            return False
+        if seen is Seen.OVER_LIMIT:
+            over_limit.append(name)
             return False
         if seen in (Seen.NEW, Seen.CHANGED):
             event = "mcp_tool_pinned" if seen is Seen.NEW else "mcp_tool_changed"
@@ -252,6 +259,17 @@ class McpDoor:
             if seen is Seen.CHANGED:
                 log.warning("MCP server %s changed tool %s; hidden and refused until accepted", connector.name, name)
         return seen in (Seen.NEW, Seen.SAME) and self._schema_known(connector, name, digest, tool) and may_call(identity, policies, connector.name, name)
+
+    def _report_over_limit(self, connector: McpConnector, over_limit: list[str]) -> None:
+        """One audit record and one log line per listing that hid new tools for the bound, never
+        one per tool: a hostile server lists thousands of new names on every call."""
+        if not over_limit:
+            return
+        self.rt.record_after({"type": "mcp_tools_over_limit", "server": connector.name, "hidden": len(over_limit),
+                              "max_pinned_tools": connector.max_pinned_tools})
+        log.warning("MCP server %s listed %d new tools past its max_pinned_tools (%d); hidden and refused",
+                    connector.name, len(over_limit), connector.max_pinned_tools)
+        over_limit.clear()
 
     def _schema_known(self, connector: McpConnector, name: str, digest: str, tool: dict[str, Any]) -> bool:
         """The pinned definition's input schema, compiled (once per process) and stored by its

@@ -15,6 +15,7 @@ import time
 from mitmproxy import connection, http, tls
 
 from gateway.errors import DECISION_HEADER, Refusal
+from gateway.pipeline.breaker import blames_vendor
 from gateway.pipeline.call import Call
 from gateway.pipeline.dlp import CallDlp
 from gateway.proxy.answer_check import refuse_answer
@@ -35,6 +36,7 @@ from gateway.proxy.flows import (
 from gateway.proxy.mitm_compat import (
     BODY_OVER_LIMIT,
     CLIENT_GONE,
+    TRAILERS_UNREAD,
     ErrorPages,
     Unclaimed,
     stream_function,
@@ -44,7 +46,6 @@ from gateway.runtime import Runtime
 log = logging.getLogger(__name__)
 SCRUBBER = "egress.scrubber"  # the scrubber of this answer, built once from the secrets' values
 SCRUBBED = "egress.scrubbed"  # a stream's count of removed secrets
-_VENDOR_FAULTS = ("upstream_failed", "upstream_tls", "upstream_timeout")
 
 
 class Outcome:
@@ -100,7 +101,7 @@ class Outcome:
             return
         elapsed = time.monotonic() - started
         if (refused := flow.metadata.get(ANSWER_REFUSED)) is not None:  # answered by `AnswerCheck`
-            self.rt.breaker.failure(call.host or "", call.agent)
+            self._tell_breaker(call, refused)
             rec = call.record("deny", refused, phase="outcome", latency_ms=round(elapsed * 1000, 3))
             self.rt.record_after(rec)
             self._end_span(flow, rec, None)
@@ -132,10 +133,8 @@ class Outcome:
         refusal = self._classify(flow, call, msg)
         refusal.connector, refusal.action = call.connector, call.action
         started = flow.metadata.get(FORWARDED)
-        if started is not None and refusal.code in _VENDOR_FAULTS and not msg.startswith("Response " + BODY_OVER_LIMIT):
-            self.rt.breaker.failure(call.host or "", call.agent)
-        elif started is not None and refusal.code == "client_closed":
-            self.rt.breaker.release(call.host or "", call.agent)
+        if started is not None:
+            self._tell_breaker(call, refusal)
         latency = round((time.monotonic() - started) * 1000, 3) if started is not None else None
         phase = "outcome" if started else "decision"
         rec = call.record("deny", refusal, phase=phase, latency_ms=latency)
@@ -150,6 +149,14 @@ class Outcome:
         if (over_limit or not response_started(flow)) and not msg.startswith(CLIENT_GONE):
             self.pages.claim(flow.client_conn.id, call.decision_id, refusal)
         self.tunnels.done(flow)
+
+    def _tell_breaker(self, call: Call, refusal: Refusal) -> None:
+        """A forwarded call refused: the vendor's failure counts; anything else (the agent hung up,
+        the gateway refused a well-formed answer) is neutral for the circuit."""
+        if blames_vendor(refusal):
+            self.rt.breaker.failure(call.host or "", call.agent)
+        else:
+            self.rt.breaker.release(call.host or "", call.agent)
 
     def _end_span(self, flow: http.HTTPFlow, rec: dict[str, object], status: int | None) -> None:
         up = flow.metadata.pop(UPSTREAM_TRACE, None)
@@ -167,7 +174,9 @@ class Outcome:
             return Refusal("client_closed", "the agent closed the connection before the answer")
         if msg.startswith("Response " + BODY_OVER_LIMIT):
             limit = self.rt.config.max_response_body
-            return Refusal("upstream_failed", f"the vendor's response exceeds max_response_body ({limit} bytes)")
+            return Refusal("upstream_failed", f"the vendor's response exceeds max_response_body ({limit} bytes)", gateway_side=True)
+        if TRAILERS_UNREAD in msg:
+            return Refusal("upstream_failed", TRAILERS_UNREAD, gateway_side=True)
         if flow.metadata.get(TIMED_OUT):
             return Refusal("upstream_timeout", f"{call.host} did not answer in time")
         if msg.startswith("Request " + BODY_OVER_LIMIT):

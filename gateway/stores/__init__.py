@@ -58,7 +58,7 @@ from gateway.config import Config
 from gateway.connector_store import ConnectorStore
 from gateway.errors import ConfigError
 from gateway.identity.quarantine import Quarantines
-from gateway.identity.revocation import Revocations
+from gateway.identity.revocation import Revocations, kept_for
 from gateway.mcp.store import McpStore, config_pins
 from gateway.policy.approvals import Approval, ApprovalStore
 from gateway.state import StateDir
@@ -97,7 +97,7 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
     (it names the process in the decisions feed it shares)."""
     if backend(config) == "sqlite":
         return StateStores(
-            revocations=Revocations(state.revocations),
+            revocations=Revocations(state.revocations, kept_for(config)),
             quarantine=Quarantines(state.revocations),
             approvals=ApprovalStore(state.approvals, ttl=config.approval_ttl, on_new=on_new_approval),
             decisions=MemoryFeed(),
@@ -111,7 +111,7 @@ def open_state(config: Config, state: StateDir, on_new_approval: Callable[[Appro
     assert config.stores.state is not None
     client = redis_state.connect(config.stores.state)
     return StateStores(
-        revocations=redis_state.RedisRevocations(client, config.stores.state),
+        revocations=redis_state.RedisRevocations(client, config.stores.state, kept_for(config)),
         quarantine=redis_state.RedisQuarantines(client),
         approvals=redis_state.RedisApprovals(client, ttl=config.approval_ttl, on_new=on_new_approval),
         decisions=redis_state.RedisFeed(client, config.stores.state, config.replica, worker),

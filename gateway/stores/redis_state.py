@@ -1,10 +1,12 @@
 """The fleet's state on Redis (`stores.state: redis://…`): revocations, approvals, decisions feed.
 
 See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`:
-- `revocations`: a list of `{"kind", "value", "at"}` entries, only ever appended to; every revoke
-  is also published on `revoked`. Each replica holds the union of what it has read (a Redis that
+- `revocations`: a list of `{"kind", "value", "at"}` entries, appended to, and cut from its head
+  once an entry is too old to stop a valid token (`gateway.identity.revocation.kept_for`; on every
+  revoke and every `PRUNE_SECONDS`), counted in `revocations:pruned`; every revoke is also published
+  on `revoked`. Each replica holds the union of what it has read, less what is too old (a Redis that
   comes back empty cannot un-revoke a token for a replica that saw it), re-reads when the list's
-  length changes (polled every `POLL_SECONDS`, and at once on a `revoked` message), and re-reads
+  length or pruned count changes (polled every `POLL_SECONDS`, and at once on a `revoked` message), and re-reads
   it whole every `FULL_READ_SECONDS`. When the list could not be read for `STALE_SECONDS`, identity
   checks refuse with `store_unavailable`: a replica that cannot see revocations cannot honour them.
 - `apr:<id>`: one approval as a hash (absent fields are None; `summary` is JSON);
@@ -19,7 +21,8 @@ See `gateway.stores` for the seam and the failure rules. Keys are under `PREFIX`
   appended to (a release is a change too), read like the revocations; `quarantines:audited`: the set
   of change ids (positions) a gateway has claimed to audit and export, so that each is recorded once.
 - `tools`: a hash of registered tools, name -> manifest and module (`gateway.stores.tools`).
-- `mcp:pins`: a hash of MCP tool pins, JSON `[server, tool]` -> the pin's row; `mcp:session:<sha256>`:
+- `mcp:pins`: a hash of MCP tool pins, JSON `[server, tool]` -> the pin's row; `mcp:pin_counts`: server
+  -> how many pins it has (recounted from `mcp:pins` at start, kept by the scripts); `mcp:session:<sha256>`:
   the agent (and server) a session id is bound to, expiring `SESSION_TTL` after the binding.
 - `connectors`: a hash of connectors registered through the API, name -> document, who and when;
   `connectors:version`: bumped by every add and delete, polled by every replica.
@@ -53,7 +56,7 @@ from redis.retry import Retry
 from gateway.connector_store import AlreadyStored, ConnectorStore, StoredConnector
 from gateway.errors import ApprovalError, Refusal, StoreUnavailable
 from gateway.identity.quarantine import SCOPES, Change, Quarantines
-from gateway.identity.revocation import POLL_SECONDS, Revocations
+from gateway.identity.revocation import POLL_SECONDS, PRUNE_SECONDS, Revocations
 from gateway.live_decisions import LiveDecisions
 from gateway.mcp.store import SESSION_TTL, McpStore, Pin, Seen, SessionOwners
 from gateway.policy.approvals import DEFAULT_TTL, Approval, ApprovalStore
@@ -65,6 +68,7 @@ log = logging.getLogger(__name__)
 PREFIX = "egw:state:"
 REVOCATIONS = PREFIX + "revocations"
 REVOKED_CHANNEL = PREFIX + "revoked"
+REVOCATIONS_PRUNED = PREFIX + "revocations:pruned"  # entries ever cut from the list's head
 FULL_READ_SECONDS = 5.0
 STALE_SECONDS = 2.0
 RETENTION_SECONDS = 30 * 86400
@@ -154,16 +158,38 @@ async def listen(url: str, channel: str, on_message: Callable[[bytes], Awaitable
 # --- revocations -----------------------------------------------------------------------------
 
 
+# KEYS: the list, its pruned count. ARGV: the cutoff time. Entries are appended in time order (up
+# to the replicas' clock skew: one a little out of order is kept a little longer); the head is cut
+# while it is older than the cutoff, and stops at anything it cannot read (`refresh` reports it).
+_REVOCATIONS_PRUNE = """
+local n = 0
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head then break end
+  local ok, row = pcall(cjson.decode, head)
+  if not ok or type(row) ~= 'table' or type(row.at) ~= 'number' or row.at >= tonumber(ARGV[1]) then break end
+  redis.call('LPOP', KEYS[1])
+  n = n + 1
+end
+if n > 0 then redis.call('INCRBY', KEYS[2], n) end
+return n
+"""
+
+
 class RedisRevocations(Revocations):
     store_errors = (StateStoreDown,)
 
-    def __init__(self, client: redis.Redis, url: str) -> None:
+    def __init__(self, client: redis.Redis, url: str, kept: float = math.inf, clock: Callable[[], float] = time.time) -> None:
         self._redis, self._url = client, url
+        self._kept, self._clock = kept, clock
+        self._prune_script = client.register_script(_REVOCATIONS_PRUNE)
         self._jtis: set[str] = set()
+        self._jti_at: dict[str, float] = {}
         self._subs: dict[str, float] = {}
-        self._seen = -1
+        self._seen = (-1, -1)  # (pruned, length) of the list at the last read
         self._confirmed = -math.inf  # monotonic time of the last successful read
         self._full_at = -math.inf
+        self._pruned_at = -math.inf
         self._down = False
         try:
             self.refresh()
@@ -174,36 +200,60 @@ class RedisRevocations(Revocations):
         if (jti is None) == (sub is None):
             raise ValueError("revoke exactly one of jti or sub")
         kind, value = ("jti", jti) if jti is not None else ("sub", sub)
-        entry = json.dumps({"kind": kind, "value": value, "at": time.time()})
+        entry = json.dumps({"kind": kind, "value": value, "at": self._clock()})
         with _store("revocation"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.rpush(REVOCATIONS, entry)
             pipe.publish(REVOKED_CHANNEL, kind)
             pipe.execute()
+        self.prune()
+
+    def prune(self) -> None:
+        """Cut the entries too old to stop a valid token; raises `StateStoreDown`."""
+        if math.isfinite(self._kept):
+            with _store("revocation"):
+                self._prune_script(keys=[REVOCATIONS, REVOCATIONS_PRUNED], args=[repr(self._clock() - self._kept)])
+        self._pruned_at = time.monotonic()
         self.refresh()
 
     def refresh(self) -> None:
-        """Read the list when it changed (or every FULL_READ_SECONDS); raises `StateStoreDown`."""
+        """Read the list when it changed (or every FULL_READ_SECONDS), pruning it every
+        PRUNE_SECONDS; raises `StateStoreDown`."""
+        if time.monotonic() - self._pruned_at >= PRUNE_SECONDS:
+            self.prune()
+            return
         now = time.monotonic()
         with _store("revocation"):
-            length = self._redis.llen(REVOCATIONS)
-            if length != self._seen or now - self._full_at > FULL_READ_SECONDS:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.get(REVOCATIONS_PRUNED)
+            pipe.llen(REVOCATIONS)
+            pruned_raw, length = pipe.execute()
+            seen = (int(pruned_raw or 0), int(length))
+            if seen != self._seen or now - self._full_at > FULL_READ_SECONDS:
                 raw = self._redis.lrange(REVOCATIONS, 0, -1)
-                self._merge(_entries(raw, "revocation", _revocation))
+                self._merge(_entries(raw, "revocation", _revocation), seen[0])
                 self._full_at = now
         self._confirmed = time.monotonic()
 
-    def _merge(self, rows: list[dict[str, Any]]) -> None:
-        if len(rows) < self._seen:
-            log.error("the revocation list in Redis shrank (%d -> %d entries): was Redis restarted without "
-                      "persistence? This replica keeps every revocation it saw", self._seen, len(rows))
-        jtis, subs = set(self._jtis), dict(self._subs)
+    def count(self) -> int:
+        with _store("revocation"):
+            return int(self._redis.llen(REVOCATIONS))
+
+    def _merge(self, rows: list[dict[str, Any]], pruned: int) -> None:
+        """The union of what this replica has read and `rows`, less what is too old to matter."""
+        if pruned + len(rows) < sum(self._seen):
+            log.error("the revocation list in Redis shrank (%d -> %d entries ever written): was Redis restarted without "
+                      "persistence? This replica keeps every revocation it saw", sum(self._seen), pruned + len(rows))
+        jti_at, subs = dict(self._jti_at), dict(self._subs)
         for row in rows:
             if row["kind"] == "jti":
-                jtis.add(row["value"])
+                jti_at[row["value"]] = max(float(row["at"]), jti_at.get(row["value"], 0.0))
             else:
                 subs[row["value"]] = max(float(row["at"]), subs.get(row["value"], 0.0))
-        self._jtis, self._subs, self._seen = jtis, subs, len(rows)
+        cutoff = self._clock() - self._kept
+        self._jti_at = {jti: at for jti, at in jti_at.items() if at >= cutoff}
+        self._subs = {sub: at for sub, at in subs.items() if at >= cutoff}
+        self._jtis, self._seen = set(self._jti_at), (pruned, len(rows))
 
     def is_revoked(self, jti: str, sub: str, iat: float) -> bool:
         if time.monotonic() - self._confirmed > STALE_SECONDS:
@@ -602,6 +652,7 @@ class RedisToolShelf:
 # --- MCP pins and sessions -----------------------------------------------------------------------
 
 MCP_PINS = PREFIX + "mcp:pins"
+MCP_PIN_COUNTS = PREFIX + "mcp:pin_counts"  # server -> its pins, so a bound is checked without a scan
 _MCP_SESSION = PREFIX + "mcp:session:"
 MCP_SCHEMAS = PREFIX + "mcp:schemas"  # definition digest -> its input schema (JSON)
 
@@ -609,21 +660,38 @@ MCP_SCHEMAS = PREFIX + "mcp:schemas"  # definition digest -> its input schema (J
 # the SQLite table has (absent fields are NULL; times as strings, exact). Each script is one of the
 # SQLite store's statements, so two replicas observing, seeding or accepting at once are serialized.
 
-# ARGV: field, digest, now. The config's pin, unless an admin accepted a change since this value.
+# KEYS: pins, counts. Every server's pins counted again (a store written before the counts existed).
+_MCP_RECOUNT = """
+local counts = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local server = cjson.decode(field)[1]
+  counts[server] = (counts[server] or 0) + 1
+end
+redis.call('DEL', KEYS[2])
+for server, n in pairs(counts) do redis.call('HSET', KEYS[2], server, n) end
+return 1
+"""
+
+# KEYS: pins, counts. ARGV: field, digest, now, server. The config's pin, unless an admin accepted a
+# change since this value.
 _MCP_SEED = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if raw then
   local p = cjson.decode(raw)
   if p.source == 'admin' and p.config == ARGV[2] then return 0 end
+else
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
 end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pinned=ARGV[2], source='config', config=ARGV[2], pinned_at=ARGV[3]}))
 return 1
 """
 
-# ARGV: field, digest, now. Returns a `Seen` value.
+# KEYS: pins, counts. ARGV: field, digest, now, server, the server's bound. Returns a `Seen` value.
 _MCP_OBSERVE = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
+  if tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or '0') >= tonumber(ARGV[5]) then return 'over_limit' end
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
   redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pinned=ARGV[2], source='listed', pinned_at=ARGV[3]}))
   return 'new'
 end
@@ -672,6 +740,8 @@ class RedisMcpStore(McpStore):
         self._observe = client.register_script(_MCP_OBSERVE)
         self._accept = client.register_script(_MCP_ACCEPT)
         self._bind_script = client.register_script(_MCP_BIND)
+        with _store("MCP"):
+            client.register_script(_MCP_RECOUNT)(keys=[MCP_PINS, MCP_PIN_COUNTS])
         for server, pins in (config_pins or {}).items():
             for tool, digest in pins.items():
                 self._seed(server, tool, digest)
@@ -681,11 +751,12 @@ class RedisMcpStore(McpStore):
 
     def _seed(self, server: str, tool: str, digest: str) -> None:
         with _store("MCP"):
-            self._seed_script(keys=[MCP_PINS], args=[_pin_field(server, tool), digest, repr(self._clock())])
+            self._seed_script(keys=[MCP_PINS, MCP_PIN_COUNTS], args=[_pin_field(server, tool), digest, repr(self._clock()), server])
 
-    def observe(self, server: str, tool: str, digest: str) -> Seen:
+    def observe(self, server: str, tool: str, digest: str, limit: int) -> Seen:
         with _store("MCP"):
-            seen = self._observe(keys=[MCP_PINS], args=[_pin_field(server, tool), digest, repr(self._clock())])
+            seen = self._observe(keys=[MCP_PINS, MCP_PIN_COUNTS],
+                                 args=[_pin_field(server, tool), digest, repr(self._clock()), server, limit])
         return Seen(_text(seen))
 
     def state(self, server: str, tool: str) -> Pin | None:

@@ -173,7 +173,7 @@ def test_observe_racing_on_two_clients_pins_exactly_one_definition(fleet: Fleet)
     def lister(n: int) -> None:
         start.wait()
         for tool in tools:
-            seen[(n, tool)] = stores[n].observe("race-server", tool, f"sha256:{n}")
+            seen[(n, tool)] = stores[n].observe("race-server", tool, f"sha256:{n}", 1000)
 
     threads = [threading.Thread(target=lister, args=(n,)) for n in range(2)]
     for t in threads:
@@ -381,7 +381,7 @@ def test_with_redis_down_the_ported_stores_refuse_503_never_500(fleet: Fleet) ->
     registered = httpx.post(f"{fleet.b.api_url}/v1/connectors", json=document(), headers=bearer(fleet.b))
     for r in (console, pins, registered):
         assert (r.status_code, error_of(r)["code"]) == (503, "store_unavailable"), r.text
-    for read in (lambda: mcp.session_agent("s"), lambda: mcp.observe("s", "t", "d"), connectors.version):
+    for read in (lambda: mcp.session_agent("s"), lambda: mcp.observe("s", "t", "d", 10), connectors.version):
         with pytest.raises(redis_state.StateStoreDown):
             read()
     fleet.redis.start()

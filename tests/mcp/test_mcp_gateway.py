@@ -175,7 +175,8 @@ def test_hidden_tool_and_case_variant_are_refused_with_readable_errors(gw: Gatew
     assert hidden[1]["code"] == "policy_denied"
     assert hidden[0].startswith("no policy rule allows payments.delete_customer for agent 'finance-agent'")
     assert variant[1]["code"] == "unknown_action" and invisible[1]["code"] == "unknown_action"
-    assert variant[0] == "the MCP server payments never listed a tool of that name"
+    assert variant[0] == ("the MCP server payments never listed a tool of that name the gateway pinned"
+                          " (past the server's max_pinned_tools, new tools are not pinned)")
     assert balance == "balance: 10000 usd"
     assert sse.received[len(before):] == [("get_balance", {})]
     records = {r["decision_id"]: r for r in gw.audit() if "decision_id" in r}

@@ -220,15 +220,15 @@ def test_a_list_whose_filter_fails_is_an_error_never_the_unfiltered_list() -> No
 def test_pins_sessions_and_their_acceptance(tmp_path: Path) -> None:
     path = tmp_path / "mcp.sqlite"
     store = McpStore(path, {"s": {"pinned_tool": "sha256:" + "a" * 64}})
-    assert store.observe("s", "t", "sha256:1") is Seen.NEW
-    assert store.observe("s", "t", "sha256:1") is Seen.SAME
-    assert store.observe("s", "t", "sha256:2") is Seen.CHANGED
-    assert store.observe("s", "t", "sha256:2") is Seen.STILL_CHANGED and awaits_admin(store.state("s", "t"))
+    assert store.observe("s", "t", "sha256:1", 10) is Seen.NEW
+    assert store.observe("s", "t", "sha256:1", 10) is Seen.SAME
+    assert store.observe("s", "t", "sha256:2", 10) is Seen.CHANGED
+    assert store.observe("s", "t", "sha256:2", 10) is Seen.STILL_CHANGED and awaits_admin(store.state("s", "t"))
     assert store.accept("s", "nope") is None
     accepted = store.accept("s", "t")
     assert accepted is not None and (accepted.pinned, accepted.pending, accepted.source) == ("sha256:2", None, "admin")
     assert not awaits_admin(store.state("s", "t")) and awaits_admin(store.state("s", "never_listed"))
-    assert store.observe("s", "pinned_tool", "sha256:" + "b" * 64) is Seen.CHANGED  # the config's pin holds
+    assert store.observe("s", "pinned_tool", "sha256:" + "b" * 64, 10) is Seen.CHANGED  # the config's pin holds
     assert store.accept("s", "pinned_tool") is not None
     store.remember_schema("sha256:1", '{"type":"object"}')
     store.remember_schema("sha256:1", '{"type":"string"}')  # equal digests are equal definitions: the first stays

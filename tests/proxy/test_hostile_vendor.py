@@ -95,7 +95,7 @@ def raw_vendor(pki: PKI) -> Iterator[RawVendor]:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, pki: PKI, raw_vendor: RawVendor) -> Iterator[GatewayProcess]:
     settings = vendor_settings(pki, raw_vendor, timeouts={"connect": "2s", "read": "3s"}, max_response_body=MAX_RESPONSE_BODY,
-                               breaker={"failures": 100, "reset": "30s"})  # every refusal here counts as a vendor fault
+                               breaker={"failures": 100, "reset": "30s"})  # the malformed answers here count as vendor faults
     with GatewayProcess(tmp_path_factory.mktemp("hostile-vendor"), settings).start() as g:
         yield g
 

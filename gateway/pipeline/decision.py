@@ -101,6 +101,8 @@ async def identify(c: Ctx) -> None:
         c.call.identity = await c.services.verifier.authenticate(token)
         c.services.check_quarantine(c.call.identity)
         if c.services.registry.claims(c.host) or c.host in c.services.allow_hosts:
+            if c.view.scheme == "https":  # absolute-form `GET https://...`: sent to the proxy in the clear
+                raise Refusal("plain_http_denied", f"https to {c.host} must go through a CONNECT tunnel; this request was sent to the proxy in the clear")
             raise Refusal("plain_http_denied", f"plain http to {c.host} is refused; use https")
         raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
     c.identity = c.call.identity = tunnel.identity

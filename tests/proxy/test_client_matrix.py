@@ -309,6 +309,18 @@ def test_a_refusal_reaches_the_client_as_the_json_error(
     assert not vendor.received
 
 
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_forged_token_reaches_the_client_as_the_json_407(agent: Agent, vendor: FakeVendor, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Refused at CONNECT, answered inside the tunnel: no client takes it for the proxy's own 407."""
+    agent.token = agent.token[:-8] + "AAAAAAAA"
+    for name, value in agent.env.items():
+        monkeypatch.setenv(name, value)
+    got = _client(kind)(agent, "GET", BALANCE, {}, None)
+    assert (got.status, got.error()["code"]) == (407, "identity_invalid")
+    assert got.headers["proxy-authenticate"].startswith("Basic")
+    assert not vendor.received
+
+
 # --- curl's variants ---------------------------------------------------------------------------
 
 
@@ -562,7 +574,9 @@ def test_absolute_form_without_connect_and_a_connect_inside_the_tunnel(agent: Ag
     auth = basic(agent.token).encode()
     absolute = _raw(agent.gw, b"GET https://api.stripe.com/v1/balance HTTP/1.1\r\nHost: api.stripe.com\r\nProxy-Authorization: " + auth + b"\r\n\r\n")
     head, _, body = absolute.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 403") and json.loads(body)["error"]["code"] == "plain_http_denied"
+    err = json.loads(body)["error"]
+    assert head.startswith(b"HTTP/1.1 403") and err["code"] == "plain_http_denied"
+    assert "CONNECT" in err["message"] and "use https" not in err["message"]  # it was https, sent in the clear
     sock, answer = raw_connect(agent.gw, "api.stripe.com", basic(agent.token))
     assert answer.status == 200
     tls = trusting(agent.gw).wrap_socket(sock, server_hostname="api.stripe.com")

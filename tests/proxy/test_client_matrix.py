@@ -121,11 +121,19 @@ class Agent:
     gw: GatewayProcess
     sub: str
     token: str
+    proxy: str | None = None  # a proxy URL written by hand, instead of `env`'s
 
     @property
     def env(self) -> dict[str, str]:
-        proxy = proxy_url(f"127.0.0.1:{self.gw.port}", self.sub, self.token)
+        proxy = self.proxy or proxy_url(f"127.0.0.1:{self.gw.port}", self.sub, self.token)
         return {**dict.fromkeys(PROXY_VARIABLES, proxy), **dict.fromkeys(CA_VARIABLES, str(self.gw.ca_file))}
+
+    def export(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """This process's environment becomes the agent's exports (for the in-process clients)."""
+        for name in [n for n in os.environ if CLEARED.match(n)]:  # the runner's own proxy or CA settings
+            monkeypatch.delenv(name)
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
 
     def records(self, count: int) -> list[dict[str, Any]]:
         """This agent's audit records, once there are `count` of them: a refusal is audited just
@@ -153,10 +161,7 @@ def _agent(gw: GatewayProcess, monkeypatch: pytest.MonkeyPatch, sub: str | None 
     """A fresh agent (its own rate limits) whose exports are this process's environment."""
     sub = sub or f"matrix-{uuid.uuid4().hex[:8]}"
     agent = Agent(gw, sub, gw.token(sub=sub, role="matrix", scopes=("*",)))
-    for name in [n for n in os.environ if CLEARED.match(n)]:  # the runner's own proxy or CA settings
-        monkeypatch.delenv(name)
-    for name, value in agent.env.items():
-        monkeypatch.setenv(name, value)
+    agent.export(monkeypatch)
     return agent
 
 
@@ -313,8 +318,7 @@ def test_a_refusal_reaches_the_client_as_the_json_error(
 def test_a_forged_token_reaches_the_client_as_the_json_407(agent: Agent, vendor: FakeVendor, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """Refused at CONNECT, answered inside the tunnel: no client takes it for the proxy's own 407."""
     agent.token = agent.token[:-8] + "AAAAAAAA"
-    for name, value in agent.env.items():
-        monkeypatch.setenv(name, value)
+    agent.export(monkeypatch)
     got = _client(kind)(agent, "GET", BALANCE, {}, None)
     assert (got.status, got.error()["code"]) == (407, "identity_invalid")
     assert got.headers["proxy-authenticate"].startswith("Basic")
@@ -546,6 +550,17 @@ def test_env_proxy_urls_work_whatever_the_sub(gw: GatewayProcess, monkeypatch: p
     agent = _agent(gw, monkeypatch, f"{sub}-{uuid.uuid4().hex[:8]}")
     got = call(agent, "GET", BALANCE, {}, None)
     assert got.status == 200, got
+    assert [r["decision"] for r in agent.records(2)] == ["allow", "allow"]
+
+
+@pytest.mark.parametrize("kind", ["urllib", "requests", "httpx-h2", "curl", "node"])
+def test_a_hand_written_proxy_url_with_a_percent_encoded_user_name(agent: Agent, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Not what `env` writes, but what a person may: each client decodes the user name (a `:` and
+    an `é` in it) and sends it in its own charset; the token after the last `:` is found. (aiohttp
+    refuses such a URL itself: `A ":" is not allowed in login`.)"""
+    agent.proxy = f"http://team%3Aagent%20%C3%A9:{agent.token}@127.0.0.1:{agent.gw.port}"
+    agent.export(monkeypatch)
+    assert _client(kind)(agent, "GET", BALANCE, {}, None).status == 200
     assert [r["decision"] for r in agent.records(2)] == ["allow", "allow"]
 
 

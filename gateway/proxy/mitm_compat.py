@@ -238,7 +238,7 @@ def _swap_pages(gen: layer.CommandGenerator[None], pages: ErrorPages, client_id:
         reply = yield command
 
 
-def is_http2_preface(request: mhttp.Request | None) -> bool:
+def _is_http2_preface(request: mhttp.Request | None) -> bool:
     """Whether mitmproxy's HTTP/1 server read an HTTP/2 connection preface as this request."""
     return request is not None and (request.method, request.path, request.http_version) == ("PRI", "*", "HTTP/2.0")
 
@@ -254,7 +254,7 @@ def _as_http2(gen: layer.CommandGenerator[None], conn: _http1.Http1Server, event
             command = gen.send(reply)
         except StopIteration:
             return
-        if isinstance(command, commands.SendData) and command.connection is conn.conn and is_http2_preface(conn.request):
+        if isinstance(command, commands.SendData) and command.connection is conn.conn and _is_http2_preface(conn.request):
             if isinstance(event, ResponseData | ResponseEndOfMessage):
                 reply = None
                 continue

@@ -376,6 +376,16 @@ def test_curl_refusals_are_json(agent: Agent, vendor: FakeVendor, args: list[str
     assert not vendor.received
 
 
+def test_curl_proxy_anyauth_takes_the_407_in_the_tunnel_as_its_challenge(agent: Agent, vendor: FakeVendor) -> None:
+    """A client that sends credentials only when challenged: its first CONNECT carries none, so the
+    tunnel answers the JSON 407 with `Proxy-Authenticate`, and curl connects again with them."""
+    out = _curl_run(agent, "-v", "--proxy", f"http://127.0.0.1:{agent.gw.port}", "--proxy-user", f"agent:{agent.token}",
+                    "--proxy-anyauth", BALANCE)
+    assert out.returncode == 0 and json.loads(out.stdout)["host"] == "api.stripe.com", out.stderr
+    assert out.stderr.count(b"> CONNECT api.stripe.com:443") == 2 and b"X-Egress-Error: identity_missing" in out.stderr
+    assert len(vendor.received) == 1
+
+
 def test_curl_head_and_a_fragment(agent: Agent, vendor: FakeVendor) -> None:
     """HEAD is no action (a 403 whose head names the decision; a HEAD answer has no body), and a
     fragment never leaves the client."""

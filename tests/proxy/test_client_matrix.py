@@ -2,9 +2,10 @@
 real gateway to the fake vendor: every allowed call arrives with the injected credential (never the
 agent's own), and every refusal reaches the client as the contract's JSON error.
 
-Python clients run in this process with the environment set as `eval "$(egress-gateway env)"` sets
-it (each reads it when it builds its client or sends); curl and Node run as fresh processes with
-exactly that environment. Node 20 has no proxy support of its own, so its `https.request` goes
+urllib, requests, httpx and the OpenAI SDK run in this process with the environment set as
+`eval "$(egress-gateway env)"` sets it (each reads it when it builds its client or sends); aiohttp
+(which reads SSL_CERT_FILE when it is imported), curl and Node run as fresh processes with exactly
+that environment. Node 20 has no proxy support of its own, so its `https.request` goes
 through a CONNECT tunnel opened with core `http`, as a proxy agent does; its built-in `fetch`
 ignores HTTPS_PROXY (a Node limitation, in the README's client notes).
 """

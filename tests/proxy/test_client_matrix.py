@@ -275,6 +275,7 @@ CLIENTS: dict[str, Client] = {
     "curl": _curl(),
     "curl-http1.0": _curl("--http1.0"),
     "curl-http2": _curl("--http2"),
+    "curl-http2-prior-knowledge": _curl("--http2-prior-knowledge"),  # over TLS it still asks by ALPN: HTTP/1.1
     "node": _node,
 }
 

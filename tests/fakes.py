@@ -165,8 +165,7 @@ class FakeVendor:
                     vendor.connections += 1
 
             def _handle(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._body()
                 rec = Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with vendor._lock:
                     vendor.received.append(rec)
@@ -185,6 +184,20 @@ class FakeVendor:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _body(self) -> bytes:
+                """The request body, framed by its length or chunked (as Node and aiohttp send
+                a body they stream, and as the gateway forwards it)."""
+                if "chunked" not in (self.headers.get("transfer-encoding") or "").lower():
+                    length = int(self.headers.get("content-length") or 0)
+                    return self.rfile.read(length) if length else b""
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return body
 
             def _stream(self, rec: Received) -> None:
                 self.send_response(200)

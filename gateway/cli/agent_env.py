@@ -9,6 +9,7 @@ are set. Printing all of them, pointing at one bundle, means an agent never has 
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from urllib.parse import quote
@@ -18,16 +19,26 @@ from gateway.config import parse_hostport
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy")
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
 _WILDCARDS = ("0.0.0.0", "::", "")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._~-]+")
 
 
 def proxy_url(listen: str, sub: str, token: str, host: str | None = None) -> str:
-    """`http://SUB:TOKEN@HOST:PORT`: the token is the proxy password, the sub only a readable user
-    name. A gateway listening on every address is reached on loopback unless `host` says otherwise."""
+    """`http://USER:TOKEN@HOST:PORT`: the token is the proxy password, the user name only the sub
+    made readable. A gateway listening on every address is reached on loopback unless `host` says
+    otherwise."""
     bound, port = parse_hostport(listen, "listen")
     host = host or ("127.0.0.1" if bound in _WILDCARDS else bound)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{quote(sub, safe='')}:{quote(token, safe='')}@{host}:{port}"
+    return f"http://{user_name(sub)}:{quote(token, safe='')}@{host}:{port}"
+
+
+def user_name(sub: str) -> str:
+    """The sub with every run of characters other than ASCII letters, digits and `._~-` made one
+    `-` (`agent` if nothing is left). Clients differ on any other character in a proxy URL's user
+    name: aiohttp refuses a `:` in it, requests and aiohttp send it as Latin-1 (and requests fails
+    on a character outside Latin-1) where curl sends UTF-8. Nothing reads it but a person."""
+    return _UNSAFE.sub("-", sub).strip("-") or "agent"
 
 
 def exports(proxy: str, bundle: Path) -> str:

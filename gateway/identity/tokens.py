@@ -338,10 +338,17 @@ def token_from_proxy_authorization(header: str | None) -> str:
         return value
     if scheme.lower() == "basic" and value:
         try:
-            decoded = base64.b64decode(value, validate=True).decode()
+            decoded = base64.b64decode(value, validate=True)
         except ValueError:
             raise Refusal("identity_invalid", "the Basic proxy credentials are not valid base64") from None
-        _user, sep, password = decoded.partition(":")
-        if sep and password:
-            return password
+        # A JWT holds no ':', so the token is the last field whatever the user name holds: clients
+        # send a ':' in it as it is, and encode it as Latin-1 (requests, aiohttp) or UTF-8 (curl).
+        # With an empty password the user name is the token (`http://TOKEN@host:port`, as proxies
+        # keyed by one secret are often configured).
+        user, _, password = decoded.rpartition(b":")
+        token = password or user.rpartition(b":")[2]
+        if token:
+            if not token.isascii():
+                raise Refusal("identity_invalid", "the agent token is malformed or badly signed")
+            return token.decode()
     raise Refusal("identity_missing", "Proxy-Authorization must be Basic user:TOKEN or Bearer TOKEN")

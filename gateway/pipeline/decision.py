@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HTTPS_PORT = 443
+# An HTTP/2 client that did not negotiate it: inside a tunnel only HTTP/1.1 is decided request by request.
+HTTP2_REFUSED = "HTTP/2 is not spoken here; send HTTP/1.1 in the tunnel (ALPN http/1.1)"
 T = TypeVar("T")
 
 
@@ -99,6 +101,8 @@ async def identify(c: Ctx) -> None:
         c.call.identity = await c.services.verifier.authenticate(token)
         c.services.check_quarantine(c.call.identity)
         if c.services.registry.claims(c.host) or c.host in c.services.allow_hosts:
+            if c.view.scheme == "https":  # absolute-form `GET https://...`: sent to the proxy in the clear
+                raise Refusal("plain_http_denied", f"https to {c.host} must go through a CONNECT tunnel; this request was sent to the proxy in the clear")
             raise Refusal("plain_http_denied", f"plain http to {c.host} is refused; use https")
         raise Refusal("host_denied", "no connector or egress.allow entry claims the host")
     c.identity = c.call.identity = tunnel.identity
@@ -107,7 +111,9 @@ async def identify(c: Ctx) -> None:
 
 
 async def framing(c: Ctx) -> None:
-    """The request as bytes: an upper-case method, a body within max_body, no control characters."""
+    """The request as bytes: HTTP/1, an upper-case method, a body within max_body, no control characters."""
+    if c.view.raw_method == b"PRI" and c.view.path == "*":  # the HTTP/2 preface, read as a request
+        raise Refusal("bad_request", HTTP2_REFUSED)
     if not c.view.raw_method.isupper():
         # The proxy shows the method upper-cased but forwards the raw bytes: route what is sent.
         raise Refusal("bad_request", "the method must be upper case")

@@ -46,8 +46,17 @@
    (answered 502 `upstream_failed`, or the stream cut if it had begun). An agent's trailers are
    refused at admission (`gateway.proxy.admission`).
 
-The `MitmCompat` addon installs 1, 3, 5, 6 and 7 when mitmproxy is running and removes 1, 3, 6
-and 7 when it is done (`Master.run` itself puts the task factory back when it returns).
+8. HTTP/2 with prior knowledge. A client that speaks HTTP/2 without negotiating it (httpx with
+   `http1=False`, gRPC stacks) opens with the connection preface, which mitmproxy's HTTP/1 server
+   reads as a request `PRI * HTTP/2.0`. Its own `DisableH2C` addon killed that flow, after which the
+   gateway audited it twice (the pipeline's refusal, then the kill) and the client saw the
+   connection drop, no reason given. The gateway leaves that addon out: the pipeline refuses the
+   preface like any request (`framing`), and the refusal is written in the client's protocol, a
+   SETTINGS frame and a GOAWAY with HTTP_1_1_REQUIRED whose debug data is the JSON refusal
+   (`_as_http2`); then the connection closes.
+
+The `MitmCompat` addon installs 1, 3, 5, 6, 7 and 8 when mitmproxy is running and removes 1, 3, 6,
+7 and 8 when it is done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
@@ -60,12 +69,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h11
+from hyperframe.frame import GoAwayFrame, SettingsFrame
 from mitmproxy import connection, ctx
 from mitmproxy import http as mhttp
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import tls
-from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http import ResponseData, ResponseEndOfMessage, _http1
 
 from gateway.errors import Refusal
 
@@ -85,6 +95,8 @@ CLIENT_HELLO_TOO_LARGE = f"ClientHello larger than {MAX_CLIENT_HELLO} bytes"
 CLIENT_TLS_FAILED = "Client TLS handshake failed."  # mitmproxy's log line, naming the SNI or dumping the hello
 MITM_SERVER_LOGGER = "mitmproxy.proxy.server"  # the logger of mitmproxy's connection handlers
 TRAILERS_UNREAD = "the vendor sent chunked trailers, which the gateway does not read"
+HTTP_1_1_REQUIRED = 0xD  # RFC 9113 section 7: "use HTTP/1.1 for the request"
+MAX_DEBUG_DATA = 16384 - 8  # a GOAWAY within the default maximum frame size, after its two fields
 
 
 class _Page(bytes):
@@ -185,7 +197,8 @@ class MitmCompat:
         original, pages, receive_hello = self._handle_event, self.pages, self._receive_hello
 
         def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
-            yield from _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
+            handled = _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
+            yield from _as_http2(handled, conn, event)
 
         def receive_handshake_data(tls_layer: tls.ClientTLSLayer, data: bytes) -> layer.CommandGenerator[tuple[bool, str | None]]:
             if not tls_layer.client_hello_parsed and len(tls_layer.recv_buffer) + len(data) > MAX_CLIENT_HELLO:
@@ -222,6 +235,38 @@ def _swap_pages(gen: layer.CommandGenerator[None], pages: ErrorPages, client_id:
             return
         if isinstance(command, commands.SendData) and isinstance(command.data, _Page):
             command.data = pages.render(client_id, command.data)
+        reply = yield command
+
+
+def _is_http2_preface(request: mhttp.Request | None) -> bool:
+    """Whether mitmproxy's HTTP/1 server read an HTTP/2 connection preface as this request."""
+    return request is not None and (request.method, request.path, request.http_version) == ("PRI", "*", "HTTP/2.0")
+
+
+def _as_http2(gen: layer.CommandGenerator[None], conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
+    """Point 8: the answer to an HTTP/2 preface, written as HTTP/2 frames the client can read: the
+    answer's head (or mitmproxy's error page) becomes a SETTINGS frame and a GOAWAY
+    (HTTP_1_1_REQUIRED) carrying the refusal's JSON body; the rest of the HTTP/1 answer, its body
+    and end, is dropped (it carries `Connection: close`)."""
+    reply = None
+    while True:
+        try:
+            command = gen.send(reply)
+        except StopIteration:
+            return
+        if isinstance(command, commands.SendData) and command.connection is conn.conn and _is_http2_preface(conn.request):
+            if isinstance(event, ResponseData | ResponseEndOfMessage):
+                reply = None
+                continue
+            if conn.response is not None:
+                # mitmproxy keeps an HTTP/2.0 request's connection open: the rest of the preface and
+                # the client's frames would be read as a next request, and refused as malformed.
+                conn.response.headers["connection"] = "close"
+                body = conn.response.raw_content
+            else:
+                body = command.data.partition(b"\r\n\r\n")[2]
+            goaway = GoAwayFrame(0, last_stream_id=0, error_code=HTTP_1_1_REQUIRED, additional_data=(body or b"")[:MAX_DEBUG_DATA])
+            command.data = SettingsFrame(0).serialize() + goaway.serialize()
         reply = yield command
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 from mitmproxy import options
-from mitmproxy.addons import core, disable_h2c, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from gateway.api.app import create_app
@@ -68,13 +68,14 @@ FIXED_OPTIONS: dict[str, object] = {
 
 
 def mitmproxy_addons() -> list[object]:
-    """The few of mitmproxy's addons the gateway runs: its ~40 defaults would each see every hook."""
+    """The few of mitmproxy's addons the gateway runs: its ~40 defaults would each see every hook.
+    Not `DisableH2C`: the pipeline never forwards `Upgrade`, and an HTTP/2 preface is refused like any
+    request and answered in HTTP/2 (`gateway.proxy.mitm_compat`, point 8), where it killed the flow."""
     return [
         core.Core(),
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        disable_h2c.DisableH2C(),
         errorcheck.ErrorCheck(),
     ]
 

@@ -132,6 +132,7 @@ class CliError(GatewayError):
 
 
 DECISION_HEADER = "X-Egress-Decision-Id"
+NO_RETRY_HEADER = "X-Should-Retry"  # "false": the SDKs that read it do not retry the call
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,10 @@ class Refusal(GatewayError):
     `headers` carries extras such as `Retry-After`; `details` carries extra JSON fields of the error
     object such as `approval_id`. `gateway_side` marks the refusal of a well-formed vendor answer
     the gateway will not relay (over a size limit, a form it does not carry): the vendor did not
-    fail, so the circuit breaker does not count it (`gateway.pipeline.breaker.blames_vendor`).
+    fail, so the circuit breaker does not count it (`gateway.pipeline.breaker.blames_vendor`), and
+    the agent is told not to retry (`X-Should-Retry: false`, which the OpenAI and Anthropic SDKs
+    honour): they retry a 5xx by default, and each retry would run the call at the vendor again
+    only to be refused alike.
     """
 
     code: str
@@ -190,6 +194,8 @@ class Refusal(GatewayError):
         """
         status = self.status
         headers = {"Content-Type": "application/json", DECISION_HEADER: decision_id, **self.headers}
+        if self.gateway_side:
+            headers[NO_RETRY_HEADER] = "false"
         if status == 407 and proxy:
             headers["Proxy-Authenticate"] = 'Basic realm="egress-gateway"'
         elif status == 407:

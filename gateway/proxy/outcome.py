@@ -62,7 +62,7 @@ class Outcome:
             self._scrub_head(flow, call)
         except Exception as e:  # noqa: BLE001 - raised out of the hook, mitmproxy would relay the answer unscrubbed
             log.error("a vendor's answer could not be scrubbed (%s); refused", type(e).__name__)
-            refuse_answer(flow, Refusal("internal_error", "the gateway could not check the vendor's answer"))
+            refuse_answer(flow, Refusal("internal_error", "the gateway could not check the vendor's answer", gateway_side=True))
 
     def _scrub_head(self, flow: http.HTTPFlow, call: Call) -> None:
         """Scrub the answer's headers, and set up the scrubbing (and restoring) of a streamed body."""

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import brotli
+import httpx
+import openai
 import pytest
 import requests
 
@@ -121,4 +123,28 @@ def test_real_vendor_failures_from_two_agents_still_open_the_circuit_for_everyon
     dialed = len(vendor.bodies)
     assert _code(_call(gw, "bystander")) == "circuit_open"
     assert len(vendor.bodies) == dialed  # open means nothing is dialed
+    _wait_closed(gw)
+
+
+def test_the_openai_sdk_does_not_retry_a_gateway_side_refusal(gw: GatewayProcess, vendor: RawVendor) -> None:
+    """The SDK retries a 5xx twice by default; a refused answer would send the call to the vendor
+    three times, each refused alike. `X-Should-Retry: false` stops it after one; a vendor fault
+    (a reset: the call may not have run) is still retried."""
+    proxy = gw.proxy_url(gw.token(sub="sdk-agent", scopes=("openai:*",)))
+    with httpx.Client(proxy=proxy, verify=str(gw.ca_file)) as http:
+        sdk = openai.OpenAI(api_key="sk-agent-holds-no-key", http_client=http, max_retries=2, timeout=20)
+        vendor.answer = GATEWAY_SIDE["answer over max_response_body"]
+        before = len(vendor.bodies)
+        with pytest.raises(openai.InternalServerError) as refused:
+            sdk.embeddings.create(model="text-embedding-3-small", input="hello")
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert refused.value.body["code"] == "upstream_failed"  # type: ignore[index]
+        assert len(vendor.bodies) - before == 1
+        vendor.answer = VENDOR_FAULTS["reset before headers"]
+        before = len(vendor.bodies)
+        with pytest.raises(openai.InternalServerError) as failed:
+            sdk.with_options(max_retries=1).embeddings.create(model="text-embedding-3-small", input="hello")
+        assert "x-should-retry" not in failed.value.response.headers
+        assert len(vendor.bodies) - before == 2
+    vendor.answer = _fine
     _wait_closed(gw)

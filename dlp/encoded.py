@@ -121,8 +121,11 @@ def _wrapped(block: str, start: int) -> Blob | None:
         if count < 2 or count > len(lines) or len(lines[count - 1]) > width:
             continue
         taken = lines[:count]
-        blob = _decode("".join(taken), start)
-        if blob is not None:
+        joined = "".join(taken)
+        blob = _decode(joined, start)
+        # MIME and PEM pad a wrapped block: unpadded, its last line would be a word after a block
+        # that ended on a whole line (`...\nend`), decoded into it as two bytes of noise.
+        if blob is not None and (blob.scheme == "hex" or len(joined) % 4 == 0):
             end = start + len(newline.join(taken))
             return Blob(start, end, blob.scheme, blob.text, blob.padded, blob.upper, width, newline)
     return None

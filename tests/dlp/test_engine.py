@@ -6,6 +6,7 @@ import socket
 from collections import Counter
 
 import pytest
+from faker import Faker
 
 from dlp.config import PATTERN_ENTITIES, CustomPattern, CustomRecognizer, DlpConfig
 from dlp.engine import EngineConfigError, PiiEngine, PiiFinding, build_engine, resolve_overlaps
@@ -125,8 +126,6 @@ def test_percent_and_html_escapes_do_not_hide_pii(engine: PiiEngine, escape: str
     """An address whose `@` and `.`, or a card whose digits, are written as percent-escapes or HTML
     character references (`jane%2Edoe%40example%2Ecom`, `jane&#64;example&#46;com`, a pasted
     page's `&shy;` inside a card number) is found, the escapes included in what is replaced."""
-    from faker import Faker
-
     fake = Faker()
     Faker.seed(5)
     enc = _ESCAPES[escape]
@@ -146,3 +145,25 @@ def test_percent_and_html_escapes_do_not_hide_pii(engine: PiiEngine, escape: str
         if [(f.start, f.end, f.entity_type) for f in engine.analyze(text, ALL)] != [(start, start + len(value), kind)]:
             missed.append(value)
     assert missed == [], missed[:5]
+
+
+FAKER_CARD_TYPES = ("maestro", "mastercard", "visa16", "visa13", "visa19", "amex", "discover", "diners", "jcb15", "jcb16")
+
+
+@pytest.mark.parametrize("card_type", FAKER_CARD_TYPES)
+def test_every_card_a_generator_issues_is_found(engine: PiiEngine, card_type: str) -> None:
+    """Generated test data is where agents' PII most often comes from in a test, and Faker issues
+    cards from older JCB and Maestro ranges too: about one in six of its cards was left raw."""
+
+
+    fake = Faker()
+    fake.seed_instance(FAKER_CARD_TYPES.index(card_type))
+    missed = []
+    for i in range(40):
+        number = fake.credit_card_number(card_type=card_type)
+        shown = " ".join(number[k : k + 4] for k in range(0, len(number), 4)) if i % 2 else number
+        text = f"Please charge {shown} for order 4711."
+        found = [f for f in engine.analyze(text, frozenset({"CREDIT_CARD"})) if text[f.start : f.end] == shown]
+        if not found:
+            missed.append(shown)
+    assert missed == []

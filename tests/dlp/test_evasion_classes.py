@@ -5,6 +5,7 @@ classes through the real proxy are in `test_evasion_proxy.py`."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 
 import pytest
@@ -146,3 +147,19 @@ def test_numbers_inside_objects_that_hold_text_keep_their_type_unless_their_key_
         assert [str(v)[:17] for v in contact.values()] == ["call", "tok_PHONE_NUMBER_", "tok_PHONE_NUMBER_", "2125550199"]
     finally:
         tok.close()
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_wrapped_block_ends_at_its_last_line_whatever_word_follows(newline: str) -> None:
+    """A MIME block whose text fills its last line exactly (a multiple of 57 bytes) is followed by
+    the agent's next word on a line of its own: that word is not part of the block. It was taken
+    for an unpadded last line and decoded into it, two bytes of noise in the text scanned, and the
+    block written back without the word."""
+    for size in range(57, 57 * 8 + 1):
+        text = ("Customer record: jane.doe@example.com, card 4111 1111 1111 1111. " * 8)[:size]
+        block = "".join(line + newline for line in base64.encodebytes(text.encode()).decode().splitlines())
+        for after in ("end", "thanks", "ok", "done", "Best", "Cheers", "EOF1"):
+            message = f"attachment:{newline}{block}{after}"
+            (blob,) = find_blobs(message)
+            assert blob.text == text, (size, after)
+            assert message[blob.end :] == newline + after

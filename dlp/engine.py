@@ -46,6 +46,7 @@ from dlp.cards import CardRecognizer
 from dlp.config import NER_ENTITIES, DlpConfig
 from dlp.names import NameDataError, NameRecognizer, load_names
 from dlp.normalize import normalize
+from dlp.phones import ShapePhoneRecognizer
 from gateway.errors import ConfigError
 
 
@@ -182,6 +183,7 @@ def _recognizers(config: DlpConfig) -> list[EntityRecognizer]:
         # Leniency 2 (STRICT_GROUPING): digits must be grouped as the country writes them, so
         # "ORD-2019-885903" is not read as the US number 201-988-5903 (8% false positives at 1).
         BarePhoneRecognizer(supported_language=lang, supported_regions=config.phone_regions, leniency=2),
+        ShapePhoneRecognizer(supported_language=lang),
         CardRecognizer(supported_language=lang),
         IbanRecognizer(supported_language=lang),
         UsSsnRecognizer(supported_language=lang),

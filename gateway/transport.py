@@ -10,10 +10,13 @@ text is intended (`secrets_allow_plaintext`, `stores.allow_plaintext`).
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
 # Schemes without TLS that reach a host over the network (`async+` prefixes are the same schemes).
 _PLAIN = frozenset({"http", "redis", "redis+sentinel", "redis+cluster"})
+_AUTHORITY_END = re.compile(r"[/?#\\]")
+UNREADABLE = "a host the URL does not spell clearly (percent-encode / ? # \\ in a user name or password)"
 
 
 def is_loopback(host: str) -> bool:
@@ -32,10 +35,26 @@ def is_loopback(host: str) -> bool:
 def plaintext_hosts(url: str) -> list[str]:
     """The hosts other than loopback that `url` reaches without TLS (each host of a sentinel or
     cluster list); empty for https://, rediss://, unix sockets and anything else. Only the host
-    is returned: the URL itself may hold a password."""
+    is returned, or `UNREADABLE`, never a part of the URL that may be its password.
+
+    The authority ends at the first `/`, `?` or `#` (where Python's `urlsplit`, which redis-py
+    uses, ends it) or `\\` (where urllib3, under requests and so hvac, ends it too), and the host
+    follows its last `@`: cut at the first of them all, a host either client would dial is judged.
+    Read otherwise, `redis://10.0.0.5#@127.0.0.1` looked like loopback while redis-py dialled
+    10.0.0.5, and a password holding a `/` was shown in the refusal as if it were the host."""
     scheme, sep, rest = url.strip().partition("://")
     if not sep or scheme.lower().removeprefix("async+") not in _PLAIN:
         return []
-    netloc = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
-    hosts = [urlsplit(f"//{part}").hostname or part for part in netloc.split(",") if part]
+    authority = _AUTHORITY_END.split(rest, maxsplit=1)[0].rpartition("@")[2]
+    hosts = [_host(part) for part in authority.split(",") if part]
     return [h for h in hosts if not is_loopback(h)]
+
+
+def _host(hostport: str) -> str:
+    """`host` of `host:port`, or `UNREADABLE` (a malformed IPv6 address; a password's tail cut
+    from the URL, like `:pa` of `redis://:pa/ss@host`), which is refused without being shown."""
+    try:
+        host = urlsplit(f"//{hostport}").hostname
+    except ValueError:
+        host = None
+    return host or UNREADABLE

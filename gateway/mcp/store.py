@@ -126,6 +126,10 @@ class McpStore:
         self._lock = threading.Lock()
         self._clock = clock
         self._owners = SessionOwners(clock)
+        # server -> its pins at the last count. Pins are never deleted, so a server once counted at
+        # its bound is still there: its next new names are refused without counting (a scan of its
+        # pins, per name, on the proxy's event loop) or a write transaction.
+        self._counted: dict[str, int] = {}
         self._db = open_db(path)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -153,10 +157,14 @@ class McpStore:
 
     def observe(self, server: str, tool: str, digest: str, limit: int) -> Seen:
         now = self._clock()
+        if self._counted.get(server, 0) >= limit and self.state(server, tool) is None:
+            return Seen.OVER_LIMIT
         with self._tx() as db:
             row = db.execute("SELECT pinned, pending FROM mcp_pins WHERE server=? AND tool=?", (server, tool)).fetchone()
             if row is None:
-                if db.execute("SELECT COUNT(*) FROM mcp_pins WHERE server=?", (server,)).fetchone()[0] >= limit:
+                (count,) = db.execute("SELECT COUNT(*) FROM mcp_pins WHERE server=?", (server,)).fetchone()
+                self._counted[server] = count
+                if count >= limit:
                     return Seen.OVER_LIMIT
                 db.execute(
                     "INSERT INTO mcp_pins (server, tool, pinned, source, pinned_at) VALUES (?,?,?,'listed',?)",

@@ -18,7 +18,7 @@
    `bad_request`) and the connection closed; so is a connection that piles up more than that while
    its request is in flight.
 4. The messages of mitmproxy's flow errors that must still be read (`CLIENT_GONE`,
-   `BODY_OVER_LIMIT`): mitmproxy reports them as text only. tests/proxy/test_mitm_messages.py pins
+   `BODY_OVER_LIMIT`, `TRAILERS_ERROR`): mitmproxy reports them as text only. tests/proxy/test_mitm_messages.py pins
    each against mitmproxy's source, so an upgrade that rewords one fails loudly.
 5. Lazy tasks. On Python 3.12+ `Master.run` makes every task of the loop eager
    (`asyncio.eager_task_factory`): a hook's task then runs inside the event that started it and,
@@ -95,6 +95,9 @@ CLIENT_HELLO_TOO_LARGE = f"ClientHello larger than {MAX_CLIENT_HELLO} bytes"
 CLIENT_TLS_FAILED = "Client TLS handshake failed."  # mitmproxy's log line, naming the SNI or dumping the hello
 MITM_SERVER_LOGGER = "mitmproxy.proxy.server"  # the logger of mitmproxy's connection handlers
 TRAILERS_UNREAD = "the vendor sent chunked trailers, which the gateway does not read"
+# The whole flow error `_NoTrailers` causes (mitmproxy's body reader prefixes it). Matched whole:
+# other protocol errors quote the vendor's bytes, which may spell TRAILERS_UNREAD too.
+TRAILERS_ERROR = f"HTTP/1 protocol error: {TRAILERS_UNREAD}"
 HTTP_1_1_REQUIRED = 0xD  # RFC 9113 section 7: "use HTTP/1.1 for the request"
 MAX_DEBUG_DATA = 16384 - 8  # a GOAWAY within the default maximum frame size, after its two fields
 

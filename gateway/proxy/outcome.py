@@ -36,6 +36,7 @@ from gateway.proxy.flows import (
 from gateway.proxy.mitm_compat import (
     BODY_OVER_LIMIT,
     CLIENT_GONE,
+    TRAILERS_ERROR,
     TRAILERS_UNREAD,
     ErrorPages,
     Unclaimed,
@@ -175,7 +176,7 @@ class Outcome:
         if msg.startswith("Response " + BODY_OVER_LIMIT):
             limit = self.rt.config.max_response_body
             return Refusal("upstream_failed", f"the vendor's response exceeds max_response_body ({limit} bytes)", gateway_side=True)
-        if TRAILERS_UNREAD in msg:
+        if msg == TRAILERS_ERROR:  # exactly: a vendor's broken head, quoted in its error, could spell it too
             return Refusal("upstream_failed", TRAILERS_UNREAD, gateway_side=True)
         if flow.metadata.get(TIMED_OUT):
             return Refusal("upstream_timeout", f"{call.host} did not answer in time")

@@ -206,22 +206,31 @@ class RedisRevocations(Revocations):
             pipe.rpush(REVOCATIONS, entry)
             pipe.publish(REVOKED_CHANNEL, kind)
             pipe.execute()
-        self.prune()
+        self._pruned_at = -math.inf  # the write is done: a failed prune only leaves old entries
+        self.refresh()
 
     def prune(self) -> None:
-        """Cut the entries too old to stop a valid token; raises `StateStoreDown`."""
+        """Cut the entries too old to stop a valid token, then re-read; raises `StateStoreDown`."""
+        self._cut()
+        self.refresh()
+
+    def _cut(self) -> None:
+        self._pruned_at = time.monotonic()  # a prune that fails is tried again PRUNE_SECONDS later
         if math.isfinite(self._kept):
             with _store("revocation"):
                 self._prune_script(keys=[REVOCATIONS, REVOCATIONS_PRUNED], args=[repr(self._clock() - self._kept)])
-        self._pruned_at = time.monotonic()
-        self.refresh()
 
     def refresh(self) -> None:
         """Read the list when it changed (or every FULL_READ_SECONDS), pruning it every
-        PRUNE_SECONDS; raises `StateStoreDown`."""
+        PRUNE_SECONDS first; raises `StateStoreDown` when the list cannot be read. A prune that
+        fails is logged and the list read all the same: pruning writes, and a Redis that refuses
+        writes (MISCONF, NOREPLICAS, READONLY) still serves reads; refusing every agent because
+        old entries cannot be cut would be worse than keeping them (as the SQLite watcher does)."""
         if time.monotonic() - self._pruned_at >= PRUNE_SECONDS:
-            self.prune()
-            return
+            try:
+                self._cut()
+            except StateStoreDown as e:
+                log.warning("cannot prune old revocations: %s", e)
         now = time.monotonic()
         with _store("revocation"):
             pipe = self._redis.pipeline(transaction=True)

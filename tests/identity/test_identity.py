@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 from collections.abc import Callable
@@ -129,6 +130,32 @@ def test_admin_token_is_not_a_proxy_credential(gateway: GatewayProcess) -> None:
     sock, resp = raw_connect(gateway, "api.stripe.com", basic(gateway.token(role="admin")))
     sock.close()
     assert (resp.status, resp.error()["code"]) == (407, "identity_invalid")
+
+
+def _basic_raw(raw: bytes) -> str:
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+# Hostile Basic credentials since the token became the last ':' field (or the user name when the
+# password is empty): none authenticates as anyone, takes a role, or turns the 407 into a 500.
+CRAFTED: dict[str, tuple[Callable[[GatewayProcess], str], str]] = {
+    "admin token as the user, no password": (lambda g: _basic_raw(g.token(role="admin").encode() + b":"), "identity_invalid"),
+    "metrics token alone": (lambda g: _basic_raw(g.token(role="metrics", scopes=()).encode()), "identity_invalid"),
+    "agent token as the user, junk password": (lambda g: _basic_raw(g.token().encode() + b":junk"), "identity_invalid"),
+    "admin token as password, agent as user": (lambda g: basic(g.token(role="admin"), user=g.token()), "identity_invalid"),
+    "token with a NUL": (lambda g: _basic_raw(b"agent:" + g.token().encode() + b"\x00"), "identity_invalid"),
+    "token with a byte that is not UTF-8": (lambda g: _basic_raw(b"agent:" + g.token().encode() + b"\xff"), "identity_invalid"),
+    "only colons": (lambda g: _basic_raw(b":" * 4000), "identity_missing"),
+    "a long junk token": (lambda g: _basic_raw(b"agent:" + b"e" * 6000), "identity_invalid"),
+}
+
+
+@pytest.mark.parametrize("form", CRAFTED)
+def test_crafted_basic_credentials_are_refused_407(gateway: GatewayProcess, form: str) -> None:
+    make, code = CRAFTED[form]
+    sock, resp = raw_connect(gateway, "api.stripe.com", make(gateway))
+    sock.close()
+    assert (resp.status, resp.error()["code"]) == (407, code)
 
 
 def test_refused_connect_is_audited_without_the_token(gateway: GatewayProcess) -> None:

@@ -8,6 +8,7 @@ them too. The store tests drive a clock; the gateway test waits out a real 4 s l
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import httpx
 import pytest
 
 from gateway.config import Config
-from gateway.identity.revocation import Revocations, kept_for
+from gateway.identity.revocation import PRUNE_SECONDS, Revocations, kept_for
 from gateway.state import StateDir
 from gateway.stores import redis_state
+from tests.chaos.test_fleet_state import shared_keys
 from tests.clients import client, error_of
 from tests.fakes import FakeVendor, vendor_settings
 from tests.processes import GatewayProcess, RedisServer
@@ -97,8 +99,6 @@ def test_a_pruned_token_is_refused_as_expired_and_a_live_one_stays_revoked(
 ) -> None:
     extra: dict[str, Any] = {"max_token_ttl": f"{TTL}s", "metrics_token_ttl": f"{TTL}s", "token_leeway": "100ms"}
     if store == "redis":
-        from tests.chaos.test_fleet_state import shared_keys
-
         server: RedisServer = request.getfixturevalue("redis")
         extra["stores"] = {"state": f"redis://127.0.0.1:{server.port}/{REDIS_DB}"}
         extra["keys"] = shared_keys(tmp_path / "keys")["keys"]
@@ -137,3 +137,68 @@ def test_a_pruned_token_is_refused_as_expired_and_a_live_one_stays_revoked(
     assert count() == 1  # the first entry went on this write
     time.sleep(0.6)  # the gateway's reload (every 0.25 s)
     assert [call(pruned), call(live)] == [(407, "identity_expired"), (407, "identity_revoked")]
+
+
+def test_a_redis_that_refuses_writes_still_serves_the_revocations_it_holds(tmp_path: Path) -> None:
+    """Pruning is a write, reading is not: a Redis that refuses writes (disk full: MISCONF; too
+    few replicas: NOREPLICAS; a demoted primary: READONLY) still answers reads, and a replica must
+    keep reading the list through it. Its refresh pruned first and gave up when the prune failed,
+    so every agent of every replica started then was refused `store_unavailable` (and a running
+    replica, at its next prune) for as long as the writes were refused."""
+    server = RedisServer(tmp_path).start()  # its own: the write refusal is server-wide
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        clock = Clock()
+        writer = redis_state.RedisRevocations(redis_state.connect(url), url, KEPT, clock)
+        issued = clock.now - 1
+        writer.revoke(jti="old-jti")
+        clock.now += 50
+        writer.revoke(jti="live-jti")
+        redis_state.connect(url).config_set("min-replicas-to-write", 1)  # every write now NOREPLICAS
+        clock.now += 51  # old-jti is now prunable; cutting it is refused
+
+        reader = redis_state.RedisRevocations(redis_state.connect(url), url, KEPT, clock)  # a replica starting now
+        assert reader.is_revoked("live-jti", "x", issued)
+        assert not reader.is_revoked("old-jti", "x", issued)  # past kept_for: refused as expired anyway
+        assert not reader.is_revoked("other-jti", "x", issued)
+        assert writer.count() == 2  # nothing could be cut
+        with pytest.raises(redis_state.StateStoreDown):
+            reader.prune()  # asked for explicitly, the failure is the caller's
+
+        redis_state.connect(url).config_set("min-replicas-to-write", 0)
+        writer.revoke(jti="next-jti")  # the next write prunes
+        reader.refresh()
+        assert writer.count() == 2 and reader.is_revoked("next-jti", "x", issued) and reader.is_revoked("live-jti", "x", issued)
+    finally:
+        server.kill()
+
+
+@pytest.mark.chaos_full  # waits out PRUNE_SECONDS; the store test above is the fast case
+def test_a_gateway_keeps_serving_when_its_redis_refuses_the_periodic_prune(
+    make_gateway: Any, pki: Any, vendor: FakeVendor, tmp_path: Path
+) -> None:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        extra: dict[str, Any] = {"stores": {"state": url}, "keys": shared_keys(tmp_path / "keys")["keys"]}
+        gw: GatewayProcess = make_gateway(vendor_settings(pki, vendor, **extra))
+        store = redis_state.connect(url)
+        revoked = gw.token(sub="revoked", scopes=("stripe:*",))
+        token = gw.token(sub="worker", scopes=("stripe:*",))
+        gw.cli("token", "revoke", "--sub", "revoked")
+        # An entry far older than kept_for, which the next periodic prune must cut, and cannot.
+        store.lpush(redis_state.REVOCATIONS, json.dumps({"kind": "sub", "value": "gone", "at": time.time() - 400 * 86400}))
+        store.config_set("min-replicas-to-write", 1)  # from now on every write is NOREPLICAS
+        time.sleep(PRUNE_SECONDS + 2)  # the watcher's prune has been tried, and refused
+
+        def call(tok: str) -> tuple[int, str | None]:
+            with client(gw, tok) as c:
+                r = c.get("https://api.stripe.com/v1/balance")
+            return r.status_code, error_of(r)["code"] if r.status_code != 200 else None
+
+        assert [call(token), call(revoked)] == [(200, None), (407, "identity_revoked")]
+        assert store.llen(redis_state.REVOCATIONS) == 2
+        assert "cannot prune old revocations" in gw.log_file.read_text()
+    finally:
+        server.kill()

@@ -106,3 +106,22 @@ def test_the_redis_store_bounds_pins_per_server_and_recounts_a_store_written_bef
     again = redis_state.RedisMcpStore(client, {"a": {"cfg": "sha256:" + "c" * 64}})
     assert client.hgetall(redis_state.MCP_PIN_COUNTS) == {b"a": b"5", b"b": b"1"}
     assert again.observe("a", "t9", "sha256:1", 5) is Seen.OVER_LIMIT
+
+
+def test_a_full_server_costs_the_sqlite_store_no_scan_of_its_pins(tmp_path: Path) -> None:
+    """Each new name of a server at its bound counted every pin of that server (`COUNT(*)`), on the
+    proxy's event loop, for each name of each listing: 1000 new names against 50 000 pins held
+    every agent's traffic about 2.5 s per listing (0.4 s at the default 5000). Pins are never
+    deleted, so a count once at the bound stays there: later names are refused without a count."""
+    store = McpStore(tmp_path / "mcp.sqlite")
+    try:
+        assert [store.observe("a", f"t{i}", "sha256:1", 3) for i in range(4)] == [Seen.NEW] * 3 + [Seen.OVER_LIMIT]
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        assert [store.observe("a", f"rug{i}", "sha256:1", 3) for i in range(100)] == [Seen.OVER_LIMIT] * 100
+        assert store.observe("a", "t0", "sha256:1", 3) is Seen.SAME  # a pinned tool is still served
+        assert store.observe("a", "t0", "sha256:2", 3) is Seen.CHANGED  # and still guarded
+        assert not [s for s in statements if "COUNT(" in s.upper()]
+        assert store.observe("a", "t9", "sha256:1", 5) is Seen.NEW  # a raised bound counts again
+    finally:
+        store.close()

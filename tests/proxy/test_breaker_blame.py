@@ -20,6 +20,7 @@ import openai
 import pytest
 import requests
 
+from gateway.proxy.mitm_compat import TRAILERS_UNREAD
 from tests.fakes import PKI, vendor_settings
 from tests.processes import GatewayProcess
 from tests.proxy.test_hostile_vendor import EMBED, RawVendor, _send
@@ -90,6 +91,10 @@ VENDOR_FAULTS: dict[str, Answer] = {
     "status 500": lambda conn, head: _send(conn, 500, JSON, b'{"error": {"message": "down"}}'),
     "reset before headers": _reset,
     "gzip answer that does not decode": lambda conn, head: _send(conn, 200, [*JSON, ("Content-Encoding", "gzip")], b"\x1f\x8bnot gzip"),
+    # Broken HTTP whose error message quotes the vendor's bytes: they named the trailers refusal,
+    # and a message merely holding that text was taken for the gateway's own refusal (neutral).
+    "status line quoting the trailers refusal": lambda conn, head: conn.sendall(
+        b"HTTP/1.1 2xx " + TRAILERS_UNREAD.encode() + b"\r\nContent-Length: 0\r\n\r\n"),
 }
 
 

@@ -1,7 +1,7 @@
 """Pins for what the gateway must still read from mitmproxy as text or reach into as internals.
 
-mitmproxy reports a flow's failure only as a message; the gateway reads two of them
-(`gateway.proxy.mitm_compat.CLIENT_GONE`, `BODY_OVER_LIMIT`) and knows everything else from its own
+mitmproxy reports a flow's failure only as a message; the gateway reads three of them
+(`gateway.proxy.mitm_compat.CLIENT_GONE`, `BODY_OVER_LIMIT`, `TRAILERS_ERROR`) and knows everything else from its own
 state or hooks. Each pin below fails on a mitmproxy upgrade that rewords or moves what is read, so
 the change is seen in CI instead of as a misclassified refusal in production.
 """
@@ -17,7 +17,14 @@ from mitmproxy.proxy.layers import http as http_layers
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1
 
-from gateway.proxy.mitm_compat import BODY_OVER_LIMIT, CLIENT_GONE, CLIENT_TLS_FAILED, MITM_SERVER_LOGGER
+from gateway.proxy.mitm_compat import (
+    BODY_OVER_LIMIT,
+    CLIENT_GONE,
+    CLIENT_TLS_FAILED,
+    MITM_SERVER_LOGGER,
+    TRAILERS_ERROR,
+    TRAILERS_UNREAD,
+)
 
 
 def test_client_gone_is_the_message_of_an_agent_hanging_up() -> None:
@@ -27,6 +34,12 @@ def test_client_gone_is_the_message_of_an_agent_hanging_up() -> None:
 def test_body_over_limit_is_the_message_for_both_directions_with_its_prefix() -> None:
     source = inspect.getsource(http_layers)
     assert "{'Request' if request else 'Response'} " + BODY_OVER_LIMIT in source
+
+
+def test_the_trailers_error_is_the_body_readers_protocol_error_message() -> None:
+    """`Outcome` matches the whole message (a vendor's quoted bytes could spell the reason alone)."""
+    prefix = TRAILERS_ERROR.removesuffix(TRAILERS_UNREAD)
+    assert prefix != TRAILERS_ERROR and f'f"{prefix}{{e}}"' in inspect.getsource(_http1.Http1Connection.read_body)
 
 
 def test_error_pages_are_made_by_make_error_response_inside_the_http1_servers_event_handler() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.config import Config
 from gateway.errors import ConfigError
-from gateway.transport import is_loopback, plaintext_hosts
+from gateway.transport import UNREADABLE, is_loopback, plaintext_hosts
 from gateway.vault_kv import VaultAuth
 from tests.fakes import REPO
 from tests.processes import GatewayProcess
@@ -45,6 +45,17 @@ def test_loopback(host: str, loopback: bool) -> None:
     ("rediss://redis.internal:6380/0", []),
     ("unix:///run/redis.sock", []),
     ("memory://", []),
+    # Read as the clients read them: redis-py dials 10.0.0.5 (the rest is a fragment), requests
+    # (urllib3) dials it too (a '\\' ends the authority), whatever follows a later '@'.
+    ("redis://10.0.0.5#@127.0.0.1:6379/0", ["10.0.0.5"]),
+    ("redis://10.0.0.5?x=@127.0.0.1:6379/0", ["10.0.0.5"]),
+    ("http://10.0.0.5\\@127.0.0.1:8200", ["10.0.0.5"]),
+    # A password with an unencoded '/', '?' or '#' cuts the URL inside it: the tail is no host to
+    # show (it is the password's start), and a malformed IPv6 address is no reason for a traceback.
+    ("redis://:s3cr/et@10.0.0.5:6379/0", [UNREADABLE]),
+    ("redis://:s3cr#et@127.0.0.1:6379/0", [UNREADABLE]),
+    ("http://[::1:8200", [UNREADABLE]),
+    ("redis+sentinel://127.0.0.1:26379,[10.0.0.9:26379/mymaster", [UNREADABLE]),
 ])
 def test_plaintext_hosts(url: str, hosts: list[str]) -> None:
     assert plaintext_hosts(url) == hosts
@@ -75,6 +86,22 @@ def test_a_store_in_clear_over_the_network_stops_start_up(
     assert all(name in out.stderr for name in names), out.stderr
     assert "Traceback" not in out.stderr and "pw-0001" not in out.stderr and "hvs.root" not in out.stderr
     assert REMOTE in out.stderr
+
+
+@pytest.mark.parametrize(("settings", "env", "name"), [
+    ({"stores": {"state": f"redis://:s3cr/et-0001@{REMOTE}:6379/0"}}, {}, "stores.state: plain redis://"),
+    ({"secrets": {"stripe": STRIPE_REF}}, {"VAULT_ADDR": "http://[s3cr:8200", "VAULT_TOKEN": "hvs.root-token-0001"},
+     "VAULT_ADDR is plain http://"),
+])
+def test_a_url_whose_host_cannot_be_read_stops_start_up_without_showing_it(
+    tmp_path: Path, settings: dict[str, Any], env: dict[str, str], name: str
+) -> None:
+    """The refusal named the "host" it read, which for an unencoded '/' in a password was the
+    password's start; and a malformed IPv6 VAULT_ADDR ended start-up with a traceback."""
+    out = _run(tmp_path, settings, env)
+    assert out.returncode == 2, out.stderr
+    assert name in out.stderr and UNREADABLE in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "s3cr" not in out.stderr and "hvs.root" not in out.stderr
 
 
 def test_the_opt_in_keys_accept_plain_text_and_tls_or_loopback_need_none() -> None:

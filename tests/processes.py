@@ -120,6 +120,10 @@ class GatewayProcess:
                               timeout=60)
 
     def start(self) -> GatewayProcess:
+        return self.launch().wait_ready()
+
+    def launch(self) -> GatewayProcess:
+        """The process started, not waited for (`start_all` starts several at once)."""
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, *self.launcher, "run", "--config", str(self.config_file), "--state-dir", str(self.state_dir)],
@@ -129,6 +133,11 @@ class GatewayProcess:
                 env=self._environ(),
                 preexec_fn=_die_with_the_test_run,
             )
+        return self
+
+    def wait_ready(self) -> GatewayProcess:
+        """Until both ports listen (the gateway opens them once its runtime, DLP included, is built)."""
+        assert self.proc is not None, "launch it first"
         wait_port(self.port, proc=self.proc)
         wait_port(self.api_port, proc=self.proc)
         if int(self.settings.get("workers", 1)) > 1:  # the supervisor binds at once; its workers load first
@@ -214,6 +223,19 @@ class GatewayProcess:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+
+def start_all(*gateways: GatewayProcess) -> list[GatewayProcess]:
+    """Start several gateways at once (a fleet's replicas): each loads on a core of its own, where
+    one after the other they took a start-up each. If one fails to start, all are stopped."""
+    try:
+        for gw in gateways:
+            gw.launch()
+        return [gw.wait_ready() for gw in gateways]
+    except BaseException:
+        for gw in gateways:
+            gw.stop_soon()
+        raise
 
 
 class RedisServer:

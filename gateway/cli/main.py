@@ -151,9 +151,8 @@ def _start_up_done() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     gc.disable()  # for run's own imports and build: see _start_up_done
     cfg = _config(args)
-    from gateway import runtime, supervisor
+    from gateway import supervisor
     from gateway.identity import keys as keyring
-    from gateway.proxy import server
 
     worker = supervisor.WorkerSockets.parse(args.worker) if args.worker else None
     who = f"worker-{worker.index} " if worker else ""
@@ -167,6 +166,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             ca.ensure(_state(args), ring.ca_pem)
             _start_up_done()
             return supervisor.Supervisor(cfg, args.argv).run()
+        # Only a process that serves imports the proxy (mitmproxy, ~1 s): the supervisor above
+        # spawns its workers without, so they start that much sooner.
+        from gateway import runtime
+        from gateway.proxy import server
+
         if worker is None:
             server.check_listen(cfg)
         with progress("loading connectors, policies and the DLP models"):

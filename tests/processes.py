@@ -166,9 +166,9 @@ class GatewayProcess:
     def stop_soon(self) -> None:
         """SIGTERM, without waiting for the exit: for a fixture's teardown, after which nothing reads
         the process (or `stop` is called to wait for it). A gateway seals its audit log within a
-        fraction of a second of the signal, then spends about a second of CPU tearing its interpreter
-        down (freeing the DLP models), which the next test's start overlaps. A thread waits for the
-        exit, and kills the process after 15 s, as `stop` does."""
+        fraction of a second of the signal, then tears its interpreter down (~0.3 s of CPU since
+        start-up's objects are frozen out of the last collection), which the next test's start
+        overlaps. A thread waits for the exit, and kills the process after 15 s, as `stop` does."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self._terminated = self.proc

@@ -1,6 +1,6 @@
 """Phone numbers by their shape, beside libphonenumber's reading of valid numbers.
 
-Presidio's recognizer (`dlp.engine.BarePhoneRecognizer`) finds numbers libphonenumber holds valid
+Presidio's recognizer (`dlp.presidio_offline.BarePhoneRecognizer`) finds numbers libphonenumber holds valid
 and grouped as their country writes them. An agent's data is often neither: generated test data
 (Faker draws area and exchange codes at random, so about half its US numbers are not valid
 numbers), placeholders, numbers of ranges reserved for fiction, and international numbers written

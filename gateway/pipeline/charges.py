@@ -30,9 +30,6 @@ import asyncio
 import contextlib
 import logging
 
-from coredis.exceptions import ConnectionError as RedisConnectionError
-from coredis.exceptions import RedisError
-from coredis.exceptions import TimeoutError as RedisTimeoutError
 from limits import RateLimitItem
 from limits.aio.storage import RedisStorage
 from limits.errors import StorageError
@@ -97,6 +94,12 @@ class ExactlyOnceBudgets:
     """Budget hits on a `limits` Redis storage, idempotent by call id."""
 
     def __init__(self, storage: RedisStorage) -> None:
+        # The Redis client (~0.4 s to import, with beartype) only where the quota store is Redis:
+        # every gateway's start-up paid for it, most of them on memory://.
+        from coredis import exceptions
+
+        self._lost = (exceptions.ConnectionError, exceptions.TimeoutError)  # a reply that may come again
+        self._failed = exceptions.RedisError
         self._storage = storage
         connection = storage.bridge.get_connection()  # type: ignore[attr-defined]
         self._script = connection.register_script(_ACQUIRE)
@@ -118,11 +121,11 @@ class ExactlyOnceBudgets:
         args = [item.amount, item.get_expiry(), cost, CHARGE_MEMORY_MS]
         try:
             for pause in RETRY_PAUSES:
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                with contextlib.suppress(*self._lost):
                     return bool(await self._script.execute(keys, args))
                 await asyncio.sleep(pause)
             return bool(await self._script.execute(keys, args))
-        except RedisError as e:
+        except self._failed as e:
             raise StorageError(e) from None
 
     def release_later(self, key: str, cost: int, call_id: str) -> None:
@@ -135,7 +138,7 @@ class ExactlyOnceBudgets:
 
     async def _release_until_done(self, keys: list[str], cost: int) -> None:
         for pause in RELEASE_PAUSES:
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(self._failed):
                 await self._release.execute(keys, [cost, CHARGE_MEMORY_MS])
                 return
             await asyncio.sleep(pause)

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
-from coredis.retry import NoRetryPolicy
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, MovingWindowSupport, RedisStorage, SlidingWindowCounterSupport, Storage
 from limits.errors import StorageError
@@ -139,6 +138,8 @@ class Quotas:
         # Never a blind client retry of a script on Redis: it charged payments twice (see charges).
         if full.startswith("async+memory"):
             return cls(SweptMemoryStorage(full, wrap_exceptions=True), timeout)
+        from coredis.retry import NoRetryPolicy  # the Redis client, imported only for a Redis store
+
         options: dict[str, Any] = {"retry_policy": NoRetryPolicy()}
         storage = storage_from_string(full, wrap_exceptions=True, **options)
         assert isinstance(storage, Storage)

@@ -126,9 +126,15 @@ REPORT = ChaosReport()
 
 def launch(root: Path, pki: PKI, vendor: FaultVendor, env: dict[str, str] | None = None, **extra: Any) -> GatewayProcess:
     """Start a gateway for the chaos suite and keep it on the report for the final checks."""
+    return gateway(root, pki, vendor, env, **extra).start()
+
+
+def gateway(root: Path, pki: PKI, vendor: FaultVendor, env: dict[str, str] | None = None, **extra: Any) -> GatewayProcess:
+    """A gateway for the chaos suite, kept on the report for the final checks, not started yet
+    (`tests.processes.start_all` starts a fleet's replicas at once)."""
     gw = GatewayProcess(root, settings(pki, vendor, root, **extra), env or {})
     REPORT.gateways.append(gw)
-    return gw.start()
+    return gw
 
 
 def retire(gw: GatewayProcess) -> None:

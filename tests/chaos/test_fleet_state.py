@@ -38,7 +38,7 @@ from tests.chaos.harness import BALANCE, CHAT, PAY, agent, code_of
 from tests.chaos.report import ChaosReport
 from tests.clients import chat, client, error_of
 from tests.fakes import PKI
-from tests.processes import GatewayProcess, RedisServer
+from tests.processes import GatewayProcess, RedisServer, start_all
 
 BUDGET, AMOUNT = 10_000, 1000  # the chaos `payer` budget per day, and one payment: 10 fit
 ALLOWED = BUDGET // AMOUNT
@@ -94,7 +94,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pki: PKI, fault_vendor_serve
         "dlp": {"vault": store.url, "key": keys["dlp_key"]},
         "keys": keys["keys"],
     }
-    doors = [harness.launch(root / name, pki, fault_vendor_server, None, **extra) for name in ("a", "b")]
+    doors = start_all(*(harness.gateway(root / name, pki, fault_vendor_server, None, **extra) for name in ("a", "b")))
     fleet = Fleet(doors, store)
     fleet.wait_ready()
     yield fleet

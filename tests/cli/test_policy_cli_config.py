@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,7 @@ def test_a_typo_in_a_parameter_path_is_refused_at_check_and_at_reload(make_gatew
     assert out.returncode == 1 and f"research.yaml:{at + 1}: parameter 'messages[*].rol': no field 'rol' in messages[*]" in out.stderr, out.stderr
     token = gw.token(sub="research-1", role="research", scopes=("openai:*",))
     tool_role = {"model": "gpt-4o-mini", "max_completion_tokens": 10, "messages": [{"role": "tool", "content": "x", "tool_call_id": "t"}]}
-    time.sleep(2.0)  # two polls: the rejected edit would have been swapped in by now
+    gw.wait_log("rejected, still serving")  # the second poll, where a valid edit would have been swapped in
     with client(gw, token) as c:
         r = c.post("https://api.openai.com/v1/chat/completions", json=tool_role)
     err = error_of(r)

@@ -27,7 +27,7 @@ from pathlib import Path
 from gateway.identity.tokens import load_or_create_key
 from tests import demo
 from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
-from tests.processes import GatewayProcess, RedisServer, free_port, wait_port
+from tests.processes import GatewayProcess, RedisServer, free_port, start_all, wait_port
 
 HAPROXY_CFG = """\
 global
@@ -83,9 +83,7 @@ def start_replicas(root: Path, pki: PKI, vendor: FakeVendor, redis: RedisServer)
         other.state_dir.mkdir(mode=0o700, parents=True)
         shutil.copytree(first.state_dir / "ca", other.state_dir / "ca")
         shutil.copy2(first.state_dir / "signing-key.pem", other.state_dir / "signing-key.pem")
-    for r in replicas:
-        r.start()
-    return replicas
+    return start_all(*replicas)
 
 
 def main() -> int:

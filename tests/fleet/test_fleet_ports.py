@@ -35,7 +35,7 @@ from tests.console.setup import sign_in
 from tests.fakes import PKI, VENDOR_HOSTS, FakeVendor, vendor_settings
 from tests.mcp.agents import Exports, agent_exports, http_client, mcp_session, same_exports
 from tests.mcp.server import CHANGED_DOC, McpVendor
-from tests.processes import GatewayProcess, RedisServer
+from tests.processes import GatewayProcess, RedisServer, start_all
 
 MCP_HOST = "mcp.fleet.test"
 MCP_URL = f"https://{MCP_HOST}/mcp"
@@ -76,7 +76,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pki: PKI, vendor_server: Fak
     }
     env = {"TEST_ACME_KEY": ACME_KEY, "TEST_MCP_TOKEN": MCP_TOKEN}
     # Started from this thread: a gateway dies with the thread that started it (PDEATHSIG).
-    doors = [GatewayProcess(root / name, settings, env).start() for name in ("a", "b")]
+    doors = start_all(*(GatewayProcess(root / name, settings, env) for name in ("a", "b")))
     yield Fleet(doors[0], doors[1], redis, mcp, acme)
     for gw in doors:
         gw.stop()

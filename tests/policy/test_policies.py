@@ -449,13 +449,17 @@ def test_a_new_approval_is_announced_by_webhook_and_a_failing_hook_blocks_nothin
     """Issue 12, item 5: a Slack-compatible notice per new approval, never a raw value; retried;
     a hook that fails costs the agent nothing."""
     good, bad = _Hook(200), _Hook(500)
-    for hook, name in ((good, "hooked"), (bad, "hook-down")):
+    held: dict[str, str] = {}
+    # The failing hook's gateway first: its three tries (over 5 s) go on while the other one starts.
+    for hook, name in ((bad, "hook-down"), (good, "hooked")):
         gw = make_gateway(vendor_settings(pki, vendor, policies=str(_policy_dir(tmp_path / name)), approvals_webhook=hook.url), name=name)
         with client(gw, finance(gw, sub=f"finance-{name}")) as c:
             r = c.post(PAY, data={**GOOD, "amount": "270000", "description": "for jane.doe@example.com"})
             again = c.post(PAY, data={**GOOD, "amount": "270000", "description": "for jane.doe@example.com"})
         assert error_of(r)["code"] == "approval_required" == error_of(again)["code"]
-        approval_id = error_of(r)["approval_id"]
+        held[name] = error_of(r)["approval_id"]
+    for hook, name in ((good, "hooked"), (bad, "hook-down")):
+        approval_id = held[name]
         sent = hook.wait(1 if hook is good else 3)
         notice = sent[0]
         assert approval_id in notice["text"] and f"finance-{name}" in notice["text"] and "stripe.create_payment_intent" in notice["text"]

@@ -46,8 +46,16 @@
    (answered 502 `upstream_failed`, or the stream cut if it had begun). An agent's trailers are
    refused at admission (`gateway.proxy.admission`).
 
-The `MitmCompat` addon installs 1, 3, 5, 6 and 7 when mitmproxy is running and removes 1, 3, 6
-and 7 when it is done (`Master.run` itself puts the task factory back when it returns).
+8. A vendor's 101. mitmproxy's HTTP/1 client makes the vendor's connection a pipe after a 101
+   (`Http1Connection.make_pipe`) whatever the addons did with the answer: the gateway refuses
+   every 1xx (`gateway.pipeline.answer`), and whatever the vendor sent after its 101 was handed
+   to a call already answered, an assertion in mitmproxy's stream (`mitmproxy has crashed!` and a
+   traceback in the log), on Python 3.11 and 3.12 alike. The gateway carries no protocol switch,
+   so the vendor's connection is closed there instead (`_no_vendor_pipe`); a CONNECT's pipe is
+   left as it is.
+
+The `MitmCompat` addon installs 1, 3, 5, 6, 7 and 8 when mitmproxy is running and removes 1, 3, 6,
+7 and 8 when it is done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
@@ -169,12 +177,25 @@ class _NoTrailers:
         return self.inner.read_eof()  # type: ignore[attr-defined]
 
 
+def _no_vendor_pipe(
+    conn: _http1.Http1Client, make_pipe: Callable[[_http1.Http1Client], layer.CommandGenerator[None]]
+) -> layer.CommandGenerator[None]:
+    """Point 8: after a vendor's 101 the connection is closed, never made a pipe; nothing more of it
+    is read (the call has its refusal already)."""
+    if conn.response is not None and conn.response.status_code == 101:
+        conn.state = conn.done
+        yield commands.CloseConnection(conn.conn)
+        return
+    yield from make_pipe(conn)
+
+
 class MitmCompat:
-    """The addon that installs points 1, 3, 5, 6 and 7 while mitmproxy runs."""
+    """The addon that installs points 1, 3, 5, 6, 7 and 8 while mitmproxy runs."""
 
     def __init__(self, pages: ErrorPages) -> None:
         self.pages = pages
         self._read_vendor_body = _http1.Http1Client.read_body
+        self._make_vendor_pipe = _http1.Http1Client.make_pipe
         self._make_error_response = _http1.make_error_response
         self._handle_event = _http1.Http1Server._handle_event
         self._receive_hello = tls.ClientTLSLayer.receive_handshake_data
@@ -197,8 +218,12 @@ class MitmCompat:
                 conn.body_reader = _NoTrailers(conn.body_reader)  # type: ignore[assignment]
             return read_body(conn, event)
 
-        read_body = self._read_vendor_body
+        def make_vendor_pipe(conn: _http1.Http1Client) -> layer.CommandGenerator[None]:
+            yield from _no_vendor_pipe(conn, make_pipe)
+
+        read_body, make_pipe = self._read_vendor_body, self._make_vendor_pipe
         _http1.Http1Client.read_body = read_vendor_body  # type: ignore[method-assign, assignment]
+        _http1.Http1Client.make_pipe = make_vendor_pipe  # type: ignore[method-assign, assignment]
         _http1.make_error_response = _marked_page
         _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign, assignment]
         tls.ClientTLSLayer.receive_handshake_data = receive_handshake_data  # type: ignore[method-assign, assignment]
@@ -206,6 +231,7 @@ class MitmCompat:
 
     def done(self) -> None:
         _http1.Http1Client.read_body = self._read_vendor_body  # type: ignore[method-assign]
+        _http1.Http1Client.make_pipe = self._make_vendor_pipe  # type: ignore[method-assign]
         _http1.make_error_response = self._make_error_response
         _http1.Http1Server._handle_event = self._handle_event  # type: ignore[method-assign]
         tls.ClientTLSLayer.receive_handshake_data = self._receive_hello  # type: ignore[method-assign]

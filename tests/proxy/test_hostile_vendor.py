@@ -283,7 +283,9 @@ def test_an_informational_answer_is_refused_and_its_connection_never_reused(
     gw: GatewayProcess, raw_vendor: RawVendor, informational: bytes
 ) -> None:
     """mitmproxy took a 103 for the final answer (the agent waited on it until its own timeout, the
-    real 200 left on the vendor connection) and relayed a 101 the agent never asked for."""
+    real 200 left on the vendor connection) and relayed a 101 the agent never asked for. Then,
+    refused: mitmproxy still made the vendor's connection a pipe after its 101 and handed what
+    followed to a call already answered (`mitmproxy has crashed!` and a traceback in the log)."""
     raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"late": 1}', informational)
     r = _call(gw)
     assert (r.status_code, r.json()["error"]["code"]) == (502, "upstream_failed")
@@ -291,6 +293,7 @@ def test_an_informational_answer_is_refused_and_its_connection_never_reused(
     assert _outcome(gw, r)["code"] == "upstream_failed"
     raw_vendor.answer = lambda conn, head: _send(conn, 200, [("Content-Type", "application/json")], b'{"ok": true}')
     assert _call(gw).json() == {"ok": True}
+    assert "Traceback" not in gw.log_file.read_text()  # the crash was logged right after the refusal
 
 
 def _kib(pid: int, field: str) -> int:

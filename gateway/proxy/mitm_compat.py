@@ -35,7 +35,8 @@
    CONNECT too, whose tunnel still ends TLS at the gateway), and buffered as much of it as its
    length field claims (16 MiB), parsing the whole buffer again on every read: seconds of the
    event loop for one client without a token. A ClientHello over `MAX_CLIENT_HELLO` fails the
-   handshake. And its failure log line held what the agent sent: the SNI it named, or the whole
+   handshake; what the agent still sends before the close lands is dropped (mitmproxy handed it to
+   the TLS layer that never began: `mitmproxy has crashed!` and a traceback). And its failure log line held what the agent sent: the SNI it named, or the whole
    ClientHello as hex when it could not be parsed. Those lines lose the agent's text
    (`_WithholdAgentText`).
 
@@ -199,11 +200,12 @@ class MitmCompat:
         self._make_error_response = _http1.make_error_response
         self._handle_event = _http1.Http1Server._handle_event
         self._receive_hello = tls.ClientTLSLayer.receive_handshake_data
+        self._receive_tls = tls.ClientTLSLayer.receive_data
         self._withhold = _WithholdAgentText()
 
     def running(self) -> None:
         asyncio.get_running_loop().set_task_factory(None)  # point 5
-        original, pages, receive_hello = self._handle_event, self.pages, self._receive_hello
+        original, pages, receive_hello, receive_tls = self._handle_event, self.pages, self._receive_hello, self._receive_tls
 
         def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
             yield from _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
@@ -212,6 +214,10 @@ class MitmCompat:
             if not tls_layer.client_hello_parsed and len(tls_layer.recv_buffer) + len(data) > MAX_CLIENT_HELLO:
                 return False, CLIENT_HELLO_TOO_LARGE  # point 6
             return (yield from receive_hello(tls_layer, data))
+
+        def receive_data(tls_layer: tls.ClientTLSLayer, data: bytes) -> layer.CommandGenerator[None]:
+            if tls_layer.tls is not None:  # None: the handshake failed before TLS began (point 6)
+                yield from receive_tls(tls_layer, data)
 
         def read_vendor_body(conn: _http1.Http1Client, event: events.Event) -> layer.CommandGenerator[None]:
             if not isinstance(conn.body_reader, _NoTrailers):
@@ -227,6 +233,7 @@ class MitmCompat:
         _http1.make_error_response = _marked_page
         _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign, assignment]
         tls.ClientTLSLayer.receive_handshake_data = receive_handshake_data  # type: ignore[method-assign, assignment]
+        tls.ClientTLSLayer.receive_data = receive_data  # type: ignore[method-assign, assignment]
         logging.getLogger(MITM_SERVER_LOGGER).addFilter(self._withhold)
 
     def done(self) -> None:
@@ -235,6 +242,7 @@ class MitmCompat:
         _http1.make_error_response = self._make_error_response
         _http1.Http1Server._handle_event = self._handle_event  # type: ignore[method-assign]
         tls.ClientTLSLayer.receive_handshake_data = self._receive_hello  # type: ignore[method-assign]
+        tls.ClientTLSLayer.receive_data = self._receive_tls  # type: ignore[method-assign]
         logging.getLogger(MITM_SERVER_LOGGER).removeFilter(self._withhold)
 
 

@@ -47,7 +47,7 @@
    (answered 502 `upstream_failed`, or the stream cut if it had begun). An agent's trailers are
    refused at admission (`gateway.proxy.admission`).
 
-8. A vendor's 101. mitmproxy's HTTP/1 client makes the vendor's connection a pipe after a 101
+9. A vendor's 101. mitmproxy's HTTP/1 client makes the vendor's connection a pipe after a 101
    (`Http1Connection.make_pipe`) whatever the addons did with the answer: the gateway refuses
    every 1xx (`gateway.pipeline.answer`), and whatever the vendor sent after its 101 was handed
    to a call already answered, an assertion in mitmproxy's stream (`mitmproxy has crashed!` and a
@@ -55,8 +55,8 @@
    so the vendor's connection is closed there instead (`_no_vendor_pipe`); a CONNECT's pipe is
    left as it is.
 
-The `MitmCompat` addon installs 1, 3, 5, 6, 7 and 8 when mitmproxy is running and removes 1, 3, 6,
-7 and 8 when it is done (`Master.run` itself puts the task factory back when it returns).
+The `MitmCompat` addon installs 1, 3, 5, 6, 7 and 9 when mitmproxy is running and removes 1, 3, 6,
+7 and 9 when it is done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
@@ -181,7 +181,7 @@ class _NoTrailers:
 def _no_vendor_pipe(
     conn: _http1.Http1Client, make_pipe: Callable[[_http1.Http1Client], layer.CommandGenerator[None]]
 ) -> layer.CommandGenerator[None]:
-    """Point 8: after a vendor's 101 the connection is closed, never made a pipe; nothing more of it
+    """Point 9: after a vendor's 101 the connection is closed, never made a pipe; nothing more of it
     is read (the call has its refusal already)."""
     if conn.response is not None and conn.response.status_code == 101:
         conn.state = conn.done
@@ -191,7 +191,7 @@ def _no_vendor_pipe(
 
 
 class MitmCompat:
-    """The addon that installs points 1, 3, 5, 6, 7 and 8 while mitmproxy runs."""
+    """The addon that installs points 1, 3, 5, 6, 7 and 9 while mitmproxy runs."""
 
     def __init__(self, pages: ErrorPages) -> None:
         self.pages = pages
@@ -205,7 +205,7 @@ class MitmCompat:
 
     def running(self) -> None:
         asyncio.get_running_loop().set_task_factory(None)  # point 5
-        original, pages, receive_hello, receive_tls = self._handle_event, self.pages, self._receive_hello, self._receive_tls
+        original, pages, receive_hello = self._handle_event, self.pages, self._receive_hello
 
         def _handle_event(conn: _http1.Http1Server, event: events.Event) -> layer.CommandGenerator[None]:
             yield from _swap_pages(_chain(original(conn, event), _over_head_limit(conn, event)), pages, conn.conn.id)
@@ -227,7 +227,7 @@ class MitmCompat:
         def make_vendor_pipe(conn: _http1.Http1Client) -> layer.CommandGenerator[None]:
             yield from _no_vendor_pipe(conn, make_pipe)
 
-        read_body, make_pipe = self._read_vendor_body, self._make_vendor_pipe
+        read_body, make_pipe, receive_tls = self._read_vendor_body, self._make_vendor_pipe, self._receive_tls
         _http1.Http1Client.read_body = read_vendor_body  # type: ignore[method-assign, assignment]
         _http1.Http1Client.make_pipe = make_vendor_pipe  # type: ignore[method-assign, assignment]
         _http1.make_error_response = _marked_page

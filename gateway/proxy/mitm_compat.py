@@ -35,7 +35,8 @@
    CONNECT too, whose tunnel still ends TLS at the gateway), and buffered as much of it as its
    length field claims (16 MiB), parsing the whole buffer again on every read: seconds of the
    event loop for one client without a token. A ClientHello over `MAX_CLIENT_HELLO` fails the
-   handshake. And its failure log line held what the agent sent: the SNI it named, or the whole
+   handshake; what the agent still sends before the close lands is dropped (mitmproxy handed it to
+   the TLS layer that never began: `mitmproxy has crashed!` and a traceback). And its failure log line held what the agent sent: the SNI it named, or the whole
    ClientHello as hex when it could not be parsed. Those lines lose the agent's text
    (`_WithholdAgentText`).
 
@@ -55,8 +56,16 @@
    SETTINGS frame and a GOAWAY with HTTP_1_1_REQUIRED whose debug data is the JSON refusal
    (`_as_http2`); then the connection closes.
 
-The `MitmCompat` addon installs 1, 3, 5, 6, 7 and 8 when mitmproxy is running and removes 1, 3, 6,
-7 and 8 when it is done (`Master.run` itself puts the task factory back when it returns).
+9. A vendor's 101. mitmproxy's HTTP/1 client makes the vendor's connection a pipe after a 101
+   (`Http1Connection.make_pipe`) whatever the addons did with the answer: the gateway refuses
+   every 1xx (`gateway.pipeline.answer`), and whatever the vendor sent after its 101 was handed
+   to a call already answered, an assertion in mitmproxy's stream (`mitmproxy has crashed!` and a
+   traceback in the log), on Python 3.11 and 3.12 alike. The gateway carries no protocol switch,
+   so the vendor's connection is closed there instead (`_no_vendor_pipe`); a CONNECT's pipe is
+   left as it is.
+
+The `MitmCompat` addon installs 1, 3, 5, 6, 7, 8 and 9 when mitmproxy is running and removes 1, 3,
+6, 7, 8 and 9 when it is done (`Master.run` itself puts the task factory back when it returns).
 Everything here is exercised through the real proxy by the tests, so a mitmproxy upgrade that
 moves them fails loudly in CI instead of silently serving HTML or hanging.
 """
@@ -184,15 +193,29 @@ class _NoTrailers:
         return self.inner.read_eof()  # type: ignore[attr-defined]
 
 
+def _no_vendor_pipe(
+    conn: _http1.Http1Client, make_pipe: Callable[[_http1.Http1Client], layer.CommandGenerator[None]]
+) -> layer.CommandGenerator[None]:
+    """Point 9: after a vendor's 101 the connection is closed, never made a pipe; nothing more of it
+    is read (the call has its refusal already)."""
+    if conn.response is not None and conn.response.status_code == 101:
+        conn.state = conn.done
+        yield commands.CloseConnection(conn.conn)
+        return
+    yield from make_pipe(conn)
+
+
 class MitmCompat:
-    """The addon that installs points 1, 3, 5, 6 and 7 while mitmproxy runs."""
+    """The addon that installs points 1, 3, 5, 6, 7, 8 and 9 while mitmproxy runs."""
 
     def __init__(self, pages: ErrorPages) -> None:
         self.pages = pages
         self._read_vendor_body = _http1.Http1Client.read_body
+        self._make_vendor_pipe = _http1.Http1Client.make_pipe
         self._make_error_response = _http1.make_error_response
         self._handle_event = _http1.Http1Server._handle_event
         self._receive_hello = tls.ClientTLSLayer.receive_handshake_data
+        self._receive_tls = tls.ClientTLSLayer.receive_data
         self._withhold = _WithholdAgentText()
 
     def running(self) -> None:
@@ -208,23 +231,34 @@ class MitmCompat:
                 return False, CLIENT_HELLO_TOO_LARGE  # point 6
             return (yield from receive_hello(tls_layer, data))
 
+        def receive_data(tls_layer: tls.ClientTLSLayer, data: bytes) -> layer.CommandGenerator[None]:
+            if tls_layer.tls is not None:  # None: the handshake failed before TLS began (point 6)
+                yield from receive_tls(tls_layer, data)
+
         def read_vendor_body(conn: _http1.Http1Client, event: events.Event) -> layer.CommandGenerator[None]:
             if not isinstance(conn.body_reader, _NoTrailers):
                 conn.body_reader = _NoTrailers(conn.body_reader)  # type: ignore[assignment]
             return read_body(conn, event)
 
-        read_body = self._read_vendor_body
+        def make_vendor_pipe(conn: _http1.Http1Client) -> layer.CommandGenerator[None]:
+            yield from _no_vendor_pipe(conn, make_pipe)
+
+        read_body, make_pipe, receive_tls = self._read_vendor_body, self._make_vendor_pipe, self._receive_tls
         _http1.Http1Client.read_body = read_vendor_body  # type: ignore[method-assign, assignment]
+        _http1.Http1Client.make_pipe = make_vendor_pipe  # type: ignore[method-assign, assignment]
         _http1.make_error_response = _marked_page
         _http1.Http1Server._handle_event = _handle_event  # type: ignore[method-assign, assignment]
         tls.ClientTLSLayer.receive_handshake_data = receive_handshake_data  # type: ignore[method-assign, assignment]
+        tls.ClientTLSLayer.receive_data = receive_data  # type: ignore[method-assign, assignment]
         logging.getLogger(MITM_SERVER_LOGGER).addFilter(self._withhold)
 
     def done(self) -> None:
         _http1.Http1Client.read_body = self._read_vendor_body  # type: ignore[method-assign]
+        _http1.Http1Client.make_pipe = self._make_vendor_pipe  # type: ignore[method-assign]
         _http1.make_error_response = self._make_error_response
         _http1.Http1Server._handle_event = self._handle_event  # type: ignore[method-assign]
         tls.ClientTLSLayer.receive_handshake_data = self._receive_hello  # type: ignore[method-assign]
+        tls.ClientTLSLayer.receive_data = self._receive_tls  # type: ignore[method-assign]
         logging.getLogger(MITM_SERVER_LOGGER).removeFilter(self._withhold)
 
 

@@ -34,8 +34,14 @@ PAYMENT = "POST /v1/payment_intents HTTP/1.1\r\nHost: api.stripe.com\r\nContent-
 
 
 def _answer(sock: socket.socket | ssl.SSLSocket, data: bytes) -> RawResponse:
+    """The answer to `data`; the gateway may refuse and close before the agent has written it all
+    (a body behind its head): the agent reads the refusal all the same, as SDKs do. On Python 3.12
+    (mitmproxy 12) the close came before `sendall` returned in about one run in six."""
     sock.settimeout(5)  # the refusal comes at once; a gateway reading the body first never answers
-    sock.sendall(data)
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
+        pass  # closed while sending: the refusal is read below, or the test fails there
     return read_response(sock)
 
 

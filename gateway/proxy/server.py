@@ -138,6 +138,20 @@ def gateway_addons(rt: Runtime) -> list[object]:
     ]
 
 
+async def _read_stores_again(rt: Runtime) -> None:
+    """Read the revocation and quarantine lists once more before the ports take calls.
+
+    Their first read happened when the runtime was built, and the DLP engine loads after it (about
+    2.5 s): a store on Redis refuses every agent (`store_unavailable`) when its last read is older
+    than `STALE_SECONDS`, and its watcher's first read comes a poll later, so a gateway's first
+    calls were refused. A store that cannot be read is logged; it refuses calls itself until it can."""
+    for name, store in (("revocations", rt.revocations), ("quarantines", rt.quarantine)):
+        try:
+            await asyncio.to_thread(store.refresh)
+        except store.store_errors as e:
+            log.warning("cannot read %s before serving: %s", name, e)
+
+
 async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
     """Serve until SIGINT/SIGTERM. As a worker of `run --workers N`, serve the supervisor's sockets,
     say when serving, drain on SIGTERM, and drain as well if the supervisor is gone."""
@@ -183,6 +197,7 @@ async def serve(rt: Runtime, worker: WorkerSockets | None = None) -> None:
             loop.add_signal_handler(sig, start_drain)
         listening = accepting_on({parse_hostport(rt.config.listen, "listen")[1]: worker.proxy}, accepting)
     await rt.quotas.warm_up()
+    await _read_stores_again(rt)
     watchers = [
         asyncio.create_task(rt.revocations.watch()),
         asyncio.create_task(rt.quarantine.watch(rt.quarantine_changed)),

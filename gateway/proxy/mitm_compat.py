@@ -262,17 +262,30 @@ class MitmCompat:
         logging.getLogger(MITM_SERVER_LOGGER).removeFilter(self._withhold)
 
 
-def _swap_pages(gen: layer.CommandGenerator[None], pages: ErrorPages, client_id: str) -> layer.CommandGenerator[None]:
-    """Delegate to `gen` (replies passed back in), swapping each marked error page for JSON."""
+def _edited(
+    gen: layer.CommandGenerator[None], edit: Callable[[commands.Command], commands.Command | None]
+) -> layer.CommandGenerator[None]:
+    """Delegate to `gen` (replies passed back in), each command through `edit`: what it returns is
+    sent on, None drops the command (and `gen` gets None for its reply)."""
     reply = None
     while True:
         try:
             command = gen.send(reply)
         except StopIteration:
             return
+        edited = edit(command)
+        reply = None if edited is None else (yield edited)
+
+
+def _swap_pages(gen: layer.CommandGenerator[None], pages: ErrorPages, client_id: str) -> layer.CommandGenerator[None]:
+    """Delegate to `gen`, swapping each marked error page for JSON."""
+
+    def edit(command: commands.Command) -> commands.Command:
         if isinstance(command, commands.SendData) and isinstance(command.data, _Page):
             command.data = pages.render(client_id, command.data)
-        reply = yield command
+        return command
+
+    return _edited(gen, edit)
 
 
 def _is_http2_preface(request: mhttp.Request | None) -> bool:
@@ -285,26 +298,24 @@ def _as_http2(gen: layer.CommandGenerator[None], conn: _http1.Http1Server, event
     answer's head (or mitmproxy's error page) becomes a SETTINGS frame and a GOAWAY
     (HTTP_1_1_REQUIRED) carrying the refusal's JSON body; the rest of the HTTP/1 answer, its body
     and end, is dropped (it carries `Connection: close`)."""
-    reply = None
-    while True:
-        try:
-            command = gen.send(reply)
-        except StopIteration:
-            return
-        if isinstance(command, commands.SendData) and command.connection is conn.conn and _is_http2_preface(conn.request):
-            if isinstance(event, ResponseData | ResponseEndOfMessage):
-                reply = None
-                continue
-            if conn.response is not None:
-                # mitmproxy keeps an HTTP/2.0 request's connection open: the rest of the preface and
-                # the client's frames would be read as a next request, and refused as malformed.
-                conn.response.headers["connection"] = "close"
-                body = conn.response.raw_content
-            else:
-                body = command.data.partition(b"\r\n\r\n")[2]
-            goaway = GoAwayFrame(0, last_stream_id=0, error_code=HTTP_1_1_REQUIRED, additional_data=(body or b"")[:MAX_DEBUG_DATA])
-            command.data = SettingsFrame(0).serialize() + goaway.serialize()
-        reply = yield command
+
+    def edit(command: commands.Command) -> commands.Command | None:
+        if not (isinstance(command, commands.SendData) and command.connection is conn.conn and _is_http2_preface(conn.request)):
+            return command
+        if isinstance(event, ResponseData | ResponseEndOfMessage):
+            return None
+        if conn.response is not None:
+            # mitmproxy keeps an HTTP/2.0 request's connection open: the rest of the preface and
+            # the client's frames would be read as a next request, and refused as malformed.
+            conn.response.headers["connection"] = "close"
+            body = conn.response.raw_content
+        else:
+            body = command.data.partition(b"\r\n\r\n")[2]
+        goaway = GoAwayFrame(0, last_stream_id=0, error_code=HTTP_1_1_REQUIRED, additional_data=(body or b"")[:MAX_DEBUG_DATA])
+        command.data = SettingsFrame(0).serialize() + goaway.serialize()
+        return command
+
+    return _edited(gen, edit)
 
 
 def _chain(*gens: layer.CommandGenerator[None]) -> layer.CommandGenerator[None]:

@@ -23,44 +23,56 @@ Neither reads digits glued to letters, to more digits or to an identifier's sepa
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import phonenumbers
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
 SCORE = 0.9  # over Presidio's reading of the same digits, which may leave out a `+1` or an extension
+# Digits glued to letters, more digits or an identifier's separators are part of a longer value.
+_BEFORE = r"(?<![\w+./-])"
+_AFTER = r"(?![\w-]|[.,/]\d)"
+_EXTENSION = r"(?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?"
 _NANP = re.compile(
-    r"""(?<![\w+./-])
+    _BEFORE + r"""
     (?:(?:\+1|001|1)[ .-]?)?
-    (?:\(\d{3}\)[ ]?(?P<after_parens>[.-])?|\d{3}(?P<sep>[.-]))
-    \d{3}(?(sep)(?P=sep)|[ .-])\d{4}
-    (?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?
-    (?![\w-]|[.,/]\d)""",
+    (?:\(\d{3}\)[ ]?[.-]?|\d{3}(?P<sep>[.-]))
+    \d{3}(?(sep)(?P=sep)|[ .-])\d{4}""" + _EXTENSION + _AFTER,
     re.X,
 )
 # The country-code form as `dlp.normalize` writes it, whatever joined its groups: `+1 330 640 8653`.
-_NANP_CC = re.compile(r"(?<![\w+./-])(?:\+1|001) \d{3} \d{3} \d{4}(?:[ ]?(?:x|ext\.?)[ ]?\d{1,6})?(?![\w-]|[.,/]\d)")
-_SPACED = re.compile(r"(?<![\w+./-])\d{3} \d{3} \d{4}(?![\w-]|[.,/]\d)")
+_NANP_CC = re.compile(_BEFORE + r"(?:\+1|001) \d{3} \d{3} \d{4}" + _EXTENSION + _AFTER)
+_SPACED = re.compile(_BEFORE + r"\d{3} \d{3} \d{4}" + _AFTER)
 _CONTEXT = re.compile(r"(?i)(?<![a-z])(?:call|calls|called|phone|tel|telephone|mobile|cell|cellphone|fax|sms|text|whatsapp|reach|contact|dial|ring)(?![a-z])")
 _INTERNATIONAL = re.compile(r"(?<![\w+])\+\d[\d ().-]{5,22}\d(?!\w|[.,/-]\d)")
 
 
-def _international(candidate: str) -> bool:
+def _international(text: str, m: re.Match[str]) -> bool:
     try:
-        number = phonenumbers.parse(candidate, None)
+        number = phonenumbers.parse(m.group(0), None)
     except phonenumbers.NumberParseException:
         return False
     return phonenumbers.is_possible_number(number) and len(str(number.national_number)) >= 6
 
 
+def _after_a_phone_word(text: str, m: re.Match[str]) -> bool:
+    return _CONTEXT.search(text, max(0, m.start() - 32), m.start()) is not None
+
+
+# Each shape with what else a match needs, in order: a later shape's match overlapping an earlier
+# one's is dropped (the international reading of `+1 …` after the North American one, say).
+_SHAPES: tuple[tuple[re.Pattern[str], Callable[[str, re.Match[str]], bool] | None], ...] = (
+    (_NANP, None), (_NANP_CC, None), (_INTERNATIONAL, _international), (_SPACED, _after_a_phone_word),
+)
+
+
 def find_phones(text: str) -> list[tuple[int, int]]:
     """Spans of phone-shaped values in `text`."""
-    found = [m.span() for m in _NANP.finditer(text)]
-    found += [m.span() for m in _NANP_CC.finditer(text) if all(m.end() <= s or m.start() >= e for s, e in found)]
-    found += [m.span() for m in _INTERNATIONAL.finditer(text)
-              if _international(m.group(0)) and all(m.end() <= s or m.start() >= e for s, e in found)]
-    found += [m.span() for m in _SPACED.finditer(text)
-              if _CONTEXT.search(text, max(0, m.start() - 32), m.start()) and all(m.end() <= s or m.start() >= e for s, e in found)]
+    found: list[tuple[int, int]] = []
+    for shape, accepts in _SHAPES:
+        found += [m.span() for m in shape.finditer(text)
+                  if (accepts is None or accepts(text, m)) and all(m.end() <= s or m.start() >= e for s, e in found)]
     return sorted(found)
 
 
